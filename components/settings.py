@@ -1,0 +1,318 @@
+"""Typed, validated settings: the only door from stack config into the program.
+
+Everything a user can type is parsed here, before any resource is declared, so
+a bad stack file fails with one message naming the key and the rule and leaves
+nothing half-created. Every string that later lands in the nginx config, a
+container command line or an environment variable is restricted to a safe
+alphabet here, so the renderer and the plan never have to escape anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+# No whitespace, quotes, backslashes, `;`, `{`, `}`, `$`, backticks or control
+# characters: nothing that could end a directive, split an argument or expand.
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/@%+=,~\-\[\]*]+")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+_IMAGE_REF = re.compile(r"[a-z0-9][a-z0-9._/:@-]*(:[A-Za-z0-9._-]+)?")
+
+SAFE_TOKEN_RULE = (
+    "must be non-empty and contain no spaces, quotes, newlines, backslashes, "
+    "';', '{', '}', '$' or backticks"
+)
+
+
+def safe_token(value: str) -> str:
+    """Reject any value that could inject into nginx config, argv or env."""
+    if not _SAFE_TOKEN.fullmatch(value):
+        raise ValueError(SAFE_TOKEN_RULE)
+    return value
+
+
+def dns_label(value: str) -> str:
+    """Container, network and volume names double as DNS names on the network."""
+    if not _DNS_LABEL.fullmatch(value):
+        raise ValueError(
+            "must be a DNS-safe name: 1-63 lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def host_name(value: str) -> str:
+    """A host for an upstream: an IP address or an RFC 1123 host name."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value):
+        raise ValueError("must be an IP address or a DNS host name")
+    return value
+
+
+def ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as err:
+        raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from err
+    return value
+
+
+def header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError("must be an HTTP header name: letters, digits and '-'")
+    return value
+
+
+def url_path(value: str) -> str:
+    if not _URL_PATH.fullmatch(value) or "//" in value or ".." in value:
+        raise ValueError("must be a URL path such as /metrics: '/', letters, digits, '.', '_', '-'")
+    return value
+
+
+def image_ref(value: str) -> str:
+    if not _IMAGE_REF.fullmatch(value):
+        raise ValueError("must be a docker image reference such as vllm/vllm-openai:v0.11.0")
+    return value
+
+
+SafeToken = Annotated[str, AfterValidator(safe_token)]
+DnsLabel = Annotated[str, AfterValidator(dns_label)]
+HostName = Annotated[str, AfterValidator(host_name)]
+IpAddress = Annotated[str, AfterValidator(ip_address)]
+HeaderName = Annotated[str, AfterValidator(header_name)]
+UrlPath = Annotated[str, AfterValidator(url_path)]
+ImageRef = Annotated[str, AfterValidator(image_ref)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveInt = Annotated[int, Field(gt=0)]
+GpuId = Annotated[int, Field(ge=0, strict=True)]
+
+
+class _Model(BaseModel):
+    """Stack config keys are camelCase; unknown keys are typos, so they fail."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        str_strip_whitespace=False,
+    )
+
+
+class Backend(StrEnum):
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class RoutingPolicy(StrEnum):
+    LEAST_CONN = "least_conn"
+    ROUND_ROBIN = "round_robin"
+    POWER_OF_TWO = "power_of_two"
+    SESSION_AFFINITY = "session_affinity"
+
+
+class Upstream(_Model):
+    """One replica as the load balancer sees it: an explicit host and port."""
+
+    host: HostName
+    port: Port
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class LoadBalancerSettings(_Model):
+    """What the nginx in front of the replicas does; defaults fit LLM traffic."""
+
+    port: Port = 8000
+    bind_address: IpAddress = "0.0.0.0"
+    policy: RoutingPolicy = RoutingPolicy.LEAST_CONN
+    affinity_header: HeaderName = "X-Session-Id"
+    read_timeout_seconds: PositiveInt = 3600
+    send_timeout_seconds: PositiveInt = 3600
+    connect_timeout_seconds: PositiveInt = 5
+    max_fails: PositiveInt = 3
+    fail_window_seconds: Annotated[int, Field(gt=0, le=15)] = 10
+    next_upstream_tries: Annotated[int, Field(ge=0)] = 0
+    retry_non_idempotent: bool = True
+    keepalive_connections: PositiveInt = 32
+    max_body_size_mb: PositiveInt = 100
+    worker_connections: Annotated[int, Field(ge=64)] = 4096
+    expose_paths: tuple[UrlPath, ...] = ()
+    dynamic_resolve: bool = True
+    resolver: IpAddress = "127.0.0.11"
+    base_image: ImageRef = "nginx:1.28.0"
+    name: DnsLabel = "nginx-lb"
+
+
+class CpuSettings(_Model):
+    kvcache_space_gb: PositiveInt = 4
+    omp_threads_bind: SafeToken = "auto"
+
+
+class ProxySettings(_Model):
+    http: SafeToken | None = None
+    https: SafeToken | None = None
+    no: SafeToken | None = None
+
+
+class BuildSettings(_Model):
+    """A vLLM source checkout built with its own Dockerfile."""
+
+    context: SafeToken
+    dockerfile: SafeToken = "docker/Dockerfile"
+    target: SafeToken = "vllm-openai"
+    tag: ImageRef = "vllm-local:latest"
+    args: dict[SafeToken, SafeToken] = Field(default_factory=dict)
+
+
+class ImageSettings(_Model):
+    prebuilt: ImageRef | None = None
+    build: BuildSettings | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.prebuilt is None) == (self.build is None):
+            raise ValueError("set exactly one of 'prebuilt' or 'build'")
+        return self
+
+
+class CacheSettings(_Model):
+    """The HuggingFace cache all replicas share: a named volume or a host path."""
+
+    volume: DnsLabel | None = None
+    host_path: SafeToken | None = None
+    keep_on_destroy: bool = True
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.volume is None) == (self.host_path is None):
+            raise ValueError("set exactly one of 'volume' or 'hostPath'")
+        if self.host_path is not None and not self.host_path.startswith(("/", "~")):
+            raise ValueError("'hostPath' must be an absolute path or start with '~'")
+        return self
+
+
+class HealthCheckSettings(_Model):
+    interval_seconds: PositiveInt = 10
+    timeout_seconds: PositiveInt = 5
+    retries: PositiveInt = 3
+
+
+DEFAULT_GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
+
+
+class Settings(_Model):
+    """The whole stack config, validated."""
+
+    model: SafeToken
+    served_model_name: SafeToken | None = None
+    backend: Backend = Backend.GPU
+    replicas: Annotated[int, Field(ge=1, le=64)] = 2
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    gpus: tuple[tuple[GpuId, ...], ...] | None = None
+    name_prefix: DnsLabel = "vllm"
+    network_name: DnsLabel = "vllm-nginx"
+    image: ImageSettings | None = None
+    hf_cache: CacheSettings = CacheSettings(volume="vllm-hf-cache")
+    shm_size_mb: PositiveInt = 10486
+    base_port: Port = 8081
+    bind_address: IpAddress = "127.0.0.1"
+    public_host: HostName = "localhost"
+    extra_args: tuple[SafeToken, ...] = ()
+    proxy: ProxySettings = ProxySettings()
+    cpu: CpuSettings = CpuSettings()
+    ready_timeout_seconds: PositiveInt = 1800
+    verify_timeout_seconds: PositiveInt = 120
+    health_check: HealthCheckSettings = HealthCheckSettings()
+    restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    load_balancer: LoadBalancerSettings = LoadBalancerSettings()
+    hf_token: SecretStr | None = None
+    api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.backend is Backend.CPU and self.gpus is not None:
+            raise ValueError("'gpus' must not be set with backend 'cpu'")
+        if self.backend is Backend.CPU and self.image is None:
+            raise ValueError(
+                "'image' is required with backend 'cpu' (vLLM publishes no default CPU image "
+                "we can pin): set image.prebuilt or image.build"
+            )
+        if self.gpus is not None:
+            if len(self.gpus) != self.replicas:
+                raise ValueError(
+                    f"'gpus' lists {len(self.gpus)} replicas but 'replicas' is {self.replicas}"
+                )
+            seen: set[int] = set()
+            for index, ids in enumerate(self.gpus):
+                if len(ids) != self.tensor_parallel_size:
+                    raise ValueError(
+                        f"'gpus' replica {index} has {len(ids)} GPUs but "
+                        f"'tensorParallelSize' is {self.tensor_parallel_size}"
+                    )
+                for gpu in ids:
+                    if gpu in seen:
+                        raise ValueError(f"'gpus': GPU {gpu} is used twice")
+                    seen.add(gpu)
+        last_port = self.base_port + self.replicas - 1
+        if last_port > 65535:
+            raise ValueError(
+                f"'basePort' {self.base_port} + {self.replicas} replicas passes port 65535"
+            )
+        if self.base_port <= self.load_balancer.port <= last_port:
+            raise ValueError(
+                f"'loadBalancer.port' {self.load_balancer.port} collides with the replica "
+                f"ports {self.base_port}-{last_port}"
+            )
+        if self.load_balancer.name in {f"{self.name_prefix}{i}" for i in range(self.replicas)}:
+            raise ValueError(
+                f"'loadBalancer.name' {self.load_balancer.name} collides with a replica name"
+            )
+        for secret_name, secret in (("hfToken", self.hf_token), ("apiKey", self.api_key)):
+            if secret is not None:
+                try:
+                    safe_token(secret.get_secret_value())
+                except ValueError as err:
+                    raise ValueError(f"'{secret_name}' {err}") from None
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The one name every replica serves, so clients never see which replica answered."""
+        return self.served_model_name or self.model
+
+    @property
+    def vllm_image(self) -> ImageSettings:
+        return self.image or ImageSettings(prebuilt=DEFAULT_GPU_IMAGE)
+
+    def gpu_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Each replica's GPU ids; consecutive ids unless 'gpus' says otherwise."""
+        if self.backend is Backend.CPU:
+            return tuple(() for _ in range(self.replicas))
+        if self.gpus is not None:
+            return self.gpus
+        tp = self.tensor_parallel_size
+        return tuple(tuple(range(r * tp, (r + 1) * tp)) for r in range(self.replicas))
