@@ -33,6 +33,7 @@ _HOSTNAME = re.compile(
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
 )
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _URL_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
 _IMAGE_REF = re.compile(r"[a-z0-9][a-z0-9._/:@-]*(:[A-Za-z0-9._-]+)?")
 
@@ -85,6 +86,12 @@ def header_name(value: str) -> str:
     return value
 
 
+def env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError("must be an environment variable name: letters, digits and '_'")
+    return value
+
+
 def url_path(value: str) -> str:
     if not _URL_PATH.fullmatch(value) or "//" in value or ".." in value:
         raise ValueError("must be a URL path such as /metrics: '/', letters, digits, '.', '_', '-'")
@@ -102,6 +109,7 @@ DnsLabel = Annotated[str, AfterValidator(dns_label)]
 HostName = Annotated[str, AfterValidator(host_name)]
 IpAddress = Annotated[str, AfterValidator(ip_address)]
 HeaderName = Annotated[str, AfterValidator(header_name)]
+EnvName = Annotated[str, AfterValidator(env_name)]
 UrlPath = Annotated[str, AfterValidator(url_path)]
 ImageRef = Annotated[str, AfterValidator(image_ref)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -242,6 +250,7 @@ class Settings(_Model):
     bind_address: IpAddress = "127.0.0.1"
     public_host: HostName = "localhost"
     extra_args: tuple[SafeToken, ...] = ()
+    extra_env: dict[EnvName, SafeToken] = Field(default_factory=dict)
     proxy: ProxySettings = ProxySettings()
     cpu: CpuSettings = CpuSettings()
     ready_timeout_seconds: PositiveInt = 1800

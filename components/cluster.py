@@ -1,0 +1,248 @@
+"""The thin Pulumi shell: maps a `Plan` onto pulumi-docker and pulumi-command.
+
+Nothing here decides anything; names, ports, GPUs, env and the nginx config
+all come from `plan.build_plan`. What this module owns is the resource graph:
+which resource waits for which (images and network first, replica 0, the
+cache gate, replicas 1..N together, their readiness, then nginx, then the
+verify check), and that secrets travel as Pulumi secrets.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_command as command
+import pulumi_docker as docker
+
+from .plan import (
+    API_KEY_ENV,
+    HF_TOKEN_ENV,
+    CheckPlan,
+    ImagePlan,
+    Plan,
+    ReplicaPlan,
+    build_plan,
+)
+from .settings import Settings
+
+TYPE_TOKEN = "vllm-nginx:index:VllmCluster"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class VllmClusterArgs:
+    """Validated settings plus where the deploying machine runs its checks."""
+
+    settings: Settings
+    docker_host: str | None = None
+    """The engine the checks talk to; the same one the docker provider targets."""
+    project_dir: Path = PROJECT_DIR
+    python: str = sys.executable
+
+
+def _seconds(value: int) -> str:
+    return f"{value}s"
+
+
+class VllmCluster(pulumi.ComponentResource):
+    """N vLLM replicas behind one nginx, as in vLLM's "Using Nginx" guide."""
+
+    lb_url: pulumi.Output[str]
+    replica_urls: pulumi.Output[list[str]]
+    replica_names: pulumi.Output[list[str]]
+    served_model_name: pulumi.Output[str]
+    verified_models: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: VllmClusterArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        self._args = args
+        settings = args.settings
+        self.plan: Plan = build_plan(settings, project_dir=args.project_dir, python=args.python)
+        plan = self.plan
+        self._secrets: dict[str, pulumi.Output[str]] = {}
+        if settings.hf_token is not None:
+            self._secrets[HF_TOKEN_ENV] = pulumi.Output.secret(settings.hf_token.get_secret_value())
+        if settings.api_key is not None:
+            self._secrets[API_KEY_ENV] = pulumi.Output.secret(settings.api_key.get_secret_value())
+
+        child = pulumi.ResourceOptions(parent=self)
+        self.network = docker.Network(f"{name}-network", name=plan.network, opts=child)
+        self.cache_volume: docker.Volume | None = None
+        if plan.cache.volume is not None:
+            self.cache_volume = docker.Volume(
+                f"{name}-hf-cache",
+                name=plan.cache.volume,
+                opts=pulumi.ResourceOptions(
+                    parent=self, retain_on_delete=plan.cache.keep_on_destroy
+                ),
+            )
+        vllm_image_ref = self._image(f"{name}-vllm-image", plan.vllm_image)
+        nginx_image_ref = self._image(f"{name}-nginx-image", plan.load_balancer.image)
+
+        first, rest = plan.replicas[0], plan.replicas[1:]
+        replica0 = self._replica(name, first, vllm_image_ref, [])
+        self.first_ready = self._check(name, plan.first_ready, [replica0], [replica0.id])
+        others = [
+            self._replica(name, replica, vllm_image_ref, [self.first_ready]) for replica in rest
+        ]
+        self.replicas = [replica0, *others]
+        lb_after: list[pulumi.Resource] = list(self.replicas)
+        self.all_ready: command.local.Command | None = None
+        if plan.all_ready is not None:
+            self.all_ready = self._check(name, plan.all_ready, others, [c.id for c in others])
+            lb_after.append(self.all_ready)
+
+        lb = plan.load_balancer
+        self.load_balancer = docker.Container(
+            f"{name}-lb",
+            name=lb.name,
+            image=nginx_image_ref,
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=self.network.name)],
+            ports=[
+                docker.ContainerPortArgs(
+                    internal=lb.container_port, external=lb.host_port, ip=lb.bind_address
+                )
+            ],
+            uploads=[docker.ContainerUploadArgs(file=lb.config_path, content=lb.config)],
+            restart=plan.restart_policy,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=lb_after, delete_before_replace=True
+            ),
+        )
+        self.verify = self._check(
+            name,
+            plan.verify,
+            [self.load_balancer],
+            [self.load_balancer.id, *[c.id for c in self.replicas]],
+        )
+
+        self.lb_url = pulumi.Output.from_input(lb.url)
+        self.replica_urls = pulumi.Output.from_input([r.url for r in plan.replicas])
+        self.replica_names = pulumi.Output.all(*[c.name for c in self.replicas]).apply(list)
+        self.served_model_name = pulumi.Output.from_input(plan.served_model_name)
+        self.verified_models = self.verify.stdout
+        self.register_outputs(
+            {
+                "lb_url": self.lb_url,
+                "replica_urls": self.replica_urls,
+                "replica_names": self.replica_names,
+                "served_model_name": self.served_model_name,
+                "verified_models": self.verified_models,
+            }
+        )
+
+    def _image(self, resource_name: str, image: ImagePlan) -> pulumi.Output[str]:
+        """A reference that changes with the image, so containers follow a rebuild."""
+        if image.build is None:
+            remote = docker.RemoteImage(
+                resource_name,
+                name=image.name,
+                keep_locally=True,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            return remote.image_id
+        build = image.build
+        built = docker.Image(
+            resource_name,
+            image_name=image.name,
+            build=docker.DockerBuildArgs(
+                context=build.context,
+                dockerfile=str(Path(build.context) / build.dockerfile),
+                target=build.target,
+                args=dict(build.args),
+            ),
+            skip_push=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return built.repo_digest
+
+    def _replica(
+        self,
+        name: str,
+        replica: ReplicaPlan,
+        image: pulumi.Output[str],
+        after: list[pulumi.Resource],
+    ) -> docker.Container:
+        plain = [f"{key}={value}" for key, value in replica.env.items()]
+        secret = [
+            self._secrets[key].apply(lambda value, key=key: f"{key}={value}")
+            for key in replica.secret_env
+        ]
+        envs: pulumi.Input[list[str]] = (
+            pulumi.Output.all(*plain, *secret).apply(list) if secret else plain
+        )
+        hc = replica.health_check
+        if self.plan.cache.volume is not None:
+            volume = docker.ContainerVolumeArgs(
+                volume_name=self.cache_volume.name if self.cache_volume else None,
+                container_path=self.plan.cache.mount_path,
+            )
+        else:
+            volume = docker.ContainerVolumeArgs(
+                host_path=self.plan.cache.host_path,
+                container_path=self.plan.cache.mount_path,
+            )
+        return docker.Container(
+            f"{name}-{replica.name}",
+            name=replica.name,
+            image=image,
+            command=list(replica.command),
+            envs=envs,
+            ipc_mode=replica.ipc_mode,
+            gpus=replica.gpus,
+            shm_size=replica.shm_size_mb,
+            volumes=[volume],
+            networks_advanced=[
+                docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[replica.name])
+            ],
+            ports=[
+                docker.ContainerPortArgs(
+                    internal=replica.container_port,
+                    external=replica.host_port,
+                    ip=replica.bind_address,
+                )
+            ],
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=list(hc.test),
+                interval=_seconds(hc.interval_seconds),
+                timeout=_seconds(hc.timeout_seconds),
+                retries=hc.retries,
+                start_period=_seconds(hc.start_period_seconds),
+            ),
+            restart=self.plan.restart_policy,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=after,
+                delete_before_replace=True,
+                additional_secret_outputs=["envs"],
+            ),
+        )
+
+    def _check(
+        self,
+        name: str,
+        check: CheckPlan,
+        after: list[pulumi.Resource],
+        triggers: list[pulumi.Output[str]],
+    ) -> command.local.Command:
+        environment: dict[str, pulumi.Input[str]] = {
+            key: self._secrets[key] for key in check.secret_env
+        }
+        if self._args.docker_host:
+            environment["DOCKER_HOST"] = self._args.docker_host
+        return command.local.Command(
+            f"{name}-{check.name}",
+            create=check.command,
+            dir=str(self._args.project_dir),
+            environment=environment,
+            triggers=triggers,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+        )

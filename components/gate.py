@@ -1,0 +1,105 @@
+"""The cache gate: wait until replicas are healthy, or fail showing why.
+
+Replica 0 downloads the model into the shared cache; replicas 1..N start only
+after it is healthy, with the hub offline, so there is exactly one download.
+Docker's own health status is the signal (the image's `/health` probe), read
+through the Docker API so it works the same against a remote engine
+(`DOCKER_HOST=ssh://...`). When a replica exits or runs out of time, the error
+names it and shows the end of its log: that is where vLLM says what went wrong
+(gated model without a token, out of memory, bad argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from docker.errors import NotFound
+from docker.models.containers import Container
+
+import docker
+
+LOG_LINES = 40
+
+
+class NotReady(RuntimeError):
+    """A replica did not become healthy; the message is meant for the user."""
+
+
+def _log_tail(container: Container, lines: int) -> str:
+    raw = container.logs(tail=lines)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return text.rstrip() or "(no log output)"
+
+
+def _state(container: Container) -> tuple[str, str]:
+    """(container status, health status) as Docker reports them."""
+    container.reload()
+    state = container.attrs.get("State", {})
+    health = (state.get("Health") or {}).get("Status", "none")
+    return str(state.get("Status", "unknown")), str(health)
+
+
+def wait_healthy(
+    client: docker.DockerClient,
+    names: Sequence[str],
+    timeout: float,
+    *,
+    poll: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    log_lines: int = LOG_LINES,
+) -> dict[str, float]:
+    """Block until every named container is healthy; return seconds each took."""
+    start = clock()
+    pending = list(names)
+    ready: dict[str, float] = {}
+    while pending:
+        for name in list(pending):
+            try:
+                container = client.containers.get(name)
+            except NotFound:
+                raise NotReady(f"replica {name}: container does not exist") from None
+            status, health = _state(container)
+            if health == "healthy":
+                ready[name] = clock() - start
+                pending.remove(name)
+            elif status in ("exited", "dead") or health == "unhealthy":
+                raise NotReady(
+                    f"replica {name} is {health if health == 'unhealthy' else status} "
+                    f"before becoming ready; last {log_lines} log lines:\n"
+                    + _log_tail(container, log_lines)
+                )
+        if not pending:
+            break
+        if clock() - start > timeout:
+            name = pending[0]
+            tail = _log_tail(client.containers.get(name), log_lines)
+            raise NotReady(
+                f"replica {name} not ready after {timeout:.0f} s "
+                f"(readyTimeoutSeconds); last {log_lines} log lines:\n{tail}"
+            )
+        time.sleep(poll)
+    return ready
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--timeout", type=float, required=True, help="seconds")
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between checks")
+    parser.add_argument("containers", nargs="+")
+    args = parser.parse_args(argv)
+    client = docker.from_env()
+    try:
+        ready = wait_healthy(client, args.containers, args.timeout, poll=args.poll)
+    except NotReady as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for name, seconds in ready.items():
+        print(f"{name} ready after {seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The guide's verify step, automated: the LB answers `/v1/models` with our model.
+
+Run by `pulumi up` after nginx starts, with the official `openai` client, so a
+deployment that looks fine to Docker but cannot serve (wrong served name, API
+key mismatch, nginx not routing) fails the update instead of the first user.
+The API key comes from the environment (a Pulumi secret), never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import openai
+
+
+def served_models(url: str, api_key: str | None, timeout: float) -> list[str]:
+    """The model ids the LB lists, retried until it answers or time runs out."""
+    client = openai.OpenAI(
+        base_url=f"{url.rstrip('/')}/v1", api_key=api_key or "unused", max_retries=0, timeout=10
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return [model.id for model in client.models.list()]
+        except (openai.APIConnectionError, openai.InternalServerError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="check that the LB serves the model")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--timeout", type=float, default=120)
+    args = parser.parse_args(argv)
+    try:
+        models = served_models(args.url, os.environ.get("VLLM_API_KEY"), args.timeout)
+    except openai.APIError as err:
+        print(f"error: {args.url}/v1/models failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    if args.model not in models:
+        print(f"error: {args.url}/v1/models lists {models}, not {args.model!r}", file=sys.stderr)
+        return 1
+    print(json.dumps({"url": args.url, "models": models}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
