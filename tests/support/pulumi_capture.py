@@ -1,0 +1,184 @@
+"""Run the Pulumi program under mocks and record what it declares.
+
+Pulumi's `Mocks.new_resource` sees a resource's inputs but not its options,
+so the recorder wraps the mock monitor's `RegisterResource` as well: each
+record carries the type, logical name, inputs (camelCase, as the provider
+would get them), parent, explicit dependencies, provider and the options that
+matter here. No Pulumi CLI or provider plugin is involved; this proves what
+the program *asks* pulumi-docker and pulumi-command for, not what they do.
+
+Outputs of one resource used as inputs of another (an image digest, a
+container id) come back from the mocks as placeholders `@@<name>.<output>@@`,
+so the end-to-end applier can substitute real values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.config import set_all_config
+
+
+def placeholder(name: str, output: str) -> str:
+    return f"@@{name}.{output}@@"
+
+
+@dataclass
+class Declared:
+    """One resource as the program declared it."""
+
+    type: str
+    name: str
+    urn: str
+    inputs: dict[str, Any]
+    parent: str
+    dependencies: list[str]
+    provider: str
+    delete_before_replace: bool
+    retain_on_delete: bool
+    additional_secret_outputs: list[str]
+    custom: bool
+    secret_inputs: list[str] = field(default_factory=list)
+
+
+class _Mocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        state = dict(args.inputs)
+        name = args.name
+        if args.typ == "docker:index/image:Image":
+            state["repoDigest"] = placeholder(name, "repoDigest")
+        if args.typ == "docker:index/remoteImage:RemoteImage":
+            state["imageId"] = placeholder(name, "imageId")
+            state["repoDigest"] = placeholder(name, "repoDigest")
+        if args.typ == "command:local:Command":
+            state["stdout"] = placeholder(name, "stdout")
+            state["stderr"] = ""
+        return placeholder(name, "id"), state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
+        return {}, None
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+        super().__init__(mocks)
+        self.declared: list[Declared] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        from pulumi.runtime import rpc
+
+        raw = json.loads(json.dumps(_plain(request.object)))
+        secret_inputs = [k for k, v in raw.items() if _is_secret(v)]
+        inputs = rpc.deserialize_properties(request.object)
+        self.declared.append(
+            Declared(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                inputs=_unwrap(inputs),
+                parent=request.parent,
+                dependencies=list(request.dependencies),
+                provider=request.provider,
+                delete_before_replace=bool(request.deleteBeforeReplace),
+                retain_on_delete=bool(request.retainOnDelete),
+                additional_secret_outputs=list(request.additionalSecretOutputs),
+                custom=bool(request.custom),
+                secret_inputs=secret_inputs,
+            )
+        )
+        return response
+
+
+def _plain(struct: Any) -> Any:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(struct)
+
+
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def _is_secret(value: Any) -> bool:
+    if isinstance(value, dict):
+        if value.get("4dabf18193072939515e22adb298388d") == _SECRET_SIG:
+            return True
+        return any(_is_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_is_secret(v) for v in value)
+    return False
+
+
+def _unwrap(value: Any) -> Any:
+    """Secret wrappers become their values: the applier needs them in clear."""
+    if isinstance(value, Mapping):
+        if value.get("4dabf18193072939515e22adb298388d") == _SECRET_SIG:
+            return _unwrap(value.get("value"))
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+@dataclass
+class Run:
+    declared: list[Declared]
+    outputs: dict[str, Any]
+
+    def of_type(self, type_: str) -> list[Declared]:
+        return [d for d in self.declared if d.type == type_]
+
+    def named(self, name: str) -> Declared:
+        (match,) = [d for d in self.declared if d.name == name]
+        return match
+
+    def by_urn(self, urn: str) -> Declared:
+        (match,) = [d for d in self.declared if d.urn == urn]
+        return match
+
+
+@contextmanager
+def _mocked(config: Mapping[str, str], secret_keys: list[str]) -> Iterator[_RecordingMonitor]:
+    monitor = _RecordingMonitor(_Mocks())
+    pulumi.runtime.set_mocks(
+        _Mocks(), project="vllm-nginx", stack="test", preview=False, monitor=monitor
+    )
+    set_all_config(dict(config), secret_keys)
+    try:
+        yield monitor
+    finally:
+        set_all_config({}, [])
+        pulumi_settings.reset_options()
+
+
+def run_program(
+    config: Mapping[str, str],
+    secret_keys: list[str] | None = None,
+    program: Callable[[], Mapping[str, Any]] | None = None,
+) -> Run:
+    """Run `components.program.deploy` (or `program`) under mocks; resolve outputs."""
+    from components.program import deploy
+
+    with _mocked(config, secret_keys or []) as monitor:
+        outputs = (program or deploy)()
+        resolved: dict[str, Any] = {}
+
+        async def resolve() -> None:
+            for key, output in outputs.items():
+                future: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
+                pulumi.Output.from_input(output).apply(future.set_result)
+                resolved[key] = await future
+
+        loop = asyncio.get_event_loop()
+        loop.run_until_complete(resolve())
+        return Run(declared=list(monitor.declared), outputs=resolved)
