@@ -1,0 +1,77 @@
+"""`python -m standin --model ...`: start up like vLLM, then serve.
+
+Order matters and is what the deployment relies on: download (or find) the model,
+"load" it, and only then bind the port. Until then connections are refused, as
+with vLLM, so readiness checks see the same states they will see in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+
+from standin.app import StandinServer
+from standin.config import parse_config
+from standin.hfcache import OfflineCacheMiss, ensure_model
+
+
+def _log(message: str) -> None:
+    print(f"INFO {time.strftime('%m-%d %H:%M:%S')} standin: {message}", file=sys.stderr, flush=True)
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # As PID 1 in a container, SIGTERM is ignored unless handled, and `docker stop`
+    # would wait for its SIGKILL. Raising unwinds the download, releasing its lock.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the stand-in; the exit code is non-zero when start-up fails."""
+    config = parse_config(sys.argv[1:] if argv is None else argv)
+    _log(
+        f"replica {config.replica_id}: model {config.model} served as "
+        f"{', '.join(config.served_model_names)}; tensor_parallel_size="
+        f"{config.tensor_parallel_size}; ttft={config.ttft_ms:g}ms token={config.token_ms:g}ms "
+        f"default tokens={config.tokens}; api key {'set' if config.api_key else 'not set'}"
+    )
+    if config.ignored_args:
+        _log(f"accepted but not simulated: {' '.join(config.ignored_args)}")
+
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        ensure_model(
+            config.model,
+            env=os.environ,
+            replica_id=config.replica_id,
+            download_seconds=config.download_seconds,
+            log=_log,
+        )
+        if config.load_seconds:
+            _log(f"loading model weights ({config.load_seconds:g}s simulated)")
+            time.sleep(config.load_seconds)
+    except OfflineCacheMiss as exc:
+        print(f"ERROR standin: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    _log("model loaded; starting the API server")
+    # uvicorn installs its own SIGTERM handler: open requests finish, then it exits 0.
+    uvicorn.run(
+        StandinServer(config).build(),
+        host=config.host,
+        port=config.port,
+        log_level="info",
+        access_log=config.access_log,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""The HTTP side: vLLM's OpenAI-compatible routes with timed, fake tokens.
+
+Every response carries ``X-Replica`` (and completions ``system_fingerprint``) so a
+test behind the load balancer can tell which replica answered. Tokens come after
+``ttft_ms`` and then one per ``token_ms``, on a fixed schedule from the request's
+arrival, so that measured latencies are those of the path in front of the stand-in
+and not of the stand-in's own drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from standin import __version__
+from standin.config import Config
+
+_WORDS = ("Tokens", "from", "a", "stand-in", "for", "vLLM", "behind", "the", "load", "balancer.")
+MAX_MODEL_LEN = 4096
+
+
+@dataclass
+class Stats:
+    """Counters for /metrics, named like vLLM's so dashboards and checks carry over."""
+
+    running: int = 0
+    success: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    started: float = field(default_factory=time.time)
+
+
+def openai_error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    """An error body the `openai` client turns into its typed exceptions."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+class ReplicaHeaderAndKey:
+    """Pure ASGI wrapper: X-Replica on every response, API key on /v1/* only.
+
+    Pure ASGI rather than Starlette middleware because the middleware API changed
+    between the Starlette versions the stand-in has to run on, and because the
+    header must also be on 404s and 401s that no route produces.
+    """
+
+    def __init__(self, app: ASGIApp, replica_id: str, api_key: str | None) -> None:
+        self.app = app
+        self.replica_header = (b"x-replica", replica_id.encode("latin-1", "replace"))
+        self.api_key = api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), self.replica_header]
+            await send(message)
+
+        if self.api_key is not None and self._needs_key(scope) and not self._has_key(scope):
+            response = openai_error(
+                401, "Incorrect API key provided.", "authentication_error", "invalid_api_key"
+            )
+            await response(scope, receive, send_with_header)
+            return
+        await self.app(scope, receive, send_with_header)
+
+    @staticmethod
+    def _needs_key(scope: Scope) -> bool:
+        # Like vLLM: only the OpenAI API prefix is guarded; CORS preflights never are.
+        path: str = scope.get("path", "")
+        return scope.get("method") != "OPTIONS" and (path == "/v1" or path.startswith("/v1/"))
+
+    def _has_key(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                return bool(value.decode("latin-1") == f"Bearer {self.api_key}")
+        return False
+
+
+def count_tokens(value: Any) -> int:
+    """Whitespace words: a rough, deterministic prompt length for `usage`."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(count_tokens(item) for item in value)
+    if isinstance(value, dict):
+        return count_tokens(value.get("content", "")) + count_tokens(value.get("text", ""))
+    if isinstance(value, int):
+        return 1
+    return 0
+
+
+def token_text(index: int) -> str:
+    """The i-th generated token: words, so streamed text reads naturally."""
+    return ("" if index == 0 else " ") + _WORDS[index % len(_WORDS)]
+
+
+class BadRequest(Exception):
+    """A request the OpenAI API would answer with 400."""
+
+
+class StandinServer:
+    """Routes bound to one replica's configuration and counters."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.created = int(time.time())
+
+    def build(self) -> ASGIApp:
+        """The ASGI app uvicorn serves."""
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/ping", self.health, methods=["GET", "POST"]),
+            Route("/version", self.version, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/tokenize", self.tokenize, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+        ]
+        return ReplicaHeaderAndKey(
+            Starlette(routes=routes), self.config.replica_id, self.config.api_key
+        )
+
+    async def health(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": f"standin-{__version__}"})
+
+    async def models(self, request: Request) -> Response:
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "vllm",
+                "root": self.config.model,
+                "parent": None,
+                "max_model_len": MAX_MODEL_LEN,
+            }
+            for name in self.config.served_model_names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def metrics(self, request: Request) -> Response:
+        labels = f'{{model_name="{self.config.served_model_name}"}}'
+        s = self.stats
+        lines = [
+            "# HELP vllm:num_requests_running Number of requests being generated.",
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{labels} {s.running}",
+            "# HELP vllm:request_success_total Finished requests.",
+            "# TYPE vllm:request_success_total counter",
+            f"vllm:request_success_total{labels} {s.success}",
+            "# HELP vllm:prompt_tokens_total Prompt tokens processed.",
+            "# TYPE vllm:prompt_tokens_total counter",
+            f"vllm:prompt_tokens_total{labels} {s.prompt_tokens}",
+            "# HELP vllm:generation_tokens_total Tokens generated.",
+            "# TYPE vllm:generation_tokens_total counter",
+            f"vllm:generation_tokens_total{labels} {s.generation_tokens}",
+            "# HELP process_start_time_seconds Start time of the process.",
+            "# TYPE process_start_time_seconds gauge",
+            f"process_start_time_seconds {s.started}",
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    async def tokenize(self, request: Request) -> Response:
+        try:
+            request_body = await self._json(request)
+        except BadRequest as exc:
+            return openai_error(400, str(exc), "BadRequestError")
+        source = request_body.get("prompt", request_body.get("messages", ""))
+        words = " ".join(_flatten_text(source)).split()
+        tokens = [zlib.crc32(word.encode()) % 32000 for word in words]
+        return JSONResponse(
+            {"count": len(tokens), "max_model_len": MAX_MODEL_LEN, "tokens": tokens}
+        )
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        return body
+
+    def _token_budget(self, body: dict[str, Any], chat: bool) -> tuple[int, str]:
+        limit = body.get("max_completion_tokens") if chat else None
+        if limit is None:
+            limit = body.get("max_tokens")
+        if limit is None:
+            # No limit given: the "model" stops by itself after the default length.
+            return self.config.tokens, "stop"
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise BadRequest(f"max_tokens must be a positive integer, got {limit!r}")
+        return limit, "length"
+
+    async def _generate(self, request: Request, chat: bool) -> Response:
+        arrived = asyncio.get_running_loop().time()
+        try:
+            body = await self._json(request)
+            model = body.get("model")
+            if model is not None and model not in self.config.served_model_names:
+                return openai_error(
+                    404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found"
+                )
+            if chat and not isinstance(body.get("messages"), list):
+                raise BadRequest("messages must be a list")
+            if not chat and "prompt" not in body:
+                raise BadRequest("prompt is required")
+            n_tokens, finish = self._token_budget(body, chat)
+        except BadRequest as exc:
+            return openai_error(400, str(exc), "BadRequestError")
+
+        prompt_tokens = count_tokens(body.get("messages") if chat else body.get("prompt"))
+        job = _Job(
+            server=self,
+            chat=chat,
+            arrived=arrived,
+            n_tokens=n_tokens,
+            finish=finish,
+            prompt_tokens=prompt_tokens,
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        )
+        if body.get("stream"):
+            return StreamingResponse(
+                job.stream(),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        return JSONResponse(await job.whole())
+
+
+def _flatten_text(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [text for item in value for text in _flatten_text(item)]
+    if isinstance(value, dict):
+        return _flatten_text(value.get("content", "")) + _flatten_text(value.get("text", ""))
+    return []
+
+
+@dataclass
+class _Job:
+    """One generation: its schedule, its response shapes, its bookkeeping."""
+
+    server: StandinServer
+    chat: bool
+    arrived: float
+    n_tokens: int
+    finish: str
+    prompt_tokens: int
+    include_usage: bool
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def _due(self, index: int) -> float:
+        cfg = self.server.config
+        return self.arrived + (cfg.ttft_ms + index * cfg.token_ms) / 1000.0
+
+    async def _sleep_until(self, deadline: float) -> None:
+        delay = deadline - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _usage(self, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+
+    def _envelope(self, obj: str) -> dict[str, Any]:
+        prefix = "chatcmpl-" if self.chat else "cmpl-"
+        return {
+            "id": prefix + self.request_id,
+            "object": obj,
+            "created": self.created,
+            "model": self.server.config.served_model_name,
+            "system_fingerprint": self.server.config.replica_id,
+        }
+
+    def _count_start(self) -> None:
+        self.server.stats.running += 1
+        self.server.stats.prompt_tokens += self.prompt_tokens
+
+    def _count_end(self, generated: int, finished: bool) -> None:
+        stats = self.server.stats
+        stats.running -= 1
+        stats.generation_tokens += generated
+        if finished:
+            stats.success += 1
+
+    async def whole(self) -> dict[str, Any]:
+        """Non-streaming: one body once the last token would have been generated."""
+        self._count_start()
+        finished = False
+        try:
+            await self._sleep_until(self._due(self.n_tokens - 1))
+            finished = True
+        finally:
+            self._count_end(self.n_tokens if finished else 0, finished)
+        text = "".join(token_text(i) for i in range(self.n_tokens))
+        if self.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": self.finish,
+                "stop_reason": None,
+            }
+            body = self._envelope("chat.completion")
+        else:
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": self.finish,
+                "stop_reason": None,
+            }
+            body = self._envelope("text_completion")
+        body["choices"] = [choice]
+        body["usage"] = self._usage(self.n_tokens)
+        return body
+
+    def _chunk(self, index: int) -> dict[str, Any]:
+        last = index == self.n_tokens - 1
+        text = token_text(index)
+        if self.chat:
+            delta: dict[str, Any] = {"content": text}
+            if index == 0:
+                delta = {"role": "assistant", "content": text}
+            choice: dict[str, Any] = {"index": 0, "delta": delta}
+            body = self._envelope("chat.completion.chunk")
+        else:
+            choice = {"index": 0, "text": text}
+            body = self._envelope("text_completion")
+        choice["logprobs"] = None
+        choice["finish_reason"] = self.finish if last else None
+        body["choices"] = [choice]
+        return body
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """SSE: one chunk per token on schedule, an optional usage chunk, then [DONE]."""
+        self._count_start()
+        sent = 0
+        try:
+            for index in range(self.n_tokens):
+                await self._sleep_until(self._due(index))
+                yield _sse(self._chunk(index))
+                sent += 1
+            if self.include_usage:
+                usage = self._envelope("chat.completion.chunk" if self.chat else "text_completion")
+                usage["choices"] = []
+                usage["usage"] = self._usage(sent)
+                yield _sse(usage)
+            yield b"data: [DONE]\n\n"
+        finally:
+            self._count_end(sent, sent == self.n_tokens)
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

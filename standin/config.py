@@ -1,0 +1,134 @@
+"""Command line of the stand-in: vLLM's arguments plus the stand-in's own knobs.
+
+The deployment starts replicas with vLLM's arguments and environment only, so
+every stand-in knob can also come from an environment variable (flag wins over
+environment, environment over the default). Arguments vLLM knows but the
+stand-in does not simulate are accepted and reported, so that the deployment's
+real command line never makes the stand-in fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server needs, resolved once at start."""
+
+    model: str
+    served_model_names: tuple[str, ...]
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_key: str | None = None
+    tensor_parallel_size: int = 1
+    ttft_ms: float = 50.0
+    token_ms: float = 20.0
+    tokens: int = 16
+    replica_id: str = "standin"
+    download_seconds: float = 0.0
+    load_seconds: float = 0.0
+    access_log: bool = True
+    ignored_args: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def served_model_name(self) -> str:
+        """The name responses carry: vLLM reports the first served name."""
+        return self.served_model_names[0]
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"standin: environment {name}={raw!r} is not a number") from None
+    if value < 0:
+        raise SystemExit(f"standin: environment {name}={raw!r} must not be negative")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser, separate so that `--help` documents both kinds of argument."""
+    parser = argparse.ArgumentParser(
+        prog="python -m standin",
+        description="Stand-in for vLLM's OpenAI-compatible server (no model, timed tokens).",
+    )
+    vllm = parser.add_argument_group("vLLM arguments")
+    vllm.add_argument("--model", required=True, help="model name on the hub, or a local path")
+    vllm.add_argument("--host", default="0.0.0.0")
+    vllm.add_argument("--port", type=int, default=8000)
+    vllm.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        help="name(s) the API answers to; the first is reported (default: --model)",
+    )
+    vllm.add_argument("--api-key", default=None, help="required on /v1/* (env VLLM_API_KEY)")
+    vllm.add_argument("--tensor-parallel-size", "-tp", type=_positive_int, default=1)
+    vllm.add_argument("--disable-uvicorn-access-log", action="store_true")
+
+    knobs = parser.add_argument_group("stand-in knobs (each also from the environment)")
+    knobs.add_argument("--ttft-ms", type=_non_negative_float, help="[STANDIN_TTFT_MS, 50]")
+    knobs.add_argument("--token-ms", type=_non_negative_float, help="[STANDIN_TOKEN_MS, 20]")
+    knobs.add_argument("--tokens", type=_positive_int, help="[STANDIN_TOKENS, 16]")
+    knobs.add_argument("--replica-id", help="[STANDIN_REPLICA_ID, host name]")
+    knobs.add_argument(
+        "--download-seconds", type=_non_negative_float, help="[STANDIN_DOWNLOAD_SECONDS, 0]"
+    )
+    knobs.add_argument("--load-seconds", type=_non_negative_float, help="[STANDIN_LOAD_SECONDS, 0]")
+    return parser
+
+
+def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
+    """Resolve flags, environment and defaults into one `Config`."""
+    environ = os.environ if env is None else env
+    args, unknown = build_parser().parse_known_args(list(argv))
+
+    tokens_env = _env_number(environ, "STANDIN_TOKENS", 16)
+    if tokens_env < 1 or tokens_env != int(tokens_env):
+        raise SystemExit("standin: STANDIN_TOKENS must be a whole number of at least 1")
+
+    replica_id = args.replica_id or environ.get("STANDIN_REPLICA_ID") or socket.gethostname()
+    api_key = args.api_key if args.api_key is not None else environ.get("VLLM_API_KEY") or None
+    served = tuple(args.served_model_name) if args.served_model_name else (args.model,)
+
+    def pick(flag: float | None, name: str, default: float) -> float:
+        return flag if flag is not None else _env_number(environ, name, default)
+
+    return Config(
+        model=args.model,
+        served_model_names=served,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        tensor_parallel_size=args.tensor_parallel_size,
+        ttft_ms=pick(args.ttft_ms, "STANDIN_TTFT_MS", 50.0),
+        token_ms=pick(args.token_ms, "STANDIN_TOKEN_MS", 20.0),
+        tokens=args.tokens if args.tokens is not None else int(tokens_env),
+        replica_id=replica_id,
+        download_seconds=pick(args.download_seconds, "STANDIN_DOWNLOAD_SECONDS", 0.0),
+        load_seconds=pick(args.load_seconds, "STANDIN_LOAD_SECONDS", 0.0),
+        access_log=not args.disable_uvicorn_access_log,
+        ignored_args=tuple(unknown),
+    )
