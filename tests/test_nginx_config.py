@@ -1,0 +1,438 @@
+"""The renderer's output: accepted by the real nginx, shaped as promised, not injectable."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import crossplane
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from components.nginx_config import (
+    LOG_FORMAT,
+    UPSTREAM_NAME,
+    NginxRuntime,
+    affinity_variable,
+    render_guide_config,
+    render_nginx_config,
+)
+from components.settings import LoadBalancerSettings, RoutingPolicy, Upstream
+from tests.support.nginx import check_config, loopback_runtime, make_sandbox, require_nginx
+
+pytestmark = pytest.mark.nginx
+
+# --- strategies --------------------------------------------------------------
+
+header_names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,20}", fullmatch=True)
+url_paths = st.from_regex(r"/[A-Za-z0-9._~/-]{0,24}", fullmatch=True).filter(
+    lambda p: "//" not in p and ".." not in p and p != "/health"
+)
+ipv4 = st.ip_addresses(v=4).map(str)
+# Names must resolve when nginx -t loads them (without `resolve` nginx looks
+# them up at start), so the real-binary run uses IPs and localhost only.
+resolvable_hosts = st.one_of(ipv4, st.sampled_from(["127.0.0.1", "::1", "localhost"]))
+ports = st.integers(min_value=1, max_value=65535)
+
+
+def lb_settings(dynamic_resolve: bool) -> st.SearchStrategy[LoadBalancerSettings]:
+    return st.builds(
+        LoadBalancerSettings,
+        policy=st.sampled_from(list(RoutingPolicy)),
+        affinity_header=header_names,
+        read_timeout_seconds=st.integers(1, 10**6),
+        send_timeout_seconds=st.integers(1, 10**6),
+        connect_timeout_seconds=st.integers(1, 600),
+        max_fails=st.integers(1, 100),
+        fail_window_seconds=st.integers(1, 15),
+        next_upstream_tries=st.integers(0, 20),
+        retry_non_idempotent=st.booleans(),
+        keepalive_connections=st.integers(1, 4096),
+        max_body_size_mb=st.integers(1, 100_000),
+        worker_connections=st.integers(64, 65536),
+        expose_paths=st.lists(url_paths, max_size=5).map(tuple),
+        dynamic_resolve=st.just(dynamic_resolve),
+    )
+
+
+def upstream_lists(hosts: st.SearchStrategy[str]) -> st.SearchStrategy[list[Upstream]]:
+    return st.lists(st.builds(Upstream, host=hosts, port=ports), min_size=1, max_size=8)
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nginx_binary() -> str:
+    return require_nginx()
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Any:
+    path = make_sandbox()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def parse(config: str) -> list[dict[str, Any]]:
+    """crossplane's own parser: catches what the builder could get wrong structurally."""
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as handle:
+        handle.write(config)
+        name = handle.name
+    try:
+        payload = crossplane.parse(name, single=True, comments=False, check_ctx=True)
+    finally:
+        Path(name).unlink()
+    assert payload["status"] == "ok", payload["errors"]
+    parsed: list[dict[str, Any]] = payload["config"][0]["parsed"]
+    return parsed
+
+
+def find(block: list[dict[str, Any]], directive: str) -> list[dict[str, Any]]:
+    return [d for d in block if d["directive"] == directive]
+
+
+def walk(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for d in block:
+        out.append(d)
+        out.extend(walk(d.get("block", [])))
+    return out
+
+
+def http_of(parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    (http,) = find(parsed, "http")
+    block: list[dict[str, Any]] = http["block"]
+    return block
+
+
+def upstream_of(parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    (upstream,) = find(http_of(parsed), "upstream")
+    assert upstream["args"] == [UPSTREAM_NAME]
+    block: list[dict[str, Any]] = upstream["block"]
+    return block
+
+
+def server_of(parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    (server,) = find(http_of(parsed), "server")
+    block: list[dict[str, Any]] = server["block"]
+    return block
+
+
+def locations(parsed: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    return {tuple(d["args"]): d["block"] for d in find(server_of(parsed), "location")}
+
+
+def args_of(block: list[dict[str, Any]], directive: str) -> list[str]:
+    (d,) = find(block, directive)
+    args: list[str] = d["args"]
+    return args
+
+
+UPSTREAMS = [Upstream(host="127.0.0.1", port=8001), Upstream(host="127.0.0.2", port=8002)]
+
+
+# --- the real binary accepts everything the renderer produces ------------------
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(lb=lb_settings(dynamic_resolve=False), upstreams=upstream_lists(resolvable_hosts))
+def test_every_rendered_config_passes_nginx_t(nginx_binary, sandbox, lb, upstreams):
+    runtime = loopback_runtime(sandbox, 18080)
+    config = render_nginx_config(lb, upstreams, runtime)
+    result = check_config(nginx_binary, config, sandbox)
+    assert result.returncode == 0, f"{result.stderr}\n{config}"
+
+
+@pytest.mark.parametrize("policy", list(RoutingPolicy))
+def test_each_policy_with_container_runtime_passes_nginx_t(nginx_binary, sandbox, policy):
+    # The container defaults (port 80, /tmp paths, stderr/stdout logs) as shipped.
+    lb = LoadBalancerSettings(policy=policy, dynamic_resolve=False, expose_paths=("/metrics",))
+    config = render_nginx_config(lb, [Upstream(host="localhost", port=8000)], NginxRuntime())
+    result = check_config(nginx_binary, config, sandbox)
+    assert result.returncode == 0, f"{result.stderr}\n{config}"
+
+
+def test_guide_config_passes_nginx_t(nginx_binary, sandbox):
+    config = render_guide_config(UPSTREAMS, loopback_runtime(sandbox, 18080), 2)
+    result = check_config(nginx_binary, config, sandbox)
+    assert result.returncode == 0, result.stderr
+
+
+def test_debian_1_22_rejects_resolve_which_is_why_dynamic_resolve_exists(nginx_binary, sandbox):
+    """Documents the module docstring's claim against the installed nginx."""
+    from tests.support.nginx import nginx_version
+
+    version = nginx_version(nginx_binary)
+    config = render_nginx_config(
+        LoadBalancerSettings(dynamic_resolve=True),
+        [Upstream(host="localhost", port=8000)],
+        loopback_runtime(sandbox, 18080),
+    )
+    result = check_config(nginx_binary, config, sandbox)
+    major, minor, patch = (int(x) for x in version.split("/")[-1].split(".")[:3])
+    if (major, minor, patch) >= (1, 27, 3):
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert 'invalid parameter "resolve"' in result.stderr
+
+
+# --- dynamic resolve: structure only (1.22 here cannot load it) ---------------
+
+any_hosts = st.one_of(
+    ipv4,
+    st.ip_addresses(v=6).map(str),
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9](\.[a-z]{2,6})?", fullmatch=True),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lb=lb_settings(dynamic_resolve=True), upstreams=upstream_lists(any_hosts))
+def test_resolve_only_on_names_and_resolver_only_when_needed(lb, upstreams):
+    parsed = parse(render_nginx_config(lb, upstreams))
+    servers = find(upstream_of(parsed), "server")
+    assert len(servers) == len(upstreams)
+    for line, upstream in zip(servers, upstreams, strict=True):
+        is_name = any(c.isalpha() for c in upstream.host) and ":" not in upstream.host
+        is_name = is_name and not upstream.host.replace(".", "").isdigit()
+        assert ("resolve" in line["args"]) == is_name, (line, upstream)
+    resolvers = find(http_of(parsed), "resolver")
+    if any("resolve" in s["args"] for s in servers):
+        assert [r["args"] for r in resolvers] == [["127.0.0.11", "valid=5s", "ipv6=off"]]
+        assert find(upstream_of(parsed), "zone"), "resolve needs a shared zone"
+    else:
+        assert resolvers == []
+
+
+def test_dynamic_resolve_false_never_resolves():
+    lb = LoadBalancerSettings(dynamic_resolve=False)
+    parsed = parse(render_nginx_config(lb, [Upstream(host="vllm0", port=8000)]))
+    assert "resolve" not in args_of(upstream_of(parsed), "server")
+    assert find(http_of(parsed), "resolver") == []
+
+
+# --- structure of the default and of each policy ------------------------------
+
+
+def test_defaults_fit_llm_traffic():
+    parsed = parse(render_nginx_config(LoadBalancerSettings(), UPSTREAMS))
+    upstream = upstream_of(parsed)
+    assert find(upstream, "least_conn")
+    assert args_of(upstream, "zone")[0] == UPSTREAM_NAME
+    assert args_of(upstream, "keepalive") == ["32"]
+    assert [s["args"] for s in find(upstream, "server")] == [
+        ["127.0.0.1:8001", "max_fails=3", "fail_timeout=10s"],
+        ["127.0.0.2:8002", "max_fails=3", "fail_timeout=10s"],
+    ]
+    # keepalive must follow the balancing method, or nginx ignores the method's
+    # peer selection for cached connections.
+    names = [d["directive"] for d in upstream]
+    assert names.index("least_conn") < names.index("keepalive")
+
+    server = server_of(parsed)
+    assert args_of(server, "proxy_buffering") == ["off"]
+    assert args_of(server, "proxy_request_buffering") == ["off"]
+    assert args_of(server, "proxy_http_version") == ["1.1"]
+    assert args_of(server, "proxy_read_timeout") == ["3600s"]
+    assert args_of(server, "proxy_send_timeout") == ["3600s"]
+    assert args_of(server, "proxy_connect_timeout") == ["5s"]
+    assert args_of(server, "proxy_next_upstream") == [
+        "error",
+        "timeout",
+        "http_502",
+        "http_503",
+        "non_idempotent",
+    ]
+    assert args_of(server, "proxy_next_upstream_tries") == ["0"]
+    headers = {tuple(d["args"][:1]): d["args"][1:] for d in find(server, "proxy_set_header")}
+    assert headers == {
+        ("Connection",): [""],
+        ("Host",): ["$host"],
+        ("X-Real-IP",): ["$remote_addr"],
+        ("X-Forwarded-For",): ["$proxy_add_x_forwarded_for"],
+        ("X-Forwarded-Proto",): ["$scheme"],
+    }
+    # proxy_set_header in a location would silently drop all server-level ones.
+    for block in locations(parsed).values():
+        assert not find(block, "proxy_set_header")
+
+    http = http_of(parsed)
+    assert args_of(http, "client_max_body_size") == ["100m"]
+    assert args_of(find(parsed, "events")[0]["block"], "worker_connections") == ["4096"]
+    assert args_of(server, "listen") == ["0.0.0.0:80"]
+    assert args_of(parsed, "pid") == ["/tmp/nginx.pid"]
+
+
+def test_nothing_depends_on_stock_files_or_users():
+    parsed = parse(render_nginx_config(LoadBalancerSettings(expose_paths=("/metrics",)), UPSTREAMS))
+    names = {d["directive"] for d in walk(parsed)}
+    assert not names & {"include", "user", "daemon", "master_process", "types"}
+
+
+def test_log_format_has_upstream_timings_and_no_secrets():
+    parsed = parse(render_nginx_config(LoadBalancerSettings(), UPSTREAMS))
+    (fmt,) = find(http_of(parsed), "log_format")
+    text = " ".join(fmt["args"])
+    for variable in (
+        "$upstream_addr",
+        "$upstream_status",
+        "$upstream_connect_time",
+        "$upstream_header_time",
+        "$upstream_response_time",
+        "$request_time",
+    ):
+        assert variable in text
+    assert "authorization" not in text.lower()
+    assert "$http_" not in LOG_FORMAT
+    assert args_of(http_of(parsed), "access_log") == ["/dev/stdout", "lb"]
+
+
+def test_round_robin_has_no_balancing_directive():
+    parsed = parse(render_nginx_config(LoadBalancerSettings(policy="round_robin"), UPSTREAMS))
+    names = {d["directive"] for d in upstream_of(parsed)}
+    assert not names & {"least_conn", "random", "hash", "ip_hash"}
+
+
+def test_power_of_two_is_random_two_least_conn():
+    parsed = parse(render_nginx_config(LoadBalancerSettings(policy="power_of_two"), UPSTREAMS))
+    assert args_of(upstream_of(parsed), "random") == ["two", "least_conn"]
+
+
+def test_session_affinity_hashes_the_header_and_spreads_requests_without_it():
+    lb = LoadBalancerSettings(policy="session_affinity", affinity_header="X-Chat-Session")
+    parsed = parse(render_nginx_config(lb, UPSTREAMS))
+    assert args_of(upstream_of(parsed), "hash") == ["$lb_affinity_key", "consistent"]
+    (map_block,) = find(http_of(parsed), "map")
+    assert map_block["args"] == ["$http_x_chat_session", "$lb_affinity_key"]
+    entries = {d["directive"]: d["args"] for d in map_block["block"]}
+    assert entries == {"default": ["$http_x_chat_session"], "": ["$request_id"]}
+    assert affinity_variable("X-Session-Id") == "$http_x_session_id"
+
+
+def test_public_surface_is_v1_health_and_exposed_paths_only():
+    lb = LoadBalancerSettings(expose_paths=("/metrics", "/version", "/metrics"))
+    parsed = parse(render_nginx_config(lb, UPSTREAMS))
+    locs = locations(parsed)
+    assert set(locs) == {("/v1/",), ("=", "/health"), ("=", "/metrics"), ("=", "/version"), ("/",)}
+    proxy = [f"http://{UPSTREAM_NAME}"]
+    assert args_of(locs[("/v1/",)], "proxy_pass") == proxy
+    assert args_of(locs[("=", "/metrics")], "proxy_pass") == proxy
+    assert args_of(locs[("=", "/health")], "return")[0] == "200"
+    assert not find(locs[("=", "/health")], "proxy_pass")
+    assert args_of(locs[("/",)], "return") == ["404"]
+
+
+def test_exposing_health_is_refused_because_the_lb_answers_it():
+    lb = LoadBalancerSettings(expose_paths=("/health",))
+    with pytest.raises(ValueError, match=r"expose_paths\[0\]"):
+        render_nginx_config(lb, UPSTREAMS)
+
+
+def test_ipv6_upstreams_are_bracketed():
+    parsed = parse(render_nginx_config(LoadBalancerSettings(), [Upstream(host="::1", port=8000)]))
+    assert args_of(upstream_of(parsed), "server")[0] == "[::1]:8000"
+
+
+def test_no_upstreams_is_an_error():
+    with pytest.raises(ValueError, match="upstreams"):
+        render_nginx_config(LoadBalancerSettings(), [])
+
+
+# --- injection ---------------------------------------------------------------
+
+NASTY = [
+    "a\nb",
+    "a;b",
+    "a{b",
+    "a}b",
+    'a"b',
+    "a'b",
+    "a b",
+    "a\tb",
+    "$host",
+    "a\\b",
+    "a;\ninclude /etc/passwd;",
+    "x } server { listen 81; }",
+    "",
+]
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_settings_reject_injection_in_host_path_and_header(value):
+    with pytest.raises(ValidationError):
+        Upstream(host=value, port=8000)
+    if value:  # "/" + "" is the valid path "/"
+        with pytest.raises(ValidationError):
+            LoadBalancerSettings(expose_paths=("/" + value,))
+    with pytest.raises(ValidationError):
+        LoadBalancerSettings(affinity_header=value)
+    with pytest.raises(ValidationError):
+        LoadBalancerSettings(resolver=value)
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_renderer_rejects_injection_that_bypassed_settings(value):
+    """model_construct skips validation: the renderer must still refuse and name the field."""
+    bad_host = Upstream.model_construct(host=value, port=8000)
+    with pytest.raises(ValueError, match=r"upstreams\[1\]\.host"):
+        render_nginx_config(LoadBalancerSettings(), [UPSTREAMS[0], bad_host])
+    if value:
+        with pytest.raises(ValueError, match=r"expose_paths\[0\]"):
+            render_nginx_config(
+                LoadBalancerSettings.model_construct(expose_paths=("/" + value,)), UPSTREAMS
+            )
+    with pytest.raises(ValueError, match="affinity_header"):
+        render_nginx_config(
+            LoadBalancerSettings.model_construct(policy="session_affinity", affinity_header=value),
+            UPSTREAMS,
+        )
+    with pytest.raises(ValueError, match="resolver"):
+        render_nginx_config(
+            LoadBalancerSettings.model_construct(resolver=value),
+            [Upstream(host="vllm0", port=8000)],
+        )
+    with pytest.raises(ValueError, match=r"runtime\.access_log"):
+        render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(access_log=value))
+    with pytest.raises(ValueError, match=r"runtime\.listen_address"):
+        render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(listen_address=value))
+
+
+def test_renderer_rejects_bad_numbers_that_bypassed_settings():
+    for field, value in (
+        ("max_fails", 0),
+        ("fail_window_seconds", -1),
+        ("keepalive_connections", "32; include x"),
+        ("read_timeout_seconds", True),
+        ("worker_connections", 10),
+    ):
+        lb = LoadBalancerSettings.model_construct(**{field: value})
+        with pytest.raises(ValueError, match=field):
+            render_nginx_config(lb, UPSTREAMS)
+    with pytest.raises(ValueError, match=r"upstreams\[0\]\.port"):
+        render_nginx_config(LoadBalancerSettings(), [Upstream.model_construct(host="a", port=0)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(host=st.text(max_size=30), path=st.text(max_size=30), header=st.text(max_size=30))
+def test_arbitrary_text_either_renders_one_clean_directive_or_is_refused(host, path, header):
+    lb = LoadBalancerSettings.model_construct(
+        policy="session_affinity", affinity_header=header, expose_paths=("/" + path,)
+    )
+    try:
+        config = render_nginx_config(lb, [Upstream.model_construct(host=host, port=8000)])
+    except ValueError:
+        return
+    parsed = parse(config)
+    # Exactly the structure we asked for: one server line, one extra location.
+    assert len(find(upstream_of(parsed), "server")) == 1
+    assert len(locations(parsed)) == 4
+    assert find(upstream_of(parsed), "server")[0]["args"][0].startswith(host.strip("[]"))
