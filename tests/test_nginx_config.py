@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import crossplane
 import pytest
@@ -392,7 +392,9 @@ def test_renderer_rejects_injection_that_bypassed_settings(value):
             )
     with pytest.raises(ValueError, match="affinity_header"):
         render_nginx_config(
-            LoadBalancerSettings.model_construct(policy="session_affinity", affinity_header=value),
+            LoadBalancerSettings.model_construct(
+                policy=RoutingPolicy.SESSION_AFFINITY, affinity_header=value
+            ),
             UPSTREAMS,
         )
     with pytest.raises(ValueError, match="resolver"):
@@ -414,7 +416,7 @@ def test_renderer_rejects_bad_numbers_that_bypassed_settings():
         ("read_timeout_seconds", True),
         ("worker_connections", 10),
     ):
-        lb = LoadBalancerSettings.model_construct(**{field: value})
+        lb = LoadBalancerSettings.model_construct(**cast(dict[str, Any], {field: value}))
         with pytest.raises(ValueError, match=field):
             render_nginx_config(lb, UPSTREAMS)
     with pytest.raises(ValueError, match=r"upstreams\[0\]\.port"):
@@ -425,7 +427,7 @@ def test_renderer_rejects_bad_numbers_that_bypassed_settings():
 @given(host=st.text(max_size=30), path=st.text(max_size=30), header=st.text(max_size=30))
 def test_arbitrary_text_either_renders_one_clean_directive_or_is_refused(host, path, header):
     lb = LoadBalancerSettings.model_construct(
-        policy="session_affinity", affinity_header=header, expose_paths=("/" + path,)
+        policy=RoutingPolicy.SESSION_AFFINITY, affinity_header=header, expose_paths=("/" + path,)
     )
     try:
         config = render_nginx_config(lb, [Upstream.model_construct(host=host, port=8000)])
