@@ -10,6 +10,7 @@ verify check), and that secrets travel as Pulumi secrets.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,11 @@ class VllmClusterArgs:
     """The engine the checks talk to; the same one the docker provider targets."""
     project_dir: Path = PROJECT_DIR
     python: str = sys.executable
+
+
+def _env_entry(key: str, value: pulumi.Output[str]) -> pulumi.Output[str]:
+    """`KEY=value`, still secret, for docker's env list."""
+    return value.apply(lambda text: f"{key}={text}")
 
 
 def _seconds(value: int) -> str:
@@ -169,13 +175,10 @@ class VllmCluster(pulumi.ComponentResource):
         name: str,
         replica: ReplicaPlan,
         image: pulumi.Output[str],
-        after: list[pulumi.Resource],
+        after: Sequence[pulumi.Resource],
     ) -> docker.Container:
         plain = [f"{key}={value}" for key, value in replica.env.items()]
-        secret = [
-            self._secrets[key].apply(lambda value, key=key: f"{key}={value}")
-            for key in replica.secret_env
-        ]
+        secret = [_env_entry(key, self._secrets[key]) for key in replica.secret_env]
         envs: pulumi.Input[list[str]] = (
             pulumi.Output.all(*plain, *secret).apply(list) if secret else plain
         )
@@ -220,7 +223,7 @@ class VllmCluster(pulumi.ComponentResource):
             restart=self.plan.restart_policy,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=after,
+                depends_on=list(after),
                 delete_before_replace=True,
                 additional_secret_outputs=["envs"],
             ),
@@ -230,8 +233,8 @@ class VllmCluster(pulumi.ComponentResource):
         self,
         name: str,
         check: CheckPlan,
-        after: list[pulumi.Resource],
-        triggers: list[pulumi.Output[str]],
+        after: Sequence[pulumi.Resource],
+        triggers: Sequence[pulumi.Output[str]],
     ) -> command.local.Command:
         environment: dict[str, pulumi.Input[str]] = {
             key: self._secrets[key] for key in check.secret_env
@@ -243,6 +246,6 @@ class VllmCluster(pulumi.ComponentResource):
             create=check.command,
             dir=str(self._args.project_dir),
             environment=environment,
-            triggers=triggers,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+            triggers=list(triggers),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )

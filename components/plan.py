@@ -145,7 +145,12 @@ def _proxy_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _vllm_image(settings: Settings) -> ImagePlan:
+def _resolve(path: str, base: Path) -> str:
+    """`~` and relative paths mean the same whatever directory Pulumi runs in."""
+    return str((base / os.path.expanduser(path)).resolve())
+
+
+def _vllm_image(settings: Settings, project_dir: Path) -> ImagePlan:
     image = settings.vllm_image
     if image.build is None:
         assert image.prebuilt is not None
@@ -156,7 +161,7 @@ def _vllm_image(settings: Settings) -> ImagePlan:
     return ImagePlan(
         name=build.tag,
         build=ImageBuild(
-            context=os.path.expanduser(build.context),
+            context=_resolve(build.context, project_dir),
             dockerfile=build.dockerfile,
             target=build.target,
             args=args,
@@ -257,7 +262,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             host_path=os.path.expanduser(cache.host_path) if cache.host_path else None,
             keep_on_destroy=cache.keep_on_destroy,
         ),
-        vllm_image=_vllm_image(settings),
+        vllm_image=_vllm_image(settings, project_dir),
         replicas=replicas,
         first_ready=_ready_check(f"{names[0]}-ready", names[:1], settings, python),
         all_ready=(

@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 
 # No whitespace, quotes, backslashes, `;`, `{`, `}`, `$`, backticks or control
 # characters: nothing that could end a directive, split an argument or expand.
-_SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/@%+=,~\-\[\]*]+")
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/@%+=,~|\-\[\]*]+")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -104,6 +104,13 @@ def image_ref(value: str) -> str:
     return value
 
 
+def safe_secret(value: SecretStr) -> SecretStr:
+    """Same alphabet as any other value; the error never shows the value."""
+    safe_token(value.get_secret_value())
+    return value
+
+
+SafeSecret = Annotated[SecretStr, AfterValidator(safe_secret)]
 SafeToken = Annotated[str, AfterValidator(safe_token)]
 DnsLabel = Annotated[str, AfterValidator(dns_label)]
 HostName = Annotated[str, AfterValidator(host_name)]
@@ -258,8 +265,8 @@ class Settings(_Model):
     health_check: HealthCheckSettings = HealthCheckSettings()
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
-    hf_token: SecretStr | None = None
-    api_key: SecretStr | None = None
+    hf_token: SafeSecret | None = None
+    api_key: SafeSecret | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -300,12 +307,6 @@ class Settings(_Model):
             raise ValueError(
                 f"'loadBalancer.name' {self.load_balancer.name} collides with a replica name"
             )
-        for secret_name, secret in (("hfToken", self.hf_token), ("apiKey", self.api_key)):
-            if secret is not None:
-                try:
-                    safe_token(secret.get_secret_value())
-                except ValueError as err:
-                    raise ValueError(f"'{secret_name}' {err}") from None
         return self
 
     @property

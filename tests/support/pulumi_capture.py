@@ -14,8 +14,6 @@ so the end-to-end applier can substitute real values.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +23,8 @@ import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.config import set_all_config
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
 
 
 def placeholder(name: str, output: str) -> str:
@@ -50,7 +50,9 @@ class Declared:
 
 
 class _Mocks(pulumi.runtime.Mocks):
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+    def new_resource(
+        self, args: pulumi.runtime.MockResourceArgs
+    ) -> tuple[str | None, dict[str, Any]]:
         state = dict(args.inputs)
         name = args.name
         if args.typ == "docker:index/image:Image":
@@ -63,24 +65,24 @@ class _Mocks(pulumi.runtime.Mocks):
             state["stderr"] = ""
         return placeholder(name, "id"), state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
         return {}, None
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
-    def __init__(self, mocks: pulumi.runtime.Mocks) -> None:
+    def __init__(self, mocks: pulumi.runtime.Mocks, declared: list[Declared]) -> None:
         super().__init__(mocks)
-        self.declared: list[Declared] = []
+        self.declared = declared
 
     def RegisterResource(self, request: Any) -> Any:
-        response = super().RegisterResource(request)
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         if request.type == "pulumi:pulumi:Stack":
             return response
         from pulumi.runtime import rpc
 
-        raw = json.loads(json.dumps(_plain(request.object)))
-        secret_inputs = [k for k, v in raw.items() if _is_secret(v)]
+        # Deserialized properties keep Pulumi's secret wrapper: read it, then drop it.
         inputs = rpc.deserialize_properties(request.object)
+        secret_inputs = [k for k, v in inputs.items() if _is_secret(v)]
         self.declared.append(
             Declared(
                 type=request.type,
@@ -98,12 +100,6 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             )
         )
         return response
-
-
-def _plain(struct: Any) -> Any:
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(struct)
 
 
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
@@ -148,8 +144,10 @@ class Run:
 
 
 @contextmanager
-def _mocked(config: Mapping[str, str], secret_keys: list[str]) -> Iterator[_RecordingMonitor]:
-    monitor = _RecordingMonitor(_Mocks())
+def _mocked(
+    config: Mapping[str, str], secret_keys: list[str], declared: list[Declared]
+) -> Iterator[_RecordingMonitor]:
+    monitor = _RecordingMonitor(_Mocks(), declared)
     pulumi.runtime.set_mocks(
         _Mocks(), project="vllm-nginx", stack="test", preview=False, monitor=monitor
     )
@@ -165,20 +163,24 @@ def run_program(
     config: Mapping[str, str],
     secret_keys: list[str] | None = None,
     program: Callable[[], Mapping[str, Any]] | None = None,
+    declared: list[Declared] | None = None,
 ) -> Run:
-    """Run `components.program.deploy` (or `program`) under mocks; resolve outputs."""
+    """Run `components.program.deploy` (or `program`) under mocks; resolve outputs.
+
+    Pass `declared` to see what was registered even when the program raises.
+    """
     from components.program import deploy
 
-    with _mocked(config, secret_keys or []) as monitor:
-        outputs = (program or deploy)()
+    record: list[Declared] = [] if declared is None else declared
+    with _mocked(config, secret_keys or [], record) as monitor:
         resolved: dict[str, Any] = {}
 
-        async def resolve() -> None:
+        def body() -> None:
+            outputs = (program or deploy)()
             for key, output in outputs.items():
-                future: asyncio.Future[Any] = asyncio.get_event_loop().create_future()
-                pulumi.Output.from_input(output).apply(future.set_result)
-                resolved[key] = await future
+                resolved[key] = _sync_await(pulumi.Output.from_input(output).future())
 
-        loop = asyncio.get_event_loop()
-        loop.run_until_complete(resolve())
+        # run_pulumi_func waits for every outstanding registration, as
+        # @pulumi.runtime.test does, so `declared` is complete afterwards.
+        _sync_await(run_pulumi_func(body))
         return Run(declared=list(monitor.declared), outputs=resolved)

@@ -1,0 +1,334 @@
+"""What the program declares, checked under Pulumi's mocks (no CLI, no plugins).
+
+These tests prove the resource graph and the inputs handed to pulumi-docker
+and pulumi-command: types, camelCase inputs, parents, dependencies, options
+and secrecy. They do not prove that the providers act on them correctly;
+the end-to-end tests apply the same declarations to a real Docker engine.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pulumi_docker as docker
+import pytest
+
+from components.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
+from components.program import load_settings
+from components.stack_config import ConfigError
+from tests.support.pulumi_capture import Declared, Run, run_program
+
+NS = "vllm-nginx"
+CONTAINER = "docker:index/container:Container"
+COMMAND = "command:local:Command"
+
+
+def config(**values: Any) -> dict[str, str]:
+    base: dict[str, Any] = {"model": "meta-llama/Llama-2-7b-chat-hf"}
+    base.update(values)
+    return {
+        f"{NS}:{key}": json.dumps(value) if isinstance(value, dict | list) else str(value)
+        for key, value in base.items()
+    }
+
+
+SECRETS = {"hfToken": "hf_TOPSECRET123", "apiKey": "sk-APIKEY456"}
+
+
+def deploy(**values: Any) -> Run:
+    return run_program(config(**values))
+
+
+def deploy_with_secrets(**values: Any) -> Run:
+    return run_program(config(**SECRETS, **values), [f"{NS}:{k}" for k in SECRETS])
+
+
+def dep_names(run: Run, declared: Declared) -> set[str]:
+    return {run.by_urn(urn).name for urn in declared.dependencies}
+
+
+def replicas(run: Run) -> list[Declared]:
+    return [c for c in run.of_type(CONTAINER) if c.name != "vllm-lb"]
+
+
+@pytest.fixture(scope="module")
+def guide() -> Run:
+    return deploy_with_secrets()
+
+
+def test_component_and_children(guide: Run) -> None:
+    (component,) = guide.of_type(TYPE_TOKEN)
+    assert TYPE_TOKEN == "vllm-nginx:index:VllmCluster"
+    children = [d for d in guide.declared if d is not component]
+    assert {d.type for d in children} == {
+        "docker:index/network:Network",
+        "docker:index/volume:Volume",
+        "docker:index/remoteImage:RemoteImage",
+        "docker:index/image:Image",
+        CONTAINER,
+        COMMAND,
+    }
+    assert all(d.parent == component.urn for d in children)
+
+
+def test_replicas_as_in_the_guide(guide: Run) -> None:
+    r0, r1 = replicas(guide)
+    for index, replica in enumerate((r0, r1)):
+        inputs = replica.inputs
+        assert inputs["name"] == f"vllm{index}"
+        assert inputs["ipcMode"] == "host"
+        assert inputs["gpus"] == f"device={index}"
+        assert inputs["shmSize"] == 10486
+        assert inputs["ports"] == [{"internal": 8000, "external": 8081 + index, "ip": "127.0.0.1"}]
+        assert inputs["networksAdvanced"] == [{"name": "vllm-nginx", "aliases": [f"vllm{index}"]}]
+        assert inputs["volumes"] == [
+            {"volumeName": "vllm-hf-cache", "containerPath": "/root/.cache/huggingface"}
+        ]
+        command = inputs["command"]
+        assert command[command.index("--model") + 1] == "meta-llama/Llama-2-7b-chat-hf"
+        assert command[command.index("--served-model-name") + 1] == "meta-llama/Llama-2-7b-chat-hf"
+        assert "--api-key" not in command, "the key must not sit in argv"
+        assert inputs["image"] == "@@vllm-vllm-image.imageId@@"
+        assert inputs["restart"] == "unless-stopped"
+        health = inputs["healthcheck"]
+        assert health["tests"][0] == "CMD"
+        assert "/health" in health["tests"][-1]
+        assert health["startPeriod"] == "1800s"
+        assert replica.delete_before_replace
+    assert "HF_HUB_OFFLINE=1" not in r0.inputs["envs"]
+    assert "HF_HUB_OFFLINE=1" in r1.inputs["envs"]
+
+
+def test_cache_gate_orders_replicas(guide: Run) -> None:
+    r0, r1 = replicas(guide)
+    gate = guide.named("vllm-vllm0-ready")
+    assert gate.type == COMMAND
+    assert "vllm-vllm0" in dep_names(guide, gate)
+    assert gate.inputs["triggers"] == ["@@vllm-vllm0.id@@"]
+    assert "-m components.gate --timeout 1800 vllm0" in gate.inputs["create"]
+    assert "vllm-vllm0-ready" in dep_names(guide, r1)
+    assert "vllm-vllm0-ready" not in dep_names(guide, r0)
+
+
+def test_later_replicas_start_together() -> None:
+    run = deploy(replicas=4)
+    later = [r for r in replicas(run) if r.inputs["name"] != "vllm0"]
+    assert len(later) == 3
+    for replica in later:
+        names = dep_names(run, replica)
+        assert "vllm-vllm0-ready" in names
+        assert not names & {"vllm-vllm1", "vllm-vllm2", "vllm-vllm3"}
+    ready = run.named("vllm-replicas-ready")
+    assert ready.inputs["create"].endswith("--timeout 1800 vllm1 vllm2 vllm3")
+
+
+def test_load_balancer_after_replicas_with_rendered_config(guide: Run) -> None:
+    lb = guide.named("vllm-lb")
+    assert dep_names(guide, lb) >= {"vllm-vllm0", "vllm-vllm1", "vllm-replicas-ready"}
+    assert lb.inputs["name"] == "nginx-lb"
+    assert lb.inputs["ports"] == [{"internal": 80, "external": 8000, "ip": "0.0.0.0"}]
+    assert lb.inputs["image"] == "@@vllm-nginx-image.repoDigest@@"
+    (upload,) = lb.inputs["uploads"]
+    assert upload["file"] == "/etc/nginx/nginx.conf"
+    assert "server vllm0:8000" in upload["content"]
+    assert "server vllm1:8000" in upload["content"]
+    assert "least_conn;" in upload["content"]
+    assert "vllm2" not in upload["content"]
+    assert lb.delete_before_replace
+
+
+def test_replica_set_change_changes_lb_config() -> None:
+    run = deploy(replicas=3)
+    content = run.named("vllm-lb").inputs["uploads"][0]["content"]
+    assert "server vllm2:8000" in content
+
+
+def test_nginx_image_built_from_shipped_dockerfile(guide: Run) -> None:
+    image = guide.named("vllm-nginx-image")
+    assert image.inputs["skipPush"] is True
+    build = image.inputs["build"]
+    assert build["context"].endswith("/docker/nginx")
+    assert build["dockerfile"].endswith("/docker/nginx/Dockerfile")
+    assert build["args"] == {"BASE_IMAGE": "nginx:1.28.0"}
+
+
+def test_prebuilt_image_by_default(guide: Run) -> None:
+    image = guide.named("vllm-vllm-image")
+    assert image.type == "docker:index/remoteImage:RemoteImage"
+    assert image.inputs["name"] == "vllm/vllm-openai:v0.11.0"
+    assert image.inputs["keepLocally"] is True
+
+
+def test_image_built_from_vllm_source_with_proxies() -> None:
+    run = deploy(
+        image={"build": {"context": "/src/vllm"}},
+        proxy={"http": "http://proxy:3128", "https": "http://proxy:3128", "no": "localhost"},
+    )
+    image = run.named("vllm-vllm-image")
+    assert image.type == "docker:index/image:Image"
+    build = image.inputs["build"]
+    assert build["context"] == "/src/vllm"
+    assert build["dockerfile"] == "/src/vllm/docker/Dockerfile"
+    assert build["target"] == "vllm-openai"
+    assert build["args"] == {
+        "http_proxy": "http://proxy:3128",
+        "https_proxy": "http://proxy:3128",
+        "no_proxy": "localhost",
+    }
+    for replica in replicas(run):
+        assert replica.inputs["image"] == "@@vllm-vllm-image.repoDigest@@"
+        assert "https_proxy=http://proxy:3128" in replica.inputs["envs"]
+        assert "HTTPS_PROXY=http://proxy:3128" in replica.inputs["envs"]
+
+
+def test_cpu_backend() -> None:
+    run = deploy(
+        backend="cpu",
+        model="Qwen/Qwen2.5-0.5B-Instruct",
+        image={"prebuilt": "vllm-cpu:local"},
+        cpu={"kvcacheSpaceGb": 8, "ompThreadsBind": "0-3|4-7"},
+    )
+    for replica in replicas(run):
+        assert "gpus" not in replica.inputs
+        assert "VLLM_CPU_KVCACHE_SPACE=8" in replica.inputs["envs"]
+        assert "VLLM_CPU_OMP_THREADS_BIND=0-3|4-7" in replica.inputs["envs"]
+    assert run.named("vllm-vllm-image").inputs["name"] == "vllm-cpu:local"
+
+
+def test_tensor_parallel_gpus() -> None:
+    run = deploy(tensorParallelSize=2, gpus=[[0, 1], [2, 3]])
+    assert [r.inputs["gpus"] for r in replicas(run)] == ["device=0,1", "device=2,3"]
+    command = replicas(run)[0].inputs["command"]
+    assert command[command.index("--tensor-parallel-size") + 1] == "2"
+
+
+def test_extra_args_and_env() -> None:
+    run = deploy(extraArgs=["--max-model-len", "4096"], extraEnv={"VLLM_LOGGING_LEVEL": "DEBUG"})
+    for replica in replicas(run):
+        assert replica.inputs["command"][-2:] == ["--max-model-len", "4096"]
+        assert "VLLM_LOGGING_LEVEL=DEBUG" in replica.inputs["envs"]
+
+
+def test_cache_volume_kept_on_destroy(guide: Run) -> None:
+    volume = guide.named("vllm-hf-cache")
+    assert volume.inputs["name"] == "vllm-hf-cache"
+    assert volume.retain_on_delete
+    assert (
+        not deploy(hfCache={"volume": "cache", "keepOnDestroy": False})
+        .named("vllm-hf-cache")
+        .retain_on_delete
+    )
+
+
+def test_cache_on_host_path() -> None:
+    run = deploy(hfCache={"hostPath": "/data/hf"})
+    assert not run.of_type("docker:index/volume:Volume")
+    for replica in replicas(run):
+        assert replica.inputs["volumes"] == [
+            {"hostPath": "/data/hf", "containerPath": "/root/.cache/huggingface"}
+        ]
+
+
+def test_verify_step_is_an_output(guide: Run) -> None:
+    verify = guide.named("vllm-verify")
+    assert verify.type == COMMAND
+    assert "vllm-lb" in dep_names(guide, verify)
+    assert "-m components.verify --url http://localhost:8000" in verify.inputs["create"]
+    assert "--model meta-llama/Llama-2-7b-chat-hf" in verify.inputs["create"]
+    assert guide.outputs["verified_models"] == "@@vllm-verify.stdout@@"
+
+
+def test_outputs(guide: Run) -> None:
+    assert guide.outputs["lb_url"] == "http://localhost:8000"
+    assert guide.outputs["replica_urls"] == ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+    assert guide.outputs["replica_names"] == ["vllm0", "vllm1"]
+    assert guide.outputs["served_model_name"] == "meta-llama/Llama-2-7b-chat-hf"
+
+
+def _flatten(value: Any) -> str:
+    return json.dumps(value)
+
+
+def test_secrets_stay_secret(guide: Run) -> None:
+    for replica in replicas(guide):
+        assert "envs" in replica.secret_inputs
+        assert "envs" in replica.additional_secret_outputs
+        assert "HF_TOKEN=hf_TOPSECRET123" in replica.inputs["envs"]
+        assert "VLLM_API_KEY=sk-APIKEY456" in replica.inputs["envs"]
+    verify = guide.named("vllm-verify")
+    assert "environment" in verify.secret_inputs
+    assert verify.inputs["environment"] == {"VLLM_API_KEY": "sk-APIKEY456"}
+    for declared in guide.declared:
+        visible = {k: v for k, v in declared.inputs.items() if k not in declared.secret_inputs}
+        assert "TOPSECRET" not in _flatten(visible), declared.name
+        assert "APIKEY" not in _flatten(visible), declared.name
+    assert "TOPSECRET" not in _flatten(guide.outputs)
+    assert "APIKEY" not in _flatten(guide.outputs)
+
+
+def test_without_secrets_env_is_plain() -> None:
+    run = deploy()
+    for replica in replicas(run):
+        assert "envs" not in replica.secret_inputs
+        assert not any(e.startswith(("HF_TOKEN=", "VLLM_API_KEY=")) for e in replica.inputs["envs"])
+
+
+def test_single_replica_has_no_second_gate() -> None:
+    run = deploy(replicas=1, gpus=[[3]])
+    assert [r.inputs["gpus"] for r in replicas(run)] == ["device=3"]
+    assert not [d for d in run.declared if d.name == "vllm-replicas-ready"]
+    assert dep_names(run, run.named("vllm-lb")) >= {"vllm-vllm0"}
+
+
+def test_docker_host_reaches_the_checks() -> None:
+    run = run_program({**config(), "docker:host": "ssh://ops@gpu-box"})
+    for name in ("vllm-vllm0-ready", "vllm-replicas-ready"):
+        assert run.named(name).inputs["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-box"}
+
+
+def test_provider_from_opts_reaches_every_docker_child() -> None:
+    def program() -> dict[str, Any]:
+        provider = docker.Provider("remote", host="ssh://ops@gpu-box")
+        cluster = VllmCluster(
+            "vllm",
+            VllmClusterArgs(settings=load_settings(), docker_host="ssh://ops@gpu-box"),
+            opts=pulumi.ResourceOptions(providers=[provider]),
+        )
+        return {"lb_url": cluster.lb_url}
+
+    run = run_program(config(), program=program)
+    provider = run.named("remote")
+    assert provider.inputs["host"] == "ssh://ops@gpu-box"
+    docker_children = [d for d in run.declared if d.type.startswith("docker:index/")]
+    assert docker_children
+    for child in docker_children:
+        assert child.provider.startswith(provider.urn), child.name
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"replicas": 0}, "vllm-nginx:replicas"),
+        ({"gpus": [[0], [0]]}, "GPU 0 is used twice"),
+        ({"loadBalancer": {"port": 8081}}, "collides"),
+        ({"model": "a;b"}, "vllm-nginx:model"),
+        ({"typo": 1}, "vllm-nginx:typo"),
+    ],
+)
+def test_bad_config_declares_nothing(values: dict[str, Any], key: str) -> None:
+    declared: list[Declared] = []
+    with pytest.raises(ConfigError, match=key):
+        run_program(config(**values), declared=declared)
+    assert declared == []
+    # The same recorder does see resources when the config is good.
+    run_program(config(), declared=declared)
+    assert len(declared) > 5
+
+
+def test_plain_text_token_declares_nothing() -> None:
+    declared: list[Declared] = []
+    with pytest.raises(ConfigError, match="must be set with `pulumi config set --secret"):
+        run_program(config(hfToken="hf_plain"), declared=declared)
+    assert declared == []

@@ -1,0 +1,187 @@
+"""Stack config parsing and validation, without Pulumi.
+
+Each bad input from the component issue must fail with one message naming
+the full config key and the rule, and must never echo a secret value.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.settings import Backend, RoutingPolicy
+from components.stack_config import (
+    ConfigError,
+    parse_settings,
+    require_secret,
+    settings_from_stack_file,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def raw(**overrides: Any) -> dict[str, Any]:
+    """Config as Pulumi hands it over: strings, objects and lists as JSON."""
+    config: dict[str, Any] = {"model": "org/model"}
+    config.update(overrides)
+    return {
+        key: json.dumps(value) if isinstance(value, dict | list) else value
+        for key, value in config.items()
+    }
+
+
+def test_defaults_reproduce_the_guide() -> None:
+    settings = parse_settings(raw())
+    assert settings.backend is Backend.GPU
+    assert settings.replicas == 2
+    assert settings.gpu_groups() == ((0,), (1,))
+    assert settings.base_port == 8081
+    assert settings.bind_address == "127.0.0.1"
+    assert settings.load_balancer.port == 8000
+    assert settings.load_balancer.policy is RoutingPolicy.LEAST_CONN
+    assert settings.model_name == "org/model"
+    assert settings.hf_cache.keep_on_destroy
+
+
+def test_scalars_arrive_as_strings_and_are_coerced() -> None:
+    settings = parse_settings(raw(replicas="3", tensorParallelSize="2"))
+    assert settings.replicas == 3
+    assert settings.gpu_groups() == ((0, 1), (2, 3), (4, 5))
+
+
+def test_stack_files_parse() -> None:
+    dev = settings_from_stack_file(ROOT / "Pulumi.dev.yaml")
+    assert dev.model == "meta-llama/Llama-2-7b-chat-hf"
+    assert dev.replicas == 2
+    assert dev.hf_cache.host_path == "~/.cache/huggingface"
+    cpu = settings_from_stack_file(ROOT / "Pulumi.cpu.yaml")
+    assert cpu.backend is Backend.CPU
+    assert cpu.vllm_image.build is not None
+
+
+BAD = [
+    (raw(replicas=0), "vllm-nginx:replicas", "greater than or equal to 1"),
+    (raw(gpus=[[0], [0]]), "vllm-nginx", "GPU 0 is used twice"),
+    (raw(gpus=[["a"], [1]]), "vllm-nginx:gpus[0][0]", "valid integer"),
+    (raw(gpus=[[0.5], [1]]), "vllm-nginx:gpus[0][0]", "valid integer"),
+    (raw(gpus=[[-1], [1]]), "vllm-nginx:gpus[0][0]", "greater than or equal to 0"),
+    (raw(tensorParallelSize=2, gpus=[[0], [1]]), "vllm-nginx", "'tensorParallelSize' is 2"),
+    (raw(replicas=3, gpus=[[0], [1]]), "vllm-nginx", "'replicas' is 3"),
+    (raw(basePort=70000), "vllm-nginx:basePort", "less than or equal to 65535"),
+    (raw(basePort=65535), "vllm-nginx", "passes port 65535"),
+    (raw(loadBalancer={"port": 0}), "vllm-nginx:loadBalancer.port", "greater than or equal to 1"),
+    (raw(loadBalancer={"port": 8082}), "vllm-nginx", "collides with the replica ports"),
+    (raw(namePrefix="vLLM_"), "vllm-nginx:namePrefix", "DNS-safe"),
+    (raw(networkName="vllm_nginx"), "vllm-nginx:networkName", "DNS-safe"),
+    (raw(loadBalancer={"name": "nginx lb"}), "vllm-nginx:loadBalancer.name", "DNS-safe"),
+    (raw(loadBalancer={"name": "vllm1"}), "vllm-nginx", "collides with a replica name"),
+    (raw(hfCache={"volume": "HF cache"}), "vllm-nginx:hfCache.volume", "DNS-safe"),
+    (raw(model="org/model\nserver"), "vllm-nginx:model", "no spaces, quotes, newlines"),
+    (raw(model='org/"model'), "vllm-nginx:model", "no spaces, quotes"),
+    (raw(model="org/model;"), "vllm-nginx:model", "';'"),
+    (raw(model="org/{model"), "vllm-nginx:model", "'{'"),
+    (raw(model="org/model}"), "vllm-nginx:model", "'}'"),
+    (raw(model="org/my model"), "vllm-nginx:model", "no spaces"),
+    (raw(servedModelName="a b"), "vllm-nginx:servedModelName", "no spaces"),
+    (raw(extraArgs=["--max-model-len", "4096; rm -rf /"]), "vllm-nginx:extraArgs[1]", "';'"),
+    (raw(extraEnv={"FOO": "$(id)"}), "vllm-nginx:extraEnv.FOO", "'$'"),
+    (raw(extraEnv={"BAD NAME": "x"}), "vllm-nginx:extraEnv.BAD NAME", "variable name"),
+    (raw(proxy={"http": "http://p:3128 x"}), "vllm-nginx:proxy.http", "no spaces"),
+    (raw(cpu={"ompThreadsBind": "0-3|{"}), "vllm-nginx:cpu.ompThreadsBind", "'{'"),
+    (
+        raw(loadBalancer={"affinityHeader": "X-Session\nId"}),
+        "vllm-nginx:loadBalancer.affinityHeader",
+        "header name",
+    ),
+    (
+        raw(loadBalancer={"exposePaths": ["/metrics;"]}),
+        "vllm-nginx:loadBalancer.exposePaths[0]",
+        "URL path",
+    ),
+    (raw(publicHost="bad host"), "vllm-nginx:publicHost", "host name"),
+    (raw(bindAddress="localhost"), "vllm-nginx:bindAddress", "IP address"),
+    (raw(readyTimeoutSeconds=0), "vllm-nginx:readyTimeoutSeconds", "greater than 0"),
+    (raw(verifyTimeoutSeconds=-5), "vllm-nginx:verifyTimeoutSeconds", "greater than 0"),
+    (
+        raw(loadBalancer={"readTimeoutSeconds": 0}),
+        "vllm-nginx:loadBalancer.readTimeoutSeconds",
+        "greater than 0",
+    ),
+    (
+        raw(healthCheck={"intervalSeconds": 0}),
+        "vllm-nginx:healthCheck.intervalSeconds",
+        "greater than 0",
+    ),
+    (raw(replica=2), "vllm-nginx:replica", "unknown key"),
+    (raw(loadBalancer={"prot": 80}), "vllm-nginx:loadBalancer.prot", "unknown key"),
+    (raw(backend="tpu"), "vllm-nginx:backend", "'gpu' or 'cpu'"),
+    (raw(loadBalancer={"policy": "fastest"}), "vllm-nginx:loadBalancer.policy", "least_conn"),
+    (raw(backend="cpu"), "vllm-nginx", "'image' is required with backend 'cpu'"),
+    (
+        raw(image={"prebuilt": "a:b", "build": {"context": "."}}),
+        "vllm-nginx:image",
+        "exactly one",
+    ),
+    (raw(hfCache={"hostPath": "relative/dir"}), "vllm-nginx:hfCache", "absolute path"),
+    (
+        raw(loadBalancer={"failWindowSeconds": 60}),
+        "vllm-nginx:loadBalancer.failWindowSeconds",
+        "less than or equal to 15",
+    ),
+    (raw(gpus="[[0], [1]"), "vllm-nginx:gpus", "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("config", "key", "rule"), BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_input_names_key_and_rule(config: dict[str, Any], key: str, rule: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(config)
+    message = str(caught.value)
+    assert f"config key '{key}" in message, message
+    assert rule in message, message
+
+
+def test_all_problems_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw(replicas=0, basePort=0, modle="x"))
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "invalid stack config:"
+    assert len(lines) == 4, lines
+
+
+def test_secret_values_never_echoed() -> None:
+    token = "hf_SECRET value;"
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw(hfToken=token, replicas=0))
+    assert "hfToken" in str(caught.value)
+    assert "SECRET" not in str(caught.value)
+    settings = parse_settings(raw(hfToken="hf_abc", apiKey="key123"))
+    assert "hf_abc" not in repr(settings)
+    assert "key123" not in repr(settings)
+    assert settings.hf_token is not None
+    assert settings.hf_token.get_secret_value() == "hf_abc"
+
+
+def test_plain_text_token_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        require_secret({"hfToken": "hf_abc", "apiKey": "k"}, secret={"apiKey"})
+    assert "config key 'vllm-nginx:hfToken': must be set with `pulumi config set --secret" in str(
+        caught.value
+    )
+    assert "hf_abc" not in str(caught.value)
+    require_secret({"hfToken": "hf_abc"}, secret={"hfToken"})
+
+
+def test_explicit_gpu_groups_for_tensor_parallelism() -> None:
+    settings = parse_settings(raw(replicas=2, tensorParallelSize=2, gpus=[[0, 2], [1, 3]]))
+    assert settings.gpu_groups() == ((0, 2), (1, 3))
+
+
+def test_cpu_backend_has_no_gpus() -> None:
+    settings = parse_settings(raw(backend="cpu", image={"prebuilt": "vllm-cpu:local"}))
+    assert settings.gpu_groups() == ((), ())
+    with pytest.raises(ConfigError, match="'gpus' must not be set with backend 'cpu'"):
+        parse_settings(raw(backend="cpu", image={"prebuilt": "x:y"}, gpus=[[0], [1]]))
