@@ -1,0 +1,64 @@
+"""Print the nginx config a stack will run, so it can be reviewed before `pulumi up`.
+
+    python -m components.render_config --stack dev
+    python -m components.render_config --stack dev --upstream 10.0.0.5:8000 --upstream gpu2:8000
+
+With `--upstream`, the stack's load-balancer settings are rendered in front of
+explicit `host:port` replicas (other machines, or a test on loopback) instead
+of the stack's own containers. Reads the stack file directly: no Pulumi CLI,
+no secrets needed (none ends up in the nginx config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .nginx_config import NginxRuntime, render_nginx_config
+from .plan import build_plan
+from .settings import Upstream
+from .stack_config import ConfigError, settings_from_stack_file
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _upstream(text: str) -> Upstream:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected host:port")
+    try:
+        return Upstream(host=host, port=int(port))
+    except ValidationError as err:
+        rules = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors())
+        raise argparse.ArgumentTypeError(f"{text!r}: {rules}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="print the rendered nginx.conf of a stack")
+    parser.add_argument("--stack", default="dev", help="reads Pulumi.<stack>.yaml (default dev)")
+    parser.add_argument(
+        "--upstream", action="append", type=_upstream, default=[], help="host:port, repeatable"
+    )
+    parser.add_argument("--listen-port", type=int, default=80, help="nginx listen port")
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_stack_file(PROJECT_DIR / f"Pulumi.{args.stack}.yaml")
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.upstream:
+        text = render_nginx_config(
+            settings.load_balancer, args.upstream, NginxRuntime(listen_port=args.listen_port)
+        )
+    else:
+        text = build_plan(settings, project_dir=PROJECT_DIR).load_balancer.config
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
