@@ -10,6 +10,7 @@ and not of the stand-in's own drift.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -89,7 +90,8 @@ class ReplicaHeaderAndKey:
     def _has_key(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", []):
             if name == b"authorization":
-                return bool(value.decode("latin-1") == f"Bearer {self.api_key}")
+                expected = f"Bearer {self.api_key}".encode("latin-1", "replace")
+                return hmac.compare_digest(bytes(value), expected)
         return False
 
 

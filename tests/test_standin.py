@@ -202,10 +202,13 @@ def test_first_token_and_pace_follow_the_knobs(tmp_path):
         client.completions.create(model=stubs[0].model, prompt="x", max_tokens=5)
         whole = time.monotonic() - started
     assert len(arrivals) == 5
-    assert 0.28 <= arrivals[0] < 0.6, arrivals
+    # Lower bounds are exact (the stand-in sleeps on schedule); upper bounds leave room
+    # for a busy 2-core CI machine.
+    assert 0.29 <= arrivals[0] < 0.9, arrivals
     # tokens 2..5 arrive 50 ms apart: last one at ttft + 4 * 50 ms
-    assert 0.45 <= arrivals[-1] < 0.8, arrivals
-    assert 0.45 <= whole < 0.8, whole
+    assert 0.49 <= arrivals[-1] < 1.2, arrivals
+    assert all(t >= 0.29 + i * 0.05 for i, t in enumerate(arrivals)), arrivals
+    assert 0.49 <= whole < 1.2, whole
 
 
 # --- start-up like vLLM ----------------------------------------------------------------
@@ -216,7 +219,10 @@ def test_refuses_connections_until_loaded(tmp_path):
     stub = fleet[0]
     try:
         stub.spawn()
-        time.sleep(0.7)
+        deadline = time.monotonic() + 10
+        while "loading model weights" not in stub.log_text():
+            assert time.monotonic() < deadline, stub.log_tail()
+            time.sleep(0.05)
         assert stub.running
         assert not port_accepts(stub.port)
         stub.wait_ready(10)

@@ -161,7 +161,9 @@ class Stub:
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         """Send `sig` (SIGTERM: graceful; SIGKILL: crash) and reap; returns the exit code.
 
-        A process that ignores SIGTERM for `timeout` seconds is killed.
+        A process that ignores SIGTERM for `timeout` seconds is killed. After a
+        graceful SIGTERM the code is -15 with PyPI's uvicorn (>= 0.29 re-raises the
+        signal once it has shut down) and 0 with Debian's older uvicorn.
         """
         process = self.process
         if process is None:
