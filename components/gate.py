@@ -16,10 +16,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+import docker
 from docker.errors import NotFound
 from docker.models.containers import Container
-
-import docker
 
 LOG_LINES = 40
 
@@ -34,12 +33,13 @@ def _log_tail(container: Container, lines: int) -> str:
     return text.rstrip() or "(no log output)"
 
 
-def _state(container: Container) -> tuple[str, str]:
-    """(container status, health status) as Docker reports them."""
+def _state(container: Container) -> tuple[str, str, int]:
+    """(container status, health status, restarts) as Docker reports them."""
     container.reload()
     state = container.attrs.get("State", {})
     health = (state.get("Health") or {}).get("Status", "none")
-    return str(state.get("Status", "unknown")), str(health)
+    restarts = int(container.attrs.get("RestartCount", 0) or 0)
+    return str(state.get("Status", "unknown")), str(health), restarts
 
 
 def wait_healthy(
@@ -61,15 +61,21 @@ def wait_healthy(
                 container = client.containers.get(name)
             except NotFound:
                 raise NotReady(f"replica {name}: container does not exist") from None
-            status, health = _state(container)
+            status, health, restarts = _state(container)
             if health == "healthy":
                 ready[name] = clock() - start
                 pending.remove(name)
-            elif status in ("exited", "dead") or health == "unhealthy":
+                continue
+            # A restart policy turns a crash into a loop; the first crash is the answer.
+            problem = None
+            if health == "unhealthy":
+                problem = "unhealthy"
+            elif status in ("exited", "dead", "restarting") or restarts:
+                problem = f"{status} (exited {restarts + (status != 'running')} time(s))"
+            if problem is not None:
                 raise NotReady(
-                    f"replica {name} is {health if health == 'unhealthy' else status} "
-                    f"before becoming ready; last {log_lines} log lines:\n"
-                    + _log_tail(container, log_lines)
+                    f"replica {name} is {problem} before becoming ready; "
+                    f"last {log_lines} log lines:\n" + _log_tail(container, log_lines)
                 )
         if not pending:
             break

@@ -1,0 +1,150 @@
+"""The config reference table in README.md, generated from the settings models.
+
+Generated rather than written by hand so that a key added to `settings.py`
+cannot be missing from the documentation: a test compares the README with this
+output. `python -m components.config_reference` prints it.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from .settings import Settings
+from .stack_config import NAMESPACE
+
+DESCRIPTIONS: dict[str, str] = {
+    "model": "Hugging Face model id (or path) every replica serves",
+    "servedModelName": "name clients use; identical on every replica (default: `model`)",
+    "backend": "`gpu` or `cpu` (vLLM's CPU backend: no GPUs, `VLLM_CPU_*` env)",
+    "replicas": "number of vLLM containers (1-64)",
+    "tensorParallelSize": "GPUs per replica (`--tensor-parallel-size`)",
+    "gpus": "GPU ids per replica, e.g. `[[0,1],[2,3]]`; default consecutive ids",
+    "namePrefix": "replica containers are `<prefix>0`, `<prefix>1`, ... (DNS-safe)",
+    "networkName": "docker network shared by the replicas and nginx",
+    "image.prebuilt": "published vLLM image to run (default `vllm/vllm-openai:v0.11.0`)",
+    "image.build.context": "vLLM source checkout to build instead (relative to this project)",
+    "image.build.dockerfile": "Dockerfile inside the checkout",
+    "image.build.target": "build target",
+    "image.build.tag": "local tag of the built image",
+    "image.build.args": "extra build args (proxy args are added from `proxy`)",
+    "hfCache.volume": "named docker volume for the Hugging Face cache",
+    "hfCache.hostPath": "host directory instead of a volume (`~` = deploying user's home)",
+    "hfCache.keepOnDestroy": "keep the cache volume on `pulumi destroy`",
+    "shmSizeMb": "shared memory per replica, MB (the guide's 10.24 GB)",
+    "basePort": "replica i is published on `basePort + i`",
+    "bindAddress": "host address replica ports are published on",
+    "publicHost": "host name used in the output URLs for non-loopback binds",
+    "extraArgs": "extra vLLM arguments, one token per item",
+    "extraEnv": "extra environment for every replica",
+    "proxy.http": "`http_proxy` for builds and replicas",
+    "proxy.https": "`https_proxy` for builds and replicas",
+    "proxy.no": "`no_proxy` for builds and replicas",
+    "cpu.kvcacheSpaceGb": "`VLLM_CPU_KVCACHE_SPACE` (GiB), CPU backend",
+    "cpu.ompThreadsBind": "`VLLM_CPU_OMP_THREADS_BIND`, CPU backend",
+    "readyTimeoutSeconds": "how long a replica may take to download and load",
+    "verifyTimeoutSeconds": "how long the verify step waits for the LB to list the model",
+    "healthCheck.intervalSeconds": "docker health check interval (`GET /health`)",
+    "healthCheck.timeoutSeconds": "docker health check timeout",
+    "healthCheck.retries": "failed checks before a replica is unhealthy",
+    "restartPolicy": "docker restart policy of replicas and nginx",
+    "loadBalancer.port": "host port of the load balancer",
+    "loadBalancer.bindAddress": "host address the load balancer is published on",
+    "loadBalancer.policy": "`least_conn`, `round_robin`, `power_of_two`, `session_affinity`",
+    "loadBalancer.affinityHeader": "request header hashed by `session_affinity`",
+    "loadBalancer.readTimeoutSeconds": "longest silence from a replica (long generations)",
+    "loadBalancer.sendTimeoutSeconds": "longest stall sending to a replica or client",
+    "loadBalancer.connectTimeoutSeconds": "connect timeout before trying another replica",
+    "loadBalancer.maxFails": "failures within the window that take a replica out",
+    "loadBalancer.failWindowSeconds": "failure window and time out of rotation (<= 15)",
+    "loadBalancer.nextUpstreamTries": "replicas tried per request (0 = all)",
+    "loadBalancer.retryNonIdempotent": "retry POSTs that got no response on another replica",
+    "loadBalancer.keepaliveConnections": "idle keepalive connections to replicas per worker",
+    "loadBalancer.maxBodySizeMb": "largest request body (long prompts, images)",
+    "loadBalancer.workerConnections": "nginx `worker_connections`",
+    "loadBalancer.exposePaths": "vLLM paths besides `/v1/` to expose, e.g. `[/metrics]`",
+    "loadBalancer.dynamicResolve": "re-resolve replica names (`resolve`, nginx >= 1.27.3)",
+    "loadBalancer.resolver": "DNS server for `dynamicResolve` (docker's embedded DNS)",
+    "loadBalancer.baseImage": "base image of the nginx image",
+    "loadBalancer.name": "nginx container name",
+    "hfToken": "Hugging Face token, **secret** (`pulumi config set --secret`)",
+    "apiKey": "vLLM API key required on `/v1`, **secret**",
+}
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "string"
+    if origin is None:
+        name = getattr(annotation, "__name__", str(annotation))
+        return {"SecretStr": "secret string", "str": "string", "int": "integer"}.get(name, name)
+    if str(origin).endswith("Annotated") or origin.__name__ == "Annotated":
+        return _type_name(args[0])
+    if origin in (tuple, list):
+        return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        return "map of string"
+    if getattr(origin, "__name__", "") == "Literal":
+        return " \\| ".join(f"`{a}`" for a in get_args(annotation))
+    if len(args) == 1:
+        return _type_name(args[0])
+    return " or ".join(_type_name(a) for a in args)
+
+
+def _format(value: Any) -> str:
+    if value is None or value == {} or value == ():
+        return "-"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{getattr(value, 'value', value)}`"
+
+
+def _default(field: FieldInfo, parent: BaseModel | None, name: str) -> str:
+    if parent is not None:
+        return _format(getattr(parent, name))
+    if field.default_factory is not None:
+        return _format(field.default_factory())  # type: ignore[call-arg]
+    if field.default is PydanticUndefined:
+        return "**required**"
+    return _format(field.default)
+
+
+def _rows(
+    model: type[BaseModel], prefix: str = "", parent: BaseModel | None = None
+) -> list[tuple[str, str, str]]:
+    """One row per leaf key; nested defaults come from the parent's default."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        annotation = field.annotation
+        nested = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type)]
+        sub = next((a for a in nested if issubclass(a, BaseModel)), None)
+        if sub is not None:
+            default = getattr(parent, name) if parent is not None else field.default
+            rows.extend(_rows(sub, key + ".", default if isinstance(default, BaseModel) else None))
+            continue
+        rows.append((key, _type_name(annotation), _default(field, parent, name)))
+    return rows
+
+
+def reference() -> str:
+    lines = [
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, type_name, default in _rows(Settings):
+        lines.append(
+            f"| `{NAMESPACE}:{key}` | {type_name} | {default} | {DESCRIPTIONS.get(key, '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference())

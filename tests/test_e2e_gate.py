@@ -1,0 +1,108 @@
+"""The cache gate failing on a real engine: `pulumi up` must stop with a useful error.
+
+Same method as test_e2e.py (declared resources applied in graph order), with
+stacks made to fail: replica 0 too slow for `readyTimeoutSeconds`, and replica 0
+crashing at start. In both, the error names the replica and shows the end of
+its log, and nothing after the gate (replicas 1..N, nginx) is created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import Any
+
+import docker
+import pytest
+from docker.errors import NotFound
+
+from tests.support.docker_apply import Applier, ApplyError
+from tests.support.docker_engine import base_image, docker_client, standin_image
+from tests.support.pulumi_capture import run_program
+from tests.test_e2e import ci_config
+
+pytestmark = pytest.mark.docker
+
+
+def failing_stack(prefix: str, port: int, **overrides: Any) -> dict[str, str]:
+    return ci_config(
+        namePrefix=prefix,
+        networkName=f"{prefix}-net",
+        hfCache={"volume": f"{prefix}-cache", "keepOnDestroy": False},
+        basePort=port + 1,
+        replicas=2,
+        loadBalancer={
+            "name": f"{prefix}-lb",
+            "port": port,
+            "bindAddress": "127.0.0.1",
+            "baseImage": "vllm-nginx/base:bookworm",
+            "dynamicResolve": False,
+        },
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[docker.DockerClient]:
+    engine = docker_client()
+    base_image(engine)
+    standin_image(engine)
+    yield engine
+
+
+def _names(client: docker.DockerClient) -> set[str]:
+    return {c.name or "" for c in client.containers.list(all=True)}
+
+
+def _apply_expecting_failure(
+    client: docker.DockerClient, config: dict[str, str]
+) -> tuple[str, set[str]]:
+    """The error, and the containers that existed when the update stopped."""
+    run = run_program(config, ["vllm-nginx:apiKey"])
+    applier = Applier(client, run.declared)
+    try:
+        with pytest.raises(ApplyError) as caught:
+            applier.apply()
+        return str(caught.value), _names(client)
+    finally:
+        applier.destroy()
+
+
+def test_replica_not_ready_in_time(client: docker.DockerClient) -> None:
+    config = failing_stack(
+        "e2e-slow",
+        18300,
+        readyTimeoutSeconds=3,
+        extraEnv={"STANDIN_DOWNLOAD_SECONDS": "60"},
+    )
+    message, existing = _apply_expecting_failure(client, config)
+    assert "vllm-e2e-slow0-ready" in message
+    assert "replica e2e-slow0 not ready after 3 s (readyTimeoutSeconds)" in message
+    assert "last 40 log lines" in message
+    assert "standin-org/tiny-chat" in message, "the log tail should show the stand-in's output"
+    assert "e2e-slow0" in existing
+    assert not existing & {"e2e-slow1", "e2e-slow-lb"}
+
+
+def test_replica_crashing_at_start(client: docker.DockerClient) -> None:
+    # Offline with an empty cache: the stand-in refuses to start, as vLLM would.
+    config = failing_stack("e2e-crash", 18400, extraEnv={"HF_HUB_OFFLINE": "1"})
+    message, existing = _apply_expecting_failure(client, config)
+    assert "replica e2e-crash0 is" in message
+    assert "exited" in message
+    assert "HF_HUB_OFFLINE is set" in message
+    assert "e2e-crash0" in existing
+    assert not existing & {"e2e-crash1", "e2e-crash-lb"}
+
+
+@pytest.fixture(autouse=True)
+def _cleanup(client: docker.DockerClient) -> Iterator[None]:
+    yield
+    for prefix in ("e2e-slow", "e2e-crash"):
+        for name in (f"{prefix}0", f"{prefix}1", f"{prefix}-lb"):
+            with suppress(NotFound):
+                client.containers.get(name).remove(force=True)
+        for network in client.networks.list(names=[f"{prefix}-net"]):
+            network.remove()
+        with suppress(NotFound):
+            client.volumes.get(f"{prefix}-cache").remove(force=True)
