@@ -65,7 +65,9 @@ class _Mocks(pulumi.runtime.Mocks):
             state["stderr"] = ""
         return placeholder(name, "id"), state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
         return {}, None
 
 
