@@ -1,0 +1,328 @@
+"""The rendered config in a real nginx, in front of stand-in replicas, on loopback.
+
+Each test drives the balancer with the official `openai` client, as a user
+would, and reads which replica answered from `system_fingerprint` (the
+stand-in puts its replica id there). Where the guide's config behaves
+differently, the same scenario runs against it too, so each test shows the
+failure it exists to prevent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from components.nginx_config import render_guide_config, render_nginx_config
+from components.settings import LoadBalancerSettings, RoutingPolicy, Upstream
+from tests.support.nginx import (
+    LOOPBACK,
+    RunningNginx,
+    free_port,
+    loopback_runtime,
+    make_sandbox,
+    require_nginx,
+    running_nginx,
+)
+from tests.support.stub import StubFleet, stub_backends
+
+pytestmark = pytest.mark.nginx
+
+MODEL = "standin/tiny-chat"
+QUIET = ("--disable-uvicorn-access-log",)
+
+
+@contextlib.contextmanager
+def balancer(
+    ports: Sequence[int],
+    *,
+    guide: bool = False,
+    guide_read_timeout: int | None = None,
+    **lb_fields: Any,
+) -> Iterator[RunningNginx]:
+    binary = require_nginx()
+    sandbox = make_sandbox()
+    port = free_port()
+    runtime = loopback_runtime(sandbox, port)
+    upstreams = [Upstream(host=LOOPBACK, port=p) for p in ports]
+    if guide:
+        config = render_guide_config(upstreams, runtime, guide_read_timeout)
+    else:
+        lb = LoadBalancerSettings(dynamic_resolve=False, **lb_fields)
+        config = render_nginx_config(lb, upstreams, runtime)
+    try:
+        with running_nginx(binary, config, sandbox, port) as nginx:
+            yield nginx
+    finally:
+        shutil.rmtree(sandbox, ignore_errors=True)
+
+
+def client(nginx: RunningNginx, timeout: float = 30.0) -> OpenAI:
+    return OpenAI(base_url=nginx.url + "/v1", api_key="unused", max_retries=0, timeout=timeout)
+
+
+def complete(api: OpenAI, tokens: int = 2, session: str | None = None) -> str:
+    """One non-streaming completion; returns the replica that answered."""
+    headers = {"X-Session-Id": session} if session is not None else None
+    response = api.completions.create(
+        model=MODEL, prompt="hello", max_tokens=tokens, extra_headers=headers
+    )
+    assert response.choices[0].finish_reason == "length"
+    assert response.system_fingerprint is not None
+    return response.system_fingerprint
+
+
+def staggered(api: OpenAI, count: int, tokens: int, gap: float = 0.15) -> list[str]:
+    """`count` long requests in flight together, started `gap` apart."""
+    with ThreadPoolExecutor(count) as pool:
+        futures = []
+        for _ in range(count):
+            futures.append(pool.submit(complete, api, tokens))
+            time.sleep(gap)
+        return [f.result() for f in futures]
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[StubFleet]:
+    require_nginx()
+    with stub_backends(3, ttft_ms=10, token_ms=20, extra_args=QUIET) as stubs:
+        yield stubs
+
+
+# --- what a client sees ---------------------------------------------------------
+
+
+def test_streaming_and_whole_responses_pass_through(fleet):
+    with balancer(fleet.ports) as nginx:
+        api = client(nginx)
+        ids = {stub.replica_id for stub in fleet}
+        whole = api.completions.create(model=MODEL, prompt="hi", max_tokens=5)
+        assert whole.usage is not None and whole.usage.completion_tokens == 5
+        assert whole.system_fingerprint in ids
+
+        chunks = list(
+            api.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=6,
+                stream=True,
+            )
+        )
+        text = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta]
+        assert len([t for t in text if t]) == 6
+        assert {c.system_fingerprint for c in chunks} <= ids
+        assert [m.id for m in api.models.list()] == [MODEL]
+
+
+def test_tokens_arrive_as_they_are_generated(fleet):
+    """proxy_buffering off: the first token is not held back until the end."""
+    with balancer(fleet.ports) as nginx:
+        started = time.monotonic()
+        stream = client(nginx).completions.create(
+            model=MODEL, prompt="hi", max_tokens=40, stream=True
+        )
+        arrivals = [time.monotonic() - started for chunk in stream if chunk.choices]
+        # 10 ms to the first token, 20 ms per token after: 0.79 s in all.
+        assert arrivals[0] < 0.3, arrivals[:3]
+        assert arrivals[-1] > 0.7
+
+
+def test_lb_health_is_answered_by_nginx_itself(fleet):
+    with balancer(fleet.ports) as nginx:
+        response = httpx.get(nginx.url + "/health")
+        assert response.status_code == 200
+        assert response.text == "ok\n"
+        assert "x-replica" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/metrics"), ("POST", "/tokenize"), ("GET", "/version"), ("GET", "/")],
+)
+def test_replica_paths_are_refused_unless_exposed(fleet, method, path):
+    body = {"model": MODEL, "prompt": "hi"} if method == "POST" else None
+    with balancer(fleet.ports) as nginx:
+        refused = httpx.request(method, nginx.url + path, json=body)
+        assert refused.status_code == 404
+        assert "x-replica" not in refused.headers
+    with balancer(fleet.ports, expose_paths=(path,)) as nginx:
+        allowed = httpx.request(method, nginx.url + path, json=body)
+        assert "x-replica" in allowed.headers, allowed.text
+        assert allowed.status_code != 404 or path == "/"
+
+
+# --- spreading ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [RoutingPolicy.LEAST_CONN, RoutingPolicy.ROUND_ROBIN])
+def test_sequential_requests_reach_every_replica(fleet, policy):
+    with balancer(fleet.ports, policy=policy) as nginx:
+        api = client(nginx)
+        counts = Counter(complete(api) for _ in range(30))
+    assert set(counts) == {stub.replica_id for stub in fleet}, counts
+    assert min(counts.values()) >= 7, counts
+
+
+@pytest.mark.parametrize("policy", [RoutingPolicy.LEAST_CONN, RoutingPolicy.POWER_OF_TWO])
+def test_concurrent_long_requests_go_to_idle_replicas(fleet, policy):
+    """least_conn, and power-of-two with two candidates, never stack on a busy replica."""
+    ports = fleet.ports if policy is RoutingPolicy.LEAST_CONN else fleet.ports[:2]
+    with balancer(ports, policy=policy) as nginx:
+        replicas = staggered(client(nginx), count=len(ports), tokens=40)
+    assert len(set(replicas)) == len(ports), replicas
+
+
+def test_power_of_two_uses_all_replicas(fleet):
+    with balancer(fleet.ports, policy=RoutingPolicy.POWER_OF_TWO) as nginx:
+        api = client(nginx)
+        counts = Counter(complete(api) for _ in range(30))
+    assert set(counts) == {stub.replica_id for stub in fleet}, counts
+
+
+def test_session_affinity_sticks_per_header_value(fleet):
+    with balancer(fleet.ports, policy=RoutingPolicy.SESSION_AFFINITY) as nginx:
+        api = client(nginx)
+        placement: dict[str, set[str]] = {}
+        for round_ in range(4):
+            for session in (f"chat-{n}" for n in range(12)):
+                placement.setdefault(session, set()).add(complete(api, session=session))
+            assert round_ >= 0
+        anonymous = Counter(complete(api) for _ in range(15))
+    assert all(len(replicas) == 1 for replicas in placement.values()), placement
+    # 12 sessions on 3 replicas: all on one would be a broken hash key.
+    assert len(set().union(*placement.values())) >= 2, placement
+    # Requests without the header are not all pinned to one replica.
+    assert len(anonymous) >= 2, anonymous
+
+
+# --- failures -------------------------------------------------------------------
+
+
+def test_killing_a_replica_under_load_fails_no_request_that_had_not_reached_it():
+    with (
+        stub_backends(3, ttft_ms=10, token_ms=10, extra_args=QUIET) as stubs,
+        balancer(stubs.ports) as nginx,
+    ):
+        api = client(nginx)
+        victim = stubs[1]
+        killed_at: list[float] = []
+        stop = threading.Event()
+        outcomes: list[tuple[str, float, str | None, str | None]] = []
+        lock = threading.Lock()
+
+        def load(streaming: bool) -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                replica: str | None = None
+                error: str | None = None
+                try:
+                    if streaming:
+                        stream = api.completions.create(
+                            model=MODEL, prompt="hi", max_tokens=15, stream=True
+                        )
+                        for chunk in stream:
+                            replica = replica or chunk.system_fingerprint
+                    else:
+                        replica = complete(api, tokens=15)
+                except (openai.APIError, httpx.HTTPError) as exc:
+                    error = repr(exc)
+                with lock:
+                    outcomes.append(("stream" if streaming else "whole", started, replica, error))
+
+        with ThreadPoolExecutor(6) as pool:
+            for index in range(6):
+                pool.submit(load, index % 2 == 0)
+            time.sleep(1.0)
+            killed_at.append(time.monotonic())
+            victim.kill()
+            time.sleep(2.0)
+            stop.set()
+        access_log = nginx.access_log.read_text()
+
+    kill_time = killed_at[0]
+    failures = [o for o in outcomes if o[3] is not None]
+    served_after = [o for o in outcomes if o[1] > kill_time + 0.05 and o[3] is None]
+    assert len(outcomes) > 60
+    # Every failure was in flight when the replica died...
+    for kind, started, replica, _error in failures:
+        assert started < kill_time, failures
+        # (a stream that broke before its first token names no replica)
+        assert replica in {victim.replica_id, None}, failures
+    # ...and was on that replica (nginx logs the one upstream it reached). With
+    # proxy_request_buffering off nginx cannot resend a body it already
+    # streamed to a replica, so those fail even with `non_idempotent`.
+    victim_address = f"{LOOPBACK}:{victim.port}"
+    for line in access_log.splitlines():
+        match = re.search(r'" (\d{3}) .* upstream=(\S+)', line)
+        assert match is not None, line
+        if match.group(1) != "200":
+            assert match.group(2) == victim_address, line
+    # Requests sent after the kill all succeed, on the survivors (connect
+    # errors are retried on the next replica).
+    assert served_after and all(o[2] != victim.replica_id for o in served_after)
+
+
+def _first_answer_from(api: OpenAI, replica: str, bound: float) -> float | None:
+    """Seconds until a request is answered by `replica`, or None within `bound`."""
+    started = time.monotonic()
+    while time.monotonic() - started < bound:
+        with contextlib.suppress(openai.APIError):
+            if complete(api, tokens=1) == replica:
+                return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.parametrize("guide", [False, True], ids=["ours", "guide"])
+def test_a_restarted_replica_gets_traffic_again_within_the_fail_window(guide):
+    window = 3
+    with (
+        stub_backends(2, ttft_ms=5, token_ms=5, extra_args=QUIET) as stubs,
+        balancer(stubs.ports, guide=guide, fail_window_seconds=window) as nginx,
+    ):
+        api = client(nginx)
+        victim = stubs[1]
+        victim.stop(signal.SIGKILL)
+        # Enough traffic for nginx to count max_fails failures on the victim.
+        answered = Counter(complete(api, tokens=1) for _ in range(12))
+        assert answered == {stubs[0].replica_id: 12}
+        victim.start()
+        returned_after = _first_answer_from(api, victim.replica_id, bound=window + 3.0)
+    if guide:
+        # fail_timeout=10000s: out of the pool for hours.
+        assert returned_after is None
+    else:
+        assert returned_after is not None and returned_after <= window + 1.0
+
+
+def test_a_generation_longer_than_the_default_read_timeout_completes(fleet):
+    """2 s of silence before a whole response: the guide's 60 s default, scaled to 1 s, cuts it."""
+    with balancer(fleet.ports, guide=True, guide_read_timeout=1) as nginx:
+        with pytest.raises(openai.APIStatusError) as cut:
+            complete(client(nginx), tokens=100)
+        assert cut.value.status_code == 504
+    with balancer(fleet.ports) as nginx:
+        assert complete(client(nginx), tokens=100) in {s.replica_id for s in fleet}
+
+
+def test_a_large_prompt_is_accepted(fleet):
+    prompt = "word " * (1024 * 1024)  # 5 MiB
+    with balancer(fleet.ports, guide=True) as nginx:
+        with pytest.raises(openai.APIStatusError) as refused:
+            client(nginx).completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+        assert refused.value.status_code == 413
+    with balancer(fleet.ports) as nginx:
+        response = client(nginx).completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+        assert response.usage is not None and response.usage.prompt_tokens == 1024 * 1024
