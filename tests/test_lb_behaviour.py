@@ -256,7 +256,7 @@ def test_killing_a_replica_under_load_fails_no_request_that_had_not_reached_it()
     served_after = [o for o in outcomes if o[1] > kill_time + 0.05 and o[3] is None]
     assert len(outcomes) > 60
     # Every failure was in flight when the replica died...
-    for kind, started, replica, _error in failures:
+    for _kind, started, replica, _error in failures:
         assert started < kill_time, failures
         # (a stream that broke before its first token names no replica)
         assert replica in {victim.replica_id, None}, failures
