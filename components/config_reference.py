@@ -116,7 +116,7 @@ def _default(field: FieldInfo, parent: BaseModel | None, name: str) -> str:
     return _format(field.default)
 
 
-def rows(
+def config_rows(
     model: type[BaseModel], prefix: str = "", parent: BaseModel | None = None
 ) -> list[tuple[str, str, str]]:
     """One row per leaf key; nested defaults come from the parent's default."""
@@ -128,7 +128,7 @@ def rows(
         sub = next((a for a in nested if issubclass(a, BaseModel)), None)
         if sub is not None:
             default = getattr(parent, name) if parent is not None else field.default
-            rows.extend(rows(sub, key + ".", default if isinstance(default, BaseModel) else None))
+            rows.extend(config_rows(sub, key + ".", default if isinstance(default, BaseModel) else None))
             continue
         rows.append((key, _type_name(annotation), _default(field, parent, name)))
     return rows
@@ -139,7 +139,7 @@ def reference() -> str:
         "| key | type | default | meaning |",
         "| --- | --- | --- | --- |",
     ]
-    for key, type_name, default in rows(Settings):
+    for key, type_name, default in config_rows(Settings):
         lines.append(
             f"| `{NAMESPACE}:{key}` | {type_name} | {default} | {DESCRIPTIONS.get(key, '')} |"
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config_reference import DESCRIPTIONS, reference, rows
+from components.config_reference import DESCRIPTIONS, config_rows, reference
 from components.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,5 +20,5 @@ def test_readme_config_reference_is_current() -> None:
 
 
 def test_every_key_is_described() -> None:
-    keys = {key for key, _type, _default in rows(Settings)}
+    keys = {key for key, _type, _default in config_rows(Settings)}
     assert keys == set(DESCRIPTIONS), keys ^ set(DESCRIPTIONS)
