@@ -128,7 +128,9 @@ def config_rows(
         sub = next((a for a in nested if issubclass(a, BaseModel)), None)
         if sub is not None:
             default = getattr(parent, name) if parent is not None else field.default
-            rows.extend(config_rows(sub, key + ".", default if isinstance(default, BaseModel) else None))
+            rows.extend(
+                config_rows(sub, key + ".", default if isinstance(default, BaseModel) else None)
+            )
             continue
         rows.append((key, _type_name(annotation), _default(field, parent, name)))
     return rows
