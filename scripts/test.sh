@@ -26,16 +26,17 @@ if ((${#missing[@]})); then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# The tests start their own nginx processes; Debian's package may have started one on :80.
-as_root pkill -x nginx 2>/dev/null || true
-
 log "Python environment (.venv, requirements-dev.txt)"
 [[ -x .venv/bin/python ]] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 
 log "Docker engine and the offline base image"
-bash scripts/docker-engine.sh start
-trap 'bash scripts/docker-engine.sh stop' EXIT
+if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+    log "a Docker engine already answers; using it and leaving it running"
+else
+    bash scripts/docker-engine.sh start
+    trap 'bash scripts/docker-engine.sh stop' EXIT
+fi
 bash scripts/base-image.sh
 
 log "ruff and mypy"
