@@ -131,18 +131,20 @@ class Plan:
     restart_policy: str
 
 
-def _proxy_env(settings: Settings) -> dict[str, str]:
-    """Both spellings, since tools disagree on which one they read."""
-    env: dict[str, str] = {}
-    for key, value in (
+def _proxy_vars(settings: Settings) -> dict[str, str]:
+    """The guide's proxy settings, as build args (`http_proxy`, ...)."""
+    pairs = (
         ("http_proxy", settings.proxy.http),
         ("https_proxy", settings.proxy.https),
         ("no_proxy", settings.proxy.no),
-    ):
-        if value is not None:
-            env[key] = value
-            env[key.upper()] = value
-    return env
+    )
+    return {key: value for key, value in pairs if value is not None}
+
+
+def _proxy_env(settings: Settings) -> dict[str, str]:
+    """Both spellings in containers, since tools disagree on which one they read."""
+    lower = _proxy_vars(settings)
+    return {**lower, **{key.upper(): value for key, value in lower.items()}}
 
 
 def _resolve(path: str, base: Path) -> str:
