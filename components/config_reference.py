@@ -62,7 +62,10 @@ DESCRIPTIONS: dict[str, str] = {
     "loadBalancer.connectTimeoutSeconds": "connect timeout before trying another replica",
     "loadBalancer.maxFails": "failures within the window that take a replica out",
     "loadBalancer.failWindowSeconds": "failure window and time out of rotation (<= 15)",
-    "loadBalancer.nextUpstreamTries": "replicas tried per request (0 = all)",
+    "loadBalancer.nextUpstreamTries": "replicas tried per request (0 = all; capped so a "
+    "request that kills replicas is not replayed on every one)",
+    "loadBalancer.bufferRequests": "read the request body before passing it on, so a "
+    "request whose replica fails before answering can be resent (responses always stream)",
     "loadBalancer.retryNonIdempotent": "retry POSTs that got no response on another replica",
     "loadBalancer.keepaliveConnections": "idle keepalive connections to replicas per worker",
     "loadBalancer.maxBodySizeMb": "largest request body (long prompts, images)",

@@ -202,7 +202,10 @@ def _proxy_settings(lb: LoadBalancerSettings) -> list[Directive]:
         _d("proxy_set_header", "X-Forwarded-For", "$proxy_add_x_forwarded_for"),
         _d("proxy_set_header", "X-Forwarded-Proto", "$scheme"),
         _d("proxy_buffering", "off"),
-        _d("proxy_request_buffering", "off"),
+        # vLLM parses the whole JSON body before it starts, so streaming the
+        # request gains nothing, while a buffered body can be sent again to
+        # another replica when the first one fails before answering.
+        _d("proxy_request_buffering", "on" if lb.buffer_requests else "off"),
         _d(
             "proxy_connect_timeout",
             _check_positive("connect_timeout_seconds", lb.connect_timeout_seconds) + "s",

@@ -170,8 +170,9 @@ class LoadBalancerSettings(_Model):
     connect_timeout_seconds: PositiveInt = 5
     max_fails: PositiveInt = 3
     fail_window_seconds: Annotated[int, Field(gt=0, le=15)] = 10
-    next_upstream_tries: Annotated[int, Field(ge=0)] = 0
+    next_upstream_tries: Annotated[int, Field(ge=0)] = 2
     retry_non_idempotent: bool = True
+    buffer_requests: bool = True
     keepalive_connections: PositiveInt = 32
     max_body_size_mb: PositiveInt = 100
     worker_connections: Annotated[int, Field(ge=64)] = 4096

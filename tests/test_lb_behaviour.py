@@ -260,9 +260,12 @@ def test_killing_a_replica_under_load_fails_no_request_that_had_not_reached_it()
         assert started < kill_time, failures
         # (a stream that broke before its first token names no replica)
         assert replica in {victim.replica_id, None}, failures
-    # ...and was on that replica (nginx logs the one upstream it reached). With
-    # proxy_request_buffering off nginx cannot resend a body it already
-    # streamed to a replica, so those fail even with `non_idempotent`.
+    # ...and was a stream that had already begun: a whole (non-streaming)
+    # request whose replica died before answering is resent to another one,
+    # because the body is buffered (bufferRequests) and POSTs may be retried
+    # (retryNonIdempotent).
+    assert all(kind == "stream" for kind, *_ in failures), failures
+    # Each failure was on that replica (nginx logs the one upstream it reached).
     victim_address = f"{LOOPBACK}:{victim.port}"
     for line in access_log.splitlines():
         match = re.search(r'" (\d{3}) .* upstream=(\S+)', line)
@@ -326,3 +329,48 @@ def test_a_large_prompt_is_accepted(fleet):
     with balancer(fleet.ports) as nginx:
         response = client(nginx).completions.create(model=MODEL, prompt=prompt, max_tokens=1)
         assert response.usage is not None and response.usage.prompt_tokens == 1024 * 1024
+
+
+@contextlib.contextmanager
+def unavailable_replica(status: int) -> Iterator[tuple[int, list[str]]]:
+    """A replica that answers every request with `status` (an engine that died)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            seen.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("status", [502, 503])
+def test_a_replica_answering_502_or_503_is_skipped(fleet, status):
+    """vLLM answers 503 when its engine is dead: the request goes to a live replica."""
+    with (
+        unavailable_replica(status) as (port, seen),
+        balancer([port, fleet.ports[0]], policy=RoutingPolicy.ROUND_ROBIN) as nginx,
+    ):
+        api = client(nginx)
+        answered = Counter(complete(api, tokens=1) for _ in range(6))
+        assert answered == {fleet[0].replica_id: 6}
+        # The dead replica did get (and fail) requests: they were resent, not lost.
+        assert seen, "the failing replica was never tried"

@@ -51,6 +51,7 @@ def lb_settings(dynamic_resolve: bool) -> st.SearchStrategy[LoadBalancerSettings
         fail_window_seconds=st.integers(1, 15),
         next_upstream_tries=st.integers(0, 20),
         retry_non_idempotent=st.booleans(),
+        buffer_requests=st.booleans(),
         keepalive_connections=st.integers(1, 4096),
         max_body_size_mb=st.integers(1, 100_000),
         worker_connections=st.integers(64, 65536),
@@ -240,7 +241,7 @@ def test_defaults_fit_llm_traffic():
 
     server = server_of(parsed)
     assert args_of(server, "proxy_buffering") == ["off"]
-    assert args_of(server, "proxy_request_buffering") == ["off"]
+    assert args_of(server, "proxy_request_buffering") == ["on"]
     assert args_of(server, "proxy_http_version") == ["1.1"]
     assert args_of(server, "proxy_read_timeout") == ["3600s"]
     assert args_of(server, "proxy_send_timeout") == ["3600s"]
@@ -252,7 +253,7 @@ def test_defaults_fit_llm_traffic():
         "http_503",
         "non_idempotent",
     ]
-    assert args_of(server, "proxy_next_upstream_tries") == ["0"]
+    assert args_of(server, "proxy_next_upstream_tries") == ["2"]
     headers = {tuple(d["args"][:1]): d["args"][1:] for d in find(server, "proxy_set_header")}
     assert headers == {
         ("Connection",): [""],
