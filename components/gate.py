@@ -67,11 +67,12 @@ def wait_healthy(
                 pending.remove(name)
                 continue
             # A restart policy turns a crash into a loop; the first crash is the answer.
+            # Docker also marks a container that died "unhealthy": say it exited.
             problem = None
-            if health == "unhealthy":
-                problem = "unhealthy"
-            elif status in ("exited", "dead", "restarting") or restarts:
+            if status in ("exited", "dead", "restarting") or restarts:
                 problem = f"{status} (exited {restarts + (status != 'running')} time(s))"
+            elif health == "unhealthy":
+                problem = "unhealthy"
             if problem is not None:
                 raise NotReady(
                     f"replica {name} is {problem} before becoming ready; "
