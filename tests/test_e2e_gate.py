@@ -8,6 +8,7 @@ its log, and nothing after the gate (replicas 1..N, nginx) is created.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any
@@ -60,12 +61,14 @@ def _apply_expecting_failure(
     """The error, and the containers that existed when the update stopped."""
     run = run_program(config, ["vllm-nginx:apiKey"])
     applier = Applier(client, run.declared)
-    try:
-        with pytest.raises(ApplyError) as caught:
-            applier.apply()
-        return str(caught.value), _names(client)
-    finally:
-        applier.destroy()
+    with pytest.raises(ApplyError) as caught:
+        applier.apply()
+    existing = _names(client)
+    # keepOnDestroy is false in these stacks: teardown removes the cache too.
+    assert applier.destroy() == []
+    volume = json.loads(config["vllm-nginx:hfCache"])["volume"]
+    assert volume not in {v.name for v in client.volumes.list()}
+    return str(caught.value), existing
 
 
 def test_replica_not_ready_in_time(client: docker.DockerClient) -> None:
