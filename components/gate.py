@@ -12,9 +12,10 @@ names it and shows the end of its log: that is where vLLM says what went wrong
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import docker
 from docker.errors import NotFound
@@ -27,10 +28,23 @@ class NotReady(RuntimeError):
     """A replica did not become healthy; the message is meant for the user."""
 
 
+SECRET_ENV = ("HF_TOKEN", "VLLM_API_KEY")
+"""Secrets the replicas get; the deployment hands them to the gate only to redact them."""
+
+
+def redact(text: str, environ: Mapping[str, str]) -> str:
+    """A replica may log its token (a failing download, an echoed argument); we never repeat it."""
+    for name in SECRET_ENV:
+        value = environ.get(name)
+        if value:
+            text = text.replace(value, f"[{name} redacted]")
+    return text
+
+
 def _log_tail(container: Container, lines: int) -> str:
     raw = container.logs(tail=lines)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return text.rstrip() or "(no log output)"
+    return redact(text.rstrip(), os.environ) or "(no log output)"
 
 
 def _state(container: Container) -> tuple[str, str, int]:

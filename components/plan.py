@@ -171,6 +171,15 @@ def _vllm_image(settings: Settings, project_dir: Path) -> ImagePlan:
     )
 
 
+def _secret_env(settings: Settings) -> tuple[str, ...]:
+    """Names of the secret variables this deployment sets (values stay out of the plan)."""
+    return tuple(
+        name
+        for name, value in ((HF_TOKEN_ENV, settings.hf_token), (API_KEY_ENV, settings.api_key))
+        if value is not None
+    )
+
+
 def _replica(settings: Settings, index: int, gpus: tuple[int, ...]) -> ReplicaPlan:
     command = (
         "--model",
@@ -193,11 +202,7 @@ def _replica(settings: Settings, index: int, gpus: tuple[int, ...]) -> ReplicaPl
         # Replica 0 filled the cache; the others must not download again.
         env["HF_HUB_OFFLINE"] = "1"
     env.update(settings.extra_env)
-    secret_env = tuple(
-        name
-        for name, value in ((HF_TOKEN_ENV, settings.hf_token), (API_KEY_ENV, settings.api_key))
-        if value is not None
-    )
+    secret_env = _secret_env(settings)
     host_port = settings.base_port + index
     hc = settings.health_check
     return ReplicaPlan(
@@ -241,6 +246,8 @@ def _ready_check(
             str(settings.ready_timeout_seconds),
             *containers,
         ),
+        # Not used by the gate, only redacted from the replica logs it prints.
+        secret_env=_secret_env(settings),
     )
 
 

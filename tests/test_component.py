@@ -332,3 +332,13 @@ def test_plain_text_token_declares_nothing() -> None:
     with pytest.raises(ConfigError, match="must be set with `pulumi config set --secret"):
         run_program(config(hfToken="hf_plain"), declared=declared)
     assert declared == []
+
+
+def test_gates_get_secrets_only_to_redact_them(guide: Run) -> None:
+    for name in ("vllm-vllm0-ready", "vllm-replicas-ready"):
+        gate = guide.named(name)
+        assert "environment" in gate.secret_inputs
+        assert gate.inputs["environment"] == {
+            "HF_TOKEN": "hf_TOPSECRET123",
+            "VLLM_API_KEY": "sk-APIKEY456",
+        }
