@@ -34,17 +34,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from components.nginx_config import render_guide_config, render_nginx_config
-from components.settings import LoadBalancerSettings, RoutingPolicy, Upstream
+from components.settings import RoutingPolicy
 from tests.support.nginx import (
     LOOPBACK,
-    RunningNginx,
+    balancer,
     find_nginx,
     free_port,
-    loopback_runtime,
     make_sandbox,
     nginx_version,
-    running_nginx,
 )
 from tests.support.stub import Stub, StubFleet, stub_backends
 
@@ -177,22 +174,9 @@ async def mixed(
 # --- processes ----------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def lb(binary: str, ports: Sequence[int], kind: str, **fields: Any) -> Iterator[RunningNginx]:
-    sandbox = make_sandbox("nginx-bench-")
-    port = free_port()
-    runtime = loopback_runtime(sandbox, port)
-    upstreams = [Upstream(host=LOOPBACK, port=p) for p in ports]
-    if kind == "guide":
-        config = render_guide_config(upstreams, runtime)
-    else:
-        settings = LoadBalancerSettings(dynamic_resolve=False, **fields)
-        config = render_nginx_config(settings, upstreams, runtime)
-    try:
-        with running_nginx(binary, config, sandbox, port) as nginx:
-            yield nginx
-    finally:
-        shutil.rmtree(sandbox, ignore_errors=True)
+def lb(binary: str, ports: Sequence[int], kind: str, **fields: Any) -> Any:
+    """Our config (`kind` "ours") or the guide's, in a real nginx on loopback."""
+    return balancer(binary, ports, guide=kind == "guide", sandbox_prefix="nginx-bench-", **fields)
 
 
 @dataclass(eq=False)

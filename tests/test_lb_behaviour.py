@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import signal
 import threading
 import time
@@ -25,16 +24,14 @@ import openai
 import pytest
 from openai import OpenAI
 
-from components.nginx_config import render_guide_config, render_nginx_config
-from components.settings import LoadBalancerSettings, RoutingPolicy, Upstream
+from components.settings import RoutingPolicy
 from tests.support.nginx import (
     LOOPBACK,
     RunningNginx,
-    free_port,
-    loopback_runtime,
-    make_sandbox,
     require_nginx,
-    running_nginx,
+)
+from tests.support.nginx import (
+    balancer as nginx_balancer,
 )
 from tests.support.stub import StubFleet, stub_backends
 
@@ -45,28 +42,9 @@ QUIET = ("--disable-uvicorn-access-log",)
 
 
 @contextlib.contextmanager
-def balancer(
-    ports: Sequence[int],
-    *,
-    guide: bool = False,
-    guide_read_timeout: int | None = None,
-    **lb_fields: Any,
-) -> Iterator[RunningNginx]:
-    binary = require_nginx()
-    sandbox = make_sandbox()
-    port = free_port()
-    runtime = loopback_runtime(sandbox, port)
-    upstreams = [Upstream(host=LOOPBACK, port=p) for p in ports]
-    if guide:
-        config = render_guide_config(upstreams, runtime, guide_read_timeout)
-    else:
-        lb = LoadBalancerSettings(dynamic_resolve=False, **lb_fields)
-        config = render_nginx_config(lb, upstreams, runtime)
-    try:
-        with running_nginx(binary, config, sandbox, port) as nginx:
-            yield nginx
-    finally:
-        shutil.rmtree(sandbox, ignore_errors=True)
+def balancer(ports: Sequence[int], **options: Any) -> Iterator[RunningNginx]:
+    with nginx_balancer(require_nginx(), ports, **options) as nginx:
+        yield nginx
 
 
 def client(nginx: RunningNginx, timeout: float = 30.0) -> OpenAI:

@@ -15,11 +15,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from components.nginx_config import NginxRuntime
+from components.nginx_config import NginxRuntime, render_guide_config, render_nginx_config
+from components.settings import LoadBalancerSettings, Upstream
 
 LOOPBACK = "127.0.0.1"
 _NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -184,3 +186,34 @@ def running_nginx(
         yield RunningNginx(port=port, sandbox=sandbox, process=proc)
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def balancer(
+    binary: str,
+    ports: Sequence[int],
+    *,
+    guide: bool = False,
+    guide_read_timeout: int | None = None,
+    sandbox_prefix: str = "nginx-test-",
+    **lb_fields: Any,
+) -> Iterator[RunningNginx]:
+    """A real nginx on loopback in front of replicas on `ports`.
+
+    Our rendered config with `lb_fields` as LoadBalancerSettings (names are
+    IP addresses, so no `resolve`), or the guide's config with `guide=True`.
+    """
+    sandbox = make_sandbox(sandbox_prefix)
+    port = free_port()
+    runtime = loopback_runtime(sandbox, port)
+    upstreams = [Upstream(host=LOOPBACK, port=p) for p in ports]
+    if guide:
+        config = render_guide_config(upstreams, runtime, guide_read_timeout)
+    else:
+        lb = LoadBalancerSettings(dynamic_resolve=False, **lb_fields)
+        config = render_nginx_config(lb, upstreams, runtime)
+    try:
+        with running_nginx(binary, config, sandbox, port) as nginx:
+            yield nginx
+    finally:
+        shutil.rmtree(sandbox, ignore_errors=True)
