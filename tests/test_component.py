@@ -9,6 +9,8 @@ the end-to-end tests apply the same declarations to a real Docker engine.
 from __future__ import annotations
 
 import json
+import runpy
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -342,3 +344,22 @@ def test_gates_get_secrets_only_to_redact_them(guide: Run) -> None:
             "HF_TOKEN": "hf_TOPSECRET123",
             "VLLM_API_KEY": "sk-APIKEY456",
         }
+
+
+def _run_main() -> dict[str, Any]:
+    runpy.run_path(str(Path(__file__).resolve().parent.parent / "__main__.py"))
+    return {}
+
+
+def test_main_declares_the_deployment() -> None:
+    declared: list[Declared] = []
+    run_program(config(), program=_run_main, declared=declared)
+    assert {d.name for d in declared} >= {"vllm", "vllm-vllm0", "vllm-lb", "vllm-verify"}
+
+
+def test_main_turns_config_errors_into_a_plain_pulumi_error() -> None:
+    declared: list[Declared] = []
+    with pytest.raises(pulumi.RunError, match=r"config key 'vllm-nginx:replicas'") as caught:
+        run_program(config(replicas=0), program=_run_main, declared=declared)
+    assert caught.value.__cause__ is None
+    assert declared == []
