@@ -23,16 +23,14 @@ import argparse
 import json
 import platform
 import time
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import NotFound
 
 from components.gate import wait_healthy
 from tests.support.docker_apply import Applied, Applier
-from tests.support.docker_engine import base_image, standin_image
+from tests.support.docker_engine import base_image, remove_named, standin_image
 from tests.support.pulumi_capture import Declared, run_program
 from tests.test_e2e import ci_config
 
@@ -60,13 +58,12 @@ def _config(replicas: int, download: float, load: float) -> dict[str, str]:
 
 
 def _clean(client: docker.DockerClient, replicas: int) -> None:
-    for name in [f"{PREFIX}{i}" for i in range(replicas)] + [f"{PREFIX}-lb"]:
-        with suppress(NotFound):
-            client.containers.get(name).remove(force=True)
-    for network in client.networks.list(names=[f"{PREFIX}-net"]):
-        network.remove()
-    with suppress(NotFound):
-        client.volumes.get(CACHE).remove(force=True)
+    remove_named(
+        client,
+        containers=[f"{PREFIX}{i}" for i in range(replicas)] + [f"{PREFIX}-lb"],
+        networks=[f"{PREFIX}-net"],
+        volumes=[CACHE],
+    )
 
 
 def _downloads(client: docker.DockerClient) -> int:

@@ -17,7 +17,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,15 @@ import httpx
 import openai
 import pytest
 import yaml
-from docker.errors import NotFound
 
 from components.stack_config import NAMESPACE, ConfigError
 from tests.support.docker_apply import Applied, Applier
-from tests.support.docker_engine import base_image, docker_client, standin_image
+from tests.support.docker_engine import (
+    base_image,
+    docker_client,
+    remove_named,
+    standin_image,
+)
 from tests.support.pulumi_capture import Declared, Run, run_program
 
 pytestmark = pytest.mark.docker
@@ -66,13 +69,7 @@ SECRET_KEYS = [f"{NAMESPACE}:apiKey"]
 
 
 def remove_deployment(client: docker.DockerClient) -> None:
-    for name in (LB_NAME, *REPLICAS):
-        with suppress(NotFound):
-            client.containers.get(name).remove(force=True)
-    for network in client.networks.list(names=[NETWORK]):
-        network.remove()
-    with suppress(NotFound):
-        client.volumes.get(VOLUME).remove(force=True)
+    remove_named(client, containers=(LB_NAME, *REPLICAS), networks=[NETWORK], volumes=[VOLUME])
 
 
 @dataclass

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import suppress
 from typing import Any
 
 import docker
 import pytest
-from docker.errors import NotFound
 
 from tests.support.docker_apply import Applier, ApplyError
-from tests.support.docker_engine import base_image, docker_client, standin_image
+from tests.support.docker_engine import (
+    base_image,
+    docker_client,
+    remove_named,
+    standin_image,
+)
 from tests.support.pulumi_capture import run_program
 from tests.test_e2e import ci_config
 
@@ -102,10 +105,9 @@ def test_replica_crashing_at_start(client: docker.DockerClient) -> None:
 def _cleanup(client: docker.DockerClient) -> Iterator[None]:
     yield
     for prefix in ("e2e-slow", "e2e-crash"):
-        for name in (f"{prefix}0", f"{prefix}1", f"{prefix}-lb"):
-            with suppress(NotFound):
-                client.containers.get(name).remove(force=True)
-        for network in client.networks.list(names=[f"{prefix}-net"]):
-            network.remove()
-        with suppress(NotFound):
-            client.volumes.get(f"{prefix}-cache").remove(force=True)
+        remove_named(
+            client,
+            containers=(f"{prefix}0", f"{prefix}1", f"{prefix}-lb"),
+            networks=[f"{prefix}-net"],
+            volumes=[f"{prefix}-cache"],
+        )

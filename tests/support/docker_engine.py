@@ -29,7 +29,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
@@ -249,6 +249,29 @@ def remove_leftovers(client: docker.DockerClient) -> None:
         network.remove()
     for volume in client.volumes.list(filters=filters):
         volume.remove(force=True)
+
+
+def remove_named(
+    client: docker.DockerClient,
+    *,
+    containers: Iterable[str] = (),
+    networks: Iterable[str] = (),
+    volumes: Iterable[str] = (),
+) -> None:
+    """Force-remove a deployment's fixed-name resources, skipping those already gone.
+
+    Deployments (unlike `Scratch`) use the names their stack file gives, so a
+    crashed run leaves them behind under those names.
+    """
+    for name in containers:
+        with suppress(docker.errors.NotFound):
+            client.containers.get(name).remove(force=True)
+    for name in networks:
+        for network in client.networks.list(names=[name]):
+            network.remove()
+    for name in volumes:
+        with suppress(docker.errors.NotFound):
+            client.volumes.get(name).remove(force=True)
 
 
 def put_file(container: Container, path: str, content: str | bytes, mode: int = 0o644) -> None:
