@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
@@ -43,21 +44,30 @@ SAFE_TOKEN_RULE = (
 )
 
 
-def safe_token(value: str) -> str:
-    """Reject any value that could inject into nginx config, argv or env."""
-    if not _SAFE_TOKEN.fullmatch(value):
-        raise ValueError(SAFE_TOKEN_RULE)
-    return value
+def _matching(pattern: re.Pattern[str], rule: str) -> Callable[[str], str]:
+    """A validator that accepts a whole-string match of `pattern`, else raises `rule`."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(rule)
+        return value
+
+    return check
 
 
-def dns_label(value: str) -> str:
-    """Container, network and volume names double as DNS names on the network."""
-    if not _DNS_LABEL.fullmatch(value):
-        raise ValueError(
-            "must be a DNS-safe name: 1-63 lowercase letters, digits or '-', "
-            "starting and ending with a letter or digit"
-        )
-    return value
+# Anything that could inject into nginx config, argv or env is refused.
+safe_token = _matching(_SAFE_TOKEN, SAFE_TOKEN_RULE)
+# Container, network and volume names double as DNS names on the network.
+dns_label = _matching(
+    _DNS_LABEL,
+    "must be a DNS-safe name: 1-63 lowercase letters, digits or '-', "
+    "starting and ending with a letter or digit",
+)
+header_name = _matching(_HEADER_NAME, "must be an HTTP header name: letters, digits and '-'")
+env_name = _matching(_ENV_NAME, "must be an environment variable name: letters, digits and '_'")
+image_ref = _matching(
+    _IMAGE_REF, "must be a docker image reference such as vllm/vllm-openai:v0.11.0"
+)
 
 
 def host_name(value: str) -> str:
@@ -80,27 +90,9 @@ def ip_address(value: str) -> str:
     return value
 
 
-def header_name(value: str) -> str:
-    if not _HEADER_NAME.fullmatch(value):
-        raise ValueError("must be an HTTP header name: letters, digits and '-'")
-    return value
-
-
-def env_name(value: str) -> str:
-    if not _ENV_NAME.fullmatch(value):
-        raise ValueError("must be an environment variable name: letters, digits and '_'")
-    return value
-
-
 def url_path(value: str) -> str:
     if not _URL_PATH.fullmatch(value) or "//" in value or ".." in value:
         raise ValueError("must be a URL path such as /metrics: '/', letters, digits, '.', '_', '-'")
-    return value
-
-
-def image_ref(value: str) -> str:
-    if not _IMAGE_REF.fullmatch(value):
-        raise ValueError("must be a docker image reference such as vllm/vllm-openai:v0.11.0")
     return value
 
 
