@@ -51,7 +51,7 @@ def _config(replicas: int, download: float, load: float) -> dict[str, str]:
             "name": f"{PREFIX}-lb",
             "port": 18500,
             "bindAddress": "127.0.0.1",
-            "baseImage": "vllm-nginx/base:bookworm",
+            "image": "vllm-nginx/base:bookworm",
             "dynamicResolve": False,
         },
     )

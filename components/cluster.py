@@ -49,8 +49,19 @@ def _env_entry(key: str, value: pulumi.Output[str]) -> pulumi.Output[str]:
     return value.apply(lambda text: f"{key}={text}")
 
 
-def _seconds(value: int) -> str:
-    return f"{value}s"
+def _gpu_requests(ids: Sequence[str]) -> list[docker.ContainerDeviceRequestArgs] | None:
+    """GPUs as an explicit device request, read back by the provider as declared.
+
+    `gpus="device=0,1"` goes through docker/cli's CSV parser in the provider
+    and arrives as `device=0` plus a bare count, which the daemon refuses.
+    """
+    if not ids:
+        return None
+    return [
+        docker.ContainerDeviceRequestArgs(
+            driver="nvidia", device_ids=list(ids), capabilities=["gpu"]
+        )
+    ]
 
 
 class VllmCluster(pulumi.ComponentResource):
@@ -111,6 +122,8 @@ class VllmCluster(pulumi.ComponentResource):
             f"{name}-lb",
             name=lb.name,
             image=nginx_image_ref,
+            command=list(lb.command),
+            stop_signal=lb.stop_signal,
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=self.network.name)],
             ports=[
                 docker.ContainerPortArgs(
@@ -119,6 +132,7 @@ class VllmCluster(pulumi.ComponentResource):
             ],
             uploads=[docker.ContainerUploadArgs(file=lb.config_path, content=lb.config)],
             restart=plan.restart_policy,
+            destroy_grace_seconds=lb.stop_grace_seconds,
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=lb_after, delete_before_replace=True
             ),
@@ -134,7 +148,10 @@ class VllmCluster(pulumi.ComponentResource):
         self.replica_urls = pulumi.Output.from_input([r.url for r in plan.replicas])
         self.replica_names = pulumi.Output.all(*[c.name for c in self.replicas]).apply(list)
         self.served_model_name = pulumi.Output.from_input(plan.served_model_name)
-        self.verified_models = self.verify.stdout
+        # The verify step prints no secret. pulumi-command 1.2.1 keeps stdout
+        # plain even with a secret environment; 0.8 marked every output secret
+        # (pulumi/pulumi-command#256), so a pin change must not hide the models.
+        self.verified_models = pulumi.Output.unsecret(self.verify.stdout)
         self.register_outputs(
             {
                 "lb_url": self.lb_url,
@@ -148,11 +165,14 @@ class VllmCluster(pulumi.ComponentResource):
     def _image(self, resource_name: str, image: ImagePlan) -> pulumi.Output[str]:
         """A reference that changes with the image, so containers follow a rebuild."""
         if image.build is None:
+            pull = f"{image.pull_timeout_minutes}m"
             remote = docker.RemoteImage(
                 resource_name,
                 name=image.name,
-                keep_locally=True,
-                opts=pulumi.ResourceOptions(parent=self),
+                keep_locally=image.keep_locally,
+                opts=pulumi.ResourceOptions(
+                    parent=self, custom_timeouts=pulumi.CustomTimeouts(create=pull, update=pull)
+                ),
             )
             return remote.image_id
         build = image.build
@@ -183,6 +203,7 @@ class VllmCluster(pulumi.ComponentResource):
             pulumi.Output.all(*plain, *secret).apply(list) if secret else plain
         )
         hc = replica.health_check
+        durations = hc.durations()
         if self.plan.cache.volume is not None:
             volume = docker.ContainerVolumeArgs(
                 volume_name=self.cache_volume.name if self.cache_volume else None,
@@ -197,11 +218,18 @@ class VllmCluster(pulumi.ComponentResource):
             f"{name}-{replica.name}",
             name=replica.name,
             image=image,
+            entrypoints=list(replica.entrypoint),
             command=list(replica.command),
             envs=envs,
             ipc_mode=replica.ipc_mode,
-            gpus=replica.gpus,
-            shm_size=replica.shm_size_mb,
+            device_requests=_gpu_requests(replica.gpu_ids),
+            cpu_set=replica.cpu_set,
+            capabilities=(
+                docker.ContainerCapabilitiesArgs(adds=list(replica.capabilities))
+                if replica.capabilities
+                else None
+            ),
+            security_opts=list(replica.security_opts) or None,
             volumes=[volume],
             networks_advanced=[
                 docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[replica.name])
@@ -215,17 +243,24 @@ class VllmCluster(pulumi.ComponentResource):
             ],
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=list(hc.test),
-                interval=_seconds(hc.interval_seconds),
-                timeout=_seconds(hc.timeout_seconds),
+                interval=durations["interval"],
+                timeout=durations["timeout"],
                 retries=hc.retries,
-                start_period=_seconds(hc.start_period_seconds),
+                start_period=durations["start_period"],
+                start_interval=durations["start_interval"],
             ),
             restart=self.plan.restart_policy,
+            # Without it the provider's delete stops with a 0 s timeout: the
+            # container is killed at once, cutting every stream in flight.
+            destroy_grace_seconds=replica.stop_grace_seconds,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=list(after),
                 delete_before_replace=True,
                 additional_secret_outputs=["envs"],
+                # The provider neither replaces nor updates a container whose
+                # health check changed; replacing is the only way it takes effect.
+                replace_on_changes=["healthcheck"],
             ),
         )
 

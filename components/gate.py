@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import docker
-from docker.errors import NotFound
+from docker.errors import DockerException, NotFound
 from docker.models.containers import Container
 
 LOG_LINES = 40
@@ -111,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between checks")
     parser.add_argument("containers", nargs="+")
     args = parser.parse_args(argv)
-    client = docker.from_env()
+    try:
+        client = docker.from_env()
+    except (DockerException, OSError) as err:
+        # `ssh://` hosts need paramiko (docker[ssh]); say where we looked either way.
+        where = os.environ.get("DOCKER_HOST") or "the local socket"
+        print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)
+        return 1
     try:
         ready = wait_healthy(client, args.containers, args.timeout, poll=args.poll)
     except NotReady as err:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .nginx_config import NginxRuntime, render_nginx_config
-from .settings import Backend, Settings, Upstream
+from .settings import Backend, Settings, Upstream, format_cpu_set
 
 VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
@@ -27,6 +27,23 @@ NGINX_PORT = 80
 
 HF_TOKEN_ENV = "HF_TOKEN"
 API_KEY_ENV = "VLLM_API_KEY"
+
+VLLM_ENTRYPOINT = ("vllm", "serve")
+"""Declared rather than inherited, so every vLLM image (GPU, CPU, built from a
+checkout) starts the same way and takes the model as its first argument;
+`--model` is deprecated by `vllm serve`."""
+
+NGINX_COMMAND = ("nginx", "-g", "daemon off;")
+NGINX_STOP_SIGNAL = "SIGQUIT"
+"""nginx finishes the requests in flight on SIGQUIT; declared so that any nginx
+image (the official one, or a Debian one in tests) stops gracefully."""
+
+CPU_CAPABILITIES = ("CAP_SYS_NICE",)
+CPU_SECURITY_OPTS = ("label=disable", "seccomp=unconfined")
+"""vLLM's CPU docs run containers like this: NUMA-aware allocation needs
+`mbind`/`set_mempolicy`, which docker's default seccomp profile refuses. With
+`--ipc host` the daemon adds `label=disable` to a container's options unless
+one is given; declaring it keeps the read-back equal to what is declared."""
 
 # python3 is in every vLLM image (and in our stand-in); curl is not guaranteed.
 HEALTH_PROBE = (
@@ -48,10 +65,12 @@ class ImageBuild:
 
 @dataclass(frozen=True)
 class ImagePlan:
-    """An image by name; built locally when `build` is set, else used as published."""
+    """An image by name; built locally when `build` is set, else pulled as published."""
 
     name: str
     build: ImageBuild | None = None
+    pull_timeout_minutes: int = 20
+    keep_locally: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,24 @@ class CachePlan:
     mount_path: str = HF_CACHE_MOUNT
 
 
+def go_duration(seconds: int) -> str:
+    """Seconds as Go's `time.Duration.String()` writes them (`1800` -> `30m0s`).
+
+    pulumi-docker reads a container's health check back in this form and has no
+    diff suppression for it, so anything else (`1800s`) shows as a change on
+    every `pulumi up`.
+    """
+    if seconds < 0:
+        raise ValueError("a duration must not be negative")
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
 @dataclass(frozen=True)
 class HealthCheckPlan:
     test: tuple[str, ...]
@@ -69,6 +106,16 @@ class HealthCheckPlan:
     timeout_seconds: int
     retries: int
     start_period_seconds: int
+    start_interval_seconds: int = 0
+
+    def durations(self) -> dict[str, str]:
+        """The four durations in the form the provider reads back."""
+        return {
+            "interval": go_duration(self.interval_seconds),
+            "timeout": go_duration(self.timeout_seconds),
+            "start_period": go_duration(self.start_period_seconds),
+            "start_interval": go_duration(self.start_interval_seconds),
+        }
 
 
 @dataclass(frozen=True)
@@ -77,14 +124,20 @@ class ReplicaPlan:
     name: str
     bind_address: str
     host_port: int
-    gpus: str | None
+    gpu_ids: tuple[str, ...]
+    cpu_set: str | None
     command: tuple[str, ...]
     env: Mapping[str, str]
     secret_env: tuple[str, ...]
-    shm_size_mb: int
     health_check: HealthCheckPlan
     url: str
+    capabilities: tuple[str, ...] = ()
+    security_opts: tuple[str, ...] = ()
+    stop_grace_seconds: int = 30
+    entrypoint: tuple[str, ...] = VLLM_ENTRYPOINT
     container_port: int = VLLM_PORT
+    # The guide's `--ipc host`: tensor-parallel workers share memory through the
+    # host's /dev/shm. With it docker ignores `--shm-size`, so none is declared.
     ipc_mode: str = "host"
 
     @property
@@ -115,6 +168,9 @@ class LoadBalancerPlan:
     url: str
     config_path: str = NGINX_CONFIG_PATH
     container_port: int = NGINX_PORT
+    command: tuple[str, ...] = NGINX_COMMAND
+    stop_signal: str = NGINX_STOP_SIGNAL
+    stop_grace_seconds: int = 30
 
 
 @dataclass(frozen=True)
@@ -156,7 +212,11 @@ def _vllm_image(settings: Settings, project_dir: Path) -> ImagePlan:
     image = settings.vllm_image
     if image.build is None:
         assert image.prebuilt is not None
-        return ImagePlan(name=image.prebuilt)
+        return ImagePlan(
+            name=image.prebuilt,
+            pull_timeout_minutes=image.pull_timeout_minutes,
+            keep_locally=image.keep_on_destroy,
+        )
     build = image.build
     args = {key.lower(): value for key, value in _proxy_env(settings).items() if key.islower()}
     args.update(build.args)
@@ -180,9 +240,16 @@ def _secret_env(settings: Settings) -> tuple[str, ...]:
     )
 
 
-def _replica(settings: Settings, index: int, gpus: tuple[int, ...]) -> ReplicaPlan:
+def _omp_bind(cores: tuple[int, ...], ranks: int) -> str:
+    """One core list per tensor-parallel rank, `|`-separated, as vLLM's CPU backend reads it."""
+    size = len(cores) // ranks
+    return "|".join(format_cpu_set(cores[r * size : (r + 1) * size]) for r in range(ranks))
+
+
+def _replica(
+    settings: Settings, index: int, gpus: tuple[int, ...], cores: tuple[int, ...]
+) -> ReplicaPlan:
     command = (
-        "--model",
         settings.model,
         "--served-model-name",
         settings.model_name,
@@ -195,9 +262,12 @@ def _replica(settings: Settings, index: int, gpus: tuple[int, ...]) -> ReplicaPl
         *settings.extra_args,
     )
     env = _proxy_env(settings)
-    if settings.backend is Backend.CPU:
+    cpu = settings.backend is Backend.CPU
+    if cpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu.kvcache_space_gb)
-        env["VLLM_CPU_OMP_THREADS_BIND"] = settings.cpu.omp_threads_bind
+        env["VLLM_CPU_OMP_THREADS_BIND"] = (
+            _omp_bind(cores, settings.tensor_parallel_size) if cores else "nobind"
+        )
     if index > 0:
         # Replica 0 filled the cache; the others must not download again.
         env["HF_HUB_OFFLINE"] = "1"
@@ -210,11 +280,14 @@ def _replica(settings: Settings, index: int, gpus: tuple[int, ...]) -> ReplicaPl
         name=f"{settings.name_prefix}{index}",
         bind_address=settings.bind_address,
         host_port=host_port,
-        gpus=("device=" + ",".join(str(g) for g in gpus)) if gpus else None,
+        gpu_ids=tuple(str(g) for g in gpus),
+        cpu_set=format_cpu_set(cores) if cores else None,
+        capabilities=CPU_CAPABILITIES if cpu else (),
+        security_opts=CPU_SECURITY_OPTS if cpu else (),
         command=command,
         env=env,
         secret_env=secret_env,
-        shm_size_mb=settings.shm_size_mb,
+        stop_grace_seconds=settings.stop_grace_seconds,
         health_check=HealthCheckPlan(
             test=HEALTH_PROBE,
             interval_seconds=hc.interval_seconds,
@@ -254,7 +327,8 @@ def _ready_check(
 def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3") -> Plan:
     """Turn settings into the deployment: names, ports, GPUs, env, nginx config."""
     groups = settings.gpu_groups()
-    replicas = tuple(_replica(settings, i, groups[i]) for i in range(settings.replicas))
+    cores = settings.cpu_groups()
+    replicas = tuple(_replica(settings, i, groups[i], cores[i]) for i in range(settings.replicas))
     lb = settings.load_balancer
     nginx_config = render_nginx_config(
         lb,
@@ -280,18 +354,15 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         load_balancer=LoadBalancerPlan(
             name=lb.name,
             image=ImagePlan(
-                name=f"{lb.name}:local",
-                build=ImageBuild(
-                    context=str(project_dir / "docker" / "nginx"),
-                    dockerfile="Dockerfile",
-                    target=None,
-                    args={"BASE_IMAGE": lb.base_image},
-                ),
+                name=lb.image,
+                pull_timeout_minutes=settings.vllm_image.pull_timeout_minutes,
+                keep_locally=settings.vllm_image.keep_on_destroy,
             ),
             bind_address=lb.bind_address,
             host_port=lb.port,
             config=nginx_config,
             url=lb_url,
+            stop_grace_seconds=settings.stop_grace_seconds,
         ),
         verify=CheckPlan(
             name="verify",

@@ -15,8 +15,14 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from .cluster import VllmCluster, VllmClusterArgs
-from .settings import Settings
-from .stack_config import NAMESPACE, parse_settings, require_secret, split_namespace
+from .settings import Settings, remote_engine_problems
+from .stack_config import (
+    NAMESPACE,
+    ConfigError,
+    parse_settings,
+    require_secret,
+    split_namespace,
+)
 
 
 def stack_config() -> dict[str, Any]:
@@ -40,6 +46,12 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
     """Declare the deployment; returns what the stack exports."""
     settings = load_settings()
     docker_host = pulumi.Config("docker").get("host")
+    problems = remote_engine_problems(settings, docker_host)
+    if problems:
+        raise ConfigError(
+            "invalid stack config:\n  "
+            + "\n  ".join(f"config key '{NAMESPACE}': {problem}" for problem in problems)
+        )
     cluster = VllmCluster(name, VllmClusterArgs(settings=settings, docker_host=docker_host))
     return {
         "lb_url": cluster.lb_url,

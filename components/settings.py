@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
@@ -96,6 +96,48 @@ def url_path(value: str) -> str:
     return value
 
 
+def cpu_set(value: str) -> str:
+    """Docker's `--cpuset-cpus` syntax: ids and ranges, comma separated."""
+    try:
+        cores = parse_cpu_set(value)
+    except ValueError as err:
+        raise ValueError(
+            "must be a list of CPU ids and ranges such as 0-3 or 0,2,4-7 (ascending ranges)"
+        ) from err
+    if not cores:
+        raise ValueError("must name at least one CPU")
+    return value
+
+
+def parse_cpu_set(value: str) -> tuple[int, ...]:
+    """`0-2,5` -> (0, 1, 2, 5); raises ValueError on anything else."""
+    cores: list[int] = []
+    for part in value.split(","):
+        low, sep, high = part.partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(part)
+        first, last = int(low), int(high) if sep else int(low)
+        if last < first:
+            raise ValueError(part)
+        cores.extend(range(first, last + 1))
+    return tuple(cores)
+
+
+def format_cpu_set(cores: Sequence[int]) -> str:
+    """(0, 1, 2, 5) -> `0-2,5`: the compact form docker and vLLM both read."""
+    parts: list[str] = []
+    ordered = sorted(cores)
+    start = prev = ordered[0]
+    for core in [*ordered[1:], None]:
+        if core is not None and core == prev + 1:
+            prev = core
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+        if core is not None:
+            start = prev = core
+    return ",".join(parts)
+
+
 def safe_secret(value: SecretStr) -> SecretStr:
     """Same alphabet as any other value; the error never shows the value."""
     safe_token(value.get_secret_value())
@@ -111,6 +153,7 @@ HeaderName = Annotated[str, AfterValidator(header_name)]
 EnvName = Annotated[str, AfterValidator(env_name)]
 UrlPath = Annotated[str, AfterValidator(url_path)]
 ImageRef = Annotated[str, AfterValidator(image_ref)]
+CpuSet = Annotated[str, AfterValidator(cpu_set)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveInt = Annotated[int, Field(gt=0)]
 GpuId = Annotated[int, Field(ge=0, strict=True)]
@@ -171,13 +214,21 @@ class LoadBalancerSettings(_Model):
     expose_paths: tuple[UrlPath, ...] = ()
     dynamic_resolve: bool = True
     resolver: IpAddress = "127.0.0.11"
-    base_image: ImageRef = "nginx:1.28.0"
+    image: ImageRef = "nginx:1.28.0"
     name: DnsLabel = "nginx-lb"
 
 
 class CpuSettings(_Model):
+    """Each CPU replica gets its own cores, and vLLM's OpenMP threads are bound to them.
+
+    vLLM's `VLLM_CPU_OMP_THREADS_BIND=auto` in every container would pin every
+    replica's threads to the same host cores; a docker `cpuset` per replica plus
+    the matching bind list keeps them apart.
+    """
+
     kvcache_space_gb: PositiveInt = 4
-    omp_threads_bind: SafeToken = "auto"
+    cores_per_replica: Annotated[int, Field(ge=0, le=1024)] = 4
+    cpu_sets: tuple[CpuSet, ...] | None = None
 
 
 class ProxySettings(_Model):
@@ -197,13 +248,19 @@ class BuildSettings(_Model):
 
 
 class ImageSettings(_Model):
+    """The vLLM image: a published one (pulled) or one built from a checkout."""
+
     prebuilt: ImageRef | None = None
     build: BuildSettings | None = None
+    # pulumi-docker's RemoteImage gives a pull 20 minutes by default; a
+    # vllm/vllm-openai image is about 10 GB.
+    pull_timeout_minutes: Annotated[int, Field(gt=0, le=24 * 60)] = 90
+    keep_on_destroy: bool = True
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        if (self.prebuilt is None) == (self.build is None):
-            raise ValueError("set exactly one of 'prebuilt' or 'build'")
+    def _at_most_one(self) -> Self:
+        if self.prebuilt is not None and self.build is not None:
+            raise ValueError("set only one of 'prebuilt' or 'build'")
         return self
 
 
@@ -230,6 +287,8 @@ class HealthCheckSettings(_Model):
 
 
 DEFAULT_GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
+# vLLM's published CPU build of the same release (its CPU installation docs).
+DEFAULT_CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
 
 
 class Settings(_Model):
@@ -245,7 +304,6 @@ class Settings(_Model):
     network_name: DnsLabel = "vllm-nginx"
     image: ImageSettings | None = None
     hf_cache: CacheSettings = CacheSettings(volume="vllm-hf-cache")
-    shm_size_mb: PositiveInt = 10486
     base_port: Port = 8081
     bind_address: IpAddress = "127.0.0.1"
     public_host: HostName = "localhost"
@@ -257,6 +315,7 @@ class Settings(_Model):
     verify_timeout_seconds: PositiveInt = 120
     health_check: HealthCheckSettings = HealthCheckSettings()
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    stop_grace_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
     hf_token: SafeSecret | None = None
     api_key: SafeSecret | None = None
@@ -265,11 +324,8 @@ class Settings(_Model):
     def _consistent(self) -> Self:
         if self.backend is Backend.CPU and self.gpus is not None:
             raise ValueError("'gpus' must not be set with backend 'cpu'")
-        if self.backend is Backend.CPU and self.image is None:
-            raise ValueError(
-                "'image' is required with backend 'cpu' (vLLM publishes no default CPU image "
-                "we can pin): set image.prebuilt or image.build"
-            )
+        if self.backend is Backend.CPU:
+            self._check_cpu_sets()
         if self.gpus is not None:
             if len(self.gpus) != self.replicas:
                 raise ValueError(
@@ -307,9 +363,42 @@ class Settings(_Model):
         """The one name every replica serves, so clients never see which replica answered."""
         return self.served_model_name or self.model
 
+    def _check_cpu_sets(self) -> None:
+        cpu = self.cpu
+        if cpu.cpu_sets is not None and len(cpu.cpu_sets) != self.replicas:
+            raise ValueError(
+                f"'cpu.cpuSets' lists {len(cpu.cpu_sets)} replicas but 'replicas' is "
+                f"{self.replicas}"
+            )
+        seen: set[int] = set()
+        for index, cores in enumerate(self.cpu_groups()):
+            if cores and len(cores) % self.tensor_parallel_size:
+                raise ValueError(
+                    f"'cpu.cpuSets' replica {index} has {len(cores)} CPUs, not a multiple of "
+                    f"'tensorParallelSize' {self.tensor_parallel_size}"
+                )
+            for core in cores:
+                if core in seen:
+                    raise ValueError(f"'cpu.cpuSets': CPU {core} is used by two replicas")
+                seen.add(core)
+
     @property
     def vllm_image(self) -> ImageSettings:
-        return self.image or ImageSettings(prebuilt=DEFAULT_GPU_IMAGE)
+        """The image settings with the published image of the backend filled in."""
+        image = self.image or ImageSettings()
+        if image.prebuilt is None and image.build is None:
+            default = DEFAULT_CPU_IMAGE if self.backend is Backend.CPU else DEFAULT_GPU_IMAGE
+            image = image.model_copy(update={"prebuilt": default})
+        return image
+
+    def cpu_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Each CPU replica's cores: `cpu.cpuSets`, else consecutive blocks, else none."""
+        if self.backend is not Backend.CPU:
+            return tuple(() for _ in range(self.replicas))
+        if self.cpu.cpu_sets is not None:
+            return tuple(parse_cpu_set(text) for text in self.cpu.cpu_sets)
+        k = self.cpu.cores_per_replica
+        return tuple(tuple(range(r * k, (r + 1) * k)) for r in range(self.replicas))
 
     def gpu_groups(self) -> tuple[tuple[int, ...], ...]:
         """Each replica's GPU ids; consecutive ids unless 'gpus' says otherwise."""
@@ -319,3 +408,27 @@ class Settings(_Model):
             return self.gpus
         tp = self.tensor_parallel_size
         return tuple(tuple(range(r * tp, (r + 1) * tp)) for r in range(self.replicas))
+
+
+def is_remote_engine(docker_host: str | None) -> bool:
+    """`ssh://` and `tcp://` engines run on another machine than `pulumi up`."""
+    return bool(docker_host) and not str(docker_host).startswith(("unix://", "npipe://"))
+
+
+def remote_engine_problems(settings: Settings, docker_host: str | None) -> list[str]:
+    """What breaks when the engine is remote: the verify step runs where `pulumi up`
+    runs and reaches the load balancer by `publicHost` on its published address."""
+    if not is_remote_engine(docker_host):
+        return []
+    problems = []
+    if settings.public_host in {"localhost", "127.0.0.1", "::1"}:
+        problems.append(
+            "'publicHost' must name the Docker host: `docker:host` is a remote engine, and "
+            "the verify step and the output URLs reach the load balancer by this name"
+        )
+    if ipaddress.ip_address(settings.load_balancer.bind_address).is_loopback:
+        problems.append(
+            "'loadBalancer.bindAddress' is a loopback address on a remote engine: nothing "
+            "outside that host (the verify step included) can reach it"
+        )
+    return problems

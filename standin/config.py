@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stand-in for vLLM's OpenAI-compatible server (no model, timed tokens).",
     )
     vllm = parser.add_argument_group("vLLM arguments")
-    vllm.add_argument("--model", required=True, help="model name on the hub, or a local path")
+    vllm.add_argument(
+        "--model",
+        default=None,
+        help="model (deprecated by `vllm serve`, which takes it as the first argument)",
+    )
     vllm.add_argument("--host", default="0.0.0.0")
     vllm.add_argument("--port", type=int, default=8000)
     vllm.add_argument(
@@ -103,7 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Config:
     """Resolve flags, environment and defaults into one `Config`."""
     environ = os.environ if env is None else env
-    args, unknown = build_parser().parse_known_args(list(argv))
+    parser = build_parser()
+    words = list(argv)
+    # `vllm serve MODEL [options]`: the model is the first word, if it is no option
+    # (a later bare word may be the value of an option we do not know).
+    model_tag = words.pop(0) if words and not words[0].startswith("-") else None
+    args, unknown = parser.parse_known_args(words)
+    model = model_tag or args.model
+    if not model:
+        parser.error("the model is required: `vllm serve MODEL` (or --model MODEL)")
 
     tokens_env = _env_number(environ, "STANDIN_TOKENS", 16)
     if tokens_env < 1 or tokens_env != int(tokens_env):
@@ -111,13 +123,13 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> C
 
     replica_id = args.replica_id or environ.get("STANDIN_REPLICA_ID") or socket.gethostname()
     api_key = args.api_key if args.api_key is not None else environ.get("VLLM_API_KEY") or None
-    served = tuple(args.served_model_name) if args.served_model_name else (args.model,)
+    served = tuple(args.served_model_name) if args.served_model_name else (model,)
 
     def pick(flag: float | None, name: str, default: float) -> float:
         return flag if flag is not None else _env_number(environ, name, default)
 
     return Config(
-        model=args.model,
+        model=model,
         served_model_names=served,
         host=args.host,
         port=args.port,

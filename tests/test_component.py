@@ -68,7 +68,6 @@ def test_component_and_children(guide: Run) -> None:
         "docker:index/network:Network",
         "docker:index/volume:Volume",
         "docker:index/remoteImage:RemoteImage",
-        "docker:index/image:Image",
         CONTAINER,
         COMMAND,
     }
@@ -81,15 +80,20 @@ def test_replicas_as_in_the_guide(guide: Run) -> None:
         inputs = replica.inputs
         assert inputs["name"] == f"vllm{index}"
         assert inputs["ipcMode"] == "host"
-        assert inputs["gpus"] == f"device={index}"
-        assert inputs["shmSize"] == 10486
+        assert "gpus" not in inputs, "docker/cli parses gpus= as CSV (device=0,1 breaks)"
+        assert inputs["deviceRequests"] == [
+            {"driver": "nvidia", "deviceIds": [str(index)], "capabilities": ["gpu"]}
+        ]
+        assert "shmSize" not in inputs, "docker ignores --shm-size with --ipc host"
         assert inputs["ports"] == [{"internal": 8000, "external": 8081 + index, "ip": "127.0.0.1"}]
         assert inputs["networksAdvanced"] == [{"name": "vllm-nginx", "aliases": [f"vllm{index}"]}]
         assert inputs["volumes"] == [
             {"volumeName": "vllm-hf-cache", "containerPath": "/root/.cache/huggingface"}
         ]
+        assert inputs["entrypoints"] == ["vllm", "serve"]
         command = inputs["command"]
-        assert command[command.index("--model") + 1] == "meta-llama/Llama-2-7b-chat-hf"
+        assert command[0] == "meta-llama/Llama-2-7b-chat-hf", "vllm serve takes the model first"
+        assert "--model" not in command, "deprecated by vllm serve"
         assert command[command.index("--served-model-name") + 1] == "meta-llama/Llama-2-7b-chat-hf"
         assert "--api-key" not in command, "the key must not sit in argv"
         assert inputs["image"] == "@@vllm-vllm-image.imageId@@"
@@ -97,7 +101,12 @@ def test_replicas_as_in_the_guide(guide: Run) -> None:
         health = inputs["healthcheck"]
         assert health["tests"][0] == "CMD"
         assert "/health" in health["tests"][-1]
-        assert health["startPeriod"] == "1800s"
+        # As the provider reads them back (Go's Duration.String()), so no drift.
+        assert health["startPeriod"] == "30m0s"
+        assert health["interval"] == "10s"
+        assert health["timeout"] == "5s"
+        assert health["startInterval"] == "0s"
+        assert replica.replace_on_changes == ["healthcheck"]
         assert replica.delete_before_replace
     assert "HF_HUB_OFFLINE=1" not in r0.inputs["envs"]
     assert "HF_HUB_OFFLINE=1" in r1.inputs["envs"]
@@ -131,7 +140,9 @@ def test_load_balancer_after_replicas_with_rendered_config(guide: Run) -> None:
     assert dep_names(guide, lb) >= {"vllm-vllm0", "vllm-vllm1", "vllm-replicas-ready"}
     assert lb.inputs["name"] == "nginx-lb"
     assert lb.inputs["ports"] == [{"internal": 80, "external": 8000, "ip": "0.0.0.0"}]
-    assert lb.inputs["image"] == "@@vllm-nginx-image.repoDigest@@"
+    assert lb.inputs["image"] == "@@vllm-nginx-image.imageId@@"
+    assert lb.inputs["command"] == ["nginx", "-g", "daemon off;"]
+    assert lb.inputs["stopSignal"] == "SIGQUIT"
     (upload,) = lb.inputs["uploads"]
     assert upload["file"] == "/etc/nginx/nginx.conf"
     assert "server vllm0:8000" in upload["content"]
@@ -147,13 +158,12 @@ def test_replica_set_change_changes_lb_config() -> None:
     assert "server vllm2:8000" in content
 
 
-def test_nginx_image_built_from_shipped_dockerfile(guide: Run) -> None:
+def test_nginx_image_runs_as_published(guide: Run) -> None:
+    """No build (and so no BuildKit): the uploaded nginx.conf replaces the stock one."""
     image = guide.named("vllm-nginx-image")
-    assert image.inputs["skipPush"] is True
-    build = image.inputs["build"]
-    assert build["context"].endswith("/docker/nginx")
-    assert build["dockerfile"].endswith("/docker/nginx/Dockerfile")
-    assert build["args"] == {"BASE_IMAGE": "nginx:1.28.0"}
+    assert image.type == "docker:index/remoteImage:RemoteImage"
+    assert image.inputs["name"] == "nginx:1.28.0"
+    assert not guide.of_type("docker:index/image:Image")
 
 
 def test_prebuilt_image_by_default(guide: Run) -> None:
@@ -161,6 +171,16 @@ def test_prebuilt_image_by_default(guide: Run) -> None:
     assert image.type == "docker:index/remoteImage:RemoteImage"
     assert image.inputs["name"] == "vllm/vllm-openai:v0.11.0"
     assert image.inputs["keepLocally"] is True
+    # RemoteImage's default create timeout is 20 minutes; the image is ~10 GB.
+    assert image.custom_timeouts == {"create": "90m", "update": "90m"}
+
+
+def test_pull_timeout_and_keep_are_settings() -> None:
+    run = deploy(image={"pullTimeoutMinutes": 240, "keepOnDestroy": False})
+    for name in ("vllm-vllm-image", "vllm-nginx-image"):
+        image = run.named(name)
+        assert image.custom_timeouts == {"create": "240m", "update": "240m"}
+        assert image.inputs["keepLocally"] is False
 
 
 def test_image_built_from_vllm_source_with_proxies() -> None:
@@ -185,23 +205,44 @@ def test_image_built_from_vllm_source_with_proxies() -> None:
         assert "HTTPS_PROXY=http://proxy:3128" in replica.inputs["envs"]
 
 
-def test_cpu_backend() -> None:
+def test_cpu_backend_pins_disjoint_cores() -> None:
+    run = deploy(backend="cpu", model="Qwen/Qwen2.5-0.5B-Instruct", cpu={"kvcacheSpaceGb": 8})
+    sets = []
+    for index, replica in enumerate(replicas(run)):
+        inputs = replica.inputs
+        assert "gpus" not in inputs and "deviceRequests" not in inputs
+        cores = f"{index * 4}-{index * 4 + 3}"
+        sets.append(inputs["cpuSet"])
+        assert inputs["cpuSet"] == cores
+        assert f"VLLM_CPU_OMP_THREADS_BIND={cores}" in inputs["envs"]
+        assert "VLLM_CPU_KVCACHE_SPACE=8" in inputs["envs"]
+        # As vLLM's CPU docs run it: NUMA calls need SYS_NICE and mbind/set_mempolicy.
+        assert inputs["capabilities"] == {"adds": ["CAP_SYS_NICE"]}
+        assert inputs["securityOpts"] == ["label=disable", "seccomp=unconfined"]
+    assert sets == ["0-3", "4-7"]
+    image = run.named("vllm-vllm-image").inputs["name"]
+    assert image == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+
+
+def test_cpu_tensor_parallel_binds_one_range_per_rank() -> None:
     run = deploy(
         backend="cpu",
-        model="Qwen/Qwen2.5-0.5B-Instruct",
-        image={"prebuilt": "vllm-cpu:local"},
-        cpu={"kvcacheSpaceGb": 8, "ompThreadsBind": "0-3|4-7"},
+        replicas=1,
+        tensorParallelSize=2,
+        cpu={"cpuSets": ["0-3,8-11"]},
     )
-    for replica in replicas(run):
-        assert "gpus" not in replica.inputs
-        assert "VLLM_CPU_KVCACHE_SPACE=8" in replica.inputs["envs"]
-        assert "VLLM_CPU_OMP_THREADS_BIND=0-3|4-7" in replica.inputs["envs"]
-    assert run.named("vllm-vllm-image").inputs["name"] == "vllm-cpu:local"
+    (replica,) = replicas(run)
+    assert replica.inputs["cpuSet"] == "0-3,8-11"
+    assert "VLLM_CPU_OMP_THREADS_BIND=0-3|8-11" in replica.inputs["envs"]
 
 
 def test_tensor_parallel_gpus() -> None:
     run = deploy(tensorParallelSize=2, gpus=[[0, 1], [2, 3]])
-    assert [r.inputs["gpus"] for r in replicas(run)] == ["device=0,1", "device=2,3"]
+    assert [r.inputs["deviceRequests"][0]["deviceIds"] for r in replicas(run)] == [
+        ["0", "1"],
+        ["2", "3"],
+    ]
+    assert all("gpus" not in r.inputs for r in replicas(run))
     command = replicas(run)[0].inputs["command"]
     assert command[command.index("--tensor-parallel-size") + 1] == "2"
 
@@ -240,6 +281,8 @@ def test_verify_step_is_an_output(guide: Run) -> None:
     assert "-m components.verify --url http://localhost:8000" in verify.inputs["create"]
     assert "--model meta-llama/Llama-2-7b-chat-hf" in verify.inputs["create"]
     assert guide.outputs["verified_models"] == "@@vllm-verify.stdout@@"
+    # The step's environment (the API key) is secret; the model list is not.
+    assert "verified_models" not in guide.secret_outputs
 
 
 def test_outputs(guide: Run) -> None:
@@ -279,15 +322,33 @@ def test_without_secrets_env_is_plain() -> None:
 
 def test_single_replica_has_no_second_gate() -> None:
     run = deploy(replicas=1, gpus=[[3]])
-    assert [r.inputs["gpus"] for r in replicas(run)] == ["device=3"]
+    assert [r.inputs["deviceRequests"][0]["deviceIds"] for r in replicas(run)] == [["3"]]
     assert not [d for d in run.declared if d.name == "vllm-replicas-ready"]
     assert dep_names(run, run.named("vllm-lb")) >= {"vllm-vllm0"}
 
 
 def test_docker_host_reaches_the_checks() -> None:
-    run = run_program({**config(), "docker:host": "ssh://ops@gpu-box"})
+    run = run_program({**config(publicHost="gpu-box"), "docker:host": "ssh://ops@gpu-box"})
     for name in ("vllm-vllm0-ready", "vllm-replicas-ready"):
         assert run.named(name).inputs["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-box"}
+    assert "--url http://gpu-box:8000" in run.named("vllm-verify").inputs["create"]
+
+
+@pytest.mark.parametrize(
+    ("values", "rule"),
+    [
+        ({}, "'publicHost' must name the Docker host"),
+        ({"publicHost": "gpu-box", "loadBalancer": {"bindAddress": "127.0.0.1"}}, "loopback"),
+    ],
+)
+def test_remote_engine_needs_a_reachable_load_balancer(values: dict[str, Any], rule: str) -> None:
+    """With `docker:host=ssh://...`, `localhost` in the verify URL is the wrong machine."""
+    declared: list[Declared] = []
+    with pytest.raises(ConfigError, match=rule):
+        run_program({**config(**values), "docker:host": "tcp://gpu-box:2376"}, declared=declared)
+    assert declared == []
+    local = run_program({**config(), "docker:host": "unix:///var/run/docker.sock"})
+    assert local.outputs["lb_url"] == "http://localhost:8000"
 
 
 def test_provider_from_opts_reaches_every_docker_child() -> None:

@@ -39,7 +39,7 @@ def failing_stack(prefix: str, port: int, **overrides: Any) -> dict[str, str]:
             "name": f"{prefix}-lb",
             "port": port,
             "bindAddress": "127.0.0.1",
-            "baseImage": "vllm-nginx/base:bookworm",
+            "image": "vllm-nginx/base:bookworm",
             "dynamicResolve": False,
         },
         **overrides,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.gate import SECRET_ENV, redact
+from components.gate import SECRET_ENV, main, redact
 from components.plan import API_KEY_ENV, HF_TOKEN_ENV
 
 
@@ -19,3 +19,14 @@ def test_log_tail_never_repeats_a_token() -> None:
     assert "[VLLM_API_KEY redacted]" in redacted
     assert redact(log, {}) == log
     assert redact(log, {"HF_TOKEN": ""}) == log
+
+
+def test_an_ssh_engine_is_reached_over_ssh(monkeypatch, capsys) -> None:
+    """`docker:host=ssh://...` reaches the gate as DOCKER_HOST; docker-py needs paramiko
+    for it (without it: "Install paramiko package to enable ssh:// support"). Port 1 on
+    loopback refuses, so the gate fails on the connection, not on a missing package."""
+    monkeypatch.setenv("DOCKER_HOST", "ssh://nobody@127.0.0.1:1")
+    assert main(["--timeout", "1", "vllm0"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the Docker engine at ssh://nobody@127.0.0.1:1" in err
+    assert "paramiko" not in err.lower()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from components.plan import API_KEY_ENV, HF_TOKEN_ENV, Plan, build_plan
+import pytest
+
+from components.plan import API_KEY_ENV, HF_TOKEN_ENV, Plan, build_plan, go_duration
 from components.settings import Settings
 
 PROJECT = Path("/srv/project")
@@ -20,7 +22,7 @@ def test_guide_layout() -> None:
     p = plan()
     assert [r.name for r in p.replicas] == ["vllm0", "vllm1"]
     assert [r.host_port for r in p.replicas] == [8081, 8082]
-    assert [r.gpus for r in p.replicas] == ["device=0", "device=1"]
+    assert [r.gpu_ids for r in p.replicas] == [("0",), ("1",)]
     assert [r.url for r in p.replicas] == ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
     assert p.load_balancer.url == "http://localhost:8000"
     assert p.network == "vllm-nginx"
@@ -70,8 +72,7 @@ def test_relative_build_context_is_resolved_against_the_project() -> None:
     p = plan(image={"build": {"context": "../vllm"}})
     assert p.vllm_image.build is not None
     assert p.vllm_image.build.context == "/srv/vllm"
-    assert p.load_balancer.image.build is not None
-    assert p.load_balancer.image.build.context == "/srv/project/docker/nginx"
+    assert p.load_balancer.image.build is None, "nginx runs as published"
 
 
 def test_public_host_in_urls_when_not_on_loopback() -> None:
@@ -80,3 +81,55 @@ def test_public_host_in_urls_when_not_on_loopback() -> None:
     assert plan(loadBalancer={"bindAddress": "127.0.0.1"}).load_balancer.url == (
         "http://127.0.0.1:8000"
     )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (5, "5s"),
+        (59, "59s"),
+        (60, "1m0s"),
+        (90, "1m30s"),
+        (1800, "30m0s"),
+        (3600, "1h0m0s"),
+        (3661, "1h1m1s"),
+        (86400, "24h0m0s"),
+    ],
+)
+def test_durations_are_written_as_go_reads_them_back(seconds: int, text: str) -> None:
+    assert go_duration(seconds) == text
+
+
+def test_health_check_durations_are_canonical() -> None:
+    hc = plan(readyTimeoutSeconds=5400, healthCheck={"intervalSeconds": 120}).replicas[0]
+    assert hc.health_check.durations() == {
+        "interval": "2m0s",
+        "timeout": "5s",
+        "start_period": "1h30m0s",
+        "start_interval": "0s",
+    }
+
+
+def test_model_is_positional_after_vllm_serve() -> None:
+    replica = plan().replicas[0]
+    assert replica.entrypoint == ("vllm", "serve")
+    assert replica.command[0] == "org/model"
+    assert "--model" not in replica.command
+
+
+def test_cpu_replicas_get_disjoint_cores_and_matching_omp_binds() -> None:
+    p = plan(backend="cpu", replicas=3, cpu={"coresPerReplica": 2})
+    assert [r.cpu_set for r in p.replicas] == ["0-1", "2-3", "4-5"]
+    binds = [r.env["VLLM_CPU_OMP_THREADS_BIND"] for r in p.replicas]
+    assert binds == ["0-1", "2-3", "4-5"]
+    assert all(r.gpu_ids == () for r in p.replicas)
+    unpinned = plan(backend="cpu", cpu={"coresPerReplica": 0}).replicas[0]
+    assert unpinned.cpu_set is None
+    assert unpinned.env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+
+def test_explicit_cpu_sets_split_per_tensor_parallel_rank() -> None:
+    p = plan(backend="cpu", replicas=2, tensorParallelSize=2, cpu={"cpuSets": ["0-3", "8,9,12,13"]})
+    assert [r.cpu_set for r in p.replicas] == ["0-3", "8-9,12-13"]
+    assert [r.env["VLLM_CPU_OMP_THREADS_BIND"] for r in p.replicas] == ["0-1|2-3", "8-9|12-13"]

@@ -59,7 +59,8 @@ def test_stack_files_parse() -> None:
     assert dev.hf_cache.host_path == "~/.cache/huggingface"
     cpu = settings_from_stack_file(ROOT / "Pulumi.cpu.yaml")
     assert cpu.backend is Backend.CPU
-    assert cpu.vllm_image.build is not None
+    assert cpu.vllm_image.prebuilt == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+    assert cpu.cpu_groups() == ((0, 1, 2, 3), (4, 5, 6, 7))
 
 
 BAD = [
@@ -90,7 +91,18 @@ BAD = [
     (raw(extraEnv={"FOO": "$(id)"}), "vllm-nginx:extraEnv.FOO", "'$'"),
     (raw(extraEnv={"BAD NAME": "x"}), "vllm-nginx:extraEnv.BAD NAME", "variable name"),
     (raw(proxy={"http": "http://p:3128 x"}), "vllm-nginx:proxy.http", "no spaces"),
-    (raw(cpu={"ompThreadsBind": "0-3|{"}), "vllm-nginx:cpu.ompThreadsBind", "'{'"),
+    (raw(backend="cpu", cpu={"cpuSets": ["0-3", "4-{"]}), "vllm-nginx:cpu.cpuSets[1]", "0-3"),
+    (raw(backend="cpu", cpu={"cpuSets": ["3-1", "4"]}), "vllm-nginx:cpu.cpuSets[0]", "ranges"),
+    (raw(backend="cpu", cpu={"cpuSets": ["0-3", "3-5"]}), "vllm-nginx", "CPU 3 is used by two"),
+    (raw(backend="cpu", cpu={"cpuSets": ["0-3"]}), "vllm-nginx", "lists 1 replicas"),
+    (
+        raw(backend="cpu", tensorParallelSize=2, cpu={"cpuSets": ["0-2", "3-5"]}),
+        "vllm-nginx",
+        "not a multiple of 'tensorParallelSize' 2",
+    ),
+    (raw(cpu={"coresPerReplica": -1}), "vllm-nginx:cpu.coresPerReplica", "greater than or equal"),
+    (raw(shmSizeMb=64), "vllm-nginx:shmSizeMb", "unknown key"),
+    (raw(image={"pullTimeoutMinutes": 0}), "vllm-nginx:image.pullTimeoutMinutes", "greater than 0"),
     (
         raw(loadBalancer={"affinityHeader": "X-Session\nId"}),
         "vllm-nginx:loadBalancer.affinityHeader",
@@ -119,11 +131,10 @@ BAD = [
     (raw(loadBalancer={"prot": 80}), "vllm-nginx:loadBalancer.prot", "unknown key"),
     (raw(backend="tpu"), "vllm-nginx:backend", "'gpu' or 'cpu'"),
     (raw(loadBalancer={"policy": "fastest"}), "vllm-nginx:loadBalancer.policy", "least_conn"),
-    (raw(backend="cpu"), "vllm-nginx", "'image' is required with backend 'cpu'"),
     (
         raw(image={"prebuilt": "a:b", "build": {"context": "."}}),
         "vllm-nginx:image",
-        "exactly one",
+        "only one",
     ),
     (raw(hfCache={"hostPath": "relative/dir"}), "vllm-nginx:hfCache", "absolute path"),
     (

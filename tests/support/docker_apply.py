@@ -42,6 +42,77 @@ INPUTS_LABEL = "vllm-nginx.test/inputs-sha256"
 """Like Pulumi's state: the inputs a container was created from."""
 
 
+CONTAINER_TYPE = "docker:index/container:Container"
+
+IN_PLACE = frozenset(
+    {
+        "restart",
+        "healthcheck",
+        "mustRun",
+        "wait",
+        "waitTimeout",
+        "destroyGraceSeconds",
+        "containerReadRefreshTimeoutMilliseconds",
+        "cpuShares",
+        "memory",
+        "memorySwap",
+    }
+)
+"""Container inputs the provider does not mark force-new: a change is an update,
+which applies the restart policy and the limits and ignores the rest."""
+
+
+def _forces_replacement(changed: set[str], resource: Declared) -> bool:
+    return any(key not in IN_PLACE or key in resource.replace_on_changes for key in changed)
+
+
+def _remove(container: Container, grace_seconds: int | None) -> None:
+    """The provider's delete: stop within the grace period when one is set, then
+    force-remove (without one, the container is killed at once)."""
+    if grace_seconds:
+        container.stop(timeout=int(grace_seconds))
+    container.remove(force=True)
+
+
+def _as_read(key: str, value: Any) -> Any:
+    """A declared value in the order `read_back` reports it (schema sets sorted)."""
+    if key == "securityOpts":
+        return sorted(value)
+    if key == "capabilities":
+        return {"adds": sorted(value.get("adds") or [])}
+    return value
+
+
+def read_back(container: Container) -> dict[str, Any]:
+    """The container inputs we declare, as the provider's Read sets them from
+    `docker inspect` (camelCase, as Pulumi shows them)."""
+    container.reload()
+    config = container.attrs["Config"]
+    host = container.attrs["HostConfig"]
+    read: dict[str, Any] = {
+        "command": config.get("Cmd") or [],
+        "entrypoints": config.get("Entrypoint") or [],
+        "ipcMode": host.get("IpcMode") or "",
+        "restart": (host.get("RestartPolicy") or {}).get("Name") or "no",
+        "stopSignal": config.get("StopSignal") or "",
+        "cpuSet": host.get("CpusetCpus") or "",
+        # Sets in the provider's schema: order does not matter.
+        "securityOpts": sorted(host.get("SecurityOpt") or []),
+        "capabilities": {"adds": sorted(host.get("CapAdd") or [])},
+    }
+    health = config.get("Healthcheck")
+    if health:
+        read["healthcheck"] = {
+            "tests": health.get("Test") or [],
+            "interval": go_duration_string(int(health.get("Interval") or 0)),
+            "timeout": go_duration_string(int(health.get("Timeout") or 0)),
+            "startPeriod": go_duration_string(int(health.get("StartPeriod") or 0)),
+            "startInterval": go_duration_string(int(health.get("StartInterval") or 0)),
+            "retries": int(health.get("Retries") or 0),
+        }
+    return read
+
+
 class ApplyError(RuntimeError):
     """A resource failed; the message says which and why."""
 
@@ -62,12 +133,33 @@ class Applied:
     unchanged: list[str] = field(default_factory=list)
 
 
+_GO_UNITS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
 def _nanoseconds(duration: str) -> int:
-    match = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
-    if not match:
+    """A Go duration (`1h0m0s`, `30m0s`, `1m30s`, `500ms`) as the provider parses it."""
+    parts = re.findall(r"(\d+)(ms|us|ns|h|m|s)", duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
         raise ApplyError(f"unsupported duration {duration!r}")
-    value, unit = int(match.group(1)), match.group(2)
-    return value * {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}[unit]
+    return sum(int(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def go_duration_string(nanoseconds: int) -> str:
+    """Go's `time.Duration.String()` for whole milliseconds: how the provider reads back."""
+    if nanoseconds == 0:
+        return "0s"
+    if nanoseconds < 10**9:
+        return f"{nanoseconds // 10**6}ms"
+    seconds, rest = divmod(nanoseconds, 10**9)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    frac = f".{rest // 10**6:03d}".rstrip("0") if rest else ""
+    text = f"{seconds}{frac}s"
+    if hours:
+        return f"{hours}h{minutes}m{text}"
+    if minutes:
+        return f"{minutes}m{text}"
+    return text
 
 
 def _inputs_hash(inputs: Mapping[str, Any]) -> str:
@@ -92,6 +184,10 @@ class Applier:
         # Pulumi keeps a command's inputs in its state and runs `create` again
         # only when they change; containers keep theirs in a label instead.
         self._command_state: dict[str, tuple[str, dict[str, str]]] = {}
+        # The inputs each container was last applied with, as Pulumi's state
+        # keeps them (an in-place update records new inputs the engine may ignore).
+        self.container_state: dict[str, dict[str, Any]] = {}
+        self.updated_in_place: list[str] = []
 
     # -- graph -----------------------------------------------------------------
 
@@ -165,7 +261,7 @@ class Applier:
             "docker:index/volume:Volume": self._volume,
             "docker:index/remoteImage:RemoteImage": self._remote_image,
             "docker:index/image:Image": self._image,
-            "docker:index/container:Container": self._container,
+            CONTAINER_TYPE: self._container,
             "command:local:Command": self._command,
         }
         if resource.type not in handler:
@@ -244,15 +340,45 @@ class Applier:
         except NotFound:
             existing = None
         if existing is not None:
-            if existing.labels.get(INPUTS_LABEL) == digest:
+            previous = self.container_state.get(resource.name)
+            if previous == inputs or (
+                previous is None and existing.labels.get(INPUTS_LABEL) == digest
+            ):
                 applied.unchanged.append(resource.name)
                 return {"id": existing.id or "", "name": name}
-            # Inputs changed: replace, deleting first (delete_before_replace).
+            changed = {
+                k for k in {*inputs, *(previous or {})} if (previous or {}).get(k) != inputs.get(k)
+            }
+            if previous is not None and not _forces_replacement(changed, resource):
+                self._update_in_place(existing, inputs, changed)
+                self.container_state[resource.name] = inputs
+                self.updated_in_place.append(resource.name)
+                applied.unchanged.append(resource.name)
+                return {"id": existing.id or "", "name": name}
+            # Replace, deleting first (delete_before_replace), with the grace
+            # period the provider gives a container it removes.
             if not resource.delete_before_replace:
                 raise ApplyError(f"{name}: would need create-before-delete with a fixed name")
-            existing.remove(force=True)
-        if inputs.get("gpus"):
-            raise ApplyError(f"{name}: GPUs requested ({inputs['gpus']}) but this engine has none")
+            _remove(existing, (previous or inputs).get("destroyGraceSeconds"))
+        container = self._create_container(inputs, digest)
+        self.container_state[resource.name] = inputs
+        applied.created.append(resource.name)
+        return {"id": container.id or "", "name": name}
+
+    def _update_in_place(
+        self, container: Container, inputs: dict[str, Any], changed: set[str]
+    ) -> None:
+        """What the provider's Update does: the restart policy (and limits we do not
+        declare) through `docker update`; every other in-place field, the health
+        check among them, only changes the state, not the engine."""
+        if "restart" in changed:
+            container.update(restart_policy={"Name": inputs.get("restart") or "no"})  # type: ignore[arg-type]
+
+    def _create_container(self, inputs: dict[str, Any], digest: str) -> Container:
+        name = inputs["name"]
+        if inputs.get("gpus") or inputs.get("deviceRequests"):
+            requested = inputs.get("deviceRequests") or inputs["gpus"]
+            raise ApplyError(f"{name}: GPUs requested ({requested}) but this engine has none")
         networks = inputs.get("networksAdvanced") or []
         first_network = networks[0] if networks else None
         volumes: dict[str, dict[str, str]] = {}
@@ -266,11 +392,13 @@ class Applier:
         health = inputs.get("healthcheck")
         healthcheck = None
         if health:
+            if _nanoseconds(health.get("startInterval", "0s")):
+                raise ApplyError(f"{name}: startInterval needs Docker >= 25; not mapped here")
             healthcheck = {
                 "test": health["tests"],
-                "interval": _nanoseconds(health.get("interval", "30s")),
-                "timeout": _nanoseconds(health.get("timeout", "30s")),
-                "retries": int(health.get("retries", 3)),
+                "interval": _nanoseconds(health.get("interval", "0s")),
+                "timeout": _nanoseconds(health.get("timeout", "0s")),
+                "retries": int(health.get("retries", 0)),
                 "start_period": _nanoseconds(health.get("startPeriod", "0s")),
             }
         networking_config = None
@@ -291,21 +419,31 @@ class Applier:
             "labels": {INPUTS_LABEL: digest},
             "detach": True,
         }
-        if first_network is not None:
-            kwargs["network"] = first_network["name"]
-            kwargs["networking_config"] = networking_config
-        if inputs.get("ipcMode"):
-            kwargs["ipc_mode"] = inputs["ipcMode"]
+        optional = {
+            "entrypoints": "entrypoint",
+            "ipcMode": "ipc_mode",
+            "cpuSet": "cpuset_cpus",
+            "securityOpts": "security_opt",
+            "stopSignal": "stop_signal",
+        }
+        for key, kwarg in optional.items():
+            if inputs.get(key):
+                kwargs[kwarg] = inputs[key]
+        if inputs.get("capabilities"):
+            kwargs["cap_add"] = inputs["capabilities"].get("adds") or None
+            kwargs["cap_drop"] = inputs["capabilities"].get("drops") or None
         if inputs.get("shmSize"):
             kwargs["shm_size"] = f"{int(inputs['shmSize'])}m"
         if inputs.get("restart") and inputs["restart"] != "no":
             kwargs["restart_policy"] = {"Name": inputs["restart"]}
+        if first_network is not None:
+            kwargs["network"] = first_network["name"]
+            kwargs["networking_config"] = networking_config
         container: Container = self.client.containers.create(**kwargs)
         for upload in inputs.get("uploads") or []:
             put_file(container, upload["file"], upload["content"])
         container.start()
-        applied.created.append(resource.name)
-        return {"id": container.id or "", "name": name}
+        return container
 
     def _command(
         self, resource: Declared, inputs: dict[str, Any], applied: Applied
@@ -336,6 +474,27 @@ class Applier:
             self._command_state[resource.name] = (digest, outputs)
         return outputs
 
+    # -- read back ---------------------------------------------------------------
+
+    def drift(self) -> dict[str, dict[str, tuple[Any, Any]]]:
+        """Per container, the inputs whose read-back differs from what was declared:
+        what the next `pulumi up` would show as a change."""
+        found: dict[str, dict[str, tuple[Any, Any]]] = {}
+        for resource in self.resources:
+            if resource.type != CONTAINER_TYPE or resource.name not in self.container_state:
+                continue
+            declared = self.container_state[resource.name]
+            container = self.client.containers.get(declared["name"])
+            read = read_back(container)
+            diffs = {
+                key: (declared.get(key), value)
+                for key, value in read.items()
+                if key in declared and _as_read(key, declared[key]) != value
+            }
+            if diffs:
+                found[resource.name] = diffs
+        return found
+
     # -- destroy ---------------------------------------------------------------
 
     def destroy(self) -> list[str]:
@@ -346,9 +505,10 @@ class Applier:
             if resource.retain_on_delete:
                 kept.append(resource.name)
                 continue
-            if resource.type == "docker:index/container:Container":
+            if resource.type == CONTAINER_TYPE:
                 with suppress(NotFound):
-                    self.client.containers.get(name).remove(force=True)
+                    state = self.container_state.get(resource.name, resource.inputs)
+                    _remove(self.client.containers.get(name), state.get("destroyGraceSeconds"))
             elif resource.type == "docker:index/network:Network":
                 for network in self.client.networks.list(names=[name]):
                     network.remove()

@@ -13,8 +13,8 @@ Entry points:
 - `docker_client()`: a client whose engine answered a ping (fail in CI, skip locally).
 - `base_image(client)`: tag of the offline Debian base, made with
   scripts/base-image.sh when missing.
-- `standin_image(client)`, `nginx_lb_image(client)`: the two project images, built
-  once per session (`build_image` for anything else); tags `STANDIN_TAG`, `NGINX_LB_TAG`.
+- `standin_image(client)`: the project's vLLM stand-in image, built once per
+  session (`build_image` for anything else); tag `STANDIN_TAG`.
 - `Scratch`: creates labelled networks, volumes and containers and removes them
   all on `close()` (a context manager; `remove_leftovers` sweeps crashed sessions).
 - `put_file`, `published_port`, `wait_for_log`, `wait_for_http`, `wait_for_exit`,
@@ -45,7 +45,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 BASE_IMAGE_TAG = os.environ.get("VLLM_NGINX_BASE_IMAGE", "vllm-nginx/base:bookworm")
 STANDIN_TAG = "vllm-nginx/standin:test"
-NGINX_LB_TAG = "vllm-nginx/nginx-lb:test"
 #: Label on everything `Scratch` creates, so leftovers of a killed session can be found.
 TEST_LABEL = "vllm-nginx.test"
 
@@ -148,18 +147,6 @@ def standin_image(client: docker.DockerClient) -> str:
         buildargs={"BASE_IMAGE": base_image(client)},
     )
     return STANDIN_TAG
-
-
-def nginx_lb_image(client: docker.DockerClient) -> str:
-    """`vllm-nginx/nginx-lb:test`: the guide's nginx image with the offline base."""
-    build_image(
-        client,
-        NGINX_LB_TAG,
-        dockerfile="Dockerfile",
-        context=REPO_ROOT / "docker" / "nginx",
-        buildargs={"BASE_IMAGE": base_image(client)},
-    )
-    return NGINX_LB_TAG
 
 
 class Scratch:

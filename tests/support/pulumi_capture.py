@@ -47,6 +47,8 @@ class Declared:
     additional_secret_outputs: list[str]
     custom: bool
     secret_inputs: list[str] = field(default_factory=list)
+    replace_on_changes: list[str] = field(default_factory=list)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
 
 
 class _Mocks(pulumi.runtime.Mocks):
@@ -63,6 +65,13 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.typ == "command:local:Command":
             state["stdout"] = placeholder(name, "stdout")
             state["stderr"] = ""
+            # pulumi-command 1.2.1 (pulumi-go-provider's infer) makes an output
+            # secret when the input of the same name is; stdout never is.
+            # (0.8.x marked every output secret: pulumi/pulumi-command#256.)
+            state = {
+                k: pulumi.Output.secret(v) if _is_secret(args.inputs.get(k)) else v
+                for k, v in state.items()
+            }
         return placeholder(name, "id"), state
 
     def call(
@@ -99,6 +108,12 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 additional_secret_outputs=list(request.additionalSecretOutputs),
                 custom=bool(request.custom),
                 secret_inputs=secret_inputs,
+                replace_on_changes=list(request.replaceOnChanges),
+                custom_timeouts={
+                    key: value
+                    for key in ("create", "update", "delete")
+                    if (value := getattr(request.customTimeouts, key, ""))
+                },
             )
         )
         return response
@@ -132,6 +147,7 @@ def _unwrap(value: Any) -> Any:
 class Run:
     declared: list[Declared]
     outputs: dict[str, Any]
+    secret_outputs: set[str] = field(default_factory=set)
 
     def of_type(self, type_: str) -> list[Declared]:
         return [d for d in self.declared if d.type == type_]
@@ -176,13 +192,17 @@ def run_program(
     record: list[Declared] = [] if declared is None else declared
     with _mocked(config, secret_keys or [], record) as monitor:
         resolved: dict[str, Any] = {}
+        secret: set[str] = set()
 
         def body() -> None:
             outputs = (program or deploy)()
-            for key, output in outputs.items():
-                resolved[key] = _sync_await(pulumi.Output.from_input(output).future())
+            for key, value in outputs.items():
+                output = pulumi.Output.from_input(value)
+                resolved[key] = _sync_await(output.future())
+                if _sync_await(output.is_secret()):
+                    secret.add(key)
 
         # run_pulumi_func waits for every outstanding registration, as
         # @pulumi.runtime.test does, so `declared` is complete afterwards.
         _sync_await(run_pulumi_func(body))
-        return Run(declared=list(monitor.declared), outputs=resolved)
+        return Run(declared=list(monitor.declared), outputs=resolved, secret_outputs=secret)
