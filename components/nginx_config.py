@@ -288,12 +288,14 @@ def _api_key_guard() -> list[Directive]:
 
     A byte-exact `if ... !=` and not a `map` lookup on the header: nginx
     matches a map's string keys ignoring case, which would accept
-    `bearer <KEY>` for `Bearer <key>` and so shrink the key space. `if` with
-    only a `return` inside is one of the uses of `if` in a location that
-    nginx documents as safe. Only `Authorization: Bearer` counts (what the
-    OpenAI clients and vLLM's `--api-key` use): no `x-api-key`, no query
-    parameter. nginx answers 400 to a request with two Authorization headers,
-    so no client can make the balancer and the replica read different ones.
+    `bearer <KEY>` for `Bearer <key>`, so a key in any case. An `if` in a
+    location that ends the request with `return` is one of the uses nginx
+    documents as safe (the `add_header` beside it only shapes that 401).
+
+    Only `Authorization: Bearer <key>` counts (what the OpenAI clients send
+    and vLLM's `--api-key` checks): no `x-api-key`, no query parameter.
+    nginx answers 400 to a request with two Authorization headers, so no
+    client can make the balancer and the replica read different ones.
 
     The empty `types` makes the 401 `application/json` even for a path with an
     extension nginx knows (`.html`); proxied responses keep the replica's type.
@@ -373,12 +375,6 @@ def _check_runtime(runtime: NginxRuntime) -> _CheckedRuntime:
     listen_port = _check_port("runtime.listen_port", runtime.listen_port)
     api_key_map = runtime.api_key_map
     return _CheckedRuntime(
-        tls=_check_tls(runtime.tls),
-        api_key_map=(
-            None
-            if api_key_map is None
-            else _checked("runtime.api_key_map", api_key_map, safe_token)
-        ),
         listen=_host_port(listen_address, listen_port),
         pid_path=_checked("runtime.pid_path", runtime.pid_path, safe_token),
         temp_dir=_checked("runtime.temp_dir", runtime.temp_dir, safe_token),
@@ -389,6 +385,12 @@ def _check_runtime(runtime: NginxRuntime) -> _CheckedRuntime:
             if runtime.worker_processes is None
             else _check_positive("runtime.worker_processes", runtime.worker_processes)
         ),
+        tls=_check_tls(runtime.tls),
+        api_key_map=(
+            None
+            if api_key_map is None
+            else _checked("runtime.api_key_map", api_key_map, safe_token)
+        ),
     )
 
 
@@ -396,6 +398,8 @@ def _main_context(rt: _CheckedRuntime, events: list[Directive]) -> list[Directiv
     return [
         _d("worker_processes", rt.workers),
         _d("pid", rt.pid_path),
+        # Not `info`: at that level nginx logs both values of a duplicated
+        # Authorization header, i.e. the API key.
         _d("error_log", rt.error_log, "warn"),
         _d("events", block=events),
     ]
@@ -420,12 +424,14 @@ def _listen(rt: _CheckedRuntime) -> list[Directive]:
         _d("ssl_certificate", rt.tls.certificate),
         _d("ssl_certificate_key", rt.tls.key),
         _d("ssl_protocols", *TLS_PROTOCOLS),
-        # Clients reconnect often (one connection per request for many SDK
-        # users): a cache shared by the workers saves most full handshakes.
+        # A client that opens a new connection per request (a script, a
+        # short-lived process) resumes instead of a full handshake, whichever
+        # worker accepts it: the cache is shared by all workers.
         _d("ssl_session_cache", "shared:lb_tls:10m"),
         _d("ssl_session_timeout", "1h"),
-        # Ticket keys are never rotated by nginx itself, so tickets would
-        # undo forward secrecy until a restart; the shared cache suffices.
+        # Debian's 1.22 never rotates ticket keys (automatic rotation came in
+        # 1.23.2), so there tickets would weaken forward secrecy until a
+        # restart; the shared cache gives resumption on every version.
         _d("ssl_session_tickets", "off"),
     ]
 
@@ -450,7 +456,8 @@ def render_api_key_map(key: str) -> str:
         _d(
             "map",
             # The source is irrelevant (only `default` is set); a map rather
-            # than `set` so the value is defined once, at http level.
+            # than `set` so the value is defined once, at http level. Never
+            # add string keys here: map matches them ignoring case.
             "$http_authorization",
             EXPECTED_AUTHORIZATION_VARIABLE,
             block=[_d("default", f"Bearer {key}")],

@@ -517,6 +517,12 @@ def test_the_openai_client_with_the_key_streams_and_with_a_wrong_key_is_refused(
         assert arrivals[-1] > 0.7
 
 
+def test_the_refusal_is_json_even_for_a_path_nginx_has_a_type_for(logged_replica):
+    """Without the empty `types`, nginx would label the JSON body text/html here."""
+    with balancer(logged_replica.ports, api_key=API_KEY) as nginx:
+        assert_refused(httpx.get(nginx.url + "/v1/index.html"))
+
+
 def test_health_and_unknown_paths_need_no_key(logged_replica):
     with balancer(logged_replica.ports, api_key=API_KEY) as nginx:
         health = httpx.get(nginx.url + "/health")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -450,19 +451,18 @@ def test_every_proxied_location_checks_the_key_and_health_does_not():
         assert names.index("if") < names.index("proxy_pass"), args
         (check,) = find(block, "if")
         assert check["args"] == ["$http_authorization", "!=", EXPECTED_AUTHORIZATION_VARIABLE]
-        # Only `return` and `add_header` inside: the uses of `if` that are safe.
+        # Nothing in the `if` but the 401 and its header: the safe use of `if`.
         assert {d["directive"] for d in check["block"]} == {"add_header", "return"}
         assert args_of(check["block"], "return") == ["401", UNAUTHORIZED_BODY]
         assert args_of(check["block"], "add_header") == ["WWW-Authenticate", "Bearer", "always"]
         assert args_of(block, "default_type") == ["application/json"]
-        assert find(block, "types") == [{**find(block, "types")[0], "block": []}]
+        (types,) = find(block, "types")
+        assert types["block"] == []
     assert not find(locs[("=", "/health")], "if")
     assert not find(locs[("/",)], "if")
 
 
 def test_unauthorized_body_is_an_openai_error():
-    import json
-
     error = json.loads(UNAUTHORIZED_BODY)["error"]
     assert error["type"] == "invalid_request_error"
     assert error["code"] == "invalid_api_key"
