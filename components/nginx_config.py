@@ -27,6 +27,17 @@ a new address is found again without reloading nginx. Debian 12's nginx 1.22
 rejects that parameter: with it, set `dynamic_resolve` to false (names are then
 resolved once, at start, and nginx refuses to start if one is unknown).
 
+Two security options are driven by the caller through `NginxRuntime`, because
+what they need (a certificate, a secret key) only exists at deployment time:
+
+- `tls` makes the one server speak TLS only, so the API key and the prompts
+  are not sent in the clear when the balancer is reachable beyond loopback;
+- `api_key_map` makes the balancer itself refuse requests without the API key,
+  so unauthenticated traffic never reaches (and never queues on) a replica.
+  The key stays out of this text, which is printed for review and stored in
+  Pulumi state as plain data: it lives in a separate file rendered by
+  `render_api_key_map` and uploaded as a secret, which this config `include`s.
+
 The text is produced by crossplane's builder from directive lists rather than
 by string formatting, and every value taken from settings is checked again
 with the validators in `settings.py`: a value that slipped past the settings
@@ -37,6 +48,7 @@ directive or open a block.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +56,7 @@ from typing import Any
 import crossplane
 
 from components.settings import (
+    SAFE_TOKEN_RULE,
     LoadBalancerSettings,
     RoutingPolicy,
     Upstream,
@@ -72,6 +85,44 @@ LOG_FORMAT = (
 )
 
 
+# The variable the API key file defines; see `render_api_key_map`.
+EXPECTED_AUTHORIZATION_VARIABLE = "$lb_expected_authorization"
+# Modern protocols only: TLS 1.0 and 1.1 are deprecated (RFC 8996) and every
+# OpenAI client library speaks 1.2 or 1.3.
+TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+UNAUTHORIZED_BODY = json.dumps(
+    {
+        "error": {
+            "message": "Missing or invalid API key: send it as the header "
+            "Authorization: Bearer <key>",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where the deployment puts the certificate (chain) and its private key.
+
+    Paths, not contents: the private key is a secret and must not end up in
+    the config text, which is stored in Pulumi state as plain data.
+    """
+
+    certificate: str
+    key: str
+
+
+# Where the deployment is expected to upload the secret files in the container.
+# nginx's master process (root) reads them once at start; workers never do.
+CONTAINER_TLS_FILES = TlsFiles(
+    certificate="/etc/nginx/tls/server.crt", key="/etc/nginx/tls/server.key"
+)
+CONTAINER_API_KEY_MAP = "/etc/nginx/api-key.conf"
+
+
 @dataclass(frozen=True)
 class NginxRuntime:
     """What differs between the container and a test on loopback.
@@ -79,6 +130,10 @@ class NginxRuntime:
     The container's nginx listens on port 80 on every interface (docker
     publishes it); tests and benchmarks run a private nginx on a loopback port
     with its own pid file, temp directory and log files.
+
+    `tls` and `api_key_map` are paths to files holding secrets, which is why
+    they live here and not in `LoadBalancerSettings`: the settings say whether
+    the features are on, the deployment decides where the secrets are put.
     """
 
     listen_address: str = "0.0.0.0"
@@ -88,6 +143,8 @@ class NginxRuntime:
     error_log: str = "stderr"
     access_log: str = "/dev/stdout"
     worker_processes: int | None = None
+    tls: TlsFiles | None = None
+    api_key_map: str | None = None
 
 
 def _checked(field: str, value: str, validator: Callable[[str], str]) -> str:
@@ -226,8 +283,43 @@ def _proxy_settings(lb: LoadBalancerSettings) -> list[Directive]:
     ]
 
 
-def _locations(lb: LoadBalancerSettings) -> list[Directive]:
-    proxied = [_d("proxy_pass", f"http://{UPSTREAM_NAME}")]
+def _api_key_guard() -> list[Directive]:
+    """Answer 401 in the rewrite phase, before an upstream is even chosen.
+
+    A byte-exact `if ... !=` and not a `map` lookup on the header: nginx
+    matches a map's string keys ignoring case, which would accept
+    `bearer <KEY>` for `Bearer <key>`, so a key in any case. An `if` in a
+    location that ends the request with `return` is one of the uses nginx
+    documents as safe (the `add_header` beside it only shapes that 401).
+
+    Only `Authorization: Bearer <key>` counts (what the OpenAI clients send
+    and vLLM's `--api-key` checks): no `x-api-key`, no query parameter.
+    nginx answers 400 to a request with two Authorization headers, so no
+    client can make the balancer and the replica read different ones.
+
+    The empty `types` makes the 401 `application/json` even for a path with an
+    extension nginx knows (`.html`); proxied responses keep the replica's type.
+    """
+    return [
+        _d("types", block=[]),
+        _d("default_type", "application/json"),
+        _d(
+            "if",
+            "$http_authorization",
+            "!=",
+            EXPECTED_AUTHORIZATION_VARIABLE,
+            block=[
+                # `always`: without it add_header is skipped on a 4xx.
+                _d("add_header", "WWW-Authenticate", "Bearer", "always"),
+                _d("return", "401", UNAUTHORIZED_BODY),
+            ],
+        ),
+    ]
+
+
+def _locations(lb: LoadBalancerSettings, require_api_key: bool) -> list[Directive]:
+    guard = _api_key_guard() if require_api_key else []
+    proxied = [*guard, _d("proxy_pass", f"http://{UPSTREAM_NAME}")]
     locations = [
         _d("location", API_PREFIX, block=list(proxied)),
         _d(
@@ -265,11 +357,23 @@ class _CheckedRuntime:
     error_log: str
     access_log: str
     workers: str
+    tls: TlsFiles | None
+    api_key_map: str | None
+
+
+def _check_tls(tls: TlsFiles | None) -> TlsFiles | None:
+    if tls is None:
+        return None
+    return TlsFiles(
+        certificate=_checked("runtime.tls.certificate", tls.certificate, safe_token),
+        key=_checked("runtime.tls.key", tls.key, safe_token),
+    )
 
 
 def _check_runtime(runtime: NginxRuntime) -> _CheckedRuntime:
     listen_address = _checked("runtime.listen_address", runtime.listen_address, ip_address)
     listen_port = _check_port("runtime.listen_port", runtime.listen_port)
+    api_key_map = runtime.api_key_map
     return _CheckedRuntime(
         listen=_host_port(listen_address, listen_port),
         pid_path=_checked("runtime.pid_path", runtime.pid_path, safe_token),
@@ -281,6 +385,12 @@ def _check_runtime(runtime: NginxRuntime) -> _CheckedRuntime:
             if runtime.worker_processes is None
             else _check_positive("runtime.worker_processes", runtime.worker_processes)
         ),
+        tls=_check_tls(runtime.tls),
+        api_key_map=(
+            None
+            if api_key_map is None
+            else _checked("runtime.api_key_map", api_key_map, safe_token)
+        ),
     )
 
 
@@ -288,6 +398,8 @@ def _main_context(rt: _CheckedRuntime, events: list[Directive]) -> list[Directiv
     return [
         _d("worker_processes", rt.workers),
         _d("pid", rt.pid_path),
+        # Not `info`: at that level nginx logs both values of a duplicated
+        # Authorization header, i.e. the API key.
         _d("error_log", rt.error_log, "warn"),
         _d("events", block=events),
     ]
@@ -302,16 +414,71 @@ def _temp_paths(rt: _CheckedRuntime) -> list[Directive]:
     ]
 
 
+def _listen(rt: _CheckedRuntime) -> list[Directive]:
+    if rt.tls is None:
+        return [_d("listen", rt.listen)]
+    # TLS only on the one port: a plain request to it gets nginx's 400, never
+    # a redirect, since a redirect would come after the key was sent in clear.
+    return [
+        _d("listen", rt.listen, "ssl"),
+        _d("ssl_certificate", rt.tls.certificate),
+        _d("ssl_certificate_key", rt.tls.key),
+        _d("ssl_protocols", *TLS_PROTOCOLS),
+        # A client that opens a new connection per request (a script, a
+        # short-lived process) resumes instead of a full handshake, whichever
+        # worker accepts it: the cache is shared by all workers.
+        _d("ssl_session_cache", "shared:lb_tls:10m"),
+        _d("ssl_session_timeout", "1h"),
+        # Debian's 1.22 never rotates ticket keys (automatic rotation came in
+        # 1.23.2), so there tickets would weaken forward secrecy until a
+        # restart; the shared cache gives resumption on every version.
+        _d("ssl_session_tickets", "off"),
+    ]
+
+
+def render_api_key_map(key: str) -> str:
+    """The file that `NginxRuntime.api_key_map` points at, holding the API key.
+
+    It defines the exact `Authorization` value a request must carry. Kept out
+    of the main config so the key is only ever in this file, which the
+    deployment uploads as a secret; the main config only compares against the
+    variable. The key must use the same safe alphabet as every other value, so
+    it can neither end the quoted string nor expand a variable; the error
+    never repeats the key, since it may be printed or logged.
+    """
+    if not isinstance(key, str):
+        raise ValueError("api_key: must be a str (a SecretStr's get_secret_value())")
+    try:
+        safe_token(key)
+    except ValueError:
+        raise ValueError(f"api_key: {SAFE_TOKEN_RULE}") from None
+    config = [
+        _d(
+            "map",
+            # The source is irrelevant (only `default` is set); a map rather
+            # than `set` so the value is defined once, at http level. Never
+            # add string keys here: map matches them ignoring case.
+            "$http_authorization",
+            EXPECTED_AUTHORIZATION_VARIABLE,
+            block=[_d("default", f"Bearer {key}")],
+        )
+    ]
+    return str(crossplane.build(config)) + "\n"
+
+
 def render_nginx_config(
     lb: LoadBalancerSettings,
     upstreams: Sequence[Upstream],
     runtime: NginxRuntime = NginxRuntime(),
 ) -> str:
-    """The whole main config: no `include`, no `user`, no mime.types.
+    """The whole main config: no `user`, no mime.types, no stock includes.
 
     It must work unchanged on the official image and on Debian's package, whose
     stock files and worker users differ; `daemon` and `master_process` stay on
-    the command line so the same file serves a container and a test.
+    the command line so the same file serves a container and a test. The one
+    `include` is the caller's API key file, only when `runtime.api_key_map` is
+    set; nginx refuses to start without that file, so the check cannot be
+    silently lost.
     """
     rt = _check_runtime(runtime)
     worker_connections = _check_positive("worker_connections", lb.worker_connections, minimum=64)
@@ -340,8 +507,16 @@ def render_nginx_config(
         *_temp_paths(rt),
         *resolver,
         *_affinity_map(lb),
+        *([] if rt.api_key_map is None else [_d("include", rt.api_key_map)]),
         _d("upstream", UPSTREAM_NAME, block=upstream_block),
-        _d("server", block=[_d("listen", rt.listen), *_proxy_settings(lb), *_locations(lb)]),
+        _d(
+            "server",
+            block=[
+                *_listen(rt),
+                *_proxy_settings(lb),
+                *_locations(lb, require_api_key=rt.api_key_map is not None),
+            ],
+        ),
     ]
     config = [
         *_main_context(rt, [_d("worker_connections", worker_connections)]),
@@ -362,6 +537,8 @@ def render_guide_config(
     so a test can show the cut-off without waiting a minute.
     """
     rt = _check_runtime(runtime)
+    if rt.tls is not None or rt.api_key_map is not None:
+        raise ValueError("runtime: the guide's config has neither TLS nor an API key check")
     if not upstreams:
         raise ValueError("upstreams: at least one replica is needed")
     servers = []

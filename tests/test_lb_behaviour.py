@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import ssl
 import threading
 import time
 from collections import Counter
@@ -27,7 +28,9 @@ from openai import OpenAI
 from components.settings import RoutingPolicy
 from tests.support.nginx import (
     LOOPBACK,
+    Pki,
     RunningNginx,
+    make_test_pki,
     require_nginx,
 )
 from tests.support.nginx import (
@@ -352,3 +355,207 @@ def test_a_replica_answering_502_or_503_is_skipped(fleet, status):
         assert answered == {fleet[0].replica_id: 6}
         # The dead replica did get (and fail) requests: they were resent, not lost.
         assert seen, "the failing replica was never tried"
+
+
+# --- TLS -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+def trusting(pki: Pki) -> ssl.SSLContext:
+    """A client context that trusts only the test CA, as a user given the CA would."""
+    return ssl.create_default_context(cafile=str(pki.ca_certificate))
+
+
+def test_tls_streams_a_chat_completion_to_the_openai_client(fleet, pki):
+    with (
+        balancer(fleet.ports, tls=pki.server) as nginx,
+        openai.DefaultHttpxClient(verify=trusting(pki)) as http,
+    ):
+        assert nginx.url.startswith("https://")
+        api = OpenAI(base_url=nginx.url + "/v1", api_key="unused", max_retries=0, http_client=http)
+        started = time.monotonic()
+        arrivals = []
+        text = []
+        for chunk in api.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=40,
+            stream=True,
+        ):
+            if chunk.choices and chunk.choices[0].delta.content:
+                arrivals.append(time.monotonic() - started)
+                text.append(chunk.choices[0].delta.content)
+        assert len(text) == 40
+        # Still streamed, not buffered: 10 ms to the first token, 20 ms per token.
+        assert arrivals[0] < 0.3, arrivals[:3]
+        assert arrivals[-1] > 0.7
+        with httpx.stream("GET", nginx.url + "/health", verify=trusting(pki)) as response:
+            tls = response.extensions["network_stream"].get_extra_info("ssl_object")
+            assert tls.version() in {"TLSv1.2", "TLSv1.3"}
+
+
+def test_tls_port_refuses_plain_http_and_untrusted_clients(fleet, pki):
+    with balancer(fleet.ports, tls=pki.server) as nginx:
+        plain = httpx.get(f"http://{LOOPBACK}:{nginx.port}/v1/models")
+        assert plain.status_code == 400
+        assert "x-replica" not in plain.headers
+        # The certificate is really checked: the default CA bundle does not
+        # know the test CA.
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(nginx.url + "/health")
+        # ...and the name is checked against the subjectAltName too.
+        assert httpx.get(nginx.url + "/health", verify=trusting(pki)).status_code == 200
+        access_log = nginx.access_log.read_text()
+    assert f"upstream={LOOPBACK}" not in access_log
+
+
+# --- the API key -----------------------------------------------------------------
+
+API_KEY = "sk-LoadBalancer.Test_Key+42"
+REQUEST_LINE = re.compile(r'"(GET|POST|HEAD|PUT|DELETE|OPTIONS) (\S+) HTTP/1\.1" (\d{3})')
+
+
+@pytest.fixture(scope="module")
+def logged_replica() -> Iterator[StubFleet]:
+    """One stand-in with uvicorn's access log on: every request it gets is a line."""
+    require_nginx()
+    with stub_backends(1, ttft_ms=10, token_ms=20) as stubs:
+        yield stubs
+
+
+def requests_reaching(fleet: StubFleet) -> list[tuple[str, str]]:
+    """(method, path) of every request the replicas got, apart from readiness checks."""
+    seen = []
+    for stub in fleet:
+        for match in REQUEST_LINE.finditer(stub.log_text()):
+            if match.group(2) != "/health":
+                seen.append((match.group(1), match.group(2)))
+    return seen
+
+
+def wait_for_request(fleet: StubFleet, count: int, timeout: float = 5.0) -> list[tuple[str, str]]:
+    deadline = time.monotonic() + timeout
+    while len(seen := requests_reaching(fleet)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return seen
+
+
+def assert_refused(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "x-replica" not in response.headers
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_api_key"
+
+
+REFUSED_HEADERS = {
+    "none": {},
+    "wrong key": {"Authorization": "Bearer sk-wrong"},
+    "lowercase scheme": {"Authorization": f"bearer {API_KEY}"},
+    "key in other case": {"Authorization": f"Bearer {API_KEY.swapcase()}"},
+    "key prefix": {"Authorization": f"Bearer {API_KEY[:-1]}"},
+    "key plus suffix": {"Authorization": f"Bearer {API_KEY}x"},
+    "bare key": {"Authorization": API_KEY},
+    "x-api-key": {"x-api-key": API_KEY},
+}
+
+
+@pytest.mark.parametrize("headers", REFUSED_HEADERS.values(), ids=REFUSED_HEADERS.keys())
+def test_requests_without_the_exact_key_never_reach_a_replica(logged_replica, headers):
+    before = len(requests_reaching(logged_replica))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with balancer(logged_replica.ports, api_key=API_KEY, expose_paths=("/metrics",)) as nginx:
+        assert_refused(httpx.post(nginx.url + "/v1/chat/completions", json=body, headers=headers))
+        assert_refused(httpx.get(nginx.url + "/v1/models", headers=headers))
+        assert_refused(httpx.get(nginx.url + "/metrics", headers=headers))
+        # A request with the key, so the replica's log has caught up with
+        # everything sent before it.
+        allowed = httpx.get(nginx.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"})
+        assert allowed.status_code == 200
+        assert "x-replica" in allowed.headers
+        seen = wait_for_request(logged_replica, before + 1)
+        access_log = nginx.access_log.read_text()
+    assert seen[before:] == [("GET", "/metrics")], seen[before:]
+    refused = [line for line in access_log.splitlines() if '" 401 ' in line]
+    assert len(refused) == 3
+    assert all("upstream=- " in line for line in refused), refused
+
+
+def test_the_openai_client_with_the_key_streams_and_with_a_wrong_key_is_refused(
+    logged_replica, pki
+):
+    with (
+        balancer(logged_replica.ports, api_key=API_KEY, tls=pki.server) as nginx,
+        openai.DefaultHttpxClient(verify=trusting(pki)) as http,
+    ):
+
+        def api(key: str) -> OpenAI:
+            return OpenAI(base_url=nginx.url + "/v1", api_key=key, max_retries=0, http_client=http)
+
+        with pytest.raises(openai.AuthenticationError) as refused:
+            api("sk-wrong").models.list()
+        assert refused.value.code == "invalid_api_key"
+        started = time.monotonic()
+        arrivals = [
+            time.monotonic() - started
+            for chunk in api(API_KEY).chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=40,
+                stream=True,
+            )
+            if chunk.choices and chunk.choices[0].delta.content
+        ]
+        assert len(arrivals) == 40
+        assert arrivals[0] < 0.3, arrivals[:3]
+        assert arrivals[-1] > 0.7
+
+
+def test_the_refusal_is_json_even_for_a_path_nginx_has_a_type_for(logged_replica):
+    """Without the empty `types`, nginx would label the JSON body text/html here."""
+    with balancer(logged_replica.ports, api_key=API_KEY) as nginx:
+        assert_refused(httpx.get(nginx.url + "/v1/index.html"))
+
+
+def test_health_and_unknown_paths_need_no_key(logged_replica):
+    with balancer(logged_replica.ports, api_key=API_KEY) as nginx:
+        health = httpx.get(nginx.url + "/health")
+        assert (health.status_code, health.text) == (200, "ok\n")
+        assert httpx.get(nginx.url + "/tokenize").status_code == 404
+
+
+def test_two_authorization_headers_are_refused_before_any_replica(logged_replica):
+    """nginx answers 400 itself, so the balancer and the replica cannot disagree on the key."""
+    before = len(requests_reaching(logged_replica))
+    with balancer(logged_replica.ports, api_key=API_KEY) as nginx:
+        both = [("Authorization", f"Bearer {API_KEY}"), ("Authorization", "Bearer sk-wrong")]
+        for headers in (both, both[::-1]):
+            assert httpx.get(nginx.url + "/v1/models", headers=headers).status_code == 400
+        ok = httpx.get(nginx.url + "/v1/models", headers=both[:1])
+        assert ok.status_code == 200
+        seen = wait_for_request(logged_replica, before + 1)
+    assert seen[before:] == [("GET", "/v1/models")]
+
+
+def test_the_key_is_in_no_log_and_not_in_the_main_config(logged_replica):
+    with balancer(logged_replica.ports, api_key=API_KEY, expose_paths=("/metrics",)) as nginx:
+        for key in (API_KEY, "sk-wrong", API_KEY.swapcase()):
+            for path in ("/v1/models", "/metrics", "/health", "/nowhere"):
+                httpx.get(nginx.url + path, headers={"Authorization": f"Bearer {key}"})
+        both = [("Authorization", f"Bearer {API_KEY}"), ("Authorization", "Bearer sk-wrong")]
+        httpx.get(nginx.url + "/v1/models", headers=both)
+        main_config = (nginx.sandbox / "nginx.conf").read_text()
+        key_file = (nginx.sandbox / "api-key.conf").read_text()
+        logs = nginx.access_log.read_text() + nginx.error_log.read_text()
+    assert API_KEY in key_file  # the one place it is meant to be
+    assert "api-key.conf" in main_config
+    for secret in (API_KEY, API_KEY.swapcase(), "sk-wrong"):
+        assert secret not in main_config
+        assert secret not in logs
+    assert logs.count('"GET /v1/models HTTP/1.1" 200') == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,15 +15,29 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from components.nginx_config import (
+    CONTAINER_API_KEY_MAP,
+    CONTAINER_TLS_FILES,
+    EXPECTED_AUTHORIZATION_VARIABLE,
     LOG_FORMAT,
+    UNAUTHORIZED_BODY,
     UPSTREAM_NAME,
     NginxRuntime,
+    TlsFiles,
     affinity_variable,
+    render_api_key_map,
     render_guide_config,
     render_nginx_config,
 )
-from components.settings import LoadBalancerSettings, RoutingPolicy, Upstream
-from tests.support.nginx import check_config, loopback_runtime, make_sandbox, require_nginx
+from components.settings import SAFE_TOKEN_RULE, LoadBalancerSettings, RoutingPolicy, Upstream
+from tests.support.nginx import (
+    Pki,
+    check_config,
+    loopback_runtime,
+    make_sandbox,
+    make_test_pki,
+    require_nginx,
+    write_api_key_map,
+)
 
 pytestmark = pytest.mark.nginx
 
@@ -37,6 +52,8 @@ ipv4 = st.ip_addresses(v=4).map(str)
 # them up at start), so the real-binary run uses IPs and localhost only.
 resolvable_hosts = st.one_of(ipv4, st.sampled_from(["127.0.0.1", "::1", "localhost"]))
 ports = st.integers(min_value=1, max_value=65535)
+# settings.safe_token's alphabet: what an API key may contain.
+api_keys = st.from_regex(r"[A-Za-z0-9._:/@%+=,~|\-\[\]*]{1,80}", fullmatch=True)
 
 
 def lb_settings(dynamic_resolve: bool) -> st.SearchStrategy[LoadBalancerSettings]:
@@ -79,13 +96,22 @@ def sandbox() -> Any:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def parse(config: str) -> list[dict[str, Any]]:
-    """crossplane's own parser: catches what the builder could get wrong structurally."""
+@pytest.fixture(scope="module")
+def pki(sandbox) -> Pki:
+    return make_test_pki(sandbox / "pki")
+
+
+def parse(config: str, check_ctx: bool = True) -> list[dict[str, Any]]:
+    """crossplane's own parser: catches what the builder could get wrong structurally.
+
+    `check_ctx=False` for the API key file, whose `map` sits in the `http`
+    block that includes it, not at the top level.
+    """
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as handle:
         handle.write(config)
         name = handle.name
     try:
-        payload = crossplane.parse(name, single=True, comments=False, check_ctx=True)
+        payload = crossplane.parse(name, single=True, comments=False, check_ctx=check_ctx)
     finally:
         Path(name).unlink()
     assert payload["status"] == "ok", payload["errors"]
@@ -145,9 +171,17 @@ UPSTREAMS = [Upstream(host="127.0.0.1", port=8001), Upstream(host="127.0.0.2", p
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(lb=lb_settings(dynamic_resolve=False), upstreams=upstream_lists(resolvable_hosts))
-def test_every_rendered_config_passes_nginx_t(nginx_binary, sandbox, lb, upstreams):
-    runtime = loopback_runtime(sandbox, 18080)
+@given(
+    lb=lb_settings(dynamic_resolve=False),
+    upstreams=upstream_lists(resolvable_hosts),
+    tls=st.booleans(),
+    api_key=st.none() | api_keys,
+)
+def test_every_rendered_config_passes_nginx_t(
+    nginx_binary, sandbox, pki, lb, upstreams, tls, api_key
+):
+    key_map = None if api_key is None else write_api_key_map(sandbox, api_key)
+    runtime = loopback_runtime(sandbox, 18080, tls=pki.server if tls else None, api_key_map=key_map)
     config = render_nginx_config(lb, upstreams, runtime)
     result = check_config(nginx_binary, config, sandbox)
     assert result.returncode == 0, f"{result.stderr}\n{config}"
@@ -160,6 +194,33 @@ def test_each_policy_with_container_runtime_passes_nginx_t(nginx_binary, sandbox
     config = render_nginx_config(lb, [Upstream(host="localhost", port=8000)], NginxRuntime())
     result = check_config(nginx_binary, config, sandbox)
     assert result.returncode == 0, f"{result.stderr}\n{config}"
+
+
+def test_container_tls_and_key_paths_pass_nginx_t(nginx_binary, sandbox, pki):
+    """The suggested in-container paths, with files where a deployment would put them."""
+    config = render_nginx_config(
+        LoadBalancerSettings(dynamic_resolve=False, expose_paths=("/metrics",)),
+        [Upstream(host="localhost", port=8000)],
+        NginxRuntime(tls=CONTAINER_TLS_FILES, api_key_map=CONTAINER_API_KEY_MAP),
+    )
+    moved = {
+        CONTAINER_TLS_FILES.certificate: pki.server.certificate,
+        CONTAINER_TLS_FILES.key: pki.server.key,
+        CONTAINER_API_KEY_MAP: write_api_key_map(sandbox, "sk-container"),
+    }
+    for container_path, local_path in moved.items():
+        config = config.replace(container_path, local_path)
+    result = check_config(nginx_binary, config, sandbox)
+    assert result.returncode == 0, f"{result.stderr}\n{config}"
+
+
+def test_a_missing_key_file_stops_nginx_rather_than_serving_unguarded(nginx_binary, sandbox):
+    runtime = loopback_runtime(sandbox, 18080, api_key_map=str(sandbox / "absent.conf"))
+    result = check_config(
+        nginx_binary, render_nginx_config(LoadBalancerSettings(), UPSTREAMS, runtime), sandbox
+    )
+    assert result.returncode != 0
+    assert "absent.conf" in result.stderr
 
 
 def test_guide_config_passes_nginx_t(nginx_binary, sandbox):
@@ -346,6 +407,132 @@ def test_ipv6_upstreams_are_bracketed():
 def test_no_upstreams_is_an_error():
     with pytest.raises(ValueError, match="upstreams"):
         render_nginx_config(LoadBalancerSettings(), [])
+
+
+# --- TLS and the API key check ------------------------------------------------
+
+TLS = TlsFiles(certificate="/etc/nginx/tls/server.crt", key="/etc/nginx/tls/server.key")
+KEY = "sk-Mixed.Case_Key+42"
+
+
+def test_no_tls_and_no_key_check_unless_asked():
+    parsed = parse(render_nginx_config(LoadBalancerSettings(expose_paths=("/metrics",)), UPSTREAMS))
+    names = {d["directive"] for d in walk(parsed)}
+    assert not {n for n in names if n.startswith("ssl")}
+    assert not names & {"include", "if", "add_header"}
+    assert args_of(server_of(parsed), "listen") == ["0.0.0.0:80"]
+
+
+def test_tls_listens_with_ssl_modern_protocols_and_a_shared_session_cache():
+    parsed = parse(render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(tls=TLS)))
+    server = server_of(parsed)
+    assert [d["args"] for d in find(server, "listen")] == [["0.0.0.0:80", "ssl"]]
+    assert args_of(server, "ssl_certificate") == [TLS.certificate]
+    assert args_of(server, "ssl_certificate_key") == [TLS.key]
+    assert args_of(server, "ssl_protocols") == ["TLSv1.2", "TLSv1.3"]
+    assert args_of(server, "ssl_session_cache")[0].startswith("shared:")
+    assert args_of(server, "ssl_session_tickets") == ["off"]
+    # Streaming is unaffected by TLS.
+    assert args_of(server, "proxy_buffering") == ["off"]
+    assert CONTAINER_TLS_FILES == TLS
+
+
+def test_every_proxied_location_checks_the_key_and_health_does_not():
+    lb = LoadBalancerSettings(expose_paths=("/metrics", "/version"))
+    runtime = NginxRuntime(api_key_map=CONTAINER_API_KEY_MAP)
+    parsed = parse(render_nginx_config(lb, UPSTREAMS, runtime))
+    assert args_of(http_of(parsed), "include") == ["/etc/nginx/api-key.conf"]
+    locs = locations(parsed)
+    for args in (("/v1/",), ("=", "/metrics"), ("=", "/version")):
+        block = locs[args]
+        names = [d["directive"] for d in block]
+        # The check comes before proxy_pass in the text (nginx runs the
+        # rewrite phase first either way; this keeps it obvious for a reader).
+        assert names.index("if") < names.index("proxy_pass"), args
+        (check,) = find(block, "if")
+        assert check["args"] == ["$http_authorization", "!=", EXPECTED_AUTHORIZATION_VARIABLE]
+        # Nothing in the `if` but the 401 and its header: the safe use of `if`.
+        assert {d["directive"] for d in check["block"]} == {"add_header", "return"}
+        assert args_of(check["block"], "return") == ["401", UNAUTHORIZED_BODY]
+        assert args_of(check["block"], "add_header") == ["WWW-Authenticate", "Bearer", "always"]
+        assert args_of(block, "default_type") == ["application/json"]
+        (types,) = find(block, "types")
+        assert types["block"] == []
+    assert not find(locs[("=", "/health")], "if")
+    assert not find(locs[("/",)], "if")
+
+
+def test_unauthorized_body_is_an_openai_error():
+    error = json.loads(UNAUTHORIZED_BODY)["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_api_key"
+    assert error["message"]
+
+
+def test_the_key_file_defines_the_exact_authorization_value_and_the_main_config_has_no_key():
+    key_file = render_api_key_map(KEY)
+    (map_block,) = find(parse(key_file, check_ctx=False), "map")
+    assert map_block["args"][1] == EXPECTED_AUTHORIZATION_VARIABLE
+    assert map_block["block"] == [
+        {"directive": "default", "line": 2, "args": [f"Bearer {KEY}"]},
+    ]
+    main = render_nginx_config(
+        LoadBalancerSettings(), UPSTREAMS, NginxRuntime(api_key_map=CONTAINER_API_KEY_MAP)
+    )
+    assert KEY not in main
+    assert "Bearer sk" not in main
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.text(max_size=40) | api_keys)
+def test_any_key_is_either_refused_without_echo_or_stored_exactly(key):
+    try:
+        key_file = render_api_key_map(key)
+    except ValueError as err:
+        # One fixed message whatever the key: nothing of it is echoed.
+        assert str(err) == f"api_key: {SAFE_TOKEN_RULE}"
+        return
+    (map_block,) = find(parse(key_file, check_ctx=False), "map")
+    assert [d["args"] for d in map_block["block"]] == [[f"Bearer {key}"]]
+
+
+@pytest.mark.parametrize("value", ["a b", 'a"b', "a'b", "a;b", "a}b", "$host", "a\nb", "a\\b"])
+def test_unsafe_keys_are_refused_without_echoing_them(value):
+    secret = f"sk-SECRET{value}SECRET"
+    with pytest.raises(ValueError, match="api_key") as refused:
+        render_api_key_map(secret)
+    assert "SECRET" not in str(refused.value)
+
+
+def test_an_empty_key_is_refused():
+    """`Bearer ` alone must never be the expected value."""
+    with pytest.raises(ValueError, match="api_key"):
+        render_api_key_map("")
+
+
+def test_a_secret_str_is_refused_not_rendered_as_asterisks():
+    from pydantic import SecretStr
+
+    with pytest.raises(ValueError, match="get_secret_value"):
+        render_api_key_map(cast(str, SecretStr(KEY)))
+
+
+@pytest.mark.parametrize("value", ["a b", "a;b", "a{b", "$x", "a\nb", ""])
+def test_tls_and_key_file_paths_are_checked(value):
+    for tls, field in (
+        (TlsFiles(certificate=value, key="/k"), "runtime.tls.certificate"),
+        (TlsFiles(certificate="/c", key=value), "runtime.tls.key"),
+    ):
+        with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+            render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(tls=tls))
+    with pytest.raises(ValueError, match=r"runtime\.api_key_map"):
+        render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(api_key_map=value))
+
+
+def test_the_guide_config_refuses_tls_and_key_instead_of_ignoring_them():
+    for runtime in (NginxRuntime(tls=TLS), NginxRuntime(api_key_map=CONTAINER_API_KEY_MAP)):
+        with pytest.raises(ValueError, match="guide"):
+            render_guide_config(UPSTREAMS, runtime)
 
 
 # --- injection ---------------------------------------------------------------

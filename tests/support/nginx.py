@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.nginx_config import NginxRuntime, render_guide_config, render_nginx_config
+from components.nginx_config import (
+    NginxRuntime,
+    TlsFiles,
+    render_api_key_map,
+    render_guide_config,
+    render_nginx_config,
+)
 from components.settings import LoadBalancerSettings, Upstream
 
 LOOPBACK = "127.0.0.1"
@@ -85,7 +91,14 @@ def make_sandbox(prefix: str = "nginx-test-") -> Path:
     return path
 
 
-def loopback_runtime(sandbox: Path, port: int, worker_processes: int | None = 2) -> NginxRuntime:
+def loopback_runtime(
+    sandbox: Path,
+    port: int,
+    worker_processes: int | None = 2,
+    *,
+    tls: TlsFiles | None = None,
+    api_key_map: str | None = None,
+) -> NginxRuntime:
     return NginxRuntime(
         listen_address=LOOPBACK,
         listen_port=port,
@@ -94,6 +107,83 @@ def loopback_runtime(sandbox: Path, port: int, worker_processes: int | None = 2)
         error_log=str(sandbox / "error.log"),
         access_log=str(sandbox / "access.log"),
         worker_processes=worker_processes,
+        tls=tls,
+        api_key_map=api_key_map,
+    )
+
+
+def write_api_key_map(sandbox: Path, key: str) -> str:
+    """The key file as the deployment would upload it: readable by the master only."""
+    path = sandbox / "api-key.conf"
+    path.write_text(render_api_key_map(key))
+    path.chmod(0o600)
+    return str(path)
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A private CA and a server certificate it signed, for 127.0.0.1 and localhost."""
+
+    ca_certificate: Path
+    server: TlsFiles
+
+
+_SERVER_EXTENSIONS = """\
+subjectAltName=IP:127.0.0.1,DNS:localhost
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid,issuer
+"""
+
+
+def _openssl(command: str, cwd: Path) -> None:
+    result = subprocess.run(
+        ["openssl", *command.split()],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {command} failed:\n{result.stderr}")
+
+
+def make_test_pki(directory: Path) -> Pki:
+    """A CA and a server certificate made with the `openssl` CLI.
+
+    A real chain rather than one self-signed leaf, so the client verifies the
+    way it would in production (trusting a CA, checking the name against the
+    subjectAltName) instead of pinning the server's own certificate. The
+    extensions are those Python's strict X.509 checks insist on.
+    """
+    if shutil.which("openssl") is None:
+        import pytest
+
+        pytest.skip("the openssl CLI is needed to make test certificates")
+    directory.mkdir(parents=True, exist_ok=True)
+    new_key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes"
+    _openssl(
+        f"req -x509 {new_key} -keyout ca.key -out ca.crt -days 2 -subj /CN=vllm-nginx-test-CA "
+        "-addext basicConstraints=critical,CA:TRUE "
+        "-addext keyUsage=critical,keyCertSign,cRLSign",
+        directory,
+    )
+    _openssl(f"req {new_key} -keyout server.key -out server.csr -subj /CN=localhost", directory)
+    (directory / "server.ext").write_text(_SERVER_EXTENSIONS)
+    _openssl(
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt "
+        "-days 2 -extfile server.ext",
+        directory,
+    )
+    (directory / "server.key").chmod(0o600)
+    return Pki(
+        ca_certificate=directory / "ca.crt",
+        server=TlsFiles(
+            certificate=str(directory / "server.crt"), key=str(directory / "server.key")
+        ),
     )
 
 
@@ -126,10 +216,11 @@ class RunningNginx:
     port: int
     sandbox: Path
     process: subprocess.Popen[bytes]
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"{self.scheme}://{LOOPBACK}:{self.port}"
 
     @property
     def access_log(self) -> Path:
@@ -155,7 +246,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_nginx(
-    binary: str, config: str, sandbox: Path, port: int, start_timeout: float = 10.0
+    binary: str,
+    config: str,
+    sandbox: Path,
+    port: int,
+    start_timeout: float = 10.0,
+    scheme: str = "http",
 ) -> Iterator[RunningNginx]:
     """A foreground nginx master in its own process group, killed with it on exit.
 
@@ -183,7 +279,7 @@ def running_nginx(
     )
     try:
         wait_for_port(LOOPBACK, port, start_timeout, proc)
-        yield RunningNginx(port=port, sandbox=sandbox, process=proc)
+        yield RunningNginx(port=port, sandbox=sandbox, process=proc, scheme=scheme)
     finally:
         _stop(proc)
 
@@ -196,24 +292,30 @@ def balancer(
     guide: bool = False,
     guide_read_timeout: int | None = None,
     sandbox_prefix: str = "nginx-test-",
+    tls: TlsFiles | None = None,
+    api_key: str | None = None,
     **lb_fields: Any,
 ) -> Iterator[RunningNginx]:
     """A real nginx on loopback in front of replicas on `ports`.
 
     Our rendered config with `lb_fields` as LoadBalancerSettings (names are
     IP addresses, so no `resolve`), or the guide's config with `guide=True`.
+    `tls` serves https with those files; `api_key` writes the key file into
+    the sandbox and makes the balancer require the key.
     """
     sandbox = make_sandbox(sandbox_prefix)
     port = free_port()
-    runtime = loopback_runtime(sandbox, port)
-    upstreams = [Upstream(host=LOOPBACK, port=p) for p in ports]
-    if guide:
-        config = render_guide_config(upstreams, runtime, guide_read_timeout)
-    else:
-        lb = LoadBalancerSettings(dynamic_resolve=False, **lb_fields)
-        config = render_nginx_config(lb, upstreams, runtime)
     try:
-        with running_nginx(binary, config, sandbox, port) as nginx:
+        key_map = None if api_key is None else write_api_key_map(sandbox, api_key)
+        runtime = loopback_runtime(sandbox, port, tls=tls, api_key_map=key_map)
+        upstreams = [Upstream(host=LOOPBACK, port=p) for p in ports]
+        if guide:
+            config = render_guide_config(upstreams, runtime, guide_read_timeout)
+        else:
+            lb = LoadBalancerSettings(dynamic_resolve=False, **lb_fields)
+            config = render_nginx_config(lb, upstreams, runtime)
+        scheme = "http" if tls is None else "https"
+        with running_nginx(binary, config, sandbox, port, scheme=scheme) as nginx:
             yield nginx
     finally:
         shutil.rmtree(sandbox, ignore_errors=True)
