@@ -16,13 +16,7 @@ from pulumi.runtime import config as runtime_config
 
 from .cluster import VllmCluster, VllmClusterArgs
 from .settings import Settings, remote_engine_problems
-from .stack_config import (
-    NAMESPACE,
-    ConfigError,
-    parse_settings,
-    require_secret,
-    split_namespace,
-)
+from .stack_config import NAMESPACE, ConfigError, settings_from_config, split_namespace
 
 
 def stack_config() -> dict[str, Any]:
@@ -38,8 +32,8 @@ def load_settings(namespace: str = NAMESPACE) -> Settings:
         for key in runtime_config.get_config_secret_keys_env()
         if key.startswith(f"{namespace}:")
     }
-    require_secret(raw, secret, namespace)
-    return parse_settings(raw, namespace)
+    # The same loader `python -m components.check` runs on the stack file.
+    return settings_from_config(raw, secret, namespace)
 
 
 def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:

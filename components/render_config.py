@@ -5,8 +5,10 @@
 
 With `--upstream`, the stack's load-balancer settings are rendered in front of
 explicit `host:port` replicas (other machines, or a test on loopback) instead
-of the stack's own containers. Reads the stack file directly: no Pulumi CLI,
-no secrets needed (none ends up in the nginx config).
+of the stack's own containers. Reads the stack file directly, with the same
+reading and rules as `pulumi up` (`stack_config.settings_from_stack_file`, as
+`python -m components.check` does): no Pulumi CLI, no secret values needed
+(none ends up in the nginx config).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = settings_from_stack_file(PROJECT_DIR / f"Pulumi.{args.stack}.yaml")
-    except (ConfigError, FileNotFoundError) as err:
+    except ConfigError as err:
+        # The same reading and rules as `pulumi up` and `python -m components.check`.
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.upstream:

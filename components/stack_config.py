@@ -1,16 +1,24 @@
-"""Stack config in, `Settings` or one readable `ConfigError` out.
+"""Stack config in, `Settings` or one `ConfigError` listing every problem out.
 
-Pulumi hands config over as flat strings (objects and lists as JSON), and
-pydantic's own error text echoes the offending value, which could be a token.
-This module decodes the values, validates them in one go, and writes its own
-message: every problem on one line that names the full key and the rule, never
-the value.
+Two doors lead here and both go through `settings_from_config`:
+
+- `pulumi up` (`program.load_settings`): the runtime hands over the config map
+  as flat strings (objects and lists as JSON) plus the set of secret keys;
+- `python -m components.check` and `components.render_config`: the stack file
+  is read the way the Pulumi CLI reads it (`read_stack_file`), with no CLI.
+
+pydantic's own error text echoes the offending value, which could be a token,
+so this module writes its own messages: one line per problem naming the key
+as the user writes it and the rule, never the value.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +29,36 @@ from .settings import Settings
 
 NAMESPACE = "vllm-nginx"
 SECRET_KEYS = ("hfToken", "apiKey")
+# Namespaces whose keys a stack of this project may legitimately hold besides its own.
+OTHER_NAMESPACES = frozenset({"docker", "command", "pulumi"})
+# What the check uses for an encrypted value it cannot decrypt: passes the value
+# rules (safe alphabet), so only the secret's *value* goes unchecked.
+SECRET_PLACEHOLDER = "encrypted-value-not-checked"
+# Top-level keys of a stack file (workspace.ProjectStack in Pulumi's source).
+STACK_FILE_KEYS = frozenset(
+    {"config", "environment", "secretsprovider", "encryptedkey", "encryptionsalt"}
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule; `key` is the config key as written ('' for the file itself)."""
+
+    key: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"config key '{self.key}': {self.rule}" if self.key else self.rule
 
 
 class ConfigError(ValueError):
-    """Bad stack config; raised before any resource is declared."""
+    """Bad stack config; raised before any resource is declared. Lists every problem."""
+
+    def __init__(self, problems: Sequence[Problem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem("", problems)]
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("invalid stack config:\n  " + "\n  ".join(map(str, self.problems)))
 
 
 def _key_path(namespace: str, loc: Iterable[int | str]) -> str:
@@ -39,8 +73,22 @@ def _key_path(namespace: str, loc: Iterable[int | str]) -> str:
     return f"{namespace}:{path}" if path else namespace
 
 
-def _rule(error: Mapping[str, Any]) -> str:
+def _nesting_hint(namespace: str, dotted: str) -> str:
+    """`loadBalancer.port` written as one key: Pulumi stores it under that literal name."""
+    top, _, rest = dotted.partition(".")
+    return (
+        f"unknown key; nested keys are written as YAML under `{namespace}:{top}:` "
+        f"(`{rest.split('.')[0]}: ...` indented below it), or set with "
+        f"`pulumi config set --path '{dotted}' <value>` (--path makes the dot mean nesting)"
+    )
+
+
+def _rule(error: Mapping[str, Any], namespace: str) -> str:
     if error["type"] == "extra_forbidden":
+        name = error["loc"][-1] if error["loc"] else ""
+        if isinstance(name, str) and "." in name:
+            parents = [p for p in error["loc"][:-1] if isinstance(p, str)]
+            return _nesting_hint(namespace, ".".join([*parents, name]))
         return "unknown key (a typo?); see the config reference in README.md"
     if error["type"] == "missing":
         return "is required"
@@ -48,34 +96,77 @@ def _rule(error: Mapping[str, Any]) -> str:
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
-def format_validation_error(err: ValidationError, namespace: str = NAMESPACE) -> str:
-    lines = [
-        f"config key '{_key_path(namespace, e['loc'])}': {_rule(e)}"
+def validation_problems(err: ValidationError, namespace: str = NAMESPACE) -> list[Problem]:
+    return [
+        Problem(_key_path(namespace, e["loc"]), _rule(e, namespace))
         for e in err.errors(include_input=False, include_url=False)
     ]
-    return "invalid stack config:\n  " + "\n  ".join(lines)
 
 
-def _decode(key: str, value: Any, namespace: str) -> Any:
+def format_validation_error(err: ValidationError, namespace: str = NAMESPACE) -> str:
+    return str(ConfigError(validation_problems(err, namespace)))
+
+
+def _decode(value: Any) -> Any:
     """Pulumi passes objects and lists as JSON text; scalars stay strings."""
     if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
         try:
             return json.loads(value)
         except json.JSONDecodeError as err:
-            raise ConfigError(
-                f"invalid stack config:\n  config key '{namespace}:{key}': "
-                f"is not valid JSON/YAML structure ({err.msg})"
-            ) from None
+            raise ValueError(f"is not valid JSON/YAML structure ({err.msg})") from None
     return value
 
 
-def parse_settings(raw: Mapping[str, Any], namespace: str = NAMESPACE) -> Settings:
-    """Validate config given as {key without namespace: value}."""
-    decoded = {key: _decode(key, value, namespace) for key, value in raw.items()}
+def _validate(raw: Mapping[str, Any], namespace: str) -> tuple[Settings | None, list[Problem]]:
+    problems: list[Problem] = []
+    decoded: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            decoded[key] = _decode(value)
+        except ValueError as err:
+            problems.append(Problem(f"{namespace}:{key}", str(err)))
+    undecodable = {p.key for p in problems}
     try:
-        return Settings.model_validate(decoded)
+        return Settings.model_validate(decoded), problems
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, namespace)) from None
+        problems += [p for p in validation_problems(err, namespace) if p.key not in undecodable]
+        return None, problems
+
+
+def _plain_secrets(raw: Mapping[str, Any], secret: Set[str], namespace: str) -> list[Problem]:
+    """A token typed in plain text would sit unencrypted in the stack file."""
+    return [
+        Problem(
+            f"{namespace}:{key}",
+            f"must be set with `pulumi config set --secret {key} ...` (it is stored in plain text)",
+        )
+        for key in SECRET_KEYS
+        if key in raw and key not in secret
+    ]
+
+
+def settings_from_config(
+    raw: Mapping[str, Any], secret: Set[str], namespace: str = NAMESPACE
+) -> Settings:
+    """The one loader: {key without namespace: value as Pulumi passes it} + secret keys.
+
+    Raises `ConfigError` naming every problem at once: secrets given in plain
+    text, values that are not valid JSON structures, and every settings rule.
+    """
+    problems = _plain_secrets(raw, secret, namespace)
+    settings, more = _validate(raw, namespace)
+    problems += more
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
+
+
+def parse_settings(raw: Mapping[str, Any], namespace: str = NAMESPACE) -> Settings:
+    """Validate config given as {key without namespace: value}, secrecy not checked."""
+    settings, problems = _validate(raw, namespace)
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
 
 
 def split_namespace(config: Mapping[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
@@ -83,29 +174,313 @@ def split_namespace(config: Mapping[str, Any], namespace: str = NAMESPACE) -> di
     return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
 
 
-def require_secret(raw: Mapping[str, Any], secret: set[str], namespace: str = NAMESPACE) -> None:
-    """A token typed in plain text would sit unencrypted in the stack file."""
-    plain = [key for key in SECRET_KEYS if key in raw and key not in secret]
-    if plain:
-        lines = [
-            f"config key '{namespace}:{key}': must be set with "
-            f"`pulumi config set --secret {key} ...` (it is stored in plain text)"
-            for key in plain
-        ]
-        raise ConfigError("invalid stack config:\n  " + "\n  ".join(lines))
+def require_secret(raw: Mapping[str, Any], secret: Set[str], namespace: str = NAMESPACE) -> None:
+    problems = _plain_secrets(raw, secret, namespace)
+    if problems:
+        raise ConfigError(problems)
+
+
+# --- Reading a stack file as the Pulumi CLI does -------------------------------------------
+
+
+class _PulumiYamlLoader(yaml.SafeLoader):
+    """YAML as Pulumi's Go parser (gopkg.in/yaml.v3) reads a stack file into config.
+
+    PyYAML follows YAML 1.1, where `no`, `off`, `yes`, `on` are booleans, `1:30`
+    is the number 90 and `2024-01-01` a date; yaml.v3 keeps all of those as
+    strings (so `restartPolicy: no` is the string "no" for `pulumi up`). yaml.v3
+    also refuses a key given twice in one mapping, where PyYAML keeps the last.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):
+                continue  # unhashable: SafeLoader reports it below
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f'mapping key "{key}" already defined at line {seen[key] + 1}',
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+_YAML12 = {
+    "tag:yaml.org,2002:bool": (r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    "tag:yaml.org,2002:int": (
+        r"[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+",
+        "-+0123456789",
+    ),
+    "tag:yaml.org,2002:float": (
+        r"[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
+}
+_PulumiYamlLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in _YAML12 and tag != "tag:yaml.org,2002:timestamp"
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, (_pattern, _first) in _YAML12.items():
+    _PulumiYamlLoader.add_implicit_resolver(_tag, re.compile(rf"^(?:{_pattern})$"), list(_first))
+
+
+@dataclass(frozen=True)
+class StackFile:
+    """A stack file's config as `pulumi up` would hand it to the program."""
+
+    path: Path
+    config: dict[str, str]
+    """`namespace:key` -> value as the program receives it (strings; objects as JSON)."""
+    secret: frozenset[str]
+    """`namespace:key`s whose value is, or contains, a `secure:` (encrypted) value."""
+    written: dict[str, str]
+    """`namespace:key` -> the key as written in the file, where that differs."""
+    problems: tuple[Problem, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+
+class StackFileError(ConfigError):
+    """The file cannot be read as a stack file at all (missing, YAML syntax)."""
+
+
+def _is_secure(value: Any) -> bool:
+    # config.isSecureValue: a mapping of exactly one `secure` key with a string value.
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("secure"), str)
+
+
+def _unsecure(value: Any) -> tuple[Any, bool]:
+    """Replace every `secure:` leaf by the placeholder; say whether there was one."""
+    if _is_secure(value):
+        return SECRET_PLACEHOLDER, True
+    if isinstance(value, dict):
+        pairs = {
+            str(k).lower() if isinstance(k, bool) else str(k): _unsecure(v)
+            for k, v in value.items()
+        }
+        return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
+    if isinstance(value, list):
+        items = [_unsecure(v) for v in value]
+        return [v for v, _ in items], any(s for _, s in items)
+    return value, False
+
+
+def _as_pulumi_string(value: Any) -> str:
+    """config.object.MarshalString: what the program gets for a top-level value."""
+    if value is None:
+        return ""  # Pulumi warns "No value for configuration key" and passes ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e21:
+            return str(int(value))  # Go's JSON encoding of float64 1.0 is "1"
+        return repr(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _full_key(written: str, project: str) -> str | None:
+    """The `namespace:name` Pulumi makes of a stack-file key, or None if it refuses it.
+
+    Pulumi's stack-file loader (sdk/go/common/workspace/loaders.go,
+    stackConfigNamespacedWithProject, since v3.44.0) first prefixes a key with no
+    ':' with the project name, then parses every key with config.ParseKey
+    (sdk/go/common/resource/config/key.go), which accepts `<namespace>:<name>`
+    and the old `<namespace>:config:<name>`, and refuses anything else.
+    """
+    parts = written.split(":")
+    if len(parts) == 1:
+        return f"{project}:{written}"
+    if len(parts) == 2:
+        return written
+    if len(parts) == 3 and parts[1] == "config" and parts[0] and parts[2]:
+        return f"{parts[0]}:{parts[2]}"
+    return None
+
+
+def _project_name(directory: Path) -> str:
+    try:
+        project = yaml.load((directory / "Pulumi.yaml").read_text(), Loader=_PulumiYamlLoader)
+    except (OSError, yaml.YAMLError):
+        return NAMESPACE
+    name = project.get("name") if isinstance(project, dict) else None
+    return name if isinstance(name, str) and name else NAMESPACE
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> StackFileError:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"{path.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path.name
+    context = getattr(err, "context", None)
+    context_mark = getattr(err, "context_mark", None)
+    if context and context_mark is not None:
+        problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return StackFileError([Problem("", f"{where}: invalid YAML: {problem}")])
+
+
+def stack_files(directory: Path) -> list[str]:
+    """Names of the stacks that have a stack file in `directory`."""
+    return sorted(
+        p.name[len("Pulumi.") : -len(".yaml")]
+        for p in directory.glob("Pulumi.*.yaml")
+        if p.name != "Pulumi.yaml"
+    )
+
+
+def read_stack_file(path: Path) -> StackFile:
+    """Read `Pulumi.<stack>.yaml` as the Pulumi CLI does, without the CLI.
+
+    Raises `StackFileError` for a missing file or a YAML syntax error. Keys the
+    CLI would refuse, or ignore although they were surely meant as config, are
+    returned as problems; encrypted values are replaced by `SECRET_PLACEHOLDER`.
+    """
+    if not path.is_file():
+        stacks = stack_files(path.parent)
+        known = ", ".join(f"Pulumi.{s}.yaml" for s in stacks) if stacks else "none"
+        raise StackFileError(
+            [
+                Problem(
+                    "",
+                    f"{path.name}: no such stack file in {path.parent}; "
+                    f"the stack files there are: {known}",
+                )
+            ]
+        )
+    try:
+        document = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_PulumiYamlLoader)
+    except yaml.YAMLError as err:
+        raise _yaml_error(path, err) from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise StackFileError([Problem("", f"{path.name}: a stack file is a YAML mapping")])
+
+    project = _project_name(path.parent)
+    problems: list[Problem] = []
+    notes: list[str] = []
+    for key in document:
+        if key not in STACK_FILE_KEYS:
+            problems.append(
+                Problem(
+                    "",
+                    f"key '{key}' is at the top level of {path.name}, where Pulumi ignores it; "
+                    "config keys go under `config:`",
+                )
+            )
+    if document.get("environment"):
+        notes.append(
+            "the stack imports ESC environments (environment:); values they provide are not "
+            "checked here"
+        )
+    config_section = document.get("config") or {}
+    if not isinstance(config_section, dict):
+        problems.append(Problem("config", "must be a mapping of `<namespace>:<key>: value`"))
+        config_section = {}
+
+    config: dict[str, str] = {}
+    secret: set[str] = set()
+    written: dict[str, str] = {}
+    for key, value in config_section.items():
+        text = str(key)
+        full = _full_key(text, project)
+        if full is None:
+            problems.append(
+                Problem(
+                    text,
+                    "Pulumi cannot parse this as a configuration key: keys are "
+                    f"`<namespace>:<name>`, here `{NAMESPACE}:<name>`",
+                )
+            )
+            continue
+        if full in config:
+            problems.append(
+                Problem(text, f"is set twice (as '{written.get(full, full)}' and as '{text}')")
+            )
+            continue
+        plain, is_secret = _unsecure(value)
+        config[full] = _as_pulumi_string(plain)
+        if is_secret:
+            secret.add(full)
+        if text != full:
+            written[full] = text
+        namespace = full.split(":", 1)[0]
+        if namespace not in {project, NAMESPACE, *OTHER_NAMESPACES}:
+            notes.append(
+                f"'{text}' is in namespace '{namespace}', which this program does not read "
+                f"(its keys are `{NAMESPACE}:<name>`)"
+            )
+    bare = [text for text in written.values() if ":" not in text]
+    if bare:
+        notes.insert(
+            0,
+            f"keys without a namespace ({', '.join(bare)}): Pulumi reads them as "
+            f"'{project}:<key>' (the project name in Pulumi.yaml), and so does this check",
+        )
+    return StackFile(
+        path=path,
+        config=config,
+        secret=frozenset(secret),
+        written=written,
+        problems=tuple(problems),
+        notes=tuple(notes),
+    )
+
+
+def _as_written(problem: Problem, written: Mapping[str, str]) -> Problem:
+    for full, text in written.items():
+        if problem.key == full or problem.key.startswith((f"{full}.", f"{full}[")):
+            return Problem(text + problem.key[len(full) :], problem.rule)
+    return problem
+
+
+@dataclass(frozen=True)
+class CheckedStack:
+    """A stack file run through the loader: settings when valid, else every problem."""
+
+    stack: StackFile
+    settings: Settings | None
+    problems: tuple[Problem, ...]
+
+
+def check_stack_file(path: Path, namespace: str = NAMESPACE) -> CheckedStack:
+    """`read_stack_file`, then the same loader `pulumi up` runs; every problem at once.
+
+    Problems name keys as the stack file writes them. A problem with an
+    encrypted value other than a known secret is reported as uncheckable.
+    Raises `StackFileError` only when the file cannot be read at all.
+    """
+    stack = read_stack_file(path)
+    raw = split_namespace(stack.config, namespace)
+    secret = {key for key in raw if f"{namespace}:{key}" in stack.secret}
+    problems = list(stack.problems)
+    settings: Settings | None = None
+    try:
+        settings = settings_from_config(raw, secret, namespace)
+    except ConfigError as err:
+        for problem in err.problems:
+            top = problem.key.split(".", 1)[0].split("[", 1)[0]
+            if top in stack.secret and top.split(":", 1)[-1] not in SECRET_KEYS:
+                problem = Problem(
+                    problem.key,
+                    "is encrypted (secure:), so it cannot be checked without the Pulumi CLI; "
+                    "`pulumi up` checks it",
+                )
+            problems.append(_as_written(problem, stack.written))
+    return CheckedStack(stack, None if problems else settings, tuple(problems))
 
 
 def settings_from_stack_file(path: Path, namespace: str = NAMESPACE) -> Settings:
-    """Read `Pulumi.<stack>.yaml` without the Pulumi CLI (for review and tests).
-
-    Encrypted values cannot be read without the CLI, so secrets are left out:
-    what this returns is right for everything but the secret values.
-    """
-    document = yaml.safe_load(path.read_text()) or {}
-    config = document.get("config") or {}
-    raw = {
-        key: (json.dumps(value) if isinstance(value, dict | list) else value)
-        for key, value in split_namespace(config, namespace).items()
-        if not (isinstance(value, dict) and "secure" in value)
-    }
-    return parse_settings(raw, namespace)
+    """Validate a stack file exactly as `pulumi up` would, secrets as placeholders."""
+    checked = check_stack_file(path, namespace)
+    if checked.settings is None:
+        raise ConfigError(checked.problems)
+    return checked.settings

@@ -34,9 +34,17 @@ case "${1:-}" in
     ;;
 esac
 
+# debootstrap, apt-get and the cache under /var/cache need root: as root the script
+# runs as it is; as another user it runs itself again through sudo (as scripts/test.sh
+# does with its root-only steps), keeping the variables that configure it.
 if [[ $EUID -ne 0 ]]; then
-    log "debootstrap and the rootfs cache need root; run as root (or via sudo)"
-    exit 1
+    if ! command -v sudo >/dev/null 2>&1; then
+        log "debootstrap and the rootfs cache need root: run as root, or install and set up sudo"
+        exit 1
+    fi
+    log "not root: running again through sudo"
+    exec sudo --preserve-env=BASE_IMAGE_TAG,VLLM_NGINX_CACHE_DIR,DOCKER_HOST,http_proxy,https_proxy,no_proxy \
+        bash "$0" "$@"
 fi
 if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
     log "no Docker engine answers; run scripts/docker-engine.sh start first"

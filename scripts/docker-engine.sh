@@ -11,6 +11,21 @@
 # dockerd it launched in a state directory, and `stop` only ever signals that pid.
 set -euo pipefail
 
+log() { printf 'docker-engine: %s\n' "$*" >&2; }
+
+# Starting, stopping and installing an engine need root: as root the script runs as it
+# is; as another user it runs itself again through sudo (as scripts/test.sh does with
+# its root-only steps), keeping the variables that configure it. Using the engine
+# afterwards as that user needs access to its socket (the `docker` group).
+if [[ $EUID -ne 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+        log "starting or stopping dockerd needs root: run as root, or install and set up sudo"
+        exit 1
+    fi
+    exec sudo --preserve-env=VLLM_NGINX_STATE_DIR,DOCKER_SOCKET,DOCKER_ENGINE_WAIT_SECONDS,DOCKER_HOST \
+        bash "$0" "$@"
+fi
+
 STATE_DIR="${VLLM_NGINX_STATE_DIR:-}"
 if [[ -z "$STATE_DIR" ]]; then
     if [[ -w /var/run ]]; then STATE_DIR=/var/run/vllm-nginx; else STATE_DIR=/tmp/vllm-nginx; fi
@@ -20,11 +35,6 @@ LOG_FILE="$STATE_DIR/dockerd.log"
 SOCKET="${DOCKER_SOCKET:-/var/run/docker.sock}"
 WAIT_SECONDS="${DOCKER_ENGINE_WAIT_SECONDS:-60}"
 
-log() { printf 'docker-engine: %s\n' "$*" >&2; }
-
-as_root() {
-    if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
 
 engine_answers() {
     docker version --format '{{.Server.Version}}' >/dev/null 2>&1
@@ -42,7 +52,7 @@ our_pid() {
 
 install_engine() {
     log "dockerd not found: installing Debian's docker.io (apt-get)"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         docker.io >&2
 }
 
@@ -62,12 +72,12 @@ start() {
     if pid="$(our_pid)"; then
         log "dockerd $pid (started earlier by this script) runs but does not answer yet"
     else
-        as_root mkdir -p "$STATE_DIR"
+        mkdir -p "$STATE_DIR"
         log "starting dockerd (log: $LOG_FILE)"
         # setsid: the engine must outlive the shell (and the test session) that started
         # it. dockerd writes its own pid to our pid file, so `stop` signals dockerd itself
         # and not a wrapper (sudo, setsid).
-        as_root setsid dockerd --pidfile "$PID_FILE" >>"$LOG_FILE" 2>&1 </dev/null &
+        setsid dockerd --pidfile "$PID_FILE" >>"$LOG_FILE" 2>&1 </dev/null &
         pid=$!
     fi
     local waited=0
@@ -91,11 +101,11 @@ stop() {
     local pid
     if ! pid="$(our_pid)"; then
         log "no dockerd started by this script is running; nothing to stop"
-        as_root rm -f "$PID_FILE"
+        rm -f "$PID_FILE"
         return 0
     fi
     log "stopping dockerd $pid"
-    as_root kill -TERM "$pid"
+    kill -TERM "$pid"
     local waited=0
     while kill -0 "$pid" 2>/dev/null; do
         if ((waited >= 30)); then
@@ -105,7 +115,7 @@ stop() {
         sleep 1
         waited=$((waited + 1))
     done
-    as_root rm -f "$PID_FILE"
+    rm -f "$PID_FILE"
     log "dockerd stopped"
 }
 

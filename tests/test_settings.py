@@ -15,8 +15,10 @@ import pytest
 from components.settings import Backend, RoutingPolicy
 from components.stack_config import (
     ConfigError,
+    Problem,
     parse_settings,
     require_secret,
+    settings_from_config,
     settings_from_stack_file,
 )
 
@@ -196,3 +198,35 @@ def test_cpu_backend_has_no_gpus() -> None:
     assert settings.gpu_groups() == ((), ())
     with pytest.raises(ConfigError, match="'gpus' must not be set with backend 'cpu'"):
         parse_settings(raw(backend="cpu", image={"prebuilt": "x:y"}, gpus=[[0], [1]]))
+
+
+def test_one_loader_reports_plain_secrets_with_every_other_problem() -> None:
+    # What program.load_settings (pulumi up) and components.check both call.
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config(raw(hfToken="hf_abc", apiKey="k", replicas=0), secret={"apiKey"})
+    assert caught.value.problems == (
+        Problem(
+            "vllm-nginx:hfToken",
+            "must be set with `pulumi config set --secret hfToken ...` "
+            "(it is stored in plain text)",
+        ),
+        Problem("vllm-nginx:replicas", "Input should be greater than or equal to 1"),
+    )
+    assert "hf_abc" not in str(caught.value)
+    settings = settings_from_config(raw(hfToken="hf_abc"), secret={"hfToken"})
+    assert settings.hf_token is not None
+
+
+def test_dotted_key_hints_at_nesting() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config({"model": "m", "loadBalancer.port": "9000"}, secret=set())
+    (problem,) = caught.value.problems
+    assert problem.key == "vllm-nginx:loadBalancer.port"
+    assert "written as YAML under `vllm-nginx:loadBalancer:`" in problem.rule
+    assert "`pulumi config set --path 'loadBalancer.port' <value>`" in problem.rule
+
+
+def test_bad_json_structure_does_not_also_report_required() -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config({"model": "m", "loadBalancer": "{port: 1"}, secret=set())
+    assert [p.key for p in caught.value.problems] == ["vllm-nginx:loadBalancer"]

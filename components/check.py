@@ -1,0 +1,201 @@
+"""Check a stack file the way `pulumi up` would, without the Pulumi CLI.
+
+    python -m components.check --stack dev       # Pulumi.dev.yaml: the plan, or every problem
+    python -m components.check --stack dev --hf-token-status   # set | missing | not-needed
+
+Reads `Pulumi.<stack>.yaml` as the CLI does (keys, namespaces, `secure:`
+values, YAML 1.2 scalars) and runs the same loader and rules `pulumi up`
+runs (`stack_config.settings_from_config`). On success it prints the plan in
+a few lines and exits 0; otherwise it prints every problem, one line each
+naming the key as written in the file and the rule, and exits 1.
+
+Encrypted (`secure:`) values cannot be decrypted without the CLI: a
+placeholder that passes the value rules stands in for them, and the output
+says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from pydantic import ValidationError
+
+from .plan import Plan, build_plan
+from .settings import Backend, Settings
+from .stack_config import (
+    ConfigError,
+    StackFile,
+    StackFileError,
+    check_stack_file,
+    settings_from_stack_file,
+)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+def needs_hf_token(settings: Settings) -> bool:
+    """A model id (not a local path) is downloaded from Hugging Face; gated ones need a token."""
+    return not settings.model.startswith(LOCAL_PATH_PREFIXES)
+
+
+def hf_token_status(settings: Settings) -> str:
+    if settings.hf_token is not None:
+        return "set"
+    return "missing" if needs_hf_token(settings) else "not-needed"
+
+
+def _image_line(plan: Plan) -> str:
+    image = plan.vllm_image
+    if image.build is None:
+        return f"{image.name} (pulled)"
+    build = image.build
+    target = f", target {build.target}" if build.target else ""
+    return f"{image.name}, built from {build.context} ({build.dockerfile}{target})"
+
+
+def _cache_line(plan: Plan) -> str:
+    cache = plan.cache
+    where = f"host directory {cache.host_path}" if cache.host_path else f"volume {cache.volume}"
+    kept = "kept" if cache.keep_on_destroy else "removed"
+    return f"{where}, shared by all replicas, {kept} on `pulumi destroy`"
+
+
+def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
+    """The plan in a few readable lines."""
+    lb = settings.load_balancer
+    backend = "CPU backend" if settings.backend is Backend.CPU else "GPU backend"
+    served = plan.served_model_name
+    alias = f" (clients ask for {served})" if served != settings.model else ""
+    lines = [
+        f"{stack.path.name}: valid; `pulumi up` would deploy:",
+        f"  model          {settings.model}{alias}, {backend}",
+        f"  replicas       {len(plan.replicas)}, tensor parallel size "
+        f"{settings.tensor_parallel_size}, on network {plan.network}",
+    ]
+    width = max(len(r.name) for r in plan.replicas)
+    for replica in plan.replicas:
+        if replica.gpu_ids:
+            devices = "GPU " + ",".join(replica.gpu_ids)
+        elif replica.cpu_set:
+            devices = f"CPUs {replica.cpu_set}"
+        else:
+            devices = "no GPU"
+        lines.append(f"    {replica.name:<{width}}  {devices:<10}  {replica.url}")
+    lines += [
+        f"  image          {_image_line(plan)}",
+        f"  cache          {_cache_line(plan)}",
+        f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "
+        f"{lb.policy.value}, published on {lb.bind_address}:{lb.port})",
+    ]
+    exposed = not lb.bind_address.startswith("127.")
+    if settings.api_key is not None:
+        lines.append("  apiKey         set: clients must send it (Authorization: Bearer ...)")
+    elif exposed:
+        lines.append(
+            f"  apiKey         not set: anyone who can reach port {lb.port} on this host "
+            "can use the model"
+        )
+    else:
+        lines.append("  apiKey         not set (the load balancer listens on loopback only)")
+    status = hf_token_status(settings)
+    if status == "set":
+        lines.append("  hfToken        set")
+    elif status == "missing":
+        lines.append(
+            "  hfToken        not set: a gated model needs one "
+            "(`pulumi config set --secret hfToken`)"
+        )
+    else:
+        lines.append("  hfToken        not set (the model is a local path)")
+    return lines
+
+
+def notes(stack: StackFile) -> list[str]:
+    lines = list(stack.notes)
+    if stack.secret:
+        keys = ", ".join(sorted(stack.written.get(k, k) for k in stack.secret))
+        lines.append(
+            f"secret values were not checked ({keys}): they are encrypted in the stack file, "
+            "so a placeholder that passes the value rules stood in for them"
+        )
+    return [f"note: {line}" for line in lines]
+
+
+def _plan_problem(err: ValueError) -> str:
+    if isinstance(err, ValidationError):
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in err.errors(include_input=False, include_url=False)
+        )
+    else:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return f"the settings pass their rules but the plan cannot be built: {detail}"
+
+
+def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
+    path = project_dir / f"Pulumi.{stack_name}.yaml"
+    try:
+        checked = check_stack_file(path)
+    except StackFileError as error:
+        for problem in error.problems:
+            print(problem, file=err)
+        return 1
+    problems = [str(p) for p in checked.problems]
+    plan = None
+    if checked.settings is not None:
+        try:
+            plan = build_plan(checked.settings, project_dir=project_dir)
+        except ValueError as error:
+            problems.append(_plan_problem(error))
+    if checked.settings is None or plan is None:
+        count = len(problems)
+        print(
+            f"{path.name}: {count} problem{'s' if count != 1 else ''}; "
+            "`pulumi up` would stop before creating anything:",
+            file=err,
+        )
+        for line in [*(f"  {p}" for p in problems), *notes(checked.stack)]:
+            print(line, file=err)
+        return 1
+    for line in [*describe(checked.settings, plan, checked.stack), *notes(checked.stack)]:
+        print(line, file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m components.check",
+        description="check Pulumi.<stack>.yaml as `pulumi up` would (no Pulumi CLI needed)",
+    )
+    parser.add_argument("--stack", default="dev", help="checks Pulumi.<stack>.yaml (default dev)")
+    parser.add_argument(
+        "--project-dir",
+        type=Path,
+        default=PROJECT_DIR,
+        help="directory with Pulumi.yaml and the stack files (default: this project)",
+    )
+    parser.add_argument(
+        "--hf-token-status",
+        action="store_true",
+        help="after checking, print only: set, missing (model from Hugging Face, no token) "
+        "or not-needed (local model path)",
+    )
+    args = parser.parse_args(argv)
+    if not args.hf_token_status:
+        return run(args.stack, args.project_dir, sys.stdout, sys.stderr)
+    try:
+        settings = settings_from_stack_file(args.project_dir / f"Pulumi.{args.stack}.yaml")
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(hf_token_status(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""`python -m components.check`: a stack file checked as `pulumi up` would, no CLI.
+
+Good stack files (every shipped one) give the plan and exit 0; bad ones,
+written to a temporary project directory, give every problem on one line each,
+naming the key as written and the rule, and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components import check, render_config
+from components.stack_config import SECRET_PLACEHOLDER, read_stack_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
+SECURE = "secure: v1:c2FsdA==:ZW5jcnlwdGVk"
+
+
+def project(tmp_path: Path, **stacks: str) -> Path:
+    shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+    for name, text in stacks.items():
+        (tmp_path / f"Pulumi.{name}.yaml").write_text(text)
+    return tmp_path
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], directory: Path, stack: str, *extra: str
+) -> tuple[int, str, str]:
+    code = check.main(["--stack", stack, "--project-dir", str(directory), *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+GOOD = """config:
+  vllm-nginx:model: meta-llama/Llama-2-7b-chat-hf
+"""
+
+
+def test_shipped_stacks_are_found() -> None:
+    assert {"dev", "cpu", "ci"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_every_shipped_stack_file_passes(capsys: pytest.CaptureFixture[str], stack: str) -> None:
+    code, out, err = run(capsys, ROOT, stack)
+    assert code == 0, err
+    assert out.startswith(f"Pulumi.{stack}.yaml: valid")
+    assert "load balancer  http://" in out
+    assert err == ""
+
+
+def test_dev_plan_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, ROOT, "dev")
+    assert code == 0
+    assert "  model          meta-llama/Llama-2-7b-chat-hf, GPU backend" in out
+    assert "    vllm0  GPU 0       http://127.0.0.1:8081" in out
+    assert "    vllm1  GPU 1       http://127.0.0.1:8082" in out
+    assert "  image          vllm/vllm-openai:v0.11.0 (pulled)" in out
+    assert "/.cache/huggingface, shared by all replicas, kept on `pulumi destroy`" in out
+    assert (
+        "  load balancer  http://localhost:8000 (nginx-lb, least_conn, published on 0.0.0.0:8000)"
+        in out
+    )
+    assert "apiKey         not set: anyone who can reach port 8000" in out
+    assert "hfToken        not set: a gated model needs one" in out
+
+
+def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
+    directory = project(tmp_path, bad=GOOD + "  vllm-nginx:replicas: 0\n")
+    for args, code in (
+        (["--stack", "dev"], 0),
+        (["--stack", "bad", "--project-dir", str(directory)], 1),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "components.check", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == code, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_secure_secrets_pass_with_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + f"  vllm-nginx:hfToken:\n    {SECURE}\n  vllm-nginx:apiKey:\n    {SECURE}\n"
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    assert "  apiKey         set: clients must send it" in out
+    assert "  hfToken        set" in out
+    assert "note: secret values were not checked (vllm-nginx:apiKey, vllm-nginx:hfToken)" in out
+
+
+def test_plain_secret_is_refused_without_echo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + "  vllm-nginx:hfToken: hf_PLAINVALUE\n"
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert out == ""
+    assert (
+        "  config key 'vllm-nginx:hfToken': must be set with "
+        "`pulumi config set --secret hfToken ...` (it is stored in plain text)"
+    ) in err
+    assert "PLAINVALUE" not in err
+
+
+def test_every_problem_reported_once_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + (
+        "  vllm-nginx:apiKey: plain\n  vllm-nginx:replicas: 0\n  vllm-nginx:basePort: x\n"
+        "  vllm-nginx:modle: y\n"
+    )
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0] == "Pulumi.s.yaml: 4 problems; `pulumi up` would stop before creating anything:"
+    keys = ["apiKey", "replicas", "basePort", "modle"]
+    for key in keys:
+        assert sum(f"'vllm-nginx:{key}'" in line for line in lines) == 1, (key, lines)
+
+
+def test_key_without_namespace_is_read_as_pulumi_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Pulumi's stack-file loader prefixes a key without ':' with the project name.
+    text = "config:\n  model: org/model\n  replicas: 3\n"
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    assert "vllm2" in out
+    assert "note: keys without a namespace (model, replicas)" in out
+
+
+def test_key_without_namespace_named_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "config:\n  model: org/model\n  loadBalancer:\n    port: 0\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert "  config key 'loadBalancer.port': Input should be greater than or equal to 1" in err
+
+
+def test_key_pulumi_cannot_parse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + "  vllm-nginx:lb:port: 9000\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert (
+        "  config key 'vllm-nginx:lb:port': Pulumi cannot parse this as a configuration key: "
+        "keys are `<namespace>:<name>`, here `vllm-nginx:<name>`"
+    ) in err
+
+
+def test_old_config_module_form_is_accepted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "config:\n  vllm-nginx:config:model: org/model\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+
+
+def test_dotted_key_gets_the_nesting_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + "  vllm-nginx:loadBalancer.port: 9000\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert "config key 'vllm-nginx:loadBalancer.port': unknown key; nested keys" in err
+    assert "under `vllm-nginx:loadBalancer:`" in err
+    assert "`pulumi config set --path 'loadBalancer.port' <value>`" in err
+
+
+def test_yaml_syntax_error_gives_file_line_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + "  vllm-nginx:loadBalancer:\n    port: 9000\n   policy: least_conn\n"
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("Pulumi.s.yaml:5:4: invalid YAML: ")
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_duplicate_key_is_refused_like_pulumi(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # PyYAML keeps the last value; Pulumi's yaml.v3 refuses the file.
+    text = GOOD + "  vllm-nginx:replicas: 2\n  vllm-nginx:replicas: 3\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert 'Pulumi.s.yaml:4:3: invalid YAML: mapping key "vllm-nginx:replicas" already' in err
+
+
+def test_same_key_with_and_without_namespace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + "  model: other/model\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert "config key 'model': is set twice (as 'vllm-nginx:model' and as 'model')" in err
+
+
+def test_yaml_12_scalars_as_pulumi_reads_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # YAML 1.1 (PyYAML's default) would make `no` the boolean false.
+    text = GOOD + "  vllm-nginx:restartPolicy: no\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    stack = read_stack_file(tmp_path / "Pulumi.s.yaml")
+    assert stack.config["vllm-nginx:restartPolicy"] == "no"
+
+
+def test_top_level_values_become_strings_as_in_pulumi(tmp_path: Path) -> None:
+    text = GOOD + (
+        "  vllm-nginx:replicas: 3\n  vllm-nginx:shmSizeMb: 1.0\n  vllm-nginx:servedModelName:\n"
+        "  vllm-nginx:loadBalancer: {port: 9000, bufferRequests: false}\n"
+        f"  vllm-nginx:extraEnv: {{A: {{{SECURE}}}}}\n"
+    )
+    stack = read_stack_file(project(tmp_path, s=text) / "Pulumi.s.yaml")
+    assert stack.config["vllm-nginx:replicas"] == "3"
+    assert stack.config["vllm-nginx:shmSizeMb"] == "1"
+    assert stack.config["vllm-nginx:servedModelName"] == ""
+    assert stack.config["vllm-nginx:loadBalancer"] == '{"port":9000,"bufferRequests":false}'
+    assert stack.config["vllm-nginx:extraEnv"] == f'{{"A":"{SECRET_PLACEHOLDER}"}}'
+    assert stack.secret == {"vllm-nginx:extraEnv"}
+
+
+def test_config_outside_the_config_section(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + "vllm-nginx:replicas: 4\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert "key 'vllm-nginx:replicas' is at the top level of Pulumi.s.yaml" in err
+
+
+def test_encrypted_value_of_another_key_is_uncheckable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + f"  vllm-nginx:replicas:\n    {SECURE}\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert "config key 'vllm-nginx:replicas': is encrypted (secure:), so it cannot be" in err
+
+
+def test_other_namespace_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = GOOD + "  vllm_nginx:replicas: 4\n  docker:host: ssh://gpu\n"
+    code, out, _ = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0
+    assert "note: 'vllm_nginx:replicas' is in namespace 'vllm_nginx'" in out
+    assert "docker:host" not in out
+
+
+def test_missing_stack_file_lists_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = project(tmp_path, one=GOOD, two=GOOD)
+    code, out, err = run(capsys, directory, "three")
+    assert code == 1
+    assert out == ""
+    assert err == (
+        f"Pulumi.three.yaml: no such stack file in {directory}; "
+        "the stack files there are: Pulumi.one.yaml, Pulumi.two.yaml\n"
+    )
+
+
+def test_plan_failure_is_reported_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Passes the name rule alone, but the replica names then exceed 63 characters.
+    text = GOOD + f"  vllm-nginx:namePrefix: {'a' * 63}\n"
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert out == ""
+    assert err.startswith("Pulumi.s.yaml: 1 problem")
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ("", "missing"),
+        (f"  vllm-nginx:hfToken:\n    {SECURE}\n", "set"),
+    ],
+)
+def test_hf_token_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str, status: str
+) -> None:
+    code, out, _ = run(capsys, project(tmp_path, s=GOOD + extra), "s", "--hf-token-status")
+    assert code == 0
+    assert out == f"{status}\n"
+
+
+def test_hf_token_not_needed_for_a_local_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = "config:\n  vllm-nginx:model: /models/llama\n"
+    code, out, _ = run(capsys, project(tmp_path, s=text), "s", "--hf-token-status")
+    assert (code, out) == (0, "not-needed\n")
+
+
+def test_render_config_applies_the_same_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = project(
+        tmp_path,
+        plain=GOOD + "  vllm-nginx:hfToken: hf_abc\n",
+        bare="config:\n  model: org/model\n  loadBalancer:\n    policy: round_robin\n",
+    )
+    monkeypatch.setattr(render_config, "PROJECT_DIR", directory)
+    assert render_config.main(["--stack", "plain"]) == 2
+    assert "config key 'vllm-nginx:hfToken': must be set with" in capsys.readouterr().err
+    assert render_config.main(["--stack", "bare"]) == 0
+    assert "least_conn" not in capsys.readouterr().out
