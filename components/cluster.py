@@ -18,9 +18,14 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
+from .nginx_config import render_api_key_map
 from .plan import (
     API_KEY_ENV,
+    API_KEY_MAP_SECRET,
     HF_TOKEN_ENV,
+    LB_CERTIFICATE_ENV,
+    TLS_CERTIFICATE_SECRET,
+    TLS_KEY_SECRET,
     CheckPlan,
     ImagePlan,
     Plan,
@@ -64,6 +69,23 @@ def _gpu_requests(ids: Sequence[str]) -> list[docker.ContainerDeviceRequestArgs]
     ]
 
 
+def _secret_values(settings: Settings) -> dict[str, pulumi.Output[str]]:
+    """Every secret the plan refers to by name, as a Pulumi secret."""
+    values: dict[str, str] = {}
+    if settings.hf_token is not None:
+        values[HF_TOKEN_ENV] = settings.hf_token.get_secret_value()
+    if settings.api_key is not None:
+        key = settings.api_key.get_secret_value()
+        values[API_KEY_ENV] = key
+        values[API_KEY_MAP_SECRET] = render_api_key_map(key)
+    if settings.tls_certificate is not None:
+        values[TLS_CERTIFICATE_SECRET] = settings.tls_certificate.get_secret_value()
+        values[LB_CERTIFICATE_ENV] = settings.tls_certificate.get_secret_value()
+    if settings.tls_key is not None:
+        values[TLS_KEY_SECRET] = settings.tls_key.get_secret_value()
+    return {name: pulumi.Output.secret(value) for name, value in values.items()}
+
+
 class VllmCluster(pulumi.ComponentResource):
     """N vLLM replicas behind one nginx, as in vLLM's "Using Nginx" guide."""
 
@@ -79,16 +101,14 @@ class VllmCluster(pulumi.ComponentResource):
         args: VllmClusterArgs,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        settings = args.settings
+        # The plan first: if it cannot be made, nothing (not even this component)
+        # has been registered with Pulumi.
+        self.plan: Plan = build_plan(settings, project_dir=args.project_dir, python=args.python)
         super().__init__(TYPE_TOKEN, name, None, opts)
         self._args = args
-        settings = args.settings
-        self.plan: Plan = build_plan(settings, project_dir=args.project_dir, python=args.python)
         plan = self.plan
-        self._secrets: dict[str, pulumi.Output[str]] = {}
-        if settings.hf_token is not None:
-            self._secrets[HF_TOKEN_ENV] = pulumi.Output.secret(settings.hf_token.get_secret_value())
-        if settings.api_key is not None:
-            self._secrets[API_KEY_ENV] = pulumi.Output.secret(settings.api_key.get_secret_value())
+        self._secrets = _secret_values(settings)
 
         child = pulumi.ResourceOptions(parent=self)
         self.network = docker.Network(f"{name}-network", name=plan.network, opts=child)
@@ -130,11 +150,21 @@ class VllmCluster(pulumi.ComponentResource):
                     internal=lb.container_port, external=lb.host_port, ip=lb.bind_address
                 )
             ],
-            uploads=[docker.ContainerUploadArgs(file=lb.config_path, content=lb.config)],
+            uploads=[
+                docker.ContainerUploadArgs(file=lb.config_path, content=lb.config),
+                *[
+                    docker.ContainerUploadArgs(file=up.path, content=self._secrets[up.secret])
+                    for up in lb.secret_uploads
+                ],
+            ],
             restart=plan.restart_policy,
             destroy_grace_seconds=lb.stop_grace_seconds,
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=lb_after, delete_before_replace=True
+                parent=self,
+                depends_on=lb_after,
+                delete_before_replace=True,
+                # The provider keeps uploads in state as given (never read back).
+                additional_secret_outputs=["uploads"] if lb.secret_uploads else None,
             ),
         )
         self.verify = self._check(

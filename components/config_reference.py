@@ -82,8 +82,12 @@ DESCRIPTIONS: dict[str, str] = {
     "loadBalancer.resolver": "DNS server for `dynamicResolve` (docker's embedded DNS)",
     "loadBalancer.image": "nginx image, run as published (the config is uploaded into it)",
     "loadBalancer.name": "nginx container name",
+    "loadBalancer.tls": "serve HTTPS with `tlsCertificate` and `tlsKey` (container port 443)",
     "hfToken": "Hugging Face token, **secret** (`pulumi config set --secret`)",
-    "apiKey": "vLLM API key required on `/v1`, **secret**",
+    "apiKey": "API key required on `/v1` (checked by the load balancer and by vLLM), **secret**",
+    "tlsCertificate": "PEM certificate (chain) of the load balancer, with `loadBalancer.tls`",
+    "tlsKey": "PEM private key of `tlsCertificate`, **secret** "
+    "(`pulumi config set --secret tlsKey < server.key`)",
 }
 
 

@@ -15,7 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .nginx_config import NginxRuntime, render_nginx_config
+from .nginx_config import (
+    CONTAINER_API_KEY_MAP,
+    CONTAINER_TLS_FILES,
+    NginxRuntime,
+    render_nginx_config,
+)
 from .settings import Backend, Settings, Upstream, format_cpu_set
 
 VLLM_PORT = 8000
@@ -27,6 +32,14 @@ NGINX_PORT = 80
 
 HF_TOKEN_ENV = "HF_TOKEN"
 API_KEY_ENV = "VLLM_API_KEY"
+LB_CERTIFICATE_ENV = "VLLM_NGINX_LB_CERTIFICATE"
+"""The verify step trusts the load balancer's own certificate (it may be self-signed)."""
+NGINX_TLS_PORT = 443
+
+# Names of the secret values the shell joins with the plan.
+API_KEY_MAP_SECRET = "api_key_map"
+TLS_CERTIFICATE_SECRET = "tls_certificate"
+TLS_KEY_SECRET = "tls_key"
 
 VLLM_ENTRYPOINT = ("vllm", "serve")
 """Declared rather than inherited, so every vLLM image (GPU, CPU, built from a
@@ -159,6 +172,15 @@ class CheckPlan:
 
 
 @dataclass(frozen=True)
+class SecretUpload:
+    """A file put into a container whose content is a secret: the plan names the
+    secret, the Pulumi shell supplies the value (and keeps it a Pulumi secret)."""
+
+    path: str
+    secret: str
+
+
+@dataclass(frozen=True)
 class LoadBalancerPlan:
     name: str
     image: ImagePlan
@@ -166,6 +188,7 @@ class LoadBalancerPlan:
     host_port: int
     config: str
     url: str
+    secret_uploads: tuple[SecretUpload, ...] = ()
     config_path: str = NGINX_CONFIG_PATH
     container_port: int = NGINX_PORT
     command: tuple[str, ...] = NGINX_COMMAND
@@ -330,12 +353,26 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     cores = settings.cpu_groups()
     replicas = tuple(_replica(settings, i, groups[i], cores[i]) for i in range(settings.replicas))
     lb = settings.load_balancer
+    # The key check and the TLS files live in files of their own, uploaded as
+    # secrets: the main config stays plain text that can be printed and diffed.
+    uploads: list[SecretUpload] = []
+    if settings.api_key is not None:
+        uploads.append(SecretUpload(CONTAINER_API_KEY_MAP, API_KEY_MAP_SECRET))
+    if lb.tls:
+        uploads.append(SecretUpload(CONTAINER_TLS_FILES.certificate, TLS_CERTIFICATE_SECRET))
+        uploads.append(SecretUpload(CONTAINER_TLS_FILES.key, TLS_KEY_SECRET))
+    listen_port = NGINX_TLS_PORT if lb.tls else NGINX_PORT
     nginx_config = render_nginx_config(
         lb,
         [r.upstream for r in replicas],
-        NginxRuntime(listen_port=NGINX_PORT),
+        NginxRuntime(
+            listen_port=listen_port,
+            tls=CONTAINER_TLS_FILES if lb.tls else None,
+            api_key_map=CONTAINER_API_KEY_MAP if settings.api_key is not None else None,
+        ),
     )
-    lb_url = f"http://{_url_host(settings.public_host, lb.bind_address)}:{lb.port}"
+    scheme = "https" if lb.tls else "http"
+    lb_url = f"{scheme}://{_url_host(settings.public_host, lb.bind_address)}:{lb.port}"
     names = tuple(r.name for r in replicas)
     cache = settings.hf_cache
     return Plan(
@@ -362,6 +399,8 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             host_port=lb.port,
             config=nginx_config,
             url=lb_url,
+            secret_uploads=tuple(uploads),
+            container_port=listen_port,
             stop_grace_seconds=settings.stop_grace_seconds,
         ),
         verify=CheckPlan(
@@ -377,7 +416,14 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
                 "--timeout",
                 str(settings.verify_timeout_seconds),
             ),
-            secret_env=(API_KEY_ENV,) if settings.api_key is not None else (),
+            secret_env=tuple(
+                name
+                for name, value in (
+                    (API_KEY_ENV, settings.api_key),
+                    (LB_CERTIFICATE_ENV, settings.tls_certificate if lb.tls else None),
+                )
+                if value is not None
+            ),
         ),
         served_model_name=settings.model_name,
         restart_policy=settings.restart_policy,

@@ -9,14 +9,21 @@ what lets a typo in a key name fail instead of being ignored.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from .cluster import VllmCluster, VllmClusterArgs
-from .settings import Settings, remote_engine_problems
-from .stack_config import NAMESPACE, ConfigError, settings_from_config, split_namespace
+from .cluster import PROJECT_DIR, VllmCluster, VllmClusterArgs
+from .settings import Settings
+from .stack_config import (
+    NAMESPACE,
+    ConfigError,
+    deployment_problems,
+    settings_from_config,
+    split_namespace,
+)
 
 
 def stack_config() -> dict[str, Any]:
@@ -40,11 +47,16 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
     """Declare the deployment; returns what the stack exports."""
     settings = load_settings()
     docker_host = pulumi.Config("docker").get("host")
-    problems = remote_engine_problems(settings, docker_host)
+    problems = deployment_problems(settings, docker_host=docker_host, project_dir=PROJECT_DIR)
     if problems:
-        raise ConfigError(
-            "invalid stack config:\n  "
-            + "\n  ".join(f"config key '{NAMESPACE}': {problem}" for problem in problems)
+        raise ConfigError(problems)
+    lb = settings.load_balancer
+    if settings.api_key is None and not ipaddress.ip_address(lb.bind_address).is_loopback:
+        pulumi.log.warn(
+            f"the load balancer is published on {lb.bind_address}:{lb.port} without an API "
+            "key: anyone who can reach that port can use the model. Set one with "
+            "`pulumi config set --secret apiKey <key>`, or bind it to 127.0.0.1 "
+            "(`pulumi config set --path loadBalancer.bindAddress 127.0.0.1`)."
         )
     cluster = VllmCluster(name, VllmClusterArgs(settings=settings, docker_host=docker_host))
     return {

@@ -1,18 +1,20 @@
 """Typed, validated settings: the only door from stack config into the program.
 
 Everything a user can type is parsed here, before any resource is declared, so
-a bad stack file fails with one message naming the key and the rule and leaves
-nothing half-created. Every string that later lands in the nginx config, a
-container command line or an environment variable is restricted to a safe
-alphabet here, so the renderer and the plan never have to escape anything.
+a bad stack file fails with one message per problem naming the key and the
+rule, and leaves nothing half-created. What a single value may be lives in
+`value_types`; the rules that tie several keys together are `cross_key_rules`,
+kept apart from the models so that every problem is reported at once: pydantic
+runs a model's own validators only when all its fields are valid.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -20,143 +22,108 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
+    ValidationInfo,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
-# No whitespace, quotes, backslashes, `;`, `{`, `}`, `$`, backticks or control
-# characters: nothing that could end a directive, split an argument or expand.
-_SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/@%+=,~|\-\[\]*]+")
-_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
-_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_URL_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
-_IMAGE_REF = re.compile(r"[a-z0-9][a-z0-9._/:@-]*(:[A-Za-z0-9._-]+)?")
-
-SAFE_TOKEN_RULE = (
-    "must be non-empty and contain no spaces, quotes, newlines, backslashes, "
-    "';', '{', '}', '$' or backticks"
-)
-
-
-def _matching(pattern: re.Pattern[str], rule: str) -> Callable[[str], str]:
-    """A validator that accepts a whole-string match of `pattern`, else raises `rule`."""
-
-    def check(value: str) -> str:
-        if not pattern.fullmatch(value):
-            raise ValueError(rule)
-        return value
-
-    return check
-
-
-# Anything that could inject into nginx config, argv or env is refused.
-safe_token = _matching(_SAFE_TOKEN, SAFE_TOKEN_RULE)
-# Container, network and volume names double as DNS names on the network.
-dns_label = _matching(
-    _DNS_LABEL,
-    "must be a DNS-safe name: 1-63 lowercase letters, digits or '-', "
-    "starting and ending with a letter or digit",
-)
-header_name = _matching(_HEADER_NAME, "must be an HTTP header name: letters, digits and '-'")
-env_name = _matching(_ENV_NAME, "must be an environment variable name: letters, digits and '_'")
-image_ref = _matching(
-    _IMAGE_REF, "must be a docker image reference such as vllm/vllm-openai:v0.11.0"
+from .value_types import (
+    DAY,
+    SAFE_TOKEN_RULE,
+    BuildArgName,
+    CpuSet,
+    DnsLabel,
+    EnvName,
+    GpuId,
+    HeaderName,
+    HostName,
+    HostPath,
+    ImageRef,
+    Int,
+    IpAddress,
+    NamePrefix,
+    NetworkName,
+    PemCertificate,
+    PemPrivateKey,
+    Port,
+    SafeSecret,
+    SafeToken,
+    UrlPath,
+    format_cpu_set,
+    header_name,
+    host_name,
+    ip_address,
+    key_matches_certificate,
+    parse_cpu_set,
+    safe_token,
+    url_path,
 )
 
+__all__ = [
+    "SAFE_TOKEN_RULE",
+    "Backend",
+    "LoadBalancerSettings",
+    "RoutingPolicy",
+    "Rule",
+    "Settings",
+    "Upstream",
+    "cross_key_rules",
+    "disk_rules",
+    "format_cpu_set",
+    "header_name",
+    "host_name",
+    "ip_address",
+    "parse_cpu_set",
+    "remote_engine_rules",
+    "safe_token",
+    "url_path",
+]
 
-def host_name(value: str) -> str:
-    """A host for an upstream: an IP address or an RFC 1123 host name."""
-    try:
-        ipaddress.ip_address(value)
-        return value
-    except ValueError:
-        pass
-    if not _HOSTNAME.fullmatch(value):
-        raise ValueError("must be an IP address or a DNS host name")
-    return value
+SKIP_CROSS_KEY = "skip_cross_key_rules"
+"""Validation context flag: the config loader runs `cross_key_rules` itself, per key."""
 
-
-def ip_address(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError as err:
-        raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from err
-    return value
-
-
-def url_path(value: str) -> str:
-    if not _URL_PATH.fullmatch(value) or "//" in value or ".." in value:
-        raise ValueError("must be a URL path such as /metrics: '/', letters, digits, '.', '_', '-'")
-    return value
-
-
-def cpu_set(value: str) -> str:
-    """Docker's `--cpuset-cpus` syntax: ids and ranges, comma separated."""
-    try:
-        cores = parse_cpu_set(value)
-    except ValueError as err:
-        raise ValueError(
-            "must be a list of CPU ids and ranges such as 0-3 or 0,2,4-7 (ascending ranges)"
-        ) from err
-    if not cores:
-        raise ValueError("must name at least one CPU")
-    return value
-
-
-def parse_cpu_set(value: str) -> tuple[int, ...]:
-    """`0-2,5` -> (0, 1, 2, 5); raises ValueError on anything else."""
-    cores: list[int] = []
-    for part in value.split(","):
-        low, sep, high = part.partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
-            raise ValueError(part)
-        first, last = int(low), int(high) if sep else int(low)
-        if last < first:
-            raise ValueError(part)
-        cores.extend(range(first, last + 1))
-    return tuple(cores)
+# vLLM flags and variables the deployment sets itself: overriding them from
+# extraArgs/extraEnv breaks it (a wrong --port is found only after readyTimeoutSeconds).
+MANAGED_FLAGS = {
+    "--model": "set 'model'",
+    "--served-model-name": "set 'servedModelName'",
+    "--host": "replicas listen on 0.0.0.0 inside their container",
+    "--port": "replicas listen on 8000 inside their container; set 'basePort' for the host",
+    "--tensor-parallel-size": "set 'tensorParallelSize'",
+    "-tp": "set 'tensorParallelSize'",
+    "--api-key": "set 'apiKey' with `pulumi config set --secret apiKey`",
+}
+SECRET_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
+MANAGED_ENV = {
+    "HF_HUB_OFFLINE": "the deployment sets it on replicas that must not download",
+    "VLLM_CPU_KVCACHE_SPACE": "set 'cpu.kvcacheSpaceGb'",
+    "VLLM_CPU_OMP_THREADS_BIND": "set 'cpu.coresPerReplica' or 'cpu.cpuSets'",
+    "HTTP_PROXY": "set 'proxy.http'",
+    "HTTPS_PROXY": "set 'proxy.https'",
+    "NO_PROXY": "set 'proxy.no'",
+}
 
 
-def format_cpu_set(cores: Sequence[int]) -> str:
-    """(0, 1, 2, 5) -> `0-2,5`: the compact form docker and vLLM both read."""
-    parts: list[str] = []
-    ordered = sorted(cores)
-    start = prev = ordered[0]
-    for core in [*ordered[1:], None]:
-        if core is not None and core == prev + 1:
-            prev = core
-            continue
-        parts.append(f"{start}-{prev}" if prev > start else str(start))
-        if core is not None:
-            start = prev = core
-    return ",".join(parts)
+def _extra_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        # vLLM's parser takes --tensor_parallel_size for --tensor-parallel-size.
+        flag = flag[:2] + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+        if flag in MANAGED_FLAGS:
+            raise ValueError(f"must not set {flag}: {MANAGED_FLAGS[flag]}")
+    return args
 
 
-def safe_secret(value: SecretStr) -> SecretStr:
-    """Same alphabet as any other value; the error never shows the value."""
-    safe_token(value.get_secret_value())
-    return value
-
-
-SafeSecret = Annotated[SecretStr, AfterValidator(safe_secret)]
-SafeToken = Annotated[str, AfterValidator(safe_token)]
-DnsLabel = Annotated[str, AfterValidator(dns_label)]
-HostName = Annotated[str, AfterValidator(host_name)]
-IpAddress = Annotated[str, AfterValidator(ip_address)]
-HeaderName = Annotated[str, AfterValidator(header_name)]
-EnvName = Annotated[str, AfterValidator(env_name)]
-UrlPath = Annotated[str, AfterValidator(url_path)]
-ImageRef = Annotated[str, AfterValidator(image_ref)]
-CpuSet = Annotated[str, AfterValidator(cpu_set)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-PositiveInt = Annotated[int, Field(gt=0)]
-GpuId = Annotated[int, Field(ge=0, strict=True)]
+def _extra_env(env: dict[str, str]) -> dict[str, str]:
+    for name in env:
+        if name.upper() in SECRET_ENV_NAMES:
+            raise ValueError(
+                f"must not set {name}: it would sit in plain text in the stack file and the "
+                "container's inputs; set 'hfToken' / 'apiKey' with `pulumi config set --secret`"
+            )
+        if name.upper() in MANAGED_ENV:
+            raise ValueError(f"must not set {name}: {MANAGED_ENV[name.upper()]}")
+    return env
 
 
 class _Model(BaseModel):
@@ -166,7 +133,10 @@ class _Model(BaseModel):
         extra="forbid",
         frozen=True,
         alias_generator=to_camel,
-        populate_by_name=True,
+        # Python code may use field names; the config loader validates by alias only,
+        # so `shm_size_mb` in a stack file is an unknown key, not `shmSizeMb`.
+        validate_by_name=True,
+        validate_by_alias=True,
         str_strip_whitespace=False,
     )
 
@@ -200,22 +170,34 @@ class LoadBalancerSettings(_Model):
     bind_address: IpAddress = "0.0.0.0"
     policy: RoutingPolicy = RoutingPolicy.LEAST_CONN
     affinity_header: HeaderName = "X-Session-Id"
-    read_timeout_seconds: PositiveInt = 3600
-    send_timeout_seconds: PositiveInt = 3600
-    connect_timeout_seconds: PositiveInt = 5
-    max_fails: PositiveInt = 3
-    fail_window_seconds: Annotated[int, Field(gt=0, le=15)] = 10
-    next_upstream_tries: Annotated[int, Field(ge=0)] = 2
+    read_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 3600
+    send_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 3600
+    # nginx: "this timeout cannot usually exceed 75 seconds" (proxy_connect_timeout).
+    connect_timeout_seconds: Annotated[Int, Field(ge=1, le=75)] = 5
+    max_fails: Annotated[Int, Field(ge=1, le=1000)] = 3
+    fail_window_seconds: Annotated[Int, Field(ge=1, le=15)] = 10
+    next_upstream_tries: Annotated[Int, Field(ge=0, le=64)] = 2
     retry_non_idempotent: bool = True
     buffer_requests: bool = True
-    keepalive_connections: PositiveInt = 32
-    max_body_size_mb: PositiveInt = 100
-    worker_connections: Annotated[int, Field(ge=64)] = 4096
+    keepalive_connections: Annotated[Int, Field(ge=1, le=4096)] = 32
+    max_body_size_mb: Annotated[Int, Field(ge=1, le=100 * 1024)] = 100
+    worker_connections: Annotated[Int, Field(ge=64, le=65535)] = 4096
     expose_paths: tuple[UrlPath, ...] = ()
     dynamic_resolve: bool = True
     resolver: IpAddress = "127.0.0.11"
     image: ImageRef = "nginx:1.28.0"
     name: DnsLabel = "nginx-lb"
+    tls: bool = False
+
+    @model_validator(mode="after")
+    def _paths_of_its_own(self) -> Self:
+        for path in self.expose_paths:
+            if path == "/health" or path.rstrip("/") == "/v1" or path.startswith("/v1/"):
+                raise ValueError(
+                    f"'exposePaths' must not list {path}: the load balancer answers /health "
+                    "itself and already serves everything under /v1/"
+                )
+        return self
 
 
 class CpuSettings(_Model):
@@ -226,8 +208,8 @@ class CpuSettings(_Model):
     the matching bind list keeps them apart.
     """
 
-    kvcache_space_gb: PositiveInt = 4
-    cores_per_replica: Annotated[int, Field(ge=0, le=1024)] = 4
+    kvcache_space_gb: Annotated[Int, Field(ge=1, le=4096)] = 4
+    cores_per_replica: Annotated[Int, Field(ge=0, le=1024)] = 4
     cpu_sets: tuple[CpuSet, ...] | None = None
 
 
@@ -244,7 +226,7 @@ class BuildSettings(_Model):
     dockerfile: SafeToken = "docker/Dockerfile"
     target: SafeToken = "vllm-openai"
     tag: ImageRef = "vllm-local:latest"
-    args: dict[SafeToken, SafeToken] = Field(default_factory=dict)
+    args: dict[BuildArgName, SafeToken] = Field(default_factory=dict)
 
 
 class ImageSettings(_Model):
@@ -254,7 +236,7 @@ class ImageSettings(_Model):
     build: BuildSettings | None = None
     # pulumi-docker's RemoteImage gives a pull 20 minutes by default; a
     # vllm/vllm-openai image is about 10 GB.
-    pull_timeout_minutes: Annotated[int, Field(gt=0, le=24 * 60)] = 90
+    pull_timeout_minutes: Annotated[Int, Field(ge=1, le=24 * 60)] = 90
     keep_on_destroy: bool = True
 
     @model_validator(mode="after")
@@ -268,22 +250,20 @@ class CacheSettings(_Model):
     """The HuggingFace cache all replicas share: a named volume or a host path."""
 
     volume: DnsLabel | None = None
-    host_path: SafeToken | None = None
+    host_path: HostPath | None = None
     keep_on_destroy: bool = True
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
         if (self.volume is None) == (self.host_path is None):
             raise ValueError("set exactly one of 'volume' or 'hostPath'")
-        if self.host_path is not None and not self.host_path.startswith(("/", "~")):
-            raise ValueError("'hostPath' must be an absolute path or start with '~'")
         return self
 
 
 class HealthCheckSettings(_Model):
-    interval_seconds: PositiveInt = 10
-    timeout_seconds: PositiveInt = 5
-    retries: PositiveInt = 3
+    interval_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 10
+    timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 5
+    retries: Annotated[Int, Field(ge=1, le=100)] = 3
 
 
 DEFAULT_GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
@@ -297,90 +277,46 @@ class Settings(_Model):
     model: SafeToken
     served_model_name: SafeToken | None = None
     backend: Backend = Backend.GPU
-    replicas: Annotated[int, Field(ge=1, le=64)] = 2
-    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    replicas: Annotated[Int, Field(ge=1, le=64)] = 2
+    tensor_parallel_size: Annotated[Int, Field(ge=1, le=64)] = 1
     gpus: tuple[tuple[GpuId, ...], ...] | None = None
-    name_prefix: DnsLabel = "vllm"
-    network_name: DnsLabel = "vllm-nginx"
+    name_prefix: NamePrefix = "vllm"
+    network_name: NetworkName = "vllm-nginx"
     image: ImageSettings | None = None
     hf_cache: CacheSettings = CacheSettings(volume="vllm-hf-cache")
     base_port: Port = 8081
     bind_address: IpAddress = "127.0.0.1"
     public_host: HostName = "localhost"
-    extra_args: tuple[SafeToken, ...] = ()
-    extra_env: dict[EnvName, SafeToken] = Field(default_factory=dict)
+    extra_args: Annotated[tuple[SafeToken, ...], AfterValidator(_extra_args)] = ()
+    extra_env: Annotated[dict[EnvName, SafeToken], AfterValidator(_extra_env)] = Field(
+        default_factory=dict
+    )
     proxy: ProxySettings = ProxySettings()
     cpu: CpuSettings = CpuSettings()
-    ready_timeout_seconds: PositiveInt = 1800
-    verify_timeout_seconds: PositiveInt = 120
+    ready_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 1800
+    verify_timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 120
     health_check: HealthCheckSettings = HealthCheckSettings()
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
-    stop_grace_seconds: Annotated[int, Field(ge=0, le=3600)] = 30
+    stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 30
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
     hf_token: SafeSecret | None = None
     api_key: SafeSecret | None = None
+    tls_certificate: PemCertificate | None = None
+    tls_key: PemPrivateKey | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.backend is Backend.CPU and self.gpus is not None:
-            raise ValueError("'gpus' must not be set with backend 'cpu'")
-        if self.backend is Backend.CPU:
-            self._check_cpu_sets()
-        if self.gpus is not None:
-            if len(self.gpus) != self.replicas:
-                raise ValueError(
-                    f"'gpus' lists {len(self.gpus)} replicas but 'replicas' is {self.replicas}"
-                )
-            seen: set[int] = set()
-            for index, ids in enumerate(self.gpus):
-                if len(ids) != self.tensor_parallel_size:
-                    raise ValueError(
-                        f"'gpus' replica {index} has {len(ids)} GPUs but "
-                        f"'tensorParallelSize' is {self.tensor_parallel_size}"
-                    )
-                for gpu in ids:
-                    if gpu in seen:
-                        raise ValueError(f"'gpus': GPU {gpu} is used twice")
-                    seen.add(gpu)
-        last_port = self.base_port + self.replicas - 1
-        if last_port > 65535:
-            raise ValueError(
-                f"'basePort' {self.base_port} + {self.replicas} replicas passes port 65535"
-            )
-        if self.base_port <= self.load_balancer.port <= last_port:
-            raise ValueError(
-                f"'loadBalancer.port' {self.load_balancer.port} collides with the replica "
-                f"ports {self.base_port}-{last_port}"
-            )
-        if self.load_balancer.name in {f"{self.name_prefix}{i}" for i in range(self.replicas)}:
-            raise ValueError(
-                f"'loadBalancer.name' {self.load_balancer.name} collides with a replica name"
-            )
+    def _consistent(self, info: ValidationInfo) -> Self:
+        if isinstance(info.context, dict) and info.context.get(SKIP_CROSS_KEY):
+            return self
+        rules = cross_key_rules(self)
+        if rules:
+            raise ValueError("; ".join(f"'{r.key}' {r.rule}" for r in rules))
         return self
 
     @property
     def model_name(self) -> str:
         """The one name every replica serves, so clients never see which replica answered."""
         return self.served_model_name or self.model
-
-    def _check_cpu_sets(self) -> None:
-        cpu = self.cpu
-        if cpu.cpu_sets is not None and len(cpu.cpu_sets) != self.replicas:
-            raise ValueError(
-                f"'cpu.cpuSets' lists {len(cpu.cpu_sets)} replicas but 'replicas' is "
-                f"{self.replicas}"
-            )
-        seen: set[int] = set()
-        for index, cores in enumerate(self.cpu_groups()):
-            if cores and len(cores) % self.tensor_parallel_size:
-                raise ValueError(
-                    f"'cpu.cpuSets' replica {index} has {len(cores)} CPUs, not a multiple of "
-                    f"'tensorParallelSize' {self.tensor_parallel_size}"
-                )
-            for core in cores:
-                if core in seen:
-                    raise ValueError(f"'cpu.cpuSets': CPU {core} is used by two replicas")
-                seen.add(core)
 
     @property
     def vllm_image(self) -> ImageSettings:
@@ -391,12 +327,16 @@ class Settings(_Model):
             image = image.model_copy(update={"prebuilt": default})
         return image
 
+    def replica_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.name_prefix}{i}" for i in range(self.replicas))
+
     def cpu_groups(self) -> tuple[tuple[int, ...], ...]:
         """Each CPU replica's cores: `cpu.cpuSets`, else consecutive blocks, else none."""
         if self.backend is not Backend.CPU:
             return tuple(() for _ in range(self.replicas))
         if self.cpu.cpu_sets is not None:
-            return tuple(parse_cpu_set(text) for text in self.cpu.cpu_sets)
+            sets = tuple(parse_cpu_set(text) for text in self.cpu.cpu_sets)
+            return tuple(sets[i] if i < len(sets) else () for i in range(self.replicas))
         k = self.cpu.cores_per_replica
         return tuple(tuple(range(r * k, (r + 1) * k)) for r in range(self.replicas))
 
@@ -410,25 +350,181 @@ class Settings(_Model):
         return tuple(tuple(range(r * tp, (r + 1) * tp)) for r in range(self.replicas))
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A broken rule: the key it is reported on, the rule, and every key it involves.
+
+    The loader leaves out a rule that involves a key which is itself invalid:
+    its check ran against that key's default, not what the user wrote.
+    """
+
+    key: str
+    rule: str
+    involves: frozenset[str]
+
+
+def _rule(key: str, rule: str, *others: str) -> Rule:
+    return Rule(key, rule, frozenset({key.split(".")[0], *others}))
+
+
+def _gpu_rules(s: Settings) -> Iterator[Rule]:
+    if s.gpus is None:
+        return
+    if s.backend is Backend.CPU:
+        yield _rule("gpus", "must not be set with 'backend' cpu", "backend")
+        return
+    if len(s.gpus) != s.replicas:
+        yield _rule(
+            "gpus", f"lists {len(s.gpus)} replicas but 'replicas' is {s.replicas}", "replicas"
+        )
+    seen: set[int] = set()
+    for index, ids in enumerate(s.gpus):
+        if len(ids) != s.tensor_parallel_size:
+            yield _rule(
+                f"gpus[{index}]",
+                f"has {len(ids)} GPUs but 'tensorParallelSize' is {s.tensor_parallel_size}",
+                "tensorParallelSize",
+            )
+        for gpu in ids:
+            if gpu in seen:
+                yield _rule(f"gpus[{index}]", f"uses GPU {gpu}, which another replica uses too")
+            seen.add(gpu)
+
+
+def _cpu_rules(s: Settings) -> Iterator[Rule]:
+    if s.backend is not Backend.CPU:
+        return
+    sets = s.cpu.cpu_sets
+    if sets is not None and len(sets) != s.replicas:
+        yield _rule(
+            "cpu.cpuSets",
+            f"lists {len(sets)} replicas but 'replicas' is {s.replicas}",
+            "replicas",
+            "backend",
+        )
+    seen: set[int] = set()
+    for index, cores in enumerate(s.cpu_groups()):
+        key = f"cpu.cpuSets[{index}]" if sets is not None else "cpu.coresPerReplica"
+        if cores and len(cores) % s.tensor_parallel_size:
+            yield _rule(
+                key,
+                f"gives replica {index} {len(cores)} CPUs, not a multiple of "
+                f"'tensorParallelSize' {s.tensor_parallel_size}",
+                "tensorParallelSize",
+                "backend",
+            )
+        for core in cores:
+            if core in seen:
+                yield _rule(key, f"uses CPU {core}, which another replica uses too", "backend")
+            seen.add(core)
+
+
+def _name_and_port_rules(s: Settings) -> Iterator[Rule]:
+    names = s.replica_names()
+    longest = names[-1]
+    if len(longest) > 63:
+        yield _rule(
+            "namePrefix",
+            f"makes replica names of up to {len(longest)} characters; container names "
+            "double as DNS names, at most 63",
+            "replicas",
+        )
+    last_port = s.base_port + s.replicas - 1
+    if last_port > 65535:
+        yield _rule(
+            "basePort", f"{s.base_port} + {s.replicas} replicas passes port 65535", "replicas"
+        )
+    lb = s.load_balancer
+    if s.base_port <= lb.port <= last_port:
+        yield _rule(
+            "loadBalancer.port",
+            f"{lb.port} collides with the replica ports {s.base_port}-{last_port} "
+            "('basePort' + 'replicas')",
+            "basePort",
+            "replicas",
+        )
+    if lb.name in names:
+        yield _rule(
+            "loadBalancer.name",
+            f"{lb.name} collides with a replica name ('namePrefix' + number)",
+            "namePrefix",
+            "replicas",
+        )
+
+
+def _tls_rules(s: Settings) -> Iterator[Rule]:
+    tls = s.load_balancer.tls
+    if tls and s.tls_certificate is None:
+        yield _rule("tlsCertificate", "is required with 'loadBalancer.tls' true", "loadBalancer")
+    if tls and s.tls_key is None:
+        yield _rule(
+            "tlsKey",
+            "is required with 'loadBalancer.tls' true "
+            "(`pulumi config set --secret tlsKey < server.key`)",
+            "loadBalancer",
+        )
+    if not tls and (s.tls_certificate is not None or s.tls_key is not None):
+        key = "tlsCertificate" if s.tls_certificate is not None else "tlsKey"
+        yield _rule(key, "is set but 'loadBalancer.tls' is false", "loadBalancer")
+    if (
+        s.tls_key is not None
+        and s.tls_certificate is not None
+        and not key_matches_certificate(s.tls_key, s.tls_certificate)
+    ):
+        yield _rule("tlsKey", "is not the private key of 'tlsCertificate'", "tlsCertificate")
+
+
+def cross_key_rules(settings: Settings) -> list[Rule]:
+    """Every rule that ties several keys together, all broken ones at once."""
+    return [
+        *_gpu_rules(settings),
+        *_cpu_rules(settings),
+        *_name_and_port_rules(settings),
+        *_tls_rules(settings),
+    ]
+
+
+def disk_rules(settings: Settings, project_dir: Path) -> list[Rule]:
+    """What must exist where `pulumi up` runs: the vLLM checkout to build, its Dockerfile."""
+    build = settings.vllm_image.build
+    if build is None:
+        return []
+    context = (project_dir / Path(build.context).expanduser()).resolve()
+    if not context.is_dir():
+        return [_rule("image.build.context", f"is not a directory (looked in {context})")]
+    dockerfile = (context / build.dockerfile).resolve()
+    if not dockerfile.is_relative_to(context):
+        return [_rule("image.build.dockerfile", "must be inside 'image.build.context'")]
+    if not dockerfile.is_file():
+        return [_rule("image.build.dockerfile", f"does not exist (looked for {dockerfile})")]
+    return []
+
+
 def is_remote_engine(docker_host: str | None) -> bool:
     """`ssh://` and `tcp://` engines run on another machine than `pulumi up`."""
     return bool(docker_host) and not str(docker_host).startswith(("unix://", "npipe://"))
 
 
-def remote_engine_problems(settings: Settings, docker_host: str | None) -> list[str]:
+def remote_engine_rules(settings: Settings, docker_host: str | None) -> list[Rule]:
     """What breaks when the engine is remote: the verify step runs where `pulumi up`
     runs and reaches the load balancer by `publicHost` on its published address."""
     if not is_remote_engine(docker_host):
         return []
-    problems = []
+    rules = []
     if settings.public_host in {"localhost", "127.0.0.1", "::1"}:
-        problems.append(
-            "'publicHost' must name the Docker host: `docker:host` is a remote engine, and "
-            "the verify step and the output URLs reach the load balancer by this name"
+        rules.append(
+            _rule(
+                "publicHost",
+                "must name the Docker host: `docker:host` is a remote engine, and the verify "
+                "step and the output URLs reach the load balancer by this name",
+            )
         )
     if ipaddress.ip_address(settings.load_balancer.bind_address).is_loopback:
-        problems.append(
-            "'loadBalancer.bindAddress' is a loopback address on a remote engine: nothing "
-            "outside that host (the verify step included) can reach it"
+        rules.append(
+            _rule(
+                "loadBalancer.bindAddress",
+                "is a loopback address on a remote engine: nothing outside that host "
+                "(the verify step included) can reach the load balancer",
+            )
         )
-    return problems
+    return rules

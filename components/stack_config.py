@@ -24,11 +24,18 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
 
-from .settings import Settings
+from .settings import (
+    SKIP_CROSS_KEY,
+    Settings,
+    cross_key_rules,
+    disk_rules,
+    remote_engine_rules,
+)
 
 NAMESPACE = "vllm-nginx"
-SECRET_KEYS = ("hfToken", "apiKey")
+SECRET_KEYS = ("hfToken", "apiKey", "tlsKey")
 # Namespaces whose keys a stack of this project may legitimately hold besides its own.
 OTHER_NAMESPACES = frozenset({"docker", "command", "pulumi"})
 # What the check uses for an encrypted value it cannot decrypt: passes the value
@@ -89,6 +96,8 @@ def _rule(error: Mapping[str, Any], namespace: str) -> str:
         if isinstance(name, str) and "." in name:
             parents = [p for p in error["loc"][:-1] if isinstance(p, str)]
             return _nesting_hint(namespace, ".".join([*parents, name]))
+        if isinstance(name, str) and "_" in name:
+            return f"unknown key; keys are camelCase: did you mean '{to_camel(name)}'?"
         return "unknown key (a typo?); see the config reference in README.md"
     if error["type"] == "missing":
         return "is required"
@@ -117,6 +126,34 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _validate_by_alias(data: Mapping[str, Any]) -> Settings:
+    # By alias only: a snake_case spelling in a stack file is an unknown key.
+    return Settings.model_validate(
+        data, by_alias=True, by_name=False, context={SKIP_CROSS_KEY: True}
+    )
+
+
+def _cross_key_problems(
+    data: Mapping[str, Any], invalid: Set[str], namespace: str
+) -> list[Problem]:
+    """The rules between keys, checked on every key that is valid by itself.
+
+    Invalid keys fall back to their defaults for this pass, and a rule that
+    involves one of them is not reported (it would speak of the default).
+    """
+    rest = {k: v for k, v in data.items() if k not in invalid}
+    rest.setdefault("model", "model-not-checked-here")
+    try:
+        settings = _validate_by_alias(rest)
+    except ValidationError:
+        return []
+    return [
+        Problem(f"{namespace}:{rule.key}", rule.rule)
+        for rule in cross_key_rules(settings)
+        if not rule.involves & invalid
+    ]
+
+
 def _validate(raw: Mapping[str, Any], namespace: str) -> tuple[Settings | None, list[Problem]]:
     problems: list[Problem] = []
     decoded: dict[str, Any] = {}
@@ -125,12 +162,27 @@ def _validate(raw: Mapping[str, Any], namespace: str) -> tuple[Settings | None, 
             decoded[key] = _decode(value)
         except ValueError as err:
             problems.append(Problem(f"{namespace}:{key}", str(err)))
-    undecodable = {p.key for p in problems}
+    invalid = set(raw) - set(decoded)
+    settings: Settings | None = None
     try:
-        return Settings.model_validate(decoded), problems
+        settings = _validate_by_alias(decoded)
     except ValidationError as err:
-        problems += [p for p in validation_problems(err, namespace) if p.key not in undecodable]
-        return None, problems
+        invalid |= {str(e["loc"][0]) for e in err.errors() if e["loc"]}
+        problems += validation_problems(err, namespace)
+    problems += _cross_key_problems(decoded, invalid, namespace)
+    return (settings if not problems else None), problems
+
+
+def deployment_problems(
+    settings: Settings,
+    *,
+    docker_host: str | None,
+    project_dir: Path,
+    namespace: str = NAMESPACE,
+) -> list[Problem]:
+    """What only holds for one deployment: the engine it targets, the files it builds."""
+    rules = [*remote_engine_rules(settings, docker_host), *disk_rules(settings, project_dir)]
+    return [Problem(f"{namespace}:{rule.key}", rule.rule) for rule in rules]
 
 
 def _plain_secrets(raw: Mapping[str, Any], secret: Set[str], namespace: str) -> list[Problem]:

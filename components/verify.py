@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -18,10 +19,27 @@ from collections.abc import Sequence
 import openai
 
 
-def served_models(url: str, api_key: str | None, timeout: float) -> list[str]:
+def _trusting(certificate: str | None) -> openai.DefaultHttpxClient | None:
+    """System CAs plus the load balancer's own certificate, which may be self-signed."""
+    if not certificate:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cadata=certificate)
+    # Trust the server's certificate itself, whether or not it is a CA's.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return openai.DefaultHttpxClient(verify=context)
+
+
+def served_models(
+    url: str, api_key: str | None, timeout: float, certificate: str | None = None
+) -> list[str]:
     """The model ids the LB lists, retried until it answers or time runs out."""
     client = openai.OpenAI(
-        base_url=f"{url.rstrip('/')}/v1", api_key=api_key or "unused", max_retries=0, timeout=10
+        base_url=f"{url.rstrip('/')}/v1",
+        api_key=api_key or "unused",
+        max_retries=0,
+        timeout=10,
+        http_client=_trusting(certificate),
     )
     deadline = time.monotonic() + timeout
     while True:
@@ -40,7 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args(argv)
     try:
-        models = served_models(args.url, os.environ.get("VLLM_API_KEY"), args.timeout)
+        models = served_models(
+            args.url,
+            os.environ.get("VLLM_API_KEY"),
+            args.timeout,
+            os.environ.get("VLLM_NGINX_LB_CERTIFICATE"),
+        )
     except openai.APIError as err:
         print(f"error: {args.url}/v1/models failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

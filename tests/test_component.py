@@ -20,6 +20,7 @@ import pytest
 from components.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
 from components.program import load_settings
 from components.stack_config import ConfigError
+from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
 
 NS = "vllm-nginx"
@@ -143,13 +144,82 @@ def test_load_balancer_after_replicas_with_rendered_config(guide: Run) -> None:
     assert lb.inputs["image"] == "@@vllm-nginx-image.imageId@@"
     assert lb.inputs["command"] == ["nginx", "-g", "daemon off;"]
     assert lb.inputs["stopSignal"] == "SIGQUIT"
-    (upload,) = lb.inputs["uploads"]
-    assert upload["file"] == "/etc/nginx/nginx.conf"
-    assert "server vllm0:8000" in upload["content"]
-    assert "server vllm1:8000" in upload["content"]
-    assert "least_conn;" in upload["content"]
-    assert "vllm2" not in upload["content"]
+    config, _key_file = lb.inputs["uploads"]
+    assert config["file"] == "/etc/nginx/nginx.conf"
+    assert "server vllm0:8000" in config["content"]
+    assert "server vllm1:8000" in config["content"]
+    assert "least_conn;" in config["content"]
+    assert "vllm2" not in config["content"]
     assert lb.delete_before_replace
+
+
+def test_load_balancer_checks_the_api_key_itself(guide: Run) -> None:
+    """The key file is uploaded as a secret; the main config only includes it."""
+    lb = guide.named("vllm-lb")
+    config, key_file = lb.inputs["uploads"]
+    assert "include /etc/nginx/api-key.conf;" in config["content"]
+    assert "APIKEY" not in config["content"]
+    assert key_file["file"] == "/etc/nginx/api-key.conf"
+    assert "Bearer sk-APIKEY456" in key_file["content"]
+    assert "uploads" in lb.secret_inputs
+    assert "uploads" in lb.additional_secret_outputs
+    plain = deploy().named("vllm-lb")
+    assert len(plain.inputs["uploads"]) == 1
+    assert "api-key" not in plain.inputs["uploads"][0]["content"]
+
+
+def test_tls_on_the_load_balancer(tmp_path: Path) -> None:
+    pki = make_test_pki(tmp_path)
+    certificate = Path(pki.server.certificate).read_text()
+    key = Path(pki.server.key).read_text()
+    run = run_program(
+        config(loadBalancer={"tls": True}, tlsCertificate=certificate, tlsKey=key),
+        [f"{NS}:tlsKey"],
+    )
+    lb = run.named("vllm-lb")
+    assert lb.inputs["ports"] == [{"internal": 443, "external": 8000, "ip": "0.0.0.0"}]
+    uploads = {u["file"]: u["content"] for u in lb.inputs["uploads"]}
+    assert uploads["/etc/nginx/tls/server.crt"] == certificate
+    assert uploads["/etc/nginx/tls/server.key"] == key
+    assert "listen 0.0.0.0:443 ssl;" in uploads["/etc/nginx/nginx.conf"]
+    assert "PRIVATE KEY" not in uploads["/etc/nginx/nginx.conf"]
+    assert "uploads" in lb.secret_inputs and "uploads" in lb.additional_secret_outputs
+    assert run.outputs["lb_url"] == "https://localhost:8000"
+    verify = run.named("vllm-verify")
+    assert "--url https://localhost:8000" in verify.inputs["create"]
+    assert verify.inputs["environment"]["VLLM_NGINX_LB_CERTIFICATE"] == certificate
+    assert "environment" in verify.secret_inputs
+    for declared in run.declared:
+        visible = {k: v for k, v in declared.inputs.items() if k not in declared.secret_inputs}
+        assert "PRIVATE KEY" not in _flatten(visible), declared.name
+
+
+def test_tls_key_must_be_secret_and_match(tmp_path: Path) -> None:
+    pki = make_test_pki(tmp_path)
+    certificate = Path(pki.server.certificate).read_text()
+    key = Path(pki.server.key).read_text()
+    declared: list[Declared] = []
+    values = config(loadBalancer={"tls": True}, tlsCertificate=certificate, tlsKey=key)
+    with pytest.raises(ConfigError, match="'vllm-nginx:tlsKey': must be set with") as caught:
+        run_program(values, declared=declared)
+    assert "PRIVATE KEY" not in str(caught.value)
+    other = make_test_pki(tmp_path / "other")
+    values[f"{NS}:tlsKey"] = Path(other.server.key).read_text()
+    with pytest.raises(ConfigError, match="is not the private key of 'tlsCertificate'"):
+        run_program(values, [f"{NS}:tlsKey"], declared=declared)
+    assert declared == []
+
+
+def test_open_load_balancer_without_a_key_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        deploy()
+    assert "published on 0.0.0.0:8000 without an API key" in caplog.text
+    assert "pulumi config set --secret apiKey" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        deploy(loadBalancer={"bindAddress": "127.0.0.1"})
+        deploy_with_secrets()
+    assert "without an API key" not in caplog.text
 
 
 def test_replica_set_change_changes_lb_config() -> None:
@@ -183,16 +253,19 @@ def test_pull_timeout_and_keep_are_settings() -> None:
         assert image.inputs["keepLocally"] is False
 
 
-def test_image_built_from_vllm_source_with_proxies() -> None:
+def test_image_built_from_vllm_source_with_proxies(tmp_path: Path) -> None:
+    checkout = tmp_path / "vllm"
+    (checkout / "docker").mkdir(parents=True)
+    (checkout / "docker" / "Dockerfile").write_text("FROM scratch\n")
     run = deploy(
-        image={"build": {"context": "/src/vllm"}},
+        image={"build": {"context": str(checkout)}},
         proxy={"http": "http://proxy:3128", "https": "http://proxy:3128", "no": "localhost"},
     )
     image = run.named("vllm-vllm-image")
     assert image.type == "docker:index/image:Image"
     build = image.inputs["build"]
-    assert build["context"] == "/src/vllm"
-    assert build["dockerfile"] == "/src/vllm/docker/Dockerfile"
+    assert build["context"] == str(checkout)
+    assert build["dockerfile"] == str(checkout / "docker" / "Dockerfile")
     assert build["target"] == "vllm-openai"
     assert build["args"] == {
         "http_proxy": "http://proxy:3128",
@@ -337,7 +410,7 @@ def test_docker_host_reaches_the_checks() -> None:
 @pytest.mark.parametrize(
     ("values", "rule"),
     [
-        ({}, "'publicHost' must name the Docker host"),
+        ({}, "'vllm-nginx:publicHost': must name the Docker host"),
         ({"publicHost": "gpu-box", "loadBalancer": {"bindAddress": "127.0.0.1"}}, "loopback"),
     ],
 )
@@ -374,7 +447,11 @@ def test_provider_from_opts_reaches_every_docker_child() -> None:
     ("values", "key"),
     [
         ({"replicas": 0}, "vllm-nginx:replicas"),
-        ({"gpus": [[0], [0]]}, "GPU 0 is used twice"),
+        ({"gpus": [[0], [0]]}, r"vllm-nginx:gpus\[1\]': uses GPU 0"),
+        ({"extraEnv": {"HF_TOKEN": "hf_x"}}, "must not set HF_TOKEN"),
+        ({"namePrefix": "v" * 62, "replicas": 11}, "at most 63"),
+        ({"loadBalancer": {"exposePaths": ["/health"]}}, "answers /health itself"),
+        ({"image": {"build": {"context": "/no/such/checkout"}}}, "is not a directory"),
         ({"loadBalancer": {"port": 8081}}, "collides"),
         ({"model": "a;b"}, "vllm-nginx:model"),
         ({"typo": 1}, "vllm-nginx:typo"),

@@ -91,12 +91,12 @@ def test_replica_not_ready_in_time(client: docker.DockerClient) -> None:
 
 
 def test_replica_crashing_at_start(client: docker.DockerClient) -> None:
-    # Offline with an empty cache: the stand-in refuses to start, as vLLM would.
-    config = failing_stack("e2e-crash", 18400, extraEnv={"HF_HUB_OFFLINE": "1"})
+    # A bad engine argument: the stand-in exits at start, as vLLM's argument parser would.
+    config = failing_stack("e2e-crash", 18400, extraArgs=["--tokens", "0"])
     message, existing = _apply_expecting_failure(client, config)
     assert "replica e2e-crash0 is" in message
     assert "exited" in message
-    assert "HF_HUB_OFFLINE is set" in message
+    assert "0 must be at least 1" in message
     assert "e2e-crash0" in existing
     assert not existing & {"e2e-crash1", "e2e-crash-lb"}
 

@@ -67,20 +67,24 @@ def test_stack_files_parse() -> None:
 
 BAD = [
     (raw(replicas=0), "vllm-nginx:replicas", "greater than or equal to 1"),
-    (raw(gpus=[[0], [0]]), "vllm-nginx", "GPU 0 is used twice"),
+    (raw(gpus=[[0], [0]]), "vllm-nginx:gpus[1]", "uses GPU 0, which another replica"),
     (raw(gpus=[["a"], [1]]), "vllm-nginx:gpus[0][0]", "valid integer"),
     (raw(gpus=[[0.5], [1]]), "vllm-nginx:gpus[0][0]", "valid integer"),
     (raw(gpus=[[-1], [1]]), "vllm-nginx:gpus[0][0]", "greater than or equal to 0"),
-    (raw(tensorParallelSize=2, gpus=[[0], [1]]), "vllm-nginx", "'tensorParallelSize' is 2"),
-    (raw(replicas=3, gpus=[[0], [1]]), "vllm-nginx", "'replicas' is 3"),
+    (raw(tensorParallelSize=2, gpus=[[0], [1]]), "vllm-nginx:gpus[0]", "'tensorParallelSize' is 2"),
+    (raw(replicas=3, gpus=[[0], [1]]), "vllm-nginx:gpus", "'replicas' is 3"),
     (raw(basePort=70000), "vllm-nginx:basePort", "less than or equal to 65535"),
-    (raw(basePort=65535), "vllm-nginx", "passes port 65535"),
+    (raw(basePort=65535), "vllm-nginx:basePort", "passes port 65535"),
     (raw(loadBalancer={"port": 0}), "vllm-nginx:loadBalancer.port", "greater than or equal to 1"),
-    (raw(loadBalancer={"port": 8082}), "vllm-nginx", "collides with the replica ports"),
+    (raw(loadBalancer={"port": 8082}), "vllm-nginx:loadBalancer.port", "collides with the replica"),
     (raw(namePrefix="vLLM_"), "vllm-nginx:namePrefix", "DNS-safe"),
     (raw(networkName="vllm_nginx"), "vllm-nginx:networkName", "DNS-safe"),
     (raw(loadBalancer={"name": "nginx lb"}), "vllm-nginx:loadBalancer.name", "DNS-safe"),
-    (raw(loadBalancer={"name": "vllm1"}), "vllm-nginx", "collides with a replica name"),
+    (
+        raw(loadBalancer={"name": "vllm1"}),
+        "vllm-nginx:loadBalancer.name",
+        "collides with a replica",
+    ),
     (raw(hfCache={"volume": "HF cache"}), "vllm-nginx:hfCache.volume", "DNS-safe"),
     (raw(model="org/model\nserver"), "vllm-nginx:model", "no spaces, quotes, newlines"),
     (raw(model='org/"model'), "vllm-nginx:model", "no spaces, quotes"),
@@ -95,16 +99,20 @@ BAD = [
     (raw(proxy={"http": "http://p:3128 x"}), "vllm-nginx:proxy.http", "no spaces"),
     (raw(backend="cpu", cpu={"cpuSets": ["0-3", "4-{"]}), "vllm-nginx:cpu.cpuSets[1]", "0-3"),
     (raw(backend="cpu", cpu={"cpuSets": ["3-1", "4"]}), "vllm-nginx:cpu.cpuSets[0]", "ranges"),
-    (raw(backend="cpu", cpu={"cpuSets": ["0-3", "3-5"]}), "vllm-nginx", "CPU 3 is used by two"),
-    (raw(backend="cpu", cpu={"cpuSets": ["0-3"]}), "vllm-nginx", "lists 1 replicas"),
+    (raw(backend="cpu", cpu={"cpuSets": ["0-3", "3-5"]}), "vllm-nginx:cpu.cpuSets[1]", "CPU 3"),
+    (raw(backend="cpu", cpu={"cpuSets": ["0-3"]}), "vllm-nginx:cpu.cpuSets", "lists 1 replicas"),
     (
         raw(backend="cpu", tensorParallelSize=2, cpu={"cpuSets": ["0-2", "3-5"]}),
-        "vllm-nginx",
+        "vllm-nginx:cpu.cpuSets[0]",
         "not a multiple of 'tensorParallelSize' 2",
     ),
     (raw(cpu={"coresPerReplica": -1}), "vllm-nginx:cpu.coresPerReplica", "greater than or equal"),
     (raw(shmSizeMb=64), "vllm-nginx:shmSizeMb", "unknown key"),
-    (raw(image={"pullTimeoutMinutes": 0}), "vllm-nginx:image.pullTimeoutMinutes", "greater than 0"),
+    (
+        raw(image={"pullTimeoutMinutes": 0}),
+        "vllm-nginx:image.pullTimeoutMinutes",
+        "greater than or equal to 1",
+    ),
     (
         raw(loadBalancer={"affinityHeader": "X-Session\nId"}),
         "vllm-nginx:loadBalancer.affinityHeader",
@@ -117,17 +125,17 @@ BAD = [
     ),
     (raw(publicHost="bad host"), "vllm-nginx:publicHost", "host name"),
     (raw(bindAddress="localhost"), "vllm-nginx:bindAddress", "IP address"),
-    (raw(readyTimeoutSeconds=0), "vllm-nginx:readyTimeoutSeconds", "greater than 0"),
-    (raw(verifyTimeoutSeconds=-5), "vllm-nginx:verifyTimeoutSeconds", "greater than 0"),
+    (raw(readyTimeoutSeconds=0), "vllm-nginx:readyTimeoutSeconds", "greater than or equal to 1"),
+    (raw(verifyTimeoutSeconds=-5), "vllm-nginx:verifyTimeoutSeconds", "greater than or equal to 1"),
     (
         raw(loadBalancer={"readTimeoutSeconds": 0}),
         "vllm-nginx:loadBalancer.readTimeoutSeconds",
-        "greater than 0",
+        "greater than or equal to 1",
     ),
     (
         raw(healthCheck={"intervalSeconds": 0}),
         "vllm-nginx:healthCheck.intervalSeconds",
-        "greater than 0",
+        "greater than or equal to 1",
     ),
     (raw(replica=2), "vllm-nginx:replica", "unknown key"),
     (raw(loadBalancer={"prot": 80}), "vllm-nginx:loadBalancer.prot", "unknown key"),
@@ -138,7 +146,7 @@ BAD = [
         "vllm-nginx:image",
         "only one",
     ),
-    (raw(hfCache={"hostPath": "relative/dir"}), "vllm-nginx:hfCache", "absolute path"),
+    (raw(hfCache={"hostPath": "relative/dir"}), "vllm-nginx:hfCache.hostPath", "absolute path"),
     (
         raw(loadBalancer={"failWindowSeconds": 60}),
         "vllm-nginx:loadBalancer.failWindowSeconds",
@@ -196,7 +204,7 @@ def test_explicit_gpu_groups_for_tensor_parallelism() -> None:
 def test_cpu_backend_has_no_gpus() -> None:
     settings = parse_settings(raw(backend="cpu", image={"prebuilt": "vllm-cpu:local"}))
     assert settings.gpu_groups() == ((), ())
-    with pytest.raises(ConfigError, match="'gpus' must not be set with backend 'cpu'"):
+    with pytest.raises(ConfigError, match="'vllm-nginx:gpus': must not be set with 'backend' cpu"):
         parse_settings(raw(backend="cpu", image={"prebuilt": "x:y"}, gpus=[[0], [1]]))
 
 
@@ -230,3 +238,107 @@ def test_bad_json_structure_does_not_also_report_required() -> None:
     with pytest.raises(ConfigError) as caught:
         settings_from_config({"model": "m", "loadBalancer": "{port: 1"}, secret=set())
     assert [p.key for p in caught.value.problems] == ["vllm-nginx:loadBalancer"]
+
+
+# The adversarial stack files of issue 8: each refused with the key as written and the rule.
+HOLES = [
+    # Secrets by the side door.
+    (raw(extraEnv={"HF_TOKEN": "hf_x"}), "vllm-nginx:extraEnv", "must not set HF_TOKEN"),
+    (raw(extraEnv={"VLLM_API_KEY": "k"}), "vllm-nginx:extraEnv", "pulumi config set --secret"),
+    (raw(extraEnv={"hugging_face_hub_token": "x"}), "vllm-nginx:extraEnv", "must not set"),
+    (raw(extraArgs=["--api-key", "k"]), "vllm-nginx:extraArgs", "must not set --api-key"),
+    (raw(extraArgs=["--api-key=k"]), "vllm-nginx:extraArgs", "must not set --api-key"),
+    # Flags and variables the deployment manages.
+    (raw(extraArgs=["--port", "9000"]), "vllm-nginx:extraArgs", "must not set --port"),
+    (raw(extraArgs=["--host=::"]), "vllm-nginx:extraArgs", "must not set --host"),
+    (raw(extraArgs=["--served-model-name", "x"]), "vllm-nginx:extraArgs", "servedModelName"),
+    (raw(extraArgs=["--model", "x"]), "vllm-nginx:extraArgs", "must not set --model"),
+    (raw(extraArgs=["--tensor_parallel_size", "2"]), "vllm-nginx:extraArgs", "tensorParallel"),
+    (raw(extraArgs=["-tp", "2"]), "vllm-nginx:extraArgs", "must not set -tp"),
+    (raw(extraEnv={"HF_HUB_OFFLINE": "0"}), "vllm-nginx:extraEnv", "must not set HF_HUB_OFFLINE"),
+    (raw(extraEnv={"VLLM_CPU_OMP_THREADS_BIND": "0-3"}), "vllm-nginx:extraEnv", "cpuSets"),
+    (raw(extraEnv={"https_proxy": "http://p:1"}), "vllm-nginx:extraEnv", "proxy.https"),
+    # Values Docker or nginx would refuse later.
+    (raw(networkName="host"), "vllm-nginx:networkName", "Docker's own networks"),
+    (raw(networkName="bridge"), "vllm-nginx:networkName", "Docker's own networks"),
+    (raw(networkName="none"), "vllm-nginx:networkName", "Docker's own networks"),
+    (raw(hfCache={"hostPath": "/"}), "vllm-nginx:hfCache.hostPath", "system directory"),
+    (raw(hfCache={"hostPath": "/etc/hf"}), "vllm-nginx:hfCache.hostPath", "system directory"),
+    (raw(hfCache={"hostPath": "/var/lib/docker"}), "vllm-nginx:hfCache.hostPath", "system"),
+    (raw(hfCache={"hostPath": "/data/hf:ro"}), "vllm-nginx:hfCache.hostPath", "':'"),
+    (raw(hfCache={"hostPath": "/data/../etc"}), "vllm-nginx:hfCache.hostPath", "'..'"),
+    (raw(healthCheck={"intervalSeconds": 10**9}), "vllm-nginx:healthCheck.intervalSeconds", "less"),
+    (raw(readyTimeoutSeconds=10**8), "vllm-nginx:readyTimeoutSeconds", "less than or equal"),
+    (raw(loadBalancer={"connectTimeoutSeconds": 300}), "vllm-nginx:loadBalancer.connect", "75"),
+    (raw(loadBalancer={"maxBodySizeMb": 10**7}), "vllm-nginx:loadBalancer.maxBodySizeMb", "less"),
+    (raw(loadBalancer={"workerConnections": 10**7}), "vllm-nginx:loadBalancer.worker", "65535"),
+    (raw(loadBalancer={"keepaliveConnections": 10**6}), "vllm-nginx:loadBalancer.keep", "4096"),
+    (raw(image={"prebuilt": "vllm/vllm-openai:"}), "vllm-nginx:image.prebuilt", "image reference"),
+    (raw(image={"prebuilt": "vllm/vllm-openai:a:b"}), "vllm-nginx:image.prebuilt", "reference"),
+    (raw(image={"prebuilt": "vLLM/Openai:1"}), "vllm-nginx:image.prebuilt", "lowercase name"),
+    (raw(loadBalancer={"image": "nginx::1"}), "vllm-nginx:loadBalancer.image", "reference"),
+    (raw(image={"prebuilt": "x@sha256:abc"}), "vllm-nginx:image.prebuilt", "reference"),
+    (
+        raw(image={"build": {"context": "/src", "args": {"1BAD": "x"}}}),
+        "vllm-nginx:image.build.args.1BAD",
+        "build-arg name",
+    ),
+    # Type looseness.
+    (raw(loadBalancer={"port": True}), "vllm-nginx:loadBalancer.port", "not true/false"),
+    (raw(healthCheck={"retries": False}), "vllm-nginx:healthCheck.retries", "not true/false"),
+    (raw(shm_size_mb=64), "vllm-nginx:shm_size_mb", "did you mean 'shmSizeMb'"),
+    (
+        raw(loadBalancer={"bind_address": "1.2.3.4"}),
+        "vllm-nginx:loadBalancer.bind_address",
+        "camel",
+    ),
+    # Tracebacks after something was declared, before.
+    (raw(namePrefix="v" * 62, replicas=11), "vllm-nginx:namePrefix", "at most 63"),
+    (raw(loadBalancer={"exposePaths": ["/health"]}), "vllm-nginx:loadBalancer", "/health itself"),
+    (raw(loadBalancer={"exposePaths": ["/v1/models"]}), "vllm-nginx:loadBalancer", "under /v1/"),
+    # TLS.
+    (raw(loadBalancer={"tls": True}), "vllm-nginx:tlsCertificate", "is required with"),
+    (raw(tlsKey="not a key"), "vllm-nginx:tlsKey", "unencrypted PEM private key"),
+    (raw(tlsCertificate="-----BEGIN CERTIFICATE-----\nx"), "vllm-nginx:tlsCertificate", "PEM"),
+]
+
+
+@pytest.mark.parametrize(("config", "key", "rule"), HOLES, ids=[h[1] + ":" + h[2] for h in HOLES])
+def test_holes_are_closed(config: dict[str, Any], key: str, rule: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config(config, secret={"tlsKey"} & set(config))
+    message = str(caught.value)
+    assert f"config key '{key}" in message, message
+    assert rule in message, message
+    for value in ("hf_x", "not a key"):
+        assert value not in message
+
+
+def test_name_prefix_may_end_with_a_dash() -> None:
+    settings = parse_settings(raw(namePrefix="vllm-"))
+    assert settings.replica_names() == ("vllm-0", "vllm-1")
+
+
+def test_a_type_error_does_not_hide_the_rules_between_other_keys() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(
+            raw(
+                replicas=3,
+                gpus=[[0], [1]],  # cross-key: 2 groups for 3 replicas
+                loadBalancer={"port": 8082, "policy": "fastest"},  # type error in the same key
+                healthCheck={"retries": "many"},  # plain type error
+            )
+        )
+    keys = {p.key for p in caught.value.problems}
+    assert keys == {
+        "vllm-nginx:loadBalancer.policy",
+        "vllm-nginx:healthCheck.retries",
+        "vllm-nginx:gpus",
+    }, keys
+
+
+def test_a_rule_on_an_invalid_key_is_not_reported_against_its_default() -> None:
+    # replicas is invalid: "gpus lists 2 but replicas is 2 (the default)" would be noise.
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw(replicas=0, gpus=[[0], [1], [2]]))
+    assert [p.key for p in caught.value.problems] == ["vllm-nginx:replicas"]

@@ -1,0 +1,294 @@
+"""What one config value may be, each rule in the words the user reads.
+
+Every string that later lands in the nginx config, a container command line or
+an environment variable is restricted to a safe alphabet here, so the renderer
+and the plan never have to escape anything. Names and references follow the
+grammar of the engine that will read them (Docker's image references, DNS
+labels, cpusets), and numbers are bounded by what Docker and nginx accept, so a
+bad value fails before anything is declared rather than halfway through `up`.
+No rule's message contains the value: it could be a token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr
+
+# No whitespace, quotes, backslashes, `;`, `{`, `}`, `$`, backticks or control
+# characters: nothing that could end a directive, split an argument or expand.
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9._:/@%+=,~|\-\[\]*]+")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_NAME_PREFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+
+# Docker's image reference grammar (distribution's reference package, as the
+# daemon parses `docker run NAME`): [domain[:port]/]path[:tag][@digest].
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_IMAGE_REF = re.compile(
+    rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?"
+)
+
+SAFE_TOKEN_RULE = (
+    "must be non-empty and contain no spaces, quotes, newlines, backslashes, "
+    "';', '{', '}', '$' or backticks"
+)
+RESERVED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
+"""Docker's predefined networks (and the `default` network mode): it refuses to create them."""
+
+SYSTEM_DIRECTORIES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/docker",
+    "/var/run",
+)
+
+
+def matching(pattern: re.Pattern[str], rule: str) -> Callable[[str], str]:
+    """A validator that accepts a whole-string match of `pattern`, else raises `rule`."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(rule)
+        return value
+
+    return check
+
+
+# Anything that could inject into nginx config, argv or env is refused.
+safe_token = matching(_SAFE_TOKEN, SAFE_TOKEN_RULE)
+# Container, network and volume names double as DNS names on the network.
+dns_label = matching(
+    _DNS_LABEL,
+    "must be a DNS-safe name: 1-63 lowercase letters, digits or '-', "
+    "starting and ending with a letter or digit",
+)
+name_prefix = matching(
+    _NAME_PREFIX,
+    "must be the start of a DNS-safe name: lowercase letters, digits or '-', "
+    "starting with a letter or digit (the replica number follows it)",
+)
+header_name = matching(_HEADER_NAME, "must be an HTTP header name: letters, digits and '-'")
+env_name = matching(_ENV_NAME, "must be an environment variable name: letters, digits and '_'")
+build_arg_name = matching(
+    _ENV_NAME, "must be a build-arg name: letters, digits and '_', not starting with a digit"
+)
+
+
+def image_ref(value: str) -> str:
+    """A reference Docker accepts: lowercase path, at most one tag, an optional digest."""
+    rule = (
+        "must be a docker image reference such as vllm/vllm-openai:v0.11.0 "
+        "(lowercase name, one non-empty tag of letters, digits, '_', '.', '-', "
+        "or @sha256:<digest>)"
+    )
+    match = _IMAGE_REF.fullmatch(value)
+    if match is None:
+        raise ValueError(rule)
+    name = value.split("@", 1)[0]
+    if match["tag"]:
+        name = name[: -len(match["tag"]) - 1]
+    if len(name) > 255:
+        raise ValueError("must be a docker image reference with a name of at most 255 characters")
+    return value
+
+
+def network_name(value: str) -> str:
+    dns_label(value)
+    if value in RESERVED_NETWORKS:
+        raise ValueError(
+            "must not be one of Docker's own networks (bridge, host, none, default): "
+            "the deployment creates and removes its network"
+        )
+    return value
+
+
+def host_name(value: str) -> str:
+    """A host for an upstream: an IP address or an RFC 1123 host name."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value):
+        raise ValueError("must be an IP address or a DNS host name")
+    return value
+
+
+def ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as err:
+        raise ValueError("must be an IP address such as 127.0.0.1 or 0.0.0.0") from err
+    return value
+
+
+def url_path(value: str) -> str:
+    if not _URL_PATH.fullmatch(value) or "//" in value or ".." in value:
+        raise ValueError("must be a URL path such as /metrics: '/', letters, digits, '.', '_', '-'")
+    return value
+
+
+def host_path(value: str) -> str:
+    """A directory to bind-mount as the model cache, not one the host itself needs."""
+    safe_token(value)
+    if not value.startswith(("/", "~")):
+        raise ValueError("must be an absolute path or start with '~'")
+    if ":" in value:
+        raise ValueError("must not contain ':' (docker reads it as the mount separator)")
+    parts = value.split("/")
+    if ".." in parts or "." in parts:
+        raise ValueError("must not contain '.' or '..' path components")
+    normal = "/" + "/".join(p for p in parts[1:] if p) if value.startswith("/") else value
+    if normal == "/" or any(
+        normal == system or normal.startswith(system + "/") for system in SYSTEM_DIRECTORIES
+    ):
+        raise ValueError(
+            "must not be '/' or a system directory (/etc, /usr, /var/lib/docker, ...): "
+            "the replicas write the model cache into it"
+        )
+    return value
+
+
+def cpu_set(value: str) -> str:
+    """Docker's `--cpuset-cpus` syntax: ids and ranges, comma separated."""
+    try:
+        cores = parse_cpu_set(value)
+    except ValueError as err:
+        raise ValueError(
+            "must be a list of CPU ids and ranges such as 0-3 or 0,2,4-7 (ascending ranges)"
+        ) from err
+    if len(set(cores)) != len(cores):
+        raise ValueError("must name each CPU once")
+    return value
+
+
+def parse_cpu_set(value: str) -> tuple[int, ...]:
+    """`0-2,5` -> (0, 1, 2, 5); raises ValueError on anything else."""
+    cores: list[int] = []
+    for part in value.split(","):
+        low, sep, high = part.partition("-")
+        if not low.isdigit() or (sep and not high.isdigit()):
+            raise ValueError(part)
+        first, last = int(low), int(high) if sep else int(low)
+        if last < first or last > 4095:
+            raise ValueError(part)
+        cores.extend(range(first, last + 1))
+    return tuple(cores)
+
+
+def format_cpu_set(cores: Sequence[int]) -> str:
+    """(0, 1, 2, 5) -> `0-2,5`: the compact form docker and vLLM both read."""
+    parts: list[str] = []
+    ordered = sorted(cores)
+    start = prev = ordered[0]
+    for core in [*ordered[1:], None]:
+        if core is not None and core == prev + 1:
+            prev = core
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+        if core is not None:
+            start = prev = core
+    return ",".join(parts)
+
+
+def safe_secret(value: SecretStr) -> SecretStr:
+    """Same alphabet as any other value; the error never shows the value."""
+    safe_token(value.get_secret_value())
+    return value
+
+
+def _pem_certificate(value: SecretStr) -> SecretStr:
+    from cryptography import x509
+
+    text = value.get_secret_value()
+    try:
+        certificates = x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        certificates = []
+    if "-----BEGIN CERTIFICATE-----" not in text or not certificates:
+        raise ValueError(
+            "must be a PEM certificate (-----BEGIN CERTIFICATE----- ...), the server's first "
+            "and any intermediates after it"
+        )
+    return value
+
+
+def _pem_private_key(value: SecretStr) -> SecretStr:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        serialization.load_pem_private_key(value.get_secret_value().encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError(
+            "must be an unencrypted PEM private key (-----BEGIN PRIVATE KEY----- ...): "
+            "nginx starts without anyone to type a passphrase"
+        ) from None
+    return value
+
+
+def key_matches_certificate(key: SecretStr, certificate: SecretStr) -> bool:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificates(certificate.get_secret_value().encode())[0]
+    private = serialization.load_pem_private_key(key.get_secret_value().encode(), password=None)
+    encoding, fmt = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(
+        cert.public_key().public_bytes(encoding, fmt)
+        == private.public_key().public_bytes(encoding, fmt)
+    )
+
+
+def _no_bool(value: Any) -> Any:
+    """YAML `true` is not the number 1 (pydantic's lax mode would take it as one)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true/false")
+    return value
+
+
+SafeSecret = Annotated[SecretStr, AfterValidator(safe_secret)]
+PemCertificate = Annotated[SecretStr, AfterValidator(_pem_certificate)]
+PemPrivateKey = Annotated[SecretStr, AfterValidator(_pem_private_key)]
+SafeToken = Annotated[str, AfterValidator(safe_token)]
+DnsLabel = Annotated[str, AfterValidator(dns_label)]
+NamePrefix = Annotated[str, AfterValidator(name_prefix)]
+NetworkName = Annotated[str, AfterValidator(network_name)]
+HostName = Annotated[str, AfterValidator(host_name)]
+HostPath = Annotated[str, AfterValidator(host_path)]
+IpAddress = Annotated[str, AfterValidator(ip_address)]
+HeaderName = Annotated[str, AfterValidator(header_name)]
+EnvName = Annotated[str, AfterValidator(env_name)]
+BuildArgName = Annotated[str, AfterValidator(build_arg_name)]
+UrlPath = Annotated[str, AfterValidator(url_path)]
+ImageRef = Annotated[str, AfterValidator(image_ref)]
+CpuSet = Annotated[str, AfterValidator(cpu_set)]
+Int = Annotated[int, BeforeValidator(_no_bool)]
+"""A whole number; numeric strings pass (Pulumi hands top-level scalars over as text)."""
+Port = Annotated[Int, Field(ge=1, le=65535)]
+GpuId = Annotated[int, Field(ge=0, le=1023, strict=True)]
+DAY = 86400
