@@ -31,6 +31,7 @@ from .stack_config import (
     StackFile,
     StackFileError,
     check_stack_file,
+    deployment_problems,
     settings_from_stack_file,
 )
 
@@ -148,6 +149,16 @@ def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
     problems = [str(p) for p in checked.problems]
     plan = None
     if checked.settings is not None:
+        # What `pulumi up` checks next: the engine it targets, the files it builds.
+        problems += [
+            str(p)
+            for p in deployment_problems(
+                checked.settings,
+                docker_host=checked.stack.config.get("docker:host"),
+                project_dir=project_dir,
+            )
+        ]
+    if checked.settings is not None and not problems:
         try:
             plan = build_plan(checked.settings, project_dir=project_dir)
         except ValueError as error:

@@ -254,7 +254,9 @@ def test_encrypted_value_of_another_key_is_uncheckable(
 
 
 def test_other_namespace_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = GOOD + "  vllm_nginx:replicas: 4\n  docker:host: ssh://gpu\n"
+    text = (
+        GOOD + "  vllm_nginx:replicas: 4\n  docker:host: ssh://gpu\n  vllm-nginx:publicHost: gpu\n"
+    )
     code, out, _ = run(capsys, project(tmp_path, s=text), "s")
     assert code == 0
     assert "note: 'vllm_nginx:replicas' is in namespace 'vllm_nginx'" in out
@@ -321,3 +323,24 @@ def test_render_config_applies_the_same_rules(
     assert "config key 'vllm-nginx:hfToken': must be set with" in capsys.readouterr().err
     assert render_config.main(["--stack", "bare"]) == 0
     assert "least_conn" not in capsys.readouterr().out
+
+
+def test_deployment_rules_of_pulumi_up_run_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`docker:host` in the stack file and the build checkout on disk, as `pulumi up` checks."""
+    directory = project(
+        tmp_path,
+        remote="""\
+config:
+  docker:host: ssh://ops@gpu-box
+  vllm-nginx:model: org/m
+  vllm-nginx:image:
+    build: {context: ../no-such-checkout}
+""",
+    )
+    code, out, err = run(capsys, directory, "remote")
+    assert code == 1
+    assert "config key 'vllm-nginx:publicHost': must name the Docker host" in err
+    assert "config key 'vllm-nginx:image.build.context': is not a directory" in err
+    assert out == ""

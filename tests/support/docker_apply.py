@@ -11,8 +11,21 @@ run their `create` command with their `environment`, as pulumi-command does.
 What this proves: the declared graph and inputs make a working deployment on a
 real engine (ordering, ports, network, volume, health checks, uploads, the
 rendered nginx config, the gate and verify commands). What it cannot prove:
-that pulumi-docker translates those same inputs into the same engine calls;
-the mapping below follows pulumi-docker's documented meaning of each input.
+that pulumi-docker translates those same inputs into the same engine calls.
+The mapping follows the provider's source as recorded in docs/provider-inputs.md:
+Go durations, force-new versus in-place inputs (`IN_PLACE`; the provider's
+Update applies only the restart policy and ignores a changed health check),
+`replace_on_changes`, the delete's grace period, and `read_back` (the
+provider's Read of the inputs we declare, so `drift()` shows what the next
+`up` would change).
+
+Provider behaviour it does not model: custom timeouts (nothing is pulled
+here); `must_run` on refresh (a stopped container would be recreated);
+exited containers reading back no ports; `wait`/`wait_timeout`; GPUs (device
+requests are refused: this engine has none); BuildKit and the build-context
+hash of `docker.Image` (built with the classic builder); `keep_locally` and
+image deletion; the engine's own ordering of replacements (this applies the
+graph in dependency order and replaces in place, one resource at a time).
 """
 
 from __future__ import annotations
