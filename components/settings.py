@@ -126,6 +126,16 @@ def _extra_env(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _paths_of_its_own(paths: tuple[str, ...]) -> tuple[str, ...]:
+    for path in paths:
+        if path == "/health" or path.rstrip("/") == "/v1" or path.startswith("/v1/"):
+            raise ValueError(
+                f"must not list {path}: the load balancer answers /health itself and "
+                "already serves everything under /v1/"
+            )
+    return paths
+
+
 class _Model(BaseModel):
     """Stack config keys are camelCase; unknown keys are typos, so they fail."""
 
@@ -182,22 +192,12 @@ class LoadBalancerSettings(_Model):
     keepalive_connections: Annotated[Int, Field(ge=1, le=4096)] = 32
     max_body_size_mb: Annotated[Int, Field(ge=1, le=100 * 1024)] = 100
     worker_connections: Annotated[Int, Field(ge=64, le=65535)] = 4096
-    expose_paths: tuple[UrlPath, ...] = ()
+    expose_paths: Annotated[tuple[UrlPath, ...], AfterValidator(_paths_of_its_own)] = ()
     dynamic_resolve: bool = True
     resolver: IpAddress = "127.0.0.11"
     image: ImageRef = "nginx:1.28.0"
     name: DnsLabel = "nginx-lb"
     tls: bool = False
-
-    @model_validator(mode="after")
-    def _paths_of_its_own(self) -> Self:
-        for path in self.expose_paths:
-            if path == "/health" or path.rstrip("/") == "/v1" or path.startswith("/v1/"):
-                raise ValueError(
-                    f"'exposePaths' must not list {path}: the load balancer answers /health "
-                    "itself and already serves everything under /v1/"
-                )
-        return self
 
 
 class CpuSettings(_Model):

@@ -20,10 +20,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
 from .settings import (
@@ -90,14 +90,43 @@ def _nesting_hint(namespace: str, dotted: str) -> str:
     )
 
 
+RETIRED_KEYS = {
+    "shmSizeMb": "was removed: replicas share the host's IPC namespace (`--ipc host`, as in "
+    "the guide), where a container's own /dev/shm size does nothing; size /dev/shm on the host",
+    "loadBalancer.baseImage": "is now 'loadBalancer.image': nginx runs as published, "
+    "nothing is built",
+    "cpu.ompThreadsBind": "was removed: the bind follows each replica's cores, set "
+    "'cpu.coresPerReplica' or 'cpu.cpuSets'",
+}
+"""Keys earlier versions took, with what to write instead."""
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{info.alias or name}"
+        keys.add(key)
+        for arg in (info.annotation, *get_args(info.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                keys |= _known_keys(arg, f"{key}.")
+    return keys
+
+
+KNOWN_KEYS = frozenset(_known_keys(Settings))
+
+
 def _rule(error: Mapping[str, Any], namespace: str) -> str:
     if error["type"] == "extra_forbidden":
         name = error["loc"][-1] if error["loc"] else ""
+        parents = [p for p in error["loc"][:-1] if isinstance(p, str)]
         if isinstance(name, str) and "." in name:
-            parents = [p for p in error["loc"][:-1] if isinstance(p, str)]
             return _nesting_hint(namespace, ".".join([*parents, name]))
-        if isinstance(name, str) and "_" in name:
-            return f"unknown key; keys are camelCase: did you mean '{to_camel(name)}'?"
+        dotted = ".".join([*parents, str(name)])
+        if dotted in RETIRED_KEYS:
+            return f"unknown key: it {RETIRED_KEYS[dotted]}"
+        camel = ".".join([*parents, to_camel(str(name))])
+        if camel != dotted and camel in KNOWN_KEYS:
+            return f"unknown key; keys are camelCase: did you mean '{to_camel(str(name))}'?"
         return "unknown key (a typo?); see the config reference in README.md"
     if error["type"] == "missing":
         return "is required"

@@ -107,7 +107,6 @@ BAD = [
         "not a multiple of 'tensorParallelSize' 2",
     ),
     (raw(cpu={"coresPerReplica": -1}), "vllm-nginx:cpu.coresPerReplica", "greater than or equal"),
-    (raw(shmSizeMb=64), "vllm-nginx:shmSizeMb", "unknown key"),
     (
         raw(image={"pullTimeoutMinutes": 0}),
         "vllm-nginx:image.pullTimeoutMinutes",
@@ -286,7 +285,9 @@ HOLES = [
     # Type looseness.
     (raw(loadBalancer={"port": True}), "vllm-nginx:loadBalancer.port", "not true/false"),
     (raw(healthCheck={"retries": False}), "vllm-nginx:healthCheck.retries", "not true/false"),
-    (raw(shm_size_mb=64), "vllm-nginx:shm_size_mb", "did you mean 'shmSizeMb'"),
+    (raw(base_port=9000), "vllm-nginx:base_port", "did you mean 'basePort'"),
+    (raw(shmSizeMb=64), "vllm-nginx:shmSizeMb", "size /dev/shm on the host"),
+    (raw(loadBalancer={"baseImage": "nginx:1"}), "vllm-nginx:loadBalancer.baseImage", "is now"),
     (
         raw(loadBalancer={"bind_address": "1.2.3.4"}),
         "vllm-nginx:loadBalancer.bind_address",
@@ -294,8 +295,8 @@ HOLES = [
     ),
     # Tracebacks after something was declared, before.
     (raw(namePrefix="v" * 62, replicas=11), "vllm-nginx:namePrefix", "at most 63"),
-    (raw(loadBalancer={"exposePaths": ["/health"]}), "vllm-nginx:loadBalancer", "/health itself"),
-    (raw(loadBalancer={"exposePaths": ["/v1/models"]}), "vllm-nginx:loadBalancer", "under /v1/"),
+    (raw(loadBalancer={"exposePaths": ["/health"]}), "vllm-nginx:loadBalancer.expose", "/health"),
+    (raw(loadBalancer={"exposePaths": ["/v1/models"]}), "vllm-nginx:loadBalancer.expose", "/v1/"),
     # TLS.
     (raw(loadBalancer={"tls": True}), "vllm-nginx:tlsCertificate", "is required with"),
     (raw(tlsKey="not a key"), "vllm-nginx:tlsKey", "unencrypted PEM private key"),
