@@ -181,6 +181,7 @@ class RoutingPolicy(StrEnum):
     ROUND_ROBIN = "round_robin"
     POWER_OF_TWO = "power_of_two"
     SESSION_AFFINITY = "session_affinity"
+    PREFIX_AFFINITY = "prefix_affinity"
 
 
 class Upstream(_Model):
@@ -200,6 +201,10 @@ class LoadBalancerSettings(_Model):
     bind_address: IpAddress = "0.0.0.0"
     policy: RoutingPolicy = RoutingPolicy.LEAST_CONN
     affinity_header: HeaderName = "X-Session-Id"
+    # prefix_affinity: how much of the prompt's start is the routing key, and
+    # how many requests one replica takes on its prefixes before others help.
+    prefix_chars: Annotated[int, Field(ge=16, le=65536)] = 1024
+    prefix_max_conns: Annotated[int, Field(ge=1, le=100000)] = 32
     read_timeout_seconds: PositiveInt = 3600
     send_timeout_seconds: PositiveInt = 3600
     connect_timeout_seconds: PositiveInt = 5
