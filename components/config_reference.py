@@ -62,8 +62,14 @@ DESCRIPTIONS: dict[str, str] = {
     "requests in flight before it is killed",
     "loadBalancer.port": "host port of the load balancer",
     "loadBalancer.bindAddress": "host address the load balancer is published on",
-    "loadBalancer.policy": "`least_conn`, `round_robin`, `power_of_two`, `session_affinity`",
+    "loadBalancer.policy": "`least_conn`, `round_robin`, `power_of_two`, `session_affinity`, "
+    "`prefix_affinity` (needs nginx's njs module >= 0.7.9)",
     "loadBalancer.affinityHeader": "request header hashed by `session_affinity`",
+    "loadBalancer.prefixChars": "`prefix_affinity`: leading characters of the prompt (chat: "
+    "system prompt and earliest messages) that pick the replica",
+    "loadBalancer.prefixMaxConns": "`prefix_affinity`: requests in flight a replica takes "
+    "through its prefixes (nginx `max_conns`); beyond it the next replica on the ring, "
+    "and when all are at it, the least busy",
     "loadBalancer.readTimeoutSeconds": "longest silence from a replica (long generations)",
     "loadBalancer.sendTimeoutSeconds": "longest stall sending to a replica or client",
     "loadBalancer.connectTimeoutSeconds": "connect timeout before trying another replica",

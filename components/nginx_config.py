@@ -27,6 +27,15 @@ a new address is found again without reloading nginx. Debian 12's nginx 1.22
 rejects that parameter: with it, set `dynamic_resolve` to false (names are then
 resolved once, at start, and nginx refuses to start if one is unknown).
 
+The `prefix_affinity` policy needs more than nginx.conf: njs, nginx's
+JavaScript module, reads the request body and picks the routing key (see
+`_prefix_routing`). The config loads the module from `NginxRuntime.njs_module`
+(`/usr/lib/nginx/modules/ngx_http_js_module.so` both in the official image and
+in Debian's `libnginx-mod-http-js`), and imports the script from
+`NginxRuntime.prefix_script`; `render_extra_files` returns that script's text
+under that path, for the deployment to upload beside the config. Other
+policies load no module and need no extra file.
+
 Two security options are driven by the caller through `NginxRuntime`, because
 what they need (a certificate, a secret key) only exists at deployment time:
 
@@ -55,6 +64,15 @@ from typing import Any
 
 import crossplane
 
+from components.lb import (
+    FALLBACK_LOCATION,
+    PREFIX_CHARS_VARIABLE,
+    PREFIX_HANDLER,
+    PREFIX_KEY_VARIABLE,
+    PREFIX_LOCATION,
+    PREFIX_MODULE,
+    prefix_script,
+)
 from components.settings import (
     SAFE_TOKEN_RULE,
     LoadBalancerSettings,
@@ -70,6 +88,9 @@ from components.settings import (
 Directive = dict[str, Any]
 
 UPSTREAM_NAME = "vllm_backends"
+# prefix_affinity's second upstream: least_conn without a bound, for requests
+# without a usable prompt and for overflow when every replica is at its bound.
+FALLBACK_UPSTREAM_NAME = "vllm_backends_fallback"
 HEALTH_PATH = "/health"
 API_PREFIX = "/v1/"
 AFFINITY_KEY_VARIABLE = "$lb_affinity_key"
@@ -121,6 +142,15 @@ CONTAINER_TLS_FILES = TlsFiles(
     certificate="/etc/nginx/tls/server.crt", key="/etc/nginx/tls/server.key"
 )
 CONTAINER_API_KEY_MAP = "/etc/nginx/api-key.conf"
+# Where nginx.org's packages (the official image) and Debian's
+# libnginx-mod-http-js both install njs's HTTP module.
+NJS_MODULE_PATH = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+# Where the deployment is expected to upload the prefix_affinity script.
+CONTAINER_PREFIX_SCRIPT = "/etc/nginx/lb/prefix.js"
+# The body njs reads must be in memory (a body nginx spilled to a temp file is
+# routed by the fallback); larger than any text prompt, allocated only as
+# large as each body.
+PREFIX_BODY_BUFFER = "1m"
 
 
 @dataclass(frozen=True)
@@ -145,6 +175,8 @@ class NginxRuntime:
     worker_processes: int | None = None
     tls: TlsFiles | None = None
     api_key_map: str | None = None
+    njs_module: str = NJS_MODULE_PATH
+    prefix_script: str = CONTAINER_PREFIX_SCRIPT
 
 
 def _checked(field: str, value: str, validator: Callable[[str], str]) -> str:
@@ -205,6 +237,8 @@ def _policy_directives(lb: LoadBalancerSettings) -> list[Directive]:
         return []
     if policy is RoutingPolicy.POWER_OF_TWO:
         return [_d("random", "two", "least_conn")]
+    if policy is RoutingPolicy.PREFIX_AFFINITY:
+        return [_d("hash", PREFIX_KEY_VARIABLE, "consistent")]
     # Hashing the bare header would send every request without it to one
     # replica (they all hash the empty string); the map in `_affinity_map`
     # gives those a per-request key instead, so they spread.
@@ -225,16 +259,28 @@ def _affinity_map(lb: LoadBalancerSettings) -> list[Directive]:
     ]
 
 
-def _server_lines(lb: LoadBalancerSettings, upstreams: Sequence[Upstream]) -> list[Directive]:
+def _is_prefix(lb: LoadBalancerSettings) -> bool:
+    return RoutingPolicy(lb.policy) is RoutingPolicy.PREFIX_AFFINITY
+
+
+def _server_lines(
+    lb: LoadBalancerSettings, upstreams: Sequence[Upstream], max_conns: str | None = None
+) -> list[Directive]:
     if not upstreams:
         raise ValueError("upstreams: at least one replica is needed")
     max_fails = _check_positive("max_fails", lb.max_fails)
     fail_window = _check_positive("fail_window_seconds", lb.fail_window_seconds)
+    bound = [] if max_conns is None else [f"max_conns={max_conns}"]
     lines = []
     for index, upstream in enumerate(upstreams):
         host = _checked(f"upstreams[{index}].host", upstream.host, host_name)
         port = _check_port(f"upstreams[{index}].port", upstream.port)
-        args = [_host_port(host, port), f"max_fails={max_fails}", f"fail_timeout={fail_window}s"]
+        args = [
+            _host_port(host, port),
+            *bound,
+            f"max_fails={max_fails}",
+            f"fail_timeout={fail_window}s",
+        ]
         if lb.dynamic_resolve and _is_name(host):
             args.append("resolve")
         lines.append(_d("server", *args))
@@ -317,11 +363,66 @@ def _api_key_guard() -> list[Directive]:
     ]
 
 
+def _prefix_locations(guard: list[Directive]) -> list[Directive]:
+    """`/v1/` runs the njs router; it redirects to one of two named locations.
+
+    The API key check runs in the rewrite phase, before `js_content` (content
+    phase) reads the body, so a refused request never reaches the router or
+    a replica. Named locations cannot be requested by clients.
+
+    The body njs read stays the request's body: after `internalRedirect` the
+    proxy module finds it already read and sends it (nginx's
+    `ngx_http_read_client_request_body` returns at once when a body exists).
+    `proxy_request_buffering on` in both: the body is complete in memory by
+    then anyway, and the proxy's unbuffered path expects to read it itself.
+
+    `hash ... consistent` skips a replica at `max_conns` (or failed, or tried)
+    and takes the next point of the ring, up to 20 points, then any replica
+    under its bound (ngx_http_upstream_hash_module.c). With every replica at
+    its bound nginx has no peer and answers 502 itself; `error_page 502 =`
+    sends that request to the least_conn upstream, where it queues at the
+    least busy replica instead. A 502 from a replica is passed through as is
+    (no `proxy_intercept_errors`), after `proxy_next_upstream` tried others.
+    """
+    fallback_pass = _d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")
+    return [
+        _d(
+            "location",
+            API_PREFIX,
+            block=[
+                *guard,
+                _d("client_body_buffer_size", PREFIX_BODY_BUFFER),
+                _d("js_content", PREFIX_HANDLER),
+            ],
+        ),
+        _d(
+            "location",
+            PREFIX_LOCATION,
+            block=[
+                _d("proxy_request_buffering", "on"),
+                _d("error_page", "502", "=", FALLBACK_LOCATION),
+                _d("proxy_pass", f"http://{UPSTREAM_NAME}"),
+            ],
+        ),
+        _d(
+            "location",
+            FALLBACK_LOCATION,
+            block=[_d("proxy_request_buffering", "on"), fallback_pass],
+        ),
+    ]
+
+
 def _locations(lb: LoadBalancerSettings, require_api_key: bool) -> list[Directive]:
     guard = _api_key_guard() if require_api_key else []
-    proxied = [*guard, _d("proxy_pass", f"http://{UPSTREAM_NAME}")]
+    if _is_prefix(lb):
+        # Exposed paths (GET /metrics ...) carry no prompt: least_conn.
+        proxied = [*guard, _d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")]
+        api_locations = _prefix_locations(guard)
+    else:
+        proxied = [*guard, _d("proxy_pass", f"http://{UPSTREAM_NAME}")]
+        api_locations = [_d("location", API_PREFIX, block=list(proxied))]
     locations = [
-        _d("location", API_PREFIX, block=list(proxied)),
+        *api_locations,
         _d(
             "location",
             "=",
@@ -359,6 +460,8 @@ class _CheckedRuntime:
     workers: str
     tls: TlsFiles | None
     api_key_map: str | None
+    njs_module: str
+    prefix_script: str
 
 
 def _check_tls(tls: TlsFiles | None) -> TlsFiles | None:
@@ -391,11 +494,17 @@ def _check_runtime(runtime: NginxRuntime) -> _CheckedRuntime:
             if api_key_map is None
             else _checked("runtime.api_key_map", api_key_map, safe_token)
         ),
+        njs_module=_checked("runtime.njs_module", runtime.njs_module, safe_token),
+        prefix_script=_checked("runtime.prefix_script", runtime.prefix_script, safe_token),
     )
 
 
-def _main_context(rt: _CheckedRuntime, events: list[Directive]) -> list[Directive]:
+def _main_context(
+    rt: _CheckedRuntime, events: list[Directive], modules: Sequence[str] = ()
+) -> list[Directive]:
     return [
+        # load_module must come before any block (nginx refuses it later).
+        *[_d("load_module", module) for module in modules],
         _d("worker_processes", rt.workers),
         _d("pid", rt.pid_path),
         # Not `info`: at that level nginx logs both values of a duplicated
@@ -485,14 +594,33 @@ def render_nginx_config(
     keepalive = _check_positive("keepalive_connections", lb.keepalive_connections)
     body_size = _check_positive("max_body_size_mb", lb.max_body_size_mb)
 
+    prefix = _is_prefix(lb)
     upstream_block = [
         *_policy_directives(lb),
         # Shared memory: every worker sees the same failure and connection
-        # counts (without it least_conn and max_fails are per worker).
+        # counts (without it least_conn, max_fails and max_conns are per worker).
         _d("zone", UPSTREAM_NAME, "256k"),
-        *_server_lines(lb, upstreams),
+        *_server_lines(
+            lb,
+            upstreams,
+            _check_positive("prefix_max_conns", lb.prefix_max_conns) if prefix else None,
+        ),
         _d("keepalive", keepalive),
     ]
+    upstream_blocks = [_d("upstream", UPSTREAM_NAME, block=upstream_block)]
+    if prefix:
+        upstream_blocks.append(
+            _d(
+                "upstream",
+                FALLBACK_UPSTREAM_NAME,
+                block=[
+                    _d("least_conn"),
+                    _d("zone", FALLBACK_UPSTREAM_NAME, "256k"),
+                    *_server_lines(lb, upstreams),
+                    _d("keepalive", keepalive),
+                ],
+            )
+        )
     resolver: list[Directive] = []
     if _uses_resolve(lb, upstreams):
         resolver = [
@@ -507,8 +635,9 @@ def render_nginx_config(
         *_temp_paths(rt),
         *resolver,
         *_affinity_map(lb),
+        *(_prefix_http(lb, rt) if prefix else []),
         *([] if rt.api_key_map is None else [_d("include", rt.api_key_map)]),
-        _d("upstream", UPSTREAM_NAME, block=upstream_block),
+        *upstream_blocks,
         _d(
             "server",
             block=[
@@ -519,10 +648,40 @@ def render_nginx_config(
         ),
     ]
     config = [
-        *_main_context(rt, [_d("worker_connections", worker_connections)]),
+        *_main_context(
+            rt,
+            [_d("worker_connections", worker_connections)],
+            modules=[rt.njs_module] if prefix else (),
+        ),
         _d("http", block=http_block),
     ]
     return str(crossplane.build(config)) + "\n"
+
+
+def _prefix_http(lb: LoadBalancerSettings, rt: _CheckedRuntime) -> list[Directive]:
+    """The script and the two variables it shares with the config (njs >= 0.5.3 for js_var)."""
+    chars = _check_positive("prefix_chars", lb.prefix_chars, minimum=16)
+    return [
+        _d("js_import", PREFIX_MODULE, "from", rt.prefix_script),
+        _d("js_var", PREFIX_KEY_VARIABLE),
+        _d("js_var", PREFIX_CHARS_VARIABLE, chars),
+    ]
+
+
+def render_extra_files(
+    lb: LoadBalancerSettings, runtime: NginxRuntime = NginxRuntime()
+) -> dict[str, str]:
+    """Files the rendered config reads besides itself: {path in the container: text}.
+
+    Empty unless the policy is `prefix_affinity`, which imports its njs script
+    from `runtime.prefix_script`. The deployment uploads these next to
+    nginx.conf (they hold no secret); the module itself
+    (`runtime.njs_module`) must already be in the image.
+    """
+    if not _is_prefix(lb):
+        return {}
+    path = _checked("runtime.prefix_script", runtime.prefix_script, safe_token)
+    return {path: prefix_script()}
 
 
 def render_guide_config(

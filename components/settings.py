@@ -161,6 +161,7 @@ class RoutingPolicy(StrEnum):
     ROUND_ROBIN = "round_robin"
     POWER_OF_TWO = "power_of_two"
     SESSION_AFFINITY = "session_affinity"
+    PREFIX_AFFINITY = "prefix_affinity"
 
 
 class Upstream(_Model):
@@ -180,6 +181,10 @@ class LoadBalancerSettings(_Model):
     bind_address: IpAddress = "0.0.0.0"
     policy: RoutingPolicy = RoutingPolicy.LEAST_CONN
     affinity_header: HeaderName = "X-Session-Id"
+    # prefix_affinity: how much of the prompt's start is the routing key, and
+    # how many requests one replica takes on its prefixes before others help.
+    prefix_chars: Annotated[Int, Field(ge=16, le=65536)] = 1024
+    prefix_max_conns: Annotated[Int, Field(ge=1, le=100000)] = 32
     read_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 3600
     send_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 3600
     # nginx: "this timeout cannot usually exceed 75 seconds" (proxy_connect_timeout).

@@ -19,7 +19,8 @@ set -euo pipefail
 
 TAG="${BASE_IMAGE_TAG:-vllm-nginx/base:bookworm}"
 SUITE=bookworm
-PACKAGES="python3,python3-starlette,python3-uvicorn,nginx-light,curl,ca-certificates"
+# libnginx-mod-http-js: njs, for the load balancer's prefix_affinity policy.
+PACKAGES="python3,python3-starlette,python3-uvicorn,nginx-light,libnginx-mod-http-js,curl,ca-certificates"
 CACHE_DIR="${VLLM_NGINX_CACHE_DIR:-/var/cache/vllm-nginx}"
 
 log() { printf 'base-image: %s\n' "$*" >&2; }

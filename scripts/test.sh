@@ -16,9 +16,9 @@
 # /var/cache/vllm-nginx, ~400 MB of images under /var/lib/docker). Later runs reuse
 # all of it.
 #
-# Installs what the tests need from this repository's own files (Debian's nginx,
-# debootstrap and docker.io; the Python packages pinned in requirements-dev.txt),
-# starts a Docker engine when none answers (and stops it again at the end), makes
+# Installs what the tests need from this repository's own files (Debian's nginx, its
+# njs module libnginx-mod-http-js, debootstrap and docker.io; the Python packages
+# pinned in requirements-dev.txt), starts a Docker engine when none answers (and stops it again at the end), makes
 # the offline base image once, then runs ruff, mypy and pytest. With CI=true a
 # missing tool fails the tests instead of skipping them.
 set -euo pipefail
@@ -33,6 +33,8 @@ as_root() {
 missing=()
 command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
+# njs (nginx's JavaScript module, 0.7.9 in Debian 12) for the prefix_affinity policy.
+[[ -e /usr/lib/nginx/modules/ngx_http_js_module.so ]] || missing+=(libnginx-mod-http-js)
 if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq

@@ -5,6 +5,13 @@ test behind the load balancer can tell which replica answered. Tokens come after
 ``ttft_ms`` and then one per ``token_ms``, on a fixed schedule from the request's
 arrival, so that measured latencies are those of the path in front of the stand-in
 and not of the stand-in's own drift.
+
+Before that schedule starts, the request is prefilled: `standin/prefix_cache.py`
+models vLLM's prefix cache and a replica's one-at-a-time prefill, which cost
+nothing unless ``STANDIN_PREFILL_MS_PER_TOKEN`` is set. Each generation
+response says what the cache did in ``X-Prefix-Cache-Hit-Tokens`` and
+``X-Prefix-Cache-Query-Tokens`` (and in ``usage.prompt_tokens_details``);
+``/metrics`` has the totals under vLLM's names (`standin/metrics.py`).
 """
 
 from __future__ import annotations
@@ -27,20 +34,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from standin import __version__
 from standin.config import Config
+from standin.metrics import VllmMetrics
+from standin.prefix_cache import (
+    Lookup,
+    PrefillQueue,
+    PrefixCache,
+    PrefixCacheConfig,
+    prompt_tokens,
+)
 
 _WORDS = ("Tokens", "from", "a", "stand-in", "for", "vLLM", "behind", "the", "load", "balancer.")
 MAX_MODEL_LEN = 4096
-
-
-@dataclass
-class Stats:
-    """Counters for /metrics, named like vLLM's so dashboards and checks carry over."""
-
-    running: int = 0
-    success: int = 0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    started: float = field(default_factory=time.time)
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -120,9 +124,12 @@ class BadRequest(Exception):
 class StandinServer:
     """Routes bound to one replica's configuration and counters."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, prefix: PrefixCacheConfig | None = None) -> None:
         self.config = config
-        self.stats = Stats()
+        self.prefix = prefix if prefix is not None else PrefixCacheConfig.from_env()
+        self.vllm_metrics = VllmMetrics(config.served_model_name)
+        self.cache = PrefixCache(self.prefix.blocks, self.prefix.block_size)
+        self.prefill = PrefillQueue(self.prefix.prefill_ms_per_token)
         self.created = int(time.time())
 
     def build(self) -> ASGIApp:
@@ -163,26 +170,7 @@ class StandinServer:
         return JSONResponse({"object": "list", "data": data})
 
     async def metrics(self, request: Request) -> Response:
-        labels = f'{{model_name="{self.config.served_model_name}"}}'
-        s = self.stats
-        lines = [
-            "# HELP vllm:num_requests_running Number of requests being generated.",
-            "# TYPE vllm:num_requests_running gauge",
-            f"vllm:num_requests_running{labels} {s.running}",
-            "# HELP vllm:request_success_total Finished requests.",
-            "# TYPE vllm:request_success_total counter",
-            f"vllm:request_success_total{labels} {s.success}",
-            "# HELP vllm:prompt_tokens_total Prompt tokens processed.",
-            "# TYPE vllm:prompt_tokens_total counter",
-            f"vllm:prompt_tokens_total{labels} {s.prompt_tokens}",
-            "# HELP vllm:generation_tokens_total Tokens generated.",
-            "# TYPE vllm:generation_tokens_total counter",
-            f"vllm:generation_tokens_total{labels} {s.generation_tokens}",
-            "# HELP process_start_time_seconds Start time of the process.",
-            "# TYPE process_start_time_seconds gauge",
-            f"process_start_time_seconds {s.started}",
-        ]
-        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        return Response(self.vllm_metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def tokenize(self, request: Request) -> Response:
         try:
@@ -239,23 +227,34 @@ class StandinServer:
         except BadRequest as exc:
             return openai_error(400, str(exc), "BadRequestError")
 
-        prompt_tokens = count_tokens(body.get("messages") if chat else body.get("prompt"))
+        n_prompt = count_tokens(body.get("messages") if chat else body.get("prompt"))
+        lookup = self.cache.admit(prompt_tokens(body, chat))
+        self.vllm_metrics.prefix_cache_queries.inc(lookup.queried)
+        self.vllm_metrics.prefix_cache_hits.inc(lookup.cached)
+        prefill_start, prefill_end = self.prefill.schedule(arrived, lookup.queried - lookup.cached)
         job = _Job(
             server=self,
             chat=chat,
             arrived=arrived,
             n_tokens=n_tokens,
             finish=finish,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=n_prompt,
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            lookup=lookup,
+            prefill_start=prefill_start,
+            first_token_at=prefill_end + self.config.ttft_ms / 1000.0,
         )
+        headers = {
+            "X-Prefix-Cache-Hit-Tokens": str(lookup.cached),
+            "X-Prefix-Cache-Query-Tokens": str(lookup.queried),
+        }
         if body.get("stream"):
             return StreamingResponse(
                 job.stream(),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
+                headers={"Cache-Control": "no-cache", **headers},
             )
-        return JSONResponse(await job.whole())
+        return JSONResponse(await job.whole(), headers=headers)
 
 
 def _flatten_text(value: Any) -> list[str]:
@@ -279,23 +278,26 @@ class _Job:
     finish: str
     prompt_tokens: int
     include_usage: bool
+    lookup: Lookup
+    prefill_start: float
+    first_token_at: float
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def _due(self, index: int) -> float:
-        cfg = self.server.config
-        return self.arrived + (cfg.ttft_ms + index * cfg.token_ms) / 1000.0
+        return self.first_token_at + index * self.server.config.token_ms / 1000.0
 
     async def _sleep_until(self, deadline: float) -> None:
         delay = deadline - asyncio.get_running_loop().time()
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def _usage(self, completion_tokens: int) -> dict[str, int]:
+    def _usage(self, completion_tokens: int) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.lookup.cached},
         }
 
     def _envelope(self, obj: str) -> dict[str, Any]:
@@ -308,20 +310,28 @@ class _Job:
             "system_fingerprint": self.server.config.replica_id,
         }
 
-    def _count_start(self) -> None:
-        self.server.stats.running += 1
-        self.server.stats.prompt_tokens += self.prompt_tokens
+    async def _count_start(self) -> None:
+        """Wait for this request's turn to prefill (vLLM's waiting queue), then run."""
+        metrics = self.server.vllm_metrics
+        if self.prefill_start > asyncio.get_running_loop().time():
+            metrics.num_requests_waiting.inc()
+            try:
+                await self._sleep_until(self.prefill_start)
+            finally:
+                metrics.num_requests_waiting.dec()
+        metrics.num_requests_running.inc()
+        metrics.prompt_tokens.inc(self.prompt_tokens)
 
     def _count_end(self, generated: int, finished: bool) -> None:
-        stats = self.server.stats
-        stats.running -= 1
-        stats.generation_tokens += generated
+        metrics = self.server.vllm_metrics
+        metrics.num_requests_running.dec()
+        metrics.generation_tokens.inc(generated)
         if finished:
-            stats.success += 1
+            metrics.request_success.inc(labels={"finished_reason": self.finish})
 
     async def whole(self) -> dict[str, Any]:
         """Non-streaming: one body once the last token would have been generated."""
-        self._count_start()
+        await self._count_start()
         finished = False
         try:
             await self._sleep_until(self._due(self.n_tokens - 1))
@@ -370,7 +380,7 @@ class _Job:
 
     async def stream(self) -> AsyncIterator[bytes]:
         """SSE: one chunk per token on schedule, an optional usage chunk, then [DONE]."""
-        self._count_start()
+        await self._count_start()
         sent = 0
         try:
             for index in range(self.n_tokens):

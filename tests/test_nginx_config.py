@@ -14,17 +14,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from components.lb import prefix_script
 from components.nginx_config import (
     CONTAINER_API_KEY_MAP,
+    CONTAINER_PREFIX_SCRIPT,
     CONTAINER_TLS_FILES,
     EXPECTED_AUTHORIZATION_VARIABLE,
+    FALLBACK_UPSTREAM_NAME,
     LOG_FORMAT,
+    NJS_MODULE_PATH,
     UNAUTHORIZED_BODY,
     UPSTREAM_NAME,
     NginxRuntime,
     TlsFiles,
     affinity_variable,
     render_api_key_map,
+    render_extra_files,
     render_guide_config,
     render_nginx_config,
 )
@@ -36,7 +41,9 @@ from tests.support.nginx import (
     make_sandbox,
     make_test_pki,
     require_nginx,
+    require_njs,
     write_api_key_map,
+    write_extra_files,
 )
 
 pytestmark = pytest.mark.nginx
@@ -62,6 +69,8 @@ def lb_settings(dynamic_resolve: bool) -> st.SearchStrategy[LoadBalancerSettings
         policy=st.sampled_from(list(RoutingPolicy)),
         affinity_header=header_names,
         # The whole range the settings allow, bounds included.
+        prefix_chars=st.integers(16, 65536),
+        prefix_max_conns=st.integers(1, 100000),
         read_timeout_seconds=st.integers(1, 7 * 86400),
         send_timeout_seconds=st.integers(1, 7 * 86400),
         connect_timeout_seconds=st.integers(1, 75),
@@ -138,9 +147,14 @@ def http_of(parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return block
 
 
-def upstream_of(parsed: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    (upstream,) = find(http_of(parsed), "upstream")
-    assert upstream["args"] == [UPSTREAM_NAME]
+def upstream_of(parsed: list[dict[str, Any]], name: str = UPSTREAM_NAME) -> list[dict[str, Any]]:
+    upstreams = find(http_of(parsed), "upstream")
+    # One upstream, or (prefix_affinity) the hash one and its least_conn fallback.
+    assert [u["args"] for u in upstreams] in (
+        [[UPSTREAM_NAME]],
+        [[UPSTREAM_NAME], [FALLBACK_UPSTREAM_NAME]],
+    )
+    (upstream,) = [u for u in upstreams if u["args"] == [name]]
     block: list[dict[str, Any]] = upstream["block"]
     return block
 
@@ -181,18 +195,28 @@ UPSTREAMS = [Upstream(host="127.0.0.1", port=8001), Upstream(host="127.0.0.2", p
 def test_every_rendered_config_passes_nginx_t(
     nginx_binary, sandbox, pki, lb, upstreams, tls, api_key
 ):
+    if lb.policy is RoutingPolicy.PREFIX_AFFINITY:
+        require_njs()
     key_map = None if api_key is None else write_api_key_map(sandbox, api_key)
     runtime = loopback_runtime(sandbox, 18080, tls=pki.server if tls else None, api_key_map=key_map)
     config = render_nginx_config(lb, upstreams, runtime)
+    write_extra_files(lb, runtime)
     result = check_config(nginx_binary, config, sandbox)
     assert result.returncode == 0, f"{result.stderr}\n{config}"
 
 
 @pytest.mark.parametrize("policy", list(RoutingPolicy))
 def test_each_policy_with_container_runtime_passes_nginx_t(nginx_binary, sandbox, policy):
-    # The container defaults (port 80, /tmp paths, stderr/stdout logs) as shipped.
+    # The container defaults (port 80, /tmp paths, stderr/stdout logs) as shipped;
+    # the njs script where the deployment uploads it, moved into the sandbox.
     lb = LoadBalancerSettings(policy=policy, dynamic_resolve=False, expose_paths=("/metrics",))
     config = render_nginx_config(lb, [Upstream(host="localhost", port=8000)], NginxRuntime())
+    for container_path, text in render_extra_files(lb).items():
+        assert container_path == CONTAINER_PREFIX_SCRIPT
+        require_njs()
+        local = sandbox / "container-prefix.js"
+        local.write_text(text)
+        config = config.replace(container_path, str(local))
     result = check_config(nginx_binary, config, sandbox)
     assert result.returncode == 0, f"{result.stderr}\n{config}"
 
@@ -630,3 +654,93 @@ def test_arbitrary_text_either_renders_one_clean_directive_or_is_refused(host, p
     assert len(find(upstream_of(parsed), "server")) == 1
     assert len(locations(parsed)) == 4
     assert find(upstream_of(parsed), "server")[0]["args"][0].startswith(host.strip("[]"))
+
+
+# --- prefix_affinity ------------------------------------------------------------
+
+
+def test_prefix_affinity_hashes_the_prompt_key_with_a_bound_and_a_least_conn_fallback():
+    lb = LoadBalancerSettings(policy="prefix_affinity", prefix_chars=512, prefix_max_conns=7)
+    parsed = parse(render_nginx_config(lb, UPSTREAMS))
+    assert parsed[0]["directive"] == "load_module"
+    assert parsed[0]["args"] == [NJS_MODULE_PATH]
+    primary = upstream_of(parsed)
+    assert args_of(primary, "hash") == ["$lb_prefix_key", "consistent"]
+    assert [s["args"] for s in find(primary, "server")] == [
+        ["127.0.0.1:8001", "max_conns=7", "max_fails=3", "fail_timeout=10s"],
+        ["127.0.0.2:8002", "max_conns=7", "max_fails=3", "fail_timeout=10s"],
+    ]
+    fallback = upstream_of(parsed, FALLBACK_UPSTREAM_NAME)
+    assert find(fallback, "least_conn")
+    assert args_of(fallback, "zone")[0] == FALLBACK_UPSTREAM_NAME
+    assert all("max_conns" not in " ".join(s["args"]) for s in find(fallback, "server"))
+    http = http_of(parsed)
+    assert args_of(http, "js_import") == ["lb_prefix", "from", CONTAINER_PREFIX_SCRIPT]
+    assert [d["args"] for d in find(http, "js_var")] == [
+        ["$lb_prefix_key"],
+        ["$lb_prefix_chars", "512"],
+    ]
+    locs = locations(parsed)
+    assert args_of(locs[("/v1/",)], "js_content") == ["lb_prefix.route"]
+    assert not find(locs[("/v1/",)], "proxy_pass")
+    assert args_of(locs[("@lb_prefix",)], "proxy_pass") == [f"http://{UPSTREAM_NAME}"]
+    assert args_of(locs[("@lb_prefix",)], "error_page") == ["502", "=", "@lb_fallback"]
+    assert args_of(locs[("@lb_fallback",)], "proxy_pass") == [f"http://{FALLBACK_UPSTREAM_NAME}"]
+    # The script names the same locations and variables the config defines.
+    script = prefix_script()
+    for name in ("'@lb_prefix'", "'@lb_fallback'", "lb_prefix_key", "lb_prefix_chars"):
+        assert name in script
+
+
+def test_prefix_affinity_checks_the_key_before_the_router_and_serves_exposed_paths_least_conn():
+    lb = LoadBalancerSettings(policy="prefix_affinity", expose_paths=("/metrics",))
+    runtime = NginxRuntime(api_key_map=CONTAINER_API_KEY_MAP)
+    locs = locations(parse(render_nginx_config(lb, UPSTREAMS, runtime)))
+    names = [d["directive"] for d in locs[("/v1/",)]]
+    assert names.index("if") < names.index("js_content")
+    assert find(locs[("=", "/metrics")], "if")
+    assert args_of(locs[("=", "/metrics")], "proxy_pass") == [f"http://{FALLBACK_UPSTREAM_NAME}"]
+
+
+@pytest.mark.parametrize(
+    "policy", [p for p in RoutingPolicy if p is not RoutingPolicy.PREFIX_AFFINITY]
+)
+def test_other_policies_need_no_module_and_no_extra_file(policy):
+    lb = LoadBalancerSettings(policy=policy)
+    names = {d["directive"] for d in walk(parse(render_nginx_config(lb, UPSTREAMS)))}
+    assert not names & {"load_module", "js_import", "js_var", "js_content"}
+    assert render_extra_files(lb) == {}
+
+
+def test_extra_files_follow_the_runtime_and_are_checked():
+    lb = LoadBalancerSettings(policy="prefix_affinity")
+    assert render_extra_files(lb) == {CONTAINER_PREFIX_SCRIPT: prefix_script()}
+    runtime = NginxRuntime(prefix_script="/srv/lb.js", njs_module="/opt/njs.so")
+    assert list(render_extra_files(lb, runtime)) == ["/srv/lb.js"]
+    config = render_nginx_config(lb, UPSTREAMS, runtime)
+    assert "load_module /opt/njs.so;" in config
+    assert "js_import lb_prefix from /srv/lb.js;" in config
+    for field, bad_runtime in (
+        ("prefix_script", NginxRuntime(prefix_script="/a b.js")),
+        ("njs_module", NginxRuntime(njs_module="/x;y")),
+    ):
+        with pytest.raises(ValueError, match=rf"runtime\.{field}"):
+            render_nginx_config(lb, UPSTREAMS, bad_runtime)
+    with pytest.raises(ValueError, match="prefix_max_conns"):
+        render_nginx_config(
+            LoadBalancerSettings.model_construct(
+                policy=RoutingPolicy.PREFIX_AFFINITY, prefix_max_conns=0
+            ),
+            UPSTREAMS,
+        )
+
+
+def test_the_official_image_and_debian_put_njs_in_the_same_place(nginx_binary, sandbox):
+    """Debian's libnginx-mod-http-js is what the tests load; nginx.org's package
+    (the official image, --modules-path=/usr/lib/nginx/modules) ships the same file name."""
+    require_njs()
+    lb = LoadBalancerSettings(policy="prefix_affinity", dynamic_resolve=False)
+    runtime = loopback_runtime(sandbox, 18080)
+    write_extra_files(lb, runtime)
+    result = check_config(nginx_binary, render_nginx_config(lb, UPSTREAMS, runtime), sandbox)
+    assert result.returncode == 0, result.stderr

@@ -182,7 +182,10 @@ def test_open_paths_need_no_key(fleet):
     assert tokens["count"] == 3
     metrics = httpx.get(f"{url}/metrics")
     assert metrics.status_code == 200
-    assert f'vllm:request_success_total{{model_name="{SERVED}"}}' in metrics.text
+    assert (
+        f'vllm:request_success_total{{model_name="{SERVED}",engine="0",finished_reason='
+        in metrics.text
+    )
 
 
 # --- timing ----------------------------------------------------------------------------

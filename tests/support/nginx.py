@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from components.nginx_config import (
+    NJS_MODULE_PATH,
     NginxRuntime,
     TlsFiles,
     render_api_key_map,
+    render_extra_files,
     render_guide_config,
     render_nginx_config,
 )
@@ -68,6 +70,32 @@ def require_nginx() -> str:
     return binary
 
 
+def require_njs() -> str:
+    """The njs module's path; like nginx itself, missing in CI is a failure, not a skip.
+
+    `prefix_affinity` cannot be checked without it: `nginx -t` refuses
+    `js_import` when the module is not loaded.
+    """
+    import pytest
+
+    if not os.path.exists(NJS_MODULE_PATH):
+        message = (
+            f"njs module {NJS_MODULE_PATH} not found (apt-get install -y libnginx-mod-http-js)"
+        )
+        if in_ci():
+            pytest.fail(message + "; CI=true, so this is an error, not a skip")
+        pytest.skip(message)
+    return NJS_MODULE_PATH
+
+
+def write_extra_files(lb: LoadBalancerSettings, runtime: NginxRuntime) -> None:
+    """The files the config reads (the njs script), where the runtime says, as deployed."""
+    for path, text in render_extra_files(lb, runtime).items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+        Path(path).chmod(0o644)
+
+
 def nginx_version(binary: str) -> str:
     result = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
     return (result.stderr or result.stdout).strip()
@@ -109,6 +137,7 @@ def loopback_runtime(
         worker_processes=worker_processes,
         tls=tls,
         api_key_map=api_key_map,
+        prefix_script=str(sandbox / "lb" / "prefix.js"),
     )
 
 
@@ -316,6 +345,7 @@ def balancer(
         else:
             lb = LoadBalancerSettings(dynamic_resolve=False, **lb_fields)
             config = render_nginx_config(lb, upstreams, runtime)
+            write_extra_files(lb, runtime)
         scheme = "http" if tls is None else "https"
         with running_nginx(binary, config, sandbox, port, scheme=scheme) as nginx:
             yield nginx
