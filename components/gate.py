@@ -135,7 +135,7 @@ def wait_healthy(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--timeout", type=float, required=True, help="seconds")
-    parser.add_argument("--poll", type=float, default=1.0, help="seconds between checks")
+    parser.add_argument("--poll", type=float, default=0.5, help="seconds between checks")
     parser.add_argument(
         "--progress-seconds", type=float, default=15.0, help="seconds between progress lines"
     )

@@ -74,7 +74,9 @@ def _downloads(client: docker.DockerClient, container: str) -> list[str]:
     out = client.containers.get(container).exec_run(
         ["cat", "/root/.cache/huggingface/standin-downloads.log"]
     )
-    return out.output.decode().strip().splitlines() if out.exit_code == 0 else []
+    if out.exit_code != 0 or not isinstance(out.output, bytes):
+        return []
+    return out.output.decode().strip().splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +107,7 @@ def test_download_runs_once_before_every_replica(
     fetched = client.containers.get(f"{PREFIX}0").exec_run(
         ["cat", "/root/.cache/huggingface/standin-hub-files.log"]
     )
+    assert isinstance(fetched.output, bytes)
     files = [line.split()[-1] for line in fetched.output.decode().splitlines()]
     assert "model-00002-of-00002.safetensors" in files
     assert not [f for f in files if f.startswith("original/") or f.endswith(".bin")]
