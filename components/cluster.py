@@ -2,9 +2,9 @@
 
 Nothing here decides anything; names, ports, GPUs, env and the nginx config
 all come from `plan.build_plan`. What this module owns is the resource graph:
-which resource waits for which (images and network first, replica 0, the
-cache gate, replicas 1..N together, their readiness, then nginx, then the
-verify check), and that secrets travel as Pulumi secrets.
+which resource waits for which (images, network and caches first, the download
+step, every replica at once, their readiness, then nginx, then the verify
+check), and that secrets travel as Pulumi secrets.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .plan import (
     TLS_CERTIFICATE_SECRET,
     TLS_KEY_SECRET,
     CheckPlan,
+    DownloadPlan,
     ImagePlan,
     Plan,
     ReplicaPlan,
@@ -121,21 +122,30 @@ class VllmCluster(pulumi.ComponentResource):
                     parent=self, retain_on_delete=plan.cache.keep_on_destroy
                 ),
             )
+        self.compile_volume: docker.Volume | None = None
+        if plan.compile_cache is not None:
+            self.compile_volume = docker.Volume(
+                f"{name}-compile-cache",
+                name=plan.compile_cache.volume,
+                opts=pulumi.ResourceOptions(
+                    parent=self, retain_on_delete=plan.compile_cache.keep_on_destroy
+                ),
+            )
         vllm_image_ref = self._image(f"{name}-vllm-image", plan.vllm_image)
         nginx_image_ref = self._image(f"{name}-nginx-image", plan.load_balancer.image)
 
-        first, rest = plan.replicas[0], plan.replicas[1:]
-        replica0 = self._replica(name, first, vllm_image_ref, [])
-        self.first_ready = self._check(name, plan.first_ready, [replica0], [replica0.id])
-        others = [
-            self._replica(name, replica, vllm_image_ref, [self.first_ready]) for replica in rest
+        # One download, then every replica at once: each loads from the cache
+        # offline, so none waits for another's load (README, "Start-up order").
+        self.download: command.local.Command | None = None
+        if plan.download is not None:
+            self.download = self._download(name, plan.download, vllm_image_ref)
+        after_download = [self.download] if self.download is not None else []
+        self.replicas = [
+            self._replica(name, replica, vllm_image_ref, after_download)
+            for replica in plan.replicas
         ]
-        self.replicas = [replica0, *others]
-        lb_after: list[pulumi.Resource] = list(self.replicas)
-        self.all_ready: command.local.Command | None = None
-        if plan.all_ready is not None:
-            self.all_ready = self._check(name, plan.all_ready, others, [c.id for c in others])
-            lb_after.append(self.all_ready)
+        self.ready = self._check(name, plan.ready, self.replicas, [c.id for c in self.replicas])
+        lb_after: list[pulumi.Resource] = [*self.replicas, self.ready]
 
         lb = plan.load_balancer
         self.load_balancer = docker.Container(
@@ -244,6 +254,14 @@ class VllmCluster(pulumi.ComponentResource):
                 host_path=self.plan.cache.host_path,
                 container_path=self.plan.cache.mount_path,
             )
+        volumes = [volume]
+        if self.plan.compile_cache is not None and self.compile_volume is not None:
+            volumes.append(
+                docker.ContainerVolumeArgs(
+                    volume_name=self.compile_volume.name,
+                    container_path=self.plan.compile_cache.mount_path,
+                )
+            )
         return docker.Container(
             f"{name}-{replica.name}",
             name=replica.name,
@@ -260,7 +278,7 @@ class VllmCluster(pulumi.ComponentResource):
                 else None
             ),
             security_opts=list(replica.security_opts) or None,
-            volumes=[volume],
+            volumes=volumes,
             networks_advanced=[
                 docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[replica.name])
             ],
@@ -291,6 +309,42 @@ class VllmCluster(pulumi.ComponentResource):
                 # The provider neither replaces nor updates a container whose
                 # health check changed; replacing is the only way it takes effect.
                 replace_on_changes=["healthcheck"],
+            ),
+        )
+
+    def _download(
+        self, name: str, download: DownloadPlan, image: pulumi.Output[str]
+    ) -> command.local.Command:
+        """The download step: a local command, so it can run a container and
+        stream its progress, and fail `pulumi up` before any replica exists."""
+        cache = self.plan.cache
+        volume_source: pulumi.Input[str] = (
+            self.cache_volume.name if self.cache_volume is not None else str(cache.host_path)
+        )
+        create = pulumi.Output.all(image, volume_source, self.network.name).apply(
+            lambda values: download.command(
+                str(values[0]), (f"{values[1]}:{cache.mount_path}",), str(values[2])
+            )
+        )
+        environment: dict[str, pulumi.Input[str]] = {
+            key: self._secrets[key] for key in download.secret_env
+        }
+        if self._args.docker_host:
+            environment["DOCKER_HOST"] = self._args.docker_host
+        after: list[pulumi.Resource] = [self.network]
+        if self.cache_volume is not None:
+            after.append(self.cache_volume)
+        return command.local.Command(
+            f"{name}-download",
+            create=create,
+            dir=str(self._args.project_dir),
+            environment=environment,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=after,
+                # Redacted already; secret anyway, as pulumi-command keeps stdout
+                # plain even when the environment holds a secret.
+                additional_secret_outputs=["stdout", "stderr"],
             ),
         )
 

@@ -52,7 +52,13 @@ DESCRIPTIONS: dict[str, str] = {
     "(docker cpuset and `VLLM_CPU_OMP_THREADS_BIND`); 0 = no pinning",
     "cpu.cpuSets": 'CPU backend: cores per replica instead, e.g. `["0-3", "4-7"]` '
     "(disjoint; split evenly over tensor-parallel ranks)",
-    "readyTimeoutSeconds": "how long a replica may take to download and load",
+    "readyTimeoutSeconds": "how long the download step, and then the replicas' load, may take",
+    "progressIntervalSeconds": "how often the download and readiness steps report while "
+    "`pulumi up` waits (at most 30)",
+    "compileCache.enabled": "mount vLLM's compile cache (`/root/.cache/vllm`) from a shared "
+    "volume, so later starts reuse compiled graphs",
+    "compileCache.volume": "named docker volume for vLLM's compile cache "
+    "(kept on destroy like `hfCache`)",
     "verifyTimeoutSeconds": "how long the verify step waits for the LB to list the model",
     "healthCheck.intervalSeconds": "docker health check interval (`GET /health`)",
     "healthCheck.timeoutSeconds": "docker health check timeout",
@@ -89,7 +95,8 @@ DESCRIPTIONS: dict[str, str] = {
     "loadBalancer.image": "nginx image, run as published (the config is uploaded into it)",
     "loadBalancer.name": "nginx container name",
     "loadBalancer.tls": "serve HTTPS with `tlsCertificate` and `tlsKey` (container port 443)",
-    "hfToken": "Hugging Face token, **secret** (`pulumi config set --secret`)",
+    "hfToken": "Hugging Face token, **secret** (`pulumi config set --secret`); only the "
+    "download step gets it, as a file",
     "apiKey": "API key required on `/v1` (checked by the load balancer and by vLLM), **secret**",
     "tlsCertificate": "PEM certificate (chain) of the load balancer, with `loadBalancer.tls`",
     "tlsKey": "PEM private key of `tlsCertificate`, **secret** "

@@ -1,12 +1,14 @@
-"""The cache gate: wait until replicas are healthy, or fail showing why.
+"""The readiness check: wait until replicas are healthy, or fail showing why.
 
-Replica 0 downloads the model into the shared cache; replicas 1..N start only
-after it is healthy, with the hub offline, so there is exactly one download.
+The download step filled the cache; every replica then loads from it at once,
+offline, and the load balancer is only created once all of them serve.
 Docker's own health status is the signal (the image's `/health` probe), read
 through the Docker API so it works the same against a remote engine
 (`DOCKER_HOST=ssh://...`). When a replica exits or runs out of time, the error
 names it and shows the end of its log: that is where vLLM says what went wrong
-(gated model without a token, out of memory, bad argument).
+(out of memory, bad argument, a file missing from the cache). While it waits
+it prints which replicas are loading, healthy or restarting, at a fixed
+interval, so a long load never looks hung.
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ def _state(container: Container) -> tuple[str, str, int]:
     return str(state.get("Status", "unknown")), str(health), restarts
 
 
+def _describe(states: Mapping[str, str]) -> str:
+    """`loading: a, b; healthy: c` in a stable order."""
+    groups: dict[str, list[str]] = {}
+    for name, state in states.items():
+        groups.setdefault(state, []).append(name)
+    order = ("loading", "healthy", "restarting")
+    return "; ".join(
+        f"{state}: {', '.join(groups[state])}"
+        for state in sorted(groups, key=lambda s: order.index(s) if s in order else len(order))
+    )
+
+
 def wait_healthy(
     client: docker.DockerClient,
     names: Sequence[str],
@@ -64,11 +78,17 @@ def wait_healthy(
     poll: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     log_lines: int = LOG_LINES,
+    progress: Callable[[str], None] | None = None,
+    interval: float = 15.0,
 ) -> dict[str, float]:
     """Block until every named container is healthy; return seconds each took."""
     start = clock()
     pending = list(names)
     ready: dict[str, float] = {}
+    states = dict.fromkeys(names, "loading")
+    reported = start
+    if progress is not None:
+        progress(f"waiting for {len(names)} replica(s): {_describe(states)}")
     while pending:
         for name in list(pending):
             try:
@@ -79,7 +99,11 @@ def wait_healthy(
             if health == "healthy":
                 ready[name] = clock() - start
                 pending.remove(name)
+                states[name] = "healthy"
+                if progress is not None:
+                    progress(f"{name} healthy after {ready[name]:.1f} s; {_describe(states)}")
                 continue
+            states[name] = "restarting" if status == "restarting" or restarts else "loading"
             # A restart policy turns a crash into a loop; the first crash is the answer.
             # Docker also marks a container that died "unhealthy": say it exited.
             problem = None
@@ -94,6 +118,9 @@ def wait_healthy(
                 )
         if not pending:
             break
+        if progress is not None and clock() - reported >= interval:
+            reported = clock()
+            progress(f"after {reported - start:.0f} s: {_describe(states)}")
         if clock() - start > timeout:
             name = pending[0]
             tail = _log_tail(client.containers.get(name), log_lines)
@@ -108,7 +135,10 @@ def wait_healthy(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--timeout", type=float, required=True, help="seconds")
-    parser.add_argument("--poll", type=float, default=1.0, help="seconds between checks")
+    parser.add_argument("--poll", type=float, default=0.5, help="seconds between checks")
+    parser.add_argument(
+        "--progress-seconds", type=float, default=15.0, help="seconds between progress lines"
+    )
     parser.add_argument("containers", nargs="+")
     args = parser.parse_args(argv)
     try:
@@ -119,7 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)
         return 1
     try:
-        ready = wait_healthy(client, args.containers, args.timeout, poll=args.poll)
+        ready = wait_healthy(
+            client,
+            args.containers,
+            args.timeout,
+            poll=args.poll,
+            progress=lambda line: print(f"[ready] {line}", flush=True),
+            interval=args.progress_seconds,
+        )
     except NotReady as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

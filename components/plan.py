@@ -27,6 +27,9 @@ VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
 
 HF_CACHE_MOUNT = "/root/.cache/huggingface"
+COMPILE_CACHE_MOUNT = "/root/.cache/vllm"
+"""`VLLM_CACHE_ROOT`'s default in vLLM's images: torch.compile / Inductor / Triton
+artifacts keyed by a hash of the model and compile config (see README)."""
 NGINX_CONFIG_PATH = "/etc/nginx/nginx.conf"
 NGINX_PORT = 80
 
@@ -110,6 +113,58 @@ def go_duration(seconds: int) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+@dataclass(frozen=True)
+class CompileCachePlan:
+    volume: str
+    keep_on_destroy: bool
+    mount_path: str = COMPILE_CACHE_MOUNT
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """The one-shot job that fills the model cache before any replica starts.
+
+    Its argv lacks the image, which only Pulumi knows (an image id or digest):
+    `argv(image)` adds it. The token reaches it as a secret environment variable
+    of the local command and goes into the job container as a file.
+    """
+
+    name: str
+    model: str
+    env: Mapping[str, str]
+    timeout_seconds: int
+    progress_seconds: int
+    secret_env: tuple[str, ...]
+    python: str
+
+    def argv(self, image: str, volumes: tuple[str, ...], network: str | None) -> tuple[str, ...]:
+        words = [
+            self.python,
+            "-m",
+            "components.download",
+            "--image",
+            image,
+            "--model",
+            self.model,
+            "--name",
+            self.name,
+            "--timeout",
+            str(self.timeout_seconds),
+            "--progress-seconds",
+            str(self.progress_seconds),
+        ]
+        for volume in volumes:
+            words += ["--volume", volume]
+        if network:
+            words += ["--network", network]
+        for key, value in self.env.items():
+            words += ["--env", f"{key}={value}"]
+        return tuple(words)
+
+    def command(self, image: str, volumes: tuple[str, ...], network: str | None) -> str:
+        return shlex.join(self.argv(image, volumes, network))
 
 
 @dataclass(frozen=True)
@@ -200,10 +255,11 @@ class LoadBalancerPlan:
 class Plan:
     network: str
     cache: CachePlan
+    compile_cache: CompileCachePlan | None
     vllm_image: ImagePlan
+    download: DownloadPlan | None
     replicas: tuple[ReplicaPlan, ...]
-    first_ready: CheckPlan
-    all_ready: CheckPlan | None
+    ready: CheckPlan
     load_balancer: LoadBalancerPlan
     verify: CheckPlan
     served_model_name: str
@@ -291,11 +347,13 @@ def _replica(
         env["VLLM_CPU_OMP_THREADS_BIND"] = (
             _omp_bind(cores, settings.tensor_parallel_size) if cores else "nobind"
         )
-    if index > 0:
-        # Replica 0 filled the cache; the others must not download again.
-        env["HF_HUB_OFFLINE"] = "1"
     env.update(settings.extra_env)
-    secret_env = _secret_env(settings)
+    if not is_local_model(settings.model):
+        # The download step filled the cache: a replica that still finds a file
+        # missing must fail, not fetch it (N replicas would download N times).
+        env["HF_HUB_OFFLINE"] = "1"
+    # The token is the download step's alone; a replica only needs the API key.
+    secret_env = tuple(name for name in _secret_env(settings) if name != HF_TOKEN_ENV)
     host_port = settings.base_port + index
     hc = settings.health_check
     return ReplicaPlan(
@@ -329,6 +387,33 @@ def _url_host(public_host: str, bind_address: str) -> str:
     return public_host
 
 
+def is_local_model(model: str) -> bool:
+    """A path in the container (vLLM loads it from disk): nothing to download."""
+    return model.startswith("/")
+
+
+def _download(settings: Settings, python: str) -> DownloadPlan | None:
+    if is_local_model(settings.model):
+        return None
+    env = _proxy_env(settings)
+    # The job sees what the replicas see (HF_ENDPOINT, HF_HUB_ENABLE_HF_TRANSFER,
+    # proxies), but must be online and must not find a token in its environment.
+    env.update(
+        (key, value)
+        for key, value in settings.extra_env.items()
+        if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", HF_TOKEN_ENV)
+    )
+    return DownloadPlan(
+        name=f"{settings.name_prefix}-download",
+        model=settings.model,
+        env=env,
+        timeout_seconds=settings.ready_timeout_seconds,
+        progress_seconds=settings.progress_interval_seconds,
+        secret_env=(HF_TOKEN_ENV,) if settings.hf_token is not None else (),
+        python=python,
+    )
+
+
 def _ready_check(
     name: str, containers: tuple[str, ...], settings: Settings, python: str
 ) -> CheckPlan:
@@ -340,9 +425,11 @@ def _ready_check(
             "components.gate",
             "--timeout",
             str(settings.ready_timeout_seconds),
+            "--progress-seconds",
+            str(settings.progress_interval_seconds),
             *containers,
         ),
-        # Not used by the gate, only redacted from the replica logs it prints.
+        # Not used by the check, only redacted from the replica logs it prints.
         secret_env=_secret_env(settings),
     )
 
@@ -375,6 +462,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     lb_url = f"{scheme}://{_url_host(settings.public_host, lb.bind_address)}:{lb.port}"
     names = tuple(r.name for r in replicas)
     cache = settings.hf_cache
+    compile_cache = settings.compile_cache
     return Plan(
         network=settings.network_name,
         cache=CachePlan(
@@ -382,12 +470,15 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             host_path=os.path.expanduser(cache.host_path) if cache.host_path else None,
             keep_on_destroy=cache.keep_on_destroy,
         ),
-        vllm_image=_vllm_image(settings, project_dir),
-        replicas=replicas,
-        first_ready=_ready_check(f"{names[0]}-ready", names[:1], settings, python),
-        all_ready=(
-            _ready_check("replicas-ready", names[1:], settings, python) if len(names) > 1 else None
+        compile_cache=(
+            CompileCachePlan(volume=compile_cache.volume, keep_on_destroy=cache.keep_on_destroy)
+            if compile_cache.enabled
+            else None
         ),
+        vllm_image=_vllm_image(settings, project_dir),
+        download=_download(settings, python),
+        replicas=replicas,
+        ready=_ready_check("replicas-ready", names, settings, python),
         load_balancer=LoadBalancerPlan(
             name=lb.name,
             image=ImagePlan(

@@ -265,6 +265,13 @@ class CacheSettings(_Model):
         return self
 
 
+class CompileCacheSettings(_Model):
+    """vLLM's compile cache (`VLLM_CACHE_ROOT`), shared so a replica reuses another's work."""
+
+    enabled: bool = True
+    volume: DnsLabel = "vllm-compile-cache"
+
+
 class HealthCheckSettings(_Model):
     interval_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 10
     timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 5
@@ -299,6 +306,8 @@ class Settings(_Model):
     proxy: ProxySettings = ProxySettings()
     cpu: CpuSettings = CpuSettings()
     ready_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 1800
+    progress_interval_seconds: Annotated[Int, Field(ge=1, le=30)] = 15
+    compile_cache: CompileCacheSettings = CompileCacheSettings()
     verify_timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 120
     health_check: HealthCheckSettings = HealthCheckSettings()
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"

@@ -19,6 +19,7 @@ import uvicorn
 from standin.app import StandinServer
 from standin.config import parse_config
 from standin.hfcache import OfflineCacheMiss, ensure_model
+from standin.shutdown import DiesWithEngine, EngineDeath, VllmLikeServer
 
 
 def _log(message: str) -> None:
@@ -62,14 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
     _log("model loaded; starting the API server")
-    # uvicorn installs its own SIGTERM handler: open requests finish, then it exits 0.
-    uvicorn.run(
-        StandinServer(config).build(),
-        host=config.host,
-        port=config.port,
-        log_level="info",
-        access_log=config.access_log,
+    # SIGTERM as vLLM handles it: the engine goes first, cutting what is in
+    # flight, then the HTTP server closes (standin/shutdown.py).
+    death = EngineDeath()
+    server = VllmLikeServer(
+        uvicorn.Config(
+            DiesWithEngine(StandinServer(config).build(), death),
+            host=config.host,
+            port=config.port,
+            log_level="info",
+            access_log=config.access_log,
+        ),
+        death,
     )
+    server.run()
     return 0
 
 

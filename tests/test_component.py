@@ -53,7 +53,9 @@ def dep_names(run: Run, declared: Declared) -> set[str]:
 
 
 def replicas(run: Run) -> list[Declared]:
-    return [c for c in run.of_type(CONTAINER) if c.name != "vllm-lb"]
+    # Registration order is asynchronous (all replicas wait on the same output).
+    found = [c for c in run.of_type(CONTAINER) if c.name != "vllm-lb"]
+    return sorted(found, key=lambda c: int(str(c.inputs["name"]).removeprefix("vllm")))
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,8 @@ def test_replicas_as_in_the_guide(guide: Run) -> None:
         assert inputs["ports"] == [{"internal": 8000, "external": 8081 + index, "ip": "127.0.0.1"}]
         assert inputs["networksAdvanced"] == [{"name": "vllm-nginx", "aliases": [f"vllm{index}"]}]
         assert inputs["volumes"] == [
-            {"volumeName": "vllm-hf-cache", "containerPath": "/root/.cache/huggingface"}
+            {"volumeName": "vllm-hf-cache", "containerPath": "/root/.cache/huggingface"},
+            {"volumeName": "vllm-compile-cache", "containerPath": "/root/.cache/vllm"},
         ]
         assert inputs["entrypoints"] == ["vllm", "serve"]
         command = inputs["command"]
@@ -109,31 +112,58 @@ def test_replicas_as_in_the_guide(guide: Run) -> None:
         assert health["startInterval"] == "0s"
         assert replica.replace_on_changes == ["healthcheck"]
         assert replica.delete_before_replace
-    assert "HF_HUB_OFFLINE=1" not in r0.inputs["envs"]
+    assert "HF_HUB_OFFLINE=1" in r0.inputs["envs"]
     assert "HF_HUB_OFFLINE=1" in r1.inputs["envs"]
 
 
-def test_cache_gate_orders_replicas(guide: Run) -> None:
-    r0, r1 = replicas(guide)
-    gate = guide.named("vllm-vllm0-ready")
-    assert gate.type == COMMAND
-    assert "vllm-vllm0" in dep_names(guide, gate)
-    assert gate.inputs["triggers"] == ["@@vllm-vllm0.id@@"]
-    assert "-m components.gate --timeout 1800 vllm0" in gate.inputs["create"]
-    assert "vllm-vllm0-ready" in dep_names(guide, r1)
-    assert "vllm-vllm0-ready" not in dep_names(guide, r0)
+def test_download_step_comes_before_every_replica(guide: Run) -> None:
+    download = guide.named("vllm-download")
+    assert download.type == COMMAND
+    assert dep_names(guide, download) >= {"vllm-network", "vllm-hf-cache"}
+    create = download.inputs["create"]
+    assert " -m components.download --image @@vllm-vllm-image.imageId@@ " in create
+    assert "--model meta-llama/Llama-2-7b-chat-hf" in create
+    assert "--volume vllm-hf-cache:/root/.cache/huggingface" in create
+    assert "--network vllm-nginx" in create
+    assert "--name vllm-download" in create
+    assert "--timeout 1800 --progress-seconds 15" in create
+    # The token travels as a secret of the local command, never on its command line.
+    assert "TOPSECRET" not in create
+    assert download.inputs["environment"] == {"HF_TOKEN": "hf_TOPSECRET123"}
+    assert "environment" in download.secret_inputs
+    assert set(download.additional_secret_outputs) >= {"stdout", "stderr"}
+    for replica in replicas(guide):
+        assert "vllm-download" in dep_names(guide, replica)
 
 
-def test_later_replicas_start_together() -> None:
+def test_all_replicas_start_together_after_the_download() -> None:
     run = deploy(replicas=4)
-    later = [r for r in replicas(run) if r.inputs["name"] != "vllm0"]
-    assert len(later) == 3
-    for replica in later:
+    for replica in replicas(run):
         names = dep_names(run, replica)
-        assert "vllm-vllm0-ready" in names
-        assert not names & {"vllm-vllm1", "vllm-vllm2", "vllm-vllm3"}
+        assert "vllm-download" in names
+        assert not names & {f"vllm-vllm{i}" for i in range(4)}
+        assert not names & {"vllm-replicas-ready"}
     ready = run.named("vllm-replicas-ready")
-    assert ready.inputs["create"].endswith("--timeout 1800 vllm1 vllm2 vllm3")
+    assert ready.inputs["create"].endswith(
+        "--timeout 1800 --progress-seconds 15 vllm0 vllm1 vllm2 vllm3"
+    )
+    assert ready.inputs["triggers"] == [f"@@vllm-vllm{i}.id@@" for i in range(4)]
+    assert not [d for d in run.declared if d.name.endswith("vllm0-ready")]
+
+
+def test_local_model_path_has_no_download_step() -> None:
+    run = deploy(model="/models/llama")
+    assert not [d for d in run.declared if d.name == "vllm-download"]
+    for replica in replicas(run):
+        assert "vllm-download" not in dep_names(run, replica)
+        assert "HF_HUB_OFFLINE=1" not in replica.inputs["envs"]
+
+
+def test_compile_cache_volume_can_be_turned_off() -> None:
+    run = deploy(compileCache={"enabled": False})
+    assert not [d for d in run.declared if d.name == "vllm-compile-cache"]
+    for replica in replicas(run):
+        assert len(replica.inputs["volumes"]) == 1
 
 
 def test_load_balancer_after_replicas_with_rendered_config(guide: Run) -> None:
@@ -340,11 +370,15 @@ def test_cache_volume_kept_on_destroy(guide: Run) -> None:
 
 def test_cache_on_host_path() -> None:
     run = deploy(hfCache={"hostPath": "/data/hf"})
-    assert not run.of_type("docker:index/volume:Volume")
+    assert [v.name for v in run.of_type("docker:index/volume:Volume")] == ["vllm-compile-cache"]
     for replica in replicas(run):
-        assert replica.inputs["volumes"] == [
-            {"hostPath": "/data/hf", "containerPath": "/root/.cache/huggingface"}
-        ]
+        assert replica.inputs["volumes"][0] == {
+            "hostPath": "/data/hf",
+            "containerPath": "/root/.cache/huggingface",
+        }
+    assert (
+        "--volume /data/hf:/root/.cache/huggingface" in run.named("vllm-download").inputs["create"]
+    )
 
 
 def test_verify_step_is_an_output(guide: Run) -> None:
@@ -373,7 +407,7 @@ def test_secrets_stay_secret(guide: Run) -> None:
     for replica in replicas(guide):
         assert "envs" in replica.secret_inputs
         assert "envs" in replica.additional_secret_outputs
-        assert "HF_TOKEN=hf_TOPSECRET123" in replica.inputs["envs"]
+        assert not [e for e in replica.inputs["envs"] if e.startswith("HF_TOKEN")]
         assert "VLLM_API_KEY=sk-APIKEY456" in replica.inputs["envs"]
     verify = guide.named("vllm-verify")
     assert "environment" in verify.secret_inputs
@@ -393,16 +427,16 @@ def test_without_secrets_env_is_plain() -> None:
         assert not any(e.startswith(("HF_TOKEN=", "VLLM_API_KEY=")) for e in replica.inputs["envs"])
 
 
-def test_single_replica_has_no_second_gate() -> None:
+def test_single_replica_has_one_readiness_check() -> None:
     run = deploy(replicas=1, gpus=[[3]])
     assert [r.inputs["deviceRequests"][0]["deviceIds"] for r in replicas(run)] == [["3"]]
-    assert not [d for d in run.declared if d.name == "vllm-replicas-ready"]
-    assert dep_names(run, run.named("vllm-lb")) >= {"vllm-vllm0"}
+    assert run.named("vllm-replicas-ready").inputs["create"].endswith(" vllm0")
+    assert dep_names(run, run.named("vllm-lb")) >= {"vllm-vllm0", "vllm-replicas-ready"}
 
 
 def test_docker_host_reaches_the_checks() -> None:
     run = run_program({**config(publicHost="gpu-box"), "docker:host": "ssh://ops@gpu-box"})
-    for name in ("vllm-vllm0-ready", "vllm-replicas-ready"):
+    for name in ("vllm-download", "vllm-replicas-ready"):
         assert run.named(name).inputs["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-box"}
     assert "--url http://gpu-box:8000" in run.named("vllm-verify").inputs["create"]
 
@@ -475,7 +509,7 @@ def test_plain_text_token_declares_nothing() -> None:
 
 
 def test_gates_get_secrets_only_to_redact_them(guide: Run) -> None:
-    for name in ("vllm-vllm0-ready", "vllm-replicas-ready"):
+    for name in ("vllm-replicas-ready",):
         gate = guide.named(name)
         assert "environment" in gate.secret_inputs
         assert gate.inputs["environment"] == {

@@ -30,6 +30,7 @@ import yaml
 from components.stack_config import NAMESPACE, ConfigError
 from tests.support.docker_apply import Applied, Applier
 from tests.support.docker_engine import (
+    STANDIN_TAG,
     base_image,
     docker_client,
     remove_named,
@@ -53,6 +54,8 @@ def ci_config(**overrides: Any) -> dict[str, str]:
     document = yaml.safe_load((ROOT / "Pulumi.ci.yaml").read_text())
     config: dict[str, Any] = dict(document["config"])
     config[f"{NAMESPACE}:apiKey"] = API_KEY
+    if STANDIN_TAG != "vllm-nginx/standin:test":
+        config[f"{NAMESPACE}:image"] = {"prebuilt": STANDIN_TAG}
     for key, value in overrides.items():
         config[f"{NAMESPACE}:{key}"] = value
     return {
@@ -138,32 +141,30 @@ def test_lb_public_surface_and_api_key(deployment: Deployment) -> None:
         openai.OpenAI(base_url=f"{LB}/v1", api_key="wrong", max_retries=0).models.list()
 
 
-def test_cache_gate_order_and_single_download(deployment: Deployment) -> None:
+def test_download_first_then_all_replicas_together(deployment: Deployment) -> None:
     timings = deployment.applied.timings
-    gate = timings["vllm-e2e-vllm0-ready"]
-    replica0 = timings["vllm-e2e-vllm0"]
-    later = [timings[f"vllm-{name}"] for name in REPLICAS[1:]]
-    assert gate.started >= replica0.finished
-    for replica in later:
-        assert replica.started >= gate.finished
-    # Replicas 1..N are created together, not one after another.
-    assert max(r.started for r in later) - min(r.started for r in later) < 1.0
-    assert max(r.started for r in later) < min(r.finished for r in later) + 1.0
-    # Replica 0 was healthy when the others were created.
-    state = deployment.container("e2e-vllm0").attrs["State"]
-    assert state["Health"]["Status"] == "healthy"
+    download = timings["vllm-download"]
+    replicas = [timings[f"vllm-{name}"] for name in REPLICAS]
+    ready = timings["vllm-replicas-ready"]
+    for replica in replicas:
+        assert replica.started >= download.finished
+        assert ready.started >= replica.finished
+    # Every replica is created at once, none waits for another's load.
+    assert max(r.started for r in replicas) - min(r.started for r in replicas) < 1.0
+    assert timings["vllm-lb"].started >= ready.finished
     log = deployment.container("e2e-vllm0").exec_run(
         ["cat", "/root/.cache/huggingface/standin-downloads.log"]
     )
     assert log.exit_code == 0
     lines = log.output.decode().strip().splitlines()
     assert len(lines) == 1, lines
-    for name in REPLICAS[1:]:
+    assert lines[0].startswith("download-job "), "the job downloaded, not a replica"
+    for name in REPLICAS:
         env = deployment.container(name).attrs["Config"]["Env"]
         assert "HF_HUB_OFFLINE=1" in env
-        assert (
-            "Uvicorn running on http://0.0.0.0:8000" in deployment.container(name).logs().decode()
-        )
+        logs = deployment.container(name).logs().decode()
+        assert "found in cache" in logs
+        assert "Uvicorn running on http://0.0.0.0:8000" in logs
 
 
 def test_secret_never_in_nginx_or_logs(deployment: Deployment) -> None:

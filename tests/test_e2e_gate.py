@@ -1,9 +1,9 @@
-"""The cache gate failing on a real engine: `pulumi up` must stop with a useful error.
+"""The readiness check failing on a real engine: `pulumi up` must stop with a useful error.
 
 Same method as test_e2e.py (declared resources applied in graph order), with
-stacks made to fail: replica 0 too slow for `readyTimeoutSeconds`, and replica 0
-crashing at start. In both, the error names the replica and shows the end of
-its log, and nothing after the gate (replicas 1..N, nginx) is created.
+stacks made to fail: replicas too slow for `readyTimeoutSeconds`, and replicas
+crashing at start. In both, the error names a replica and shows the end of its
+log, and nothing after the check (nginx) is created.
 """
 
 from __future__ import annotations
@@ -79,26 +79,28 @@ def test_replica_not_ready_in_time(client: docker.DockerClient) -> None:
         "e2e-slow",
         18300,
         readyTimeoutSeconds=3,
-        extraEnv={"STANDIN_DOWNLOAD_SECONDS": "60"},
+        extraEnv={"STANDIN_DOWNLOAD_SECONDS": "0", "STANDIN_LOAD_SECONDS": "60"},
     )
     message, existing = _apply_expecting_failure(client, config)
-    assert "vllm-e2e-slow0-ready" in message
+    assert "vllm-replicas-ready" in message
     assert "replica e2e-slow0 not ready after 3 s (readyTimeoutSeconds)" in message
     assert "last 40 log lines" in message
     assert "standin-org/tiny-chat" in message, "the log tail should show the stand-in's output"
-    assert "e2e-slow0" in existing
-    assert not existing & {"e2e-slow1", "e2e-slow-lb"}
+    assert {"e2e-slow0", "e2e-slow1"} <= existing
+    assert "e2e-slow-lb" not in existing
 
 
 def test_replica_crashing_at_start(client: docker.DockerClient) -> None:
-    # A bad engine argument: the stand-in exits at start, as vLLM's argument parser would.
-    config = failing_stack("e2e-crash", 18400, extraArgs=["--tokens", "0"])
+    # A setting the stand-in refuses at start, as vLLM refuses a bad argument.
+    config = failing_stack(
+        "e2e-crash", 18400, extraEnv={"STANDIN_DOWNLOAD_SECONDS": "0", "STANDIN_TOKENS": "0"}
+    )
     message, existing = _apply_expecting_failure(client, config)
     assert "replica e2e-crash0 is" in message
     assert "exited" in message
-    assert "0 must be at least 1" in message
-    assert "e2e-crash0" in existing
-    assert not existing & {"e2e-crash1", "e2e-crash-lb"}
+    assert "STANDIN_TOKENS must be a whole number" in message
+    assert {"e2e-crash0", "e2e-crash1"} <= existing
+    assert "e2e-crash-lb" not in existing
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +109,7 @@ def _cleanup(client: docker.DockerClient) -> Iterator[None]:
     for prefix in ("e2e-slow", "e2e-crash"):
         remove_named(
             client,
-            containers=(f"{prefix}0", f"{prefix}1", f"{prefix}-lb"),
+            containers=(f"{prefix}0", f"{prefix}1", f"{prefix}-lb", f"{prefix}-download"),
             networks=[f"{prefix}-net"],
             volumes=[f"{prefix}-cache"],
         )

@@ -7,6 +7,8 @@ stopping one engine takes its containers off the network.
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -34,16 +36,15 @@ def test_two_hosts_reach_each_other_and_go_down_alone() -> None:
                 assert httpx.get(url, timeout=2).status_code == 200
                 break
             except httpx.TransportError:
-                import time
-
                 time.sleep(0.2)
         else:
             pytest.fail("nginx on host two never answered")
         # Across engines: a container on host one fetches from host two's published port.
-        out = one.client().containers.run(
-            base, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url], remove=True
+        fetch = one.client().containers.run(
+            base, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url], detach=True
         )
-        assert out.decode() == "200"
+        assert fetch.wait(timeout=30)["StatusCode"] == 0, fetch.logs().decode()
+        assert fetch.logs().decode() == "200"
         # Host two's port is not published on host one's address or on loopback.
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://{one.address}:18950/", timeout=2)

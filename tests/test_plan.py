@@ -31,31 +31,56 @@ def test_guide_layout() -> None:
     assert p.vllm_image.build is None
 
 
-def test_only_later_replicas_are_offline() -> None:
+def test_every_replica_is_offline_after_the_download_step() -> None:
     p = plan(replicas=3)
-    assert [r.env.get("HF_HUB_OFFLINE") for r in p.replicas] == [None, "1", "1"]
+    assert [r.env.get("HF_HUB_OFFLINE") for r in p.replicas] == ["1", "1", "1"]
+    assert p.download is not None
+    assert p.download.model == "org/model"
+    assert p.download.name == "vllm-download"
+
+
+def test_local_model_path_has_no_download_and_stays_online() -> None:
+    p = plan(model="/models/llama")
+    assert p.download is None
+    assert all("HF_HUB_OFFLINE" not in r.env for r in p.replicas)
+
+
+def test_download_job_is_online_and_never_gets_the_token_as_env() -> None:
+    p = plan(
+        hfToken="hf_SECRET",
+        # (HF_HUB_OFFLINE and HF_TOKEN cannot be set here: the settings refuse them.)
+        extraEnv={"TRANSFORMERS_OFFLINE": "1", "HF_ENDPOINT": "http://mirror:8080"},
+    )
+    assert p.download is not None
+    assert dict(p.download.env) == {"HF_ENDPOINT": "http://mirror:8080"}
+    assert p.download.secret_env == (HF_TOKEN_ENV,)
+    argv = p.download.argv("sha256:abc", ("cache:/root/.cache/huggingface",), "net")
+    assert argv[:5] == ("/venv/bin/python", "-m", "components.download", "--image", "sha256:abc")
+    assert "SECRET" not in " ".join(argv)
+    assert argv[-2:] == ("--env", "HF_ENDPOINT=http://mirror:8080")
 
 
 def test_checks_are_argv_run_by_the_deploying_python() -> None:
-    p = plan(replicas=3, readyTimeoutSeconds=99)
-    assert p.first_ready.argv == (
+    p = plan(replicas=3, readyTimeoutSeconds=99, progressIntervalSeconds=7)
+    assert p.ready.argv == (
         "/venv/bin/python",
         "-m",
         "components.gate",
         "--timeout",
         "99",
+        "--progress-seconds",
+        "7",
         "vllm0",
+        "vllm1",
+        "vllm2",
     )
-    assert p.all_ready is not None
-    assert p.all_ready.argv[-2:] == ("vllm1", "vllm2")
     assert p.verify.command.startswith("/venv/bin/python -m components.verify --url ")
-    assert plan(replicas=1).all_ready is None
 
 
 def test_secrets_are_named_not_carried() -> None:
     p = plan(hfToken="hf_SECRET", apiKey="KEY_SECRET")
     for replica in p.replicas:
-        assert replica.secret_env == (HF_TOKEN_ENV, API_KEY_ENV)
+        assert replica.secret_env == (API_KEY_ENV,)
     assert p.verify.secret_env == (API_KEY_ENV,)
     assert "SECRET" not in repr(p)
     assert plan().replicas[0].secret_env == ()

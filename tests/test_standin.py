@@ -359,20 +359,40 @@ def test_stub_start_failure_reports_the_log(tmp_path):
         fleet[0].start()
 
 
-def test_sigterm_finishes_a_running_stream(tmp_path):
-    with stub_backends(1, workdir=tmp_path, ttft_ms=0, token_ms=100) as stubs:
+def test_sigterm_cuts_streams_in_flight_as_vllm_does(tmp_path):
+    """vLLM shuts its engine down before its HTTP server (standin/shutdown.py):
+    a stream in flight ends with an error event, a request arriving meanwhile
+    gets 500, and then the port closes. Draining is the load balancer's job."""
+    env = {"STANDIN_ENGINE_SHUTDOWN_SECONDS": "1.5"}
+    with stub_backends(1, workdir=tmp_path, ttft_ms=0, token_ms=100, env=env) as stubs:
         texts: list[str] = []
+        errors: list[str] = []
 
         def consume() -> None:
             client = client_for(stubs[0], key="unused")
-            for chunk in client.completions.create(
-                model=stubs[0].model, prompt="x", max_tokens=8, stream=True
-            ):
-                texts.append(chunk.choices[0].text)
+            try:
+                for chunk in client.completions.create(
+                    model=stubs[0].model, prompt="x", max_tokens=30, stream=True
+                ):
+                    texts.append(chunk.choices[0].text)
+            except openai.APIError as err:
+                errors.append(str(err))
 
         reader = threading.Thread(target=consume)
         reader.start()
-        time.sleep(0.3)
-        stubs[0].stop(signal.SIGTERM)
+        time.sleep(0.5)
+        assert stubs[0].process is not None
+        stubs[0].process.send_signal(signal.SIGTERM)
+        time.sleep(0.4)
+        late = httpx.post(
+            f"{stubs[0].url}/v1/completions",
+            json={"model": stubs[0].model, "prompt": "y", "max_tokens": 2},
+            headers={"Authorization": "Bearer unused"},
+        )
+        assert late.status_code == 500
+        assert late.json()["type"] == "EngineDeadError"
         reader.join(10)
-    assert len(texts) == 8
+        assert stubs[0].process.wait(10) == 0
+        assert not port_accepts(stubs[0].port)
+    assert 0 < len(texts) < 30
+    assert errors and "EngineCore" in errors[0]

@@ -44,7 +44,8 @@ from docker.models.volumes import Volume
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 BASE_IMAGE_TAG = os.environ.get("VLLM_NGINX_BASE_IMAGE", "vllm-nginx/base:bookworm")
-STANDIN_TAG = "vllm-nginx/standin:test"
+STANDIN_TAG = os.environ.get("VLLM_NGINX_STANDIN_TAG", "vllm-nginx/standin:test")
+"""Override to keep concurrent sessions on one engine from replacing each other's image."""
 #: Label on everything `Scratch` creates, so leftovers of a killed session can be found.
 TEST_LABEL = "vllm-nginx.test"
 

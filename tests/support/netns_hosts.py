@@ -174,11 +174,32 @@ def load_images(target: NetnsHost, *tags: str) -> None:
         raise RuntimeError(f"loading {tags} into {target.name}: {loader.stderr.decode()[-500:]}")
 
 
+_FORWARD_RULE = ("-i", f"{PREFIX}+", "-o", f"{PREFIX}+", "-j", "ACCEPT")
+
+
+def _forward_chain() -> str:
+    """The machine's engine sets FORWARD's policy to DROP; DOCKER-USER is where its
+    documentation says our own forwarding rules go (FORWARD when there is none)."""
+    return (
+        "DOCKER-USER"
+        if _run("iptables", "-S", "DOCKER-USER", check=False).returncode == 0
+        else "FORWARD"
+    )
+
+
+def _allow_forwarding_between_hosts() -> str:
+    chain = _forward_chain()
+    if _run("iptables", "-C", chain, *_FORWARD_RULE, check=False).returncode != 0:
+        _run("iptables", "-I", chain, *_FORWARD_RULE)
+    return chain
+
+
 @contextlib.contextmanager
 def netns_hosts(count: int) -> Iterator[list[NetnsHost]]:
     """`count` test hosts, removed again (engines, data, namespaces) however the test ends."""
     require_hosts_support()
     hosts: list[NetnsHost] = []
+    chain = _allow_forwarding_between_hosts()
     try:
         for index in range(1, count + 1):
             host = _make_host(index)
@@ -193,3 +214,4 @@ def netns_hosts(count: int) -> Iterator[list[NetnsHost]]:
             host.stop_engine()
             _remove_namespace(host.name)
             shutil.rmtree(host.directory, ignore_errors=True)
+        _run("iptables", "-D", chain, *_FORWARD_RULE, check=False)

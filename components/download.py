@@ -1,0 +1,255 @@
+"""The download step: fill the shared model cache once, before any replica exists.
+
+Run by a `command.local.Command` where `pulumi up` runs, it talks to the same
+engine as the docker provider (`DOCKER_HOST`, so `ssh://` works) and runs a
+one-shot container from the vLLM image itself, so the files are fetched by the
+`huggingface_hub` the replicas will read them with. The job script
+(`components/download_job.py`) and the token are copied into the container
+before it starts: the token is a file named by `HF_TOKEN_PATH`, never an
+environment variable (`docker inspect` shows those to anyone on the host), and
+the container, token file included, is removed when the job ends, whatever the
+outcome.
+
+While the job runs, its progress lines are passed on; when it is quiet for
+longer than the interval a heartbeat line says so, so a 30-minute first deploy
+never looks hung. A failure stops `pulumi up` with the model, the cause and the
+end of the job's log, with the token redacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import queue
+import signal
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+
+from .download_job import (
+    ERROR_PREFIX,
+    EXIT_AUTH,
+    EXIT_DISK_FULL,
+    EXIT_NETWORK,
+    EXIT_NOT_FOUND,
+)
+from .gate import redact
+
+JOB_DIR = "/tmp/vllm-nginx-download"
+JOB_SCRIPT = "job.py"
+TOKEN_FILE = "hf_token"
+LABEL = "vllm-nginx.download"
+LOG_LINES = 20
+CAUSES = {
+    EXIT_AUTH: "access refused",
+    EXIT_NOT_FOUND: "model not found",
+    EXIT_DISK_FULL: "disk full",
+    EXIT_NETWORK: "no network",
+}
+
+
+class DownloadFailed(RuntimeError):
+    """The job did not fill the cache; the message is meant for the user."""
+
+
+def _job_archive(token: str | None) -> bytes:
+    """The job script and (if any) the token, as the tar `put_archive` takes."""
+    script = Path(__file__).with_name("download_job.py").read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        folder = tarfile.TarInfo(Path(JOB_DIR).name)
+        folder.type = tarfile.DIRTYPE
+        folder.mode = 0o700
+        tar.addfile(folder)
+        entries = [(JOB_SCRIPT, script, 0o644)]
+        if token:
+            entries.append((TOKEN_FILE, token.encode(), 0o600))
+        for name, data, mode in entries:
+            info = tarfile.TarInfo(f"{Path(JOB_DIR).name}/{name}")
+            info.size = len(data)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _lines(container: Container) -> Iterator[str]:
+    pending = ""
+    for chunk in container.logs(stream=True, follow=True):
+        pending += chunk.decode("utf-8", "replace")
+        while "\n" in pending:
+            line, pending = pending.split("\n", 1)
+            yield line
+    if pending:
+        yield pending
+
+
+def _remove_leftover(client: docker.DockerClient, name: str) -> None:
+    """A job killed with `pulumi up` leaves its container; only ours is removed."""
+    try:
+        old = client.containers.get(name)
+    except NotFound:
+        return
+    if old.labels.get(LABEL) != "job":
+        raise DownloadFailed(f"a container named {name} exists and is not a download job")
+    old.remove(force=True)
+
+
+def run_job(
+    client: docker.DockerClient,
+    *,
+    image: str,
+    model: str,
+    name: str,
+    volumes: dict[str, dict[str, str]],
+    network: str | None,
+    env: dict[str, str],
+    token: str | None,
+    timeout: float,
+    interval: float,
+) -> None:
+    """Run the job to completion; raise `DownloadFailed` naming the model and cause."""
+    _remove_leftover(client, name)
+    environment = dict(env)
+    if token:
+        environment["HF_TOKEN_PATH"] = f"{JOB_DIR}/{TOKEN_FILE}"
+    try:
+        container = client.containers.create(
+            image,
+            name=name,
+            entrypoint=["python3", f"{JOB_DIR}/{JOB_SCRIPT}"],
+            command=["--model", model, "--progress-seconds", f"{interval:g}"],
+            environment=environment,
+            volumes=volumes,
+            network=network,
+            labels={LABEL: "job"},
+            detach=True,
+        )
+    except ImageNotFound:
+        raise DownloadFailed(f"download of {model}: image {image} is not on the engine") from None
+    seen: list[str] = []
+    try:
+        container.put_archive("/tmp", _job_archive(token))
+        container.start()
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            try:
+                for line in _lines(container):
+                    lines.put(line)
+            finally:
+                lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        started = last = time.monotonic()
+        while True:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                line = ""
+            else:
+                if line is None:
+                    break
+                line = redact(line, os.environ)
+                seen.append(line)
+                _say(line)
+                last = time.monotonic()
+            now = time.monotonic()
+            if now - started > timeout:
+                container.stop(timeout=5)
+                raise DownloadFailed(
+                    f"download of {model} did not finish within {timeout:.0f} s "
+                    "(readyTimeoutSeconds); last lines:\n" + "\n".join(seen[-LOG_LINES:])
+                )
+            if now - last >= interval:
+                _say(f"[download] {model}: job running for {now - started:.0f} s, no news")
+                last = now
+        code = int(container.wait(timeout=60).get("StatusCode", 1))
+    finally:
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True)
+    if code == 0:
+        return
+    said = [line[len(ERROR_PREFIX) :] for line in seen if line.startswith(ERROR_PREFIX)]
+    cause = said[-1] if said else f"the job exited with code {code}"
+    kind = CAUSES.get(code, "failed")
+    raise DownloadFailed(
+        f"download of {model} failed ({kind}): {cause}\n"
+        f"last {LOG_LINES} lines of the download job:\n" + "\n".join(seen[-LOG_LINES:])
+    )
+
+
+def _volume(spec: str) -> tuple[str, dict[str, str]]:
+    """`SOURCE:TARGET` (a volume name or an absolute host path)."""
+    source, _, target = spec.rpartition(":")
+    if not source or not target.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{spec}: expected SOURCE:/container/path")
+    return source, {"bind": target, "mode": "rw"}
+
+
+def _env(spec: str) -> tuple[str, str]:
+    key, sep, value = spec.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{spec}: expected KEY=VALUE")
+    return key, value
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # `pulumi cancel` or Ctrl-C: unwind so the job container (and token) is removed.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--name", required=True, help="name of the job container")
+    parser.add_argument("--volume", type=_volume, action="append", default=[])
+    parser.add_argument("--network", default=None)
+    parser.add_argument("--env", type=_env, action="append", default=[])
+    parser.add_argument("--timeout", type=float, required=True, help="seconds")
+    parser.add_argument("--progress-seconds", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        client = docker.from_env(timeout=300)
+    except (DockerException, OSError) as err:
+        where = os.environ.get("DOCKER_HOST") or "the local socket"
+        print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    try:
+        run_job(
+            client,
+            image=args.image,
+            model=args.model,
+            name=args.name,
+            volumes=dict(args.volume),
+            network=args.network,
+            env=dict(args.env),
+            token=os.environ.get("HF_TOKEN") or None,
+            timeout=args.timeout,
+            interval=args.progress_seconds,
+        )
+    except DownloadFailed as err:
+        print(f"error: {redact(str(err), os.environ)}", file=sys.stderr)
+        return 1
+    _say(f"download step for {args.model} done in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
