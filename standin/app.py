@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from standin import __version__
 from standin.config import Config
+from standin.vllm_metrics import RequestTrack, VllmMetrics
 
 _WORDS = ("Tokens", "from", "a", "stand-in", "for", "vLLM", "behind", "the", "load", "balancer.")
 MAX_MODEL_LEN = 4096
@@ -123,6 +124,7 @@ class StandinServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stats = Stats()
+        self.vllm_metrics = VllmMetrics(config.served_model_name)
         self.created = int(time.time())
 
     def build(self) -> ASGIApp:
@@ -182,7 +184,9 @@ class StandinServer:
             "# TYPE process_start_time_seconds gauge",
             f"process_start_time_seconds {s.started}",
         ]
-        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        text = "\n".join(lines) + "\n"
+        text += self.vllm_metrics.render(skip=text)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def tokenize(self, request: Request) -> Response:
         try:
@@ -248,6 +252,7 @@ class StandinServer:
             finish=finish,
             prompt_tokens=prompt_tokens,
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            prompt=body.get("messages") if chat else body.get("prompt"),
         )
         if body.get("stream"):
             return StreamingResponse(
@@ -279,6 +284,8 @@ class _Job:
     finish: str
     prompt_tokens: int
     include_usage: bool
+    prompt: Any = None
+    track: RequestTrack | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -311,8 +318,12 @@ class _Job:
     def _count_start(self) -> None:
         self.server.stats.running += 1
         self.server.stats.prompt_tokens += self.prompt_tokens
+        self.track = self.server.vllm_metrics.start(self.arrived, self.prompt)
 
     def _count_end(self, generated: int, finished: bool) -> None:
+        if self.track is not None:
+            now = asyncio.get_running_loop().time()
+            self.track.finish(now, finished, self.finish)
         stats = self.server.stats
         stats.running -= 1
         stats.generation_tokens += generated
@@ -325,6 +336,8 @@ class _Job:
         finished = False
         try:
             await self._sleep_until(self._due(self.n_tokens - 1))
+            if self.track is not None:
+                self.track.tokens_at(self._due(i) for i in range(self.n_tokens))
             finished = True
         finally:
             self._count_end(self.n_tokens if finished else 0, finished)
@@ -376,6 +389,8 @@ class _Job:
             for index in range(self.n_tokens):
                 await self._sleep_until(self._due(index))
                 yield _sse(self._chunk(index))
+                if self.track is not None:
+                    self.track.token(asyncio.get_running_loop().time())
                 sent += 1
             if self.include_usage:
                 usage = self._envelope("chat.completion.chunk" if self.chat else "text_completion")
