@@ -18,6 +18,8 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
+from .monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET
+from .monitoring_stack import Monitoring, MonitoringArgs
 from .nginx_config import render_api_key_map
 from .plan import (
     API_KEY_ENV,
@@ -79,6 +81,9 @@ def _secret_values(settings: Settings) -> dict[str, pulumi.Output[str]]:
         key = settings.api_key.get_secret_value()
         values[API_KEY_ENV] = key
         values[API_KEY_MAP_SECRET] = render_api_key_map(key)
+        values[PROMETHEUS_API_KEY_SECRET] = key
+    if settings.grafana_password is not None:
+        values[GRAFANA_PASSWORD_SECRET] = settings.grafana_password.get_secret_value()
     if settings.tls_certificate is not None:
         values[TLS_CERTIFICATE_SECRET] = settings.tls_certificate.get_secret_value()
         values[LB_CERTIFICATE_ENV] = settings.tls_certificate.get_secret_value()
@@ -147,6 +152,15 @@ class VllmCluster(pulumi.ComponentResource):
         self.ready = self._check(name, plan.ready, self.replicas, [c.id for c in self.replicas])
         lb_after: list[pulumi.Resource] = [*self.replicas, self.ready]
 
+        self.monitoring: Monitoring | None = None
+        if plan.monitoring is not None:
+            self.monitoring = Monitoring(
+                f"{name}-monitoring",
+                MonitoringArgs(plan.monitoring, self.network, self._secrets),
+                opts=child,
+            )
+            lb_after.append(self.monitoring.lb_exporter)
+
         lb = plan.load_balancer
         self.load_balancer = docker.Container(
             f"{name}-lb",
@@ -169,6 +183,7 @@ class VllmCluster(pulumi.ComponentResource):
             ],
             restart=plan.restart_policy,
             destroy_grace_seconds=lb.stop_grace_seconds,
+            labels=self.monitoring.lb_labels() if self.monitoring is not None else None,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=lb_after,
@@ -199,8 +214,18 @@ class VllmCluster(pulumi.ComponentResource):
                 "replica_names": self.replica_names,
                 "served_model_name": self.served_model_name,
                 "verified_models": self.verified_models,
+                **self.monitoring_outputs(),
             }
         )
+
+    def monitoring_outputs(self) -> dict[str, pulumi.Output[str]]:
+        """The monitoring URLs, only when monitoring is on."""
+        if self.monitoring is None:
+            return {}
+        return {
+            "prometheus_url": self.monitoring.prometheus_url,
+            "grafana_url": self.monitoring.grafana_url,
+        }
 
     def _image(self, resource_name: str, image: ImagePlan) -> pulumi.Output[str]:
         """A reference that changes with the image, so containers follow a rebuild."""

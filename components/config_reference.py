@@ -95,12 +95,33 @@ DESCRIPTIONS: dict[str, str] = {
     "loadBalancer.image": "nginx image, run as published (the config is uploaded into it)",
     "loadBalancer.name": "nginx container name",
     "loadBalancer.tls": "serve HTTPS with `tlsCertificate` and `tlsKey` (container port 443)",
+    "monitoring.enabled": "deploy Prometheus, Grafana and the load balancer's metrics exporter "
+    "(see Monitoring)",
+    "monitoring.bindAddress": "host address Prometheus' and Grafana's ports are published on",
+    "monitoring.keepDataOnDestroy": "keep the Prometheus and Grafana volumes on `pulumi destroy`",
+    "monitoring.prometheus.image": "Prometheus image, run as published (its config is uploaded)",
+    "monitoring.prometheus.port": "host port of Prometheus (`prometheus_url`)",
+    "monitoring.prometheus.name": "Prometheus container name",
+    "monitoring.prometheus.volume": "named volume of Prometheus' time series",
+    "monitoring.prometheus.scrapeIntervalSeconds": "how often every replica and the load "
+    "balancer are scraped",
+    "monitoring.prometheus.retentionDays": "how long Prometheus keeps samples",
+    "monitoring.grafana.image": "Grafana image, run as published (data source, dashboard and "
+    "admin password are uploaded)",
+    "monitoring.grafana.port": "host port of Grafana (`grafana_url`)",
+    "monitoring.grafana.name": "Grafana container name",
+    "monitoring.grafana.volume": "named volume of Grafana's database",
+    "monitoring.lbExporter.image": "Python image the load balancer's exporter script runs on",
+    "monitoring.lbExporter.name": "exporter container name (nginx sends it one syslog line per "
+    "request)",
     "hfToken": "Hugging Face token, **secret** (`pulumi config set --secret`); only the "
     "download step gets it, as a file",
     "apiKey": "API key required on `/v1` (checked by the load balancer and by vLLM), **secret**",
     "tlsCertificate": "PEM certificate (chain) of the load balancer, with `loadBalancer.tls`",
     "tlsKey": "PEM private key of `tlsCertificate`, **secret** "
     "(`pulumi config set --secret tlsKey < server.key`)",
+    "grafanaPassword": "Grafana's admin password, **secret**, with `monitoring.enabled` "
+    "(`pulumi config set --secret grafanaPassword`)",
 }
 
 

@@ -73,6 +73,8 @@ from components.lb import (
     PREFIX_MODULE,
     prefix_script,
 )
+from components.lb_exporter import LOG_FORMAT as METRICS_LOG_FORMAT
+from components.lb_exporter import SYSLOG_TAG as METRICS_SYSLOG_TAG
 from components.settings import (
     SAFE_TOKEN_RULE,
     LoadBalancerSettings,
@@ -177,6 +179,10 @@ class NginxRuntime:
     api_key_map: str | None = None
     njs_module: str = NJS_MODULE_PATH
     prefix_script: str = CONTAINER_PREFIX_SCRIPT
+    metrics_syslog: str | None = None
+    """`host:port` of the load balancer's metrics exporter (monitoring): every
+    request is also sent there as one JSON syslog line. nginx resolves the host
+    once, at start, and refuses to start if it cannot."""
 
 
 def _checked(field: str, value: str, validator: Callable[[str], str]) -> str:
@@ -462,6 +468,7 @@ class _CheckedRuntime:
     api_key_map: str | None
     njs_module: str
     prefix_script: str
+    metrics_syslog: str | None
 
 
 def _check_tls(tls: TlsFiles | None) -> TlsFiles | None:
@@ -496,7 +503,32 @@ def _check_runtime(runtime: NginxRuntime) -> _CheckedRuntime:
         ),
         njs_module=_checked("runtime.njs_module", runtime.njs_module, safe_token),
         prefix_script=_checked("runtime.prefix_script", runtime.prefix_script, safe_token),
+        metrics_syslog=_check_syslog(runtime.metrics_syslog),
     )
+
+
+def _check_syslog(target: str | None) -> str | None:
+    if target is None:
+        return None
+    host, _, port = target.rpartition(":")
+    _checked("runtime.metrics_syslog", host, host_name)
+    _check_port("runtime.metrics_syslog", int(port) if port.isdigit() else 0)
+    return target
+
+
+def _metrics_log(rt: _CheckedRuntime) -> list[Directive]:
+    """A second access log, for the metrics exporter: UDP, so a missing exporter
+    never slows a request; `escape=json` keeps every value a JSON string."""
+    if rt.metrics_syslog is None:
+        return []
+    return [
+        _d("log_format", "lb_metrics", "escape=json", METRICS_LOG_FORMAT),
+        _d(
+            "access_log",
+            f"syslog:server={rt.metrics_syslog},tag={METRICS_SYSLOG_TAG},nohostname",
+            "lb_metrics",
+        ),
+    ]
 
 
 def _main_context(
@@ -629,6 +661,7 @@ def render_nginx_config(
     http_block = [
         _d("log_format", "lb", LOG_FORMAT),
         _d("access_log", rt.access_log, "lb"),
+        *_metrics_log(rt),
         _d("default_type", "application/octet-stream"),
         _d("server_tokens", "off"),
         _d("client_max_body_size", f"{body_size}m"),

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .monitoring import MonitoringPlan, build_monitoring_plan
 from .nginx_config import (
     CONTAINER_API_KEY_MAP,
     CONTAINER_TLS_FILES,
@@ -264,6 +265,7 @@ class Plan:
     verify: CheckPlan
     served_model_name: str
     restart_policy: str
+    monitoring: MonitoringPlan | None = None
 
 
 def _proxy_vars(settings: Settings) -> dict[str, str]:
@@ -449,6 +451,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         uploads.append(SecretUpload(CONTAINER_TLS_FILES.certificate, TLS_CERTIFICATE_SECRET))
         uploads.append(SecretUpload(CONTAINER_TLS_FILES.key, TLS_KEY_SECRET))
     listen_port = NGINX_TLS_PORT if lb.tls else NGINX_PORT
+    monitoring = build_monitoring_plan(settings)
     nginx_config = render_nginx_config(
         lb,
         [r.upstream for r in replicas],
@@ -456,6 +459,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             listen_port=listen_port,
             tls=CONTAINER_TLS_FILES if lb.tls else None,
             api_key_map=CONTAINER_API_KEY_MAP if settings.api_key is not None else None,
+            metrics_syslog=monitoring.lb_syslog if monitoring is not None else None,
         ),
     )
     scheme = "https" if lb.tls else "http"
@@ -518,4 +522,5 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         ),
         served_model_name=settings.model_name,
         restart_policy=settings.restart_policy,
+        monitoring=monitoring,
     )

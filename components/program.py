@@ -65,4 +65,5 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
         "replica_names": cluster.replica_names,
         "served_model_name": cluster.served_model_name,
         "verified_models": cluster.verified_models,
+        **cluster.monitoring_outputs(),
     }

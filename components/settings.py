@@ -63,6 +63,7 @@ __all__ = [
     "SAFE_TOKEN_RULE",
     "Backend",
     "LoadBalancerSettings",
+    "MonitoringSettings",
     "RoutingPolicy",
     "Rule",
     "Settings",
@@ -278,6 +279,46 @@ class HealthCheckSettings(_Model):
     retries: Annotated[Int, Field(ge=1, le=100)] = 3
 
 
+class PrometheusSettings(_Model):
+    """Prometheus as published (`prom/prometheus`), its TSDB on a named volume."""
+
+    # v3.5 is Prometheus' long-term-support release of 2025.
+    image: ImageRef = "prom/prometheus:v3.5.0"
+    port: Port = 9090
+    name: DnsLabel = "vllm-prometheus"
+    volume: DnsLabel = "vllm-prometheus-data"
+    scrape_interval_seconds: Annotated[Int, Field(ge=1, le=300)] = 10
+    retention_days: Annotated[Int, Field(ge=1, le=3650)] = 15
+
+
+class GrafanaSettings(_Model):
+    """Grafana as published (`grafana/grafana`), its database on a named volume."""
+
+    # The dashboard file's schemaVersion (41) is the one this release writes.
+    image: ImageRef = "grafana/grafana:12.1.1"
+    port: Port = 3000
+    name: DnsLabel = "vllm-grafana"
+    volume: DnsLabel = "vllm-grafana-data"
+
+
+class LbExporterSettings(_Model):
+    """The load balancer's metrics exporter: our stdlib-only script on the official Python image."""
+
+    image: ImageRef = "python:3.12.11-slim-bookworm"
+    name: DnsLabel = "vllm-lb-exporter"
+
+
+class MonitoringSettings(_Model):
+    """Prometheus, Grafana and the load balancer's exporter; nothing of it unless enabled."""
+
+    enabled: bool = False
+    bind_address: IpAddress = "127.0.0.1"
+    keep_data_on_destroy: bool = True
+    prometheus: PrometheusSettings = PrometheusSettings()
+    grafana: GrafanaSettings = GrafanaSettings()
+    lb_exporter: LbExporterSettings = LbExporterSettings()
+
+
 DEFAULT_GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
 # vLLM's published CPU build of the same release (its CPU installation docs).
 DEFAULT_CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
@@ -313,10 +354,12 @@ class Settings(_Model):
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
     stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 30
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     hf_token: SafeSecret | None = None
     api_key: SafeSecret | None = None
     tls_certificate: PemCertificate | None = None
     tls_key: PemPrivateKey | None = None
+    grafana_password: SafeSecret | None = None
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Self:
@@ -488,6 +531,62 @@ def _tls_rules(s: Settings) -> Iterator[Rule]:
         yield _rule("tlsKey", "is not the private key of 'tlsCertificate'", "tlsCertificate")
 
 
+def _monitoring_rules(s: Settings) -> Iterator[Rule]:
+    mon = s.monitoring
+    if not mon.enabled:
+        if s.grafana_password is not None:
+            yield _rule("grafanaPassword", "is set but 'monitoring.enabled' is false", "monitoring")
+        return
+    if s.grafana_password is None:
+        yield _rule(
+            "grafanaPassword",
+            "is required with 'monitoring.enabled' true "
+            "(`pulumi config set --secret grafanaPassword`)",
+            "monitoring",
+        )
+    last_port = s.base_port + s.replicas - 1
+    taken_ports = {s.load_balancer.port: "'loadBalancer.port'"}
+    for key, port in (
+        ("monitoring.prometheus.port", mon.prometheus.port),
+        ("monitoring.grafana.port", mon.grafana.port),
+    ):
+        if s.base_port <= port <= last_port:
+            yield _rule(
+                key,
+                f"{port} collides with the replica ports {s.base_port}-{last_port} "
+                "('basePort' + 'replicas')",
+                "basePort",
+                "replicas",
+            )
+        elif port in taken_ports:
+            yield _rule(key, f"{port} is also {taken_ports[port]}", "loadBalancer")
+        taken_ports.setdefault(port, f"'{key}'")
+    taken_names = {name: "a replica name ('namePrefix' + number)" for name in s.replica_names()}
+    taken_names[s.load_balancer.name] = "'loadBalancer.name'"
+    for key, name in (
+        ("monitoring.prometheus.name", mon.prometheus.name),
+        ("monitoring.grafana.name", mon.grafana.name),
+        ("monitoring.lbExporter.name", mon.lb_exporter.name),
+    ):
+        if name in taken_names:
+            yield _rule(
+                key,
+                f"{name} collides with {taken_names[name]}",
+                "namePrefix",
+                "replicas",
+                "loadBalancer",
+            )
+        taken_names.setdefault(name, f"'{key}'")
+    taken_volumes = {s.hf_cache.volume: "'hfCache.volume'"} if s.hf_cache.volume else {}
+    for key, volume in (
+        ("monitoring.prometheus.volume", mon.prometheus.volume),
+        ("monitoring.grafana.volume", mon.grafana.volume),
+    ):
+        if volume in taken_volumes:
+            yield _rule(key, f"{volume} is also {taken_volumes[volume]}", "hfCache")
+        taken_volumes.setdefault(volume, f"'{key}'")
+
+
 def cross_key_rules(settings: Settings) -> list[Rule]:
     """Every rule that ties several keys together, all broken ones at once."""
     return [
@@ -495,6 +594,7 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
         *_cpu_rules(settings),
         *_name_and_port_rules(settings),
         *_tls_rules(settings),
+        *_monitoring_rules(settings),
     ]
 
 

@@ -35,7 +35,7 @@ from .settings import (
 )
 
 NAMESPACE = "vllm-nginx"
-SECRET_KEYS = ("hfToken", "apiKey", "tlsKey")
+SECRET_KEYS = ("hfToken", "apiKey", "tlsKey", "grafanaPassword")
 # Namespaces whose keys a stack of this project may legitimately hold besides its own.
 OTHER_NAMESPACES = frozenset({"docker", "command", "pulumi"})
 # What the check uses for an encrypted value it cannot decrypt: passes the value

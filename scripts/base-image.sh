@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make the local base image vllm-nginx/base:bookworm once.
 #
-#   scripts/base-image.sh            # make the image unless `docker image inspect` finds it
-#   scripts/base-image.sh --force    # throw away the cached rootfs and the image, make both again
+#   scripts/base-image.sh                 # make the image unless `docker image inspect` finds it
+#   scripts/base-image.sh --force         # throw away the cached rootfs and the image, make both again
+#   scripts/base-image.sh --monitoring    # the monitoring image instead (see below); --force too
 #
 # Why: no container registry is reachable here, so `FROM nginx` / `FROM python`
 # cannot work. The images of this project (the nginx load balancer and the vLLM
@@ -17,7 +18,6 @@
 # debootstrapping twice into the same directory.
 set -euo pipefail
 
-TAG="${BASE_IMAGE_TAG:-vllm-nginx/base:bookworm}"
 SUITE=bookworm
 # libnginx-mod-http-js: njs, for the load balancer's prefix_affinity policy.
 PACKAGES="python3,python3-starlette,python3-uvicorn,nginx-light,libnginx-mod-http-js,curl,ca-certificates"
@@ -26,14 +26,28 @@ CACHE_DIR="${VLLM_NGINX_CACHE_DIR:-/var/cache/vllm-nginx}"
 log() { printf 'base-image: %s\n' "$*" >&2; }
 
 FORCE=0
-case "${1:-}" in
-"") ;;
---force) FORCE=1 ;;
-*)
-    echo "usage: $0 [--force]" >&2
-    exit 2
-    ;;
-esac
+MONITORING=0
+for arg in "$@"; do
+    case "$arg" in
+    --force) FORCE=1 ;;
+    --monitoring) MONITORING=1 ;;
+    *)
+        echo "usage: $0 [--force] [--monitoring]" >&2
+        exit 2
+        ;;
+    esac
+done
+
+# The monitoring image: the same base plus Debian's Prometheus (2.42), which plays
+# prom/prometheus in the offline tests (no registry here to pull the official one).
+# A separate image and rootfs, so the base image's cache key and contents stay as
+# they are; its own key follows from its own package list.
+if ((MONITORING)); then
+    TAG="${MONITORING_IMAGE_TAG:-vllm-nginx/monitoring:bookworm}"
+    PACKAGES="$PACKAGES,prometheus"
+else
+    TAG="${BASE_IMAGE_TAG:-vllm-nginx/base:bookworm}"
+fi
 
 # debootstrap, apt-get and the cache under /var/cache need root: as root the script
 # runs as it is; as another user it runs itself again through sudo (as scripts/test.sh
@@ -44,7 +58,7 @@ if [[ $EUID -ne 0 ]]; then
         exit 1
     fi
     log "not root: running again through sudo"
-    exec sudo --preserve-env=BASE_IMAGE_TAG,VLLM_NGINX_CACHE_DIR,DOCKER_HOST,http_proxy,https_proxy,no_proxy \
+    exec sudo --preserve-env=BASE_IMAGE_TAG,MONITORING_IMAGE_TAG,VLLM_NGINX_CACHE_DIR,DOCKER_HOST,http_proxy,https_proxy,no_proxy \
         bash "$0" "$@"
 fi
 if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
@@ -90,7 +104,7 @@ if [[ ! -s "$TARBALL" ]]; then
         log "apt knows no mirror for $SUITE main (apt-get update run?); cannot debootstrap"
         exit 1
     fi
-    ROOTFS="$CACHE_DIR/rootfs-$SUITE.tmp"
+    ROOTFS="$CACHE_DIR/rootfs-$SUITE-$KEY.tmp"
     rm -rf "$ROOTFS"
     log "debootstrap --variant=minbase $SUITE from the machine's apt mirror (packages: $PACKAGES)"
     start=$SECONDS

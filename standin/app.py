@@ -42,6 +42,8 @@ from standin.prefix_cache import (
     PrefixCacheConfig,
     prompt_tokens,
 )
+from standin.vllm_metrics import RequestTrack
+from standin.vllm_metrics import VllmMetrics as LatencyMetrics
 
 _WORDS = ("Tokens", "from", "a", "stand-in", "for", "vLLM", "behind", "the", "load", "balancer.")
 MAX_MODEL_LEN = 4096
@@ -130,6 +132,8 @@ class StandinServer:
         self.vllm_metrics = VllmMetrics(config.served_model_name)
         self.cache = PrefixCache(self.prefix.blocks, self.prefix.block_size)
         self.prefill = PrefillQueue(self.prefix.prefill_ms_per_token)
+        # Latency histograms and KV-cache use, measured from what is really served.
+        self.latency_metrics = LatencyMetrics(config.served_model_name)
         self.created = int(time.time())
 
     def build(self) -> ASGIApp:
@@ -170,7 +174,10 @@ class StandinServer:
         return JSONResponse({"object": "list", "data": data})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(self.vllm_metrics.render(), media_type="text/plain; version=0.0.4")
+        text = self.vllm_metrics.render()
+        # Families the first set already exposes (prefix cache, running, ...) are skipped.
+        text += self.latency_metrics.render(skip=text)
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     async def tokenize(self, request: Request) -> Response:
         try:
@@ -243,6 +250,7 @@ class StandinServer:
             lookup=lookup,
             prefill_start=prefill_start,
             first_token_at=prefill_end + self.config.ttft_ms / 1000.0,
+            prompt=body.get("messages") if chat else body.get("prompt"),
         )
         headers = {
             "X-Prefix-Cache-Hit-Tokens": str(lookup.cached),
@@ -281,6 +289,8 @@ class _Job:
     lookup: Lookup
     prefill_start: float
     first_token_at: float
+    prompt: Any = None
+    track: RequestTrack | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -321,8 +331,11 @@ class _Job:
                 metrics.num_requests_waiting.dec()
         metrics.num_requests_running.inc()
         metrics.prompt_tokens.inc(self.prompt_tokens)
+        self.track = self.server.latency_metrics.start(self.arrived, self.prompt)
 
     def _count_end(self, generated: int, finished: bool) -> None:
+        if self.track is not None:
+            self.track.finish(asyncio.get_running_loop().time(), finished, self.finish)
         metrics = self.server.vllm_metrics
         metrics.num_requests_running.dec()
         metrics.generation_tokens.inc(generated)
@@ -335,6 +348,8 @@ class _Job:
         finished = False
         try:
             await self._sleep_until(self._due(self.n_tokens - 1))
+            if self.track is not None:
+                self.track.tokens_at(self._due(i) for i in range(self.n_tokens))
             finished = True
         finally:
             self._count_end(self.n_tokens if finished else 0, finished)
@@ -386,6 +401,8 @@ class _Job:
             for index in range(self.n_tokens):
                 await self._sleep_until(self._due(index))
                 yield _sse(self._chunk(index))
+                if self.track is not None:
+                    self.track.token(asyncio.get_running_loop().time())
                 sent += 1
             if self.include_usage:
                 usage = self._envelope("chat.completion.chunk" if self.chat else "text_completion")

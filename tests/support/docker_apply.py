@@ -31,10 +31,12 @@ graph in dependency order and replaces in place, one resource at a time).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -47,7 +49,6 @@ import docker
 from docker.errors import NotFound
 from docker.models.containers import Container
 
-from tests.support.docker_engine import put_file
 from tests.support.pulumi_capture import Declared
 
 _PLACEHOLDER = re.compile(r"@@([^@]+)\.([A-Za-z]+)@@")
@@ -85,6 +86,21 @@ def _remove(container: Container, grace_seconds: int | None) -> None:
     if grace_seconds:
         container.stop(timeout=int(grace_seconds))
     container.remove(force=True)
+
+
+def _upload(container: Container, path: str, content: str, executable: bool) -> None:
+    """The provider's upload: one tar entry named by the whole path, copied to `/`,
+    so the engine creates missing parent directories (root-owned); mode 0644, or
+    0744 when executable."""
+    data = content.encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(path.lstrip("/"))
+        info.size = len(data)
+        info.mode = 0o744 if executable else 0o644
+        archive.addfile(info, io.BytesIO(data))
+    if not container.put_archive("/", buffer.getvalue()):
+        raise ApplyError(f"upload of {path} into {container.name} failed")
 
 
 def _as_read(key: str, value: Any) -> Any:
@@ -454,7 +470,7 @@ class Applier:
             kwargs["networking_config"] = networking_config
         container: Container = self.client.containers.create(**kwargs)
         for upload in inputs.get("uploads") or []:
-            put_file(container, upload["file"], upload["content"])
+            _upload(container, upload["file"], upload["content"], bool(upload.get("executable")))
         container.start()
         return container
 

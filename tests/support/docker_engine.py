@@ -46,6 +46,10 @@ LOOPBACK = "127.0.0.1"
 BASE_IMAGE_TAG = os.environ.get("VLLM_NGINX_BASE_IMAGE", "vllm-nginx/base:bookworm")
 STANDIN_TAG = os.environ.get("VLLM_NGINX_STANDIN_TAG", "vllm-nginx/standin:test")
 """Override to keep concurrent sessions on one engine from replacing each other's image."""
+MONITORING_IMAGE_TAG = os.environ.get(
+    "VLLM_NGINX_MONITORING_IMAGE", "vllm-nginx/monitoring:bookworm"
+)
+GRAFANA_STANDIN_TAG = "vllm-nginx/grafana-standin:test"
 #: Label on everything `Scratch` creates, so leftovers of a killed session can be found.
 TEST_LABEL = "vllm-nginx.test"
 
@@ -97,6 +101,34 @@ def base_image(client: docker.DockerClient) -> str:
     if result.returncode != 0:
         unavailable(f"cannot make {BASE_IMAGE_TAG}: {result.stderr[-2000:]}")
     return BASE_IMAGE_TAG
+
+
+def monitoring_image(client: docker.DockerClient) -> str:
+    """The offline base plus Debian's Prometheus; `base-image.sh --monitoring` if missing."""
+    try:
+        client.images.get(MONITORING_IMAGE_TAG)
+        return MONITORING_IMAGE_TAG
+    except docker.errors.ImageNotFound:
+        pass
+    script = REPO_ROOT / "scripts" / "base-image.sh"
+    env = {**os.environ, "MONITORING_IMAGE_TAG": MONITORING_IMAGE_TAG}
+    result = subprocess.run(
+        ["bash", str(script), "--monitoring"], env=env, capture_output=True, text=True, timeout=900
+    )
+    if result.returncode != 0:
+        unavailable(f"cannot make {MONITORING_IMAGE_TAG}: {result.stderr[-2000:]}")
+    return MONITORING_IMAGE_TAG
+
+
+def grafana_standin_image(client: docker.DockerClient) -> str:
+    """Grafana's offline stand-in (docker/grafana-standin), built once per session."""
+    build_image(
+        client,
+        GRAFANA_STANDIN_TAG,
+        dockerfile="docker/grafana-standin/Dockerfile",
+        buildargs={"BASE_IMAGE": base_image(client)},
+    )
+    return GRAFANA_STANDIN_TAG
 
 
 def build_image(

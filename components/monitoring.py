@@ -1,0 +1,281 @@
+"""Monitoring as plain data: Prometheus, Grafana and the load balancer's exporter.
+
+Computed from validated settings alone, like the rest of the plan, so the
+configs can be printed and tested without Pulumi or Docker. Nothing here
+exists unless `monitoring.enabled`: `build_monitoring_plan` returns None and
+the deployment declares none of it.
+
+What each piece is for:
+
+- Prometheus scrapes every replica's `/metrics` over the deployment's network
+  (labelled `replica=<container name>`, the label every dashboard panel
+  groups by) and the exporter;
+- the exporter (`lb_exporter.py`, uploaded into an official Python image)
+  turns nginx's per-request syslog lines into status, retry, per-replica and
+  timing metrics, which nginx open source does not count itself;
+- Grafana gets Prometheus as its data source and the dashboard file from
+  `components/dashboards/`, both provisioned from uploaded files.
+
+Secrets stay out of this plan, as in `plan.py`: the Grafana password and the
+API key are named, and the Pulumi shell uploads their values as secrets.
+vLLM v0.11.0 checks the API key on `/v1` only, so `/metrics` answers without
+it; Prometheus sends it all the same (from an uploaded file), so the scrape
+keeps working on a vLLM that guards every route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .lb_exporter import METRICS_PORT, SYSLOG_PORT
+from .settings import Settings
+
+DASHBOARD_FILE = Path(__file__).resolve().parent / "dashboards" / "vllm.json"
+EXPORTER_SOURCE = Path(__file__).resolve().parent / "lb_exporter.py"
+
+DATASOURCE_UID = "vllm-prometheus"
+"""The uid every panel of the dashboard names; the provisioned data source has it."""
+REPLICA_LABEL = "replica"
+
+PROMETHEUS_PORT = 9090
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+PROMETHEUS_DATA = "/prometheus"
+PROMETHEUS_API_KEY_FILE = "/etc/prometheus/secrets/vllm-api-key"
+# The official image's entry point; Debian's package installs the same path
+# (merged /usr), so the offline test image runs the same declaration.
+PROMETHEUS_ENTRYPOINT = ("/bin/prometheus",)
+
+GRAFANA_PORT = 3000
+GRAFANA_DATA = "/var/lib/grafana"
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
+GRAFANA_DASHBOARDS = "/etc/grafana/dashboards"
+GRAFANA_PASSWORD_FILE = "/etc/grafana/secrets/admin-password"
+
+EXPORTER_PATH = "/opt/vllm-nginx/lb_exporter.py"
+
+# Names of the secret values the Pulumi shell supplies.
+GRAFANA_PASSWORD_SECRET = "grafana_password"
+PROMETHEUS_API_KEY_SECRET = "prometheus_api_key"
+
+
+@dataclass(frozen=True)
+class FileUpload:
+    path: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A file whose content is a secret, named here and supplied by the shell."""
+
+    path: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class MonitoringContainer:
+    name: str
+    image: str
+    command: tuple[str, ...]
+    entrypoint: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    uploads: tuple[FileUpload, ...] = ()
+    secret_uploads: tuple[SecretFile, ...] = ()
+    volume: str | None = None
+    volume_path: str | None = None
+    bind_address: str | None = None
+    host_port: int | None = None
+    container_port: int | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class MonitoringPlan:
+    prometheus: MonitoringContainer
+    grafana: MonitoringContainer
+    lb_exporter: MonitoringContainer
+    keep_data_on_destroy: bool
+    lb_syslog: str
+    """Where nginx sends its per-request lines: the exporter, on the network."""
+    stop_grace_seconds: int
+    restart_policy: str
+    pull_timeout_minutes: int
+    keep_images: bool
+
+
+def _url_host(public_host: str, bind_address: str) -> str:
+    return bind_address if bind_address.startswith("127.") else public_host
+
+
+def prometheus_config(settings: Settings, *, api_key_file: str | None) -> str:
+    """prometheus.yml: the replicas by container name, labelled, and the exporter.
+
+    Valid for Prometheus 2.42 (Debian 12, the offline tests) and 3.x (the
+    pinned image): nothing in it changed between them.
+    """
+    prom = settings.monitoring.prometheus
+    interval = f"{prom.scrape_interval_seconds}s"
+    # Prometheus refuses a scrape timeout longer than the interval (default 10 s).
+    timeout = f"{min(prom.scrape_interval_seconds, 10)}s"
+    vllm_job: dict[str, object] = {
+        "job_name": "vllm",
+        "metrics_path": "/metrics",
+        "static_configs": [
+            {"targets": [f"{name}:8000"], "labels": {REPLICA_LABEL: name}}
+            for name in settings.replica_names()
+        ],
+    }
+    if api_key_file is not None:
+        vllm_job["authorization"] = {"type": "Bearer", "credentials_file": api_key_file}
+    config = {
+        "global": {
+            "scrape_interval": interval,
+            "scrape_timeout": timeout,
+            "evaluation_interval": interval,
+        },
+        "scrape_configs": [
+            vllm_job,
+            {
+                "job_name": "vllm-lb",
+                "static_configs": [
+                    {"targets": [f"{settings.monitoring.lb_exporter.name}:{METRICS_PORT}"]}
+                ],
+            },
+        ],
+    }
+    return "# Rendered by components/monitoring.py from the stack config.\n" + yaml.safe_dump(
+        config, sort_keys=False
+    )
+
+
+def grafana_datasources(prometheus_name: str, scrape_interval_seconds: int) -> str:
+    config = {
+        "apiVersion": 1,
+        "datasources": [
+            {
+                "name": "Prometheus",
+                "uid": DATASOURCE_UID,
+                "type": "prometheus",
+                "access": "proxy",
+                "url": f"http://{prometheus_name}:{PROMETHEUS_PORT}",
+                "isDefault": True,
+                "editable": False,
+                # Grafana's $__rate_interval is at least four of these.
+                "jsonData": {"timeInterval": f"{scrape_interval_seconds}s"},
+            }
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def grafana_dashboard_provider() -> str:
+    config = {
+        "apiVersion": 1,
+        "providers": [
+            {
+                "name": "vllm-nginx",
+                "type": "file",
+                "folder": "vLLM",
+                # The file in the repository is the source: edits in the UI would
+                # be lost on the next `pulumi up`, so they are not allowed.
+                "disableDeletion": True,
+                "allowUiUpdates": False,
+                "options": {"path": GRAFANA_DASHBOARDS},
+            }
+        ],
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def build_monitoring_plan(settings: Settings) -> MonitoringPlan | None:
+    """The three containers, or None when monitoring is off."""
+    mon = settings.monitoring
+    if not mon.enabled:
+        return None
+    api_key_file = PROMETHEUS_API_KEY_FILE if settings.api_key is not None else None
+    prom, graf, exporter = mon.prometheus, mon.grafana, mon.lb_exporter
+    host = _url_host(settings.public_host, mon.bind_address)
+    prometheus = MonitoringContainer(
+        name=prom.name,
+        image=prom.image,
+        entrypoint=PROMETHEUS_ENTRYPOINT,
+        command=(
+            f"--config.file={PROMETHEUS_CONFIG}",
+            f"--storage.tsdb.path={PROMETHEUS_DATA}",
+            f"--storage.tsdb.retention.time={prom.retention_days}d",
+            f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
+        ),
+        uploads=(
+            FileUpload(PROMETHEUS_CONFIG, prometheus_config(settings, api_key_file=api_key_file)),
+        ),
+        secret_uploads=(
+            (SecretFile(PROMETHEUS_API_KEY_FILE, PROMETHEUS_API_KEY_SECRET),)
+            if api_key_file
+            else ()
+        ),
+        volume=prom.volume,
+        volume_path=PROMETHEUS_DATA,
+        bind_address=mon.bind_address,
+        host_port=prom.port,
+        container_port=PROMETHEUS_PORT,
+        url=f"http://{host}:{prom.port}",
+    )
+    grafana = MonitoringContainer(
+        name=graf.name,
+        image=graf.image,
+        # Run as published: the image's own entry point reads the *__FILE variables.
+        command=(),
+        env=(
+            "GF_SECURITY_ADMIN_USER=admin",
+            f"GF_SECURITY_ADMIN_PASSWORD__FILE={GRAFANA_PASSWORD_FILE}",
+            "GF_USERS_ALLOW_SIGN_UP=false",
+            "GF_AUTH_ANONYMOUS_ENABLED=false",
+            "GF_ANALYTICS_REPORTING_ENABLED=false",
+            "GF_ANALYTICS_CHECK_FOR_UPDATES=false",
+            "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES=false",
+            f"GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH={GRAFANA_DASHBOARDS}/vllm.json",
+        ),
+        uploads=(
+            FileUpload(
+                f"{GRAFANA_PROVISIONING}/datasources/vllm-nginx.yaml",
+                grafana_datasources(prom.name, prom.scrape_interval_seconds),
+            ),
+            FileUpload(
+                f"{GRAFANA_PROVISIONING}/dashboards/vllm-nginx.yaml", grafana_dashboard_provider()
+            ),
+            FileUpload(f"{GRAFANA_DASHBOARDS}/vllm.json", DASHBOARD_FILE.read_text()),
+        ),
+        secret_uploads=(SecretFile(GRAFANA_PASSWORD_FILE, GRAFANA_PASSWORD_SECRET),),
+        volume=graf.volume,
+        volume_path=GRAFANA_DATA,
+        bind_address=mon.bind_address,
+        host_port=graf.port,
+        container_port=GRAFANA_PORT,
+        url=f"http://{host}:{graf.port}",
+    )
+    lb_exporter = MonitoringContainer(
+        name=exporter.name,
+        image=exporter.image,
+        entrypoint=("python3",),
+        command=(
+            EXPORTER_PATH,
+            f"--syslog=0.0.0.0:{SYSLOG_PORT}",
+            f"--http=0.0.0.0:{METRICS_PORT}",
+            *[f"--replica={name}:8000" for name in settings.replica_names()],
+        ),
+        uploads=(FileUpload(EXPORTER_PATH, EXPORTER_SOURCE.read_text()),),
+    )
+    return MonitoringPlan(
+        prometheus=prometheus,
+        grafana=grafana,
+        lb_exporter=lb_exporter,
+        keep_data_on_destroy=mon.keep_data_on_destroy,
+        lb_syslog=f"{exporter.name}:{SYSLOG_PORT}",
+        stop_grace_seconds=settings.stop_grace_seconds,
+        restart_policy=settings.restart_policy,
+        pull_timeout_minutes=settings.vllm_image.pull_timeout_minutes,
+        keep_images=settings.vllm_image.keep_on_destroy,
+    )

@@ -1,0 +1,124 @@
+"""The Pulumi side of monitoring: maps a `MonitoringPlan` onto pulumi-docker.
+
+A child component of the cluster, so that with monitoring off nothing of it
+is registered, and so that the cluster's own graph changes in two places
+only: the load balancer waits for the exporter (nginx resolves its syslog
+target once, at start) and carries the exporter's container id as a label.
+Labels are force-new in pulumi-docker, so a replaced exporter, which may get a
+new address, replaces the load balancer too instead of leaving nginx sending
+to an address nobody listens on.
+
+Inputs follow docs/provider-inputs.md: uploads with secret content are marked
+`additional_secret_outputs=["uploads"]` (the provider keeps uploads in state
+as given), a delete stops with a grace period (`destroy_grace_seconds`), and
+the volumes are kept on destroy unless `monitoring.keepDataOnDestroy` is false.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from .monitoring import MonitoringContainer, MonitoringPlan
+
+TYPE_TOKEN = "vllm-nginx:index:Monitoring"
+EXPORTER_LABEL = "vllm-nginx.lb-exporter-id"
+
+
+@dataclass(frozen=True)
+class MonitoringArgs:
+    plan: MonitoringPlan
+    network: docker.Network
+    secrets: Mapping[str, pulumi.Output[str]]
+
+
+class Monitoring(pulumi.ComponentResource):
+    """Prometheus, Grafana and the load balancer's exporter on the deployment's network."""
+
+    prometheus_url: pulumi.Output[str]
+    grafana_url: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        self._name = name
+        self._args = args
+        plan = args.plan
+        self.lb_exporter = self._container("lb-exporter", plan.lb_exporter)
+        self.prometheus = self._container("prometheus", plan.prometheus)
+        self.grafana = self._container("grafana", plan.grafana, after=[self.prometheus])
+        assert plan.prometheus.url is not None and plan.grafana.url is not None
+        self.prometheus_url = pulumi.Output.from_input(plan.prometheus.url)
+        self.grafana_url = pulumi.Output.from_input(plan.grafana.url)
+        self.register_outputs(
+            {"prometheus_url": self.prometheus_url, "grafana_url": self.grafana_url}
+        )
+
+    def lb_labels(self) -> list[docker.ContainerLabelArgs]:
+        """For the load balancer: replaced whenever the exporter is."""
+        return [docker.ContainerLabelArgs(label=EXPORTER_LABEL, value=self.lb_exporter.id)]
+
+    def _container(
+        self,
+        role: str,
+        spec: MonitoringContainer,
+        after: list[pulumi.Resource] | None = None,
+    ) -> docker.Container:
+        plan = self._args.plan
+        pull = f"{plan.pull_timeout_minutes}m"
+        image = docker.RemoteImage(
+            f"{self._name}-{role}-image",
+            name=spec.image,
+            keep_locally=plan.keep_images,
+            opts=pulumi.ResourceOptions(
+                parent=self, custom_timeouts=pulumi.CustomTimeouts(create=pull, update=pull)
+            ),
+        )
+        volumes = None
+        if spec.volume is not None and spec.volume_path is not None:
+            volume = docker.Volume(
+                f"{self._name}-{role}-data",
+                name=spec.volume,
+                opts=pulumi.ResourceOptions(
+                    parent=self, retain_on_delete=plan.keep_data_on_destroy
+                ),
+            )
+            volumes = [
+                docker.ContainerVolumeArgs(volume_name=volume.name, container_path=spec.volume_path)
+            ]
+        ports = None
+        if spec.host_port is not None and spec.container_port is not None:
+            ports = [
+                docker.ContainerPortArgs(
+                    internal=spec.container_port, external=spec.host_port, ip=spec.bind_address
+                )
+            ]
+        uploads = [docker.ContainerUploadArgs(file=f.path, content=f.content) for f in spec.uploads]
+        uploads += [
+            docker.ContainerUploadArgs(file=f.path, content=self._args.secrets[f.secret])
+            for f in spec.secret_uploads
+        ]
+        return docker.Container(
+            f"{self._name}-{role}",
+            name=spec.name,
+            image=image.image_id,
+            entrypoints=list(spec.entrypoint) or None,
+            command=list(spec.command) or None,
+            envs=list(spec.env) or None,
+            volumes=volumes,
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=self._args.network.name)],
+            ports=ports,
+            uploads=uploads,
+            restart=plan.restart_policy,
+            destroy_grace_seconds=plan.stop_grace_seconds,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=after,
+                delete_before_replace=True,
+                additional_secret_outputs=["uploads"] if spec.secret_uploads else None,
+            ),
+        )
