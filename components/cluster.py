@@ -9,6 +9,7 @@ check), and that secrets travel as Pulumi secrets.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
+from .lb.reload import FILES_ENV as LB_FILES_ENV
 from .monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET
 from .monitoring_stack import Monitoring, MonitoringArgs
 from .nginx_config import render_api_key_map
@@ -31,8 +33,10 @@ from .plan import (
     CheckPlan,
     DownloadPlan,
     ImagePlan,
+    LoadBalancerPlan,
     Plan,
     ReplicaPlan,
+    RolloutPlan,
     build_plan,
 )
 from .settings import Settings
@@ -50,6 +54,8 @@ class VllmClusterArgs:
     """The engine the checks talk to; the same one the docker provider targets."""
     project_dir: Path = PROJECT_DIR
     python: str = sys.executable
+    rolling: bool = True
+    """Declare the update waves (components.serving decides: only when replicas run)."""
 
 
 def _env_entry(key: str, value: pulumi.Output[str]) -> pulumi.Output[str]:
@@ -145,10 +151,27 @@ class VllmCluster(pulumi.ComponentResource):
         if plan.download is not None:
             self.download = self._download(name, plan.download, vllm_image_ref)
         after_download = [self.download] if self.download is not None else []
-        self.replicas = [
-            self._replica(name, replica, vllm_image_ref, after_download)
-            for replica in plan.replicas
-        ]
+        # Waves: a wave's replicas wait for the previous wave to be back in
+        # rotation, so an update keeps at least half of them serving. On a first
+        # deploy every rotation step returns at once (no balancer yet).
+        self.replicas = []
+        self.rotations: list[command.local.Command] = []
+        previous_wave: list[pulumi.Resource] = []
+        for wave in sorted({r.wave for r in plan.rollouts}):
+            members = [
+                (replica, rollout)
+                for replica, rollout in zip(plan.replicas, plan.rollouts, strict=True)
+                if rollout.wave == wave
+            ]
+            this_wave: list[pulumi.Resource] = []
+            for replica, rollout in members:
+                waits = previous_wave if args.rolling else []
+                container = self._replica(name, replica, vllm_image_ref, [*after_download, *waits])
+                rotation = self._rotation(name, rollout, container)
+                self.replicas.append(container)
+                self.rotations.append(rotation)
+                this_wave.append(rotation)
+            previous_wave = this_wave
         self.ready = self._check(name, plan.ready, self.replicas, [c.id for c in self.replicas])
         lb_after: list[pulumi.Resource] = [*self.replicas, self.ready]
 
@@ -177,6 +200,10 @@ class VllmCluster(pulumi.ComponentResource):
             uploads=[
                 docker.ContainerUploadArgs(file=lb.config_path, content=lb.config),
                 *[
+                    docker.ContainerUploadArgs(file=path, content=text)
+                    for path, text in lb.files.items()
+                ],
+                *[
                     docker.ContainerUploadArgs(file=up.path, content=self._secrets[up.secret])
                     for up in lb.secret_uploads
                 ],
@@ -190,12 +217,16 @@ class VllmCluster(pulumi.ComponentResource):
                 delete_before_replace=True,
                 # The provider keeps uploads in state as given (never read back).
                 additional_secret_outputs=["uploads"] if lb.secret_uploads else None,
+                # Uploads are force-new: a changed config would replace nginx and
+                # drop its connections. `lb_config` puts it in and reloads instead.
+                ignore_changes=["uploads"],
             ),
         )
+        self.lb_config = self._lb_config(name, lb, [*self.rotations, self.ready])
         self.verify = self._check(
             name,
             plan.verify,
-            [self.load_balancer],
+            [self.load_balancer, self.lb_config],
             [self.load_balancer.id, *[c.id for c in self.replicas]],
         )
 
@@ -370,6 +401,49 @@ class VllmCluster(pulumi.ComponentResource):
                 # Redacted already; secret anyway, as pulumi-command keeps stdout
                 # plain even when the environment holds a secret.
                 additional_secret_outputs=["stdout", "stderr"],
+            ),
+        )
+
+    def _lb_config(
+        self, name: str, lb: LoadBalancerPlan, after: Sequence[pulumi.Resource]
+    ) -> command.local.Command:
+        """Every file of the load balancer, written into the running container and
+        reloaded whenever one changes (or the container is new)."""
+        files: dict[str, pulumi.Input[str]] = {lb.config_path: lb.config, **lb.files}
+        files.update({up.path: self._secrets[up.secret] for up in lb.secret_uploads})
+        environment: dict[str, pulumi.Input[str]] = {LB_FILES_ENV: pulumi.Output.json_dumps(files)}
+        if self._args.docker_host:
+            environment["DOCKER_HOST"] = self._args.docker_host
+        return command.local.Command(
+            f"{name}-lb-config",
+            create=shlex.join((self._args.python, "-m", "components.lb.reload", "--lb", lb.name)),
+            dir=str(self._args.project_dir),
+            environment=environment,
+            triggers=[self.load_balancer.id],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.load_balancer, *after]),
+        )
+
+    def _rotation(
+        self, name: str, rollout: RolloutPlan, replica: docker.Container
+    ) -> command.local.Command:
+        """Drain (delete) before the replica stops, resume (create) once it is back.
+
+        Its trigger is the replica's id, so replacing the replica condemns this
+        command first (a delete-before-replace deletes its dependents before
+        the resource), which is what runs the drain before the stop.
+        """
+        environment: dict[str, pulumi.Input[str]] = {}
+        if self._args.docker_host:
+            environment["DOCKER_HOST"] = self._args.docker_host
+        return command.local.Command(
+            f"{name}-{rollout.replica}-rotation",
+            create=shlex.join(rollout.resume),
+            delete=shlex.join(rollout.drain),
+            dir=str(self._args.project_dir),
+            environment=environment,
+            triggers=[replica.id],
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[replica], delete_before_replace=True
             ),
         )
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .monitoring import MonitoringPlan, build_monitoring_plan
@@ -20,6 +20,7 @@ from .nginx_config import (
     CONTAINER_API_KEY_MAP,
     CONTAINER_TLS_FILES,
     NginxRuntime,
+    render_extra_files,
     render_nginx_config,
 )
 from .settings import Backend, Settings, Upstream, format_cpu_set
@@ -245,11 +246,29 @@ class LoadBalancerPlan:
     config: str
     url: str
     secret_uploads: tuple[SecretUpload, ...] = ()
+    files: Mapping[str, str] = field(default_factory=dict)
+    """Other plain files the config reads (the njs router of `prefix_affinity`)."""
     config_path: str = NGINX_CONFIG_PATH
     container_port: int = NGINX_PORT
     command: tuple[str, ...] = NGINX_COMMAND
     stop_signal: str = NGINX_STOP_SIGNAL
     stop_grace_seconds: int = 30
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """One replica's way out of and back into the load balancer during an update.
+
+    `drain` runs before Pulumi stops the replica, `resume` after its new
+    container exists (components.rollout). Replicas are replaced in waves of at
+    most half of them: a wave starts only when the previous one is back in
+    rotation, so at least half serve throughout.
+    """
+
+    replica: str
+    wave: int
+    drain: tuple[str, ...]
+    resume: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -261,6 +280,7 @@ class Plan:
     download: DownloadPlan | None
     replicas: tuple[ReplicaPlan, ...]
     ready: CheckPlan
+    rollouts: tuple[RolloutPlan, ...]
     load_balancer: LoadBalancerPlan
     verify: CheckPlan
     served_model_name: str
@@ -436,6 +456,38 @@ def _ready_check(
     )
 
 
+def _rollouts(
+    settings: Settings, replicas: Sequence[ReplicaPlan], lb_name: str, python: str
+) -> tuple[RolloutPlan, ...]:
+    size = max(1, len(replicas) // 2)
+
+    def argv(action: str, replica: ReplicaPlan, timeout: int) -> tuple[str, ...]:
+        return (
+            python,
+            "-m",
+            "components.rollout",
+            action,
+            "--lb",
+            lb_name,
+            "--replica",
+            replica.name,
+            "--port",
+            str(replica.container_port),
+            "--timeout",
+            str(timeout),
+        )
+
+    return tuple(
+        RolloutPlan(
+            replica=r.name,
+            wave=index // size,
+            drain=argv("drain", r, settings.stop_grace_seconds),
+            resume=argv("resume", r, settings.ready_timeout_seconds),
+        )
+        for index, r in enumerate(replicas)
+    )
+
+
 def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3") -> Plan:
     """Turn settings into the deployment: names, ports, GPUs, env, nginx config."""
     groups = settings.gpu_groups()
@@ -452,16 +504,13 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         uploads.append(SecretUpload(CONTAINER_TLS_FILES.key, TLS_KEY_SECRET))
     listen_port = NGINX_TLS_PORT if lb.tls else NGINX_PORT
     monitoring = build_monitoring_plan(settings)
-    nginx_config = render_nginx_config(
-        lb,
-        [r.upstream for r in replicas],
-        NginxRuntime(
-            listen_port=listen_port,
-            tls=CONTAINER_TLS_FILES if lb.tls else None,
-            api_key_map=CONTAINER_API_KEY_MAP if settings.api_key is not None else None,
-            metrics_syslog=monitoring.lb_syslog if monitoring is not None else None,
-        ),
+    runtime = NginxRuntime(
+        listen_port=listen_port,
+        tls=CONTAINER_TLS_FILES if lb.tls else None,
+        api_key_map=CONTAINER_API_KEY_MAP if settings.api_key is not None else None,
+        metrics_syslog=monitoring.lb_syslog if monitoring is not None else None,
     )
+    nginx_config = render_nginx_config(lb, [r.upstream for r in replicas], runtime)
     scheme = "https" if lb.tls else "http"
     lb_url = f"{scheme}://{_url_host(settings.public_host, lb.bind_address)}:{lb.port}"
     names = tuple(r.name for r in replicas)
@@ -483,6 +532,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         download=_download(settings, python),
         replicas=replicas,
         ready=_ready_check("replicas-ready", names, settings, python),
+        rollouts=_rollouts(settings, replicas, lb.name, python),
         load_balancer=LoadBalancerPlan(
             name=lb.name,
             image=ImagePlan(
@@ -495,6 +545,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             config=nginx_config,
             url=lb_url,
             secret_uploads=tuple(uploads),
+            files=render_extra_files(lb, runtime),
             container_port=listen_port,
             stop_grace_seconds=settings.stop_grace_seconds,
         ),

@@ -16,6 +16,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from .cluster import PROJECT_DIR, VllmCluster, VllmClusterArgs
+from .serving import replicas_running
 from .settings import Settings
 from .stack_config import (
     NAMESPACE,
@@ -58,7 +59,10 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
             "`pulumi config set --secret apiKey <key>`, or bind it to 127.0.0.1 "
             "(`pulumi config set --path loadBalancer.bindAddress 127.0.0.1`)."
         )
-    cluster = VllmCluster(name, VllmClusterArgs(settings=settings, docker_host=docker_host))
+    rolling = replicas_running(settings.replica_names(), docker_host)
+    cluster = VllmCluster(
+        name, VllmClusterArgs(settings=settings, docker_host=docker_host, rolling=rolling)
+    )
     return {
         "lb_url": cluster.lb_url,
         "replica_urls": cluster.replica_urls,

@@ -535,3 +535,55 @@ def test_main_turns_config_errors_into_a_plain_pulumi_error() -> None:
         run_program(config(replicas=0), program=_run_main, declared=declared)
     assert caught.value.__cause__ is None
     assert declared == []
+
+
+def _deploy_rolling(rolling: bool, replicas_count: int) -> Run:
+    def program() -> dict[str, Any]:
+        cluster = VllmCluster("vllm", VllmClusterArgs(settings=load_settings(), rolling=rolling))
+        return {"lb_url": cluster.lb_url}
+
+    return run_program(config(replicas=replicas_count), program=program)
+
+
+def test_each_replica_has_a_rotation_step_run_around_its_replacement() -> None:
+    run = _deploy_rolling(True, 4)
+    for index in range(4):
+        rotation = run.named(f"vllm-vllm{index}-rotation")
+        assert rotation.type == COMMAND
+        assert rotation.inputs["triggers"] == [f"@@vllm-vllm{index}.id@@"]
+        assert "components.rollout resume --lb nginx-lb --replica" in rotation.inputs["create"]
+        assert "components.rollout drain --lb nginx-lb --replica" in rotation.inputs["delete"]
+        assert "--timeout 30" in rotation.inputs["delete"], "drain bounded by stopGraceSeconds"
+        assert rotation.delete_before_replace
+        assert f"vllm-vllm{index}" in dep_names(run, rotation)
+
+
+def test_update_waves_keep_half_serving_only_once_replicas_run() -> None:
+    rolling = _deploy_rolling(True, 4)
+    for index in (2, 3):
+        names = dep_names(rolling, rolling.named(f"vllm-vllm{index}"))
+        assert {"vllm-vllm0-rotation", "vllm-vllm1-rotation"} <= names
+    for index in (0, 1):
+        assert not any(
+            n.endswith("-rotation") for n in dep_names(rolling, rolling.named(f"vllm-vllm{index}"))
+        )
+    first = _deploy_rolling(False, 4)
+    for index in range(4):
+        assert not any(
+            n.endswith("-rotation") for n in dep_names(first, first.named(f"vllm-vllm{index}"))
+        )
+    three = _deploy_rolling(True, 3)  # waves of one: never fewer than half serving
+    assert "vllm-vllm1-rotation" in dep_names(three, three.named("vllm-vllm2"))
+
+
+def test_config_changes_reach_nginx_by_reload_not_replacement(guide: Run) -> None:
+    lb = guide.named("vllm-lb")
+    assert lb.ignore_changes == ["uploads"]
+    reload = guide.named("vllm-lb-config")
+    assert reload.inputs["triggers"] == ["@@vllm-lb.id@@"]
+    assert reload.inputs["create"].endswith("-m components.lb.reload --lb nginx-lb")
+    files = json.loads(reload.inputs["environment"]["VLLM_NGINX_LB_FILES"])
+    assert set(files) == {"/etc/nginx/nginx.conf", "/etc/nginx/api-key.conf"}
+    assert "environment" in reload.secret_inputs, "the API key file is in there"
+    assert {"vllm-lb", "vllm-replicas-ready"} <= dep_names(guide, reload)
+    assert "vllm-lb-config" in dep_names(guide, guide.named("vllm-verify"))

@@ -146,7 +146,7 @@ def test_health_check_change_takes_effect_only_by_replacement(
         for d in changed.declared
     ]
     plain = Applier(client, unreplaced)
-    plain.container_state = dict(applier.container_state)
+    plain.carry_state_from(applier)
     plain.apply()
     assert _ids(client) == before
     assert set(plain.updated_in_place) >= {f"vllm-{n}" for n in REPLICAS}
@@ -156,14 +156,14 @@ def test_health_check_change_takes_effect_only_by_replacement(
 
     # As declared (replace_on_changes=["healthcheck"]): replaced, and in effect.
     declared = Applier(client, changed.declared)
-    declared.container_state = dict(applier.container_state)
+    declared.carry_state_from(applier)
     declared.apply()
     after = _ids(client)
     assert all(after[n] != before[n] for n in REPLICAS)
     interval = client.containers.get(REPLICAS[0]).attrs["Config"]["Healthcheck"]["Interval"]
     assert interval == 2_000_000_000
     assert declared.drift() == {}
-    applier.container_state.update(declared.container_state)
+    applier.carry_state_from(declared)
 
 
 def test_lb_stops_cleanly_on_its_declared_signal(

@@ -160,6 +160,7 @@ class Applied:
     timings: dict[str, Timing] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
 
 
 _GO_UNITS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
@@ -213,10 +214,19 @@ class Applier:
         # Pulumi keeps a command's inputs in its state and runs `create` again
         # only when they change; containers keep theirs in a label instead.
         self._command_state: dict[str, tuple[str, dict[str, str]]] = {}
+        # The inputs each command last ran with: its `delete` runs with them.
+        self.command_inputs: dict[str, dict[str, Any]] = {}
         # The inputs each container was last applied with, as Pulumi's state
         # keeps them (an in-place update records new inputs the engine may ignore).
         self.container_state: dict[str, dict[str, Any]] = {}
         self.updated_in_place: list[str] = []
+        self.deleted_commands: list[str] = []
+
+    def carry_state_from(self, previous: Applier) -> None:
+        """Start from what an earlier apply left, as Pulumi starts from its state."""
+        self.container_state = dict(previous.container_state)
+        self._command_state = dict(previous._command_state)
+        self.command_inputs = dict(previous.command_inputs)
 
     # -- graph -----------------------------------------------------------------
 
@@ -280,7 +290,22 @@ class Applier:
                             other.cancel()
                         raise ApplyError(f"{resource.type} {resource.name}: {error}") from error
                     done.add(resource.urn)
+        self._delete_undeclared(applied)
         return applied
+
+    def _delete_undeclared(self, applied: Applied) -> None:
+        """What the previous apply made and this program no longer declares goes last,
+        as Pulumi deletes removed resources after every create and update: commands
+        first (their `delete` runs), then containers (with their grace period)."""
+        declared = {r.name for r in self.resources}
+        for name in [n for n in self.command_inputs if n not in declared]:
+            self._delete_command(name)
+            applied.deleted.append(name)
+        for name in [n for n in self.container_state if n not in declared]:
+            state = self.container_state.pop(name)
+            with suppress(NotFound):
+                _remove(self.client.containers.get(state["name"]), state.get("destroyGraceSeconds"))
+            applied.deleted.append(name)
 
     def _apply_one(self, resource: Declared, applied: Applied) -> None:
         inputs = self._resolve(resource.inputs, applied)
@@ -363,6 +388,14 @@ class Applier:
         self, resource: Declared, inputs: dict[str, Any], applied: Applied
     ) -> dict[str, str]:
         name = inputs["name"]
+        previous_inputs = self.container_state.get(resource.name)
+        if previous_inputs is not None:
+            # ignoreChanges: the engine keeps the old value of those inputs.
+            for key in resource.ignore_changes:
+                if key in previous_inputs:
+                    inputs[key] = previous_inputs[key]
+                else:
+                    inputs.pop(key, None)
         digest = _inputs_hash(inputs)
         try:
             existing = self.client.containers.get(name)
@@ -388,6 +421,7 @@ class Applier:
             # period the provider gives a container it removes.
             if not resource.delete_before_replace:
                 raise ApplyError(f"{name}: would need create-before-delete with a fixed name")
+            self._condemn_dependents(resource)
             _remove(existing, (previous or inputs).get("destroyGraceSeconds"))
         container = self._create_container(inputs, digest)
         self.container_state[resource.name] = inputs
@@ -474,6 +508,51 @@ class Applier:
         container.start()
         return container
 
+    def _run_shell(self, script: str, inputs: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **self.command_env, **(inputs.get("environment") or {})}
+        return subprocess.run(
+            script,
+            shell=True,
+            cwd=inputs.get("dir"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    def _delete_command(self, name: str) -> None:
+        """pulumi-command's delete: run the `delete` script with the inputs it was
+        created with, then forget the command (it is created again if still declared)."""
+        with self._lock:
+            inputs = self.command_inputs.pop(name, None)
+            self._command_state.pop(name, None)
+        if inputs is None or not inputs.get("delete"):
+            return
+        result = self._run_shell(inputs["delete"], inputs)
+        if result.returncode != 0:
+            raise ApplyError(
+                f"delete of {name} failed (exit {result.returncode}): {inputs['delete']}\n"
+                f"{result.stderr.strip()}"
+            )
+        with self._lock:
+            self.deleted_commands.append(name)
+
+    def _condemn_dependents(self, resource: Declared) -> None:
+        """Before a delete-before-replace, the engine deletes the dependents that
+        the replacement would replace (pulumi/pulumi step_generator.go,
+        calculateDependentReplacements): here, the commands whose inputs use this
+        resource's outputs (a trigger on its id), deleted in reverse order."""
+        marker = f"@@{resource.name}."
+        dependents = [
+            d
+            for d in self.resources
+            if d.type == "command:local:Command"
+            and marker in json.dumps(d.inputs)
+            and d.name in self.command_inputs
+        ]
+        for dependent in reversed(dependents):
+            self._delete_command(dependent.name)
+
     def _command(
         self, resource: Declared, inputs: dict[str, Any], applied: Applied
     ) -> dict[str, str]:
@@ -482,25 +561,26 @@ class Applier:
         if previous is not None and previous[0] == digest:
             applied.unchanged.append(resource.name)
             return previous[1]
-        env = {**os.environ, **self.command_env, **(inputs.get("environment") or {})}
-        result = subprocess.run(
-            inputs["create"],
-            shell=True,
-            cwd=inputs.get("dir"),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        old = self.command_inputs.get(resource.name)
+        replaced = old is not None and old.get("triggers") != inputs.get("triggers")
+        if replaced and resource.delete_before_replace:
+            self._delete_command(resource.name)
+        result = self._run_shell(inputs["create"], inputs)
         if result.returncode != 0:
             raise ApplyError(
                 f"command failed (exit {result.returncode}): {inputs['create']}\n"
                 f"{result.stderr.strip()}"
             )
+        if replaced and not resource.delete_before_replace and old is not None:
+            # Create-before-delete: the old command's delete runs after the new create.
+            with self._lock:
+                self.command_inputs[resource.name] = old
+            self._delete_command(resource.name)
         applied.created.append(resource.name)
         outputs = {"id": resource.name, "stdout": result.stdout.strip(), "stderr": result.stderr}
         with self._lock:
             self._command_state[resource.name] = (digest, outputs)
+            self.command_inputs[resource.name] = inputs
         return outputs
 
     # -- read back ---------------------------------------------------------------
@@ -534,7 +614,9 @@ class Applier:
             if resource.retain_on_delete:
                 kept.append(resource.name)
                 continue
-            if resource.type == CONTAINER_TYPE:
+            if resource.type == "command:local:Command":
+                self._delete_command(resource.name)
+            elif resource.type == CONTAINER_TYPE:
                 with suppress(NotFound):
                     state = self.container_state.get(resource.name, resource.inputs)
                     _remove(self.client.containers.get(name), state.get("destroyGraceSeconds"))

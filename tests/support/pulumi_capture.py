@@ -48,6 +48,7 @@ class Declared:
     custom: bool
     secret_inputs: list[str] = field(default_factory=list)
     replace_on_changes: list[str] = field(default_factory=list)
+    ignore_changes: list[str] = field(default_factory=list)
     custom_timeouts: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,6 +110,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 custom=bool(request.custom),
                 secret_inputs=secret_inputs,
                 replace_on_changes=list(request.replaceOnChanges),
+                ignore_changes=list(request.ignoreChanges),
                 custom_timeouts={
                     key: value
                     for key in ("create", "update", "delete")

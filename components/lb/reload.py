@@ -1,0 +1,105 @@
+"""Put a new config into the running load balancer and reload it, instead of replacing it.
+
+pulumi-docker's `uploads` is force-new (docs/provider-inputs.md): a config
+change (a replica added or removed, a new policy, a rotated API key or TLS
+certificate) would replace the nginx container and drop every connection.
+The container ignores later changes to its uploads; this step, re-run by
+Pulumi whenever the files or the container change, writes them into the
+container, checks them with `nginx -t`, and reloads: nginx starts new workers
+with the new config and lets the old ones finish their requests.
+
+The files arrive as JSON in `VLLM_NGINX_LB_FILES` (a Pulumi secret when any of
+them is one, e.g. the API key file), never on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
+
+import docker
+from docker.errors import NotFound
+from docker.models.containers import Container
+
+FILES_ENV = "VLLM_NGINX_LB_FILES"
+
+
+class ReloadError(RuntimeError):
+    """The new config could not be put in place; the message is for the user."""
+
+
+def _archive(files: Mapping[str, str]) -> bytes:
+    """One tar of the files at their full paths, extracted at `/` (directories made)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(str(PurePosixPath(path)).lstrip("/"))
+            info.size = len(data)
+            # Only nginx's master (root) reads them; the key must not be world-readable.
+            info.mode = 0o600 if path.endswith((".key", "api-key.conf")) else 0o644
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _read(lb: Container, path: str) -> str | None:
+    code, output = lb.exec_run(["cat", path])
+    if code != 0 or not isinstance(output, bytes):
+        return None
+    return output.decode("utf-8", "replace")
+
+
+def reload(client: docker.DockerClient, lb_name: str, files: Mapping[str, str]) -> str:
+    try:
+        lb = client.containers.get(lb_name)
+    except NotFound:
+        raise ReloadError(f"load balancer {lb_name} does not exist") from None
+    current = {path: _read(lb, path) for path in files}
+    changed = {path: text for path, text in files.items() if current[path] != text}
+    if not changed:
+        return f"{lb_name}: config unchanged"
+    if not lb.put_archive("/", _archive(changed)):
+        raise ReloadError(f"writing the config into {lb_name} failed")
+    code, output = lb.exec_run(["nginx", "-t", "-q"])
+    if code != 0:
+        # Put the old files back so a restart of the container still works.
+        previous = {p: t for p, t in current.items() if p in changed and t is not None}
+        if previous:
+            lb.put_archive("/", _archive(previous))
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
+        raise ReloadError(f"nginx in {lb_name} refused the new config: {text.strip()}")
+    code, output = lb.exec_run(["nginx", "-s", "reload"])
+    if code != 0:
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
+        raise ReloadError(f"nginx in {lb_name} did not reload: {text.strip()}")
+    return f"{lb_name}: reloaded with {len(changed)} changed file(s): " + ", ".join(sorted(changed))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--lb", required=True, help="load balancer container")
+    args = parser.parse_args(argv)
+    try:
+        files = json.loads(os.environ[FILES_ENV])
+        client = docker.from_env()
+        message = reload(client, args.lb, files)
+    except KeyError:
+        print(f"error: {FILES_ENV} is not set", file=sys.stderr)
+        return 2
+    except (ReloadError, docker.errors.DockerException, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Take one replica out of the load balancer before it stops, and back in once it serves.
+
+vLLM does not finish the requests in flight when it gets SIGTERM: it shuts the
+engine down first, so every stream on a replica being replaced would be cut
+(docs/rolling-updates.md). The drain therefore happens at nginx: the replica's
+`server` lines are taken out of the config and nginx reloads (old workers finish the
+connections they have; new requests go to the other replicas), then this waits
+until the replica reports no request running (`vllm:num_requests_running`,
+read inside its container, so a remote engine works the same) or the grace
+period ends. Only then does Pulumi stop the container.
+
+`resume` is the other half, run once the new container exists: on an update
+it waits until the replica is healthy and puts it back in rotation. On a first
+deploy there is no load balancer yet and nothing is serving, so it returns at
+once and the cold start is not slowed (the readiness check before nginx waits).
+
+Run by `pulumi up` as the `create` and `delete` of one `local.Command` per
+replica, whose trigger is the replica's container id: when the replica is
+replaced, Pulumi deletes that command first (a delete-before-replace condemns
+its dependents), which drains, and creates it again afterwards, which resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Sequence
+
+import docker
+from docker.errors import APIError, NotFound
+from docker.models.containers import Container
+
+NGINX_CONFIG = "/etc/nginx/nginx.conf"
+DRAINED = "#drained# "
+RUNNING = re.compile(r"^vllm:num_requests_running\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
+METRICS_PROBE = (
+    "python3",
+    "-c",
+    "import urllib.request;"
+    "print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=4).read().decode())",
+)
+
+
+class RolloutError(RuntimeError):
+    """The load balancer could not be changed; the message is for the user."""
+
+
+def _get(client: docker.DockerClient, name: str) -> Container | None:
+    try:
+        container = client.containers.get(name)
+    except NotFound:
+        return None
+    return container if container.status == "running" else None
+
+
+def _exec(container: Container, argv: list[str]) -> tuple[int, str]:
+    """`docker exec`, its exit code and its output as text."""
+    code, output = container.exec_run(argv)
+    text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
+    return int(code or 0), text
+
+
+def _edit_upstream(lb: Container, replica: str, port: int, down: bool) -> bool:
+    """Take the replica's `server` lines out of the config (or put them back); reload.
+
+    Out means commented out rather than marked `down`: without `resolve`
+    (nginx < 1.27.3) nginx resolves every `server` name when it loads the
+    config, and a replica of the same wave may be gone by then.
+    """
+    # Replica names are DNS labels and ports digits: nothing to escape for sed.
+    server = f"server {replica}:{port}[ ;].*"
+    take_out = rf"s/^([[:space:]]*)({server})$/\1{DRAINED}\2/"
+    put_back = rf"s/^([[:space:]]*){DRAINED}({server})$/\1\2/"
+    script, undo = (take_out, put_back) if down else (put_back, take_out)
+    _, before = _exec(lb, ["cat", NGINX_CONFIG])
+    code, output = _exec(lb, ["sed", "-E", "-i", "-e", script, NGINX_CONFIG])
+    if code != 0:
+        raise RolloutError(f"editing {NGINX_CONFIG} in {lb.name}: {output.strip()}")
+    if _exec(lb, ["cat", NGINX_CONFIG])[1] == before:
+        return False
+    code, output = _exec(lb, ["nginx", "-t", "-q"])
+    if code != 0:
+        # The replica was the last one (one replica: an update cannot keep serving).
+        _exec(lb, ["sed", "-E", "-i", "-e", undo, NGINX_CONFIG])
+        print(
+            f"note: {replica} stays in rotation: nginx refused the config without it "
+            f"({output.strip()})",
+            flush=True,
+        )
+        return False
+    code, output = _exec(lb, ["nginx", "-s", "reload"])
+    if code != 0:
+        raise RolloutError(f"nginx in {lb.name} did not reload: {output.strip()}")
+    return True
+
+
+def requests_running(replica: Container, port: int) -> float | None:
+    """What the replica's own metrics say is running; None if it cannot tell."""
+    argv = [*METRICS_PROBE[:2], METRICS_PROBE[2].replace("{port}", str(port))]
+    try:
+        code, output = _exec(replica, argv)
+    except APIError:
+        return None
+    if code != 0:
+        return None
+    values = [float(v) for v in RUNNING.findall(output)]
+    return sum(values) if values else None
+
+
+def drain(
+    client: docker.DockerClient,
+    lb_name: str,
+    replica_name: str,
+    port: int,
+    grace: float,
+    *,
+    poll: float = 0.5,
+    progress: float = 10.0,
+) -> str:
+    lb = _get(client, lb_name)
+    replica = _get(client, replica_name)
+    if lb is None or replica is None:
+        # No balancer (first deploy, destroy) routes to it, or it is already gone.
+        return f"{replica_name}: nothing to drain"
+    _edit_upstream(lb, replica_name, port, down=True)
+    start = time.monotonic()
+    last_report = start
+    while True:
+        running = requests_running(replica, port)
+        if running is None or running <= 0:
+            waited = time.monotonic() - start
+            return f"{replica_name}: out of rotation, drained after {waited:.1f} s"
+        now = time.monotonic()
+        if now - start >= grace:
+            return (
+                f"{replica_name}: out of rotation; {running:.0f} request(s) still running "
+                f"after stopGraceSeconds ({grace:.0f} s), stopping anyway"
+            )
+        if now - last_report >= progress:
+            print(f"{replica_name}: waiting for {running:.0f} request(s) to finish", flush=True)
+            last_report = now
+        time.sleep(poll)
+
+
+def resume(
+    client: docker.DockerClient,
+    lb_name: str,
+    replica_name: str,
+    port: int,
+    timeout: float,
+    *,
+    poll: float = 0.5,
+    progress: float = 15.0,
+) -> str:
+    lb = _get(client, lb_name)
+    if lb is None:
+        return f"{replica_name}: no load balancer yet (first deploy); the readiness check waits"
+    start = time.monotonic()
+    last_report = start
+    while True:
+        try:
+            container = client.containers.get(replica_name)
+        except NotFound:
+            raise RolloutError(f"replica {replica_name} does not exist") from None
+        state = container.attrs.get("State", {})
+        health = (state.get("Health") or {}).get("Status", "none")
+        if health == "healthy":
+            break
+        if state.get("Status") in ("exited", "dead"):
+            raise RolloutError(f"replica {replica_name} exited before becoming healthy")
+        now = time.monotonic()
+        if now - start > timeout:
+            raise RolloutError(
+                f"replica {replica_name} not healthy after {timeout:.0f} s (readyTimeoutSeconds)"
+            )
+        if now - last_report >= progress:
+            print(f"{replica_name}: {health}, waiting to put it back in rotation", flush=True)
+            last_report = now
+        time.sleep(poll)
+    _edit_upstream(lb, replica_name, port, down=False)
+    return f"{replica_name}: healthy, back in rotation after {time.monotonic() - start:.1f} s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("action", choices=("drain", "resume"))
+    parser.add_argument("--lb", required=True, help="load balancer container")
+    parser.add_argument("--replica", required=True, help="replica container (upstream name)")
+    parser.add_argument("--port", type=int, default=8000, help="replica port in nginx's config")
+    parser.add_argument("--timeout", type=float, required=True, help="seconds")
+    args = parser.parse_args(argv)
+    try:
+        client = docker.from_env()
+        if args.action == "drain":
+            message = drain(client, args.lb, args.replica, args.port, args.timeout)
+        else:
+            message = resume(client, args.lb, args.replica, args.port, args.timeout)
+    except (RolloutError, docker.errors.DockerException, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
