@@ -15,7 +15,14 @@ seconds. Each way starts from an empty cache volume:
   the previous one is ready (the first downloads: D + N x L).
 
 The goal is the issue's: all replicas ready within 1.15 x (D + L).
-Prints a table and writes bench/results/cold_start.json.
+
+Then an update: the deployment (D and L as above) serves a continuous
+streaming load (2 streams per replica, 24 tokens each, through nginx) while
+every replica is replaced (a changed environment), in waves with a drain at
+nginx before each stop (components.rollout); reports how long the update took
+and how many streams failed or were cut, out of how many.
+
+Prints tables and writes bench/results/cold_start.json.
 """
 
 from __future__ import annotations
@@ -120,6 +127,62 @@ def by_hand(client: docker.DockerClient, replicas: int, download: float, load: f
     return time.monotonic() - start
 
 
+def update(client: docker.DockerClient, replicas: int, load: float) -> dict[str, Any]:
+    """A rolling update of every replica under streaming load (tests/test_e2e_rollout.py)."""
+    import threading
+
+    from tests.test_e2e import SECRET_KEYS
+    from tests.test_e2e_rollout import Stream, _clean, _stream_forever, stack
+
+    _clean(client, replicas)
+    first = Applier(client, run_program(stack(replicas, "1"), SECRET_KEYS).declared)
+    second: Applier | None = None
+    try:
+        first.apply()
+        streams: list[Stream] = []
+        lock, stop = threading.Lock(), threading.Event()
+        workers = [
+            threading.Thread(target=_stream_forever, args=(stop, streams, lock))
+            for _ in range(2 * replicas)
+        ]
+        for worker in workers:
+            worker.start()
+        time.sleep(2)
+        second = Applier(client, run_program(stack(replicas, "2"), SECRET_KEYS).declared)
+        second.carry_state_from(first)
+        started = time.monotonic()
+        second.apply()
+        took = time.monotonic() - started
+        time.sleep(2)
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=90)
+    finally:
+        if second is not None:
+            first.carry_state_from(second)
+        first.destroy()
+        _clean(client, replicas)
+    during = [s for s in streams if s.finished >= started and s.started <= started + took]
+    return {
+        "replicas": replicas,
+        "way": "update (rolling)",
+        "seconds": round(took, 2),
+        "streams": len(streams),
+        "streams_during_update": len(during),
+        "failed_or_cut": sum(1 for s in streams if not s.whole),
+    }
+
+
+def print_updates(updates: list[dict[str, Any]]) -> None:
+    print("\n| N | update of every replica (s) | streams (during the update) | failed or cut |")
+    print("| --- | --- | --- | --- |")
+    for row in updates:
+        print(
+            f"| {row['replicas']} | {row['seconds']} | {row['streams']} "
+            f"({row['streams_during_update']}) | {row['failed_or_cut']} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--download", type=float, default=6.0, help="simulated download, s")
@@ -152,6 +215,9 @@ def main() -> None:
                 }
             )
             print(rows[-1], flush=True)
+    updates = [update(client, n, args.load) for n in args.replicas]
+    for row in updates:
+        print(row, flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cold_start.json").write_text(
         json.dumps(
@@ -160,6 +226,7 @@ def main() -> None:
                 "load_seconds": args.load,
                 "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
                 "rows": rows,
+                "updates": updates,
             },
             indent=2,
         )
@@ -178,6 +245,7 @@ def main() -> None:
             f"| {row['guide_formula']} | {row['goal']} | {met if row['way'] == 'ours' else ''} "
             f"| {row['downloads']} |"
         )
+    print_updates(updates)
 
 
 if __name__ == "__main__":
