@@ -40,6 +40,7 @@ from components.gate import wait_healthy
 from tests.support.docker_apply import Applied, Applier
 from tests.support.docker_engine import base_image, remove_named, standin_image
 from tests.support.pulumi_capture import Declared, run_program
+from tests.support.streaming_load import streaming_load
 from tests.test_e2e import ci_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -127,39 +128,25 @@ def by_hand(client: docker.DockerClient, replicas: int, download: float, load: f
     return time.monotonic() - start
 
 
-def update(client: docker.DockerClient, replicas: int, load: float) -> dict[str, Any]:
-    """A rolling update of every replica under streaming load (tests/test_e2e_rollout.py)."""
-    import threading
-
-    from tests.test_e2e import SECRET_KEYS
-    from tests.test_e2e_rollout import Stream, _clean, _stream_forever, stack
+def update(client: docker.DockerClient, replicas: int) -> dict[str, Any]:
+    """A rolling update of every replica under streaming load (as tests/test_e2e_rollout.py)."""
+    from tests.test_e2e import API_KEY, SECRET_KEYS
+    from tests.test_e2e_rollout import LB_URL, TOKENS, _clean, stack
 
     _clean(client, replicas)
     first = Applier(client, run_program(stack(replicas, "1"), SECRET_KEYS).declared)
-    second: Applier | None = None
+    second = Applier(client, run_program(stack(replicas, "2"), SECRET_KEYS).declared)
     try:
         first.apply()
-        streams: list[Stream] = []
-        lock, stop = threading.Lock(), threading.Event()
-        workers = [
-            threading.Thread(target=_stream_forever, args=(stop, streams, lock))
-            for _ in range(2 * replicas)
-        ]
-        for worker in workers:
-            worker.start()
-        time.sleep(2)
-        second = Applier(client, run_program(stack(replicas, "2"), SECRET_KEYS).declared)
         second.carry_state_from(first)
-        started = time.monotonic()
-        second.apply()
-        took = time.monotonic() - started
-        time.sleep(2)
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=90)
+        with streaming_load(LB_URL, API_KEY, workers=2 * replicas, tokens=TOKENS) as streams:
+            time.sleep(2)
+            started = time.monotonic()
+            second.apply()
+            took = time.monotonic() - started
+            time.sleep(2)
     finally:
-        if second is not None:
-            first.carry_state_from(second)
+        first.carry_state_from(second)
         first.destroy()
         _clean(client, replicas)
     during = [s for s in streams if s.finished >= started and s.started <= started + took]
@@ -215,7 +202,7 @@ def main() -> None:
                 }
             )
             print(rows[-1], flush=True)
-    updates = [update(client, n, args.load) for n in args.replicas]
+    updates = [update(client, n) for n in args.replicas]
     for row in updates:
         print(row, flush=True)
     RESULTS.mkdir(exist_ok=True)

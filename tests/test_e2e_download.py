@@ -19,7 +19,7 @@ import pytest
 from docker.errors import NotFound
 
 from tests.support.docker_apply import Applied, Applier, ApplyError
-from tests.support.docker_engine import base_image, docker_client, remove_named, standin_image
+from tests.support.docker_engine import remove_named
 from tests.support.pulumi_capture import run_program
 from tests.test_e2e import ci_config
 
@@ -60,14 +60,6 @@ def clean(client: docker.DockerClient, prefix: str) -> None:
         networks=[f"{prefix}-net"],
         volumes=[f"{prefix}-cache", f"{prefix}-compile"],
     )
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    engine = docker_client()
-    base_image(engine)
-    standin_image(engine)
-    yield engine
 
 
 def _downloads(client: docker.DockerClient, container: str) -> list[str]:

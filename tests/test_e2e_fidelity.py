@@ -22,7 +22,7 @@ import docker
 import pytest
 
 from tests.support.docker_apply import Applier
-from tests.support.docker_engine import base_image, docker_client, remove_named, standin_image
+from tests.support.docker_engine import remove_named
 from tests.support.pulumi_capture import Run, run_program
 from tests.test_e2e import SECRET_KEYS, ci_config
 
@@ -66,14 +66,11 @@ def _clean(client: docker.DockerClient) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    engine = docker_client()
-    base_image(engine)
-    standin_image(engine)
-    _clean(engine)
-    yield engine
-    _clean(engine)
+@pytest.fixture(scope="module", autouse=True)
+def _no_leftovers(client: docker.DockerClient) -> Iterator[None]:
+    _clean(client)
+    yield
+    _clean(client)
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,7 @@ import pytest
 
 from tests.support.docker_apply import Applier, ApplyError
 from tests.support.docker_engine import (
-    base_image,
-    docker_client,
     remove_named,
-    standin_image,
 )
 from tests.support.pulumi_capture import run_program
 from tests.test_e2e import ci_config
@@ -45,14 +42,6 @@ def failing_stack(prefix: str, port: int, **overrides: Any) -> dict[str, str]:
         },
         **overrides,
     )
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    engine = docker_client()
-    base_image(engine)
-    standin_image(engine)
-    yield engine
 
 
 def _names(client: docker.DockerClient) -> set[str]:

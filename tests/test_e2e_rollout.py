@@ -11,24 +11,22 @@ would show up here as a cut stream.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import docker
-import openai
 import pytest
 
 from tests.support.docker_apply import Applier
-from tests.support.docker_engine import base_image, docker_client, remove_named, standin_image
+from tests.support.docker_engine import remove_named
 from tests.support.pulumi_capture import run_program
+from tests.support.streaming_load import streaming_load
 from tests.test_e2e import API_KEY, SECRET_KEYS, ci_config
 
 pytestmark = pytest.mark.docker
 
 PREFIX = "e2e-roll"
 LB_PORT = 18660
+LB_URL = f"http://127.0.0.1:{LB_PORT}"
 TOKENS = 24
 
 
@@ -58,44 +56,6 @@ def stack(replicas: int, revision: str) -> dict[str, str]:
     )
 
 
-@dataclass
-class Stream:
-    started: float
-    finished: float
-    tokens: int
-    finish_reason: str | None
-    error: str | None
-
-    @property
-    def whole(self) -> bool:
-        return self.error is None and self.tokens == TOKENS and self.finish_reason is not None
-
-
-def _stream_forever(stop: threading.Event, streams: list[Stream], lock: threading.Lock) -> None:
-    client = openai.OpenAI(
-        base_url=f"http://127.0.0.1:{LB_PORT}/v1", api_key=API_KEY, max_retries=0, timeout=60
-    )
-    while not stop.is_set():
-        started = time.monotonic()
-        tokens, reason, error = 0, None, None
-        try:
-            stream = client.chat.completions.create(
-                model="tiny-chat",
-                messages=[{"role": "user", "content": "go"}],
-                max_tokens=TOKENS,
-                stream=True,
-            )
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    tokens += 1
-                if chunk.choices and chunk.choices[0].finish_reason:
-                    reason = chunk.choices[0].finish_reason
-        except (openai.APIError, Exception) as err:  # a cut stream may surface as any error
-            error = f"{type(err).__name__}: {err}"
-        with lock:
-            streams.append(Stream(started, time.monotonic(), tokens, reason, error))
-
-
 def _clean(client: docker.DockerClient, replicas: int) -> None:
     remove_named(
         client,
@@ -103,14 +63,6 @@ def _clean(client: docker.DockerClient, replicas: int) -> None:
         networks=[f"{PREFIX}-net"],
         volumes=[f"{PREFIX}-cache"],
     )
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[docker.DockerClient]:
-    engine = docker_client()
-    base_image(engine)
-    standin_image(engine)
-    yield engine
 
 
 @pytest.mark.parametrize("replicas", [2, 4])
@@ -124,27 +76,14 @@ def test_update_of_every_replica_fails_nothing(client: docker.DockerClient, repl
         names = [f"{PREFIX}{i}" for i in range(replicas)]
         before = {n: client.containers.get(n).id for n in names}
 
-        streams: list[Stream] = []
-        lock = threading.Lock()
-        stop = threading.Event()
-        workers = [
-            threading.Thread(target=_stream_forever, args=(stop, streams, lock))
-            for _ in range(2 * replicas)
-        ]
-        for worker in workers:
-            worker.start()
-        time.sleep(2)
-
-        second = run_program(stack(replicas, "2"), SECRET_KEYS)
-        update = Applier(client, second.declared)
+        update = Applier(client, run_program(stack(replicas, "2"), SECRET_KEYS).declared)
         update.carry_state_from(applier)
-        started = time.monotonic()
-        applied = update.apply()
-        took = time.monotonic() - started
-        time.sleep(2)
-        stop.set()
-        for worker in workers:
-            worker.join(timeout=90)
+        with streaming_load(LB_URL, API_KEY, workers=2 * replicas, tokens=TOKENS) as streams:
+            time.sleep(2)
+            started = time.monotonic()
+            applied = update.apply()
+            took = time.monotonic() - started
+            time.sleep(2)
 
         after = {n: client.containers.get(n).id for n in names}
         assert all(after[n] != before[n] for n in names), "every replica must be replaced"
@@ -176,17 +115,6 @@ def test_update_of_every_replica_fails_nothing(client: docker.DockerClient, repl
         _clean(client, replicas)
 
 
-def _load(streams: list[Stream]) -> tuple[threading.Event, list[threading.Thread]]:
-    lock = threading.Lock()
-    stop = threading.Event()
-    workers = [
-        threading.Thread(target=_stream_forever, args=(stop, streams, lock)) for _ in range(4)
-    ]
-    for worker in workers:
-        worker.start()
-    return stop, workers
-
-
 def test_adding_and_removing_a_replica_keeps_the_balancer(client: docker.DockerClient) -> None:
     """The upstream list changes by a reload in the running nginx, never by replacing it."""
     _clean(client, 3)
@@ -198,18 +126,14 @@ def test_adding_and_removing_a_replica_keeps_the_balancer(client: docker.DockerC
         lb_id = client.containers.get(f"{PREFIX}-lb").id
         kept = {n: client.containers.get(n).id for n in (f"{PREFIX}0", f"{PREFIX}1")}
         for replicas in (3, 2):
-            streams: list[Stream] = []
-            stop, workers = _load(streams)
-            time.sleep(1.5)
             step = Applier(client, run_program(stack(replicas, "1"), SECRET_KEYS).declared)
             step.carry_state_from(current)
-            started = time.monotonic()
-            applied = step.apply()
-            took = time.monotonic() - started
-            time.sleep(1.5)
-            stop.set()
-            for worker in workers:
-                worker.join(timeout=90)
+            with streaming_load(LB_URL, API_KEY, workers=4, tokens=TOKENS) as streams:
+                time.sleep(1.5)
+                started = time.monotonic()
+                applied = step.apply()
+                took = time.monotonic() - started
+                time.sleep(1.5)
             current = step
             output = (
                 client.containers.get(f"{PREFIX}-lb")

@@ -1,0 +1,83 @@
+"""Continuous streaming chat completions through the load balancer, each one checked whole.
+
+A stream counts as whole when every token arrived and a finish reason closed it:
+vLLM (and the stand-in) end a stream that is cut by a stopping replica with an
+error event or just a closed connection, which the client may not raise on,
+so a missing token or finish reason is what shows the cut.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import openai
+
+
+@dataclass
+class Stream:
+    started: float
+    finished: float
+    tokens: int
+    expected: int
+    finish_reason: str | None
+    error: str | None
+
+    @property
+    def whole(self) -> bool:
+        return self.error is None and self.tokens == self.expected and bool(self.finish_reason)
+
+
+def _stream_forever(
+    url: str,
+    api_key: str,
+    tokens: int,
+    stop: threading.Event,
+    streams: list[Stream],
+    lock: threading.Lock,
+) -> None:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=60)
+    while not stop.is_set():
+        started = time.monotonic()
+        count, reason, error = 0, None, None
+        try:
+            stream = client.chat.completions.create(
+                model="tiny-chat",
+                messages=[{"role": "user", "content": "go"}],
+                max_tokens=tokens,
+                stream=True,
+            )
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    count += 1
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    reason = chunk.choices[0].finish_reason
+        except Exception as err:  # a cut stream may surface as any error
+            error = f"{type(err).__name__}: {err}"
+        with lock:
+            streams.append(Stream(started, time.monotonic(), count, tokens, reason, error))
+
+
+@contextmanager
+def streaming_load(
+    url: str, api_key: str, *, workers: int, tokens: int = 24
+) -> Iterator[list[Stream]]:
+    """`workers` clients streaming back to back until the block ends; the list fills as
+    streams finish (complete once the block has exited)."""
+    streams: list[Stream] = []
+    lock, stop = threading.Lock(), threading.Event()
+    threads = [
+        threading.Thread(target=_stream_forever, args=(url, api_key, tokens, stop, streams, lock))
+        for _ in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield streams
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=90)
