@@ -170,6 +170,45 @@ def print_updates(updates: list[dict[str, Any]]) -> None:
         )
 
 
+def chart(rows: list[dict[str, Any]], updates: list[dict[str, Any]], d: float, l_: float) -> None:
+    """Cold start by N (ours, the guide by hand, the goal) and the update's duration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted({row["replicas"] for row in rows})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.35
+    for offset, way in ((-width / 2, "ours"), (width / 2, "guide")):
+        values = [
+            next(r["seconds"] for r in rows if r["replicas"] == n and r["way"] == way) for n in ns
+        ]
+        left.bar([i + offset for i in range(len(ns))], values, width, label=way)
+    left.axhline(1.15 * (d + l_), color="black", linestyle="--", label="goal 1.15 (D + L)")
+    left.set_xticks(range(len(ns)), [f"N = {n}" for n in ns])
+    left.set_ylabel("all replicas ready (s)")
+    left.set_title(f"cold start, D = {d:g} s, L = {l_:g} s")
+    left.legend()
+    right.bar(
+        [f"N = {u['replicas']}" for u in updates],
+        [u["seconds"] for u in updates],
+        color="tab:green",
+    )
+    for index, u in enumerate(updates):
+        right.annotate(
+            f"{u['failed_or_cut']} of {u['streams']} streams\nfailed or cut",
+            (index, u["seconds"]),
+            ha="center",
+            va="bottom",
+        )
+    right.set_ylim(0, 1.3 * max((u["seconds"] for u in updates), default=1))
+    right.set_ylabel("rolling update of every replica (s)")
+    right.set_title("update under streaming load")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "cold_start.png", dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--download", type=float, default=6.0, help="simulated download, s")
@@ -219,6 +258,7 @@ def main() -> None:
         )
         + "\n"
     )
+    chart(rows, updates, args.download, args.load)
     print(f"\nD = {args.download} s, L = {args.load} s")
     print(
         "| N | way | all ready (s) | / (D + L) | guide D + N*L (s) | goal 1.15 (D + L) (s) "
