@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -139,6 +139,12 @@ def _paths_of_its_own(paths: tuple[str, ...]) -> tuple[str, ...]:
                 "already serves everything under /v1/"
             )
     return paths
+
+
+def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not hosts:
+        raise ValueError("must list at least one host (or be left out: one engine)")
+    return hosts
 
 
 class _Model(BaseModel):
@@ -435,7 +441,7 @@ class Settings(_Model):
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
     stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 30
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
-    hosts: Annotated[tuple[HostSettings, ...], Field(min_length=1)] | None = None
+    hosts: Annotated[tuple[HostSettings, ...], AfterValidator(_some_hosts)] | None = None
     monitoring: MonitoringSettings = MonitoringSettings()
     hf_token: SafeSecret | None = None
     api_key: SafeSecret | None = None
@@ -748,12 +754,12 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
 
 
 SINGLE_HOST_KEYS = {
-    "replicas": "replicas",
-    "gpus": "gpus",
-    "bindAddress": "bindAddress",
-    "publicHost": "address",
+    "replicas": ("replicas", "replicas"),
+    "gpus": ("gpus", "gpus"),
+    "bind_address": ("bindAddress", "bindAddress"),
+    "public_host": ("publicHost", "address"),
 }
-"""Top-level keys that 'hosts' replaces, with the per-host key that says it instead."""
+"""Top-level fields that 'hosts' replaces: the key, and the per-host key that says it instead."""
 
 
 def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
@@ -784,9 +790,9 @@ def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]
 def _host_device_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
     """A GPU or core belongs to one replica of its host; other hosts have their own."""
     key = f"hosts[{i}]"
-    gpus, cores = s._host_groups(host)
+    _gpus, cores = s._host_groups(host)
     seen_gpus: set[int] = set()
-    for r, ids in enumerate(gpus if host.gpus is not None else ()):
+    for r, ids in enumerate(host.gpus or ()):
         if len(ids) != s.tensor_parallel_size:
             yield _rule(
                 f"{key}.gpus[{r}]",
@@ -838,8 +844,10 @@ def _host_port_rules(s: Settings, lb_host: HostSettings | None) -> Iterator[Rule
     reached: dict[tuple[str, int], str] = {}
     for i, host in enumerate(s.hosts):
         key = f"hosts[{i}]"
+        if host.replica_count == 0:
+            continue  # no ports; its count is reported on its own
         first = host.base_port if host.base_port is not None else base
-        last = first + max(host.replica_count, 1) - 1
+        last = first + host.replica_count - 1
         port_key = f"{key}.basePort" if host.base_port is not None else "basePort"
         if last > 65535:
             yield _rule(
@@ -889,8 +897,8 @@ def _host_rules(s: Settings) -> Iterator[Rule]:
         if lb.host is not None:
             yield _rule("loadBalancer.host", "is set but 'hosts' is not", "hosts")
         return
-    for key, per_host in SINGLE_HOST_KEYS.items():
-        if key in s.model_fields_set:
+    for field, (key, per_host) in SINGLE_HOST_KEYS.items():
+        if field in s.model_fields_set:
             yield _rule(
                 key,
                 f"must not be set with 'hosts': each host says its own ('hosts[i].{per_host}')",
