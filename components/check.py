@@ -63,7 +63,10 @@ def _cache_line(plan: Plan) -> str:
     cache = plan.cache
     where = f"host directory {cache.host_path}" if cache.host_path else f"volume {cache.volume}"
     kept = "kept" if cache.keep_on_destroy else "removed"
-    return f"{where}, shared by all replicas, {kept} on `pulumi destroy`"
+    shared = (
+        "one per host, shared by its replicas" if len(plan.hosts) > 1 else "shared by all replicas"
+    )
+    return f"{where}, {shared}, {kept} on `pulumi destroy`"
 
 
 def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
@@ -78,6 +81,12 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
         f"  replicas       {len(plan.replicas)}, tensor parallel size "
         f"{settings.tensor_parallel_size}, on network {plan.network}",
     ]
+    for host in plan.hosts if plan.hosts[0].name is not None else ():
+        where = ", load balancer" if host.runs_load_balancer else ""
+        lines.append(
+            f"  host           {host.name}: {host.docker_host}, "
+            f"{len(host.replicas)} replica(s){where}"
+        )
     width = max(len(r.name) for r in plan.replicas)
     for replica in plan.replicas:
         if replica.gpu_ids:

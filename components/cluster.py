@@ -12,8 +12,9 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_command as command
@@ -32,17 +33,34 @@ from .plan import (
     TLS_KEY_SECRET,
     CheckPlan,
     DownloadPlan,
+    HostPlan,
     ImagePlan,
     LoadBalancerPlan,
     Plan,
     ReplicaPlan,
     RolloutPlan,
     build_plan,
+    host_tls_secret,
 )
 from .settings import Settings
 
 TYPE_TOKEN = "vllm-nginx:index:VllmCluster"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class HostResources:
+    """What one engine holds, filled in as `_host` declares it."""
+
+    plan: HostPlan
+    provider: docker.Provider | None
+    network: docker.Network
+    cache_volume: docker.Volume | None
+    compile_volume: docker.Volume | None
+    image: pulumi.Output[str]
+    download: command.local.Command | None = None
+    replicas: list[docker.Container] = field(default_factory=list)
+    ready: command.local.Command | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,17 @@ def _secret_values(settings: Settings) -> dict[str, pulumi.Output[str]]:
         values[LB_CERTIFICATE_ENV] = settings.tls_certificate.get_secret_value()
     if settings.tls_key is not None:
         values[TLS_KEY_SECRET] = settings.tls_key.get_secret_value()
+    for host in settings.hosts or ():
+        tls = host.tls
+        if tls is None or tls.key_material is None:
+            continue
+        for part, pem in (
+            ("ca", tls.ca_material),
+            ("cert", tls.cert_material),
+            ("key", tls.key_material),
+        ):
+            if pem is not None:
+                values[host_tls_secret(host.name, part)] = pem.get_secret_value()
     return {name: pulumi.Output.secret(value) for name, value in values.items()}
 
 
@@ -123,57 +152,51 @@ class VllmCluster(pulumi.ComponentResource):
         self._secrets = _secret_values(settings)
 
         child = pulumi.ResourceOptions(parent=self)
-        self.network = docker.Network(f"{name}-network", name=plan.network, opts=child)
-        self.cache_volume: docker.Volume | None = None
-        if plan.cache.volume is not None:
-            self.cache_volume = docker.Volume(
-                f"{name}-hf-cache",
-                name=plan.cache.volume,
-                opts=pulumi.ResourceOptions(
-                    parent=self, retain_on_delete=plan.cache.keep_on_destroy
-                ),
-            )
-        self.compile_volume: docker.Volume | None = None
-        if plan.compile_cache is not None:
-            self.compile_volume = docker.Volume(
-                f"{name}-compile-cache",
-                name=plan.compile_cache.volume,
-                opts=pulumi.ResourceOptions(
-                    parent=self, retain_on_delete=plan.compile_cache.keep_on_destroy
-                ),
-            )
-        vllm_image_ref = self._image(f"{name}-vllm-image", plan.vllm_image)
-        nginx_image_ref = self._image(f"{name}-nginx-image", plan.load_balancer.image)
-
-        # One download, then every replica at once: each loads from the cache
-        # offline, so none waits for another's load (README, "Start-up order").
-        self.download: command.local.Command | None = None
-        if plan.download is not None:
-            self.download = self._download(name, plan.download, vllm_image_ref)
-        after_download = [self.download] if self.download is not None else []
-        # Waves: a wave's replicas wait for the previous wave to be back in
-        # rotation, so an update keeps at least half of them serving. On a first
-        # deploy every rotation step returns at once (no balancer yet).
+        # Per host: its engine, network, caches, image and download. Hosts share
+        # nothing, so their downloads and loads run at the same time.
+        self.hosts = [self._host(name, host) for host in plan.hosts]
+        lb_host = next(h for h in self.hosts if h.plan.runs_load_balancer)
+        self.network = lb_host.network
+        self.download = self.hosts[0].download
+        host_of = {r.name: h for h in self.hosts for r in h.plan.replicas}
+        # Replicas, in waves across all hosts: a wave's replicas wait for the
+        # previous wave to be back in rotation, so an update keeps at least half
+        # of them serving. On a first deploy no wave waits (components.serving).
         self.replicas = []
         self.rotations: list[command.local.Command] = []
         previous_wave: list[pulumi.Resource] = []
         for wave in sorted({r.wave for r in plan.rollouts}):
-            members = [
-                (replica, rollout)
-                for replica, rollout in zip(plan.replicas, plan.rollouts, strict=True)
-                if rollout.wave == wave
-            ]
             this_wave: list[pulumi.Resource] = []
-            for replica, rollout in members:
+            for replica, rollout in zip(plan.replicas, plan.rollouts, strict=True):
+                if rollout.wave != wave:
+                    continue
+                host = host_of[replica.name]
+                after = [host.download] if host.download is not None else []
                 waits = previous_wave if args.rolling else []
-                container = self._replica(name, replica, vllm_image_ref, [*after_download, *waits])
-                rotation = self._rotation(name, rollout, container)
+                container = self._replica(name, replica, host, [*after, *waits])
+                host.replicas.append(container)
                 self.replicas.append(container)
+                rotation = self._rotation(name, rollout, container, lb_host.plan)
                 self.rotations.append(rotation)
                 this_wave.append(rotation)
             previous_wave = this_wave
-        self.ready = self._check(name, plan.ready, self.replicas, [c.id for c in self.replicas])
-        lb_after: list[pulumi.Resource] = [*self.replicas, self.ready]
+        # nginx waits for every host's readiness.
+        for host in self.hosts:
+            host.ready = self._check(
+                name,
+                host.plan.ready,
+                host.replicas,
+                [c.id for c in host.replicas],
+                engine=host.plan,
+            )
+        self.ready = self.hosts[0].ready
+        nginx_image_ref = self._image(
+            f"{name}-nginx-image", plan.load_balancer.image, lb_host.provider
+        )
+        lb_after: list[pulumi.Resource] = [
+            *self.replicas,
+            *(h.ready for h in self.hosts if h.ready is not None),
+        ]
 
         self.monitoring: Monitoring | None = None
         if plan.monitoring is not None:
@@ -213,6 +236,7 @@ class VllmCluster(pulumi.ComponentResource):
             labels=self.monitoring.lb_labels() if self.monitoring is not None else None,
             opts=pulumi.ResourceOptions(
                 parent=self,
+                provider=lb_host.provider,
                 depends_on=lb_after,
                 delete_before_replace=True,
                 # The provider keeps uploads in state as given (never read back).
@@ -222,7 +246,12 @@ class VllmCluster(pulumi.ComponentResource):
                 ignore_changes=["uploads"],
             ),
         )
-        self.lb_config = self._lb_config(name, lb, [*self.rotations, self.ready])
+        self.lb_config = self._lb_config(
+            name,
+            lb,
+            [*self.rotations, *(h.ready for h in self.hosts if h.ready is not None)],
+            lb_host.plan,
+        )
         self.verify = self._check(
             name,
             plan.verify,
@@ -234,6 +263,19 @@ class VllmCluster(pulumi.ComponentResource):
         self.replica_urls = pulumi.Output.from_input([r.url for r in plan.replicas])
         self.replica_names = pulumi.Output.all(*[c.name for c in self.replicas]).apply(list)
         self.served_model_name = pulumi.Output.from_input(plan.served_model_name)
+        self.host_outputs: pulumi.Output[dict[str, dict[str, object]]] | None = None
+        if plan.hosts[0].name is not None:
+            self.host_outputs = pulumi.Output.from_input(
+                {
+                    str(host.name): {
+                        "docker_host": host.docker_host,
+                        "replica_names": [r.name for r in host.replicas],
+                        "replica_urls": [r.url for r in host.replicas],
+                        "load_balancer": host.runs_load_balancer,
+                    }
+                    for host in plan.hosts
+                }
+            )
         # The verify step prints no secret. pulumi-command 1.2.1 keeps stdout
         # plain even with a secret environment; 0.8 marked every output secret
         # (pulumi/pulumi-command#256), so a pin change must not hide the models.
@@ -246,7 +288,73 @@ class VllmCluster(pulumi.ComponentResource):
                 "served_model_name": self.served_model_name,
                 "verified_models": self.verified_models,
                 **self.monitoring_outputs(),
+                **self.hosts_outputs(),
             }
+        )
+
+    def hosts_outputs(self) -> dict[str, pulumi.Output[Any]]:
+        """Per host, its replicas (names, URLs) and engine; only with 'hosts'."""
+        if self.host_outputs is None:
+            return {}
+        return {"hosts": self.host_outputs}
+
+    def _host(self, name: str, host: HostPlan) -> HostResources:
+        """One engine's share of the graph, through that engine's provider."""
+        plan = self.plan
+        provider = self._engine_provider(name, host)
+        prefix = f"{name}-{host.resource_prefix}"
+
+        def opts(**more: Any) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, provider=provider, **more)
+
+        network = docker.Network(f"{prefix}network", name=plan.network, opts=opts())
+        cache_volume: docker.Volume | None = None
+        if plan.cache.volume is not None:
+            cache_volume = docker.Volume(
+                f"{prefix}hf-cache",
+                name=plan.cache.volume,
+                opts=opts(retain_on_delete=plan.cache.keep_on_destroy),
+            )
+        compile_volume: docker.Volume | None = None
+        if plan.compile_cache is not None:
+            compile_volume = docker.Volume(
+                f"{prefix}compile-cache",
+                name=plan.compile_cache.volume,
+                opts=opts(retain_on_delete=plan.compile_cache.keep_on_destroy),
+            )
+        resources = HostResources(
+            plan=host,
+            provider=provider,
+            network=network,
+            cache_volume=cache_volume,
+            compile_volume=compile_volume,
+            image=self._image(f"{prefix}vllm-image", plan.vllm_image, provider),
+        )
+        # One download, then every replica at once: each loads from the cache
+        # offline, so none waits for another's load (README, "Start-up order").
+        # The replicas and the readiness check come after, in waves across hosts.
+        if host.download is not None:
+            resources.download = self._download(prefix, host.download, resources)
+        return resources
+
+    def _engine_provider(self, name: str, host: HostPlan) -> docker.Provider | None:
+        """An explicit provider per named host; the unnamed one uses the default."""
+        if host.name is None:
+            return None
+
+        def material(part: str) -> pulumi.Output[str] | None:
+            assert host.name is not None
+            return self._secrets[host_tls_secret(host.name, part)] if host.tls_materials else None
+
+        return docker.Provider(
+            f"{name}-{host.name}-docker",
+            host=host.docker_host,
+            cert_path=host.tls_cert_path,
+            ca_material=material("ca"),
+            cert_material=material("cert"),
+            # A Pulumi secret, so the key stays encrypted in the provider's state.
+            key_material=material("key"),
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
     def monitoring_outputs(self) -> dict[str, pulumi.Output[str]]:
@@ -258,7 +366,9 @@ class VllmCluster(pulumi.ComponentResource):
             "grafana_url": self.monitoring.grafana_url,
         }
 
-    def _image(self, resource_name: str, image: ImagePlan) -> pulumi.Output[str]:
+    def _image(
+        self, resource_name: str, image: ImagePlan, provider: docker.Provider | None = None
+    ) -> pulumi.Output[str]:
         """A reference that changes with the image, so containers follow a rebuild."""
         if image.build is None:
             pull = f"{image.pull_timeout_minutes}m"
@@ -267,7 +377,9 @@ class VllmCluster(pulumi.ComponentResource):
                 name=image.name,
                 keep_locally=image.keep_locally,
                 opts=pulumi.ResourceOptions(
-                    parent=self, custom_timeouts=pulumi.CustomTimeouts(create=pull, update=pull)
+                    parent=self,
+                    provider=provider,
+                    custom_timeouts=pulumi.CustomTimeouts(create=pull, update=pull),
                 ),
             )
             return remote.image_id
@@ -282,7 +394,7 @@ class VllmCluster(pulumi.ComponentResource):
                 args=dict(build.args),
             ),
             skip_push=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
         )
         return built.repo_digest
 
@@ -290,7 +402,7 @@ class VllmCluster(pulumi.ComponentResource):
         self,
         name: str,
         replica: ReplicaPlan,
-        image: pulumi.Output[str],
+        host: HostResources,
         after: Sequence[pulumi.Resource],
     ) -> docker.Container:
         plain = [f"{key}={value}" for key, value in replica.env.items()]
@@ -302,7 +414,7 @@ class VllmCluster(pulumi.ComponentResource):
         durations = hc.durations()
         if self.plan.cache.volume is not None:
             volume = docker.ContainerVolumeArgs(
-                volume_name=self.cache_volume.name if self.cache_volume else None,
+                volume_name=host.cache_volume.name if host.cache_volume else None,
                 container_path=self.plan.cache.mount_path,
             )
         else:
@@ -311,17 +423,17 @@ class VllmCluster(pulumi.ComponentResource):
                 container_path=self.plan.cache.mount_path,
             )
         volumes = [volume]
-        if self.plan.compile_cache is not None and self.compile_volume is not None:
+        if self.plan.compile_cache is not None and host.compile_volume is not None:
             volumes.append(
                 docker.ContainerVolumeArgs(
-                    volume_name=self.compile_volume.name,
+                    volume_name=host.compile_volume.name,
                     container_path=self.plan.compile_cache.mount_path,
                 )
             )
         return docker.Container(
             f"{name}-{replica.name}",
             name=replica.name,
-            image=image,
+            image=host.image,
             entrypoints=list(replica.entrypoint),
             command=list(replica.command),
             envs=envs,
@@ -336,7 +448,7 @@ class VllmCluster(pulumi.ComponentResource):
             security_opts=list(replica.security_opts) or None,
             volumes=volumes,
             networks_advanced=[
-                docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[replica.name])
+                docker.ContainerNetworksAdvancedArgs(name=host.network.name, aliases=[replica.name])
             ],
             ports=[
                 docker.ContainerPortArgs(
@@ -359,6 +471,7 @@ class VllmCluster(pulumi.ComponentResource):
             destroy_grace_seconds=replica.stop_grace_seconds,
             opts=pulumi.ResourceOptions(
                 parent=self,
+                provider=host.provider,
                 depends_on=list(after),
                 delete_before_replace=True,
                 additional_secret_outputs=["envs"],
@@ -369,15 +482,15 @@ class VllmCluster(pulumi.ComponentResource):
         )
 
     def _download(
-        self, name: str, download: DownloadPlan, image: pulumi.Output[str]
+        self, prefix: str, download: DownloadPlan, host: HostResources
     ) -> command.local.Command:
         """The download step: a local command, so it can run a container and
         stream its progress, and fail `pulumi up` before any replica exists."""
         cache = self.plan.cache
         volume_source: pulumi.Input[str] = (
-            self.cache_volume.name if self.cache_volume is not None else str(cache.host_path)
+            host.cache_volume.name if host.cache_volume is not None else str(cache.host_path)
         )
-        create = pulumi.Output.all(image, volume_source, self.network.name).apply(
+        create = pulumi.Output.all(host.image, volume_source, host.network.name).apply(
             lambda values: download.command(
                 str(values[0]), (f"{values[1]}:{cache.mount_path}",), str(values[2])
             )
@@ -385,13 +498,12 @@ class VllmCluster(pulumi.ComponentResource):
         environment: dict[str, pulumi.Input[str]] = {
             key: self._secrets[key] for key in download.secret_env
         }
-        if self._args.docker_host:
-            environment["DOCKER_HOST"] = self._args.docker_host
-        after: list[pulumi.Resource] = [self.network]
-        if self.cache_volume is not None:
-            after.append(self.cache_volume)
+        environment.update(self._engine_environment(host.plan))
+        after: list[pulumi.Resource] = [host.network]
+        if host.cache_volume is not None:
+            after.append(host.cache_volume)
         return command.local.Command(
-            f"{name}-download",
+            f"{prefix}download",
             create=create,
             dir=str(self._args.project_dir),
             environment=environment,
@@ -405,7 +517,11 @@ class VllmCluster(pulumi.ComponentResource):
         )
 
     def _lb_config(
-        self, name: str, lb: LoadBalancerPlan, after: Sequence[pulumi.Resource]
+        self,
+        name: str,
+        lb: LoadBalancerPlan,
+        after: Sequence[pulumi.Resource],
+        lb_host: HostPlan,
     ) -> command.local.Command:
         """Every file of the load balancer, written into the running container and
         reloaded whenever one changes (or the container is new)."""
@@ -424,7 +540,7 @@ class VllmCluster(pulumi.ComponentResource):
         )
 
     def _rotation(
-        self, name: str, rollout: RolloutPlan, replica: docker.Container
+        self, name: str, rollout: RolloutPlan, replica: docker.Container, lb_host: HostPlan
     ) -> command.local.Command:
         """Drain (delete) before the replica stops, resume (create) once it is back.
 
@@ -432,9 +548,8 @@ class VllmCluster(pulumi.ComponentResource):
         command first (a delete-before-replace deletes its dependents before
         the resource), which is what runs the drain before the stop.
         """
-        environment: dict[str, pulumi.Input[str]] = {}
-        if self._args.docker_host:
-            environment["DOCKER_HOST"] = self._args.docker_host
+        # The load balancer's engine; a replica on another engine is named in argv.
+        environment = self._engine_environment(lb_host)
         return command.local.Command(
             f"{name}-{rollout.replica}-rotation",
             create=shlex.join(rollout.resume),
@@ -453,12 +568,12 @@ class VllmCluster(pulumi.ComponentResource):
         check: CheckPlan,
         after: Sequence[pulumi.Resource],
         triggers: Sequence[pulumi.Output[str]],
+        engine: HostPlan | None = None,
     ) -> command.local.Command:
         environment: dict[str, pulumi.Input[str]] = {
             key: self._secrets[key] for key in check.secret_env
         }
-        if self._args.docker_host:
-            environment["DOCKER_HOST"] = self._args.docker_host
+        environment.update(self._engine_environment(engine))
         return command.local.Command(
             f"{name}-{check.name}",
             create=check.command,
@@ -467,3 +582,13 @@ class VllmCluster(pulumi.ComponentResource):
             triggers=list(triggers),
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )
+
+    def _engine_environment(self, host: HostPlan | None) -> dict[str, pulumi.Input[str]]:
+        """How a step reaches an engine: `docker:host` without 'hosts', else the
+        host's endpoint, its TLS variables and (as secrets) its TLS material."""
+        if host is None or host.name is None:
+            return {"DOCKER_HOST": self._args.docker_host} if self._args.docker_host else {}
+        environment: dict[str, pulumi.Input[str]] = dict(host.engine_env)
+        for variable, secret in host.engine_secret_env.items():
+            environment[variable] = self._secrets[secret]
+        return environment

@@ -95,6 +95,27 @@ DESCRIPTIONS: dict[str, str] = {
     "loadBalancer.image": "nginx image, run as published (the config is uploaded into it)",
     "loadBalancer.name": "nginx container name",
     "loadBalancer.tls": "serve HTTPS with `tlsCertificate` and `tlsKey` (container port 443)",
+    "loadBalancer.host": "with `hosts`: the host (its `name`) nginx runs on; default the first",
+    "hosts": "Docker engines to spread replicas over, one object per host (see "
+    '"Several GPU machines"); without it, one engine (`docker:host`) as above',
+    "hosts[i].name": "the host's name (DNS-safe): in replica names `<prefix>-<name>-<i>`, "
+    "resource names and outputs",
+    "hosts[i].dockerHost": "its engine: `unix:///var/run/docker.sock` (this machine), "
+    "`ssh://user@host`, or `tcp://host:2376` with `tls`",
+    "hosts[i].address": "IP or name the load balancer reaches this host's replicas on "
+    "(and the host in their URLs)",
+    "hosts[i].bindAddress": "address its replica ports are published on (default: `address`; "
+    "required if `address` is a name); never `0.0.0.0` by default",
+    "hosts[i].replicas": "replicas on this host (default: one per `gpus` / `cpuSets` entry)",
+    "hosts[i].gpus": "GPU ids per replica on this host, e.g. `[[0],[1]]`; default consecutive",
+    "hosts[i].cpuSets": 'CPU backend: cores per replica on this host, e.g. `["0-3"]`',
+    "hosts[i].basePort": "its replica i is published on `basePort + i` (default: `basePort`)",
+    "hosts[i].tls.caMaterial": "PEM CA of a `tcp://` engine (pulumi-docker `ca_material`)",
+    "hosts[i].tls.certMaterial": "PEM client certificate (`cert_material`)",
+    "hosts[i].tls.keyMaterial": "PEM client key (`key_material`), **secret** "
+    "(`pulumi config set --secret --path 'hosts[0].tls.keyMaterial' < key.pem`)",
+    "hosts[i].tls.certPath": "or a directory with `ca.pem`, `cert.pem`, `key.pem` where "
+    "`pulumi up` runs (`cert_path`)",
     "monitoring.enabled": "deploy Prometheus, Grafana and the load balancer's metrics exporter "
     "(see Monitoring)",
     "monitoring.bindAddress": "host address Prometheus' and Grafana's ports are published on",
@@ -164,6 +185,19 @@ def _default(field: FieldInfo, parent: BaseModel | None, name: str) -> str:
     return _format(field.default)
 
 
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a list-of-objects key (through `| None` and `Annotated`), else None."""
+    origin = get_origin(annotation)
+    if origin in (tuple, list):
+        args = get_args(annotation)
+        first = args[0] if args else None
+        return first if isinstance(first, type) and issubclass(first, BaseModel) else None
+    for arg in get_args(annotation):
+        if arg is not type(None) and (found := _list_item_model(arg)) is not None:
+            return found
+    return None
+
+
 def config_rows(
     model: type[BaseModel], prefix: str = "", parent: BaseModel | None = None
 ) -> list[tuple[str, str, str]]:
@@ -174,6 +208,12 @@ def config_rows(
         annotation = field.annotation
         nested = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type)]
         sub = next((a for a in nested if issubclass(a, BaseModel)), None)
+        item = _list_item_model(annotation)
+        if item is not None:
+            # A list of objects ('hosts'): one row per key of an item, `key[i].field`.
+            rows.append((key, f"list of objects ({item.__name__.removesuffix('Settings')})", "-"))
+            rows.extend(config_rows(item, key + "[i]."))
+            continue
         if sub is not None:
             default = getattr(parent, name) if parent is not None else field.default
             rows.extend(

@@ -43,6 +43,7 @@ from .download_job import (
     EXIT_NETWORK,
     EXIT_NOT_FOUND,
 )
+from .engine import engine_client
 from .gate import redact
 
 JOB_DIR = "/tmp/vllm-nginx-download"
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
     try:
-        client = docker.from_env(timeout=300)
+        client = engine_client(timeout=300)
     except (DockerException, OSError) as err:
         where = os.environ.get("DOCKER_HOST") or "the local socket"
         print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)

@@ -23,6 +23,8 @@ import docker
 from docker.errors import DockerException, NotFound
 from docker.models.containers import Container
 
+from .engine import engine_client
+
 LOG_LINES = 40
 
 
@@ -142,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("containers", nargs="+")
     args = parser.parse_args(argv)
     try:
-        client = docker.from_env()
+        client = engine_client()
     except (DockerException, OSError) as err:
         # `ssh://` hosts need paramiko (docker[ssh]); say where we looked either way.
         where = os.environ.get("DOCKER_HOST") or "the local socket"

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engine import DOCKER_TLS_SECRET_ENV
 from .monitoring import MonitoringPlan, build_monitoring_plan
 from .nginx_config import (
     CONTAINER_API_KEY_MAP,
@@ -23,7 +24,7 @@ from .nginx_config import (
     render_extra_files,
     render_nginx_config,
 )
-from .settings import Backend, Settings, Upstream, format_cpu_set
+from .settings import Backend, HostSettings, Placement, Settings, Upstream, format_cpu_set
 
 VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
@@ -209,10 +210,15 @@ class ReplicaPlan:
     # The guide's `--ipc host`: tensor-parallel workers share memory through the
     # host's /dev/shm. With it docker ignores `--shm-size`, so none is declared.
     ipc_mode: str = "host"
+    host: str | None = None
+    """The 'hosts' entry it runs on (None: the one engine of a stack without 'hosts')."""
+    route: Upstream | None = None
+    """How nginx reaches it from another engine: its host's address and published port."""
 
     @property
     def upstream(self) -> Upstream:
-        return Upstream(host=self.name, port=self.container_port)
+        """By container name on the load balancer's network, else by `route`."""
+        return self.route or Upstream(host=self.name, port=self.container_port)
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,38 @@ class LoadBalancerPlan:
     stop_grace_seconds: int = 30
 
 
+def host_tls_secret(host: str, part: str) -> str:
+    """The name of one host's TLS material among the secrets the shell supplies."""
+    return f"docker_tls_{part}:{host}"
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """One Docker engine and what runs on it; the steps that talk to it get its env.
+
+    A stack without 'hosts' has one, unnamed: the engine of the default
+    provider (`docker:host`), and resources named as they always were.
+    """
+
+    name: str | None
+    docker_host: str | None
+    replicas: tuple[ReplicaPlan, ...]
+    download: DownloadPlan | None
+    ready: CheckPlan
+    runs_load_balancer: bool
+    engine_env: Mapping[str, str] = field(default_factory=dict)
+    """`DOCKER_HOST` and, for a certificate directory, Docker's TLS variables."""
+    engine_secret_env: Mapping[str, str] = field(default_factory=dict)
+    """Variable -> name of the secret: the TLS material the steps' client reads."""
+    tls_cert_path: str | None = None
+    tls_materials: bool = False
+
+    @property
+    def resource_prefix(self) -> str:
+        """What goes between the component's name and a resource's own name."""
+        return f"{self.name}-" if self.name is not None else ""
+
+
 @dataclass(frozen=True)
 class RolloutPlan:
     """One replica's way out of and back into the load balancer during an update.
@@ -286,6 +324,9 @@ class Plan:
     served_model_name: str
     restart_policy: str
     monitoring: MonitoringPlan | None = None
+    hosts: tuple[HostPlan, ...] = ()
+    """Every engine with its replicas, download and readiness steps; `download`
+    and `ready` above are the first one's (the only one without 'hosts')."""
 
 
 def _proxy_vars(settings: Settings) -> dict[str, str]:
@@ -347,9 +388,8 @@ def _omp_bind(cores: tuple[int, ...], ranks: int) -> str:
     return "|".join(format_cpu_set(cores[r * size : (r + 1) * size]) for r in range(ranks))
 
 
-def _replica(
-    settings: Settings, index: int, gpus: tuple[int, ...], cores: tuple[int, ...]
-) -> ReplicaPlan:
+def _replica(settings: Settings, index: int, at: Placement) -> ReplicaPlan:
+    gpus, cores = at.gpus, at.cores
     command = (
         settings.model,
         "--served-model-name",
@@ -376,12 +416,20 @@ def _replica(
         env["HF_HUB_OFFLINE"] = "1"
     # The token is the download step's alone; a replica only needs the API key.
     secret_env = tuple(name for name in _secret_env(settings) if name != HF_TOKEN_ENV)
-    host_port = settings.base_port + index
+    host_port = at.port
     hc = settings.health_check
+    bind_address, public_host, route = settings.bind_address, settings.public_host, None
+    if at.host is not None:
+        bind_address, public_host = at.host.publish_address, at.host.address
+        if at.host is not settings.load_balancer_host:
+            # Another engine: nginx reaches it where it is published, not by name.
+            route = Upstream(host=at.host.address, port=host_port)
     return ReplicaPlan(
         index=index,
-        name=f"{settings.name_prefix}{index}",
-        bind_address=settings.bind_address,
+        name=at.name,
+        host=at.host.name if at.host is not None else None,
+        route=route,
+        bind_address=bind_address,
         host_port=host_port,
         gpu_ids=tuple(str(g) for g in gpus),
         cpu_set=format_cpu_set(cores) if cores else None,
@@ -398,7 +446,7 @@ def _replica(
             retries=hc.retries,
             start_period_seconds=settings.ready_timeout_seconds,
         ),
-        url=f"http://{_url_host(settings.public_host, settings.bind_address)}:{host_port}",
+        url=f"http://{_url_host(public_host, bind_address)}:{host_port}",
     )
 
 
@@ -460,6 +508,17 @@ def _rollouts(
     settings: Settings, replicas: Sequence[ReplicaPlan], lb_name: str, python: str
 ) -> tuple[RolloutPlan, ...]:
     size = max(1, len(replicas) // 2)
+    engines = {h.name: h for h in settings.hosts or ()}
+    lb_host = settings.load_balancer_host if settings.hosts is not None else None
+
+    def elsewhere(replica: ReplicaPlan) -> tuple[str, ...]:
+        """A replica on another engine than nginx's: the drain reads its metrics there."""
+        host = engines.get(replica.host) if replica.host is not None else None
+        if host is None or lb_host is None or host is lb_host:
+            return ()
+        if host.tls is not None:
+            return ()  # TLS material stays in the provider; the drain waits the grace period
+        return ("--replica-engine", host.docker_host)
 
     def argv(action: str, replica: ReplicaPlan, timeout: int) -> tuple[str, ...]:
         return (
@@ -473,8 +532,11 @@ def _rollouts(
             replica.name,
             "--port",
             str(replica.container_port),
+            "--upstream",
+            str(replica.upstream),
             "--timeout",
             str(timeout),
+            *elsewhere(replica),
         )
 
     return tuple(
@@ -488,11 +550,63 @@ def _rollouts(
     )
 
 
+def _engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
+    """What docker-py's `from_env` (and our TLS-material reader) need to reach an engine."""
+    env = {"DOCKER_HOST": host.docker_host}
+    secret_env: dict[str, str] = {}
+    tls = host.tls
+    if tls is not None and tls.cert_path is not None:
+        env["DOCKER_TLS_VERIFY"] = "1"
+        env["DOCKER_CERT_PATH"] = os.path.expanduser(tls.cert_path)
+    elif tls is not None:
+        secret_env = {
+            var: host_tls_secret(host.name, part) for part, var in DOCKER_TLS_SECRET_ENV.items()
+        }
+    return env, secret_env
+
+
+def _hosts(
+    settings: Settings, replicas: tuple[ReplicaPlan, ...], python: str
+) -> tuple[HostPlan, ...]:
+    download = _download(settings, python)
+    if settings.hosts is None:
+        names = tuple(r.name for r in replicas)
+        return (
+            HostPlan(
+                name=None,
+                docker_host=None,
+                replicas=replicas,
+                download=download,
+                ready=_ready_check("replicas-ready", names, settings, python),
+                runs_load_balancer=True,
+            ),
+        )
+    plans = []
+    for host in settings.hosts:
+        mine = tuple(r for r in replicas if r.host == host.name)
+        env, secret_env = _engine_env(host)
+        plans.append(
+            HostPlan(
+                name=host.name,
+                docker_host=host.docker_host,
+                replicas=mine,
+                download=download,
+                ready=_ready_check(
+                    f"{host.name}-replicas-ready", tuple(r.name for r in mine), settings, python
+                ),
+                runs_load_balancer=host is settings.load_balancer_host,
+                engine_env=env,
+                engine_secret_env=secret_env,
+                tls_cert_path=env.get("DOCKER_CERT_PATH"),
+                tls_materials=bool(secret_env),
+            )
+        )
+    return tuple(plans)
+
+
 def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3") -> Plan:
     """Turn settings into the deployment: names, ports, GPUs, env, nginx config."""
-    groups = settings.gpu_groups()
-    cores = settings.cpu_groups()
-    replicas = tuple(_replica(settings, i, groups[i], cores[i]) for i in range(settings.replicas))
+    replicas = tuple(_replica(settings, i, at) for i, at in enumerate(settings.placements()))
     lb = settings.load_balancer
     # The key check and the TLS files live in files of their own, uploaded as
     # secrets: the main config stays plain text that can be printed and diffed.
@@ -512,8 +626,10 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     )
     nginx_config = render_nginx_config(lb, [r.upstream for r in replicas], runtime)
     scheme = "https" if lb.tls else "http"
-    lb_url = f"{scheme}://{_url_host(settings.public_host, lb.bind_address)}:{lb.port}"
-    names = tuple(r.name for r in replicas)
+    lb_host = settings.load_balancer_host
+    public_host = lb_host.address if lb_host is not None else settings.public_host
+    lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
+    hosts = _hosts(settings, replicas, python)
     cache = settings.hf_cache
     compile_cache = settings.compile_cache
     return Plan(
@@ -529,9 +645,10 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             else None
         ),
         vllm_image=_vllm_image(settings, project_dir),
-        download=_download(settings, python),
+        download=hosts[0].download,
         replicas=replicas,
-        ready=_ready_check("replicas-ready", names, settings, python),
+        ready=hosts[0].ready,
+        hosts=hosts,
         rollouts=_rollouts(settings, replicas, lb.name, python),
         load_balancer=LoadBalancerPlan(
             name=lb.name,

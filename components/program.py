@@ -59,6 +59,15 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
             "`pulumi config set --secret apiKey <key>`, or bind it to 127.0.0.1 "
             "(`pulumi config set --path loadBalancer.bindAddress 127.0.0.1`)."
         )
+    if settings.hosts is not None and settings.api_key is None:
+        remote = [h.name for h in settings.hosts if h is not settings.load_balancer_host]
+        if remote:
+            pulumi.log.warn(
+                f"replicas on {', '.join(remote)} are published on their hosts' addresses "
+                "for the load balancer to reach, without an API key: anyone on that network "
+                "can use them. Set one with `pulumi config set --secret apiKey <key>` "
+                "(vLLM then refuses /v1 without it) and firewall the replica ports."
+            )
     rolling = replicas_running(settings.replica_names(), docker_host)
     cluster = VllmCluster(
         name, VllmClusterArgs(settings=settings, docker_host=docker_host, rolling=rolling)
@@ -70,4 +79,5 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
         "served_model_name": cluster.served_model_name,
         "verified_models": cluster.verified_models,
         **cluster.monitoring_outputs(),
+        **cluster.hosts_outputs(),
     }

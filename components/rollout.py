@@ -62,15 +62,16 @@ def _exec(container: Container, argv: list[str]) -> tuple[int, str]:
     return int(code or 0), text
 
 
-def _edit_upstream(lb: Container, replica: str, port: int, down: bool) -> bool:
+def _edit_upstream(lb: Container, upstream: str, down: bool) -> bool:
     """Take the replica's `server` lines out of the config (or put them back); reload.
 
     Out means commented out rather than marked `down`: without `resolve`
     (nginx < 1.27.3) nginx resolves every `server` name when it loads the
     config, and a replica of the same wave may be gone by then.
     """
-    # Replica names are DNS labels and ports digits: nothing to escape for sed.
-    server = f"server {replica}:{port}[ ;].*"
+    # A DNS label or an IP address and a port: only '.', '[' and ']' need escaping.
+    escaped = upstream.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")
+    server = f"server {escaped}[ ;].*"
     take_out = rf"s/^([[:space:]]*)({server})$/\1{DRAINED}\2/"
     put_back = rf"s/^([[:space:]]*){DRAINED}({server})$/\1\2/"
     script, undo = (take_out, put_back) if down else (put_back, take_out)
@@ -85,7 +86,7 @@ def _edit_upstream(lb: Container, replica: str, port: int, down: bool) -> bool:
         # The replica was the last one (one replica: an update cannot keep serving).
         _exec(lb, ["sed", "-E", "-i", "-e", undo, NGINX_CONFIG])
         print(
-            f"note: {replica} stays in rotation: nginx refused the config without it "
+            f"note: {upstream} stays in rotation: nginx refused the config without it "
             f"({output.strip()})",
             flush=True,
         )
@@ -116,15 +117,17 @@ def drain(
     port: int,
     grace: float,
     *,
+    upstream: str | None = None,
+    replica_client: docker.DockerClient | None = None,
     poll: float = 0.5,
     progress: float = 10.0,
 ) -> str:
     lb = _get(client, lb_name)
-    replica = _get(client, replica_name)
+    replica = _get(replica_client or client, replica_name)
     if lb is None or replica is None:
         # No balancer (first deploy, destroy) routes to it, or it is already gone.
         return f"{replica_name}: nothing to drain"
-    _edit_upstream(lb, replica_name, port, down=True)
+    _edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
     start = time.monotonic()
     last_report = start
     while True:
@@ -151,17 +154,20 @@ def resume(
     port: int,
     timeout: float,
     *,
+    upstream: str | None = None,
+    replica_client: docker.DockerClient | None = None,
     poll: float = 0.5,
     progress: float = 15.0,
 ) -> str:
     lb = _get(client, lb_name)
+    engine = replica_client or client
     if lb is None:
         return f"{replica_name}: no load balancer yet (first deploy); the readiness check waits"
     start = time.monotonic()
     last_report = start
     while True:
         try:
-            container = client.containers.get(replica_name)
+            container = engine.containers.get(replica_name)
         except NotFound:
             raise RolloutError(f"replica {replica_name} does not exist") from None
         state = container.attrs.get("State", {})
@@ -179,7 +185,7 @@ def resume(
             print(f"{replica_name}: {health}, waiting to put it back in rotation", flush=True)
             last_report = now
         time.sleep(poll)
-    _edit_upstream(lb, replica_name, port, down=False)
+    _edit_upstream(lb, upstream or f"{replica_name}:{port}", down=False)
     return f"{replica_name}: healthy, back in rotation after {time.monotonic() - start:.1f} s"
 
 
@@ -190,13 +196,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replica", required=True, help="replica container (upstream name)")
     parser.add_argument("--port", type=int, default=8000, help="replica port in nginx's config")
     parser.add_argument("--timeout", type=float, required=True, help="seconds")
+    parser.add_argument(
+        "--upstream", default=None, help="host:port of its `server` lines (default replica:port)"
+    )
+    parser.add_argument(
+        "--replica-engine", default=None, help="the replica's engine, if not nginx's (DOCKER_HOST)"
+    )
     args = parser.parse_args(argv)
     try:
         client = docker.from_env()
+        other = (
+            docker.DockerClient(base_url=args.replica_engine, timeout=30)
+            if args.replica_engine
+            else None
+        )
         if args.action == "drain":
-            message = drain(client, args.lb, args.replica, args.port, args.timeout)
+            message = drain(
+                client,
+                args.lb,
+                args.replica,
+                args.port,
+                args.timeout,
+                upstream=args.upstream,
+                replica_client=other,
+            )
         else:
-            message = resume(client, args.lb, args.replica, args.port, args.timeout)
+            message = resume(
+                client,
+                args.lb,
+                args.replica,
+                args.port,
+                args.timeout,
+                upstream=args.upstream,
+                replica_client=other,
+            )
     except (RolloutError, docker.errors.DockerException, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -41,6 +41,7 @@ from .value_types import (
     ImageRef,
     Int,
     IpAddress,
+    LocalPath,
     NamePrefix,
     NetworkName,
     PemCertificate,
@@ -62,8 +63,11 @@ from .value_types import (
 __all__ = [
     "SAFE_TOKEN_RULE",
     "Backend",
+    "HostSettings",
+    "HostTlsSettings",
     "LoadBalancerSettings",
     "MonitoringSettings",
+    "Placement",
     "RoutingPolicy",
     "Rule",
     "Settings",
@@ -137,6 +141,12 @@ def _paths_of_its_own(paths: tuple[str, ...]) -> tuple[str, ...]:
     return paths
 
 
+def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not hosts:
+        raise ValueError("must list at least one host (or be left out: one engine)")
+    return hosts
+
+
 class _Model(BaseModel):
     """Stack config keys are camelCase; unknown keys are typos, so they fail."""
 
@@ -204,6 +214,8 @@ class LoadBalancerSettings(_Model):
     image: ImageRef = "nginx:1.28.0"
     name: DnsLabel = "nginx-lb"
     tls: bool = False
+    host: DnsLabel | None = None
+    """With 'hosts': the host (by name) nginx runs on; the first host by default."""
 
 
 class CpuSettings(_Model):
@@ -308,6 +320,81 @@ class LbExporterSettings(_Model):
     name: DnsLabel = "vllm-lb-exporter"
 
 
+def docker_endpoint(value: str) -> str:
+    """What pulumi-docker's `host` and `DOCKER_HOST` take for an engine we deploy to."""
+    safe_token(value)
+    if not value.startswith(("unix:///", "ssh://", "tcp://")) or value.endswith("://"):
+        raise ValueError(
+            "must be a Docker endpoint: unix:///path/to/docker.sock (this machine), "
+            "ssh://user@host, or tcp://host:2376 (with 'tls')"
+        )
+    return value
+
+
+DockerEndpoint = Annotated[str, AfterValidator(docker_endpoint)]
+
+
+class HostTlsSettings(_Model):
+    """TLS to a `tcp://` engine, as pulumi-docker's Provider takes it.
+
+    Either the three PEM contents (the key is a secret, kept in the stack as
+    one and handed to the provider and the steps as a Pulumi secret), or a
+    directory holding `ca.pem`, `cert.pem` and `key.pem` on the deploying
+    machine, Docker's own layout.
+    """
+
+    ca_material: PemCertificate | None = None
+    cert_material: PemCertificate | None = None
+    key_material: PemPrivateKey | None = None
+    cert_path: LocalPath | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        materials = (self.ca_material, self.cert_material, self.key_material)
+        given = sum(m is not None for m in materials)
+        if self.cert_path is not None and given:
+            raise ValueError("set either 'certPath' or the three '*Material' keys, not both")
+        if self.cert_path is None and given != 3:
+            raise ValueError(
+                "set 'caMaterial', 'certMaterial' and 'keyMaterial' together, or 'certPath'"
+            )
+        return self
+
+
+class HostSettings(_Model):
+    """One Docker engine of a multi-host deployment: where it is and what it runs.
+
+    The load balancer reaches a replica on another host by `address` and the
+    replica's published port, so replicas publish on `bindAddress`, which is
+    that address unless said otherwise: never every interface by default.
+    """
+
+    name: DnsLabel
+    docker_host: DockerEndpoint
+    address: HostName
+    bind_address: IpAddress | None = None
+    replicas: Annotated[Int, Field(ge=1, le=64)] | None = None
+    gpus: tuple[tuple[GpuId, ...], ...] | None = None
+    cpu_sets: tuple[CpuSet, ...] | None = None
+    base_port: Port | None = None
+    tls: HostTlsSettings | None = None
+
+    @property
+    def replica_count(self) -> int:
+        """`replicas`, else one per GPU group or CPU set listed (0: none said)."""
+        if self.replicas is not None:
+            return self.replicas
+        for groups in (self.gpus, self.cpu_sets):
+            if groups is not None:
+                return len(groups)
+        return 0
+
+    @property
+    def publish_address(self) -> str:
+        """Where its replica ports are published: `bindAddress`, else `address`."""
+        return self.bind_address or self.address
+
+
 class MonitoringSettings(_Model):
     """Prometheus, Grafana and the load balancer's exporter; nothing of it unless enabled."""
 
@@ -354,6 +441,7 @@ class Settings(_Model):
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
     stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 30
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
+    hosts: Annotated[tuple[HostSettings, ...], AfterValidator(_some_hosts)] | None = None
     monitoring: MonitoringSettings = MonitoringSettings()
     hf_token: SafeSecret | None = None
     api_key: SafeSecret | None = None
@@ -385,7 +473,62 @@ class Settings(_Model):
         return image
 
     def replica_names(self) -> tuple[str, ...]:
+        if self.hosts is not None:
+            return tuple(p.name for p in self.placements())
         return tuple(f"{self.name_prefix}{i}" for i in range(self.replicas))
+
+    @property
+    def load_balancer_host(self) -> HostSettings | None:
+        """The host nginx runs on: 'loadBalancer.host', else the first (None: one host)."""
+        if self.hosts is None:
+            return None
+        wanted = self.load_balancer.host or self.hosts[0].name
+        return next((h for h in self.hosts if h.name == wanted), self.hosts[0])
+
+    def placements(self) -> tuple[Placement, ...]:
+        """Every replica with its host, name, port and devices, in a stable order.
+
+        Without 'hosts' this is today's single engine: `<prefix><i>` on
+        `basePort + i`. With 'hosts' a replica is named after its host
+        (`<prefix>-<host>-<i>`), so adding one to a host renames no other:
+        a name is also its upstream and its container, and a new name replaces.
+        """
+        if self.hosts is None:
+            gpus, cores = self.gpu_groups(), self.cpu_groups()
+            return tuple(
+                Placement(None, i, f"{self.name_prefix}{i}", self.base_port + i, gpus[i], cores[i])
+                for i in range(self.replicas)
+            )
+        found: list[Placement] = []
+        for host in self.hosts:
+            base = host.base_port if host.base_port is not None else self.base_port
+            gpus, cores = self._host_groups(host)
+            found.extend(
+                Placement(host, i, self.host_replica_name(host, i), base + i, gpus[i], cores[i])
+                for i in range(host.replica_count)
+            )
+        return tuple(found)
+
+    def host_replica_name(self, host: HostSettings, index: int) -> str:
+        return f"{self.name_prefix}-{host.name}-{index}"
+
+    def _host_groups(
+        self, host: HostSettings
+    ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+        """GPU ids and CPU cores of each replica on one host, counted from 0 there."""
+        count = host.replica_count
+        none: tuple[tuple[int, ...], ...] = tuple(() for _ in range(count))
+        if self.backend is Backend.CPU:
+            if host.cpu_sets is not None:
+                sets = tuple(parse_cpu_set(text) for text in host.cpu_sets)
+                return none, tuple(sets[i] if i < len(sets) else () for i in range(count))
+            k = self.cpu.cores_per_replica
+            return none, tuple(tuple(range(r * k, (r + 1) * k)) for r in range(count))
+        if host.gpus is not None:
+            gpus = tuple(host.gpus[i] if i < len(host.gpus) else () for i in range(count))
+            return gpus, none
+        tp = self.tensor_parallel_size
+        return tuple(tuple(range(r * tp, (r + 1) * tp)) for r in range(count)), none
 
     def cpu_groups(self) -> tuple[tuple[int, ...], ...]:
         """Each CPU replica's cores: `cpu.cpuSets`, else consecutive blocks, else none."""
@@ -408,6 +551,19 @@ class Settings(_Model):
 
 
 @dataclass(frozen=True)
+class Placement:
+    """One replica where it runs: its host (None: the one engine without 'hosts')."""
+
+    host: HostSettings | None
+    index: int
+    """Its number on its host."""
+    name: str
+    port: int
+    gpus: tuple[int, ...]
+    cores: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Rule:
     """A broken rule: the key it is reported on, the rule, and every key it involves.
 
@@ -425,7 +581,7 @@ def _rule(key: str, rule: str, *others: str) -> Rule:
 
 
 def _gpu_rules(s: Settings) -> Iterator[Rule]:
-    if s.gpus is None:
+    if s.gpus is None or s.hosts is not None:
         return
     if s.backend is Backend.CPU:
         yield _rule("gpus", "must not be set with 'backend' cpu", "backend")
@@ -449,7 +605,7 @@ def _gpu_rules(s: Settings) -> Iterator[Rule]:
 
 
 def _cpu_rules(s: Settings) -> Iterator[Rule]:
-    if s.backend is not Backend.CPU:
+    if s.backend is not Backend.CPU or s.hosts is not None:
         return
     sets = s.cpu.cpu_sets
     if sets is not None and len(sets) != s.replicas:
@@ -477,6 +633,8 @@ def _cpu_rules(s: Settings) -> Iterator[Rule]:
 
 
 def _name_and_port_rules(s: Settings) -> Iterator[Rule]:
+    if s.hosts is not None:
+        return  # per host: `_host_rules`
     names = s.replica_names()
     longest = names[-1]
     if len(longest) > 63:
@@ -537,6 +695,14 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
         if s.grafana_password is not None:
             yield _rule("grafanaPassword", "is set but 'monitoring.enabled' is false", "monitoring")
         return
+    if s.hosts is not None:
+        yield _rule(
+            "monitoring.enabled",
+            "is not supported with 'hosts' yet: Prometheus would have to scrape replicas on "
+            "other hosts by address, and the exporter label them by name",
+            "hosts",
+        )
+        return
     if s.grafana_password is None:
         yield _rule(
             "grafanaPassword",
@@ -587,9 +753,237 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
         taken_volumes.setdefault(volume, f"'{key}'")
 
 
+SINGLE_HOST_KEYS = {
+    "replicas": ("replicas", "replicas"),
+    "gpus": ("gpus", "gpus"),
+    "bind_address": ("bindAddress", "bindAddress"),
+    "public_host": ("publicHost", "address"),
+}
+"""Top-level fields that 'hosts' replaces: the key, and the per-host key that says it instead."""
+
+
+def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
+    key = f"hosts[{i}]"
+    cpu = s.backend is Backend.CPU
+    if host.gpus is not None and cpu:
+        yield _rule(f"{key}.gpus", "must not be set with 'backend' cpu", "hosts", "backend")
+    if host.cpu_sets is not None and not cpu:
+        yield _rule(
+            f"{key}.cpuSets", "is for 'backend' cpu; GPU hosts list 'gpus'", "hosts", "backend"
+        )
+    if host.replica_count == 0:
+        yield _rule(
+            f"{key}.replicas",
+            "is required: say how many replicas run on this host ('replicas', or one entry "
+            "per replica in 'gpus' / 'cpuSets')",
+            "hosts",
+        )
+    for field, groups in (("gpus", host.gpus), ("cpuSets", host.cpu_sets)):
+        if groups is not None and host.replicas is not None and len(groups) != host.replicas:
+            yield _rule(
+                f"{key}.{field}",
+                f"lists {len(groups)} replicas but '{key}.replicas' is {host.replicas}",
+                "hosts",
+            )
+
+
+def _host_device_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
+    """A GPU or core belongs to one replica of its host; other hosts have their own."""
+    key = f"hosts[{i}]"
+    _gpus, cores = s._host_groups(host)
+    seen_gpus: set[int] = set()
+    for r, ids in enumerate(host.gpus or ()):
+        if len(ids) != s.tensor_parallel_size:
+            yield _rule(
+                f"{key}.gpus[{r}]",
+                f"has {len(ids)} GPUs but 'tensorParallelSize' is {s.tensor_parallel_size}",
+                "hosts",
+                "tensorParallelSize",
+            )
+        for gpu in ids:
+            if gpu in seen_gpus:
+                yield _rule(
+                    f"{key}.gpus[{r}]",
+                    f"uses GPU {gpu}, which another replica on host {host.name} uses too",
+                    "hosts",
+                )
+            seen_gpus.add(gpu)
+    seen_cores: set[int] = set()
+    for r, group in enumerate(cores):
+        where = f"{key}.cpuSets[{r}]" if host.cpu_sets is not None else "cpu.coresPerReplica"
+        if group and len(group) % s.tensor_parallel_size:
+            yield _rule(
+                where,
+                f"gives replica {r} on host {host.name} {len(group)} CPUs, not a multiple of "
+                f"'tensorParallelSize' {s.tensor_parallel_size}",
+                "hosts",
+                "tensorParallelSize",
+                "cpu",
+            )
+        for core in group:
+            if core in seen_cores:
+                yield _rule(
+                    where,
+                    f"uses CPU {core}, which another replica on host {host.name} uses too",
+                    "hosts",
+                    "cpu",
+                )
+            seen_cores.add(core)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two binds on one engine clash when they are the same address or either is every one."""
+    return a == b or "0.0.0.0" in (a, b) or "::" in (a, b)
+
+
+def _host_port_rules(s: Settings, lb_host: HostSettings | None) -> Iterator[Rule]:
+    assert s.hosts is not None
+    base = s.base_port
+    # Where the load balancer reaches each replica on another host: address:port,
+    # which must name one replica only.
+    reached: dict[tuple[str, int], str] = {}
+    for i, host in enumerate(s.hosts):
+        key = f"hosts[{i}]"
+        if host.replica_count == 0:
+            continue  # no ports; its count is reported on its own
+        first = host.base_port if host.base_port is not None else base
+        last = first + host.replica_count - 1
+        port_key = f"{key}.basePort" if host.base_port is not None else "basePort"
+        if last > 65535:
+            yield _rule(
+                port_key,
+                f"{first} + {host.replica_count} replicas on host {host.name} passes port 65535",
+                "hosts",
+                "basePort",
+            )
+            continue
+        clash = next(
+            (
+                reached[(host.address, port)]
+                for port in range(first, last + 1)
+                if (host.address, port) in reached
+            ),
+            None,
+        )
+        if clash is not None:
+            yield _rule(
+                f"{key}.address",
+                f"{host.address} with ports {first}-{last} reaches a port of {clash} too "
+                "(the same address:port twice); give one of them another 'basePort'",
+                "hosts",
+                "basePort",
+            )
+        for port in range(first, last + 1):
+            reached.setdefault((host.address, port), f"host {host.name}")
+        lb = s.load_balancer
+        if (
+            host is lb_host
+            and first <= lb.port <= last
+            and _overlap(lb.bind_address, host.publish_address)
+        ):
+            yield _rule(
+                "loadBalancer.port",
+                f"{lb.port} collides with the replica ports {first}-{last} of host {host.name}, "
+                "where the load balancer runs",
+                "hosts",
+                "basePort",
+                "loadBalancer",
+            )
+
+
+def _host_rules(s: Settings) -> Iterator[Rule]:
+    lb = s.load_balancer
+    if s.hosts is None:
+        if lb.host is not None:
+            yield _rule("loadBalancer.host", "is set but 'hosts' is not", "hosts")
+        return
+    for field, (key, per_host) in SINGLE_HOST_KEYS.items():
+        if field in s.model_fields_set:
+            yield _rule(
+                key,
+                f"must not be set with 'hosts': each host says its own ('hosts[i].{per_host}')",
+                "hosts",
+            )
+    if "cpu_sets" in s.cpu.model_fields_set:
+        yield _rule(
+            "cpu.cpuSets",
+            "must not be set with 'hosts': each host says its own ('hosts[i].cpuSets')",
+            "hosts",
+        )
+    names: dict[str, int] = {}
+    engines: dict[str, int] = {}
+    for i, host in enumerate(s.hosts):
+        if host.name in names:
+            yield _rule(
+                f"hosts[{i}].name", f"{host.name} is also the name of hosts[{names[host.name]}]"
+            )
+        names.setdefault(host.name, i)
+        if host.docker_host in engines:
+            yield _rule(
+                f"hosts[{i}].dockerHost",
+                f"is the engine of hosts[{engines[host.docker_host]}] too: one host per engine",
+            )
+        engines.setdefault(host.docker_host, i)
+        if host.bind_address is None:
+            try:
+                ipaddress.ip_address(host.address)
+            except ValueError:
+                yield _rule(
+                    f"hosts[{i}].bindAddress",
+                    "is required when 'address' is a name: Docker publishes ports on an IP "
+                    "address (the host's address on the network the load balancer uses)",
+                )
+        if host.tls is not None and not host.docker_host.startswith("tcp://"):
+            yield _rule(f"hosts[{i}].tls", "is only for a tcp:// 'dockerHost'")
+        if host.docker_host.startswith("tcp://") and host.tls is None:
+            yield _rule(
+                f"hosts[{i}].tls",
+                "is required with a tcp:// 'dockerHost': an engine's API without TLS gives "
+                "root on that machine to anyone who reaches the port",
+            )
+        yield from _host_count_rules(s, i, host)
+        yield from _host_device_rules(s, i, host)
+    if lb.host is not None and lb.host not in names:
+        yield _rule(
+            "loadBalancer.host",
+            f"names no host in 'hosts' (they are: {', '.join(names)})",
+            "hosts",
+        )
+    lb_host = s.load_balancer_host if lb.host is None or lb.host in names else None
+    yield from _host_port_rules(s, lb_host)
+    if (
+        lb_host is not None
+        and ipaddress.ip_address(lb.bind_address).is_loopback
+        and is_remote_engine(lb_host.docker_host)
+    ):
+        yield _rule(
+            "loadBalancer.bindAddress",
+            f"is a loopback address on host {lb_host.name}, a remote engine: nothing outside "
+            "it (the verify step included) can reach the load balancer",
+            "hosts",
+        )
+    placements = s.placements()
+    longest = max((p.name for p in placements), key=len, default="")
+    if len(longest) > 63:
+        yield _rule(
+            "namePrefix",
+            f"makes replica names ('<prefix>-<host>-<i>') of up to {len(longest)} characters; "
+            "container names double as DNS names, at most 63",
+            "hosts",
+        )
+    if lb.name in {p.name for p in placements}:
+        yield _rule(
+            "loadBalancer.name",
+            f"{lb.name} collides with a replica name ('namePrefix'-host-number)",
+            "hosts",
+            "namePrefix",
+        )
+
+
 def cross_key_rules(settings: Settings) -> list[Rule]:
     """Every rule that ties several keys together, all broken ones at once."""
     return [
+        *_host_rules(settings),
         *_gpu_rules(settings),
         *_cpu_rules(settings),
         *_name_and_port_rules(settings),
@@ -621,8 +1015,9 @@ def is_remote_engine(docker_host: str | None) -> bool:
 
 def remote_engine_rules(settings: Settings, docker_host: str | None) -> list[Rule]:
     """What breaks when the engine is remote: the verify step runs where `pulumi up`
-    runs and reaches the load balancer by `publicHost` on its published address."""
-    if not is_remote_engine(docker_host):
+    runs and reaches the load balancer by `publicHost` on its published address.
+    With 'hosts', `docker:host` is not used and the rules are per host."""
+    if not is_remote_engine(docker_host) or settings.hosts is not None:
         return []
     rules = []
     if settings.public_host in {"localhost", "127.0.0.1", "::1"}:

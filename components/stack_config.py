@@ -14,10 +14,11 @@ as the user writes it and the rule, never the value.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -226,6 +227,29 @@ def _plain_secrets(raw: Mapping[str, Any], secret: Set[str], namespace: str) -> 
     ]
 
 
+def _plain_host_keys(raw: Mapping[str, Any], secret: Set[str], namespace: str) -> list[Problem]:
+    """A host's TLS key in plain text: Pulumi marks 'hosts' secret when any leaf is."""
+    if "hosts" not in raw or "hosts" in secret:
+        return []
+    try:
+        hosts = _decode(raw["hosts"])
+    except ValueError:
+        return []
+    if not isinstance(hosts, list):
+        return []
+    return [
+        Problem(
+            f"{namespace}:hosts[{i}].tls.keyMaterial",
+            "must be set with `pulumi config set --secret --path "
+            f"'hosts[{i}].tls.keyMaterial' ...` (it is stored in plain text)",
+        )
+        for i, host in enumerate(hosts)
+        if isinstance(host, dict)
+        and isinstance(host.get("tls"), dict)
+        and host["tls"].get("keyMaterial") is not None
+    ]
+
+
 def settings_from_config(
     raw: Mapping[str, Any], secret: Set[str], namespace: str = NAMESPACE
 ) -> Settings:
@@ -234,7 +258,7 @@ def settings_from_config(
     Raises `ConfigError` naming every problem at once: secrets given in plain
     text, values that are not valid JSON structures, and every settings rule.
     """
-    problems = _plain_secrets(raw, secret, namespace)
+    problems = _plain_secrets(raw, secret, namespace) + _plain_host_keys(raw, secret, namespace)
     settings, more = _validate(raw, namespace)
     problems += more
     if problems or settings is None:
@@ -327,6 +351,8 @@ class StackFile:
     """`namespace:key` -> the key as written in the file, where that differs."""
     problems: tuple[Problem, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    secure_leaves: frozenset[str] = frozenset()
+    """Key paths of encrypted values nested in an object ('hosts[0].tls.keyMaterial')."""
 
 
 class StackFileError(ConfigError):
@@ -338,13 +364,48 @@ def _is_secure(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("secure"), str)
 
 
-def _unsecure(value: Any) -> tuple[Any, bool]:
+@functools.cache
+def _placeholder_pem() -> dict[str, str]:
+    """A throwaway key and certificate: what stands in for an encrypted PEM value
+    (a host's TLS material), so the rest of its object can still be checked."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SECRET_PLACEHOLDER)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem_cert = cert.public_bytes(serialization.Encoding.PEM).decode()
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return {"keyMaterial": pem_key, "certMaterial": pem_cert, "caMaterial": pem_cert}
+
+
+def _unsecure(value: Any, name: str = "") -> tuple[Any, bool]:
     """Replace every `secure:` leaf by the placeholder; say whether there was one."""
     if _is_secure(value):
+        if name in ("keyMaterial", "certMaterial", "caMaterial"):
+            return _placeholder_pem()[name], True
         return SECRET_PLACEHOLDER, True
     if isinstance(value, dict):
         pairs = {
-            str(k).lower() if isinstance(k, bool) else str(k): _unsecure(v)
+            str(k).lower() if isinstance(k, bool) else str(k): _unsecure(v, str(k))
             for k, v in value.items()
         }
         return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
@@ -352,6 +413,18 @@ def _unsecure(value: Any) -> tuple[Any, bool]:
         items = [_unsecure(v) for v in value]
         return [v for v, _ in items], any(s for _, s in items)
     return value, False
+
+
+def _secure_paths(value: Any, path: str) -> Iterator[str]:
+    """The key paths (`ns:key[0].a.b`) of the encrypted leaves inside a value."""
+    if _is_secure(value):
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _secure_paths(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _secure_paths(item, f"{path}[{index}]")
 
 
 def _as_pulumi_string(value: Any) -> str:
@@ -469,6 +542,7 @@ def read_stack_file(path: Path) -> StackFile:
 
     config: dict[str, str] = {}
     secret: set[str] = set()
+    leaves: set[str] = set()
     written: dict[str, str] = {}
     for key, value in config_section.items():
         text = str(key)
@@ -491,6 +565,8 @@ def read_stack_file(path: Path) -> StackFile:
         config[full] = _as_pulumi_string(plain)
         if is_secret:
             secret.add(full)
+            if not _is_secure(value):
+                leaves.update(_secure_paths(value, full))
         if text != full:
             written[full] = text
         namespace = full.split(":", 1)[0]
@@ -513,6 +589,7 @@ def read_stack_file(path: Path) -> StackFile:
         written=written,
         problems=tuple(problems),
         notes=tuple(notes),
+        secure_leaves=frozenset(leaves),
     )
 
 
@@ -543,13 +620,22 @@ def check_stack_file(path: Path, namespace: str = NAMESPACE) -> CheckedStack:
     raw = split_namespace(stack.config, namespace)
     secret = {key for key in raw if f"{namespace}:{key}" in stack.secret}
     problems = list(stack.problems)
+    partly_secret = {leaf.split(".", 1)[0].split("[", 1)[0] for leaf in stack.secure_leaves}
     settings: Settings | None = None
     try:
         settings = settings_from_config(raw, secret, namespace)
     except ConfigError as err:
         for problem in err.problems:
+            if problem.key in stack.secure_leaves:
+                # The placeholder stood in for an encrypted value nested in an
+                # object (a host's TLS key): its value is `pulumi up`'s to check.
+                continue
             top = problem.key.split(".", 1)[0].split("[", 1)[0]
-            if top in stack.secret and top.split(":", 1)[-1] not in SECRET_KEYS:
+            if (
+                top in stack.secret
+                and top not in partly_secret
+                and top.split(":", 1)[-1] not in SECRET_KEYS
+            ):
                 problem = Problem(
                     problem.key,
                     "is encrypted (secure:), so it cannot be checked without the Pulumi CLI; "

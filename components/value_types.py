@@ -174,6 +174,14 @@ def host_path(value: str) -> str:
     return value
 
 
+def local_path(value: str) -> str:
+    """A file or directory on the machine that runs `pulumi up` (read, never mounted)."""
+    safe_token(value)
+    if not value.startswith(("/", "~")):
+        raise ValueError("must be an absolute path or start with '~'")
+    return value
+
+
 def cpu_set(value: str) -> str:
     """Docker's `--cpuset-cpus` syntax: ids and ranges, comma separated."""
     try:
@@ -280,6 +288,7 @@ NamePrefix = Annotated[str, AfterValidator(name_prefix)]
 NetworkName = Annotated[str, AfterValidator(network_name)]
 HostName = Annotated[str, AfterValidator(host_name)]
 HostPath = Annotated[str, AfterValidator(host_path)]
+LocalPath = Annotated[str, AfterValidator(local_path)]
 IpAddress = Annotated[str, AfterValidator(ip_address)]
 HeaderName = Annotated[str, AfterValidator(header_name)]
 EnvName = Annotated[str, AfterValidator(env_name)]

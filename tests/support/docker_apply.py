@@ -19,8 +19,15 @@ Update applies only the restart policy and ignores a changed health check),
 provider's Read of the inputs we declare, so `drift()` shows what the next
 `up` would change).
 
-Provider behaviour it does not model: custom timeouts (nothing is pulled
-here); `must_run` on refresh (a stopped container would be recreated);
+Each resource goes to its provider's engine: an explicit `docker.Provider`
+(one per host of a multi-host stack) becomes a client for its `host` input,
+and resources of the default provider use the engine the applier is given.
+Commands reach their engine through the `DOCKER_HOST` of their environment,
+as they would under Pulumi.
+
+Provider behaviour it does not model: a provider's TLS inputs (`certPath`,
+`*Material`: the test engines are reached over unix sockets); custom
+timeouts (nothing is pulled here); `must_run` on refresh (a stopped container would be recreated);
 exited containers reading back no ports; `wait`/`wait_timeout`; GPUs (device
 requests are refused: this engine has none); BuildKit and the build-context
 hash of `docker.Image` (built with the classic builder); `keep_locally` and
@@ -192,6 +199,25 @@ def go_duration_string(nanoseconds: int) -> str:
     return text
 
 
+PROVIDER_TYPE = "pulumi:providers:docker"
+
+
+def _provider_client(provider: Declared) -> docker.DockerClient:
+    """A client for what the provider's inputs name: `host` (its TLS inputs are
+    not mapped: the test engines are reached over unix sockets)."""
+    inputs = provider.inputs
+    unmapped = [
+        key
+        for key in ("certPath", "caMaterial", "certMaterial", "keyMaterial", "context")
+        if inputs.get(key)
+    ]
+    if unmapped:
+        raise ApplyError(f"provider {provider.name}: {', '.join(unmapped)} not mapped here")
+    if not inputs.get("host"):
+        raise ApplyError(f"provider {provider.name}: no host")
+    return docker.DockerClient(base_url=str(inputs["host"]), timeout=120)
+
+
 def _inputs_hash(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -209,6 +235,8 @@ class Applier:
         self.client = client
         self.resources = [d for d in declared if d.custom]
         self.by_urn = {d.urn: d for d in self.resources}
+        # Explicit docker providers (one per host): a client each, by URN.
+        self.clients: dict[str, docker.DockerClient] = {}
         self.command_env = dict(command_env or {})
         self._lock = threading.Lock()
         # Pulumi keeps a command's inputs in its state and runs `create` again
@@ -228,10 +256,36 @@ class Applier:
         self._command_state = dict(previous._command_state)
         self.command_inputs = dict(previous.command_inputs)
 
+    # -- providers ---------------------------------------------------------------
+
+    def client_for(self, resource: Declared) -> docker.DockerClient:
+        """The engine of the resource's provider: its explicit `docker.Provider`'s
+        `host`, or, for the default provider, the engine this applier was given.
+
+        A provider reference is `<provider urn>::<provider id>`; the URN itself
+        contains `::`, so the id is what follows the last one.
+        """
+        provider = self._provider_of(resource)
+        return self.client if provider is None else self._engine(provider)
+
+    def _provider_of(self, resource: Declared) -> Declared | None:
+        urn = resource.provider.rsplit("::", 1)[0] if resource.provider else ""
+        provider = self.by_urn.get(urn)
+        return provider if provider is not None and provider.type == PROVIDER_TYPE else None
+
+    def _engine(self, provider: Declared) -> docker.DockerClient:
+        with self._lock:
+            if provider.urn not in self.clients:
+                self.clients[provider.urn] = _provider_client(provider)
+            return self.clients[provider.urn]
+
     # -- graph -----------------------------------------------------------------
 
     def _deps(self, resource: Declared) -> set[str]:
         deps = {urn for urn in resource.dependencies if urn in self.by_urn}
+        provider = self._provider_of(resource)
+        if provider is not None:
+            deps.add(provider.urn)
         text = json.dumps(resource.inputs)
         for name, _output in _PLACEHOLDER.findall(text):
             deps |= {d.urn for d in self.resources if d.name == name}
@@ -317,6 +371,7 @@ class Applier:
             "docker:index/image:Image": self._image,
             CONTAINER_TYPE: self._container,
             "command:local:Command": self._command,
+            PROVIDER_TYPE: self._provider,
         }
         if resource.type not in handler:
             raise ApplyError(f"no mapping for {resource.type}")
@@ -325,15 +380,25 @@ class Applier:
             applied.outputs[resource.name] = outputs
             applied.timings[resource.name] = Timing(started, time.monotonic())
 
+    def _provider(
+        self, resource: Declared, inputs: dict[str, Any], applied: Applied
+    ) -> dict[str, str]:
+        # Pulumi's engine configures a provider before any of its resources;
+        # here that is reaching its engine once.
+        self._engine(resource).ping()
+        applied.unchanged.append(resource.name)
+        return {"id": resource.name}
+
     def _network(
         self, resource: Declared, inputs: dict[str, Any], applied: Applied
     ) -> dict[str, str]:
         name = inputs["name"]
-        existing = self.client.networks.list(names=[name])
+        client = self.client_for(resource)
+        existing = client.networks.list(names=[name])
         if existing:
             applied.unchanged.append(resource.name)
             return {"id": existing[0].id or "", "name": name}
-        network = self.client.networks.create(name, driver="bridge")
+        network = client.networks.create(name, driver="bridge")
         applied.created.append(resource.name)
         return {"id": network.id or "", "name": name}
 
@@ -341,11 +406,12 @@ class Applier:
         self, resource: Declared, inputs: dict[str, Any], applied: Applied
     ) -> dict[str, str]:
         name = inputs["name"]
+        client = self.client_for(resource)
         try:
-            volume = self.client.volumes.get(name)
+            volume = client.volumes.get(name)
             applied.unchanged.append(resource.name)
         except NotFound:
-            volume = self.client.volumes.create(name)
+            volume = client.volumes.create(name)
             applied.created.append(resource.name)
         return {"id": volume.id or name, "name": name}
 
@@ -355,7 +421,7 @@ class Applier:
         # No registry is reachable here: the image must already be local (as
         # pulumi-docker finds it with keep_locally and skips the pull).
         try:
-            image = self.client.images.get(inputs["name"])
+            image = self.client_for(resource).images.get(inputs["name"])
         except NotFound:
             raise ApplyError(
                 f"image {inputs['name']} is not local and nothing can be pulled"
@@ -369,7 +435,7 @@ class Applier:
         build = inputs["build"]
         context = build["context"]
         dockerfile = os.path.relpath(build.get("dockerfile", "Dockerfile"), context)
-        image, _logs = self.client.images.build(
+        image, _logs = self.client_for(resource).images.build(
             path=context,
             dockerfile=dockerfile,
             buildargs=build.get("args") or {},
@@ -397,8 +463,9 @@ class Applier:
                 else:
                     inputs.pop(key, None)
         digest = _inputs_hash(inputs)
+        client = self.client_for(resource)
         try:
-            existing = self.client.containers.get(name)
+            existing = client.containers.get(name)
         except NotFound:
             existing = None
         if existing is not None:
@@ -423,7 +490,7 @@ class Applier:
                 raise ApplyError(f"{name}: would need create-before-delete with a fixed name")
             self._condemn_dependents(resource)
             _remove(existing, (previous or inputs).get("destroyGraceSeconds"))
-        container = self._create_container(inputs, digest)
+        container = self._create_container(inputs, digest, client)
         self.container_state[resource.name] = inputs
         applied.created.append(resource.name)
         return {"id": container.id or "", "name": name}
@@ -437,7 +504,9 @@ class Applier:
         if "restart" in changed:
             container.update(restart_policy={"Name": inputs.get("restart") or "no"})  # type: ignore[arg-type]
 
-    def _create_container(self, inputs: dict[str, Any], digest: str) -> Container:
+    def _create_container(
+        self, inputs: dict[str, Any], digest: str, client: docker.DockerClient
+    ) -> Container:
         name = inputs["name"]
         if inputs.get("gpus") or inputs.get("deviceRequests"):
             requested = inputs.get("deviceRequests") or inputs["gpus"]
@@ -467,7 +536,7 @@ class Applier:
         networking_config = None
         if first_network is not None:
             networking_config = {
-                first_network["name"]: self.client.api.create_endpoint_config(
+                first_network["name"]: client.api.create_endpoint_config(
                     aliases=first_network.get("aliases") or None
                 )
             }
@@ -502,7 +571,7 @@ class Applier:
         if first_network is not None:
             kwargs["network"] = first_network["name"]
             kwargs["networking_config"] = networking_config
-        container: Container = self.client.containers.create(**kwargs)
+        container: Container = client.containers.create(**kwargs)
         for upload in inputs.get("uploads") or []:
             _upload(container, upload["file"], upload["content"], bool(upload.get("executable")))
         container.start()
@@ -593,7 +662,7 @@ class Applier:
             if resource.type != CONTAINER_TYPE or resource.name not in self.container_state:
                 continue
             declared = self.container_state[resource.name]
-            container = self.client.containers.get(declared["name"])
+            container = self.client_for(resource).containers.get(declared["name"])
             read = read_back(container)
             diffs = {
                 key: (declared.get(key), value)
@@ -614,16 +683,17 @@ class Applier:
             if resource.retain_on_delete:
                 kept.append(resource.name)
                 continue
+            client = self.client_for(resource)
             if resource.type == "command:local:Command":
                 self._delete_command(resource.name)
             elif resource.type == CONTAINER_TYPE:
                 with suppress(NotFound):
                     state = self.container_state.get(resource.name, resource.inputs)
-                    _remove(self.client.containers.get(name), state.get("destroyGraceSeconds"))
+                    _remove(client.containers.get(name), state.get("destroyGraceSeconds"))
             elif resource.type == "docker:index/network:Network":
-                for network in self.client.networks.list(names=[name]):
+                for network in client.networks.list(names=[name]):
                     network.remove()
             elif resource.type == "docker:index/volume:Volume":
                 with suppress(NotFound):
-                    self.client.volumes.get(name).remove(force=True)
+                    client.volumes.get(name).remove(force=True)
         return kept

@@ -1,0 +1,55 @@
+"""The Docker client of a step that `pulumi up` runs: the same engine as its provider.
+
+docker-py's `from_env` reads `DOCKER_HOST`, and for TLS `DOCKER_TLS_VERIFY`
+with a certificate directory (`DOCKER_CERT_PATH`), which covers every host
+except one whose TLS material is given as PEM text in the stack (pulumi-docker's
+`ca_material`, `cert_material`, `key_material`). For those the deployment hands
+the three PEMs to the step as secret environment variables; docker-py only
+takes files, so they are written to a private temporary directory that lives
+as long as the process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+
+import docker
+from docker.tls import TLSConfig
+
+DOCKER_TLS_SECRET_ENV = {
+    "ca": "VLLM_NGINX_DOCKER_CA",
+    "cert": "VLLM_NGINX_DOCKER_CERT",
+    "key": "VLLM_NGINX_DOCKER_KEY",
+}
+"""Where a host's TLS material reaches the step, per part."""
+
+
+def _material_files(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """The PEM files written from the environment, or None when it holds none."""
+    pems = {part: environ.get(variable) for part, variable in DOCKER_TLS_SECRET_ENV.items()}
+    if not all(pems.values()):
+        return None
+    directory = tempfile.mkdtemp(prefix="vllm-nginx-tls-")
+    os.chmod(directory, 0o700)
+    atexit.register(shutil.rmtree, directory, True)
+    files: dict[str, str] = {}
+    for part, text in pems.items():
+        path = os.path.join(directory, f"{part}.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(str(text))
+        files[part] = path
+    return files
+
+
+def engine_client(timeout: int = 60) -> docker.DockerClient:
+    """A client for the engine this step's environment names."""
+    files = _material_files(os.environ)
+    if files is None:
+        return docker.from_env(timeout=timeout)
+    tls = TLSConfig(client_cert=(files["cert"], files["key"]), ca_cert=files["ca"], verify=True)
+    return docker.DockerClient(base_url=os.environ["DOCKER_HOST"], tls=tls, timeout=timeout)

@@ -1,0 +1,301 @@
+"""Several hosts in one stack: the rules on `hosts`, and what is declared per host.
+
+Without an engine: settings and plan in plain Python, declarations under
+Pulumi's mocks. The two-host run on real engines is tests/test_e2e_multihost.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.check import main as check_main
+from components.plan import build_plan
+from components.stack_config import ConfigError, parse_settings, settings_from_config
+from tests.support.nginx import make_test_pki
+from tests.support.pulumi_capture import Declared, Run, run_program
+
+ROOT = Path(__file__).resolve().parent.parent
+NS = "vllm-nginx"
+PROVIDER = "pulumi:providers:docker"
+
+
+def host(name: str, address: str, **more: Any) -> dict[str, Any]:
+    return {"name": name, "dockerHost": f"ssh://ops@{name}", "address": address, **more}
+
+
+TWO = [host("gpu-a", "10.0.0.11", gpus=[[0], [1]]), host("gpu-b", "10.0.0.12", gpus=[[0], [1]])]
+
+
+def raw(**values: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {"model": "org/model", "hosts": TWO}
+    config.update(values)
+    return {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in config.items()}
+
+
+def problems(**values: Any) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw(**values))
+    return [str(p) for p in err.value.problems]
+
+
+def test_two_hosts_place_replicas_on_their_own_gpus() -> None:
+    settings = parse_settings(raw(loadBalancer={"host": "gpu-b"}))
+    placed = [
+        (p.host.name if p.host else None, p.name, p.port, p.gpus) for p in settings.placements()
+    ]
+    assert placed == [
+        ("gpu-a", "vllm-gpu-a-0", 8081, (0,)),
+        ("gpu-a", "vllm-gpu-a-1", 8082, (1,)),
+        ("gpu-b", "vllm-gpu-b-0", 8081, (0,)),
+        ("gpu-b", "vllm-gpu-b-1", 8082, (1,)),
+    ]
+    assert settings.load_balancer_host is not None
+    assert settings.load_balancer_host.name == "gpu-b"
+
+
+def test_each_problem_named_by_its_key_all_at_once() -> None:
+    hosts = [
+        host("a", "10.0.0.1", gpus=[[0], [0]]),
+        host("a", "10.0.0.2", replicas=1),
+        host("c", "10.0.0.1", replicas=1),
+        host("d", "gpu-d.lan", replicas=3, gpus=[[0], [1]]),
+    ]
+    found = problems(hosts=hosts, loadBalancer={"host": "z"}, replicas=4)
+    assert found == [
+        "config key 'vllm-nginx:replicas': must not be set with 'hosts': each host says its "
+        "own ('hosts[i].replicas')",
+        "config key 'vllm-nginx:hosts[0].gpus[1]': uses GPU 0, which another replica on host a "
+        "uses too",
+        "config key 'vllm-nginx:hosts[1].name': a is also the name of hosts[0]",
+        "config key 'vllm-nginx:hosts[1].dockerHost': is the engine of hosts[0] too: one host "
+        "per engine",
+        "config key 'vllm-nginx:hosts[3].bindAddress': is required when 'address' is a name: "
+        "Docker publishes ports on an IP address (the host's address on the network the load "
+        "balancer uses)",
+        "config key 'vllm-nginx:hosts[3].gpus': lists 2 replicas but 'hosts[3].replicas' is 3",
+        "config key 'vllm-nginx:loadBalancer.host': names no host in 'hosts' (they are: a, c, d)",
+        "config key 'vllm-nginx:hosts[2].address': 10.0.0.1 with ports 8081-8081 reaches a port "
+        "of host a too (the same address:port twice); give one of them another 'basePort'",
+    ]
+
+
+def test_value_rules_name_the_nested_key() -> None:
+    found = problems(
+        hosts=[
+            host("A_b", "10.0.0.1", replicas=1),
+            host("b", "not an address", replicas=0, dockerHost="http://b"),
+        ]
+    )
+    assert found == [
+        "config key 'vllm-nginx:hosts[0].name': must be a DNS-safe name: 1-63 lowercase "
+        "letters, digits or '-', starting and ending with a letter or digit",
+        "config key 'vllm-nginx:hosts[1].dockerHost': must be a Docker endpoint: "
+        "unix:///path/to/docker.sock (this machine), ssh://user@host, or tcp://host:2376 "
+        "(with 'tls')",
+        "config key 'vllm-nginx:hosts[1].address': must be an IP address or a DNS host name",
+        "config key 'vllm-nginx:hosts[1].replicas': Input should be greater than or equal to 1",
+    ]
+    assert problems(hosts=[]) == [
+        "config key 'vllm-nginx:hosts': must list at least one host (or be left out: one engine)"
+    ]
+
+
+def test_ports_replica_counts_and_the_lb_port() -> None:
+    found = problems(
+        hosts=[host("a", "10.0.0.1", replicas=2, basePort=65535), host("b", "10.0.0.2")],
+        loadBalancer={"host": "b", "port": 8081, "bindAddress": "0.0.0.0"},
+    )
+    assert found == [
+        "config key 'vllm-nginx:hosts[1].replicas': is required: say how many replicas run on "
+        "this host ('replicas', or one entry per replica in 'gpus' / 'cpuSets')",
+        "config key 'vllm-nginx:hosts[0].basePort': 65535 + 2 replicas on host a passes port 65535",
+    ]
+    assert problems(hosts=[host("a", "10.0.0.1", replicas=2)], loadBalancer={"port": 8082}) == [
+        "config key 'vllm-nginx:loadBalancer.port': 8082 collides with the replica ports "
+        "8081-8082 of host a, where the load balancer runs"
+    ]
+    # The same address on two hosts is fine when their ports differ.
+    parse_settings(
+        raw(
+            hosts=[
+                host("a", "10.0.0.1", replicas=2),
+                host("b", "10.0.0.1", replicas=2, basePort=9001),
+            ]
+        )
+    )
+
+
+def test_single_host_keys_and_monitoring_are_refused_with_hosts() -> None:
+    found = problems(
+        gpus=[[0]], bindAddress="0.0.0.0", publicHost="x", monitoring={"enabled": True}
+    )
+    rule = "must not be set with 'hosts': each host says its own"
+    assert found[:3] == [
+        f"config key 'vllm-nginx:gpus': {rule} ('hosts[i].gpus')",
+        f"config key 'vllm-nginx:bindAddress': {rule} ('hosts[i].bindAddress')",
+        f"config key 'vllm-nginx:publicHost': {rule} ('hosts[i].address')",
+    ]
+    assert any(
+        p.startswith("config key 'vllm-nginx:monitoring.enabled': is not supported") for p in found
+    )
+    with pytest.raises(
+        ConfigError, match=r"'vllm-nginx:loadBalancer\.host': is set but 'hosts' is not"
+    ):
+        parse_settings({"model": "m", "loadBalancer": json.dumps({"host": "a"})})
+
+
+def test_cpu_hosts_pin_their_own_cores() -> None:
+    settings = parse_settings(
+        raw(
+            backend="cpu",
+            hosts=[
+                host("a", "10.0.0.1", cpuSets=["0-3", "4-7"]),
+                host("b", "10.0.0.2", replicas=1),
+            ],
+            cpu={"coresPerReplica": 2},
+        )
+    )
+    assert [p.cores for p in settings.placements()] == [(0, 1, 2, 3), (4, 5, 6, 7), (0, 1)]
+    assert problems(backend="cpu", hosts=[host("a", "10.0.0.1", cpuSets=["0-3", "3-5"])]) == [
+        "config key 'vllm-nginx:hosts[0].cpuSets[1]': uses CPU 3, which another replica on "
+        "host a uses too"
+    ]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA and a certificate with its key: TLS material as a stack would hold it."""
+    made = make_test_pki(tmp_path_factory.mktemp("pki"))
+    return {
+        "caMaterial": made.ca_certificate.read_text(),
+        "certMaterial": Path(made.server.certificate).read_text(),
+        "keyMaterial": Path(made.server.key).read_text(),
+    }
+
+
+def _tls_host(pki: dict[str, str]) -> tuple[dict[str, Any], str]:
+    return (
+        host("tls", "10.0.0.3", replicas=1, dockerHost="tcp://10.0.0.3:2376", tls=pki),
+        pki["keyMaterial"],
+    )
+
+
+def test_tls_key_must_be_a_secret_and_is_never_echoed(pki: dict[str, str]) -> None:
+    tls_host, key = _tls_host(pki)
+    config = raw(hosts=[tls_host])
+    with pytest.raises(ConfigError) as err:
+        settings_from_config(config, set())
+    assert [str(p) for p in err.value.problems] == [
+        "config key 'vllm-nginx:hosts[0].tls.keyMaterial': must be set with `pulumi config set "
+        "--secret --path 'hosts[0].tls.keyMaterial' ...` (it is stored in plain text)"
+    ]
+    assert key not in str(err.value)
+    settings_from_config(config, {"hosts"})
+    no_tls = host("t", "10.0.0.3", replicas=1, dockerHost="tcp://10.0.0.3:2376")
+    assert problems(hosts=[no_tls]) == [
+        "config key 'vllm-nginx:hosts[0].tls': is required with a tcp:// 'dockerHost': an "
+        "engine's API without TLS gives root on that machine to anyone who reaches the port"
+    ]
+
+
+def test_plan_routes_by_name_on_the_lb_host_and_by_address_elsewhere() -> None:
+    plan = build_plan(parse_settings(raw()), project_dir=ROOT)
+    assert [str(r.upstream) for r in plan.replicas] == [
+        "vllm-gpu-a-0:8000",
+        "vllm-gpu-a-1:8000",
+        "10.0.0.12:8081",
+        "10.0.0.12:8082",
+    ]
+    assert "server 10.0.0.12:8082 max_fails" in plan.load_balancer.config
+    assert [r.bind_address for r in plan.replicas] == ["10.0.0.11"] * 2 + ["10.0.0.12"] * 2
+    assert plan.load_balancer.url == "http://10.0.0.11:8000"
+    assert [h.engine_env for h in plan.hosts] == [
+        {"DOCKER_HOST": "ssh://ops@gpu-a"},
+        {"DOCKER_HOST": "ssh://ops@gpu-b"},
+    ]
+
+
+def _deploy(**values: Any) -> Run:
+    config = {f"{NS}:{k}": v for k, v in raw(**values).items()}
+    return run_program(config)
+
+
+def _provider_name(run: Run, declared: Declared) -> str | None:
+    if not declared.provider:
+        return None
+    return run.by_urn(declared.provider.rsplit("::", 1)[0]).name
+
+
+def test_each_host_its_provider_network_cache_download_replicas_and_check() -> None:
+    run = _deploy()
+    providers = {d.name: d.inputs for d in run.of_type(PROVIDER)}
+    assert providers == {
+        "vllm-gpu-a-docker": {"host": "ssh://ops@gpu-a"},
+        "vllm-gpu-b-docker": {"host": "ssh://ops@gpu-b"},
+    }
+    docker_resources = [d for d in run.declared if d.type.startswith("docker:index/")]
+    by_host = {d.name: _provider_name(run, d) for d in docker_resources}
+    assert by_host == {
+        "vllm-gpu-a-network": "vllm-gpu-a-docker",
+        "vllm-gpu-a-hf-cache": "vllm-gpu-a-docker",
+        "vllm-gpu-a-compile-cache": "vllm-gpu-a-docker",
+        "vllm-gpu-a-vllm-image": "vllm-gpu-a-docker",
+        "vllm-vllm-gpu-a-0": "vllm-gpu-a-docker",
+        "vllm-vllm-gpu-a-1": "vllm-gpu-a-docker",
+        "vllm-gpu-b-network": "vllm-gpu-b-docker",
+        "vllm-gpu-b-hf-cache": "vllm-gpu-b-docker",
+        "vllm-gpu-b-compile-cache": "vllm-gpu-b-docker",
+        "vllm-gpu-b-vllm-image": "vllm-gpu-b-docker",
+        "vllm-vllm-gpu-b-0": "vllm-gpu-b-docker",
+        "vllm-vllm-gpu-b-1": "vllm-gpu-b-docker",
+        "vllm-nginx-image": "vllm-gpu-a-docker",
+        "vllm-lb": "vllm-gpu-a-docker",
+    }
+    deps = {d.name: {run.by_urn(u).name for u in d.dependencies} for d in run.declared}
+    # Each host's download waits for its own network and cache only: they run in parallel.
+    assert deps["vllm-gpu-b-download"] == {
+        "vllm-gpu-b-hf-cache",
+        "vllm-gpu-b-network",
+        "vllm-gpu-b-vllm-image",
+    }
+    assert "vllm-gpu-b-download" in deps["vllm-vllm-gpu-b-0"]
+    assert "vllm-gpu-a-download" not in deps["vllm-vllm-gpu-b-0"]
+    assert {"vllm-gpu-a-replicas-ready", "vllm-gpu-b-replicas-ready"} <= deps["vllm-lb"]
+    commands = {d.name: d.inputs for d in run.of_type("command:local:Command")}
+    assert commands["vllm-gpu-b-download"]["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-b"}
+    assert commands["vllm-gpu-b-replicas-ready"]["environment"] == {
+        "DOCKER_HOST": "ssh://ops@gpu-b"
+    }
+    assert commands["vllm-gpu-b-replicas-ready"]["create"].endswith("vllm-gpu-b-0 vllm-gpu-b-1")
+    assert "@@vllm-gpu-b-vllm-image.imageId@@" in commands["vllm-gpu-b-download"]["create"]
+    assert run.outputs["hosts"]["gpu-b"] == {
+        "docker_host": "ssh://ops@gpu-b",
+        "replica_names": ["vllm-gpu-b-0", "vllm-gpu-b-1"],
+        "replica_urls": ["http://10.0.0.12:8081", "http://10.0.0.12:8082"],
+        "load_balancer": False,
+    }
+    assert run.outputs["lb_url"] == "http://10.0.0.11:8000"
+
+
+def test_tls_material_reaches_provider_and_steps_as_secrets(pki: dict[str, str]) -> None:
+    tls_host, key = _tls_host(pki)
+    config = {f"{NS}:{k}": v for k, v in raw(hosts=[tls_host]).items()}
+    run = run_program(config, [f"{NS}:hosts"])
+    (provider,) = run.of_type(PROVIDER)
+    assert provider.inputs["keyMaterial"] == key
+    assert {"caMaterial", "certMaterial", "keyMaterial"} <= set(provider.secret_inputs)
+    download = run.named("vllm-tls-download")
+    assert download.inputs["environment"]["VLLM_NGINX_DOCKER_KEY"] == key
+    assert "environment" in download.secret_inputs
+    assert download.inputs["environment"]["DOCKER_HOST"] == "tcp://10.0.0.3:2376"
+    assert key not in json.dumps(run.outputs)
+
+
+def test_the_example_two_host_stack_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_main(["--stack", "twohost"]) == 0
+    out = capsys.readouterr().out
+    assert "gpu-a" in out and "gpu-b" in out
