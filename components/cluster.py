@@ -527,9 +527,10 @@ class VllmCluster(pulumi.ComponentResource):
         reloaded whenever one changes (or the container is new)."""
         files: dict[str, pulumi.Input[str]] = {lb.config_path: lb.config, **lb.files}
         files.update({up.path: self._secrets[up.secret] for up in lb.secret_uploads})
-        environment: dict[str, pulumi.Input[str]] = {LB_FILES_ENV: pulumi.Output.json_dumps(files)}
-        if self._args.docker_host:
-            environment["DOCKER_HOST"] = self._args.docker_host
+        environment: dict[str, pulumi.Input[str]] = {
+            LB_FILES_ENV: pulumi.Output.json_dumps(files),
+            **self._engine_environment(lb_host),
+        }
         return command.local.Command(
             f"{name}-lb-config",
             create=shlex.join((self._args.python, "-m", "components.lb.reload", "--lb", lb.name)),

@@ -289,7 +289,10 @@ def test_two_hosts_behind_one_load_balancer() -> None:
             # or an answer (500) it gave while shutting down, as the LB logged it.
             cut = [o for o in failed if o.replica is not None]
             assert {on(o) for o in cut} <= set(second.values()), cut
-            assert len(failed) - len(cut) == len(lb_errors), (failed, lb_errors)
+            # Every failure was on its way before the engine was down (a stream cut
+            # before its first chunk carries no replica, and nginx logs it as 200).
+            assert all(o.started <= stopped for o in failed), failed
+            assert len(failed) - len(cut) >= len(lb_errors), (failed, lb_errors)
             assert all(up.split(", ")[-1].startswith(two.address) for _s, up in lb_errors)
             assert back is not None, "host two's replicas got no traffic within 30 s of healthy"
             assert back <= FAIL_WINDOW + 2, f"served again {back:.1f} s after healthy"
