@@ -1,24 +1,40 @@
 """prefix_affinity against the other policies, on traffic that shares prompt prefixes.
 
-    python -m bench.prefix          (from the repository root; about 5 minutes)
+    python -m bench.prefix          (from the repository root; about 9 minutes)
     python -m bench.prefix --quick  (shorter runs, a smoke test)
 
 A real nginx (our rendered config, njs module loaded) in front of 4 stand-in
-replicas on loopback, fresh replicas (cold caches) for every run. The stand-in
-models vLLM's prefix cache and a finite prefill (`standin/prefix_cache.py`);
-the cost model is printed with the results. Three workloads, each an open-loop
-trace fixed by a seed, so every policy gets the same requests at the same times:
+replicas on loopback, fresh replicas (empty caches) for every run. The
+stand-in models vLLM's prefix cache and a finite prefill
+(`standin/prefix_cache.py`); the cost model is printed with the results. Three
+workloads, each an open-loop or closed-loop trace fixed by a seed, so every
+policy gets the same requests at the same times:
 
 - shared: chats over 16 system prompts of 2,000 tokens; each chat has up to 4
-  turns whose history grows (the previous answers included). Reports the
-  replicas' prefix-cache hit rate (their `vllm:prefix_cache_*` counters), the
-  hit rate one ideal cache of the replicas' total size gets on the same trace,
-  TTFT p50/p90, throughput and errors;
-- skewed: one prefix carries half of the requests; reports in-flight requests
-  per replica (time-averaged, from each response's `X-Replica` and timing)
-  as max/mean, and errors;
-- unique: no shared prefix; TTFT through prefix_affinity and least_conn
-  against direct to the replicas.
+  turns whose history grows (the previous answers included). Run twice per
+  policy. *Cold*: the trace from empty caches, as right after `pulumi up`.
+  *Warm*: the same trace after a warm-up through the balancer under test:
+  each system prompt sent once, one request at a time, standing for traffic a
+  running deployment has already seen. Only the prompts, not the chats, are
+  replayed, so nothing of the measured trace is cached beforehand, and the
+  warm-up is the same requests in the same order for every policy; its
+  requests are not counted. Why both: from empty caches each replica's first
+  request for a prompt prefills 2,000 tokens (0.4 s) while the requests
+  behind it wait, and in a 30 s trace those first visits set prefix_affinity's
+  p90 (the cold rows split p90 into the first 5 s and the rest to show it);
+  a balancer in service runs warm. Reports the replicas' prefix-cache hit rate
+  (their `vllm:prefix_cache_*` counters, warm-up subtracted), the hit rate one
+  ideal cache of the replicas' total size gets on the same trace (after the
+  same warm-up for the warm rows), TTFT p50/p90, throughput and errors;
+- skewed: one prefix carries half of the requests (from empty caches);
+  reports in-flight requests per replica (time-averaged, from each response's
+  `X-Replica` and timing) as max/mean, and errors;
+- unique: no shared prefix, no prefill cost; the balancer's own cost on TTFT.
+  Direct, least_conn and prefix_affinity (two nginx in front of the same
+  replicas) are measured in the same time window, each client taking the
+  three paths in a shuffled order, so load from outside the benchmark falls
+  on all three alike instead of on whichever ran while it lasted. Ratios to
+  direct come with a bootstrap 95 % interval.
 
 Writes bench/results/prefix.json and prefix.png and prints markdown tables.
 """
@@ -164,9 +180,43 @@ def unique_trace(seed: int, count: int, words: int) -> list[Request]:
     ]
 
 
-def ideal_hit_rate(trace: Sequence[Request], blocks: int) -> float:
-    """One LRU cache as large as all replicas' caches together, on the same trace."""
+def warm_up_trace(trace: Sequence[Request]) -> list[Request]:
+    """Each system prompt of `trace` once, in order of first use, with a user turn of its own.
+
+    The user turn is not one of the trace's, so only the system prompt (what a
+    running deployment has certainly seen before) is cached by it.
+    """
+    seen: dict[str, None] = {}
+    for request in trace:
+        messages = request.body.get("messages") or []
+        if messages and messages[0].get("role") == "system":
+            seen.setdefault(messages[0]["content"], None)
+    return [
+        Request(
+            at=0.0,
+            session=f"warm{n}",
+            body={
+                "model": MODEL,
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": "warm-up"},
+                ],
+                "max_tokens": 1,
+                "stream": True,
+            },
+        )
+        for n, system in enumerate(seen)
+    ]
+
+
+def ideal_hit_rate(trace: Sequence[Request], blocks: int, warm_up: Sequence[Request] = ()) -> float:
+    """One LRU cache as large as all replicas' caches together, on the same trace.
+
+    `warm_up` is admitted first and not counted, as for the replicas.
+    """
     cache = PrefixCache(blocks, BLOCK_SIZE)
+    for request in warm_up:
+        cache.admit(prompt_tokens(request.body, request.chat))
     queried = cached = 0
     for request in trace:
         lookup = cache.admit(prompt_tokens(request.body, request.chat))
@@ -285,45 +335,61 @@ def stand_in_env(prefill_ms_per_token: float = PREFILL_MS_PER_TOKEN) -> dict[str
 
 
 @contextlib.contextmanager
-def fleet_and_lb(binary: str, policy: RoutingPolicy | None, overhead_only: bool = False) -> Any:
-    """Fresh replicas (cold caches) and, unless `policy` is None (direct), nginx.
-
-    `overhead_only`: no prefill cost and the fixed TTFT of bench/lb.py, so the
-    only difference from direct is the balancer's own work.
-    """
-    env = stand_in_env(0.0) if overhead_only else stand_in_env()
-    with stub_backends(
-        REPLICAS,
-        ttft_ms=UNIQUE_TTFT_MS if overhead_only else TTFT_MS,
-        token_ms=TOKEN_MS,
-        extra_args=QUIET,
-        env=env,
-    ) as stubs:
-        if policy is None:
-            yield stubs, [stub.url for stub in stubs]
-            return
-        with balancer(
+def fleet_and_lb(binary: str, policy: RoutingPolicy) -> Any:
+    """Fresh replicas (empty caches) behind a fresh nginx: no run inherits another's state."""
+    with (
+        stub_backends(
+            REPLICAS, ttft_ms=TTFT_MS, token_ms=TOKEN_MS, extra_args=QUIET, env=stand_in_env()
+        ) as stubs,
+        balancer(
             binary,
             stubs.ports,
             policy=policy,
             prefix_chars=PREFIX_CHARS,
             prefix_max_conns=PREFIX_MAX_CONNS,
-        ) as nginx:
-            yield stubs, [nginx.url]
+        ) as nginx,
+    ):
+        yield stubs, [nginx.url]
 
 
-def run_shared(binary: str, policy: RoutingPolicy, trace: Sequence[Request]) -> dict[str, Any]:
+# The cold rows' p90 is also given for requests sent in the first SPLIT_S seconds
+# and after: from empty caches, the first visits of each prompt fall early.
+SPLIT_S = 5.0
+
+
+def run_shared(
+    binary: str,
+    policy: RoutingPolicy,
+    trace: Sequence[Request],
+    warm_up: Sequence[Request] = (),
+) -> dict[str, Any]:
+    """The trace from empty caches, or after `warm_up` (sent one at a time, not counted)."""
     with fleet_and_lb(binary, policy) as (stubs, urls):
+        warm_errors = 0
+        queries0 = hits0 = 0.0
+        if warm_up:
+            warm = asyncio.run(closed_loop(urls, warm_up, 1))
+            warm_errors = sum(1 for s in warm if not s.ok)
+            queries0, hits0 = scrape(stubs.ports)
         samples, t0 = asyncio.run(replay(urls, trace))
         queries, hits = scrape(stubs.ports)
+    queries -= queries0
+    hits -= hits0
     ok = [s for s in samples if s.ok]
+    early = [s.ttft for s in ok if s.start - t0 < SPLIT_S]
+    late = [s.ttft for s in ok if s.start - t0 >= SPLIT_S]
     span = max(s.end for s in samples) - t0
     return {
+        "warm_up_requests": len(warm_up),
+        "warm_up_errors": warm_errors,
         "requests": len(samples),
         "errors": len(samples) - len(ok),
         "hit_rate": hits / queries if queries else 0.0,
         "ttft_p50_ms": 1000 * pct([s.ttft for s in ok], 0.5),
         "ttft_p90_ms": 1000 * pct([s.ttft for s in ok], 0.9),
+        "ttft_p90_first_5s_ms": 1000 * pct(early, 0.9),
+        "ttft_p90_after_5s_ms": 1000 * pct(late, 0.9),
+        "requests_first_5s": len(early),
         "throughput_rps": len(ok) / span,
         "tokens_per_s": sum(s.tokens for s in ok) / span,
         "replicas_used": sorted({s.replica for s in ok if s.replica}),
@@ -350,19 +416,111 @@ def run_skewed(binary: str, policy: RoutingPolicy, trace: Sequence[Request]) -> 
     }
 
 
-def run_unique(
-    binary: str, policy: RoutingPolicy | None, trace: Sequence[Request]
-) -> dict[str, Any]:
-    with fleet_and_lb(binary, policy, overhead_only=True) as (_stubs, urls):
-        asyncio.run(closed_loop(urls, trace[:20], REPLICAS))  # warm connections
-        samples = asyncio.run(closed_loop(urls, trace[20:], REPLICAS))
-    ok = [s for s in samples if s.ok]
-    return {
-        "requests": len(samples),
-        "errors": len(samples) - len(ok),
-        "ttft_p50_ms": 1000 * pct([s.ttft for s in ok], 0.5),
-        "ttft_p90_ms": 1000 * pct([s.ttft for s in ok], 0.9),
+UNIQUE_PATHS = ("direct", "least_conn", "prefix_affinity")
+UNIQUE_CLIENTS = 4
+UNIQUE_WARM = 10  # per client and path, unrecorded: connections opened, code paths warm
+BOOTSTRAP = 2000
+
+
+async def interleaved(
+    urls: dict[str, Sequence[str]], trace: Sequence[Request], clients: int, seed: int
+) -> dict[str, list[Sample]]:
+    """`clients` users in a closed loop, each cycling through the paths in shuffled rounds.
+
+    Every round sends one request on each path, in an order drawn per round, so
+    each path sees the same mix of neighbours and the same background load.
+    """
+    rng = random.Random(seed)
+    out: dict[str, list[Sample]] = {name: [] for name in urls}
+    per_client = len(trace) // clients
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def user(u: int) -> None:
+            mine = trace[u * per_client : (u + 1) * per_client]
+            rounds = len(mine) // len(urls)
+            for r in range(rounds):
+                order = list(urls)
+                rng.shuffle(order)
+                for k, name in enumerate(order):
+                    request = mine[r * len(urls) + k]
+                    targets = urls[name]
+                    sample = await send(client, targets[(u + r) % len(targets)], request)
+                    if r >= UNIQUE_WARM:
+                        out[name].append(sample)
+
+        await asyncio.gather(*(user(u) for u in range(clients)))
+    return out
+
+
+def bootstrap_ratio(
+    values: Sequence[float], base: Sequence[float], q: float, rng: random.Random
+) -> tuple[float, float]:
+    """95 % interval of pct(values, q) / pct(base, q), resampling both sides."""
+    ratios = sorted(
+        pct(rng.choices(values, k=len(values)), q) / pct(rng.choices(base, k=len(base)), q)
+        for _ in range(BOOTSTRAP)
+    )
+    return ratios[int(0.025 * BOOTSTRAP)], ratios[int(0.975 * BOOTSTRAP) - 1]
+
+
+def run_unique(binary: str, trace: Sequence[Request]) -> dict[str, Any]:
+    """Direct and two balancers over the same replicas, interleaved (see the docstring)."""
+    with contextlib.ExitStack() as stack:
+        stubs = stack.enter_context(
+            stub_backends(
+                REPLICAS,
+                ttft_ms=UNIQUE_TTFT_MS,
+                token_ms=TOKEN_MS,
+                extra_args=QUIET,
+                env=stand_in_env(0.0),
+            )
+        )
+        urls: dict[str, Sequence[str]] = {"direct": [stub.url for stub in stubs]}
+        for policy in (RoutingPolicy.LEAST_CONN, RoutingPolicy.PREFIX_AFFINITY):
+            nginx = stack.enter_context(
+                balancer(
+                    binary,
+                    stubs.ports,
+                    policy=policy,
+                    prefix_chars=PREFIX_CHARS,
+                    prefix_max_conns=PREFIX_MAX_CONNS,
+                )
+            )
+            urls[policy.value] = [nginx.url]
+        load_before = load_average()
+        started = time.monotonic()
+        samples = asyncio.run(interleaved(urls, trace, UNIQUE_CLIENTS, seed=4))
+        seconds = time.monotonic() - started
+        load_after = load_average()
+    rng = random.Random(5)
+    direct = [s.ttft for s in samples["direct"] if s.ok]
+    out: dict[str, Any] = {
+        "seconds": round(seconds, 1),
+        "load_average_before_after": [load_before, load_after],
     }
+    for name in UNIQUE_PATHS:
+        ok = [s.ttft for s in samples[name] if s.ok]
+        row: dict[str, Any] = {
+            "requests": len(samples[name]),
+            "errors": len(samples[name]) - len(ok),
+            "ttft_p50_ms": 1000 * pct(ok, 0.5),
+            "ttft_p90_ms": 1000 * pct(ok, 0.9),
+        }
+        if name != "direct":
+            row["p50_over_direct"] = pct(ok, 0.5) / pct(direct, 0.5)
+            row["p50_over_direct_95ci"] = bootstrap_ratio(ok, direct, 0.5, rng)
+            row["p90_over_direct"] = pct(ok, 0.9) / pct(direct, 0.9)
+            row["p90_over_direct_95ci"] = bootstrap_ratio(ok, direct, 0.9, rng)
+        out[name] = row
+    return out
+
+
+def load_average() -> float:
+    """The 1-minute load average: this machine is shared, so each run records it."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 # --- report ---------------------------------------------------------------------
@@ -388,32 +546,53 @@ def machine(binary: str) -> dict[str, Any]:
         "nginx": nginx_version(binary),
         "njs": njs or "unknown",
         "python": platform.python_version(),
+        "os": _os_name(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average_start": load_average(),
     }
 
 
-def tables(results: dict[str, Any]) -> str:
+def _os_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return line.split("=", 1)[1].strip('"')
+    return "unknown"
+
+
+def _policies(rows: dict[str, Any]) -> dict[str, Any]:
+    return {name: r for name, r in rows.items() if not name.startswith("_")}
+
+
+def shared_table(results: dict[str, Any], start: str) -> list[str]:
     shared = results["shared"]
-    ideal = results["ideal_hit_rate"]
-    lc = shared["least_conn"]
+    rows = _policies(shared[start])
+    ideal = results["ideal_hit_rate"][start]
+    lc = rows["least_conn"]
+    caches = f"after a warm-up of {shared['_warm_up']}" if start == "warm" else "from empty caches"
     lines = [
-        f"| policy ({shared['_trace']}) | hit rate | / ideal | TTFT p50 (ms) | TTFT p90 (ms) "
-        "| p90 / least_conn | requests/s | tokens/s | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| policy ({shared['_trace']}, {caches}) | hit rate | / ideal | TTFT p50 (ms) "
+        "| TTFT p90 (ms) | p90 / least_conn | p90 first 5 s (ms) | p90 after 5 s (ms) "
+        "| requests/s | tokens/s | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in shared.items():
-        if name.startswith("_"):
-            continue
+    for name, r in rows.items():
         lines.append(
             f"| {name} | {r['hit_rate']:.2f} | {r['hit_rate'] / ideal:.2f} | "
             f"{r['ttft_p50_ms']:.0f} | {r['ttft_p90_ms']:.0f} | "
-            f"{r['ttft_p90_ms'] / lc['ttft_p90_ms']:.2f} | {r['throughput_rps']:.1f} | "
-            f"{r['tokens_per_s']:.0f} | {r['errors']} |"
+            f"{r['ttft_p90_ms'] / lc['ttft_p90_ms']:.2f} | {r['ttft_p90_first_5s_ms']:.0f} | "
+            f"{r['ttft_p90_after_5s_ms']:.0f} | {r['throughput_rps']:.1f} | "
+            f"{r['tokens_per_s']:.0f} | {r['errors'] + r['warm_up_errors']} |"
         )
     lines.append(
         f"| ideal single cache ({REPLICAS} x {CACHE_BLOCKS} blocks) | {ideal:.2f} | 1.00 "
-        "| | | | | | |"
+        "| | | | | | | | |"
     )
+    return lines
+
+
+def tables(results: dict[str, Any]) -> str:
+    lines = [*shared_table(results, "warm"), "", *shared_table(results, "cold")]
     skew = results["skewed"]
     lines += [
         "",
@@ -421,49 +600,58 @@ def tables(results: dict[str, Any]) -> str:
         "| TTFT p90 (ms) | errors |",
         "|---|---|---|---|---|",
     ]
-    for name, r in skew.items():
-        if name.startswith("_"):
-            continue
+    for name, r in _policies(skew).items():
         loads = " / ".join(f"{v:.1f}" for v in r["in_flight"].values())
         lines.append(
             f"| {name} | {loads} | {r['max_over_mean']:.2f} | {r['ttft_p90_ms']:.0f} "
             f"| {r['errors']} |"
         )
     unique = results["unique"]
-    direct = unique["direct"]
     lines += [
         "",
-        f"| path ({unique['_trace']}) | TTFT p50 (ms) | TTFT p90 (ms) | p50 / direct "
-        "| p90 / direct | errors |",
-        "|---|---|---|---|---|---|",
+        f"| path ({unique['_trace']}) | requests | TTFT p50 (ms) | TTFT p90 (ms) "
+        "| p50 / direct (95 % interval) | p90 / direct (95 % interval) | errors |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, r in unique.items():
-        if name.startswith("_"):
-            continue
+    for name in UNIQUE_PATHS:
+        r = unique[name]
+        if name == "direct":
+            ratios = "1 | 1"
+        else:
+            lo50, hi50 = r["p50_over_direct_95ci"]
+            lo90, hi90 = r["p90_over_direct_95ci"]
+            ratios = (
+                f"{r['p50_over_direct']:.3f}x ({lo50:.3f}-{hi50:.3f}) | "
+                f"{r['p90_over_direct']:.3f}x ({lo90:.3f}-{hi90:.3f})"
+            )
         lines.append(
-            f"| {name} | {r['ttft_p50_ms']:.1f} | {r['ttft_p90_ms']:.1f} | "
-            f"{r['ttft_p50_ms'] / direct['ttft_p50_ms']:.2f}x | "
-            f"{r['ttft_p90_ms'] / direct['ttft_p90_ms']:.2f}x | {r['errors']} |"
+            f"| {name} | {r['requests']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p90_ms']:.1f} "
+            f"| {ratios} | {r['errors']} |"
         )
     return "\n".join(lines)
 
 
 def goals(results: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
-    shared = results["shared"]
-    new = shared["prefix_affinity"]
-    ratio_ttft = new["ttft_p90_ms"] / shared["least_conn"]["ttft_p90_ms"]
-    ratio_hit = new["hit_rate"] / results["ideal_hit_rate"]
+    """The issue's goals; the shared ones on the warm runs, a balancer's normal state."""
+    warm = results["shared"]["warm"]
+    new = warm["prefix_affinity"]
+    ratio_ttft = new["ttft_p90_ms"] / warm["least_conn"]["ttft_p90_ms"]
+    ratio_hit = new["hit_rate"] / results["ideal_hit_rate"]["warm"]
     skew = results["skewed"]["prefix_affinity"]
-    unique = results["unique"]
-    ratio_direct = unique["prefix_affinity"]["ttft_p50_ms"] / unique["direct"]["ttft_p50_ms"]
+    ratio_direct = results["unique"]["prefix_affinity"]["p50_over_direct"]
     return [
         (
-            "shared: TTFT p90 prefix_affinity / least_conn",
+            "shared (warm): TTFT p90 prefix_affinity / least_conn",
             ratio_ttft,
             "<= 0.33",
             ratio_ttft <= 1 / 3,
         ),
-        ("shared: hit rate prefix_affinity / ideal", ratio_hit, ">= 0.8", ratio_hit >= 0.8),
+        (
+            "shared (warm): hit rate prefix_affinity / ideal",
+            ratio_hit,
+            ">= 0.8",
+            ratio_hit >= 0.8,
+        ),
         (
             "skewed: max/mean in flight (prefix_affinity)",
             skew["max_over_mean"],
@@ -479,27 +667,107 @@ def goals(results: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     ]
 
 
+def cold_figures(results: dict[str, Any]) -> list[tuple[str, float]]:
+    """The same shared ratios from empty caches: kept beside the goals, not judged."""
+    cold = results["shared"]["cold"]
+    new = cold["prefix_affinity"]
+    lc = cold["least_conn"]
+    return [
+        (
+            "shared (cold): TTFT p90 prefix_affinity / least_conn",
+            new["ttft_p90_ms"] / lc["ttft_p90_ms"],
+        ),
+        (
+            "shared (cold), sent after the first 5 s: TTFT p90 prefix_affinity / least_conn",
+            new["ttft_p90_after_5s_ms"] / lc["ttft_p90_after_5s_ms"],
+        ),
+        (
+            "shared (cold): hit rate prefix_affinity / ideal",
+            new["hit_rate"] / results["ideal_hit_rate"]["cold"],
+        ),
+    ]
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
-    shared = {k: v for k, v in results["shared"].items() if not k.startswith("_")}
-    skew = {k: v for k, v in results["skewed"].items() if not k.startswith("_")}
-    names = list(shared)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    axes[0].bar(names, [shared[n]["ttft_p90_ms"] for n in names], color="tab:blue")
+    warm = _policies(results["shared"]["warm"])
+    cold = _policies(results["shared"]["cold"])
+    skew = _policies(results["skewed"])
+    names = list(warm)
+    x = list(range(len(names)))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
+    axes[0].bar(
+        [i - 0.2 for i in x],
+        [cold[n]["ttft_p90_ms"] for n in names],
+        0.4,
+        color="tab:gray",
+        label="cold (empty caches)",
+    )
+    axes[0].bar(
+        [i + 0.2 for i in x],
+        [warm[n]["ttft_p90_ms"] for n in names],
+        0.4,
+        color="tab:blue",
+        label="warm (after warm-up)",
+    )
     axes[0].set_title("shared prefixes: TTFT p90 (ms)")
-    axes[1].bar(names, [shared[n]["hit_rate"] for n in names], color="tab:green")
-    axes[1].axhline(results["ideal_hit_rate"], color="black", linestyle="--", label="ideal cache")
+    axes[0].legend()
+    axes[1].bar(
+        [i - 0.2 for i in x],
+        [cold[n]["hit_rate"] for n in names],
+        0.4,
+        color="tab:gray",
+        label="cold",
+    )
+    axes[1].bar(
+        [i + 0.2 for i in x],
+        [warm[n]["hit_rate"] for n in names],
+        0.4,
+        color="tab:green",
+        label="warm",
+    )
+    axes[1].axhline(
+        results["ideal_hit_rate"]["warm"], color="black", linestyle="--", label="ideal cache (warm)"
+    )
     axes[1].set_ylim(0, 1)
-    axes[1].legend()
+    axes[1].legend(loc="lower left")
     axes[1].set_title("shared prefixes: prefix-cache hit rate")
+    for ax in axes[:2]:
+        ax.set_xticks(x, names)
     axes[2].bar(list(skew), [skew[n]["max_over_mean"] for n in skew], color="tab:orange")
     axes[2].axhline(1.5, color="black", linestyle="--", label="goal")
     axes[2].legend()
     axes[2].set_title("skewed: max / mean in flight per replica")
-    for ax in axes:
+    unique = results["unique"]
+    paths = [p for p in UNIQUE_PATHS if p != "direct"]
+    for offset, q, color in ((-0.2, "p50", "tab:purple"), (0.2, "p90", "tab:pink")):
+        values = [unique[p][f"{q}_over_direct"] for p in paths]
+        lows = [
+            v - unique[p][f"{q}_over_direct_95ci"][0] for p, v in zip(paths, values, strict=True)
+        ]
+        highs = [
+            unique[p][f"{q}_over_direct_95ci"][1] - v for p, v in zip(paths, values, strict=True)
+        ]
+        axes[3].bar(
+            [i + offset for i in range(len(paths))],
+            values,
+            0.4,
+            yerr=[lows, highs],
+            capsize=4,
+            color=color,
+            label=f"TTFT {q} / direct",
+        )
+    axes[3].axhline(1.05, color="black", linestyle="--", label="goal (p50)")
+    axes[3].set_xticks(range(len(paths)), paths)
+    top = max(unique[p][f"{q}_over_direct_95ci"][1] for p in paths for q in ("p50", "p90"))
+    axes[3].set_ylim(0.9, max(1.2, top + 0.02))
+    axes[3].legend()
+    axes[3].set_title("no shared prefix: TTFT / direct (95 % interval)")
+    for ax in axes[:3]:
         ax.tick_params(axis="x", rotation=30)
+    m = results["machine"]
     fig.suptitle(
-        f"{REPLICAS} stand-in replicas behind nginx ({results['machine']['nginx']}, "
-        f"njs {results['machine']['njs']}), {results['machine']['nproc']} CPUs"
+        f"{REPLICAS} stand-in replicas behind nginx ({m['nginx']}, njs {m['njs']}), "
+        f"{m['nproc']} CPUs, load average {m['load_average_start']:.2f} at start"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -535,7 +803,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_turns=1,
         max_tokens=64,
     )
-    unique = unique_trace(seed=3, count=int(220 * scale) + 20, words=200)
+    warm_up = warm_up_trace(shared)
+    per_path = int(600 * scale)
+    rounds = per_path // UNIQUE_CLIENTS + UNIQUE_WARM
+    unique = unique_trace(seed=3, count=rounds * len(UNIQUE_PATHS) * UNIQUE_CLIENTS, words=200)
+    unique_measured = (rounds - UNIQUE_WARM) * UNIQUE_CLIENTS
 
     results: dict[str, Any] = {
         "machine": machine(binary),
@@ -549,38 +821,49 @@ def main(argv: Sequence[str] | None = None) -> int:
             "decode_ms_per_token": TOKEN_MS,
         },
         "settings": {"prefix_chars": PREFIX_CHARS, "prefix_max_conns": PREFIX_MAX_CONNS},
-        "ideal_hit_rate": ideal_hit_rate(shared, REPLICAS * CACHE_BLOCKS),
+        "ideal_hit_rate": {
+            "cold": ideal_hit_rate(shared, REPLICAS * CACHE_BLOCKS),
+            "warm": ideal_hit_rate(shared, REPLICAS * CACHE_BLOCKS, warm_up),
+        },
         "shared": {
             "_trace": f"{len(shared)} chat turns in {shared_seconds:.0f} s over 16 x 2,000-token "
             "system prompts",
+            "_warm_up": f"{len(warm_up)} requests, each system prompt once",
+            "_warm_up_meaning": (
+                "before the measured trace, each system prompt of the trace is sent once "
+                "through the balancer under test, one request at a time, with a user turn "
+                "not in the trace: traffic a running deployment has already seen; the same "
+                "requests in the same order for every policy, not counted in any figure"
+            ),
+            "cold": {},
+            "warm": {},
         },
         "skewed": {
             "_trace": f"{len(skewed)} requests in {skew_seconds:.0f} s, half on one prefix, "
             "64 tokens each",
         },
         "unique": {
-            "_trace": f"{len(unique) - 20} requests, 4 clients, no shared prefix, "
-            f"no prefill cost, TTFT {UNIQUE_TTFT_MS:.0f} ms"
+            "_trace": f"{unique_measured} requests per path, interleaved, {UNIQUE_CLIENTS} "
+            f"clients, no shared prefix, no prefill cost, TTFT {UNIQUE_TTFT_MS:.0f} ms",
         },
     }
-    for policy in POLICIES:
-        results["shared"][policy.value] = run_shared(binary, policy, shared)
-        print(f"shared {policy.value}: {results['shared'][policy.value]}", flush=True)
+    for start in ("cold", "warm"):
+        for policy in POLICIES:
+            row = run_shared(binary, policy, shared, warm_up if start == "warm" else ())
+            results["shared"][start][policy.value] = row
+            print(f"shared {start} {policy.value}: {row}", flush=True)
     for policy in POLICIES:
         results["skewed"][policy.value] = run_skewed(binary, policy, skewed)
         print(f"skewed {policy.value}: {results['skewed'][policy.value]}", flush=True)
-    for name, unique_policy in (
-        ("direct", None),
-        ("least_conn", RoutingPolicy.LEAST_CONN),
-        ("prefix_affinity", RoutingPolicy.PREFIX_AFFINITY),
-    ):
-        results["unique"][name] = run_unique(binary, unique_policy, unique)
-        print(f"unique {name}: {results['unique'][name]}", flush=True)
+    results["unique"].update(run_unique(binary, unique))
+    print(f"unique: {results['unique']}", flush=True)
+    results["machine"]["load_average_end"] = load_average()
 
     results["goals"] = [
         {"goal": g, "value": round(v, 3), "target": t, "met": met}
         for g, v, t, met in goals(results)
     ]
+    results["cold_figures"] = {name: round(v, 3) for name, v in cold_figures(results)}
     results["seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "prefix.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -593,6 +876,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"- {goal['goal']}: {goal['value']} (goal {goal['target']}): "
             f"{'met' if goal['met'] else 'NOT met'}"
         )
+    for name, value in results["cold_figures"].items():
+        print(f"- {name}: {value} (no goal)")
+    m = results["machine"]
+    print(
+        f"\nload average (1 min): {m['load_average_start']} at start, "
+        f"{m['load_average_end']} at end"
+    )
     print(
         f"\n{results['seconds']} s; wrote {args.out / 'prefix.json'} and {args.out / 'prefix.png'}"
     )
