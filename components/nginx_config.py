@@ -153,6 +153,7 @@ CONTAINER_PREFIX_SCRIPT = "/etc/nginx/lb/prefix.js"
 # routed by the fallback); larger than any text prompt, allocated only as
 # large as each body.
 PREFIX_BODY_BUFFER = "1m"
+BODY_BUFFER = "1m"
 
 
 @dataclass(frozen=True)
@@ -665,6 +666,10 @@ def render_nginx_config(
         _d("default_type", "application/octet-stream"),
         _d("server_tokens", "off"),
         _d("client_max_body_size", f"{body_size}m"),
+        # nginx's default (8k on x86-64) writes any longer prompt to a temp file
+        # before it goes upstream: about 45 ms more time to first token for a
+        # 14 kB chat (bench.prefix). Memory is taken only as large as each body.
+        _d("client_body_buffer_size", BODY_BUFFER),
         *_temp_paths(rt),
         *resolver,
         *_affinity_map(lb),
