@@ -135,9 +135,12 @@ def update(client: docker.DockerClient, replicas: int) -> dict[str, Any]:
 
     _clean(client, replicas)
     first = Applier(client, run_program(stack(replicas, "1"), SECRET_KEYS).declared)
-    second = Applier(client, run_program(stack(replicas, "2"), SECRET_KEYS).declared)
+    second: Applier | None = None
     try:
         first.apply()
+        # Declared once the replicas run, as `pulumi up` would then see them
+        # (components.serving): that is what declares the waves.
+        second = Applier(client, run_program(stack(replicas, "2"), SECRET_KEYS).declared)
         second.carry_state_from(first)
         with streaming_load(LB_URL, API_KEY, workers=2 * replicas, tokens=TOKENS) as streams:
             time.sleep(2)
@@ -146,7 +149,8 @@ def update(client: docker.DockerClient, replicas: int) -> dict[str, Any]:
             took = time.monotonic() - started
             time.sleep(2)
     finally:
-        first.carry_state_from(second)
+        if second is not None:
+            first.carry_state_from(second)
         first.destroy()
         _clean(client, replicas)
     during = [s for s in streams if s.finished >= started and s.started <= started + took]
