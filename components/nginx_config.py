@@ -299,7 +299,10 @@ def _uses_resolve(lb: LoadBalancerSettings, upstreams: Sequence[Upstream]) -> bo
 
 
 def _proxy_settings(lb: LoadBalancerSettings) -> list[Directive]:
-    retry_on = ["error", "timeout", "http_502", "http_503"]
+    # vLLM answers 500 to what arrives while it shuts down (its engine stops
+    # before its HTTP server), as when its machine goes down: another replica
+    # can answer it. A 500 nginx passes on counts as the replica's failure.
+    retry_on = ["error", "timeout", "http_500", "http_502", "http_503"]
     if lb.retry_non_idempotent:
         # A completion is a POST: without this, nginx only retries one that
         # failed before any byte reached the replica (connect errors).

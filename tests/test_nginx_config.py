@@ -335,6 +335,7 @@ def test_defaults_fit_llm_traffic():
     assert args_of(server, "proxy_next_upstream") == [
         "error",
         "timeout",
+        "http_500",
         "http_502",
         "http_503",
         "non_idempotent",
