@@ -210,26 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.replica_engine
             else None
         )
-        if args.action == "drain":
-            message = drain(
-                client,
-                args.lb,
-                args.replica,
-                args.port,
-                args.timeout,
-                upstream=args.upstream,
-                replica_client=other,
-            )
-        else:
-            message = resume(
-                client,
-                args.lb,
-                args.replica,
-                args.port,
-                args.timeout,
-                upstream=args.upstream,
-                replica_client=other,
-            )
+        step = drain if args.action == "drain" else resume
+        message = step(
+            client,
+            args.lb,
+            args.replica,
+            args.port,
+            args.timeout,
+            upstream=args.upstream,
+            replica_client=other,
+        )
     except (RolloutError, docker.errors.DockerException, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
