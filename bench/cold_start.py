@@ -46,6 +46,7 @@ from tests.test_e2e import ci_config
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "bench-cold"
 CACHE = f"{PREFIX}-cache"
+BASE_PORT = 18501
 
 
 def _config(replicas: int, download: float, load: float) -> dict[str, str]:
@@ -55,7 +56,7 @@ def _config(replicas: int, download: float, load: float) -> dict[str, str]:
         replicas=replicas,
         hfCache={"volume": CACHE, "keepOnDestroy": False},
         compileCache={"enabled": False},
-        basePort=18501,
+        basePort=BASE_PORT,
         extraEnv={"STANDIN_DOWNLOAD_SECONDS": str(download), "STANDIN_LOAD_SECONDS": str(load)},
         loadBalancer={
             "name": f"{PREFIX}-lb",
@@ -124,7 +125,9 @@ def by_hand(client: docker.DockerClient, replicas: int, download: float, load: f
             replica.inputs["envs"] = [e for e in replica.inputs["envs"] if e != "HF_HUB_OFFLINE=1"]
         applier._apply_one(replica, applied)
         names.append(str(replica.inputs["name"]))
-        wait_healthy(client, names[-1:], timeout=300, poll=0.2)
+        # Asked at its published port as soon as it can answer, as ours is.
+        url = f"http://127.0.0.1:{BASE_PORT + index}/health"
+        wait_healthy(client, names[-1:], timeout=300, poll=0.1, probes={names[-1]: url})
     return time.monotonic() - start
 
 

@@ -490,16 +490,16 @@ class VllmCluster(pulumi.ComponentResource):
         volume_source: pulumi.Input[str] = (
             host.cache_volume.name if host.cache_volume is not None else str(cache.host_path)
         )
-        create = pulumi.Output.all(host.image, volume_source, host.network.name).apply(
-            lambda values: download.command(
-                str(values[0]), (f"{values[1]}:{cache.mount_path}",), str(values[2])
-            )
+        create = pulumi.Output.all(host.image, volume_source).apply(
+            lambda values: download.command(str(values[0]), (f"{values[1]}:{cache.mount_path}",))
         )
         environment: dict[str, pulumi.Input[str]] = {
             key: self._secrets[key] for key in download.secret_env
         }
         environment.update(self._engine_environment(host.plan))
-        after: list[pulumi.Resource] = [host.network]
+        # The job needs the internet, not the replicas' network: it runs on the
+        # engine's host network (components.download), so it need not wait for it.
+        after: list[pulumi.Resource] = []
         if host.cache_volume is not None:
             after.append(host.cache_volume)
         return command.local.Command(

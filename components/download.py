@@ -3,12 +3,15 @@
 Run by a `command.local.Command` where `pulumi up` runs, it talks to the same
 engine as the docker provider (`DOCKER_HOST`, so `ssh://` works) and runs a
 one-shot container from the vLLM image itself, so the files are fetched by the
-`huggingface_hub` the replicas will read them with. The job script
+`huggingface_hub` the replicas will read them with. It runs on the engine's
+host network: it only reaches the hub, and a container there starts without a
+bridge endpoint to set up (a quarter of a second on a small machine, on the
+path of every cold start). With a token, the job script
 (`components/download_job.py`) and the token are copied into the container
 before it starts: the token is a file named by `HF_TOKEN_PATH`, never an
 environment variable (`docker inspect` shows those to anyone on the host), and
 the container, token file included, is removed when the job ends, whatever the
-outcome.
+outcome. Without one, the script is simply the container's command.
 
 While the job runs, its progress lines are passed on; when it is quiet for
 longer than the interval a heartbeat line says so, so a 30-minute first deploy
@@ -63,18 +66,15 @@ class DownloadFailed(RuntimeError):
     """The job did not fill the cache; the message is meant for the user."""
 
 
-def _job_archive(token: str | None) -> bytes:
-    """The job script and (if any) the token, as the tar `put_archive` takes."""
-    script = Path(__file__).with_name("download_job.py").read_bytes()
+def _job_archive(script: str, token: str) -> bytes:
+    """The job script and the token, as the tar `put_archive` takes."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         folder = tarfile.TarInfo(Path(JOB_DIR).name)
         folder.type = tarfile.DIRTYPE
         folder.mode = 0o700
         tar.addfile(folder)
-        entries = [(JOB_SCRIPT, script, 0o644)]
-        if token:
-            entries.append((TOKEN_FILE, token.encode(), 0o600))
+        entries = [(JOB_SCRIPT, script.encode(), 0o644), (TOKEN_FILE, token.encode(), 0o600)]
         for name, data, mode in entries:
             info = tarfile.TarInfo(f"{Path(JOB_DIR).name}/{name}")
             info.size = len(data)
@@ -96,6 +96,15 @@ def _lines(container: Container) -> Iterator[str]:
             yield line
     if pending:
         yield pending
+
+
+def _exit_code(container: Container) -> int:
+    """Its exit code once its output has ended: read, or waited for if not yet exited."""
+    container.reload()
+    state = container.attrs.get("State", {})
+    if state.get("Status") == "exited":
+        return int(state.get("ExitCode", 1))
+    return int(container.wait(timeout=60).get("StatusCode", 1))
 
 
 def _remove_leftover(client: docker.DockerClient, name: str) -> None:
@@ -127,11 +136,15 @@ def run_job(
     environment = dict(env)
     if token:
         environment["HF_TOKEN_PATH"] = f"{JOB_DIR}/{TOKEN_FILE}"
+    script = Path(__file__).with_name("download_job.py").read_text()
+    # Without a token nothing needs to be put into the container before it
+    # starts, and an upload into a created container costs a filesystem mount.
+    entrypoint = ["python3", f"{JOB_DIR}/{JOB_SCRIPT}"] if token else ["python3", "-c", script]
     try:
         container = client.containers.create(
             image,
             name=name,
-            entrypoint=["python3", f"{JOB_DIR}/{JOB_SCRIPT}"],
+            entrypoint=entrypoint,
             command=["--model", model, "--progress-seconds", f"{interval:g}"],
             environment=environment,
             volumes=volumes,
@@ -143,7 +156,8 @@ def run_job(
         raise DownloadFailed(f"download of {model}: image {image} is not on the engine") from None
     seen: list[str] = []
     try:
-        container.put_archive("/tmp", _job_archive(token))
+        if token:
+            container.put_archive("/tmp", _job_archive(script, token))
         container.start()
         lines: queue.Queue[str | None] = queue.Queue()
 
@@ -178,7 +192,7 @@ def run_job(
             if now - last >= interval:
                 _say(f"[download] {model}: job running for {now - started:.0f} s, no news")
                 last = now
-        code = int(container.wait(timeout=60).get("StatusCode", 1))
+        code = _exit_code(container)
     finally:
         with contextlib.suppress(NotFound, APIError):
             container.remove(force=True)
@@ -219,7 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--name", required=True, help="name of the job container")
     parser.add_argument("--volume", type=_volume, action="append", default=[])
-    parser.add_argument("--network", default=None)
+    parser.add_argument(
+        "--network",
+        default="host",
+        help="the job only reaches the hub: the engine's own network is enough, and a "
+        "container on it starts without a bridge endpoint to set up",
+    )
     parser.add_argument("--env", type=_env, action="append", default=[])
     parser.add_argument("--timeout", type=float, required=True, help="seconds")
     parser.add_argument("--progress-seconds", type=float, default=15.0)

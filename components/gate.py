@@ -2,9 +2,14 @@
 
 The download step filled the cache; every replica then loads from it at once,
 offline, and the load balancer is only created once all of them serve.
-Docker's own health status is the signal (the image's `/health` probe), read
-through the Docker API so it works the same against a remote engine
-(`DOCKER_HOST=ssh://...`). When a replica exits or runs out of time, the error
+"Serves" means its `/health` answers 200, asked at its published address the
+moment it can answer: Docker's health probe runs only every `interval`
+seconds, and waiting for its next round would add up to that much to every
+cold start. Where the published address is not reachable from the deploying
+machine (a remote engine behind a firewall), Docker's own health status is the
+signal, read through the Docker API so it works the same against a remote
+engine (`DOCKER_HOST=ssh://...`). Either way the container's state is watched
+through the Docker API: when a replica exits or runs out of time, the error
 names it and shows the end of its log: that is where vLLM says what went wrong
 (out of memory, bad argument, a file missing from the cache). While it waits
 it prints which replicas are loading, healthy or restarting, at a fixed
@@ -14,9 +19,12 @@ interval, so a long load never looks hung.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 
 import docker
@@ -45,6 +53,25 @@ def redact(text: str, environ: Mapping[str, str]) -> str:
     return text
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""The replicas' published ports are asked directly: an `http_proxy` of the
+deploying machine must not stand between it and them."""
+
+
+def serves(url: str, timeout: float = 1.0) -> bool | None:
+    """Whether `url` (a replica's `/health`) answers 200 now; None if nothing
+    answered within `timeout` (an address this machine cannot reach)."""
+    try:
+        with _DIRECT.open(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except urllib.error.URLError as err:
+        return None if isinstance(err.reason, TimeoutError) else False
+    except TimeoutError:
+        return None
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+
+
 def _log_tail(container: Container, lines: int) -> str:
     raw = container.logs(tail=lines)
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
@@ -52,8 +79,7 @@ def _log_tail(container: Container, lines: int) -> str:
 
 
 def _state(container: Container) -> tuple[str, str, int]:
-    """(container status, health status, restarts) as Docker reports them."""
-    container.reload()
+    """(container status, health status, restarts) as Docker reported them just now."""
     state = container.attrs.get("State", {})
     health = (state.get("Health") or {}).get("Status", "none")
     restarts = int(container.attrs.get("RestartCount", 0) or 0)
@@ -82,8 +108,15 @@ def wait_healthy(
     log_lines: int = LOG_LINES,
     progress: Callable[[str], None] | None = None,
     interval: float = 15.0,
+    probes: Mapping[str, str] | None = None,
+    inspect_every: float = 0.5,
 ) -> dict[str, float]:
-    """Block until every named container is healthy; return seconds each took."""
+    """Block until every named container is healthy; return seconds each took.
+
+    `probes` maps a container to its `/health` URL as seen from here; a 200
+    there counts as healthy without waiting for Docker's next probe.
+    """
+    probes = dict(probes or {})
     start = clock()
     pending = list(names)
     ready: dict[str, float] = {}
@@ -91,14 +124,27 @@ def wait_healthy(
     reported = start
     if progress is not None:
         progress(f"waiting for {len(names)} replica(s): {_describe(states)}")
+    inspected: dict[str, float] = {}
     while pending:
         for name in list(pending):
-            try:
-                container = client.containers.get(name)
-            except NotFound:
-                raise NotReady(f"replica {name}: container does not exist") from None
-            status, health, restarts = _state(container)
-            if health == "healthy":
+            answer = serves(probes[name]) if name in probes else False
+            if answer is None:
+                # Unreachable from here: asking again would slow every round.
+                del probes[name]
+            health = status = ""
+            restarts = 0
+            if not answer:
+                # Its /health is asked every round; Docker only as often as needed
+                # to see a crash or its own verdict in good time.
+                if clock() - inspected.get(name, float("-inf")) < inspect_every:
+                    continue
+                inspected[name] = clock()
+                try:
+                    container = client.containers.get(name)
+                except NotFound:
+                    raise NotReady(f"replica {name}: container does not exist") from None
+                status, health, restarts = _state(container)
+            if answer or health == "healthy":
                 ready[name] = clock() - start
                 pending.remove(name)
                 states[name] = "healthy"
@@ -134,10 +180,25 @@ def wait_healthy(
     return ready
 
 
+def _probe(spec: str) -> tuple[str, str]:
+    name, sep, url = spec.partition("=")
+    if not sep or not name or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{spec}: expected CONTAINER=http://host:port/health")
+    return name, url
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--timeout", type=float, required=True, help="seconds")
-    parser.add_argument("--poll", type=float, default=0.5, help="seconds between checks")
+    parser.add_argument("--poll", type=float, default=0.1, help="seconds between checks")
+    parser.add_argument(
+        "--probe",
+        type=_probe,
+        action="append",
+        default=[],
+        metavar="CONTAINER=URL",
+        help="the replica's /health as reached from here",
+    )
     parser.add_argument(
         "--progress-seconds", type=float, default=15.0, help="seconds between progress lines"
     )
@@ -158,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             poll=args.poll,
             progress=lambda line: print(f"[ready] {line}", flush=True),
             interval=args.progress_seconds,
+            probes=dict(args.probe),
         )
     except NotReady as err:
         print(f"error: {err}", file=sys.stderr)

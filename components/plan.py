@@ -142,7 +142,7 @@ class DownloadPlan:
     secret_env: tuple[str, ...]
     python: str
 
-    def argv(self, image: str, volumes: tuple[str, ...], network: str | None) -> tuple[str, ...]:
+    def argv(self, image: str, volumes: tuple[str, ...]) -> tuple[str, ...]:
         words = [
             self.python,
             "-m",
@@ -160,14 +160,12 @@ class DownloadPlan:
         ]
         for volume in volumes:
             words += ["--volume", volume]
-        if network:
-            words += ["--network", network]
         for key, value in self.env.items():
             words += ["--env", f"{key}={value}"]
         return tuple(words)
 
-    def command(self, image: str, volumes: tuple[str, ...], network: str | None) -> str:
-        return shlex.join(self.argv(image, volumes, network))
+    def command(self, image: str, volumes: tuple[str, ...]) -> str:
+        return shlex.join(self.argv(image, volumes))
 
 
 @dataclass(frozen=True)
@@ -485,8 +483,11 @@ def _download(settings: Settings, python: str) -> DownloadPlan | None:
 
 
 def _ready_check(
-    name: str, containers: tuple[str, ...], settings: Settings, python: str
+    name: str, replicas: tuple[ReplicaPlan, ...], settings: Settings, python: str
 ) -> CheckPlan:
+    # Each replica's /health where it is published, asked as soon as it can
+    # answer; its name alone falls back on Docker's health status (components.gate).
+    probes = [("--probe", f"{r.name}={r.url}/health") for r in replicas]
     return CheckPlan(
         name=name,
         argv=(
@@ -497,7 +498,8 @@ def _ready_check(
             str(settings.ready_timeout_seconds),
             "--progress-seconds",
             str(settings.progress_interval_seconds),
-            *containers,
+            *(word for probe in probes for word in probe),
+            *(r.name for r in replicas),
         ),
         # Not used by the check, only redacted from the replica logs it prints.
         secret_env=_secret_env(settings),
@@ -570,14 +572,13 @@ def _hosts(
 ) -> tuple[HostPlan, ...]:
     download = _download(settings, python)
     if settings.hosts is None:
-        names = tuple(r.name for r in replicas)
         return (
             HostPlan(
                 name=None,
                 docker_host=None,
                 replicas=replicas,
                 download=download,
-                ready=_ready_check("replicas-ready", names, settings, python),
+                ready=_ready_check("replicas-ready", replicas, settings, python),
                 runs_load_balancer=True,
             ),
         )
@@ -591,9 +592,7 @@ def _hosts(
                 docker_host=host.docker_host,
                 replicas=mine,
                 download=download,
-                ready=_ready_check(
-                    f"{host.name}-replicas-ready", tuple(r.name for r in mine), settings, python
-                ),
+                ready=_ready_check(f"{host.name}-replicas-ready", mine, settings, python),
                 runs_load_balancer=host is settings.load_balancer_host,
                 engine_env=env,
                 engine_secret_env=secret_env,

@@ -12,18 +12,31 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from standin.app import StandinServer
 from standin.config import parse_config
-from standin.hfcache import OfflineCacheMiss, ensure_model
+from standin.hfcache import HubCache, OfflineCacheMiss, ensure_model
 from standin.shutdown import DiesWithEngine, EngineDeath, VllmLikeServer
 
 
 def _log(message: str) -> None:
     print(f"INFO {time.strftime('%m-%d %H:%M:%S')} standin: {message}", file=sys.stderr, flush=True)
+
+
+def _running_for() -> float:
+    """Seconds since this process (the container's `vllm serve`) started.
+
+    vLLM's load time includes its own start-up (interpreter, imports, CUDA
+    init), so the simulated L counts from here: the stand-in's imports are
+    inside L rather than added to it.
+    """
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+    return float(Path("/proc/uptime").read_text().split()[0]) - started
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -46,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
+        cached = Path(config.model).is_dir() or (
+            HubCache.from_env(os.environ).snapshot_dir(config.model) is not None
+        )
         ensure_model(
             config.model,
             env=os.environ,
@@ -54,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log=_log,
         )
         if config.load_seconds:
-            _log(f"loading model weights ({config.load_seconds:g}s simulated)")
-            time.sleep(config.load_seconds)
+            # From the start of the process, or from the end of its own download.
+            done = config.load_seconds - (_running_for() if cached else 0.0)
+            _log(f"loading model weights ({config.load_seconds:g}s simulated from start)")
+            time.sleep(max(0.0, done))
     except OfflineCacheMiss as exc:
         print(f"ERROR standin: {exc}", file=sys.stderr, flush=True)
         return 1

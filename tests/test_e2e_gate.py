@@ -1,4 +1,5 @@
-"""The readiness check failing on a real engine: `pulumi up` must stop with a useful error.
+"""The readiness check on a real engine: it passes as soon as replicas serve, and when
+they do not, `pulumi up` must stop with a useful error.
 
 Same method as test_e2e.py (declared resources applied in graph order), with
 stacks made to fail: replicas too slow for `readyTimeoutSeconds`, and replicas
@@ -64,6 +65,33 @@ def _apply_expecting_failure(
     return str(caught.value), existing
 
 
+def test_ready_once_health_answers_not_at_dockers_next_probe(
+    client: docker.DockerClient,
+) -> None:
+    """The check asks each replica's /health at its published port. Docker's own
+    probe runs every `healthCheck.intervalSeconds` (60 here), so had the check
+    waited for Docker's verdict it would still be waiting: the whole deployment
+    is up while Docker has not run its first probe."""
+    config = failing_stack(
+        "e2e-quick",
+        18350,
+        healthCheck={"intervalSeconds": 60},
+        extraEnv={"STANDIN_DOWNLOAD_SECONDS": "0", "STANDIN_LOAD_SECONDS": "1"},
+    )
+    applier = Applier(client, run_program(config, ["vllm-nginx:apiKey"]).declared)
+    try:
+        applied = applier.apply()
+        for name in ("e2e-quick0", "e2e-quick1"):
+            health = client.containers.get(name).attrs["State"]["Health"]
+            assert health["Status"] == "starting", health
+            assert not health["Log"], "Docker has probed already: the test proves nothing"
+        said = applied.outputs["vllm-replicas-ready"]["stdout"]
+        assert "e2e-quick0 ready after" in said and "e2e-quick1 ready after" in said
+        assert "e2e-quick-lb" in _names(client)
+    finally:
+        assert applier.destroy() == []
+
+
 def test_replica_not_ready_in_time(client: docker.DockerClient) -> None:
     config = failing_stack(
         "e2e-slow",
@@ -96,7 +124,7 @@ def test_replica_crashing_at_start(client: docker.DockerClient) -> None:
 @pytest.fixture(autouse=True)
 def _cleanup(client: docker.DockerClient) -> Iterator[None]:
     yield
-    for prefix in ("e2e-slow", "e2e-crash"):
+    for prefix in ("e2e-slow", "e2e-crash", "e2e-quick"):
         remove_named(
             client,
             containers=(f"{prefix}0", f"{prefix}1", f"{prefix}-lb", f"{prefix}-download"),

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from components.gate import SECRET_ENV, main, redact
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from components.gate import SECRET_ENV, main, redact, serves
 from components.plan import API_KEY_ENV, HF_TOKEN_ENV
 
 
@@ -30,3 +37,62 @@ def test_an_ssh_engine_is_reached_over_ssh(monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert "cannot reach the Docker engine at ssh://nobody@127.0.0.1:1" in err
     assert "paramiko" not in err.lower()
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, type[_Health]]]:
+    """A real HTTP server on loopback whose /health answers `handler.status`."""
+    handler = type("Handler", (_Health,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/health", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_replica_serves_when_its_health_answers_200(health_server, monkeypatch) -> None:
+    url, handler = health_server
+    # An http_proxy of the deploying machine must not stand in between.
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
+    assert serves(url) is True
+    handler.status = 503
+    assert serves(url) is False
+
+
+def test_a_refused_port_is_not_serving_yet() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert serves(f"http://127.0.0.1:{port}/health") is False
+
+
+def test_an_address_that_never_answers_is_unreachable() -> None:
+    """A firewall that drops packets looks like this: the gate stops asking there and
+    waits for Docker's health status instead."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)  # accepted by the kernel, never answered
+        port = sock.getsockname()[1]
+        assert serves(f"http://127.0.0.1:{port}/health", timeout=0.3) is None
+
+
+def test_probe_arguments_name_a_container_and_a_url(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--timeout", "1", "--probe", "vllm0", "vllm0"])
+    assert exited.value.code == 2
+    assert "expected CONTAINER=http://host:port/health" in capsys.readouterr().err

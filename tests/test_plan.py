@@ -54,7 +54,7 @@ def test_download_job_is_online_and_never_gets_the_token_as_env() -> None:
     assert p.download is not None
     assert dict(p.download.env) == {"HF_ENDPOINT": "http://mirror:8080"}
     assert p.download.secret_env == (HF_TOKEN_ENV,)
-    argv = p.download.argv("sha256:abc", ("cache:/root/.cache/huggingface",), "net")
+    argv = p.download.argv("sha256:abc", ("cache:/root/.cache/huggingface",))
     assert argv[:5] == ("/venv/bin/python", "-m", "components.download", "--image", "sha256:abc")
     assert "SECRET" not in " ".join(argv)
     assert argv[-2:] == ("--env", "HF_ENDPOINT=http://mirror:8080")
@@ -70,6 +70,12 @@ def test_checks_are_argv_run_by_the_deploying_python() -> None:
         "99",
         "--progress-seconds",
         "7",
+        "--probe",
+        "vllm0=http://127.0.0.1:8081/health",
+        "--probe",
+        "vllm1=http://127.0.0.1:8082/health",
+        "--probe",
+        "vllm2=http://127.0.0.1:8083/health",
         "vllm0",
         "vllm1",
         "vllm2",
