@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -69,7 +69,8 @@ class ConfigError(ValueError):
         super().__init__("invalid stack config:\n  " + "\n  ".join(map(str, self.problems)))
 
 
-def _key_path(namespace: str, loc: Iterable[int | str]) -> str:
+def _written_path(loc: Iterable[int | str]) -> str:
+    """A pydantic error location as the user writes the key: `hosts[1].tls.keyMaterial`."""
     path = ""
     for part in loc:
         if isinstance(part, int):
@@ -78,15 +79,29 @@ def _key_path(namespace: str, loc: Iterable[int | str]) -> str:
             continue
         else:
             path += f".{part}" if path else part
+    return path
+
+
+def _key_path(namespace: str, loc: Iterable[int | str]) -> str:
+    path = _written_path(loc)
     return f"{namespace}:{path}" if path else namespace
 
 
-def _nesting_hint(namespace: str, dotted: str) -> str:
-    """`loadBalancer.port` written as one key: Pulumi stores it under that literal name."""
-    top, _, rest = dotted.partition(".")
+def _nesting_hint(namespace: str, where: str, name: str) -> str:
+    """`loadBalancer.port` written as one key: Pulumi stores it under that literal name.
+
+    `where` is the object holding it ('' for the top level, 'hosts[0]' for a
+    list entry): the YAML advice and the `--path` differ between the two.
+    """
+    head, _, rest = name.partition(".")
+    below = f"`{rest.split('.')[0]}: ...` indented below it"
+    if where:
+        yaml_form = f"as YAML: `{head}:` in '{where}', with {below}"
+    else:
+        yaml_form = f"as YAML under `{namespace}:{head}:` ({below})"
+    dotted = f"{where}.{name}" if where else name
     return (
-        f"unknown key; nested keys are written as YAML under `{namespace}:{top}:` "
-        f"(`{rest.split('.')[0]}: ...` indented below it), or set with "
+        f"unknown key; nested keys are written {yaml_form}, or set with "
         f"`pulumi config set --path '{dotted}' <value>` (--path makes the dot mean nesting)"
     )
 
@@ -102,32 +117,43 @@ RETIRED_KEYS = {
 """Keys earlier versions took, with what to write instead."""
 
 
-def _known_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
-    keys: set[str] = set()
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{info.alias or name}"
-        keys.add(key)
-        for arg in (info.annotation, *get_args(info.annotation)):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                keys |= _known_keys(arg, f"{key}.")
-    return keys
+def _known_keys(annotation: Any, prefix: str = "") -> Iterator[str]:
+    """Every key path a stack file may hold, a list's entries as `[]`: 'hosts[].dockerHost'.
+
+    Descends through whatever wraps a model (`| None`, `Annotated`, `tuple[...]`),
+    so the hints reach the keys of a list entry as they reach an object's.
+    """
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, info in annotation.model_fields.items():
+            key = f"{prefix}.{info.alias or name}" if prefix else info.alias or name
+            yield key
+            yield from _known_keys(info.annotation, key)
+        return
+    entries = get_origin(annotation) in (tuple, list)
+    for arg in get_args(annotation):
+        yield from _known_keys(arg, f"{prefix}[]" if entries else prefix)
 
 
 KNOWN_KEYS = frozenset(_known_keys(Settings))
 
 
+def _key_form(path: str) -> str:
+    """`hosts[1].dockerHost` -> `hosts[].dockerHost`, the form of `KNOWN_KEYS`."""
+    return re.sub(r"\[\d+\]", "[]", path)
+
+
 def _rule(error: Mapping[str, Any], namespace: str) -> str:
     if error["type"] == "extra_forbidden":
-        name = error["loc"][-1] if error["loc"] else ""
-        parents = [p for p in error["loc"][:-1] if isinstance(p, str)]
-        if isinstance(name, str) and "." in name:
-            return _nesting_hint(namespace, ".".join([*parents, name]))
-        dotted = ".".join([*parents, str(name)])
-        if dotted in RETIRED_KEYS:
-            return f"unknown key: it {RETIRED_KEYS[dotted]}"
-        camel = ".".join([*parents, to_camel(str(name))])
-        if camel != dotted and camel in KNOWN_KEYS:
-            return f"unknown key; keys are camelCase: did you mean '{to_camel(str(name))}'?"
+        name = str(error["loc"][-1]) if error["loc"] else ""
+        where = _written_path(error["loc"][:-1])
+        if "." in name:
+            return _nesting_hint(namespace, where, name)
+        written = f"{where}.{name}" if where else name
+        if _key_form(written) in RETIRED_KEYS:
+            return f"unknown key: it {RETIRED_KEYS[_key_form(written)]}"
+        camel = f"{where}.{to_camel(name)}" if where else to_camel(name)
+        if camel != written and _key_form(camel) in KNOWN_KEYS:
+            return f"unknown key; keys are camelCase: did you mean '{camel}'?"
         return "unknown key (a typo?); see the config reference in README.md"
     if error["type"] == "missing":
         return "is required"

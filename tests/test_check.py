@@ -344,3 +344,19 @@ config:
     assert "config key 'vllm-nginx:publicHost': must name the Docker host" in err
     assert "config key 'vllm-nginx:image.build.context': is not a directory" in err
     assert out == ""
+
+
+def test_key_hint_in_a_host_entry_names_it_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "config:\n  model: org/model\n  hosts:\n"
+        "    - {name: a, dockerHost: 'ssh://a', address: 10.0.0.1, replicas: 1}\n"
+        "    - {name: b, docker_host: 'ssh://b', address: 10.0.0.2, replicas: 1}\n"
+    )
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert (
+        "  config key 'hosts[1].docker_host': unknown key; keys are camelCase: "
+        "did you mean 'hosts[1].dockerHost'?"
+    ) in err.splitlines()

@@ -291,7 +291,7 @@ HOLES = [
     (
         raw(loadBalancer={"bind_address": "1.2.3.4"}),
         "vllm-nginx:loadBalancer.bind_address",
-        "camel",
+        "keys are camelCase: did you mean 'loadBalancer.bindAddress'?",
     ),
     # Tracebacks after something was declared, before.
     (raw(namePrefix="v" * 62, replicas=11), "vllm-nginx:namePrefix", "at most 63"),
