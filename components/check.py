@@ -17,6 +17,7 @@ says so.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
+from .monitoring import GRAFANA_ADMIN_USER
 from .plan import Plan, build_plan
 from .settings import Backend, Settings
 from .stack_config import (
@@ -69,6 +71,32 @@ def _cache_line(plan: Plan) -> str:
     return f"{where}, {shared}, {kept} on `pulumi destroy`"
 
 
+def _monitoring_lines(plan: Plan) -> list[str]:
+    """Where the UIs will be, and what outlives `pulumi destroy`: what a user opens next."""
+    monitoring = plan.monitoring
+    if monitoring is None:
+        return ["  monitoring     off ('monitoring.enabled' is false)"]
+    prom, graf, exporter = monitoring.prometheus, monitoring.grafana, monitoring.lb_exporter
+    kept = "kept" if monitoring.keep_data_on_destroy else "removed"
+    lines = [
+        "  monitoring     Prometheus, Grafana and the load balancer's exporter; "
+        f"their data volumes are {kept} on `pulumi destroy`",
+        f"    Prometheus   {prom.url} ({prom.name}, published on "
+        f"{prom.bind_address}:{prom.host_port}, volume {prom.volume})",
+        f"    Grafana      {graf.url} ({graf.name}, user {GRAFANA_ADMIN_USER}, published on "
+        f"{graf.bind_address}:{graf.host_port}, volume {graf.volume})",
+        f"    exporter     {exporter.name}, not published (nginx sends it a line per request, "
+        f"Prometheus scrapes it on network {plan.network})",
+    ]
+    # Grafana asks for 'grafanaPassword'; Prometheus has no login of its own.
+    if prom.bind_address is not None and not ipaddress.ip_address(prom.bind_address).is_loopback:
+        lines.append(
+            f"    Prometheus has no login: anyone who can reach port {prom.host_port} "
+            "on this host can query it"
+        )
+    return lines
+
+
 def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
     """The plan in a few readable lines."""
     lb = settings.load_balancer
@@ -101,6 +129,7 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
         f"  cache          {_cache_line(plan)}",
         f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "
         f"{lb.policy.value}, published on {lb.bind_address}:{lb.port})",
+        *_monitoring_lines(plan),
     ]
     exposed = not lb.bind_address.startswith("127.")
     if settings.api_key is not None:

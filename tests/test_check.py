@@ -69,6 +69,7 @@ def test_dev_plan_lines(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert "apiKey         not set: anyone who can reach port 8000" in out
     assert "hfToken        not set: a gated model needs one" in out
+    assert "  monitoring     off ('monitoring.enabled' is false)" in out
 
 
 def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
@@ -344,6 +345,54 @@ config:
     assert "config key 'vllm-nginx:publicHost': must name the Docker host" in err
     assert "config key 'vllm-nginx:image.build.context': is not a directory" in err
     assert out == ""
+
+
+MONITORED = GOOD + f"  vllm-nginx:grafanaPassword:\n    {SECURE}\n  vllm-nginx:monitoring:\n"
+
+
+def test_monitoring_is_in_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = MONITORED + "    enabled: true\n"
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    lines = out.splitlines()
+    start = lines.index(
+        "  monitoring     Prometheus, Grafana and the load balancer's exporter; "
+        "their data volumes are kept on `pulumi destroy`"
+    )
+    assert lines[start + 1 : start + 4] == [
+        "    Prometheus   http://127.0.0.1:9090 (vllm-prometheus, published on 127.0.0.1:9090, "
+        "volume vllm-prometheus-data)",
+        "    Grafana      http://127.0.0.1:3000 (vllm-grafana, user admin, published on "
+        "127.0.0.1:3000, volume vllm-grafana-data)",
+        "    exporter     vllm-lb-exporter, not published (nginx sends it a line per request, "
+        "Prometheus scrapes it on network vllm-nginx)",
+    ]
+    assert "no login" not in out
+
+
+def test_monitoring_published_beyond_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        MONITORED
+        + "    enabled: true\n    bindAddress: 0.0.0.0\n    keepDataOnDestroy: false\n"
+        + "    prometheus: {name: prom, port: 9191}\n    grafana: {name: graf, port: 3300}\n"
+        + "    lbExporter: {name: exp}\n  vllm-nginx:publicHost: gpu.lan\n"
+        + "  vllm-nginx:networkName: llm\n"
+    )
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    assert "their data volumes are removed on `pulumi destroy`" in out
+    assert "    Prometheus   http://gpu.lan:9191 (prom, published on 0.0.0.0:9191," in out
+    assert (
+        "    Grafana      http://gpu.lan:3300 (graf, user admin, published on 0.0.0.0:3300" in out
+    )
+    assert "    exporter     exp, not published (" in out
+    assert "Prometheus scrapes it on network llm)" in out
+    assert (
+        "    Prometheus has no login: anyone who can reach port 9191 on this host can query it"
+        in out
+    )
 
 
 def test_key_hint_in_a_host_entry_names_it_as_written(
