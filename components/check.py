@@ -11,7 +11,9 @@ naming the key as written in the file and the rule, and exits 1.
 
 Encrypted (`secure:`) values cannot be decrypted without the CLI: a
 placeholder that passes the value rules stands in for them, and the output
-says so.
+says so. A rule that compares an encrypted value with another key (the TLS
+key against its certificate) means nothing on a placeholder: the output names
+it as unverified, an informational note, and `pulumi up` runs it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .monitoring import GRAFANA_ADMIN_USER
 from .plan import Plan, build_plan
 from .settings import Backend, Settings
 from .stack_config import (
+    CheckedStack,
     ConfigError,
     StackFile,
     StackFileError,
@@ -154,7 +157,8 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
     return lines
 
 
-def notes(stack: StackFile) -> list[str]:
+def notes(checked: CheckedStack) -> list[str]:
+    stack = checked.stack
     lines = list(stack.notes)
     if stack.secret:
         keys = ", ".join(sorted(stack.written.get(k, k) for k in stack.secret))
@@ -162,6 +166,7 @@ def notes(stack: StackFile) -> list[str]:
             f"secret values were not checked ({keys}): they are encrypted in the stack file, "
             "so a placeholder that passes the value rules stood in for them"
         )
+    lines += [f"'{rule.key}' {rule.rule}" for rule in checked.unverified]
     return [f"note: {line}" for line in lines]
 
 
@@ -208,10 +213,10 @@ def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
             "`pulumi up` would stop before creating anything:",
             file=err,
         )
-        for line in [*(f"  {p}" for p in problems), *notes(checked.stack)]:
+        for line in [*(f"  {p}" for p in problems), *notes(checked)]:
             print(line, file=err)
         return 1
-    for line in [*describe(checked.settings, plan, checked.stack), *notes(checked.stack)]:
+    for line in [*describe(checked.settings, plan, checked.stack), *notes(checked)]:
         print(line, file=out)
     return 0
 

@@ -16,6 +16,7 @@ import pytest
 
 from components import check, render_config
 from components.stack_config import SECRET_PLACEHOLDER, read_stack_file
+from tests.support.nginx import make_test_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
@@ -393,6 +394,47 @@ def test_monitoring_published_beyond_loopback(
         "    Prometheus has no login: anyone who can reach port 9191 on this host can query it"
         in out
     )
+
+
+def _indented(text: str, spaces: int) -> str:
+    return "".join(f"{' ' * spaces}{line}\n" for line in text.splitlines())
+
+
+@pytest.mark.parametrize("written", ["vllm-nginx:tlsKey", "tlsKey"])
+def test_encrypted_tls_key_is_left_to_pulumi_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str
+) -> None:
+    """The check cannot decrypt the key, so it cannot compare it with the certificate."""
+    pki = make_test_pki(tmp_path / "pki")
+    certificate = Path(pki.server.certificate).read_text()
+    text = (
+        GOOD
+        + "  vllm-nginx:loadBalancer:\n    tls: true\n  vllm-nginx:tlsCertificate: |\n"
+        + _indented(certificate, 4)
+        + f"  {written}:\n    {SECURE}\n"
+    )
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    assert err == ""
+    assert "  load balancer  https://localhost:8000" in out
+    about_match = [line for line in out.splitlines() if "'tlsCertificate'" in line]
+    assert about_match == [
+        f"note: '{written}' is encrypted (secure:), so whether it is the private key of "
+        "'tlsCertificate' cannot be verified offline; `pulumi up` decrypts it and checks"
+    ]
+
+
+def test_encrypted_tls_key_without_a_certificate_is_still_a_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + f"  vllm-nginx:loadBalancer:\n    tls: true\n  vllm-nginx:tlsKey:\n    {SECURE}\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert err.splitlines()[1:3] == [
+        "  config key 'vllm-nginx:tlsCertificate': is required with 'loadBalancer.tls' true",
+        "note: secret values were not checked (vllm-nginx:tlsKey): they are encrypted in the "
+        "stack file, so a placeholder that passes the value rules stood in for them",
+    ]
 
 
 def test_key_hint_in_a_host_entry_names_it_as_written(
