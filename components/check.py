@@ -11,12 +11,15 @@ naming the key as written in the file and the rule, and exits 1.
 
 Encrypted (`secure:`) values cannot be decrypted without the CLI: a
 placeholder that passes the value rules stands in for them, and the output
-says so.
+says so. A rule that compares an encrypted value with another key (the TLS
+key against its certificate) means nothing on a placeholder: the output names
+it as unverified, an informational note, and `pulumi up` runs it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +27,11 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
+from .monitoring import GRAFANA_ADMIN_USER
 from .plan import Plan, build_plan
 from .settings import Backend, Settings
 from .stack_config import (
+    CheckedStack,
     ConfigError,
     StackFile,
     StackFileError,
@@ -69,6 +74,32 @@ def _cache_line(plan: Plan) -> str:
     return f"{where}, {shared}, {kept} on `pulumi destroy`"
 
 
+def _monitoring_lines(plan: Plan) -> list[str]:
+    """Where the UIs will be, and what outlives `pulumi destroy`: what a user opens next."""
+    monitoring = plan.monitoring
+    if monitoring is None:
+        return ["  monitoring     off ('monitoring.enabled' is false)"]
+    prom, graf, exporter = monitoring.prometheus, monitoring.grafana, monitoring.lb_exporter
+    kept = "kept" if monitoring.keep_data_on_destroy else "removed"
+    lines = [
+        "  monitoring     Prometheus, Grafana and the load balancer's exporter; "
+        f"their data volumes are {kept} on `pulumi destroy`",
+        f"    Prometheus   {prom.url} ({prom.name}, published on "
+        f"{prom.bind_address}:{prom.host_port}, volume {prom.volume})",
+        f"    Grafana      {graf.url} ({graf.name}, user {GRAFANA_ADMIN_USER}, published on "
+        f"{graf.bind_address}:{graf.host_port}, volume {graf.volume})",
+        f"    exporter     {exporter.name}, not published (nginx sends it a line per request, "
+        f"Prometheus scrapes it on network {plan.network})",
+    ]
+    # Grafana asks for 'grafanaPassword'; Prometheus has no login of its own.
+    if prom.bind_address is not None and not ipaddress.ip_address(prom.bind_address).is_loopback:
+        lines.append(
+            f"    Prometheus has no login: anyone who can reach port {prom.host_port} "
+            "on this host can query it"
+        )
+    return lines
+
+
 def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
     """The plan in a few readable lines."""
     lb = settings.load_balancer
@@ -101,6 +132,7 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
         f"  cache          {_cache_line(plan)}",
         f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "
         f"{lb.policy.value}, published on {lb.bind_address}:{lb.port})",
+        *_monitoring_lines(plan),
     ]
     exposed = not lb.bind_address.startswith("127.")
     if settings.api_key is not None:
@@ -125,7 +157,8 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
     return lines
 
 
-def notes(stack: StackFile) -> list[str]:
+def notes(checked: CheckedStack) -> list[str]:
+    stack = checked.stack
     lines = list(stack.notes)
     if stack.secret:
         keys = ", ".join(sorted(stack.written.get(k, k) for k in stack.secret))
@@ -133,6 +166,7 @@ def notes(stack: StackFile) -> list[str]:
             f"secret values were not checked ({keys}): they are encrypted in the stack file, "
             "so a placeholder that passes the value rules stood in for them"
         )
+    lines += [f"'{rule.key}' {rule.rule}" for rule in checked.unverified]
     return [f"note: {line}" for line in lines]
 
 
@@ -179,10 +213,10 @@ def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
             "`pulumi up` would stop before creating anything:",
             file=err,
         )
-        for line in [*(f"  {p}" for p in problems), *notes(checked.stack)]:
+        for line in [*(f"  {p}" for p in problems), *notes(checked)]:
             print(line, file=err)
         return 1
-    for line in [*describe(checked.settings, plan, checked.stack), *notes(checked.stack)]:
+    for line in [*describe(checked.settings, plan, checked.stack), *notes(checked)]:
         print(line, file=out)
     return 0
 

@@ -49,6 +49,7 @@ PROMETHEUS_API_KEY_FILE = "/etc/prometheus/secrets/vllm-api-key"
 PROMETHEUS_ENTRYPOINT = ("/bin/prometheus",)
 
 GRAFANA_PORT = 3000
+GRAFANA_ADMIN_USER = "admin"
 GRAFANA_DATA = "/var/lib/grafana"
 GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
 GRAFANA_DASHBOARDS = "/etc/grafana/dashboards"
@@ -229,7 +230,7 @@ def build_monitoring_plan(settings: Settings) -> MonitoringPlan | None:
         # Run as published: the image's own entry point reads the *__FILE variables.
         command=(),
         env=(
-            "GF_SECURITY_ADMIN_USER=admin",
+            f"GF_SECURITY_ADMIN_USER={GRAFANA_ADMIN_USER}",
             f"GF_SECURITY_ADMIN_PASSWORD__FILE={GRAFANA_PASSWORD_FILE}",
             "GF_USERS_ALLOW_SIGN_UP=false",
             "GF_AUTH_ANONYMOUS_ENABLED=false",

@@ -574,10 +574,15 @@ class Rule:
     key: str
     rule: str
     involves: frozenset[str]
+    secret_check: str = ""
+    """For a rule that compares the *value* of the secret `key` with another key's:
+    what it checks, in positive words. A check without the Pulumi CLI holds only a
+    stand-in for an encrypted value, so the rule's verdict there says nothing; the
+    loader reports it as unverified instead, and `pulumi up` runs it on the value."""
 
 
-def _rule(key: str, rule: str, *others: str) -> Rule:
-    return Rule(key, rule, frozenset({key.split(".")[0], *others}))
+def _rule(key: str, rule: str, *others: str, secret_check: str = "") -> Rule:
+    return Rule(key, rule, frozenset({key.split(".")[0], *others}), secret_check)
 
 
 def _gpu_rules(s: Settings) -> Iterator[Rule]:
@@ -686,7 +691,12 @@ def _tls_rules(s: Settings) -> Iterator[Rule]:
         and s.tls_certificate is not None
         and not key_matches_certificate(s.tls_key, s.tls_certificate)
     ):
-        yield _rule("tlsKey", "is not the private key of 'tlsCertificate'", "tlsCertificate")
+        yield _rule(
+            "tlsKey",
+            "is not the private key of 'tlsCertificate'",
+            "tlsCertificate",
+            secret_check="whether it is the private key of 'tlsCertificate'",
+        )
 
 
 def _monitoring_rules(s: Settings) -> Iterator[Rule]:

@@ -1,11 +1,14 @@
 """Stack config in, `Settings` or one `ConfigError` listing every problem out.
 
-Two doors lead here and both go through `settings_from_config`:
+Two doors lead here and both go through `load_config`:
 
-- `pulumi up` (`program.load_settings`): the runtime hands over the config map
-  as flat strings (objects and lists as JSON) plus the set of secret keys;
+- `pulumi up` (`program.load_settings`, through `settings_from_config`): the
+  runtime hands over the config map as flat strings (objects and lists as
+  JSON) plus the set of secret keys;
 - `python -m components.check` and `components.render_config`: the stack file
-  is read the way the Pulumi CLI reads it (`read_stack_file`), with no CLI.
+  is read the way the Pulumi CLI reads it (`read_stack_file`), with no CLI, so
+  encrypted values are stand-ins; a rule that compares one of them with
+  another key is returned as unverified rather than run on the stand-in.
 
 pydantic's own error text echoes the offending value, which could be a token,
 so this module writes its own messages: one line per problem naming the key
@@ -21,7 +24,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -29,6 +32,7 @@ from pydantic.alias_generators import to_camel
 
 from .settings import (
     SKIP_CROSS_KEY,
+    Rule,
     Settings,
     cross_key_rules,
     disk_rules,
@@ -69,7 +73,8 @@ class ConfigError(ValueError):
         super().__init__("invalid stack config:\n  " + "\n  ".join(map(str, self.problems)))
 
 
-def _key_path(namespace: str, loc: Iterable[int | str]) -> str:
+def _written_path(loc: Iterable[int | str]) -> str:
+    """A pydantic error location as the user writes the key: `hosts[1].tls.keyMaterial`."""
     path = ""
     for part in loc:
         if isinstance(part, int):
@@ -78,15 +83,29 @@ def _key_path(namespace: str, loc: Iterable[int | str]) -> str:
             continue
         else:
             path += f".{part}" if path else part
+    return path
+
+
+def _key_path(namespace: str, loc: Iterable[int | str]) -> str:
+    path = _written_path(loc)
     return f"{namespace}:{path}" if path else namespace
 
 
-def _nesting_hint(namespace: str, dotted: str) -> str:
-    """`loadBalancer.port` written as one key: Pulumi stores it under that literal name."""
-    top, _, rest = dotted.partition(".")
+def _nesting_hint(namespace: str, where: str, name: str) -> str:
+    """`loadBalancer.port` written as one key: Pulumi stores it under that literal name.
+
+    `where` is the object holding it ('' for the top level, 'hosts[0]' for a
+    list entry): the YAML advice and the `--path` differ between the two.
+    """
+    head, _, rest = name.partition(".")
+    below = f"`{rest.split('.')[0]}: ...` indented below it"
+    if where:
+        yaml_form = f"as YAML: `{head}:` in '{where}', with {below}"
+    else:
+        yaml_form = f"as YAML under `{namespace}:{head}:` ({below})"
+    dotted = f"{where}.{name}" if where else name
     return (
-        f"unknown key; nested keys are written as YAML under `{namespace}:{top}:` "
-        f"(`{rest.split('.')[0]}: ...` indented below it), or set with "
+        f"unknown key; nested keys are written {yaml_form}, or set with "
         f"`pulumi config set --path '{dotted}' <value>` (--path makes the dot mean nesting)"
     )
 
@@ -102,32 +121,43 @@ RETIRED_KEYS = {
 """Keys earlier versions took, with what to write instead."""
 
 
-def _known_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
-    keys: set[str] = set()
-    for name, info in model.model_fields.items():
-        key = f"{prefix}{info.alias or name}"
-        keys.add(key)
-        for arg in (info.annotation, *get_args(info.annotation)):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                keys |= _known_keys(arg, f"{key}.")
-    return keys
+def _known_keys(annotation: Any, prefix: str = "") -> Iterator[str]:
+    """Every key path a stack file may hold, a list's entries as `[]`: 'hosts[].dockerHost'.
+
+    Descends through whatever wraps a model (`| None`, `Annotated`, `tuple[...]`),
+    so the hints reach the keys of a list entry as they reach an object's.
+    """
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, info in annotation.model_fields.items():
+            key = f"{prefix}.{info.alias or name}" if prefix else info.alias or name
+            yield key
+            yield from _known_keys(info.annotation, key)
+        return
+    entries = get_origin(annotation) in (tuple, list)
+    for arg in get_args(annotation):
+        yield from _known_keys(arg, f"{prefix}[]" if entries else prefix)
 
 
 KNOWN_KEYS = frozenset(_known_keys(Settings))
 
 
+def _key_form(path: str) -> str:
+    """`hosts[1].dockerHost` -> `hosts[].dockerHost`, the form of `KNOWN_KEYS`."""
+    return re.sub(r"\[\d+\]", "[]", path)
+
+
 def _rule(error: Mapping[str, Any], namespace: str) -> str:
     if error["type"] == "extra_forbidden":
-        name = error["loc"][-1] if error["loc"] else ""
-        parents = [p for p in error["loc"][:-1] if isinstance(p, str)]
-        if isinstance(name, str) and "." in name:
-            return _nesting_hint(namespace, ".".join([*parents, name]))
-        dotted = ".".join([*parents, str(name)])
-        if dotted in RETIRED_KEYS:
-            return f"unknown key: it {RETIRED_KEYS[dotted]}"
-        camel = ".".join([*parents, to_camel(str(name))])
-        if camel != dotted and camel in KNOWN_KEYS:
-            return f"unknown key; keys are camelCase: did you mean '{to_camel(str(name))}'?"
+        name = str(error["loc"][-1]) if error["loc"] else ""
+        where = _written_path(error["loc"][:-1])
+        if "." in name:
+            return _nesting_hint(namespace, where, name)
+        written = f"{where}.{name}" if where else name
+        if _key_form(written) in RETIRED_KEYS:
+            return f"unknown key: it {RETIRED_KEYS[_key_form(written)]}"
+        camel = f"{where}.{to_camel(name)}" if where else to_camel(name)
+        if camel != written and _key_form(camel) in KNOWN_KEYS:
+            return f"unknown key; keys are camelCase: did you mean '{camel}'?"
         return "unknown key (a typo?); see the config reference in README.md"
     if error["type"] == "missing":
         return "is required"
@@ -163,28 +193,58 @@ def _validate_by_alias(data: Mapping[str, Any]) -> Settings:
     )
 
 
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The loader's verdict: settings when every rule holds, else every problem."""
+
+    settings: Settings | None
+    problems: tuple[Problem, ...]
+    unverified: tuple[Problem, ...] = ()
+    """Rules that compare a sealed secret's value: not run on its stand-in (the
+    rule text says what could not be verified); never a reason to fail."""
+
+
+def _unverified(rule: Rule, namespace: str) -> Problem:
+    return Problem(
+        f"{namespace}:{rule.key}",
+        f"is encrypted (secure:), so {rule.secret_check} cannot be verified offline; "
+        "`pulumi up` decrypts it and checks",
+    )
+
+
 def _cross_key_problems(
-    data: Mapping[str, Any], invalid: Set[str], namespace: str
-) -> list[Problem]:
+    data: Mapping[str, Any], invalid: Set[str], namespace: str, sealed: Set[str]
+) -> tuple[list[Problem], list[Problem]]:
     """The rules between keys, checked on every key that is valid by itself.
 
     Invalid keys fall back to their defaults for this pass, and a rule that
     involves one of them is not reported (it would speak of the default).
+    A rule comparing the value of a sealed secret is returned apart, as
+    unverified: the stand-in for a sealed PEM key is a throwaway one, never the
+    key of the user's certificate, so the rule always breaks on it and its
+    verdict says nothing about the real value.
     """
     rest = {k: v for k, v in data.items() if k not in invalid}
     rest.setdefault("model", "model-not-checked-here")
     try:
         settings = _validate_by_alias(rest)
     except ValidationError:
-        return []
-    return [
-        Problem(f"{namespace}:{rule.key}", rule.rule)
-        for rule in cross_key_rules(settings)
-        if not rule.involves & invalid
-    ]
+        return [], []
+    problems: list[Problem] = []
+    unverified: list[Problem] = []
+    for rule in cross_key_rules(settings):
+        if rule.involves & invalid:
+            continue
+        if rule.secret_check and rule.key in sealed:
+            unverified.append(_unverified(rule, namespace))
+        else:
+            problems.append(Problem(f"{namespace}:{rule.key}", rule.rule))
+    return problems, unverified
 
 
-def _validate(raw: Mapping[str, Any], namespace: str) -> tuple[Settings | None, list[Problem]]:
+def _validate(
+    raw: Mapping[str, Any], namespace: str, sealed: Set[str] = frozenset()
+) -> LoadedConfig:
     problems: list[Problem] = []
     decoded: dict[str, Any] = {}
     for key, value in raw.items():
@@ -199,8 +259,9 @@ def _validate(raw: Mapping[str, Any], namespace: str) -> tuple[Settings | None, 
     except ValidationError as err:
         invalid |= {str(e["loc"][0]) for e in err.errors() if e["loc"]}
         problems += validation_problems(err, namespace)
-    problems += _cross_key_problems(decoded, invalid, namespace)
-    return (settings if not problems else None), problems
+    cross_key, unverified = _cross_key_problems(decoded, invalid, namespace, sealed)
+    problems += cross_key
+    return LoadedConfig(settings if not problems else None, tuple(problems), tuple(unverified))
 
 
 def deployment_problems(
@@ -250,28 +311,44 @@ def _plain_host_keys(raw: Mapping[str, Any], secret: Set[str], namespace: str) -
     ]
 
 
+def load_config(
+    raw: Mapping[str, Any],
+    secret: Set[str],
+    namespace: str = NAMESPACE,
+    *,
+    sealed: Set[str] = frozenset(),
+) -> LoadedConfig:
+    """The one loader: {key without namespace: value as Pulumi passes it} + secret keys.
+
+    Finds every problem at once: secrets given in plain text, values that are
+    not valid JSON structures, and every settings rule. `sealed` names the keys
+    whose values are stand-ins for encrypted ones (a check without the CLI);
+    `pulumi up` has the values and seals nothing, so it runs every rule.
+    """
+    problems = _plain_secrets(raw, secret, namespace) + _plain_host_keys(raw, secret, namespace)
+    loaded = _validate(raw, namespace, sealed)
+    problems += loaded.problems
+    return LoadedConfig(
+        loaded.settings if not problems else None, tuple(problems), loaded.unverified
+    )
+
+
 def settings_from_config(
     raw: Mapping[str, Any], secret: Set[str], namespace: str = NAMESPACE
 ) -> Settings:
-    """The one loader: {key without namespace: value as Pulumi passes it} + secret keys.
-
-    Raises `ConfigError` naming every problem at once: secrets given in plain
-    text, values that are not valid JSON structures, and every settings rule.
-    """
-    problems = _plain_secrets(raw, secret, namespace) + _plain_host_keys(raw, secret, namespace)
-    settings, more = _validate(raw, namespace)
-    problems += more
-    if problems or settings is None:
-        raise ConfigError(problems)
-    return settings
+    """`load_config` with real values; raises `ConfigError` naming every problem."""
+    loaded = load_config(raw, secret, namespace)
+    if loaded.problems or loaded.settings is None:
+        raise ConfigError(loaded.problems)
+    return loaded.settings
 
 
 def parse_settings(raw: Mapping[str, Any], namespace: str = NAMESPACE) -> Settings:
     """Validate config given as {key without namespace: value}, secrecy not checked."""
-    settings, problems = _validate(raw, namespace)
-    if problems or settings is None:
-        raise ConfigError(problems)
-    return settings
+    loaded = _validate(raw, namespace)
+    if loaded.problems or loaded.settings is None:
+        raise ConfigError(loaded.problems)
+    return loaded.settings
 
 
 def split_namespace(config: Mapping[str, Any], namespace: str = NAMESPACE) -> dict[str, Any]:
@@ -364,10 +441,22 @@ def _is_secure(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("secure"), str)
 
 
+PEM_STAND_INS = {
+    "tlsKey": "keyMaterial",
+    "keyMaterial": "keyMaterial",
+    "certMaterial": "certMaterial",
+    "caMaterial": "caMaterial",
+}
+"""Keys whose encrypted value is a PEM text, and the part of `_placeholder_pem` that
+stands in for it. 'tlsCertificate' is not a secret: encrypted, it is reported as
+uncheckable, so the stand-in key never meets the stand-in certificate."""
+
+
 @functools.cache
 def _placeholder_pem() -> dict[str, str]:
     """A throwaway key and certificate: what stands in for an encrypted PEM value
-    (a host's TLS material), so the rest of its object can still be checked."""
+    (a host's TLS material, the load balancer's key), so it passes the PEM rules
+    and the rest of the config can still be checked."""
     import datetime
 
     from cryptography import x509
@@ -400,8 +489,8 @@ def _placeholder_pem() -> dict[str, str]:
 def _unsecure(value: Any, name: str = "") -> tuple[Any, bool]:
     """Replace every `secure:` leaf by the placeholder; say whether there was one."""
     if _is_secure(value):
-        if name in ("keyMaterial", "certMaterial", "caMaterial"):
-            return _placeholder_pem()[name], True
+        if name in PEM_STAND_INS:
+            return _placeholder_pem()[PEM_STAND_INS[name]], True
         return SECRET_PLACEHOLDER, True
     if isinstance(value, dict):
         pairs = {
@@ -561,7 +650,7 @@ def read_stack_file(path: Path) -> StackFile:
                 Problem(text, f"is set twice (as '{written.get(full, full)}' and as '{text}')")
             )
             continue
-        plain, is_secret = _unsecure(value)
+        plain, is_secret = _unsecure(value, full.split(":", 1)[1])
         config[full] = _as_pulumi_string(plain)
         if is_secret:
             secret.add(full)
@@ -607,13 +696,16 @@ class CheckedStack:
     stack: StackFile
     settings: Settings | None
     problems: tuple[Problem, ...]
+    unverified: tuple[Problem, ...] = ()
+    """Rules left to `pulumi up` because they compare an encrypted value (keys as written)."""
 
 
 def check_stack_file(path: Path, namespace: str = NAMESPACE) -> CheckedStack:
     """`read_stack_file`, then the same loader `pulumi up` runs; every problem at once.
 
     Problems name keys as the stack file writes them. A problem with an
-    encrypted value other than a known secret is reported as uncheckable.
+    encrypted value other than a known secret is reported as uncheckable, and
+    a rule comparing an encrypted secret with another key as unverified.
     Raises `StackFileError` only when the file cannot be read at all.
     """
     stack = read_stack_file(path)
@@ -621,28 +713,26 @@ def check_stack_file(path: Path, namespace: str = NAMESPACE) -> CheckedStack:
     secret = {key for key in raw if f"{namespace}:{key}" in stack.secret}
     problems = list(stack.problems)
     partly_secret = {leaf.split(".", 1)[0].split("[", 1)[0] for leaf in stack.secure_leaves}
-    settings: Settings | None = None
-    try:
-        settings = settings_from_config(raw, secret, namespace)
-    except ConfigError as err:
-        for problem in err.problems:
-            if problem.key in stack.secure_leaves:
-                # The placeholder stood in for an encrypted value nested in an
-                # object (a host's TLS key): its value is `pulumi up`'s to check.
-                continue
-            top = problem.key.split(".", 1)[0].split("[", 1)[0]
-            if (
-                top in stack.secret
-                and top not in partly_secret
-                and top.split(":", 1)[-1] not in SECRET_KEYS
-            ):
-                problem = Problem(
-                    problem.key,
-                    "is encrypted (secure:), so it cannot be checked without the Pulumi CLI; "
-                    "`pulumi up` checks it",
-                )
-            problems.append(_as_written(problem, stack.written))
-    return CheckedStack(stack, None if problems else settings, tuple(problems))
+    loaded = load_config(raw, secret, namespace, sealed=secret)
+    for problem in loaded.problems:
+        if problem.key in stack.secure_leaves:
+            # The placeholder stood in for an encrypted value nested in an
+            # object (a host's TLS key): its value is `pulumi up`'s to check.
+            continue
+        top = problem.key.split(".", 1)[0].split("[", 1)[0]
+        if (
+            top in stack.secret
+            and top not in partly_secret
+            and top.split(":", 1)[-1] not in SECRET_KEYS
+        ):
+            problem = Problem(
+                problem.key,
+                "is encrypted (secure:), so it cannot be checked without the Pulumi CLI; "
+                "`pulumi up` checks it",
+            )
+        problems.append(_as_written(problem, stack.written))
+    unverified = tuple(_as_written(p, stack.written) for p in loaded.unverified)
+    return CheckedStack(stack, None if problems else loaded.settings, tuple(problems), unverified)
 
 
 def settings_from_stack_file(path: Path, namespace: str = NAMESPACE) -> Settings:

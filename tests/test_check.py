@@ -16,6 +16,7 @@ import pytest
 
 from components import check, render_config
 from components.stack_config import SECRET_PLACEHOLDER, read_stack_file
+from tests.support.nginx import make_test_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted(p.name.split(".")[1] for p in ROOT.glob("Pulumi.*.yaml"))
@@ -69,6 +70,7 @@ def test_dev_plan_lines(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert "apiKey         not set: anyone who can reach port 8000" in out
     assert "hfToken        not set: a gated model needs one" in out
+    assert "  monitoring     off ('monitoring.enabled' is false)" in out
 
 
 def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
@@ -344,3 +346,108 @@ config:
     assert "config key 'vllm-nginx:publicHost': must name the Docker host" in err
     assert "config key 'vllm-nginx:image.build.context': is not a directory" in err
     assert out == ""
+
+
+MONITORED = GOOD + f"  vllm-nginx:grafanaPassword:\n    {SECURE}\n  vllm-nginx:monitoring:\n"
+
+
+def test_monitoring_is_in_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = MONITORED + "    enabled: true\n"
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    lines = out.splitlines()
+    start = lines.index(
+        "  monitoring     Prometheus, Grafana and the load balancer's exporter; "
+        "their data volumes are kept on `pulumi destroy`"
+    )
+    assert lines[start + 1 : start + 4] == [
+        "    Prometheus   http://127.0.0.1:9090 (vllm-prometheus, published on 127.0.0.1:9090, "
+        "volume vllm-prometheus-data)",
+        "    Grafana      http://127.0.0.1:3000 (vllm-grafana, user admin, published on "
+        "127.0.0.1:3000, volume vllm-grafana-data)",
+        "    exporter     vllm-lb-exporter, not published (nginx sends it a line per request, "
+        "Prometheus scrapes it on network vllm-nginx)",
+    ]
+    assert "no login" not in out
+
+
+def test_monitoring_published_beyond_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        MONITORED
+        + "    enabled: true\n    bindAddress: 0.0.0.0\n    keepDataOnDestroy: false\n"
+        + "    prometheus: {name: prom, port: 9191}\n    grafana: {name: graf, port: 3300}\n"
+        + "    lbExporter: {name: exp}\n  vllm-nginx:publicHost: gpu.lan\n"
+        + "  vllm-nginx:networkName: llm\n"
+    )
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    assert "their data volumes are removed on `pulumi destroy`" in out
+    assert "    Prometheus   http://gpu.lan:9191 (prom, published on 0.0.0.0:9191," in out
+    assert (
+        "    Grafana      http://gpu.lan:3300 (graf, user admin, published on 0.0.0.0:3300" in out
+    )
+    assert "    exporter     exp, not published (" in out
+    assert "Prometheus scrapes it on network llm)" in out
+    assert (
+        "    Prometheus has no login: anyone who can reach port 9191 on this host can query it"
+        in out
+    )
+
+
+def _indented(text: str, spaces: int) -> str:
+    return "".join(f"{' ' * spaces}{line}\n" for line in text.splitlines())
+
+
+@pytest.mark.parametrize("written", ["vllm-nginx:tlsKey", "tlsKey"])
+def test_encrypted_tls_key_is_left_to_pulumi_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], written: str
+) -> None:
+    """The check cannot decrypt the key, so it cannot compare it with the certificate."""
+    pki = make_test_pki(tmp_path / "pki")
+    certificate = Path(pki.server.certificate).read_text()
+    text = (
+        GOOD
+        + "  vllm-nginx:loadBalancer:\n    tls: true\n  vllm-nginx:tlsCertificate: |\n"
+        + _indented(certificate, 4)
+        + f"  {written}:\n    {SECURE}\n"
+    )
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    assert err == ""
+    assert "  load balancer  https://localhost:8000" in out
+    about_match = [line for line in out.splitlines() if "'tlsCertificate'" in line]
+    assert about_match == [
+        f"note: '{written}' is encrypted (secure:), so whether it is the private key of "
+        "'tlsCertificate' cannot be verified offline; `pulumi up` decrypts it and checks"
+    ]
+
+
+def test_encrypted_tls_key_without_a_certificate_is_still_a_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = GOOD + f"  vllm-nginx:loadBalancer:\n    tls: true\n  vllm-nginx:tlsKey:\n    {SECURE}\n"
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert err.splitlines()[1:3] == [
+        "  config key 'vllm-nginx:tlsCertificate': is required with 'loadBalancer.tls' true",
+        "note: secret values were not checked (vllm-nginx:tlsKey): they are encrypted in the "
+        "stack file, so a placeholder that passes the value rules stood in for them",
+    ]
+
+
+def test_key_hint_in_a_host_entry_names_it_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "config:\n  model: org/model\n  hosts:\n"
+        "    - {name: a, dockerHost: 'ssh://a', address: 10.0.0.1, replicas: 1}\n"
+        "    - {name: b, docker_host: 'ssh://b', address: 10.0.0.2, replicas: 1}\n"
+    )
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    assert (
+        "  config key 'hosts[1].docker_host': unknown key; keys are camelCase: "
+        "did you mean 'hosts[1].dockerHost'?"
+    ) in err.splitlines()

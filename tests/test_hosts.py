@@ -299,3 +299,28 @@ def test_the_example_two_host_stack_checks(capsys: pytest.CaptureFixture[str]) -
     assert check_main(["--stack", "twohost"]) == 0
     out = capsys.readouterr().out
     assert "gpu-a" in out and "gpu-b" in out
+
+
+def test_key_hints_reach_into_host_entries() -> None:
+    """A snake_case or dotted key in a list entry gets the hint a top-level one gets."""
+    second = {
+        "name": "gpu-b",
+        "docker_host": "ssh://ops@gpu-b",
+        "address": "10.0.0.12",
+        "base_port": 9000,
+        "gpus": [[0]],
+    }
+    first = {**TWO[0], "tls": {"cert_path": "/certs"}, "tls.certPath": "/certs"}
+    found = problems(hosts=[first, second])
+    camel = "unknown key; keys are camelCase: did you mean"
+    for line in (
+        f"config key 'vllm-nginx:hosts[1].docker_host': {camel} 'hosts[1].dockerHost'?",
+        f"config key 'vllm-nginx:hosts[1].base_port': {camel} 'hosts[1].basePort'?",
+        f"config key 'vllm-nginx:hosts[0].tls.cert_path': {camel} 'hosts[0].tls.certPath'?",
+        "config key 'vllm-nginx:hosts[0].tls.certPath': unknown key; nested keys are written "
+        "as YAML: `tls:` in 'hosts[0]', with `certPath: ...` indented below it, or set with "
+        "`pulumi config set --path 'hosts[0].tls.certPath' <value>` (--path makes the dot "
+        "mean nesting)",
+    ):
+        assert line in found, found
+    assert "config key 'vllm-nginx:hosts[1].dockerHost': is required" in found

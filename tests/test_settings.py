@@ -16,11 +16,13 @@ from components.settings import Backend, RoutingPolicy
 from components.stack_config import (
     ConfigError,
     Problem,
+    load_config,
     parse_settings,
     require_secret,
     settings_from_config,
     settings_from_stack_file,
 )
+from tests.support.nginx import make_test_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -291,7 +293,7 @@ HOLES = [
     (
         raw(loadBalancer={"bind_address": "1.2.3.4"}),
         "vllm-nginx:loadBalancer.bind_address",
-        "camel",
+        "keys are camelCase: did you mean 'loadBalancer.bindAddress'?",
     ),
     # Tracebacks after something was declared, before.
     (raw(namePrefix="v" * 62, replicas=11), "vllm-nginx:namePrefix", "at most 63"),
@@ -343,3 +345,22 @@ def test_a_rule_on_an_invalid_key_is_not_reported_against_its_default() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings(raw(replicas=0, gpus=[[0], [1], [2]]))
     assert [p.key for p in caught.value.problems] == ["vllm-nginx:replicas"]
+
+
+def test_a_sealed_tls_key_leaves_the_match_to_pulumi_up(tmp_path: Path) -> None:
+    """The check seals encrypted values (it holds stand-ins); `pulumi up` seals nothing."""
+    certificate = Path(make_test_pki(tmp_path / "a").server.certificate).read_text()
+    other_key = Path(make_test_pki(tmp_path / "b").server.key).read_text()
+    config = raw(loadBalancer={"tls": True}, tlsCertificate=certificate, tlsKey=other_key)
+    loaded = load_config(config, {"tlsKey"}, sealed={"tlsKey"})
+    assert loaded.problems == ()
+    assert loaded.settings is not None
+    assert [str(p) for p in loaded.unverified] == [
+        "config key 'vllm-nginx:tlsKey': is encrypted (secure:), so whether it is the private "
+        "key of 'tlsCertificate' cannot be verified offline; `pulumi up` decrypts it and checks"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config(config, {"tlsKey"})
+    assert [str(p) for p in caught.value.problems] == [
+        "config key 'vllm-nginx:tlsKey': is not the private key of 'tlsCertificate'"
+    ]
