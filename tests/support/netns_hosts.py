@@ -130,6 +130,24 @@ class NetnsHost:
             self.process.wait(timeout=10)
 
 
+def _remove_state(directory: Path) -> None:
+    """A host's files, once whatever dockerd left mounted there is unmounted.
+
+    dockerd bind-mounts its network namespace at `exec/netns/default` and does
+    not always take it down when it stops (seen after a host's engine was
+    stopped under load); rmtree cannot remove a mount point, and the next run
+    then found the directory there.
+    """
+    inside = f"{directory}/"
+    mounts = [
+        line.split()[1].encode().decode("unicode_escape")
+        for line in Path("/proc/mounts").read_text().splitlines()
+    ]
+    for point in sorted((m for m in mounts if m.startswith(inside)), key=len, reverse=True):
+        _run("umount", "-l", point, check=False)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def _remove_namespace(name: str) -> None:
     _run("ip", "netns", "del", name, check=False)
     _run("ip", "link", "del", f"{name}-m", check=False)
@@ -145,7 +163,7 @@ def _make_host(index: int) -> NetnsHost:
         directory=STATE / name,
     )
     _remove_namespace(name)
-    shutil.rmtree(host.directory, ignore_errors=True)
+    _remove_state(host.directory)
     host.directory.mkdir(parents=True)
     _run("ip", "netns", "add", name)
     _run("ip", "link", "add", f"{name}-m", "type", "veth", "peer", "name", f"{name}-n")
@@ -213,5 +231,5 @@ def netns_hosts(count: int) -> Iterator[list[NetnsHost]]:
                     container.remove(force=True)
             host.stop_engine()
             _remove_namespace(host.name)
-            shutil.rmtree(host.directory, ignore_errors=True)
+            _remove_state(host.directory)
         _run("iptables", "-D", chain, *_FORWARD_RULE, check=False)
