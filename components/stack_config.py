@@ -17,6 +17,7 @@ as the user writes it and the rule, never the value.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -28,7 +29,6 @@ from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic.alias_generators import to_camel
 
 from .settings import (
     SKIP_CROSS_KEY,
@@ -141,9 +141,48 @@ def _known_keys(annotation: Any, prefix: str = "") -> Iterator[str]:
 KNOWN_KEYS = frozenset(_known_keys(Settings))
 
 
+def _keys_by_level(known: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Keyed by object (`KNOWN_KEYS` form, '' for the top level): a misspelt key is
+    compared only with the names valid where it was written."""
+    levels: dict[str, set[str]] = {}
+    for key in known:
+        parent, _, name = key.rpartition(".")
+        levels.setdefault(parent, set()).add(name)
+    return {parent: tuple(sorted(names)) for parent, names in levels.items()}
+
+
+KEYS_BY_LEVEL = _keys_by_level(KNOWN_KEYS)
+SUGGESTION_CUTOFF = 0.7
+"""`difflib` similarity a misspelt key needs to get a suggestion. At the default 0.6,
+`maxModelLen` (a vLLM argument) would be offered 'model' and a top-level `tls` 'tlsKey';
+at 0.7 the slips seen in practice (`replcas`, `prot`, `bindadress`) still are."""
+
+
 def _key_form(path: str) -> str:
     """`hosts[1].dockerHost` -> `hosts[].dockerHost`, the form of `KNOWN_KEYS`."""
     return re.sub(r"\[\d+\]", "[]", path)
+
+
+def _loose(name: str) -> str:
+    """A key with case, `_` and `-` dropped: `docker_host`, `DockerHost` and
+    `dockerhost` all mean `dockerHost`, so they get the camelCase hint rather
+    than a guess."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def _closest_key(where: str, name: str) -> str | None:
+    """The valid key in the object at `where` that `name` most likely meant, if any.
+
+    Only that object's keys are candidates: a key valid elsewhere would be a
+    different mistake (a misplaced key), and a suggestion must be a key the user
+    can write right there.
+    """
+    candidates = {_loose(key): key for key in KEYS_BY_LEVEL.get(_key_form(where), ())}
+    loose = _loose(name)
+    if loose in candidates:
+        return candidates[loose]
+    close = difflib.get_close_matches(loose, candidates, n=1, cutoff=SUGGESTION_CUTOFF)
+    return candidates[close[0]] if close else None
 
 
 def _rule(error: Mapping[str, Any], namespace: str) -> str:
@@ -155,10 +194,13 @@ def _rule(error: Mapping[str, Any], namespace: str) -> str:
         written = f"{where}.{name}" if where else name
         if _key_form(written) in RETIRED_KEYS:
             return f"unknown key: it {RETIRED_KEYS[_key_form(written)]}"
-        camel = f"{where}.{to_camel(name)}" if where else to_camel(name)
-        if camel != written and _key_form(camel) in KNOWN_KEYS:
-            return f"unknown key; keys are camelCase: did you mean '{camel}'?"
-        return "unknown key (a typo?); see the config reference in README.md"
+        closest = _closest_key(where, name)
+        if closest is None:
+            return "unknown key (a typo?); see the config reference in README.md"
+        meant = f"{where}.{closest}" if where else closest
+        if _loose(closest) == _loose(name):
+            return f"unknown key; keys are camelCase: did you mean '{meant}'?"
+        return f"unknown key (a typo?): did you mean '{meant}'?"
     if error["type"] == "missing":
         return "is required"
     message = str(error["msg"])

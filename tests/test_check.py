@@ -451,3 +451,29 @@ def test_key_hint_in_a_host_entry_names_it_as_written(
         "  config key 'hosts[1].docker_host': unknown key; keys are camelCase: "
         "did you mean 'hosts[1].dockerHost'?"
     ) in err.splitlines()
+
+
+def test_misspelt_keys_get_the_closest_key_named_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "config:\n  model: org/model\n  replcas: 1\n"
+        "  vllm-nginx:loadBalancer:\n    bindadress: 0.0.0.0\n    prot: 9000\n"
+        "  hosts:\n"
+        "    - {name: a, dockerhost: 'ssh://a', address: 10.0.0.1, replicas: 1}\n"
+    )
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    lines = err.splitlines()
+    for line in (
+        "  config key 'replcas': unknown key (a typo?): did you mean 'replicas'?",
+        "  config key 'vllm-nginx:loadBalancer.bindadress': unknown key (a typo?): "
+        "did you mean 'loadBalancer.bindAddress'?",
+        "  config key 'vllm-nginx:loadBalancer.prot': unknown key (a typo?): "
+        "did you mean 'loadBalancer.port'?",
+        "  config key 'hosts[0].dockerhost': unknown key; keys are camelCase: "
+        "did you mean 'hosts[0].dockerHost'?",
+    ):
+        assert line in lines, lines
+    for written in ("'replcas'", ".bindadress'", ".prot'", ".dockerhost'"):
+        assert sum(written in line for line in lines) == 1, (written, lines)

@@ -364,3 +364,50 @@ def test_a_sealed_tls_key_leaves_the_match_to_pulumi_up(tmp_path: Path) -> None:
     assert [str(p) for p in caught.value.problems] == [
         "config key 'vllm-nginx:tlsKey': is not the private key of 'tlsCertificate'"
     ]
+
+
+TYPO = "unknown key (a typo?): did you mean"
+CASE = "unknown key; keys are camelCase: did you mean"
+HINTS = [
+    (raw(replcas=3), "replcas", f"{TYPO} 'replicas'?"),
+    (raw(loadBalancer={"prot": 80}), "loadBalancer.prot", f"{TYPO} 'loadBalancer.port'?"),
+    (
+        raw(loadBalancer={"bindadress": "0.0.0.0"}),
+        "loadBalancer.bindadress",
+        f"{TYPO} 'loadBalancer.bindAddress'?",
+    ),
+    (
+        raw(monitoring={"prometheus": {"retentionDay": 3}}),
+        "monitoring.prometheus.retentionDay",
+        f"{TYPO} 'monitoring.prometheus.retentionDays'?",
+    ),
+    # Case and snake_case: the camelCase hint, also where `to_camel` alone misses it.
+    (raw(base_port=9000), "base_port", f"{CASE} 'basePort'?"),
+    (raw(TensorParallelSize=1), "TensorParallelSize", f"{CASE} 'tensorParallelSize'?"),
+    (raw(loadBalancer={"BindAddress": "0.0.0.0"}), "loadBalancer.BindAddress", CASE),
+    # Nothing close: the plain message, no guess.
+    (raw(quantization="awq"), "quantization", "unknown key (a typo?); see the config reference"),
+    # Close in letters, wrong in meaning (a vLLM argument, not 'model'): below the cutoff.
+    (raw(maxModelLen=4096), "maxModelLen", "unknown key (a typo?); see the config reference"),
+]
+
+
+@pytest.mark.parametrize(("config", "key", "rule"), HINTS, ids=[h[1] for h in HINTS])
+def test_unknown_key_gets_the_closest_valid_key(
+    config: dict[str, Any], key: str, rule: str
+) -> None:
+    """One line per misspelt key, the suggestion as a full path the way the user writes it."""
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(config)
+    about = [str(p) for p in caught.value.problems if p.key == f"vllm-nginx:{key}"]
+    assert len(about) == 1, caught.value.problems
+    assert about[0].startswith(f"config key 'vllm-nginx:{key}': {rule}"), about[0]
+
+
+def test_a_misspelt_key_gets_no_second_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw(replcas=3, loadBalancer={"prot": 80}))
+    assert [str(p) for p in caught.value.problems] == [
+        f"config key 'vllm-nginx:loadBalancer.prot': {TYPO} 'loadBalancer.port'?",
+        f"config key 'vllm-nginx:replcas': {TYPO} 'replicas'?",
+    ]
