@@ -411,3 +411,41 @@ def test_a_misspelt_key_gets_no_second_line() -> None:
         f"config key 'vllm-nginx:loadBalancer.prot': {TYPO} 'loadBalancer.port'?",
         f"config key 'vllm-nginx:replcas': {TYPO} 'replicas'?",
     ]
+
+
+def test_a_sealed_certificate_leaves_the_match_to_pulumi_up(tmp_path: Path) -> None:
+    """Sealed, the certificate's value is a stand-in; `pulumi up` has the real one and checks it."""
+    certificate = Path(make_test_pki(tmp_path / "a").server.certificate).read_text()
+    other_key = Path(make_test_pki(tmp_path / "b").server.key).read_text()
+    config = raw(loadBalancer={"tls": True}, tlsCertificate=certificate, tlsKey=other_key)
+    secret = {"tlsKey", "tlsCertificate"}
+    loaded = load_config(config, secret, sealed=secret)
+    assert loaded.problems == ()
+    assert [str(p) for p in loaded.unverified] == [
+        "config key 'vllm-nginx:tlsKey': is encrypted (secure:), as is 'tlsCertificate', so "
+        "whether it is the private key of 'tlsCertificate' cannot be verified offline; "
+        "`pulumi up` decrypts them and checks"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config(config, secret)
+    assert [str(p) for p in caught.value.problems] == [
+        "config key 'vllm-nginx:tlsKey': is not the private key of 'tlsCertificate'"
+    ]
+    not_pem = raw(loadBalancer={"tls": True}, tlsCertificate="not a certificate", tlsKey=other_key)
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config(not_pem, secret)
+    assert [p.key for p in caught.value.problems] == ["vllm-nginx:tlsCertificate"]
+    assert "must be a PEM certificate" in str(caught.value)
+
+
+def test_the_stand_ins_for_certificate_and_key_never_match() -> None:
+    """Two stand-ins that matched would pass the pair silently, without the unverified note."""
+    from pydantic import SecretStr
+
+    from components.stack_config import PEM_STAND_INS, _placeholder_pem
+    from components.value_types import key_matches_certificate
+
+    pem = _placeholder_pem()
+    key = SecretStr(pem[PEM_STAND_INS["tlsKey"]])
+    certificate = SecretStr(pem[PEM_STAND_INS["tlsCertificate"]])
+    assert not key_matches_certificate(key, certificate)
