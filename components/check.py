@@ -12,8 +12,9 @@ naming the key as written in the file and the rule, and exits 1.
 Encrypted (`secure:`) values cannot be decrypted without the CLI: a
 placeholder that passes the value rules stands in for them, and the output
 says so. A rule that compares an encrypted value with another key (the TLS
-key against its certificate) means nothing on a placeholder: the output names
-it as unverified, an informational note, and `pulumi up` runs it.
+key against its certificate, either of them encrypted) means nothing on a
+placeholder: the output names it as unverified, an informational note, and
+`pulumi up` runs it.
 """
 
 from __future__ import annotations

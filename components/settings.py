@@ -575,10 +575,11 @@ class Rule:
     rule: str
     involves: frozenset[str]
     secret_check: str = ""
-    """For a rule that compares the *value* of the secret `key` with another key's:
-    what it checks, in positive words. A check without the Pulumi CLI holds only a
-    stand-in for an encrypted value, so the rule's verdict there says nothing; the
-    loader reports it as unverified instead, and `pulumi up` runs it on the value."""
+    """For a rule that compares the *values* of the keys it involves (the secret
+    `key` and another): what it checks, in positive words, `key` as "it". A check
+    without the Pulumi CLI holds only a stand-in for an encrypted value, so the
+    rule's verdict there says nothing when any of those keys is encrypted; the
+    loader reports it as unverified instead, and `pulumi up` runs it on the values."""
 
 
 def _rule(key: str, rule: str, *others: str, secret_check: str = "") -> Rule:

@@ -17,6 +17,7 @@ as the user writes it and the rule, never the value.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -28,7 +29,6 @@ from typing import Any, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from pydantic.alias_generators import to_camel
 
 from .settings import (
     SKIP_CROSS_KEY,
@@ -141,9 +141,48 @@ def _known_keys(annotation: Any, prefix: str = "") -> Iterator[str]:
 KNOWN_KEYS = frozenset(_known_keys(Settings))
 
 
+def _keys_by_level(known: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Keyed by object (`KNOWN_KEYS` form, '' for the top level): a misspelt key is
+    compared only with the names valid where it was written."""
+    levels: dict[str, set[str]] = {}
+    for key in known:
+        parent, _, name = key.rpartition(".")
+        levels.setdefault(parent, set()).add(name)
+    return {parent: tuple(sorted(names)) for parent, names in levels.items()}
+
+
+KEYS_BY_LEVEL = _keys_by_level(KNOWN_KEYS)
+SUGGESTION_CUTOFF = 0.7
+"""`difflib` similarity a misspelt key needs to get a suggestion. At the default 0.6,
+`maxModelLen` (a vLLM argument) would be offered 'model' and a top-level `tls` 'tlsKey';
+at 0.7 the slips seen in practice (`replcas`, `prot`, `bindadress`) still are."""
+
+
 def _key_form(path: str) -> str:
     """`hosts[1].dockerHost` -> `hosts[].dockerHost`, the form of `KNOWN_KEYS`."""
     return re.sub(r"\[\d+\]", "[]", path)
+
+
+def _loose(name: str) -> str:
+    """A key with case, `_` and `-` dropped: `docker_host`, `DockerHost` and
+    `dockerhost` all mean `dockerHost`, so they get the camelCase hint rather
+    than a guess."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def _closest_key(where: str, name: str) -> str | None:
+    """The valid key in the object at `where` that `name` most likely meant, if any.
+
+    Only that object's keys are candidates: a key valid elsewhere would be a
+    different mistake (a misplaced key), and a suggestion must be a key the user
+    can write right there.
+    """
+    candidates = {_loose(key): key for key in KEYS_BY_LEVEL.get(_key_form(where), ())}
+    loose = _loose(name)
+    if loose in candidates:
+        return candidates[loose]
+    close = difflib.get_close_matches(loose, candidates, n=1, cutoff=SUGGESTION_CUTOFF)
+    return candidates[close[0]] if close else None
 
 
 def _rule(error: Mapping[str, Any], namespace: str) -> str:
@@ -155,10 +194,13 @@ def _rule(error: Mapping[str, Any], namespace: str) -> str:
         written = f"{where}.{name}" if where else name
         if _key_form(written) in RETIRED_KEYS:
             return f"unknown key: it {RETIRED_KEYS[_key_form(written)]}"
-        camel = f"{where}.{to_camel(name)}" if where else to_camel(name)
-        if camel != written and _key_form(camel) in KNOWN_KEYS:
-            return f"unknown key; keys are camelCase: did you mean '{camel}'?"
-        return "unknown key (a typo?); see the config reference in README.md"
+        closest = _closest_key(where, name)
+        if closest is None:
+            return "unknown key (a typo?); see the config reference in README.md"
+        meant = f"{where}.{closest}" if where else closest
+        if _loose(closest) == _loose(name):
+            return f"unknown key; keys are camelCase: did you mean '{meant}'?"
+        return f"unknown key (a typo?): did you mean '{meant}'?"
     if error["type"] == "missing":
         return "is required"
     message = str(error["msg"])
@@ -204,11 +246,20 @@ class LoadedConfig:
     rule text says what could not be verified); never a reason to fail."""
 
 
-def _unverified(rule: Rule, namespace: str) -> Problem:
+def _unverified(rule: Rule, namespace: str, sealed: Set[str]) -> Problem:
+    """The note for a rule not run on stand-ins, saying which of its keys are encrypted."""
+    others = " and ".join(f"'{key}'" for key in sorted((rule.involves & sealed) - {rule.key}))
+    if rule.key not in sealed:
+        why = f"is compared with the encrypted (secure:) {others}"
+    elif others:
+        why = f"is encrypted (secure:), as is {others}"
+    else:
+        why = "is encrypted (secure:)"
+    them = "them" if rule.key in sealed and others else "it"
     return Problem(
         f"{namespace}:{rule.key}",
-        f"is encrypted (secure:), so {rule.secret_check} cannot be verified offline; "
-        "`pulumi up` decrypts it and checks",
+        f"{why}, so {rule.secret_check} cannot be verified offline; "
+        f"`pulumi up` decrypts {them} and checks",
     )
 
 
@@ -219,10 +270,10 @@ def _cross_key_problems(
 
     Invalid keys fall back to their defaults for this pass, and a rule that
     involves one of them is not reported (it would speak of the default).
-    A rule comparing the value of a sealed secret is returned apart, as
-    unverified: the stand-in for a sealed PEM key is a throwaway one, never the
-    key of the user's certificate, so the rule always breaks on it and its
-    verdict says nothing about the real value.
+    A rule comparing values of which one is sealed is returned apart, as
+    unverified: the stand-ins for the load balancer's PEM key and certificate
+    are throwaway ones, never the user's and never each other's, so the rule
+    always breaks on them and its verdict says nothing about the real values.
     """
     rest = {k: v for k, v in data.items() if k not in invalid}
     rest.setdefault("model", "model-not-checked-here")
@@ -235,8 +286,8 @@ def _cross_key_problems(
     for rule in cross_key_rules(settings):
         if rule.involves & invalid:
             continue
-        if rule.secret_check and rule.key in sealed:
-            unverified.append(_unverified(rule, namespace))
+        if rule.secret_check and rule.involves & sealed:
+            unverified.append(_unverified(rule, namespace, sealed))
         else:
             problems.append(Problem(f"{namespace}:{rule.key}", rule.rule))
     return problems, unverified
@@ -443,20 +494,26 @@ def _is_secure(value: Any) -> bool:
 
 PEM_STAND_INS = {
     "tlsKey": "keyMaterial",
+    "tlsCertificate": "unmatchedCertificate",
     "keyMaterial": "keyMaterial",
     "certMaterial": "certMaterial",
     "caMaterial": "caMaterial",
 }
 """Keys whose encrypted value is a PEM text, and the part of `_placeholder_pem` that
-stands in for it. 'tlsCertificate' is not a secret: encrypted, it is reported as
-uncheckable, so the stand-in key never meets the stand-in certificate."""
+stands in for it. The load balancer's certificate stands in as one of *another* key
+than its key's stand-in: the rule that the two match then breaks whenever either is
+a stand-in, and the loader reports it as unverified; two stand-ins that matched
+would pass the pair without a word about it."""
+
+PASSES_WHEN_ENCRYPTED = frozenset({*SECRET_KEYS, "tlsCertificate"})
+"""Top-level keys whose stand-in passes their value rules, so a problem the check
+finds on one of them (set without 'loadBalancer.tls', say) is the config's, not
+the stand-in's, and is reported as it is."""
 
 
-@functools.cache
-def _placeholder_pem() -> dict[str, str]:
-    """A throwaway key and certificate: what stands in for an encrypted PEM value
-    (a host's TLS material, the load balancer's key), so it passes the PEM rules
-    and the rest of the config can still be checked."""
+def _throwaway_pair() -> tuple[str, str]:
+    """A key and its certificate, fresh on each call, so that stand-ins from two
+    calls never belong together by accident."""
     import datetime
 
     from cryptography import x509
@@ -483,7 +540,22 @@ def _placeholder_pem() -> dict[str, str]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    return {"keyMaterial": pem_key, "certMaterial": pem_cert, "caMaterial": pem_cert}
+    return pem_key, pem_cert
+
+
+@functools.cache
+def _placeholder_pem() -> dict[str, str]:
+    """Throwaway keys and certificates: what stands in for an encrypted PEM value
+    (a host's TLS material, the load balancer's key and certificate), so it passes
+    the PEM rules and the rest of the config can still be checked."""
+    key, certificate = _throwaway_pair()
+    _, unmatched = _throwaway_pair()
+    return {
+        "keyMaterial": key,
+        "certMaterial": certificate,
+        "caMaterial": certificate,
+        "unmatchedCertificate": unmatched,
+    }
 
 
 def _unsecure(value: Any, name: str = "") -> tuple[Any, bool]:
@@ -723,7 +795,7 @@ def check_stack_file(path: Path, namespace: str = NAMESPACE) -> CheckedStack:
         if (
             top in stack.secret
             and top not in partly_secret
-            and top.split(":", 1)[-1] not in SECRET_KEYS
+            and top.split(":", 1)[-1] not in PASSES_WHEN_ENCRYPTED
         ):
             problem = Problem(
                 problem.key,

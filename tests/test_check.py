@@ -451,3 +451,108 @@ def test_key_hint_in_a_host_entry_names_it_as_written(
         "  config key 'hosts[1].docker_host': unknown key; keys are camelCase: "
         "did you mean 'hosts[1].dockerHost'?"
     ) in err.splitlines()
+
+
+def test_misspelt_keys_get_the_closest_key_named_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "config:\n  model: org/model\n  replcas: 1\n"
+        "  vllm-nginx:loadBalancer:\n    bindadress: 0.0.0.0\n    prot: 9000\n"
+        "  hosts:\n"
+        "    - {name: a, dockerhost: 'ssh://a', address: 10.0.0.1, replicas: 1}\n"
+    )
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    lines = err.splitlines()
+    for line in (
+        "  config key 'replcas': unknown key (a typo?): did you mean 'replicas'?",
+        "  config key 'vllm-nginx:loadBalancer.bindadress': unknown key (a typo?): "
+        "did you mean 'loadBalancer.bindAddress'?",
+        "  config key 'vllm-nginx:loadBalancer.prot': unknown key (a typo?): "
+        "did you mean 'loadBalancer.port'?",
+        "  config key 'hosts[0].dockerhost': unknown key; keys are camelCase: "
+        "did you mean 'hosts[0].dockerHost'?",
+    ):
+        assert line in lines, lines
+    for written in ("'replcas'", ".bindadress'", ".prot'", ".dockerhost'"):
+        assert sum(written in line for line in lines) == 1, (written, lines)
+
+
+def _tls_stack(certificate: str, key: str, *, tls: bool = True) -> str:
+    return (
+        GOOD
+        + f"  vllm-nginx:loadBalancer:\n    tls: {'true' if tls else 'false'}\n"
+        + f"  vllm-nginx:tlsCertificate:\n{certificate}"
+        + (f"  vllm-nginx:tlsKey:\n{key}" if key else "")
+    )
+
+
+ENCRYPTED = f"    {SECURE}\n"
+PAIR_NOTE = (
+    "note: 'vllm-nginx:tlsKey' is encrypted (secure:), as is 'tlsCertificate', so whether it "
+    "is the private key of 'tlsCertificate' cannot be verified offline; `pulumi up` decrypts "
+    "them and checks"
+)
+
+
+def test_encrypted_certificate_and_key_are_left_to_pulumi_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both halves are stand-ins: the check says the pair is unverified, never that it matches."""
+    code, out, err = run(capsys, project(tmp_path, s=_tls_stack(ENCRYPTED, ENCRYPTED)), "s")
+    assert code == 0, err
+    assert err == ""
+    assert "  load balancer  https://localhost:8000" in out
+    assert [line for line in out.splitlines() if "'tlsCertificate'" in line] == [PAIR_NOTE]
+    assert "cannot be checked without the Pulumi CLI" not in out
+
+
+def test_encrypted_certificate_written_without_namespace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "config:\n  model: org/model\n  loadBalancer:\n    tls: true\n"
+        f"  tlsCertificate:\n{ENCRYPTED}  tlsKey:\n{ENCRYPTED}"
+    )
+    code, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 0, err
+    assert PAIR_NOTE.replace("'vllm-nginx:tlsKey'", "'tlsKey'") in out.splitlines()
+
+
+def test_encrypted_certificate_with_a_plain_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plain key is the problem; its match with the stand-in certificate is no verdict."""
+    key = Path(make_test_pki(tmp_path / "pki").server.key).read_text()
+    text = _tls_stack(ENCRYPTED, "    |\n" + _indented(key, 6))
+    code, _, err = run(capsys, project(tmp_path, s=text), "s")
+    assert code == 1
+    problems = [line for line in err.splitlines() if line.startswith("  ")]
+    assert problems == [
+        "  config key 'vllm-nginx:tlsKey': must be set with `pulumi config set --secret tlsKey "
+        "...` (it is stored in plain text)"
+    ]
+    assert (
+        "note: 'vllm-nginx:tlsKey' is compared with the encrypted (secure:) 'tlsCertificate', "
+        "so whether it is the private key of 'tlsCertificate' cannot be verified offline; "
+        "`pulumi up` decrypts it and checks"
+    ) in err.splitlines()
+    assert "PRIVATE KEY" not in err
+
+
+@pytest.mark.parametrize(
+    ("tls", "key", "problem"),
+    [
+        (False, ENCRYPTED, "'vllm-nginx:tlsCertificate': is set but 'loadBalancer.tls' is false"),
+        (True, "", "'vllm-nginx:tlsKey': is required with 'loadBalancer.tls' true"),
+    ],
+)
+def test_encrypted_certificate_still_meets_the_rules_between_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tls: bool, key: str, problem: str
+) -> None:
+    code, _, err = run(capsys, project(tmp_path, s=_tls_stack(ENCRYPTED, key, tls=tls)), "s")
+    assert code == 1
+    problems = [line for line in err.splitlines() if line.startswith("  ")]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"  config key {problem}"), problems

@@ -320,3 +320,22 @@ def test_key_hints_reach_into_host_entries() -> None:
     ):
         assert line in found, found
     assert "config key 'vllm-nginx:hosts[1].dockerHost': is required" in found
+
+
+def test_misspelt_keys_in_host_entries_get_the_closest_key() -> None:
+    second = {**TWO[1], "adress": TWO[1]["address"], "tls": {"certPth": "/certs"}}
+    del second["address"]
+    first = {**TWO[0], "dockerhost": TWO[0]["dockerHost"], "replcas": 1}
+    del first["dockerHost"]
+    found = problems(hosts=[first, second])
+    for line in (
+        "config key 'vllm-nginx:hosts[0].dockerhost': unknown key; keys are camelCase: "
+        "did you mean 'hosts[0].dockerHost'?",
+        "config key 'vllm-nginx:hosts[0].replcas': unknown key (a typo?): "
+        "did you mean 'hosts[0].replicas'?",
+        "config key 'vllm-nginx:hosts[1].adress': unknown key (a typo?): "
+        "did you mean 'hosts[1].address'?",
+        "config key 'vllm-nginx:hosts[1].tls.certPth': unknown key (a typo?): "
+        "did you mean 'hosts[1].tls.certPath'?",
+    ):
+        assert line in found, found

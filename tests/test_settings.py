@@ -364,3 +364,88 @@ def test_a_sealed_tls_key_leaves_the_match_to_pulumi_up(tmp_path: Path) -> None:
     assert [str(p) for p in caught.value.problems] == [
         "config key 'vllm-nginx:tlsKey': is not the private key of 'tlsCertificate'"
     ]
+
+
+TYPO = "unknown key (a typo?): did you mean"
+CASE = "unknown key; keys are camelCase: did you mean"
+HINTS = [
+    (raw(replcas=3), "replcas", f"{TYPO} 'replicas'?"),
+    (raw(loadBalancer={"prot": 80}), "loadBalancer.prot", f"{TYPO} 'loadBalancer.port'?"),
+    (
+        raw(loadBalancer={"bindadress": "0.0.0.0"}),
+        "loadBalancer.bindadress",
+        f"{TYPO} 'loadBalancer.bindAddress'?",
+    ),
+    (
+        raw(monitoring={"prometheus": {"retentionDay": 3}}),
+        "monitoring.prometheus.retentionDay",
+        f"{TYPO} 'monitoring.prometheus.retentionDays'?",
+    ),
+    # Case and snake_case: the camelCase hint, also where `to_camel` alone misses it.
+    (raw(base_port=9000), "base_port", f"{CASE} 'basePort'?"),
+    (raw(TensorParallelSize=1), "TensorParallelSize", f"{CASE} 'tensorParallelSize'?"),
+    (raw(loadBalancer={"BindAddress": "0.0.0.0"}), "loadBalancer.BindAddress", CASE),
+    # Nothing close: the plain message, no guess.
+    (raw(quantization="awq"), "quantization", "unknown key (a typo?); see the config reference"),
+    # Close in letters, wrong in meaning (a vLLM argument, not 'model'): below the cutoff.
+    (raw(maxModelLen=4096), "maxModelLen", "unknown key (a typo?); see the config reference"),
+]
+
+
+@pytest.mark.parametrize(("config", "key", "rule"), HINTS, ids=[h[1] for h in HINTS])
+def test_unknown_key_gets_the_closest_valid_key(
+    config: dict[str, Any], key: str, rule: str
+) -> None:
+    """One line per misspelt key, the suggestion as a full path the way the user writes it."""
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(config)
+    about = [str(p) for p in caught.value.problems if p.key == f"vllm-nginx:{key}"]
+    assert len(about) == 1, caught.value.problems
+    assert about[0].startswith(f"config key 'vllm-nginx:{key}': {rule}"), about[0]
+
+
+def test_a_misspelt_key_gets_no_second_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw(replcas=3, loadBalancer={"prot": 80}))
+    assert [str(p) for p in caught.value.problems] == [
+        f"config key 'vllm-nginx:loadBalancer.prot': {TYPO} 'loadBalancer.port'?",
+        f"config key 'vllm-nginx:replcas': {TYPO} 'replicas'?",
+    ]
+
+
+def test_a_sealed_certificate_leaves_the_match_to_pulumi_up(tmp_path: Path) -> None:
+    """Sealed, the certificate's value is a stand-in; `pulumi up` has the real one and checks it."""
+    certificate = Path(make_test_pki(tmp_path / "a").server.certificate).read_text()
+    other_key = Path(make_test_pki(tmp_path / "b").server.key).read_text()
+    config = raw(loadBalancer={"tls": True}, tlsCertificate=certificate, tlsKey=other_key)
+    secret = {"tlsKey", "tlsCertificate"}
+    loaded = load_config(config, secret, sealed=secret)
+    assert loaded.problems == ()
+    assert [str(p) for p in loaded.unverified] == [
+        "config key 'vllm-nginx:tlsKey': is encrypted (secure:), as is 'tlsCertificate', so "
+        "whether it is the private key of 'tlsCertificate' cannot be verified offline; "
+        "`pulumi up` decrypts them and checks"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config(config, secret)
+    assert [str(p) for p in caught.value.problems] == [
+        "config key 'vllm-nginx:tlsKey': is not the private key of 'tlsCertificate'"
+    ]
+    not_pem = raw(loadBalancer={"tls": True}, tlsCertificate="not a certificate", tlsKey=other_key)
+    with pytest.raises(ConfigError) as caught:
+        settings_from_config(not_pem, secret)
+    assert [p.key for p in caught.value.problems] == ["vllm-nginx:tlsCertificate"]
+    assert "must be a PEM certificate" in str(caught.value)
+
+
+def test_the_stand_ins_for_certificate_and_key_never_match() -> None:
+    """Two stand-ins that matched would pass the pair silently, without the unverified note."""
+    from pydantic import SecretStr
+
+    from components.stack_config import PEM_STAND_INS, _placeholder_pem
+    from components.value_types import key_matches_certificate
+
+    pem = _placeholder_pem()
+    key = SecretStr(pem[PEM_STAND_INS["tlsKey"]])
+    certificate = SecretStr(pem[PEM_STAND_INS["tlsCertificate"]])
+    assert not key_matches_certificate(key, certificate)
