@@ -546,7 +546,11 @@ def _rollouts(
             replica=r.name,
             wave=index // size,
             drain=argv("drain", r, settings.stop_grace_seconds),
-            resume=argv("resume", r, settings.ready_timeout_seconds),
+            resume=(
+                *argv("resume", r, settings.ready_timeout_seconds),
+                "--probe",
+                f"{r.url}/health",
+            ),
         )
         for index, r in enumerate(replicas)
     )

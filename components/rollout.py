@@ -23,6 +23,7 @@ its dependents), which drains, and creates it again afterwards, which resumes.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import time
@@ -31,6 +32,8 @@ from collections.abc import Sequence
 import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
+
+from .gate import NotReady, wait_healthy
 
 NGINX_CONFIG = "/etc/nginx/nginx.conf"
 DRAINED = "#drained# "
@@ -156,37 +159,29 @@ def resume(
     *,
     upstream: str | None = None,
     replica_client: docker.DockerClient | None = None,
-    poll: float = 0.5,
+    probe: str | None = None,
     progress: float = 15.0,
 ) -> str:
     lb = _get(client, lb_name)
     engine = replica_client or client
     if lb is None:
         return f"{replica_name}: no load balancer yet (first deploy); the readiness check waits"
-    start = time.monotonic()
-    last_report = start
-    while True:
-        try:
-            container = engine.containers.get(replica_name)
-        except NotFound:
-            raise RolloutError(f"replica {replica_name} does not exist") from None
-        state = container.attrs.get("State", {})
-        health = (state.get("Health") or {}).get("Status", "none")
-        if health == "healthy":
-            break
-        if state.get("Status") in ("exited", "dead"):
-            raise RolloutError(f"replica {replica_name} exited before becoming healthy")
-        now = time.monotonic()
-        if now - start > timeout:
-            raise RolloutError(
-                f"replica {replica_name} not healthy after {timeout:.0f} s (readyTimeoutSeconds)"
-            )
-        if now - last_report >= progress:
-            print(f"{replica_name}: {health}, waiting to put it back in rotation", flush=True)
-            last_report = now
-        time.sleep(poll)
+    # Ready as the readiness check sees it: its /health answering at `probe`,
+    # not Docker's next probe, which would hold every wave up to its interval.
+    try:
+        took = wait_healthy(
+            engine,
+            [replica_name],
+            timeout,
+            poll=0.1,
+            probes={replica_name: probe} if probe else None,
+            progress=lambda line: print(f"[rollout] {line}", flush=True),
+            interval=progress,
+        )[replica_name]
+    except NotReady as err:
+        raise RolloutError(str(err)) from None
     _edit_upstream(lb, upstream or f"{replica_name}:{port}", down=False)
-    return f"{replica_name}: healthy, back in rotation after {time.monotonic() - start:.1f} s"
+    return f"{replica_name}: healthy, back in rotation after {took:.1f} s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -202,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--replica-engine", default=None, help="the replica's engine, if not nginx's (DOCKER_HOST)"
     )
+    parser.add_argument("--probe", default=None, help="resume: its /health as reached from here")
     args = parser.parse_args(argv)
     try:
         client = docker.from_env()
@@ -210,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.replica_engine
             else None
         )
-        step = drain if args.action == "drain" else resume
+        step = drain if args.action == "drain" else functools.partial(resume, probe=args.probe)
         message = step(
             client,
             args.lb,
