@@ -297,6 +297,30 @@ def test_two_hosts_behind_one_load_balancer() -> None:
             assert back is not None, "host two's replicas got no traffic within 30 s of healthy"
             assert back <= FAIL_WINDOW + 2, f"served again {back:.1f} s after healthy"
 
+            # One replica fewer on host two: deleted on host two's engine (after
+            # leaving nginx), nothing else replaced, host one untouched.
+            smaller = two_host_config(one, two, base, standin)
+            hosts = json.loads(smaller[f"{NAMESPACE}:hosts"])
+            hosts[1]["replicas"] = REPLICAS_PER_HOST - 1
+            smaller[f"{NAMESPACE}:hosts"] = json.dumps(hosts)
+            fewer = Applier(machine, run_program(smaller, [f"{NAMESPACE}:apiKey"]).declared)
+            fewer.carry_state_from(applier)
+            removed = f"e2e-mh-{two.name}-{REPLICAS_PER_HOST - 1}"
+            result = fewer.apply()
+            applier = fewer
+            assert result.deleted == [f"vllm-{removed}-rotation", f"vllm-{removed}"]
+            assert not [c for c in result.created if "e2e-mh-" in c], result.created
+            assert removed not in {c.name for c in two.client().containers.list(all=True)}
+            assert sorted(_hostnames(two).values()) == sorted(
+                n for n in second.values() if n != removed
+            )
+            assert sorted(_hostnames(one).values()) == sorted(first.values())
+            output = lb.exec_run(["cat", "/etc/nginx/nginx.conf"]).output
+            assert isinstance(output, bytes)
+            config = output.decode()
+            assert f"{two.address}:{BASE_PORT}" in config
+            assert f"{two.address}:{BASE_PORT + REPLICAS_PER_HOST - 1}" not in config
+
             # Teardown: only the caches stay, on each engine.
             kept = applier.destroy()
             destroyed = True

@@ -247,12 +247,17 @@ class Applier:
         # The inputs each container was last applied with, as Pulumi's state
         # keeps them (an in-place update records new inputs the engine may ignore).
         self.container_state: dict[str, dict[str, Any]] = {}
+        # The provider each container was made with (None: the default one): a
+        # container no longer declared is deleted through it, as Pulumi deletes
+        # a removed resource with the provider its state names.
+        self.container_provider: dict[str, Declared | None] = {}
         self.updated_in_place: list[str] = []
         self.deleted_commands: list[str] = []
 
     def carry_state_from(self, previous: Applier) -> None:
         """Start from what an earlier apply left, as Pulumi starts from its state."""
         self.container_state = dict(previous.container_state)
+        self.container_provider = dict(previous.container_provider)
         self._command_state = dict(previous._command_state)
         self.command_inputs = dict(previous.command_inputs)
 
@@ -357,8 +362,10 @@ class Applier:
             applied.deleted.append(name)
         for name in [n for n in self.container_state if n not in declared]:
             state = self.container_state.pop(name)
+            provider = self.container_provider.pop(name, None)
+            client = self.client if provider is None else self._engine(provider)
             with suppress(NotFound):
-                _remove(self.client.containers.get(state["name"]), state.get("destroyGraceSeconds"))
+                _remove(client.containers.get(state["name"]), state.get("destroyGraceSeconds"))
             applied.deleted.append(name)
 
     def _apply_one(self, resource: Declared, applied: Applied) -> None:
@@ -492,6 +499,7 @@ class Applier:
             _remove(existing, (previous or inputs).get("destroyGraceSeconds"))
         container = self._create_container(inputs, digest, client)
         self.container_state[resource.name] = inputs
+        self.container_provider[resource.name] = self._provider_of(resource)
         applied.created.append(resource.name)
         return {"id": container.id or "", "name": name}
 
