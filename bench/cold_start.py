@@ -28,7 +28,8 @@ every replica is replaced (a changed environment), in waves with a drain at
 nginx before each stop (components.rollout); reports how long the update took
 and how many streams failed or were cut, out of how many.
 
-Prints tables and writes bench/results/cold_start.json.
+Prints tables and writes bench/results/cold_start.json and .png (`--out` names
+another stem, for runs with other D and L).
 """
 
 from __future__ import annotations
@@ -184,7 +185,9 @@ def print_updates(updates: list[dict[str, Any]]) -> None:
         )
 
 
-def chart(rows: list[dict[str, Any]], updates: list[dict[str, Any]], d: float, l_: float) -> None:
+def chart(
+    rows: list[dict[str, Any]], updates: list[dict[str, Any]], d: float, l_: float, out: Path
+) -> None:
     """Cold start by N (ours, the guide by hand, the goal) and the update's duration."""
     import matplotlib
 
@@ -225,7 +228,7 @@ def chart(rows: list[dict[str, Any]], updates: list[dict[str, Any]], d: float, l
     right.set_ylabel("rolling update of every replica (s)")
     right.set_title("update under streaming load")
     fig.tight_layout()
-    fig.savefig(RESULTS / "cold_start.png", dpi=110)
+    fig.savefig(out.with_suffix(".png"), dpi=110)
 
 
 def main() -> None:
@@ -236,6 +239,7 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="cold starts per N and way; the median is reported"
     )
+    parser.add_argument("--out", default="cold_start", help="file stem under bench/results")
     args = parser.parse_args()
     client = docker.from_env(timeout=300)
     base_image(client)
@@ -272,7 +276,8 @@ def main() -> None:
     for row in updates:
         print(row, flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cold_start.json").write_text(
+    out = RESULTS / args.out
+    out.with_suffix(".json").write_text(
         json.dumps(
             {
                 "download_seconds": args.download,
@@ -286,7 +291,7 @@ def main() -> None:
         )
         + "\n"
     )
-    chart(rows, updates, args.download, args.load)
+    chart(rows, updates, args.download, args.load, out)
     print(f"\nD = {args.download} s, L = {args.load} s")
     print(f"median of {args.repeat} cold starts each (min to max)")
     print(

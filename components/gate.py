@@ -131,20 +131,18 @@ def wait_healthy(
             if answer is None:
                 # Unreachable from here: asking again would slow every round.
                 del probes[name]
-            health = status = ""
-            restarts = 0
-            if not answer:
-                # Its /health is asked every round; Docker only as often as needed
-                # to see a crash or its own verdict in good time.
-                if clock() - inspected.get(name, float("-inf")) < inspect_every:
-                    continue
-                inspected[name] = clock()
-                try:
-                    container = client.containers.get(name)
-                except NotFound:
-                    raise NotReady(f"replica {name}: container does not exist") from None
-                status, health, restarts = _state(container)
-            if answer or health == "healthy":
+            # Its /health is asked every round; Docker only as often as needed to
+            # see a crash or its own verdict in good time, and once more when
+            # /health answers, to be sure it is this container that runs.
+            if not answer and clock() - inspected.get(name, float("-inf")) < inspect_every:
+                continue
+            inspected[name] = clock()
+            try:
+                container = client.containers.get(name)
+            except NotFound:
+                raise NotReady(f"replica {name}: container does not exist") from None
+            status, health, restarts = _state(container)
+            if (answer and status == "running") or health == "healthy":
                 ready[name] = clock() - start
                 pending.remove(name)
                 states[name] = "healthy"
