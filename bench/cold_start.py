@@ -22,7 +22,8 @@ a real vLLM's load includes its own start-up, so what exceeds D + L is the
 deployment's own cost (starting the job and the containers, noticing they
 serve).
 
-Then an update: the deployment (D and L as above) serves a continuous
+Then an update: the rolling-update test's deployment (tests/test_e2e_rollout.py:
+D = 1 s, L = 2 s, whatever --download and --load say) serves a continuous
 streaming load (2 streams per replica, 24 tokens each, through nginx) while
 every replica is replaced (a changed environment), in waves with a drain at
 nginx before each stop (components.rollout); reports how long the update took
