@@ -202,7 +202,7 @@ class VllmCluster(pulumi.ComponentResource):
         if plan.monitoring is not None:
             self.monitoring = Monitoring(
                 f"{name}-monitoring",
-                MonitoringArgs(plan.monitoring, self.network, self._secrets),
+                MonitoringArgs(plan.monitoring, self.network, self._secrets, lb_host.provider),
                 opts=child,
             )
             lb_after.append(self.monitoring.lb_exporter)
@@ -233,7 +233,6 @@ class VllmCluster(pulumi.ComponentResource):
             ],
             restart=plan.restart_policy,
             destroy_grace_seconds=lb.stop_grace_seconds,
-            labels=self.monitoring.lb_labels() if self.monitoring is not None else None,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 provider=lb_host.provider,
@@ -536,7 +535,13 @@ class VllmCluster(pulumi.ComponentResource):
             create=shlex.join((self._args.python, "-m", "components.lb.reload", "--lb", lb.name)),
             dir=str(self._args.project_dir),
             environment=environment,
-            triggers=[self.load_balancer.id],
+            # A reload also resolves nginx's syslog target again: a replaced exporter
+            # (new replicas to label) may have a new address, and nginx follows it
+            # without being replaced itself.
+            triggers=[
+                self.load_balancer.id,
+                *([self.monitoring.lb_exporter.id] if self.monitoring is not None else []),
+            ],
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.load_balancer, *after]),
         )
 

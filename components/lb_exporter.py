@@ -14,7 +14,9 @@ offline tests) as well as on the official Python image.
 
 nginx's `$upstream_addr` holds addresses, not the names in its config, and a
 replica recreated by `pulumi up` may get a new address; the exporter resolves
-the replica names it is given (Docker's DNS) and labels by name.
+the replica names it is given (Docker's DNS) and labels by name. A replica on
+another host is given as `NAME=ADDRESS:PORT` (where nginx reaches it) and
+labelled by that name all the same.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ class ReplicaNames:
         resolve: Callable[[str, int], list[str]] | None = None,
         refresh_seconds: float = 10.0,
     ) -> None:
-        self.replicas = [(r.rsplit(":", 1)[0], int(r.rsplit(":", 1)[1])) for r in replicas]
+        # `NAME=HOST:PORT` (a replica on another host, reached by address), or
+        # `HOST:PORT` where the host is the replica's name on this network.
+        self.replicas = [_replica(r) for r in replicas]
         self.resolve = resolve or _resolve
         self.refresh_seconds = refresh_seconds
         self.by_address: dict[str, str] = {}
@@ -144,9 +148,9 @@ class ReplicaNames:
 
     def refresh(self) -> None:
         found: dict[str, str] = {}
-        for host, port in self.replicas:
+        for name, host, port in self.replicas:
             for address in self.resolve(host, port):
-                found[f"{address}:{port}"] = host
+                found[f"{address}:{port}"] = name
         self.by_address = found
         self.refreshed = time.monotonic()
 
@@ -157,6 +161,13 @@ class ReplicaNames:
             self.refresh()
         # An address that is no replica's stays visible as itself.
         return self.by_address.get(address, address)
+
+
+def _replica(spec: str) -> tuple[str, str, int]:
+    """(name, host, port) from `NAME=HOST:PORT` or `HOST:PORT`."""
+    name, _, where = spec.rpartition("=")
+    host, _, port = where.rpartition(":")
+    return name or host, host, int(port)
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -304,7 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--syslog", default=f"0.0.0.0:{SYSLOG_PORT}", type=_address)
     parser.add_argument("--http", default=f"0.0.0.0:{METRICS_PORT}", type=_address)
     parser.add_argument(
-        "--replica", action="append", default=[], help="host:port of a replica, as nginx has it"
+        "--replica",
+        action="append",
+        default=[],
+        help="[NAME=]HOST:PORT of a replica, as nginx has it (NAME: its label, default HOST)",
     )
     args = parser.parse_args(argv)
     metrics = LbMetrics(ReplicaNames(args.replica))

@@ -9,7 +9,8 @@ What each piece is for:
 
 - Prometheus scrapes every replica's `/metrics` over the deployment's network
   (labelled `replica=<container name>`, the label every dashboard panel
-  groups by) and the exporter;
+  groups by; a replica on another host where nginx reaches it, its host's
+  address and published port) and the exporter;
 - the exporter (`lb_exporter.py`, uploaded into an official Python image)
   turns nginx's per-request syslog lines into status, retry, per-replica and
   timing metrics, which nginx open source does not count itself;
@@ -31,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from .lb_exporter import METRICS_PORT, SYSLOG_PORT
-from .settings import Settings
+from .settings import VLLM_PORT, Settings
 
 DASHBOARD_FILE = Path(__file__).resolve().parent / "dashboards" / "vllm.json"
 EXPORTER_SOURCE = Path(__file__).resolve().parent / "lb_exporter.py"
@@ -111,6 +112,19 @@ def _url_host(public_host: str, bind_address: str) -> str:
     return bind_address if bind_address.startswith("127.") else public_host
 
 
+def replica_addresses(settings: Settings) -> dict[str, str]:
+    """Where monitoring, on the load balancer's engine, reaches each replica: by
+    name on the deployment's network, or, on another host, where nginx does
+    (the host's address and the replica's published port)."""
+    lb_host = settings.load_balancer_host
+    return {
+        p.name: f"{p.name}:{VLLM_PORT}"
+        if p.host is lb_host
+        else f"{p.host.address if p.host else p.name}:{p.port}"
+        for p in settings.placements()
+    }
+
+
 def prometheus_config(settings: Settings, *, api_key_file: str | None) -> str:
     """prometheus.yml: the replicas by container name, labelled, and the exporter.
 
@@ -125,8 +139,8 @@ def prometheus_config(settings: Settings, *, api_key_file: str | None) -> str:
         "job_name": "vllm",
         "metrics_path": "/metrics",
         "static_configs": [
-            {"targets": [f"{name}:8000"], "labels": {REPLICA_LABEL: name}}
-            for name in settings.replica_names()
+            {"targets": [address], "labels": {REPLICA_LABEL: name}}
+            for name, address in replica_addresses(settings).items()
         ],
     }
     if api_key_file is not None:
@@ -265,7 +279,13 @@ def build_monitoring_plan(settings: Settings) -> MonitoringPlan | None:
             EXPORTER_PATH,
             f"--syslog=0.0.0.0:{SYSLOG_PORT}",
             f"--http=0.0.0.0:{METRICS_PORT}",
-            *[f"--replica={name}:8000" for name in settings.replica_names()],
+            # By name where the name is the address, else NAME=ADDRESS:PORT.
+            *[
+                f"--replica={address}"
+                if address.startswith(f"{name}:")
+                else f"--replica={name}={address}"
+                for name, address in replica_addresses(settings).items()
+            ],
         ),
         uploads=(FileUpload(EXPORTER_PATH, EXPORTER_SOURCE.read_text()),),
     )

@@ -3,10 +3,11 @@
 A child component of the cluster, so that with monitoring off nothing of it
 is registered, and so that the cluster's own graph changes in two places
 only: the load balancer waits for the exporter (nginx resolves its syslog
-target once, at start) and carries the exporter's container id as a label.
-Labels are force-new in pulumi-docker, so a replaced exporter, which may get a
-new address, replaces the load balancer too instead of leaving nginx sending
-to an address nobody listens on.
+target when it loads its config), and the load balancer's config step has the
+exporter's container id among its triggers. The exporter is replaced whenever
+the replicas change (they are in its command); the step then reloads nginx,
+which resolves the new exporter's address, so nginx itself is never replaced
+for it (that would drop every connection when a replica is added).
 
 Inputs follow docs/provider-inputs.md: uploads with secret content are marked
 `additional_secret_outputs=["uploads"]` (the provider keeps uploads in state
@@ -25,7 +26,6 @@ import pulumi_docker as docker
 from .monitoring import MonitoringContainer, MonitoringPlan
 
 TYPE_TOKEN = "vllm-nginx:index:Monitoring"
-EXPORTER_LABEL = "vllm-nginx.lb-exporter-id"
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,13 @@ class MonitoringArgs:
     plan: MonitoringPlan
     network: docker.Network
     secrets: Mapping[str, pulumi.Output[str]]
+    provider: docker.Provider | None = None
+    """The load balancer's engine with 'hosts' (None: the default provider)."""
 
 
 class Monitoring(pulumi.ComponentResource):
-    """Prometheus, Grafana and the load balancer's exporter on the deployment's network."""
+    """Prometheus, Grafana and the load balancer's exporter on the deployment's network,
+    on the load balancer's engine."""
 
     prometheus_url: pulumi.Output[str]
     grafana_url: pulumi.Output[str]
@@ -46,6 +49,8 @@ class Monitoring(pulumi.ComponentResource):
     ) -> None:
         super().__init__(TYPE_TOKEN, name, None, opts)
         self._name = name
+        # Children inherit the provider: every piece runs where nginx does.
+        self._child = pulumi.ResourceOptions(parent=self, provider=args.provider)
         self._args = args
         plan = args.plan
         self.lb_exporter = self._container("lb-exporter", plan.lb_exporter)
@@ -57,10 +62,6 @@ class Monitoring(pulumi.ComponentResource):
         self.register_outputs(
             {"prometheus_url": self.prometheus_url, "grafana_url": self.grafana_url}
         )
-
-    def lb_labels(self) -> list[docker.ContainerLabelArgs]:
-        """For the load balancer: replaced whenever the exporter is."""
-        return [docker.ContainerLabelArgs(label=EXPORTER_LABEL, value=self.lb_exporter.id)]
 
     def _container(
         self,
@@ -74,8 +75,11 @@ class Monitoring(pulumi.ComponentResource):
             f"{self._name}-{role}-image",
             name=spec.image,
             keep_locally=plan.keep_images,
-            opts=pulumi.ResourceOptions(
-                parent=self, custom_timeouts=pulumi.CustomTimeouts(create=pull, update=pull)
+            opts=pulumi.ResourceOptions.merge(
+                self._child,
+                pulumi.ResourceOptions(
+                    custom_timeouts=pulumi.CustomTimeouts(create=pull, update=pull)
+                ),
             ),
         )
         volumes = None
@@ -83,8 +87,8 @@ class Monitoring(pulumi.ComponentResource):
             volume = docker.Volume(
                 f"{self._name}-{role}-data",
                 name=spec.volume,
-                opts=pulumi.ResourceOptions(
-                    parent=self, retain_on_delete=plan.keep_data_on_destroy
+                opts=pulumi.ResourceOptions.merge(
+                    self._child, pulumi.ResourceOptions(retain_on_delete=plan.keep_data_on_destroy)
                 ),
             )
             volumes = [
@@ -115,10 +119,12 @@ class Monitoring(pulumi.ComponentResource):
             uploads=uploads,
             restart=plan.restart_policy,
             destroy_grace_seconds=plan.stop_grace_seconds,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=after,
-                delete_before_replace=True,
-                additional_secret_outputs=["uploads"] if spec.secret_uploads else None,
+            opts=pulumi.ResourceOptions.merge(
+                self._child,
+                pulumi.ResourceOptions(
+                    depends_on=after,
+                    delete_before_replace=True,
+                    additional_secret_outputs=["uploads"] if spec.secret_uploads else None,
+                ),
             ),
         )

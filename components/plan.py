@@ -24,9 +24,16 @@ from .nginx_config import (
     render_extra_files,
     render_nginx_config,
 )
-from .settings import Backend, HostSettings, Placement, Settings, Upstream, format_cpu_set
+from .settings import (
+    VLLM_PORT,
+    Backend,
+    HostSettings,
+    Placement,
+    Settings,
+    Upstream,
+    format_cpu_set,
+)
 
-VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
 
 HF_CACHE_MOUNT = "/root/.cache/huggingface"

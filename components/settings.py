@@ -60,6 +60,9 @@ from .value_types import (
     url_path,
 )
 
+VLLM_PORT = 8000
+"""Where vLLM listens inside its container (the image's default); hosts publish it."""
+
 __all__ = [
     "SAFE_TOKEN_RULE",
     "Backend",
@@ -706,14 +709,6 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
         if s.grafana_password is not None:
             yield _rule("grafanaPassword", "is set but 'monitoring.enabled' is false", "monitoring")
         return
-    if s.hosts is not None:
-        yield _rule(
-            "monitoring.enabled",
-            "is not supported with 'hosts' yet: Prometheus would have to scrape replicas on "
-            "other hosts by address, and the exporter label them by name",
-            "hosts",
-        )
-        return
     if s.grafana_password is None:
         yield _rule(
             "grafanaPassword",
@@ -722,18 +717,28 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
             "monitoring",
         )
     last_port = s.base_port + s.replicas - 1
+    # Monitoring runs where nginx does: only that engine's replica ports can clash.
+    lb_host = s.load_balancer_host
+    beside = {p.port: p for p in s.placements() if p.host is lb_host}
     taken_ports = {s.load_balancer.port: "'loadBalancer.port'"}
     for key, port in (
         ("monitoring.prometheus.port", mon.prometheus.port),
         ("monitoring.grafana.port", mon.grafana.port),
     ):
-        if s.base_port <= port <= last_port:
+        if lb_host is None and s.base_port <= port <= last_port:
             yield _rule(
                 key,
                 f"{port} collides with the replica ports {s.base_port}-{last_port} "
                 "('basePort' + 'replicas')",
                 "basePort",
                 "replicas",
+            )
+        elif lb_host is not None and port in beside:
+            yield _rule(
+                key,
+                f"{port} is the port of replica {beside[port].name} on host {lb_host.name}, "
+                "where monitoring runs with the load balancer",
+                "hosts",
             )
         elif port in taken_ports:
             yield _rule(key, f"{port} is also {taken_ports[port]}", "loadBalancer")

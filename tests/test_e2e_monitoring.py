@@ -58,6 +58,8 @@ LB = "http://127.0.0.1:18780"
 PROMETHEUS = "http://127.0.0.1:18790"
 GRAFANA = "http://127.0.0.1:18791"
 REPLICAS = ("e2e-mon-vllm0", "e2e-mon-vllm1", "e2e-mon-vllm2")
+ADDED = "e2e-mon-vllm3"
+"""The replica a later test adds."""
 LB_NAME = "e2e-mon-lb"
 NETWORK = "e2e-mon-net"
 CACHE = "e2e-mon-hf-cache"
@@ -100,7 +102,7 @@ def monitoring_config() -> dict[str, str]:
 def remove_deployment(client: docker.DockerClient) -> None:
     remove_named(
         client,
-        containers=(LB_NAME, *MONITORING, *REPLICAS),
+        containers=(LB_NAME, *MONITORING, *REPLICAS, ADDED),
         networks=[NETWORK],
         volumes=[CACHE, *DATA_VOLUMES],
     )
@@ -123,13 +125,14 @@ def deployment() -> Iterator[Deployment]:
     grafana_standin_image(client)
     remove_deployment(client)
     run = run_program(monitoring_config(), SECRET_KEYS)
-    applier = Applier(client, run.declared)
+    deployment = Deployment(client, run, Applier(client, run.declared), Applied())
     try:
-        applied = applier.apply()
-        yield Deployment(client, run, applier, applied)
+        deployment.applied = deployment.applier.apply()
+        yield deployment
     finally:
         try:
-            applier.destroy()
+            # A test may have applied a later version: its state is the one to destroy.
+            deployment.applier.destroy()
         finally:
             remove_deployment(client)
 
@@ -278,12 +281,40 @@ def test_secrets_stay_secret(deployment: Deployment) -> None:
         assert GRAFANA_PASSWORD not in container.logs().decode()
 
 
+def test_a_new_replica_reloads_nginx_and_the_new_exporter_labels_it(
+    deployment: Deployment,
+) -> None:
+    """The exporter has the replicas in its command, so adding one replaces it. nginx
+    must not be replaced for that (every connection would drop): its config step
+    reloads it, which resolves the new exporter's address, and the lines for the
+    new replica arrive there, labelled with its name."""
+    client = deployment.client
+    lb_before = client.containers.get(LB_NAME).id
+    exporter_before = client.containers.get("e2e-mon-lb-exporter").id
+    config = monitoring_config()
+    config[f"{NAMESPACE}:replicas"] = "4"
+    more = Applier(client, run_program(config, SECRET_KEYS).declared)
+    more.carry_state_from(deployment.applier)
+    deployment.applier = more
+    more.apply()
+    assert client.containers.get(LB_NAME).id == lb_before
+    assert client.containers.get("e2e-mon-lb-exporter").id != exporter_before
+    openai_client = openai.OpenAI(base_url=f"{LB}/v1", api_key=API_KEY, max_retries=0)
+    for turn in range(16):
+        openai_client.completions.create(model="tiny-chat", prompt=f"p{turn}", max_tokens=2)
+    query = f'sum by (replica) (vllm_lb_upstream_attempts_total{{replica="{ADDED}"}})'
+    deadline = time.monotonic() + 20
+    while not prometheus("/api/v1/query", query=query)["result"]:
+        assert time.monotonic() < deadline, f"no attempt on {ADDED} reached Prometheus"
+        time.sleep(0.5)
+
+
 def test_teardown_keeps_the_data_volumes(deployment: Deployment) -> None:
     kept = deployment.applier.destroy()
     assert sorted(kept) == sorted(
         ["vllm-hf-cache", "vllm-monitoring-prometheus-data", "vllm-monitoring-grafana-data"]
     )
     names = {c.name for c in deployment.client.containers.list(all=True)}
-    assert not names & {*MONITORING, LB_NAME, *REPLICAS}
+    assert not names & {*MONITORING, LB_NAME, *REPLICAS, ADDED}
     for volume in DATA_VOLUMES:
         assert deployment.client.volumes.get(volume).name == volume

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from components.check import main as check_main
+from components.monitoring import build_monitoring_plan, prometheus_config
 from components.plan import build_plan
 from components.stack_config import ConfigError, parse_settings, settings_from_config
 from tests.support.nginx import make_test_pki
@@ -129,19 +131,14 @@ def test_ports_replica_counts_and_the_lb_port() -> None:
     )
 
 
-def test_single_host_keys_and_monitoring_are_refused_with_hosts() -> None:
-    found = problems(
-        gpus=[[0]], bindAddress="0.0.0.0", publicHost="x", monitoring={"enabled": True}
-    )
+def test_single_host_keys_are_refused_with_hosts() -> None:
+    found = problems(gpus=[[0]], bindAddress="0.0.0.0", publicHost="x")
     rule = "must not be set with 'hosts': each host says its own"
-    assert found[:3] == [
+    assert found == [
         f"config key 'vllm-nginx:gpus': {rule} ('hosts[i].gpus')",
         f"config key 'vllm-nginx:bindAddress': {rule} ('hosts[i].bindAddress')",
         f"config key 'vllm-nginx:publicHost': {rule} ('hosts[i].address')",
     ]
-    assert any(
-        p.startswith("config key 'vllm-nginx:monitoring.enabled': is not supported") for p in found
-    )
     with pytest.raises(
         ConfigError, match=r"'vllm-nginx:loadBalancer\.host': is set but 'hosts' is not"
     ):
@@ -339,3 +336,51 @@ def test_misspelt_keys_in_host_entries_get_the_closest_key() -> None:
         "did you mean 'hosts[1].tls.certPath'?",
     ):
         assert line in found, found
+
+
+MONITORED = {"monitoring": {"enabled": True}, "grafanaPassword": "grafana-pw-123"}
+
+
+def test_monitoring_scrapes_replicas_on_other_hosts_where_nginx_reaches_them() -> None:
+    settings = parse_settings(raw(**MONITORED))
+    config = yaml.safe_load(prometheus_config(settings, api_key_file=None))
+    vllm = next(job for job in config["scrape_configs"] if job["job_name"] == "vllm")
+    assert [(c["targets"], c["labels"]["replica"]) for c in vllm["static_configs"]] == [
+        (["vllm-gpu-a-0:8000"], "vllm-gpu-a-0"),
+        (["vllm-gpu-a-1:8000"], "vllm-gpu-a-1"),
+        (["10.0.0.12:8081"], "vllm-gpu-b-0"),
+        (["10.0.0.12:8082"], "vllm-gpu-b-1"),
+    ]
+    plan = build_monitoring_plan(settings)
+    assert plan is not None
+    assert [w for w in plan.lb_exporter.command if w.startswith("--replica=")] == [
+        "--replica=vllm-gpu-a-0:8000",
+        "--replica=vllm-gpu-a-1:8000",
+        "--replica=vllm-gpu-b-0=10.0.0.12:8081",
+        "--replica=vllm-gpu-b-1=10.0.0.12:8082",
+    ]
+
+
+def test_monitoring_ports_clash_only_with_the_load_balancer_hosts_replicas() -> None:
+    clash = {"enabled": True, "prometheus": {"port": 8082}}
+    assert problems(grafanaPassword="pw", monitoring=clash) == [
+        "config key 'vllm-nginx:monitoring.prometheus.port': 8082 is the port of replica "
+        "vllm-gpu-a-1 on host gpu-a, where monitoring runs with the load balancer"
+    ]
+    # Host gpu-b's replicas publish 8081-8082 on their own machine: no clash there.
+    moved = [{**TWO[0], "basePort": 9001}, TWO[1]]
+    parse_settings(raw(grafanaPassword="pw", monitoring=clash, hosts=moved))
+
+
+def test_monitoring_runs_on_the_load_balancers_engine() -> None:
+    config = {f"{NS}:{k}": v for k, v in raw(**MONITORED).items()}
+    run = run_program(config, [f"{NS}:grafanaPassword"])
+    monitoring = [
+        d for d in run.declared if d.type.startswith("docker:index/") and "monitoring" in d.name
+    ]
+    assert {d.name for d in monitoring} >= {
+        "vllm-monitoring-prometheus",
+        "vllm-monitoring-grafana",
+        "vllm-monitoring-lb-exporter",
+    }
+    assert {_provider_name(run, d) for d in monitoring} == {"vllm-gpu-a-docker"}

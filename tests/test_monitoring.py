@@ -140,8 +140,11 @@ def test_lb_sends_its_lines_to_the_exporter_and_follows_it() -> None:
     lb = run.named("vllm-lb")
     exporter = run.named("vllm-monitoring-lb-exporter")
     assert exporter.urn in lb.dependencies
-    assert lb.inputs["labels"] == [
-        {"label": "vllm-nginx.lb-exporter-id", "value": "@@vllm-monitoring-lb-exporter.id@@"}
+    # A replaced exporter (replicas added or removed) reloads nginx, never replaces it.
+    assert "labels" not in lb.inputs
+    assert run.named("vllm-lb-config").inputs["triggers"] == [
+        "@@vllm-lb.id@@",
+        "@@vllm-monitoring-lb-exporter.id@@",
     ]
     config = lb.inputs["uploads"][0]["content"]
     assert "access_log syslog:server=vllm-lb-exporter:5514,tag=vllm_lb,nohostname" in config
@@ -349,3 +352,16 @@ def test_stand_in_metrics_skip_families_already_exposed() -> None:
         'vllm:request_success_total{model_name="tiny",engine="0",finished_reason="length"} 1'
         in full
     )
+
+
+def test_exporter_labels_a_replica_on_another_host_by_its_name() -> None:
+    """With 'hosts', nginx reaches other hosts' replicas by address and port; the
+    exporter is told `NAME=ADDRESS:PORT` and labels by the name, like the rest."""
+    names = ReplicaNames(
+        ["vllm-a-0=vllm-a-0:8000", "vllm-b-0=10.0.0.12:8081", "vllm-b-1=10.0.0.12:8082"],
+        lambda host, port: {"vllm-a-0": ["172.18.0.5"]}.get(host, [host]),
+    )
+    assert names.name("172.18.0.5:8000") == "vllm-a-0"
+    assert names.name("10.0.0.12:8081") == "vllm-b-0"
+    assert names.name("10.0.0.12:8082") == "vllm-b-1"
+    assert names.name("10.0.0.13:8081") == "10.0.0.13:8081"
