@@ -26,12 +26,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import docker
+import httpx
 import openai
 import pytest
 
 from components.stack_config import NAMESPACE
 from tests.support.docker_apply import Applier
-from tests.support.docker_engine import base_image, docker_client, remove_named, standin_image
+from tests.support.docker_engine import (
+    base_image,
+    docker_client,
+    grafana_standin_image,
+    monitoring_image,
+    remove_named,
+    standin_image,
+)
 from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
 from tests.support.pulumi_capture import run_program
 
@@ -40,6 +48,8 @@ pytestmark = pytest.mark.docker
 API_KEY = "e2e-mh-key-123"
 LB_PORT = 18800
 BASE_PORT = 18811
+PROMETHEUS_PORT = 18840
+SECRET_KEYS = [f"{NAMESPACE}:apiKey", f"{NAMESPACE}:grafanaPassword"]
 FAIL_WINDOW = 5
 CACHE = "e2e-mh-hf-cache"
 NETWORK = "e2e-mh-net"
@@ -47,8 +57,12 @@ LB_NAME = "e2e-mh-lb"
 REPLICAS_PER_HOST = 2
 
 
-def two_host_config(one: NetnsHost, two: NetnsHost, base: str, standin: str) -> dict[str, str]:
-    """A two-host stack as the CLI hands it over (strings; objects as JSON)."""
+def two_host_config(
+    one: NetnsHost, two: NetnsHost, base: str, standin: str, monitoring: tuple[str, str]
+) -> dict[str, str]:
+    """A two-host stack as the CLI hands it over (strings; objects as JSON), with
+    monitoring (offline Prometheus and Grafana images) beside nginx on host one."""
+    prometheus, grafana = monitoring
     config: dict[str, Any] = {
         "backend": "cpu",
         "model": "standin-org/tiny-chat",
@@ -91,6 +105,26 @@ def two_host_config(one: NetnsHost, two: NetnsHost, base: str, standin: str) -> 
             "nextUpstreamTries": REPLICAS_PER_HOST + 1,
         },
         "apiKey": API_KEY,
+        "grafanaPassword": "e2e-mh-grafana-pw",
+        "monitoring": {
+            "enabled": True,
+            "bindAddress": one.address,
+            "keepDataOnDestroy": False,
+            "prometheus": {
+                "image": prometheus,
+                "port": PROMETHEUS_PORT,
+                "name": "e2e-mh-prometheus",
+                "volume": "e2e-mh-prometheus-data",
+                "scrapeIntervalSeconds": 1,
+            },
+            "grafana": {
+                "image": grafana,
+                "port": PROMETHEUS_PORT + 1,
+                "name": "e2e-mh-grafana",
+                "volume": "e2e-mh-grafana-data",
+            },
+            "lbExporter": {"image": base, "name": "e2e-mh-lb-exporter"},
+        },
     }
     return {
         f"{NAMESPACE}:{key}": json.dumps(value) if isinstance(value, dict | list) else str(value)
@@ -175,12 +209,13 @@ def test_two_hosts_behind_one_load_balancer() -> None:
     machine = docker_client()
     base = base_image(machine)
     standin = standin_image(machine)
+    monitoring = (monitoring_image(machine), grafana_standin_image(machine))
     with netns_hosts(2) as (one, two):
         began = time.monotonic()
-        for host in (one, two):
-            load_images(host, standin, base)
+        load_images(one, standin, base, *monitoring)
+        load_images(two, standin, base)
         loaded = time.monotonic() - began
-        run = run_program(two_host_config(one, two, base, standin), [f"{NAMESPACE}:apiKey"])
+        run = run_program(two_host_config(one, two, base, standin, monitoring), SECRET_KEYS)
         providers = {d.name: d.inputs["host"] for d in run.of_type("pulumi:providers:docker")}
         assert providers == {
             "vllm-vnh1-docker": one.docker_host,
@@ -216,6 +251,25 @@ def test_two_hosts_behind_one_load_balancer() -> None:
                 reply = client.completions.create(model="tiny-chat", prompt="x", max_tokens=2)
                 spread[names[str(reply.system_fingerprint)]] += 1
             assert set(spread) == set(names.values()), spread
+
+            # Monitoring beside nginx on host one scrapes host two's replicas by
+            # address and, like the exporter, labels every replica by its name.
+            prometheus = f"http://{one.address}:{PROMETHEUS_PORT}/api/v1"
+            query = "sum by (replica) (vllm_lb_upstream_attempts_total)"
+            deadline = time.monotonic() + 30
+            while True:
+                targets = httpx.get(f"{prometheus}/targets", timeout=5).json()["data"]
+                up = {
+                    t["labels"]["replica"]
+                    for t in targets["activeTargets"]
+                    if t["labels"]["job"] == "vllm" and t["health"] == "up"
+                }
+                answer = httpx.get(f"{prometheus}/query", params={"query": query}, timeout=5)
+                labelled = {r["metric"]["replica"] for r in answer.json()["data"]["result"]}
+                if up == labelled == set(names.values()):
+                    break
+                assert time.monotonic() < deadline, (up, labelled)
+                time.sleep(0.5)
 
             # Host two goes down under load, then comes back.
             outcomes: list[Outcome] = []
@@ -299,17 +353,18 @@ def test_two_hosts_behind_one_load_balancer() -> None:
 
             # One replica fewer on host two: deleted on host two's engine (after
             # leaving nginx), nothing else replaced, host one untouched.
-            smaller = two_host_config(one, two, base, standin)
+            smaller = two_host_config(one, two, base, standin, monitoring)
             hosts = json.loads(smaller[f"{NAMESPACE}:hosts"])
             hosts[1]["replicas"] = REPLICAS_PER_HOST - 1
             smaller[f"{NAMESPACE}:hosts"] = json.dumps(hosts)
-            fewer = Applier(machine, run_program(smaller, [f"{NAMESPACE}:apiKey"]).declared)
+            fewer = Applier(machine, run_program(smaller, SECRET_KEYS).declared)
             fewer.carry_state_from(applier)
             removed = f"e2e-mh-{two.name}-{REPLICAS_PER_HOST - 1}"
             result = fewer.apply()
             applier = fewer
             assert result.deleted == [f"vllm-{removed}-rotation", f"vllm-{removed}"]
             assert not [c for c in result.created if "e2e-mh-" in c], result.created
+            assert one.client().containers.get(LB_NAME).id == lb.id, "nginx was replaced"
             assert removed not in {c.name for c in two.client().containers.list(all=True)}
             assert sorted(_hostnames(two).values()) == sorted(
                 n for n in second.values() if n != removed
