@@ -16,7 +16,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from .cluster import PROJECT_DIR, VllmCluster, VllmClusterArgs
-from .serving import replicas_running
+from .serving import deployment_running
 from .settings import Settings
 from .stack_config import (
     NAMESPACE,
@@ -68,7 +68,7 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
                 "can use them. Set one with `pulumi config set --secret apiKey <key>` "
                 "(vLLM then refuses /v1 without it) and firewall the replica ports."
             )
-    rolling = replicas_running(settings.replica_names(), docker_host)
+    rolling = deployment_running(settings, docker_host)
     cluster = VllmCluster(
         name, VllmClusterArgs(settings=settings, docker_host=docker_host, rolling=rolling)
     )

@@ -42,6 +42,7 @@ from tests.support.docker_engine import (
 )
 from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
 from tests.support.pulumi_capture import run_program
+from tests.support.streaming_load import streaming_load
 
 pytestmark = pytest.mark.docker
 
@@ -351,9 +352,40 @@ def test_two_hosts_behind_one_load_balancer() -> None:
             assert back is not None, "host two's replicas got no traffic within 30 s of healthy"
             assert back <= FAIL_WINDOW + 2, f"served again {back:.1f} s after healthy"
 
+            # A rolling update of every replica on both engines under streaming
+            # load: waves of half, each replica drained at nginx (its running
+            # requests read through its own engine) before it stops.
+            updated = two_host_config(one, two, base, standin, monitoring)
+            env = json.loads(updated[f"{NAMESPACE}:extraEnv"])
+            updated[f"{NAMESPACE}:extraEnv"] = json.dumps({**env, "STANDIN_REVISION": "2"})
+            upgrade = Applier(machine, run_program(updated, SECRET_KEYS).declared)
+            upgrade.carry_state_from(applier)
+            with streaming_load(lb_url, API_KEY, workers=4) as streams:
+                time.sleep(2)
+                began = time.monotonic()
+                applied_update = upgrade.apply()
+                update_seconds = time.monotonic() - began
+                time.sleep(2)
+            applier = upgrade
+            broken = [s for s in streams if not s.whole]
+            print(
+                f"rolling update on two engines: {update_seconds:.1f} s, {len(streams)} "
+                f"streams, {len(broken)} failed or cut"
+            )
+            # Waves: host two's replicas were replaced only after host one's were back.
+            timings = applied_update.timings
+            first_back = max(timings[f"vllm-{n}-rotation"].finished for n in first.values())
+            assert all(timings[f"vllm-{n}"].started >= first_back for n in second.values())
+            assert len(streams) > 20 and not broken, broken[:5]
+            for host in (one, two):
+                for container in host.client().containers.list():
+                    if str(container.name).startswith(f"e2e-mh-{host.name}-"):
+                        assert "STANDIN_REVISION=2" in container.attrs["Config"]["Env"]
+            assert one.client().containers.get(LB_NAME).id == lb.id, "nginx was replaced"
+
             # One replica fewer on host two: deleted on host two's engine (after
             # leaving nginx), nothing else replaced, host one untouched.
-            smaller = two_host_config(one, two, base, standin, monitoring)
+            smaller = updated.copy()
             hosts = json.loads(smaller[f"{NAMESPACE}:hosts"])
             hosts[1]["replicas"] = REPLICAS_PER_HOST - 1
             smaller[f"{NAMESPACE}:hosts"] = json.dumps(hosts)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components import serving
 from components.check import main as check_main
 from components.monitoring import build_monitoring_plan, prometheus_config
 from components.plan import build_plan
@@ -384,3 +385,27 @@ def test_monitoring_runs_on_the_load_balancers_engine() -> None:
         "vllm-monitoring-lb-exporter",
     }
     assert {_provider_name(run, d) for d in monitoring} == {"vllm-gpu-a-docker"}
+
+
+def test_an_update_rolls_when_replicas_run_on_any_host(
+    monkeypatch: pytest.MonkeyPatch, pki: dict[str, str]
+) -> None:
+    """Whether replicas already run (so an update goes in waves) is asked of each
+    host's own engine; the stack's own engine holds none of them."""
+    asked: list[tuple[list[str], str | None]] = []
+
+    def running(names: list[str], docker_host: str | None, **_: object) -> bool:
+        asked.append((list(names), docker_host))
+        return docker_host == "ssh://ops@gpu-b"
+
+    monkeypatch.setattr(serving, "replicas_running", running)
+    assert serving.deployment_running(parse_settings(raw()), None)
+    assert asked == [
+        (["vllm-gpu-a-0", "vllm-gpu-a-1"], "ssh://ops@gpu-a"),
+        (["vllm-gpu-b-0", "vllm-gpu-b-1"], "ssh://ops@gpu-b"),
+    ]
+    # A host whose TLS key is a stack secret cannot be asked: assume it serves.
+    tls_host, _key = _tls_host(pki)
+    asked.clear()
+    assert serving.deployment_running(parse_settings(raw(hosts=[tls_host])), None)
+    assert asked == []

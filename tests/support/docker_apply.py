@@ -253,6 +253,8 @@ class Applier:
         self.container_provider: dict[str, Declared | None] = {}
         self.updated_in_place: list[str] = []
         self.deleted_commands: list[str] = []
+        # What each command's `delete` printed (a drain says how it ended).
+        self.delete_outputs: dict[str, str] = {}
 
     def carry_state_from(self, previous: Applier) -> None:
         """Start from what an earlier apply left, as Pulumi starts from its state."""
@@ -613,6 +615,7 @@ class Applier:
             )
         with self._lock:
             self.deleted_commands.append(name)
+            self.delete_outputs[name] = result.stdout
 
     def _condemn_dependents(self, resource: Declared) -> None:
         """Before a delete-before-replace, the engine deletes the dependents that
