@@ -33,6 +33,7 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
+from .engine import engine_client
 from .gate import NotReady, wait_healthy
 
 NGINX_CONFIG = "/etc/nginx/nginx.conf"
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probe", default=None, help="resume: its /health as reached from here")
     args = parser.parse_args(argv)
     try:
-        client = docker.from_env()
+        client = engine_client()
         other = (
             docker.DockerClient(base_url=args.replica_engine, timeout=30)
             if args.replica_engine

@@ -409,3 +409,24 @@ def test_an_update_rolls_when_replicas_run_on_any_host(
     asked.clear()
     assert serving.deployment_running(parse_settings(raw(hosts=[tls_host])), None)
     assert asked == []
+
+
+def test_steps_reach_the_load_balancers_engine_as_the_download_does(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rotation and config steps take their engine from `engine_client`, which
+    also reads TLS material handed over as secrets (docker-py's `from_env` does not)."""
+    from docker.errors import DockerException
+
+    from components import rollout
+    from components.lb import reload
+
+    def engine_client(timeout: int = 60) -> object:
+        raise DockerException("asked through engine_client")
+
+    monkeypatch.setattr(rollout, "engine_client", engine_client)
+    monkeypatch.setattr(reload, "engine_client", engine_client)
+    monkeypatch.setenv(reload.FILES_ENV, "{}")
+    assert rollout.main(["drain", "--lb", "lb", "--replica", "r", "--timeout", "1"]) == 1
+    assert reload.main(["--lb", "lb"]) == 1
+    assert capsys.readouterr().err.count("asked through engine_client") == 2

@@ -28,6 +28,8 @@ import docker
 from docker.errors import NotFound
 from docker.models.containers import Container
 
+from ..engine import engine_client
+
 FILES_ENV = "VLLM_NGINX_LB_FILES"
 
 
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         files = json.loads(os.environ[FILES_ENV])
-        client = docker.from_env()
+        client = engine_client()
         message = reload(client, args.lb, files)
     except KeyError:
         print(f"error: {FILES_ENV} is not set", file=sys.stderr)
