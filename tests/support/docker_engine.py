@@ -82,42 +82,38 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
+def _scripted_image(client: docker.DockerClient, tag: str, env: str, *flags: str) -> str:
+    """`tag`, made by scripts/base-image.sh (with `flags`, told the tag in `env`) if missing."""
+    try:
+        client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    script = REPO_ROOT / "scripts" / "base-image.sh"
+    result = subprocess.run(
+        ["bash", str(script), *flags],
+        env={**os.environ, env: tag},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        unavailable(f"cannot make {tag}: {result.stderr[-2000:]}")
+    return tag
+
+
 def base_image(client: docker.DockerClient) -> str:
     """The offline base image's tag; runs scripts/base-image.sh if the image is missing.
 
     The script caches its rootfs, so after the first run on a machine this is a
     `docker import` of a few seconds.
     """
-    try:
-        client.images.get(BASE_IMAGE_TAG)
-        return BASE_IMAGE_TAG
-    except docker.errors.ImageNotFound:
-        pass
-    script = REPO_ROOT / "scripts" / "base-image.sh"
-    env = {**os.environ, "BASE_IMAGE_TAG": BASE_IMAGE_TAG}
-    result = subprocess.run(
-        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=900
-    )
-    if result.returncode != 0:
-        unavailable(f"cannot make {BASE_IMAGE_TAG}: {result.stderr[-2000:]}")
-    return BASE_IMAGE_TAG
+    return _scripted_image(client, BASE_IMAGE_TAG, "BASE_IMAGE_TAG")
 
 
 def monitoring_image(client: docker.DockerClient) -> str:
     """The offline base plus Debian's Prometheus; `base-image.sh --monitoring` if missing."""
-    try:
-        client.images.get(MONITORING_IMAGE_TAG)
-        return MONITORING_IMAGE_TAG
-    except docker.errors.ImageNotFound:
-        pass
-    script = REPO_ROOT / "scripts" / "base-image.sh"
-    env = {**os.environ, "MONITORING_IMAGE_TAG": MONITORING_IMAGE_TAG}
-    result = subprocess.run(
-        ["bash", str(script), "--monitoring"], env=env, capture_output=True, text=True, timeout=900
-    )
-    if result.returncode != 0:
-        unavailable(f"cannot make {MONITORING_IMAGE_TAG}: {result.stderr[-2000:]}")
-    return MONITORING_IMAGE_TAG
+    return _scripted_image(client, MONITORING_IMAGE_TAG, "MONITORING_IMAGE_TAG", "--monitoring")
 
 
 def grafana_standin_image(client: docker.DockerClient) -> str:
