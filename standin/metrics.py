@@ -57,6 +57,7 @@ class _Metric:
 
 class Gauge(_Metric):
     kind = "gauge"
+    sample_suffix = ""
 
     def __init__(self, name: str, help_text: str, base: Mapping[str, str] | None = None) -> None:
         super().__init__(name, help_text, base)
@@ -77,7 +78,8 @@ class Gauge(_Metric):
 
     def lines(self) -> list[str]:
         return self._header() + [
-            f"{self.name}{_labels(dict(k))} {_number(v)}" for k, v in self.values.items()
+            f"{self.name}{self.sample_suffix}{_labels(dict(k))} {_number(v)}"
+            for k, v in self.values.items()
         ]
 
 
@@ -85,6 +87,7 @@ class Counter(Gauge):
     """Monotonic; exposed as `<name>_total`, as prometheus_client does."""
 
     kind = "counter"
+    sample_suffix = "_total"
 
     def __init__(
         self,
@@ -102,11 +105,6 @@ class Counter(Gauge):
         if amount < 0:
             raise ValueError("a counter only goes up")
         super().inc(amount, labels)
-
-    def lines(self) -> list[str]:
-        return self._header() + [
-            f"{self.name}_total{_labels(dict(k))} {_number(v)}" for k, v in self.values.items()
-        ]
 
 
 class Histogram(_Metric):
