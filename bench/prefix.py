@@ -695,36 +695,24 @@ def chart(results: dict[str, Any], path: Path) -> None:
     names = list(warm)
     x = list(range(len(names)))
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
-    axes[0].bar(
-        [i - 0.2 for i in x],
-        [cold[n]["ttft_p90_ms"] for n in names],
-        0.4,
-        color="tab:gray",
-        label="cold (empty caches)",
-    )
-    axes[0].bar(
-        [i + 0.2 for i in x],
-        [warm[n]["ttft_p90_ms"] for n in names],
-        0.4,
-        color="tab:blue",
-        label="warm (after warm-up)",
-    )
+    # Cold (grey) beside warm, per policy, for TTFT p90 and for the hit rate.
+    for ax, key, color, (cold_label, warm_label) in (
+        (axes[0], "ttft_p90_ms", "tab:blue", ("cold (empty caches)", "warm (after warm-up)")),
+        (axes[1], "hit_rate", "tab:green", ("cold", "warm")),
+    ):
+        for offset, runs, shade, label in (
+            (-0.2, cold, "tab:gray", cold_label),
+            (0.2, warm, color, warm_label),
+        ):
+            ax.bar(
+                [i + offset for i in x],
+                [runs[n][key] for n in names],
+                0.4,
+                color=shade,
+                label=label,
+            )
     axes[0].set_title("shared prefixes: TTFT p90 (ms)")
     axes[0].legend()
-    axes[1].bar(
-        [i - 0.2 for i in x],
-        [cold[n]["hit_rate"] for n in names],
-        0.4,
-        color="tab:gray",
-        label="cold",
-    )
-    axes[1].bar(
-        [i + 0.2 for i in x],
-        [warm[n]["hit_rate"] for n in names],
-        0.4,
-        color="tab:green",
-        label="warm",
-    )
     axes[1].axhline(
         results["ideal_hit_rate"]["warm"], color="black", linestyle="--", label="ideal cache (warm)"
     )
