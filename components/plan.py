@@ -563,7 +563,7 @@ def _rollouts(
     )
 
 
-def _engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
+def engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
     """What docker-py's `from_env` (and our TLS-material reader) need to reach an engine."""
     env = {"DOCKER_HOST": host.docker_host}
     secret_env: dict[str, str] = {}
@@ -596,7 +596,7 @@ def _hosts(
     plans = []
     for host in settings.hosts:
         mine = tuple(r for r in replicas if r.host == host.name)
-        env, secret_env = _engine_env(host)
+        env, secret_env = engine_env(host)
         plans.append(
             HostPlan(
                 name=host.name,

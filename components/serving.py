@@ -16,52 +16,40 @@ deployment replaced every replica at once and cut every stream in flight.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import docker
 from docker.errors import DockerException, NotFound
-from docker.tls import TLSConfig
 
-from .settings import HostSettings, Settings
+from .plan import engine_env
+from .settings import Settings
 
 
 def deployment_running(settings: Settings, docker_host: str | None) -> bool:
     """True if any replica of the deployment runs, on whichever engine it is placed."""
     if settings.hosts is None:
-        return replicas_running(settings.replica_names(), docker_host)
-    return any(_host_running(settings, host) for host in settings.hosts)
+        environment = {"DOCKER_HOST": docker_host} if docker_host else dict(os.environ)
+        return replicas_running(settings.replica_names(), environment)
+    placements = settings.placements()
+    for host in settings.hosts:
+        # The same variables the host's steps get (plan.engine_env).
+        environment, secret_environment = engine_env(host)
+        if secret_environment:
+            # Its TLS key is a Pulumi secret this check does not hold: it cannot ask,
+            # and assumes replicas run (waves cost a first deploy time, never requests).
+            return True
+        names = [p.name for p in placements if p.host is host]
+        if replicas_running(names, environment):
+            return True
+    return False
 
 
-def _host_running(settings: Settings, host: HostSettings) -> bool:
-    names = [p.name for p in settings.placements() if p.host is host]
-    tls = host.tls
-    if tls is not None and tls.cert_path is None:
-        # Its key is a Pulumi secret this check does not hold: it cannot ask, and
-        # assumes replicas run (waves cost a first deploy time, never requests).
-        return True
-    return replicas_running(names, host.docker_host, cert_path=tls.cert_path if tls else None)
-
-
-def replicas_running(
-    names: Sequence[str], docker_host: str | None, *, cert_path: str | None = None
-) -> bool:
-    """True if any of the named containers runs; False if none does or the engine
-    cannot be asked (then there is nothing to keep serving that we know of)."""
+def replicas_running(names: Sequence[str], environment: Mapping[str, str]) -> bool:
+    """True if any of the named containers runs on the engine `environment` names
+    (docker-py's variables); False if none does or the engine cannot be asked (then
+    there is nothing to keep serving that we know of)."""
     try:
-        if docker_host and cert_path:
-            directory = os.path.expanduser(cert_path)
-            tls = TLSConfig(
-                client_cert=(f"{directory}/cert.pem", f"{directory}/key.pem"),
-                ca_cert=f"{directory}/ca.pem",
-                verify=True,
-            )
-            client = docker.DockerClient(base_url=docker_host, tls=tls, timeout=10)
-        elif docker_host:
-            client = docker.DockerClient(base_url=docker_host, timeout=10)
-        elif os.environ.get("DOCKER_HOST"):
-            client = docker.from_env(timeout=10)
-        else:
-            client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=10)
+        client = docker.from_env(environment=dict(environment), timeout=10)
         for name in names:
             try:
                 if client.containers.get(name).status == "running":

@@ -394,9 +394,9 @@ def test_an_update_rolls_when_replicas_run_on_any_host(
     host's own engine; the stack's own engine holds none of them."""
     asked: list[tuple[list[str], str | None]] = []
 
-    def running(names: list[str], docker_host: str | None, **_: object) -> bool:
-        asked.append((list(names), docker_host))
-        return docker_host == "ssh://ops@gpu-b"
+    def running(names: list[str], environment: dict[str, str]) -> bool:
+        asked.append((list(names), environment.get("DOCKER_HOST")))
+        return environment.get("DOCKER_HOST") == "ssh://ops@gpu-b"
 
     monkeypatch.setattr(serving, "replicas_running", running)
     assert serving.deployment_running(parse_settings(raw()), None)
