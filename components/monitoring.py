@@ -26,13 +26,14 @@ keeps working on a vLLM that guards every route.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from .lb_exporter import METRICS_PORT, SYSLOG_PORT
-from .settings import VLLM_PORT, Settings
+from .settings import Settings
 
 DASHBOARD_FILE = Path(__file__).resolve().parent / "dashboards" / "vllm.json"
 EXPORTER_SOURCE = Path(__file__).resolve().parent / "lb_exporter.py"
@@ -112,21 +113,14 @@ def _url_host(public_host: str, bind_address: str) -> str:
     return bind_address if bind_address.startswith("127.") else public_host
 
 
-def replica_addresses(settings: Settings) -> dict[str, str]:
-    """Where monitoring, on the load balancer's engine, reaches each replica: by
-    name on the deployment's network, or, on another host, where nginx does
-    (the host's address and the replica's published port)."""
-    lb_host = settings.load_balancer_host
-    return {
-        p.name: f"{p.name}:{VLLM_PORT}"
-        if p.host is lb_host
-        else f"{p.host.address if p.host else p.name}:{p.port}"
-        for p in settings.placements()
-    }
+def prometheus_config(
+    settings: Settings, *, api_key_file: str | None, replicas: Mapping[str, str]
+) -> str:
+    """prometheus.yml: the replicas, labelled by container name, and the exporter.
 
-
-def prometheus_config(settings: Settings, *, api_key_file: str | None) -> str:
-    """prometheus.yml: the replicas by container name, labelled, and the exporter.
+    `replicas` maps each replica's name to where nginx reaches it (`host:port`,
+    the plan's upstreams): monitoring runs beside nginx and reaches them there
+    too, by name on the deployment's network or by address on another host.
 
     Valid for Prometheus 2.42 (Debian 12, the offline tests) and 3.x (the
     pinned image): nothing in it changed between them.
@@ -140,7 +134,7 @@ def prometheus_config(settings: Settings, *, api_key_file: str | None) -> str:
         "metrics_path": "/metrics",
         "static_configs": [
             {"targets": [address], "labels": {REPLICA_LABEL: name}}
-            for name, address in replica_addresses(settings).items()
+            for name, address in replicas.items()
         ],
     }
     if api_key_file is not None:
@@ -205,8 +199,9 @@ def grafana_dashboard_provider() -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def build_monitoring_plan(settings: Settings) -> MonitoringPlan | None:
-    """The three containers, or None when monitoring is off."""
+def build_monitoring_plan(settings: Settings, replicas: Mapping[str, str]) -> MonitoringPlan | None:
+    """The three containers, or None when monitoring is off; `replicas` as for
+    `prometheus_config`."""
     mon = settings.monitoring
     if not mon.enabled:
         return None
@@ -224,7 +219,10 @@ def build_monitoring_plan(settings: Settings) -> MonitoringPlan | None:
             f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}",
         ),
         uploads=(
-            FileUpload(PROMETHEUS_CONFIG, prometheus_config(settings, api_key_file=api_key_file)),
+            FileUpload(
+                PROMETHEUS_CONFIG,
+                prometheus_config(settings, api_key_file=api_key_file, replicas=replicas),
+            ),
         ),
         secret_uploads=(
             (SecretFile(PROMETHEUS_API_KEY_FILE, PROMETHEUS_API_KEY_SECRET),)
@@ -284,7 +282,7 @@ def build_monitoring_plan(settings: Settings) -> MonitoringPlan | None:
                 f"--replica={address}"
                 if address.startswith(f"{name}:")
                 else f"--replica={name}={address}"
-                for name, address in replica_addresses(settings).items()
+                for name, address in replicas.items()
             ],
         ),
         uploads=(FileUpload(EXPORTER_PATH, EXPORTER_SOURCE.read_text()),),

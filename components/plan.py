@@ -24,16 +24,9 @@ from .nginx_config import (
     render_extra_files,
     render_nginx_config,
 )
-from .settings import (
-    VLLM_PORT,
-    Backend,
-    HostSettings,
-    Placement,
-    Settings,
-    Upstream,
-    format_cpu_set,
-)
+from .settings import Backend, HostSettings, Placement, Settings, Upstream, format_cpu_set
 
+VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
 
 HF_CACHE_MOUNT = "/root/.cache/huggingface"
@@ -627,7 +620,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         uploads.append(SecretUpload(CONTAINER_TLS_FILES.certificate, TLS_CERTIFICATE_SECRET))
         uploads.append(SecretUpload(CONTAINER_TLS_FILES.key, TLS_KEY_SECRET))
     listen_port = NGINX_TLS_PORT if lb.tls else NGINX_PORT
-    monitoring = build_monitoring_plan(settings)
+    monitoring = build_monitoring_plan(settings, {r.name: str(r.upstream) for r in replicas})
     runtime = NginxRuntime(
         listen_port=listen_port,
         tls=CONTAINER_TLS_FILES if lb.tls else None,

@@ -60,9 +60,6 @@ from .value_types import (
     url_path,
 )
 
-VLLM_PORT = 8000
-"""Where vLLM listens inside its container (the image's default); hosts publish it."""
-
 __all__ = [
     "SAFE_TOKEN_RULE",
     "Backend",

@@ -15,7 +15,6 @@ import yaml
 
 from components import serving
 from components.check import main as check_main
-from components.monitoring import build_monitoring_plan, prometheus_config
 from components.plan import build_plan
 from components.stack_config import ConfigError, parse_settings, settings_from_config
 from tests.support.nginx import make_test_pki
@@ -343,8 +342,9 @@ MONITORED = {"monitoring": {"enabled": True}, "grafanaPassword": "grafana-pw-123
 
 
 def test_monitoring_scrapes_replicas_on_other_hosts_where_nginx_reaches_them() -> None:
-    settings = parse_settings(raw(**MONITORED))
-    config = yaml.safe_load(prometheus_config(settings, api_key_file=None))
+    plan = build_plan(parse_settings(raw(**MONITORED)), project_dir=ROOT).monitoring
+    assert plan is not None
+    config = yaml.safe_load(plan.prometheus.uploads[0].content)
     vllm = next(job for job in config["scrape_configs"] if job["job_name"] == "vllm")
     assert [(c["targets"], c["labels"]["replica"]) for c in vllm["static_configs"]] == [
         (["vllm-gpu-a-0:8000"], "vllm-gpu-a-0"),
@@ -352,8 +352,6 @@ def test_monitoring_scrapes_replicas_on_other_hosts_where_nginx_reaches_them() -
         (["10.0.0.12:8081"], "vllm-gpu-b-0"),
         (["10.0.0.12:8082"], "vllm-gpu-b-1"),
     ]
-    plan = build_monitoring_plan(settings)
-    assert plan is not None
     assert [w for w in plan.lb_exporter.command if w.startswith("--replica=")] == [
         "--replica=vllm-gpu-a-0:8000",
         "--replica=vllm-gpu-a-1:8000",

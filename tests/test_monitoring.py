@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import yaml
 
 from components.lb_exporter import LbMetrics, ReplicaNames
 from components.monitoring import DASHBOARD_FILE, DATASOURCE_UID, prometheus_config
+from components.plan import build_plan
 from components.settings import Settings
 from components.stack_config import NAMESPACE, ConfigError, settings_from_config
 from standin.vllm_metrics import BLOCK_SIZE, PrefixCache, VllmMetrics
@@ -170,7 +172,10 @@ def test_grafana_password_and_api_key_are_secret_uploads() -> None:
 
 def test_prometheus_config_labels_replicas_and_sends_the_key_from_a_file() -> None:
     settings = _settings(**ON, apiKey="key-123")
-    config = yaml.safe_load(prometheus_config(settings, api_key_file="/run/key"))
+    # Where nginx reaches each replica, as the plan says.
+    plan = build_plan(settings, project_dir=Path(__file__).resolve().parent.parent)
+    replicas = {r.name: str(r.upstream) for r in plan.replicas}
+    config = yaml.safe_load(prometheus_config(settings, api_key_file="/run/key", replicas=replicas))
     vllm, lb = config["scrape_configs"]
     assert vllm["static_configs"] == [
         {"targets": ["vllm0:8000"], "labels": {"replica": "vllm0"}},
@@ -179,7 +184,7 @@ def test_prometheus_config_labels_replicas_and_sends_the_key_from_a_file() -> No
     assert vllm["authorization"] == {"type": "Bearer", "credentials_file": "/run/key"}
     assert lb["static_configs"] == [{"targets": ["vllm-lb-exporter:9113"]}]
     assert config["global"]["scrape_timeout"] == "10s"
-    assert "key-123" not in prometheus_config(settings, api_key_file="/run/key")
+    assert "key-123" not in prometheus_config(settings, api_key_file="/run/key", replicas=replicas)
 
 
 def test_lb_config_with_the_metrics_log_passes_nginx_t() -> None:
