@@ -2,8 +2,8 @@
 
 import pulumi
 
-from components.program import deploy
-from components.stack_config import ConfigError
+from components.config.stack_config import ConfigError
+from components.shell.program import deploy
 
 try:
     outputs = deploy()

@@ -26,7 +26,7 @@ Then an update: the rolling-update test's deployment (tests/test_e2e_rollout.py:
 D = 1 s, L = 2 s, whatever --download and --load say) serves a continuous
 streaming load (2 streams per replica, 24 tokens each, through nginx) while
 every replica is replaced (a changed environment), in waves with a drain at
-nginx before each stop (components.rollout); reports how long the update took
+nginx before each stop (components.steps.rollout); reports how long the update took
 and how many streams failed or were cut, out of how many.
 
 Prints tables and writes bench/results/cold_start.json and .png (`--out` names
@@ -45,7 +45,7 @@ from typing import Any
 
 import docker
 
-from components.gate import wait_healthy
+from components.steps.readiness import wait_healthy
 from tests.support.docker_apply import Applied, Applier
 from tests.support.docker_engine import base_image, remove_named, standin_image
 from tests.support.pulumi_capture import Declared, run_program
@@ -151,7 +151,7 @@ def update(client: docker.DockerClient, replicas: int) -> dict[str, Any]:
     try:
         first.apply()
         # Declared once the replicas run, as `pulumi up` would then see them
-        # (components.serving): that is what declares the waves.
+        # (components.shell.serving): that is what declares the waves.
         second = Applier(client, run_program(stack(replicas, "2"), SECRET_KEYS).declared)
         second.carry_state_from(first)
         with streaming_load(LB_URL, API_KEY, workers=2 * replicas, tokens=TOKENS) as streams:

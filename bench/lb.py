@@ -34,7 +34,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from components.settings import RoutingPolicy
+from components.config.sections import RoutingPolicy
 from tests.support.nginx import (
     LOOPBACK,
     balancer,

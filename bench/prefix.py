@@ -62,7 +62,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from components.settings import RoutingPolicy
+from components.config.sections import RoutingPolicy
 from standin.app import token_text
 from standin.prefix_cache import PrefixCache, prompt_tokens
 from tests.support.nginx import balancer, find_nginx, nginx_version

@@ -10,7 +10,7 @@
 # 1. the Pulumi CLI must be installed (otherwise: how to install it);
 # 2. .venv is made or updated from requirements.txt (scripts/setup.sh);
 # 3. the stack file is checked with the rules `pulumi up` applies
-#    (python -m components.check): a bad file stops here, before Pulumi runs;
+#    (python -m components.cli.check): a bad file stops here, before Pulumi runs;
 # 4. the Pulumi backend you are logged in to is kept (`pulumi whoami`); only when
 #    there is none does it log in to the local backend (state under ~/.pulumi);
 # 5. the stack is selected, or created;
@@ -42,7 +42,7 @@ deploy: the Pulumi CLI is not installed (or not on PATH). Install it with Pulumi
   curl -fsSL https://get.pulumi.com | sh
 then open a new shell (it adds ~/.pulumi/bin to PATH) and run this again.
 Other ways (Homebrew, Windows, a fixed version): https://www.pulumi.com/docs/install/
-You can check the stack file without the CLI: .venv/bin/python -m components.check --stack STACK
+You can check the stack file without the CLI: .venv/bin/python -m components.cli.check --stack STACK
 INSTALL
     exit 1
 fi
@@ -55,7 +55,7 @@ fi
 bash scripts/setup.sh --quiet
 
 log "checking Pulumi.$stack.yaml"
-.venv/bin/python -m components.check --stack "$stack"
+.venv/bin/python -m components.cli.check --stack "$stack"
 
 if pulumi whoami >/dev/null 2>&1; then
     log "using your current Pulumi backend: $(pulumi whoami --verbose 2>/dev/null | sed -n 's/^ *Backend URL: *//p' | head -n1)"
@@ -73,7 +73,7 @@ fi
 pulumi stack select "$stack" --create
 
 if ((ask_token)); then
-    status="$(.venv/bin/python -m components.check --stack "$stack" --hf-token-status)"
+    status="$(.venv/bin/python -m components.cli.check --stack "$stack" --hf-token-status)"
     if [[ "$status" == missing ]]; then
         if [[ -t 0 ]]; then
             log "stack $stack sets no hfToken and its model comes from Hugging Face; gated models"

@@ -51,6 +51,6 @@ fi
 ((quiet)) && exit 0
 cat >&2 <<'NEXT'
 setup: done. Next:
-  .venv/bin/python -m components.check --stack dev    # check Pulumi.dev.yaml, print the plan (no Pulumi CLI)
+  .venv/bin/python -m components.cli.check --stack dev    # check Pulumi.dev.yaml, print the plan (no Pulumi CLI)
   bash scripts/deploy.sh dev                          # create the stack, ask for the token, pulumi up
 NEXT

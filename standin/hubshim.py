@@ -3,7 +3,7 @@
 Debian 12 has no `python3-huggingface-hub` and the test machines cannot reach
 the hub or PyPI from an image build, so the stand-in image installs this module
 under the name `huggingface_hub` (docker/standin/Dockerfile). The download job
-(`components/download_job.py`) then runs unchanged in the stand-in image and in
+(`components/containers/vllm/download_job.py`) then runs unchanged in the stand-in image and in
 vLLM's: what differs is only the library below it.
 
 What it keeps from the real library, because the deployment depends on it:

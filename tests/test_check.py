@@ -1,4 +1,4 @@
-"""`python -m components.check`: a stack file checked as `pulumi up` would, no CLI.
+"""`python -m components.cli.check`: a stack file checked as `pulumi up` would, no CLI.
 
 Good stack files (every shipped one) give the plan and exit 0; bad ones,
 written to a temporary project directory, give every problem on one line each,
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from components import check, render_config
-from components.stack_config import SECRET_PLACEHOLDER, read_stack_file
+from components.cli import check, render_config
+from components.config.stack_config import SECRET_PLACEHOLDER, read_stack_file
 from tests.support.nginx import make_test_pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
         (["--stack", "bad", "--project-dir", str(directory)], 1),
     ):
         result = subprocess.run(
-            [sys.executable, "-m", "components.check", *args],
+            [sys.executable, "-m", "components.cli.check", *args],
             cwd=ROOT,
             capture_output=True,
             text=True,

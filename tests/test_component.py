@@ -17,9 +17,9 @@ import pulumi
 import pulumi_docker as docker
 import pytest
 
-from components.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
-from components.program import load_settings
-from components.stack_config import ConfigError
+from components.config.stack_config import ConfigError
+from components.shell.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
+from components.shell.program import load_settings
 from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
 
@@ -123,7 +123,7 @@ def test_download_step_comes_before_every_replica(guide: Run) -> None:
     assert dep_names(guide, download) >= {"vllm-hf-cache"}
     assert "vllm-network" not in dep_names(guide, download)
     create = download.inputs["create"]
-    assert " -m components.download --image @@vllm-vllm-image.imageId@@ " in create
+    assert " -m components.steps.download --image @@vllm-vllm-image.imageId@@ " in create
     assert "--model meta-llama/Llama-2-7b-chat-hf" in create
     assert "--volume vllm-hf-cache:/root/.cache/huggingface" in create
     assert "--network" not in create
@@ -389,7 +389,7 @@ def test_verify_step_is_an_output(guide: Run) -> None:
     verify = guide.named("vllm-verify")
     assert verify.type == COMMAND
     assert "vllm-lb" in dep_names(guide, verify)
-    assert "-m components.verify --url http://localhost:8000" in verify.inputs["create"]
+    assert "-m components.steps.verify --url http://localhost:8000" in verify.inputs["create"]
     assert "--model meta-llama/Llama-2-7b-chat-hf" in verify.inputs["create"]
     assert guide.outputs["verified_models"] == "@@vllm-verify.stdout@@"
     # The step's environment (the API key) is secret; the model list is not.
@@ -555,10 +555,12 @@ def test_each_replica_has_a_rotation_step_run_around_its_replacement() -> None:
         rotation = run.named(f"vllm-vllm{index}-rotation")
         assert rotation.type == COMMAND
         assert rotation.inputs["triggers"] == [f"@@vllm-vllm{index}.id@@"]
-        assert "components.rollout resume --lb nginx-lb --replica" in rotation.inputs["create"]
+        assert (
+            "components.steps.rollout resume --lb nginx-lb --replica" in rotation.inputs["create"]
+        )
         # Back in rotation once its /health answers, not at Docker's next probe.
         assert rotation.inputs["create"].endswith(f"--probe http://127.0.0.1:{8081 + index}/health")
-        assert "components.rollout drain --lb nginx-lb --replica" in rotation.inputs["delete"]
+        assert "components.steps.rollout drain --lb nginx-lb --replica" in rotation.inputs["delete"]
         assert "--timeout 30" in rotation.inputs["delete"], "drain bounded by stopGraceSeconds"
         assert rotation.delete_before_replace
         assert f"vllm-vllm{index}" in dep_names(run, rotation)
@@ -587,7 +589,7 @@ def test_config_changes_reach_nginx_by_reload_not_replacement(guide: Run) -> Non
     assert lb.ignore_changes == ["uploads"]
     reload = guide.named("vllm-lb-config")
     assert reload.inputs["triggers"] == ["@@vllm-lb.id@@"]
-    assert reload.inputs["create"].endswith("-m components.lb.reload --lb nginx-lb")
+    assert reload.inputs["create"].endswith("-m components.steps.lb_reload --lb nginx-lb")
     files = json.loads(reload.inputs["environment"]["VLLM_NGINX_LB_FILES"])
     assert set(files) == {"/etc/nginx/nginx.conf", "/etc/nginx/api-key.conf"}
     assert "environment" in reload.secret_inputs, "the API key file is in there"

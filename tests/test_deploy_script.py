@@ -188,5 +188,5 @@ def test_setup_is_idempotent_and_says_what_next() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "using the existing .venv" in result.stderr
-    assert ".venv/bin/python -m components.check --stack dev" in result.stderr
+    assert ".venv/bin/python -m components.cli.check --stack dev" in result.stderr
     assert "bash scripts/deploy.sh dev" in result.stderr

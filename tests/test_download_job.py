@@ -4,7 +4,7 @@ The job script runs unchanged here, with `standin.hubshim` installed as
 `huggingface_hub` (as the stand-in image does) and a temporary HF_HOME: which
 files it takes, the manifest that makes a warm run offline and instant, and how
 each failure maps to an exit code and a sentence. The same job on a real engine,
-through `components.download`, is in tests/test_e2e_download.py.
+through `components.steps.download`, is in tests/test_e2e_download.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from components import download_job as job
+from components.containers.vllm import download_job as job
 from standin import hubshim
 
 

@@ -27,7 +27,7 @@ import openai
 import pytest
 import yaml
 
-from components.stack_config import NAMESPACE, ConfigError
+from components.config.stack_config import NAMESPACE, ConfigError
 from tests.support.docker_apply import Applied, Applier
 from tests.support.docker_engine import (
     STANDIN_TAG,
@@ -254,7 +254,7 @@ def test_replica_dies_under_load_and_comes_back(deployment: Deployment) -> None:
 def _declarations(run: Run) -> list[tuple[str, str, str]]:
     # Registration order is asynchronous; what Pulumi diffs is per resource name.
     # Dependencies are left out: with replicas running the update waves are
-    # declared (components.serving), and `dependsOn` alone changes nothing.
+    # declared (components.shell.serving), and `dependsOn` alone changes nothing.
     return sorted((d.type, d.name, json.dumps(d.inputs, sort_keys=True)) for d in run.declared)
 
 

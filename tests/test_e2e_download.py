@@ -2,7 +2,7 @@
 
 Same method as test_e2e.py: the program's declarations applied in graph order
 with the Docker SDK, the stand-in image playing vLLM. The download job is the
-real `components/download_job.py` run by the real `components.download` in a
+real `components/containers/vllm/download_job.py` run by the real `components.steps.download` in a
 container of the stand-in image, whose `huggingface_hub` is the stand-in hub
 (`standin/hubshim.py`): what this proves is our side (order, token as a file,
 warm cache, error mapping, cleanup), not huggingface_hub's.

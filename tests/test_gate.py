@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.gate import SECRET_ENV, main, redact, serves
-from components.plan import API_KEY_ENV, HF_TOKEN_ENV
+from components.plan.build import API_KEY_ENV, HF_TOKEN_ENV
+from components.steps.readiness import SECRET_ENV, main, redact, serves
 
 
 def test_secret_names_match_what_replicas_get() -> None:

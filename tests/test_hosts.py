@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from components import serving
-from components.check import main as check_main
-from components.plan import build_plan
-from components.stack_config import ConfigError, parse_settings, settings_from_config
+from components.cli.check import main as check_main
+from components.config.stack_config import ConfigError, parse_settings, settings_from_config
+from components.plan.build import build_plan
+from components.shell import serving
 from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
 
@@ -416,8 +416,8 @@ def test_steps_reach_the_load_balancers_engine_as_the_download_does(
     also reads TLS material handed over as secrets (docker-py's `from_env` does not)."""
     from docker.errors import DockerException
 
-    from components import rollout
-    from components.lb import reload
+    from components.steps import lb_reload as reload
+    from components.steps import rollout
 
     def engine_client(timeout: int = 60) -> object:
         raise DockerException("asked through engine_client")

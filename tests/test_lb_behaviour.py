@@ -25,7 +25,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from components.settings import RoutingPolicy
+from components.config.sections import RoutingPolicy
 from tests.support.nginx import (
     LOOPBACK,
     Pki,

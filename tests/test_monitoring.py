@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from components.lb_exporter import LbMetrics, ReplicaNames
-from components.monitoring import DASHBOARD_FILE, DATASOURCE_UID, prometheus_config
-from components.plan import build_plan
-from components.settings import Settings
-from components.stack_config import NAMESPACE, ConfigError, settings_from_config
+from components.config.settings import Settings
+from components.config.stack_config import NAMESPACE, ConfigError, settings_from_config
+from components.containers.exporter.lb_exporter import LbMetrics, ReplicaNames
+from components.plan.build import build_plan
+from components.plan.monitoring import DASHBOARD_FILE, DATASOURCE_UID, prometheus_config
 from standin.vllm_metrics import BLOCK_SIZE, PrefixCache, VllmMetrics
 from tests.support.nginx import check_config, make_sandbox, require_nginx
 from tests.support.pulumi_capture import run_program
@@ -188,8 +188,8 @@ def test_prometheus_config_labels_replicas_and_sends_the_key_from_a_file() -> No
 
 
 def test_lb_config_with_the_metrics_log_passes_nginx_t() -> None:
-    from components.nginx_config import NginxRuntime, render_nginx_config
-    from components.settings import LoadBalancerSettings, Upstream
+    from components.config.sections import LoadBalancerSettings, Upstream
+    from components.lb.nginx_conf import NginxRuntime, render_nginx_config
 
     binary = require_nginx()
     sandbox = make_sandbox()

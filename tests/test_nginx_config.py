@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from components.lb import prefix_script
-from components.nginx_config import (
+from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
+from components.config.values import SAFE_TOKEN_RULE
+from components.lb.nginx_conf import (
     CONTAINER_API_KEY_MAP,
     CONTAINER_PREFIX_SCRIPT,
     CONTAINER_TLS_FILES,
@@ -33,7 +34,7 @@ from components.nginx_config import (
     render_guide_config,
     render_nginx_config,
 )
-from components.settings import SAFE_TOKEN_RULE, LoadBalancerSettings, RoutingPolicy, Upstream
+from components.lb.njs import prefix_script
 from tests.support.nginx import (
     Pki,
     check_config,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from components.plan import API_KEY_ENV, HF_TOKEN_ENV, Plan, build_plan, go_duration
-from components.settings import Settings
+from components.config.settings import Settings
+from components.plan.build import API_KEY_ENV, HF_TOKEN_ENV, Plan, build_plan, go_duration
 
 PROJECT = Path("/srv/project")
 
@@ -55,7 +55,13 @@ def test_download_job_is_online_and_never_gets_the_token_as_env() -> None:
     assert dict(p.download.env) == {"HF_ENDPOINT": "http://mirror:8080"}
     assert p.download.secret_env == (HF_TOKEN_ENV,)
     argv = p.download.argv("sha256:abc", ("cache:/root/.cache/huggingface",))
-    assert argv[:5] == ("/venv/bin/python", "-m", "components.download", "--image", "sha256:abc")
+    assert argv[:5] == (
+        "/venv/bin/python",
+        "-m",
+        "components.steps.download",
+        "--image",
+        "sha256:abc",
+    )
     assert "SECRET" not in " ".join(argv)
     assert argv[-2:] == ("--env", "HF_ENDPOINT=http://mirror:8080")
 
@@ -65,7 +71,7 @@ def test_checks_are_argv_run_by_the_deploying_python() -> None:
     assert p.ready.argv == (
         "/venv/bin/python",
         "-m",
-        "components.gate",
+        "components.steps.readiness",
         "--timeout",
         "99",
         "--progress-seconds",
@@ -80,7 +86,7 @@ def test_checks_are_argv_run_by_the_deploying_python() -> None:
         "vllm1",
         "vllm2",
     )
-    assert p.verify.command.startswith("/venv/bin/python -m components.verify --url ")
+    assert p.verify.command.startswith("/venv/bin/python -m components.steps.verify --url ")
 
 
 def test_secrets_are_named_not_carried() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from components.settings import RoutingPolicy
+from components.config.sections import RoutingPolicy
 from tests.support.nginx import RunningNginx, require_nginx, require_njs
 from tests.support.nginx import balancer as nginx_balancer
 from tests.support.stub import StubFleet, stub_backends

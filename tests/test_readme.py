@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.config_reference import DESCRIPTIONS, config_rows, reference
-from components.settings import Settings
+from components.config.reference import DESCRIPTIONS, config_rows, reference
+from components.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +16,7 @@ def test_readme_config_reference_is_current() -> None:
         "<!-- config-reference:start -->\n"
     )
     end = text.index("<!-- config-reference:end -->")
-    assert text[start:end] == reference(), "run: python -m components.config_reference"
+    assert text[start:end] == reference(), "run: python -m components.config.reference"
 
 
 def test_every_key_is_described() -> None:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from components.settings import Backend, RoutingPolicy
-from components.stack_config import (
+from components.config.sections import Backend, RoutingPolicy
+from components.config.stack_config import (
     ConfigError,
     Problem,
     load_config,
@@ -210,7 +210,7 @@ def test_cpu_backend_has_no_gpus() -> None:
 
 
 def test_one_loader_reports_plain_secrets_with_every_other_problem() -> None:
-    # What program.load_settings (pulumi up) and components.check both call.
+    # What program.load_settings (pulumi up) and components.cli.check both call.
     with pytest.raises(ConfigError) as caught:
         settings_from_config(raw(hfToken="hf_abc", apiKey="k", replicas=0), secret={"apiKey"})
     assert caught.value.problems == (
@@ -442,8 +442,8 @@ def test_the_stand_ins_for_certificate_and_key_never_match() -> None:
     """Two stand-ins that matched would pass the pair silently, without the unverified note."""
     from pydantic import SecretStr
 
-    from components.stack_config import PEM_STAND_INS, _placeholder_pem
-    from components.value_types import key_matches_certificate
+    from components.config.stack_config import PEM_STAND_INS, _placeholder_pem
+    from components.config.values import key_matches_certificate
 
     pem = _placeholder_pem()
     key = SecretStr(pem[PEM_STAND_INS["tlsKey"]])

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.nginx_config import (
+from components.config.sections import LoadBalancerSettings, Upstream
+from components.lb.nginx_conf import (
     NJS_MODULE_PATH,
     NginxRuntime,
     TlsFiles,
@@ -29,7 +30,6 @@ from components.nginx_config import (
     render_guide_config,
     render_nginx_config,
 )
-from components.settings import LoadBalancerSettings, Upstream
 
 LOOPBACK = "127.0.0.1"
 _NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")

@@ -15,7 +15,7 @@ What each piece is for:
   turns nginx's per-request syslog lines into status, retry, per-replica and
   timing metrics, which nginx open source does not count itself;
 - Grafana gets Prometheus as its data source and the dashboard file from
-  `components/dashboards/`, both provisioned from uploaded files.
+  `components/containers/grafana/`, both provisioned from uploaded files.
 
 Secrets stay out of this plan, as in `plan.py`: the Grafana password and the
 API key are named, and the Pulumi shell uploads their values as secrets.
@@ -28,15 +28,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import yaml
 
-from .lb_exporter import METRICS_PORT, SYSLOG_PORT
-from .settings import Settings
+from components.config.settings import Settings
+from components.containers import CONTAINERS_DIR
+from components.containers.exporter.lb_exporter import METRICS_PORT, SYSLOG_PORT
 
-DASHBOARD_FILE = Path(__file__).resolve().parent / "dashboards" / "vllm.json"
-EXPORTER_SOURCE = Path(__file__).resolve().parent / "lb_exporter.py"
+DASHBOARD_FILE = CONTAINERS_DIR / "grafana" / "vllm.json"
+EXPORTER_SOURCE = CONTAINERS_DIR / "exporter" / "lb_exporter.py"
 
 DATASOURCE_UID = "vllm-prometheus"
 """The uid every panel of the dashboard names; the provisioned data source has it."""
@@ -155,7 +155,7 @@ def prometheus_config(
             },
         ],
     }
-    return "# Rendered by components/monitoring.py from the stack config.\n" + yaml.safe_dump(
+    return "# Rendered by components/plan/monitoring.py from the stack config.\n" + yaml.safe_dump(
         config, sort_keys=False
     )
 

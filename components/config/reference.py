@@ -2,7 +2,7 @@
 
 Generated rather than written by hand so that a key added to `settings.py`
 cannot be missing from the documentation: a test compares the README with this
-output. `python -m components.config_reference` prints it.
+output. `python -m components.config.reference` prints it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .settings import Settings
-from .stack_config import NAMESPACE
+from components.config.settings import Settings
+from components.config.stack_config import NAMESPACE
 
 DESCRIPTIONS: dict[str, str] = {
     "model": "Hugging Face model id (or path) every replica serves",

@@ -1,7 +1,7 @@
 """Check a stack file the way `pulumi up` would, without the Pulumi CLI.
 
-    python -m components.check --stack dev       # Pulumi.dev.yaml: the plan, or every problem
-    python -m components.check --stack dev --hf-token-status   # set | missing | not-needed
+    python -m components.cli.check --stack dev       # Pulumi.dev.yaml: the plan, or every problem
+    python -m components.cli.check --stack dev --hf-token-status   # set | missing | not-needed
 
 Reads `Pulumi.<stack>.yaml` as the CLI does (keys, namespaces, `secure:`
 values, YAML 1.2 scalars) and runs the same loader and rules `pulumi up`
@@ -28,10 +28,10 @@ from typing import TextIO
 
 from pydantic import ValidationError
 
-from .monitoring import GRAFANA_ADMIN_USER
-from .plan import Plan, build_plan
-from .settings import Backend, Settings
-from .stack_config import (
+from components import PROJECT_DIR
+from components.config.sections import Backend
+from components.config.settings import Settings
+from components.config.stack_config import (
     CheckedStack,
     ConfigError,
     StackFile,
@@ -40,8 +40,9 @@ from .stack_config import (
     deployment_problems,
     settings_from_stack_file,
 )
+from components.plan.build import Plan, build_plan
+from components.plan.monitoring import GRAFANA_ADMIN_USER
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
 
@@ -224,7 +225,7 @@ def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m components.check",
+        prog="python -m components.cli.check",
         description="check Pulumi.<stack>.yaml as `pulumi up` would (no Pulumi CLI needed)",
     )
     parser.add_argument("--stack", default="dev", help="checks Pulumi.<stack>.yaml (default dev)")

@@ -20,11 +20,10 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
-from .lb.reload import FILES_ENV as LB_FILES_ENV
-from .monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET
-from .monitoring_stack import Monitoring, MonitoringArgs
-from .nginx_config import render_api_key_map
-from .plan import (
+from components import PROJECT_DIR
+from components.config.settings import Settings
+from components.lb.nginx_conf import render_api_key_map
+from components.plan.build import (
     API_KEY_ENV,
     API_KEY_MAP_SECRET,
     HF_TOKEN_ENV,
@@ -42,10 +41,11 @@ from .plan import (
     build_plan,
     host_tls_secret,
 )
-from .settings import Settings
+from components.plan.monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET
+from components.shell.monitoring import Monitoring, MonitoringArgs
+from components.steps.lb_reload import FILES_ENV as LB_FILES_ENV
 
 TYPE_TOKEN = "vllm-nginx:index:VllmCluster"
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -73,7 +73,7 @@ class VllmClusterArgs:
     project_dir: Path = PROJECT_DIR
     python: str = sys.executable
     rolling: bool = True
-    """Declare the update waves (components.serving decides: only when replicas run)."""
+    """Declare the update waves (components.shell.serving decides: only when replicas run)."""
 
 
 def _env_entry(key: str, value: pulumi.Output[str]) -> pulumi.Output[str]:
@@ -161,7 +161,7 @@ class VllmCluster(pulumi.ComponentResource):
         host_of = {r.name: h for h in self.hosts for r in h.plan.replicas}
         # Replicas, in waves across all hosts: a wave's replicas wait for the
         # previous wave to be back in rotation, so an update keeps at least half
-        # of them serving. On a first deploy no wave waits (components.serving).
+        # of them serving. On a first deploy no wave waits (components.shell.serving).
         self.replicas = []
         self.rotations: list[command.local.Command] = []
         previous_wave: list[pulumi.Resource] = []
@@ -497,7 +497,7 @@ class VllmCluster(pulumi.ComponentResource):
         }
         environment.update(self._engine_environment(host.plan))
         # The job needs the internet, not the replicas' network: it runs on the
-        # engine's host network (components.download), so it need not wait for it.
+        # engine's host network (components.steps.download), so it need not wait for it.
         after: list[pulumi.Resource] = []
         if host.cache_volume is not None:
             after.append(host.cache_volume)
@@ -532,7 +532,9 @@ class VllmCluster(pulumi.ComponentResource):
         }
         return command.local.Command(
             f"{name}-lb-config",
-            create=shlex.join((self._args.python, "-m", "components.lb.reload", "--lb", lb.name)),
+            create=shlex.join(
+                (self._args.python, "-m", "components.steps.lb_reload", "--lb", lb.name)
+            ),
             dir=str(self._args.project_dir),
             environment=environment,
             # A reload also resolves nginx's syslog target again: a replaced exporter

@@ -33,8 +33,8 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
-from .engine import engine_client
-from .gate import NotReady, wait_healthy
+from components.steps.engine import engine_client
+from components.steps.readiness import NotReady, wait_healthy
 
 NGINX_CONFIG = "/etc/nginx/nginx.conf"
 DRAINED = "#drained# "

@@ -7,7 +7,7 @@ one-shot container from the vLLM image itself, so the files are fetched by the
 host network: it only reaches the hub, and a container there starts without a
 bridge endpoint to set up (a quarter of a second on a small machine, on the
 path of every cold start). With a token, the job script
-(`components/download_job.py`) and the token are copied into the container
+(`components/containers/vllm/download_job.py`) and the token are copied into the container
 before it starts: the token is a file named by `HF_TOKEN_PATH`, never an
 environment variable (`docker inspect` shows those to anyone on the host), and
 the container, token file included, is removed when the job ends, whatever the
@@ -39,15 +39,16 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 
-from .download_job import (
+from components.containers import CONTAINERS_DIR
+from components.containers.vllm.download_job import (
     ERROR_PREFIX,
     EXIT_AUTH,
     EXIT_DISK_FULL,
     EXIT_NETWORK,
     EXIT_NOT_FOUND,
 )
-from .engine import engine_client
-from .gate import redact
+from components.steps.engine import engine_client
+from components.steps.readiness import redact
 
 JOB_DIR = "/tmp/vllm-nginx-download"
 JOB_SCRIPT = "job.py"
@@ -136,7 +137,7 @@ def run_job(
     environment = dict(env)
     if token:
         environment["HF_TOKEN_PATH"] = f"{JOB_DIR}/{TOKEN_FILE}"
-    script = Path(__file__).with_name("download_job.py").read_text()
+    script = (CONTAINERS_DIR / "vllm" / "download_job.py").read_text()
     # Without a token nothing needs to be put into the container before it
     # starts, and an upload into a created container costs a filesystem mount.
     entrypoint = ["python3", f"{JOB_DIR}/{JOB_SCRIPT}"] if token else ["python3", "-c", script]

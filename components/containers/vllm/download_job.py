@@ -1,6 +1,6 @@
 """The download job: runs inside the vLLM image, fills the shared Hugging Face cache.
 
-This file is uploaded into a one-shot container by `components.download` and run
+This file is uploaded into a one-shot container by `components.steps.download` and run
 with the image's own Python and `huggingface_hub`, so the files land in the cache
 exactly where and how the replicas' `huggingface_hub` will look for them (blobs,
 snapshots, `refs/main`) when they start with `HF_HUB_OFFLINE=1`. It must
@@ -19,7 +19,7 @@ it never is an environment variable of this container. After a download, a
 manifest records what was fetched, so a later run finds the model complete
 without any network access and exits in well under a second.
 
-Exit codes tell `components.download` the cause; the last line of output is a
+Exit codes tell `components.steps.download` the cause; the last line of output is a
 human sentence for it.
 """
 

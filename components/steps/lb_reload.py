@@ -28,7 +28,7 @@ import docker
 from docker.errors import NotFound
 from docker.models.containers import Container
 
-from ..engine import engine_client
+from components.steps.engine import engine_client
 
 FILES_ENV = "VLLM_NGINX_LB_FILES"
 

@@ -15,16 +15,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import DOCKER_TLS_SECRET_ENV
-from .monitoring import MonitoringPlan, build_monitoring_plan
-from .nginx_config import (
+from components.config.sections import Backend, HostSettings, Upstream
+from components.config.settings import Placement, Settings
+from components.config.values import format_cpu_set
+from components.lb.nginx_conf import (
     CONTAINER_API_KEY_MAP,
     CONTAINER_TLS_FILES,
     NginxRuntime,
     render_extra_files,
     render_nginx_config,
 )
-from .settings import Backend, HostSettings, Placement, Settings, Upstream, format_cpu_set
+from components.plan.monitoring import MonitoringPlan, build_monitoring_plan
+from components.steps.engine import DOCKER_TLS_SECRET_ENV
 
 VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
@@ -146,7 +148,7 @@ class DownloadPlan:
         words = [
             self.python,
             "-m",
-            "components.download",
+            "components.steps.download",
             "--image",
             image,
             "--model",
@@ -296,7 +298,7 @@ class RolloutPlan:
     """One replica's way out of and back into the load balancer during an update.
 
     `drain` runs before Pulumi stops the replica, `resume` after its new
-    container exists (components.rollout). Replicas are replaced in waves of at
+    container exists (components.steps.rollout). Replicas are replaced in waves of at
     most half of them: a wave starts only when the previous one is back in
     rotation, so at least half serve throughout.
     """
@@ -486,14 +488,14 @@ def _ready_check(
     name: str, replicas: tuple[ReplicaPlan, ...], settings: Settings, python: str
 ) -> CheckPlan:
     # Each replica's /health where it is published, asked as soon as it can
-    # answer; its name alone falls back on Docker's health status (components.gate).
+    # answer; its name alone falls back on Docker's health status (components.steps.readiness).
     probes = [("--probe", f"{r.name}={r.url}/health") for r in replicas]
     return CheckPlan(
         name=name,
         argv=(
             python,
             "-m",
-            "components.gate",
+            "components.steps.readiness",
             "--timeout",
             str(settings.ready_timeout_seconds),
             "--progress-seconds",
@@ -526,7 +528,7 @@ def _rollouts(
         return (
             python,
             "-m",
-            "components.rollout",
+            "components.steps.rollout",
             action,
             "--lb",
             lb_name,
@@ -674,7 +676,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             argv=(
                 python,
                 "-m",
-                "components.verify",
+                "components.steps.verify",
                 "--url",
                 lb_url,
                 "--model",

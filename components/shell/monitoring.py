@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
-from .monitoring import MonitoringContainer, MonitoringPlan
+from components.plan.monitoring import MonitoringContainer, MonitoringPlan
 
 TYPE_TOKEN = "vllm-nginx:index:Monitoring"
 

@@ -5,7 +5,7 @@ Two doors lead here and both go through `load_config`:
 - `pulumi up` (`program.load_settings`, through `settings_from_config`): the
   runtime hands over the config map as flat strings (objects and lists as
   JSON) plus the set of secret keys;
-- `python -m components.check` and `components.render_config`: the stack file
+- `python -m components.cli.check` and `components.cli.render_config`: the stack file
   is read the way the Pulumi CLI reads it (`read_stack_file`), with no CLI, so
   encrypted values are stand-ins; a rule that compares one of them with
   another key is returned as unverified rather than run on the stand-in.
@@ -30,14 +30,9 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .settings import (
-    SKIP_CROSS_KEY,
-    Rule,
-    Settings,
-    cross_key_rules,
-    disk_rules,
-    remote_engine_rules,
-)
+from components.config.rule import Rule
+from components.config.rules import cross_key_rules, disk_rules, remote_engine_rules
+from components.config.settings import SKIP_CROSS_KEY, Settings
 
 NAMESPACE = "vllm-nginx"
 SECRET_KEYS = ("hfToken", "apiKey", "tlsKey", "grafanaPassword")

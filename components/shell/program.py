@@ -15,16 +15,17 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from .cluster import PROJECT_DIR, VllmCluster, VllmClusterArgs
-from .serving import deployment_running
-from .settings import Settings
-from .stack_config import (
+from components import PROJECT_DIR
+from components.config.settings import Settings
+from components.config.stack_config import (
     NAMESPACE,
     ConfigError,
     deployment_problems,
     settings_from_config,
     split_namespace,
 )
+from components.shell.cluster import VllmCluster, VllmClusterArgs
+from components.shell.serving import deployment_running
 
 
 def stack_config() -> dict[str, Any]:
@@ -40,7 +41,7 @@ def load_settings(namespace: str = NAMESPACE) -> Settings:
         for key in runtime_config.get_config_secret_keys_env()
         if key.startswith(f"{namespace}:")
     }
-    # The same loader `python -m components.check` runs on the stack file.
+    # The same loader `python -m components.cli.check` runs on the stack file.
     return settings_from_config(raw, secret, namespace)
 
 

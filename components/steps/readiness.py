@@ -31,7 +31,7 @@ import docker
 from docker.errors import DockerException, NotFound
 from docker.models.containers import Container
 
-from .engine import engine_client
+from components.steps.engine import engine_client
 
 LOG_LINES = 40
 

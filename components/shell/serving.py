@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 import docker
 from docker.errors import DockerException, NotFound
 
-from .plan import engine_env
-from .settings import Settings
+from components.config.settings import Settings
+from components.plan.build import engine_env
 
 
 def deployment_running(settings: Settings, docker_host: str | None) -> bool:

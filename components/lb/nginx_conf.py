@@ -64,7 +64,18 @@ from typing import Any
 
 import crossplane
 
-from components.lb import (
+from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
+from components.config.values import (
+    SAFE_TOKEN_RULE,
+    header_name,
+    host_name,
+    ip_address,
+    safe_token,
+    url_path,
+)
+from components.containers.exporter.lb_exporter import LOG_FORMAT as METRICS_LOG_FORMAT
+from components.containers.exporter.lb_exporter import SYSLOG_TAG as METRICS_SYSLOG_TAG
+from components.lb.njs import (
     FALLBACK_LOCATION,
     PREFIX_CHARS_VARIABLE,
     PREFIX_HANDLER,
@@ -72,19 +83,6 @@ from components.lb import (
     PREFIX_LOCATION,
     PREFIX_MODULE,
     prefix_script,
-)
-from components.lb_exporter import LOG_FORMAT as METRICS_LOG_FORMAT
-from components.lb_exporter import SYSLOG_TAG as METRICS_SYSLOG_TAG
-from components.settings import (
-    SAFE_TOKEN_RULE,
-    LoadBalancerSettings,
-    RoutingPolicy,
-    Upstream,
-    header_name,
-    host_name,
-    ip_address,
-    safe_token,
-    url_path,
 )
 
 Directive = dict[str, Any]

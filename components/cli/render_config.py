@@ -1,13 +1,13 @@
 """Print the nginx config a stack will run, so it can be reviewed before `pulumi up`.
 
-    python -m components.render_config --stack dev
-    python -m components.render_config --stack dev --upstream 10.0.0.5:8000 --upstream gpu2:8000
+    python -m components.cli.render_config --stack dev
+    python -m components.cli.render_config --stack dev --upstream 10.0.0.5:8000 --upstream gpu2:8000
 
 With `--upstream`, the stack's load-balancer settings are rendered in front of
 explicit `host:port` replicas (other machines, or a test on loopback) instead
 of the stack's own containers. Reads the stack file directly, with the same
 reading and rules as `pulumi up` (`stack_config.settings_from_stack_file`, as
-`python -m components.check` does): no Pulumi CLI, no secret values needed
+`python -m components.cli.check` does): no Pulumi CLI, no secret values needed
 (none ends up in the nginx config).
 """
 
@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from pydantic import ValidationError
 
-from .nginx_config import NginxRuntime, render_nginx_config
-from .plan import build_plan
-from .settings import Upstream
-from .stack_config import ConfigError, settings_from_stack_file
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from components import PROJECT_DIR
+from components.config.sections import Upstream
+from components.config.stack_config import ConfigError, settings_from_stack_file
+from components.lb.nginx_conf import NginxRuntime, render_nginx_config
+from components.plan.build import build_plan
 
 
 def _upstream(text: str) -> Upstream:
@@ -50,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_stack_file(PROJECT_DIR / f"Pulumi.{args.stack}.yaml")
     except ConfigError as err:
-        # The same reading and rules as `pulumi up` and `python -m components.check`.
+        # The same reading and rules as `pulumi up` and `python -m components.cli.check`.
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.upstream:

@@ -1,0 +1,241 @@
+"""The rules of a multi-host deployment ('hosts'): counts, devices, ports, names."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from components.config.sections import Backend, HostSettings, is_remote_engine
+
+if TYPE_CHECKING:
+    from components.config.settings import Settings
+
+import ipaddress
+from collections.abc import Iterator
+
+from components.config.rule import Rule, rule
+
+SINGLE_HOST_KEYS = {
+    "replicas": ("replicas", "replicas"),
+    "gpus": ("gpus", "gpus"),
+    "bind_address": ("bindAddress", "bindAddress"),
+    "public_host": ("publicHost", "address"),
+}
+"""Top-level fields that 'hosts' replaces: the key, and the per-host key that says it instead."""
+
+
+def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
+    key = f"hosts[{i}]"
+    cpu = s.backend is Backend.CPU
+    if host.gpus is not None and cpu:
+        yield rule(f"{key}.gpus", "must not be set with 'backend' cpu", "hosts", "backend")
+    if host.cpu_sets is not None and not cpu:
+        yield rule(
+            f"{key}.cpuSets", "is for 'backend' cpu; GPU hosts list 'gpus'", "hosts", "backend"
+        )
+    if host.replica_count == 0:
+        yield rule(
+            f"{key}.replicas",
+            "is required: say how many replicas run on this host ('replicas', or one entry "
+            "per replica in 'gpus' / 'cpuSets')",
+            "hosts",
+        )
+    for field, groups in (("gpus", host.gpus), ("cpuSets", host.cpu_sets)):
+        if groups is not None and host.replicas is not None and len(groups) != host.replicas:
+            yield rule(
+                f"{key}.{field}",
+                f"lists {len(groups)} replicas but '{key}.replicas' is {host.replicas}",
+                "hosts",
+            )
+
+
+def _host_device_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
+    """A GPU or core belongs to one replica of its host; other hosts have their own."""
+    key = f"hosts[{i}]"
+    _gpus, cores = s._host_groups(host)
+    seen_gpus: set[int] = set()
+    for r, ids in enumerate(host.gpus or ()):
+        if len(ids) != s.tensor_parallel_size:
+            yield rule(
+                f"{key}.gpus[{r}]",
+                f"has {len(ids)} GPUs but 'tensorParallelSize' is {s.tensor_parallel_size}",
+                "hosts",
+                "tensorParallelSize",
+            )
+        for gpu in ids:
+            if gpu in seen_gpus:
+                yield rule(
+                    f"{key}.gpus[{r}]",
+                    f"uses GPU {gpu}, which another replica on host {host.name} uses too",
+                    "hosts",
+                )
+            seen_gpus.add(gpu)
+    seen_cores: set[int] = set()
+    for r, group in enumerate(cores):
+        where = f"{key}.cpuSets[{r}]" if host.cpu_sets is not None else "cpu.coresPerReplica"
+        if group and len(group) % s.tensor_parallel_size:
+            yield rule(
+                where,
+                f"gives replica {r} on host {host.name} {len(group)} CPUs, not a multiple of "
+                f"'tensorParallelSize' {s.tensor_parallel_size}",
+                "hosts",
+                "tensorParallelSize",
+                "cpu",
+            )
+        for core in group:
+            if core in seen_cores:
+                yield rule(
+                    where,
+                    f"uses CPU {core}, which another replica on host {host.name} uses too",
+                    "hosts",
+                    "cpu",
+                )
+            seen_cores.add(core)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two binds on one engine clash when they are the same address or either is every one."""
+    return a == b or "0.0.0.0" in (a, b) or "::" in (a, b)
+
+
+def _host_port_rules(s: Settings, lb_host: HostSettings | None) -> Iterator[Rule]:
+    assert s.hosts is not None
+    base = s.base_port
+    # Where the load balancer reaches each replica on another host: address:port,
+    # which must name one replica only.
+    reached: dict[tuple[str, int], str] = {}
+    for i, host in enumerate(s.hosts):
+        key = f"hosts[{i}]"
+        if host.replica_count == 0:
+            continue  # no ports; its count is reported on its own
+        first = host.base_port if host.base_port is not None else base
+        last = first + host.replica_count - 1
+        port_key = f"{key}.basePort" if host.base_port is not None else "basePort"
+        if last > 65535:
+            yield rule(
+                port_key,
+                f"{first} + {host.replica_count} replicas on host {host.name} passes port 65535",
+                "hosts",
+                "basePort",
+            )
+            continue
+        clash = next(
+            (
+                reached[(host.address, port)]
+                for port in range(first, last + 1)
+                if (host.address, port) in reached
+            ),
+            None,
+        )
+        if clash is not None:
+            yield rule(
+                f"{key}.address",
+                f"{host.address} with ports {first}-{last} reaches a port of {clash} too "
+                "(the same address:port twice); give one of them another 'basePort'",
+                "hosts",
+                "basePort",
+            )
+        for port in range(first, last + 1):
+            reached.setdefault((host.address, port), f"host {host.name}")
+        lb = s.load_balancer
+        if (
+            host is lb_host
+            and first <= lb.port <= last
+            and _overlap(lb.bind_address, host.publish_address)
+        ):
+            yield rule(
+                "loadBalancer.port",
+                f"{lb.port} collides with the replica ports {first}-{last} of host {host.name}, "
+                "where the load balancer runs",
+                "hosts",
+                "basePort",
+                "loadBalancer",
+            )
+
+
+def host_rules(s: Settings) -> Iterator[Rule]:
+    lb = s.load_balancer
+    if s.hosts is None:
+        if lb.host is not None:
+            yield rule("loadBalancer.host", "is set but 'hosts' is not", "hosts")
+        return
+    for field, (key, per_host) in SINGLE_HOST_KEYS.items():
+        if field in s.model_fields_set:
+            yield rule(
+                key,
+                f"must not be set with 'hosts': each host says its own ('hosts[i].{per_host}')",
+                "hosts",
+            )
+    if "cpu_sets" in s.cpu.model_fields_set:
+        yield rule(
+            "cpu.cpuSets",
+            "must not be set with 'hosts': each host says its own ('hosts[i].cpuSets')",
+            "hosts",
+        )
+    names: dict[str, int] = {}
+    engines: dict[str, int] = {}
+    for i, host in enumerate(s.hosts):
+        if host.name in names:
+            yield rule(
+                f"hosts[{i}].name", f"{host.name} is also the name of hosts[{names[host.name]}]"
+            )
+        names.setdefault(host.name, i)
+        if host.docker_host in engines:
+            yield rule(
+                f"hosts[{i}].dockerHost",
+                f"is the engine of hosts[{engines[host.docker_host]}] too: one host per engine",
+            )
+        engines.setdefault(host.docker_host, i)
+        if host.bind_address is None:
+            try:
+                ipaddress.ip_address(host.address)
+            except ValueError:
+                yield rule(
+                    f"hosts[{i}].bindAddress",
+                    "is required when 'address' is a name: Docker publishes ports on an IP "
+                    "address (the host's address on the network the load balancer uses)",
+                )
+        if host.tls is not None and not host.docker_host.startswith("tcp://"):
+            yield rule(f"hosts[{i}].tls", "is only for a tcp:// 'dockerHost'")
+        if host.docker_host.startswith("tcp://") and host.tls is None:
+            yield rule(
+                f"hosts[{i}].tls",
+                "is required with a tcp:// 'dockerHost': an engine's API without TLS gives "
+                "root on that machine to anyone who reaches the port",
+            )
+        yield from _host_count_rules(s, i, host)
+        yield from _host_device_rules(s, i, host)
+    if lb.host is not None and lb.host not in names:
+        yield rule(
+            "loadBalancer.host",
+            f"names no host in 'hosts' (they are: {', '.join(names)})",
+            "hosts",
+        )
+    lb_host = s.load_balancer_host if lb.host is None or lb.host in names else None
+    yield from _host_port_rules(s, lb_host)
+    if (
+        lb_host is not None
+        and ipaddress.ip_address(lb.bind_address).is_loopback
+        and is_remote_engine(lb_host.docker_host)
+    ):
+        yield rule(
+            "loadBalancer.bindAddress",
+            f"is a loopback address on host {lb_host.name}, a remote engine: nothing outside "
+            "it (the verify step included) can reach the load balancer",
+            "hosts",
+        )
+    placements = s.placements()
+    longest = max((p.name for p in placements), key=len, default="")
+    if len(longest) > 63:
+        yield rule(
+            "namePrefix",
+            f"makes replica names ('<prefix>-<host>-<i>') of up to {len(longest)} characters; "
+            "container names double as DNS names, at most 63",
+            "hosts",
+        )
+    if lb.name in {p.name for p in placements}:
+        yield rule(
+            "loadBalancer.name",
+            f"{lb.name} collides with a replica name ('namePrefix'-host-number)",
+            "hosts",
+            "namePrefix",
+        )

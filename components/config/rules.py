@@ -1,0 +1,259 @@
+"""Rules that tie several keys together, reported all at once, each on its key.
+
+Kept apart from the models because pydantic runs a model's own validators
+only when all its fields are valid: a rule here still runs, and its problem is
+reported beside the per-key ones.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from components.config.sections import Backend, is_remote_engine
+
+if TYPE_CHECKING:
+    from components.config.settings import Settings
+
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+from components.config.host_rules import host_rules
+from components.config.rule import Rule, rule
+from components.config.values import (
+    key_matches_certificate,
+)
+
+
+def _gpu_rules(s: Settings) -> Iterator[Rule]:
+    if s.gpus is None or s.hosts is not None:
+        return
+    if s.backend is Backend.CPU:
+        yield rule("gpus", "must not be set with 'backend' cpu", "backend")
+        return
+    if len(s.gpus) != s.replicas:
+        yield rule(
+            "gpus", f"lists {len(s.gpus)} replicas but 'replicas' is {s.replicas}", "replicas"
+        )
+    seen: set[int] = set()
+    for index, ids in enumerate(s.gpus):
+        if len(ids) != s.tensor_parallel_size:
+            yield rule(
+                f"gpus[{index}]",
+                f"has {len(ids)} GPUs but 'tensorParallelSize' is {s.tensor_parallel_size}",
+                "tensorParallelSize",
+            )
+        for gpu in ids:
+            if gpu in seen:
+                yield rule(f"gpus[{index}]", f"uses GPU {gpu}, which another replica uses too")
+            seen.add(gpu)
+
+
+def _cpu_rules(s: Settings) -> Iterator[Rule]:
+    if s.backend is not Backend.CPU or s.hosts is not None:
+        return
+    sets = s.cpu.cpu_sets
+    if sets is not None and len(sets) != s.replicas:
+        yield rule(
+            "cpu.cpuSets",
+            f"lists {len(sets)} replicas but 'replicas' is {s.replicas}",
+            "replicas",
+            "backend",
+        )
+    seen: set[int] = set()
+    for index, cores in enumerate(s.cpu_groups()):
+        key = f"cpu.cpuSets[{index}]" if sets is not None else "cpu.coresPerReplica"
+        if cores and len(cores) % s.tensor_parallel_size:
+            yield rule(
+                key,
+                f"gives replica {index} {len(cores)} CPUs, not a multiple of "
+                f"'tensorParallelSize' {s.tensor_parallel_size}",
+                "tensorParallelSize",
+                "backend",
+            )
+        for core in cores:
+            if core in seen:
+                yield rule(key, f"uses CPU {core}, which another replica uses too", "backend")
+            seen.add(core)
+
+
+def _name_and_port_rules(s: Settings) -> Iterator[Rule]:
+    if s.hosts is not None:
+        return  # per host: `_host_rules`
+    names = s.replica_names()
+    longest = names[-1]
+    if len(longest) > 63:
+        yield rule(
+            "namePrefix",
+            f"makes replica names of up to {len(longest)} characters; container names "
+            "double as DNS names, at most 63",
+            "replicas",
+        )
+    last_port = s.base_port + s.replicas - 1
+    if last_port > 65535:
+        yield rule(
+            "basePort", f"{s.base_port} + {s.replicas} replicas passes port 65535", "replicas"
+        )
+    lb = s.load_balancer
+    if s.base_port <= lb.port <= last_port:
+        yield rule(
+            "loadBalancer.port",
+            f"{lb.port} collides with the replica ports {s.base_port}-{last_port} "
+            "('basePort' + 'replicas')",
+            "basePort",
+            "replicas",
+        )
+    if lb.name in names:
+        yield rule(
+            "loadBalancer.name",
+            f"{lb.name} collides with a replica name ('namePrefix' + number)",
+            "namePrefix",
+            "replicas",
+        )
+
+
+def _tls_rules(s: Settings) -> Iterator[Rule]:
+    tls = s.load_balancer.tls
+    if tls and s.tls_certificate is None:
+        yield rule("tlsCertificate", "is required with 'loadBalancer.tls' true", "loadBalancer")
+    if tls and s.tls_key is None:
+        yield rule(
+            "tlsKey",
+            "is required with 'loadBalancer.tls' true "
+            "(`pulumi config set --secret tlsKey < server.key`)",
+            "loadBalancer",
+        )
+    if not tls and (s.tls_certificate is not None or s.tls_key is not None):
+        key = "tlsCertificate" if s.tls_certificate is not None else "tlsKey"
+        yield rule(key, "is set but 'loadBalancer.tls' is false", "loadBalancer")
+    if (
+        s.tls_key is not None
+        and s.tls_certificate is not None
+        and not key_matches_certificate(s.tls_key, s.tls_certificate)
+    ):
+        yield rule(
+            "tlsKey",
+            "is not the private key of 'tlsCertificate'",
+            "tlsCertificate",
+            secret_check="whether it is the private key of 'tlsCertificate'",
+        )
+
+
+def _monitoring_rules(s: Settings) -> Iterator[Rule]:
+    mon = s.monitoring
+    if not mon.enabled:
+        if s.grafana_password is not None:
+            yield rule("grafanaPassword", "is set but 'monitoring.enabled' is false", "monitoring")
+        return
+    if s.grafana_password is None:
+        yield rule(
+            "grafanaPassword",
+            "is required with 'monitoring.enabled' true "
+            "(`pulumi config set --secret grafanaPassword`)",
+            "monitoring",
+        )
+    last_port = s.base_port + s.replicas - 1
+    # Monitoring runs where nginx does: only that engine's replica ports can clash.
+    lb_host = s.load_balancer_host
+    beside = {p.port: p for p in s.placements() if p.host is lb_host}
+    taken_ports = {s.load_balancer.port: "'loadBalancer.port'"}
+    for key, port in (
+        ("monitoring.prometheus.port", mon.prometheus.port),
+        ("monitoring.grafana.port", mon.grafana.port),
+    ):
+        if lb_host is None and s.base_port <= port <= last_port:
+            yield rule(
+                key,
+                f"{port} collides with the replica ports {s.base_port}-{last_port} "
+                "('basePort' + 'replicas')",
+                "basePort",
+                "replicas",
+            )
+        elif lb_host is not None and port in beside:
+            yield rule(
+                key,
+                f"{port} is the port of replica {beside[port].name} on host {lb_host.name}, "
+                "where monitoring runs with the load balancer",
+                "hosts",
+            )
+        elif port in taken_ports:
+            yield rule(key, f"{port} is also {taken_ports[port]}", "loadBalancer")
+        taken_ports.setdefault(port, f"'{key}'")
+    taken_names = {name: "a replica name ('namePrefix' + number)" for name in s.replica_names()}
+    taken_names[s.load_balancer.name] = "'loadBalancer.name'"
+    for key, name in (
+        ("monitoring.prometheus.name", mon.prometheus.name),
+        ("monitoring.grafana.name", mon.grafana.name),
+        ("monitoring.lbExporter.name", mon.lb_exporter.name),
+    ):
+        if name in taken_names:
+            yield rule(
+                key,
+                f"{name} collides with {taken_names[name]}",
+                "namePrefix",
+                "replicas",
+                "loadBalancer",
+            )
+        taken_names.setdefault(name, f"'{key}'")
+    taken_volumes = {s.hf_cache.volume: "'hfCache.volume'"} if s.hf_cache.volume else {}
+    for key, volume in (
+        ("monitoring.prometheus.volume", mon.prometheus.volume),
+        ("monitoring.grafana.volume", mon.grafana.volume),
+    ):
+        if volume in taken_volumes:
+            yield rule(key, f"{volume} is also {taken_volumes[volume]}", "hfCache")
+        taken_volumes.setdefault(volume, f"'{key}'")
+
+
+def cross_key_rules(settings: Settings) -> list[Rule]:
+    """Every rule that ties several keys together, all broken ones at once."""
+    return [
+        *host_rules(settings),
+        *_gpu_rules(settings),
+        *_cpu_rules(settings),
+        *_name_and_port_rules(settings),
+        *_tls_rules(settings),
+        *_monitoring_rules(settings),
+    ]
+
+
+def disk_rules(settings: Settings, project_dir: Path) -> list[Rule]:
+    """What must exist where `pulumi up` runs: the vLLM checkout to build, its Dockerfile."""
+    build = settings.vllm_image.build
+    if build is None:
+        return []
+    context = (project_dir / Path(build.context).expanduser()).resolve()
+    if not context.is_dir():
+        return [rule("image.build.context", f"is not a directory (looked in {context})")]
+    dockerfile = (context / build.dockerfile).resolve()
+    if not dockerfile.is_relative_to(context):
+        return [rule("image.build.dockerfile", "must be inside 'image.build.context'")]
+    if not dockerfile.is_file():
+        return [rule("image.build.dockerfile", f"does not exist (looked for {dockerfile})")]
+    return []
+
+
+def remote_engine_rules(settings: Settings, docker_host: str | None) -> list[Rule]:
+    """What breaks when the engine is remote: the verify step runs where `pulumi up`
+    runs and reaches the load balancer by `publicHost` on its published address.
+    With 'hosts', `docker:host` is not used and the rules are per host."""
+    if not is_remote_engine(docker_host) or settings.hosts is not None:
+        return []
+    rules = []
+    if settings.public_host in {"localhost", "127.0.0.1", "::1"}:
+        rules.append(
+            rule(
+                "publicHost",
+                "must name the Docker host: `docker:host` is a remote engine, and the verify "
+                "step and the output URLs reach the load balancer by this name",
+            )
+        )
+    if ipaddress.ip_address(settings.load_balancer.bind_address).is_loopback:
+        rules.append(
+            rule(
+                "loadBalancer.bindAddress",
+                "is a loopback address on a remote engine: nothing outside that host "
+                "(the verify step included) can reach the load balancer",
+            )
+        )
+    return rules

@@ -1,0 +1,261 @@
+"""Typed, validated settings: the only door from stack config into the program.
+
+Everything a user can type is parsed here, before any resource is declared, so
+a bad stack file fails with one message per problem naming the key and the
+rule, and leaves nothing half-created. What a single value may be lives in
+`value_types`; the rules that tie several keys together are `cross_key_rules`,
+kept apart from the models so that every problem is reported at once: pydantic
+runs a model's own validators only when all its fields are valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationInfo,
+    model_validator,
+)
+
+from components.config.rules import cross_key_rules
+from components.config.sections import (
+    Backend,
+    CacheSettings,
+    CompileCacheSettings,
+    ConfigModel,
+    CpuSettings,
+    HealthCheckSettings,
+    HostSettings,
+    ImageSettings,
+    LoadBalancerSettings,
+    MonitoringSettings,
+    ProxySettings,
+)
+from components.config.values import (
+    DAY,
+    EnvName,
+    GpuId,
+    HostName,
+    Int,
+    IpAddress,
+    NamePrefix,
+    NetworkName,
+    PemCertificate,
+    PemPrivateKey,
+    Port,
+    SafeSecret,
+    SafeToken,
+    parse_cpu_set,
+)
+
+SKIP_CROSS_KEY = "skip_cross_key_rules"
+"""Validation context flag: the config loader runs `cross_key_rules` itself, per key."""
+
+# vLLM flags and variables the deployment sets itself: overriding them from
+# extraArgs/extraEnv breaks it (a wrong --port is found only after readyTimeoutSeconds).
+MANAGED_FLAGS = {
+    "--model": "set 'model'",
+    "--served-model-name": "set 'servedModelName'",
+    "--host": "replicas listen on 0.0.0.0 inside their container",
+    "--port": "replicas listen on 8000 inside their container; set 'basePort' for the host",
+    "--tensor-parallel-size": "set 'tensorParallelSize'",
+    "-tp": "set 'tensorParallelSize'",
+    "--api-key": "set 'apiKey' with `pulumi config set --secret apiKey`",
+}
+SECRET_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
+MANAGED_ENV = {
+    "HF_HUB_OFFLINE": "the deployment sets it on replicas that must not download",
+    "VLLM_CPU_KVCACHE_SPACE": "set 'cpu.kvcacheSpaceGb'",
+    "VLLM_CPU_OMP_THREADS_BIND": "set 'cpu.coresPerReplica' or 'cpu.cpuSets'",
+    "HTTP_PROXY": "set 'proxy.http'",
+    "HTTPS_PROXY": "set 'proxy.https'",
+    "NO_PROXY": "set 'proxy.no'",
+}
+
+
+def _extra_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        # vLLM's parser takes --tensor_parallel_size for --tensor-parallel-size.
+        flag = flag[:2] + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+        if flag in MANAGED_FLAGS:
+            raise ValueError(f"must not set {flag}: {MANAGED_FLAGS[flag]}")
+    return args
+
+
+def _extra_env(env: dict[str, str]) -> dict[str, str]:
+    for name in env:
+        if name.upper() in SECRET_ENV_NAMES:
+            raise ValueError(
+                f"must not set {name}: it would sit in plain text in the stack file and the "
+                "container's inputs; set 'hfToken' / 'apiKey' with `pulumi config set --secret`"
+            )
+        if name.upper() in MANAGED_ENV:
+            raise ValueError(f"must not set {name}: {MANAGED_ENV[name.upper()]}")
+    return env
+
+
+def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not hosts:
+        raise ValueError("must list at least one host (or be left out: one engine)")
+    return hosts
+
+
+DEFAULT_GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
+# vLLM's published CPU build of the same release (its CPU installation docs).
+DEFAULT_CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+
+
+class Settings(ConfigModel):
+    """The whole stack config, validated."""
+
+    model: SafeToken
+    served_model_name: SafeToken | None = None
+    backend: Backend = Backend.GPU
+    replicas: Annotated[Int, Field(ge=1, le=64)] = 2
+    tensor_parallel_size: Annotated[Int, Field(ge=1, le=64)] = 1
+    gpus: tuple[tuple[GpuId, ...], ...] | None = None
+    name_prefix: NamePrefix = "vllm"
+    network_name: NetworkName = "vllm-nginx"
+    image: ImageSettings | None = None
+    hf_cache: CacheSettings = CacheSettings(volume="vllm-hf-cache")
+    base_port: Port = 8081
+    bind_address: IpAddress = "127.0.0.1"
+    public_host: HostName = "localhost"
+    extra_args: Annotated[tuple[SafeToken, ...], AfterValidator(_extra_args)] = ()
+    extra_env: Annotated[dict[EnvName, SafeToken], AfterValidator(_extra_env)] = Field(
+        default_factory=dict
+    )
+    proxy: ProxySettings = ProxySettings()
+    cpu: CpuSettings = CpuSettings()
+    ready_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 1800
+    progress_interval_seconds: Annotated[Int, Field(ge=1, le=30)] = 15
+    compile_cache: CompileCacheSettings = CompileCacheSettings()
+    verify_timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 120
+    health_check: HealthCheckSettings = HealthCheckSettings()
+    restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 30
+    load_balancer: LoadBalancerSettings = LoadBalancerSettings()
+    hosts: Annotated[tuple[HostSettings, ...], AfterValidator(_some_hosts)] | None = None
+    monitoring: MonitoringSettings = MonitoringSettings()
+    hf_token: SafeSecret | None = None
+    api_key: SafeSecret | None = None
+    tls_certificate: PemCertificate | None = None
+    tls_key: PemPrivateKey | None = None
+    grafana_password: SafeSecret | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Self:
+        if isinstance(info.context, dict) and info.context.get(SKIP_CROSS_KEY):
+            return self
+        rules = cross_key_rules(self)
+        if rules:
+            raise ValueError("; ".join(f"'{r.key}' {r.rule}" for r in rules))
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """The one name every replica serves, so clients never see which replica answered."""
+        return self.served_model_name or self.model
+
+    @property
+    def vllm_image(self) -> ImageSettings:
+        """The image settings with the published image of the backend filled in."""
+        image = self.image or ImageSettings()
+        if image.prebuilt is None and image.build is None:
+            default = DEFAULT_CPU_IMAGE if self.backend is Backend.CPU else DEFAULT_GPU_IMAGE
+            image = image.model_copy(update={"prebuilt": default})
+        return image
+
+    def replica_names(self) -> tuple[str, ...]:
+        if self.hosts is not None:
+            return tuple(p.name for p in self.placements())
+        return tuple(f"{self.name_prefix}{i}" for i in range(self.replicas))
+
+    @property
+    def load_balancer_host(self) -> HostSettings | None:
+        """The host nginx runs on: 'loadBalancer.host', else the first (None: one host)."""
+        if self.hosts is None:
+            return None
+        wanted = self.load_balancer.host or self.hosts[0].name
+        return next((h for h in self.hosts if h.name == wanted), self.hosts[0])
+
+    def placements(self) -> tuple[Placement, ...]:
+        """Every replica with its host, name, port and devices, in a stable order.
+
+        Without 'hosts' this is today's single engine: `<prefix><i>` on
+        `basePort + i`. With 'hosts' a replica is named after its host
+        (`<prefix>-<host>-<i>`), so adding one to a host renames no other:
+        a name is also its upstream and its container, and a new name replaces.
+        """
+        if self.hosts is None:
+            gpus, cores = self.gpu_groups(), self.cpu_groups()
+            return tuple(
+                Placement(None, i, f"{self.name_prefix}{i}", self.base_port + i, gpus[i], cores[i])
+                for i in range(self.replicas)
+            )
+        found: list[Placement] = []
+        for host in self.hosts:
+            base = host.base_port if host.base_port is not None else self.base_port
+            gpus, cores = self._host_groups(host)
+            found.extend(
+                Placement(host, i, self.host_replica_name(host, i), base + i, gpus[i], cores[i])
+                for i in range(host.replica_count)
+            )
+        return tuple(found)
+
+    def host_replica_name(self, host: HostSettings, index: int) -> str:
+        return f"{self.name_prefix}-{host.name}-{index}"
+
+    def _host_groups(
+        self, host: HostSettings
+    ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+        """GPU ids and CPU cores of each replica on one host, counted from 0 there."""
+        count = host.replica_count
+        none: tuple[tuple[int, ...], ...] = tuple(() for _ in range(count))
+        if self.backend is Backend.CPU:
+            if host.cpu_sets is not None:
+                sets = tuple(parse_cpu_set(text) for text in host.cpu_sets)
+                return none, tuple(sets[i] if i < len(sets) else () for i in range(count))
+            k = self.cpu.cores_per_replica
+            return none, tuple(tuple(range(r * k, (r + 1) * k)) for r in range(count))
+        if host.gpus is not None:
+            gpus = tuple(host.gpus[i] if i < len(host.gpus) else () for i in range(count))
+            return gpus, none
+        tp = self.tensor_parallel_size
+        return tuple(tuple(range(r * tp, (r + 1) * tp)) for r in range(count)), none
+
+    def cpu_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Each CPU replica's cores: `cpu.cpuSets`, else consecutive blocks, else none."""
+        if self.backend is not Backend.CPU:
+            return tuple(() for _ in range(self.replicas))
+        if self.cpu.cpu_sets is not None:
+            sets = tuple(parse_cpu_set(text) for text in self.cpu.cpu_sets)
+            return tuple(sets[i] if i < len(sets) else () for i in range(self.replicas))
+        k = self.cpu.cores_per_replica
+        return tuple(tuple(range(r * k, (r + 1) * k)) for r in range(self.replicas))
+
+    def gpu_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Each replica's GPU ids; consecutive ids unless 'gpus' says otherwise."""
+        if self.backend is Backend.CPU:
+            return tuple(() for _ in range(self.replicas))
+        if self.gpus is not None:
+            return self.gpus
+        tp = self.tensor_parallel_size
+        return tuple(tuple(range(r * tp, (r + 1) * tp)) for r in range(self.replicas))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One replica where it runs: its host (None: the one engine without 'hosts')."""
+
+    host: HostSettings | None
+    index: int
+    """Its number on its host."""
+    name: str
+    port: int
+    gpus: tuple[int, ...]
+    cores: tuple[int, ...]

@@ -1,0 +1,1 @@
+"""Runs inside the exporter container; see `components.containers`."""

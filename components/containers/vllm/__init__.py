@@ -1,0 +1,1 @@
+"""Runs inside the vllm container; see `components.containers`."""
