@@ -2,7 +2,7 @@
 
 import pulumi
 
-from components.config.stack_config import ConfigError
+from components.config.problems import ConfigError
 from components.shell.program import deploy
 
 try:

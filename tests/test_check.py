@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from components.cli import check, render_config
-from components.config.stack_config import SECRET_PLACEHOLDER, read_stack_file
+from components.config.stack_file import SECRET_PLACEHOLDER, read_stack_file
 from tests.support.nginx import make_test_pki
 
 ROOT = Path(__file__).resolve().parent.parent

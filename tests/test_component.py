@@ -17,7 +17,7 @@ import pulumi
 import pulumi_docker as docker
 import pytest
 
-from components.config.stack_config import ConfigError
+from components.config.problems import ConfigError
 from components.shell.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
 from components.shell.program import load_settings
 from tests.support.nginx import make_test_pki

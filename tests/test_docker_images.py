@@ -18,7 +18,7 @@ import openai
 import pytest
 from docker.utils.build import exclude_paths
 
-from components.plan.build import NGINX_COMMAND, NGINX_STOP_SIGNAL
+from components.plan.model import NGINX_COMMAND, NGINX_STOP_SIGNAL
 from tests.support.docker_engine import (
     LOOPBACK,
     REPO_ROOT,

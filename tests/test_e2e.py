@@ -27,7 +27,7 @@ import openai
 import pytest
 import yaml
 
-from components.config.stack_config import NAMESPACE, ConfigError
+from components.config.problems import NAMESPACE, ConfigError
 from tests.support.docker_apply import Applied, Applier
 from tests.support.docker_engine import (
     STANDIN_TAG,

@@ -36,7 +36,7 @@ import pytest
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from components.config.stack_config import NAMESPACE
+from components.config.problems import NAMESPACE
 from components.plan.monitoring import DASHBOARD_FILE, REPLICA_LABEL
 from tests.support.docker_apply import Applied, Applier
 from tests.support.docker_engine import (

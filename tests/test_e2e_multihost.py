@@ -30,7 +30,7 @@ import httpx
 import openai
 import pytest
 
-from components.config.stack_config import NAMESPACE
+from components.config.problems import NAMESPACE
 from tests.support.docker_apply import Applier
 from tests.support.docker_engine import (
     base_image,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.plan.build import API_KEY_ENV, HF_TOKEN_ENV
+from components.plan.model import API_KEY_ENV, HF_TOKEN_ENV
 from components.steps.readiness import SECRET_ENV, main, redact, serves
 
 

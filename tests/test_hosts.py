@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from components.cli.check import main as check_main
-from components.config.stack_config import ConfigError, parse_settings, settings_from_config
+from components.config.loading import parse_settings, settings_from_config
+from components.config.problems import ConfigError
 from components.plan.build import build_plan
 from components.shell import serving
 from tests.support.nginx import make_test_pki

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
+from components.config.loading import settings_from_config
+from components.config.problems import NAMESPACE, ConfigError
 from components.config.settings import Settings
-from components.config.stack_config import NAMESPACE, ConfigError, settings_from_config
 from components.containers.exporter.lb_exporter import LbMetrics, ReplicaNames
 from components.plan.build import build_plan
 from components.plan.monitoring import DASHBOARD_FILE, DATASOURCE_UID, prometheus_config

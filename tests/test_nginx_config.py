@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
 from components.config.values import SAFE_TOKEN_RULE
-from components.lb.nginx_conf import (
+from components.lb.guide import render_guide_config
+from components.lb.names import (
     CONTAINER_API_KEY_MAP,
     CONTAINER_PREFIX_SCRIPT,
     CONTAINER_TLS_FILES,
@@ -26,15 +27,16 @@ from components.lb.nginx_conf import (
     NJS_MODULE_PATH,
     UNAUTHORIZED_BODY,
     UPSTREAM_NAME,
-    NginxRuntime,
     TlsFiles,
-    affinity_variable,
+)
+from components.lb.nginx_conf import (
+    NginxRuntime,
     render_api_key_map,
     render_extra_files,
-    render_guide_config,
     render_nginx_config,
 )
 from components.lb.njs import prefix_script
+from components.lb.upstreams import affinity_variable
 from tests.support.nginx import (
     Pki,
     check_config,

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from components.config.settings import Settings
-from components.plan.build import API_KEY_ENV, HF_TOKEN_ENV, Plan, build_plan, go_duration
+from components.plan.build import build_plan
+from components.plan.model import API_KEY_ENV, HF_TOKEN_ENV, Plan, go_duration
 
 PROJECT = Path("/srv/project")
 

@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 
-from components.config.sections import Backend, RoutingPolicy
-from components.config.stack_config import (
-    ConfigError,
-    Problem,
+from components.config.loading import (
     load_config,
     parse_settings,
     require_secret,
     settings_from_config,
-    settings_from_stack_file,
 )
+from components.config.problems import ConfigError, Problem
+from components.config.sections import Backend, RoutingPolicy
+from components.config.stack_file import settings_from_stack_file
 from tests.support.nginx import make_test_pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -442,7 +441,7 @@ def test_the_stand_ins_for_certificate_and_key_never_match() -> None:
     """Two stand-ins that matched would pass the pair silently, without the unverified note."""
     from pydantic import SecretStr
 
-    from components.config.stack_config import PEM_STAND_INS, _placeholder_pem
+    from components.config.stack_file import PEM_STAND_INS, _placeholder_pem
     from components.config.values import key_matches_certificate
 
     pem = _placeholder_pem()

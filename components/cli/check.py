@@ -5,7 +5,7 @@
 
 Reads `Pulumi.<stack>.yaml` as the CLI does (keys, namespaces, `secure:`
 values, YAML 1.2 scalars) and runs the same loader and rules `pulumi up`
-runs (`stack_config.settings_from_config`). On success it prints the plan in
+runs (`loading.settings_from_config`). On success it prints the plan in
 a few lines and exits 0; otherwise it prints every problem, one line each
 naming the key as written in the file and the rule, and exits 1.
 
@@ -29,18 +29,19 @@ from typing import TextIO
 from pydantic import ValidationError
 
 from components import PROJECT_DIR
+from components.config.loading import deployment_problems
+from components.config.problems import ConfigError
 from components.config.sections import Backend
 from components.config.settings import Settings
-from components.config.stack_config import (
+from components.config.stack_file import (
     CheckedStack,
-    ConfigError,
     StackFile,
     StackFileError,
     check_stack_file,
-    deployment_problems,
     settings_from_stack_file,
 )
-from components.plan.build import Plan, build_plan
+from components.plan.build import build_plan
+from components.plan.model import Plan
 from components.plan.monitoring import GRAFANA_ADMIN_USER
 
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")

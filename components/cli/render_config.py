@@ -6,7 +6,7 @@
 With `--upstream`, the stack's load-balancer settings are rendered in front of
 explicit `host:port` replicas (other machines, or a test on loopback) instead
 of the stack's own containers. Reads the stack file directly, with the same
-reading and rules as `pulumi up` (`stack_config.settings_from_stack_file`, as
+reading and rules as `pulumi up` (`stack_file.settings_from_stack_file`, as
 `python -m components.cli.check` does): no Pulumi CLI, no secret values needed
 (none ends up in the nginx config).
 """
@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from components import PROJECT_DIR
+from components.config.problems import ConfigError
 from components.config.sections import Upstream
-from components.config.stack_config import ConfigError, settings_from_stack_file
+from components.config.stack_file import settings_from_stack_file
 from components.lb.nginx_conf import NginxRuntime, render_nginx_config
 from components.plan.build import build_plan
 

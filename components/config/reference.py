@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from components.config.problems import NAMESPACE
 from components.config.settings import Settings
-from components.config.stack_config import NAMESPACE
 
 DESCRIPTIONS: dict[str, str] = {
     "model": "Hugging Face model id (or path) every replica serves",

@@ -1,332 +1,50 @@
-"""What to run, as plain data: the deployment before any engine sees it.
+"""Settings in, `Plan` out: every name, port, GPU, command line and config decided here.
 
-The plan is computed from validated settings alone, so it can be printed,
-compared and tested without Pulumi, and the same plan could drive another
-engine than pulumi-docker. Secret values never enter the plan: a replica lists
-the *names* of the secret environment variables it needs, and the Pulumi shell
-joins them with the secret values.
+Pure and deterministic, so `components.cli.check` prints exactly what `pulumi up`
+will declare, and the tests check it without Pulumi.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from components.config.sections import Backend, HostSettings, Upstream
 from components.config.settings import Placement, Settings
 from components.config.values import format_cpu_set
-from components.lb.nginx_conf import (
-    CONTAINER_API_KEY_MAP,
-    CONTAINER_TLS_FILES,
-    NginxRuntime,
-    render_extra_files,
-    render_nginx_config,
+from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
+from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
+from components.plan.model import (
+    API_KEY_ENV,
+    API_KEY_MAP_SECRET,
+    CPU_CAPABILITIES,
+    CPU_SECURITY_OPTS,
+    HEALTH_PROBE,
+    HF_TOKEN_ENV,
+    LB_CERTIFICATE_ENV,
+    NGINX_PORT,
+    NGINX_TLS_PORT,
+    TLS_CERTIFICATE_SECRET,
+    TLS_KEY_SECRET,
+    VLLM_PORT,
+    CachePlan,
+    CheckPlan,
+    CompileCachePlan,
+    DownloadPlan,
+    HealthCheckPlan,
+    HostPlan,
+    ImageBuild,
+    ImagePlan,
+    LoadBalancerPlan,
+    Plan,
+    ReplicaPlan,
+    RolloutPlan,
+    SecretUpload,
+    host_tls_secret,
 )
-from components.plan.monitoring import MonitoringPlan, build_monitoring_plan
+from components.plan.monitoring import build_monitoring_plan
 from components.steps.engine import DOCKER_TLS_SECRET_ENV
-
-VLLM_PORT = 8000
-"""Port vLLM listens on inside its container, as in the guide."""
-
-HF_CACHE_MOUNT = "/root/.cache/huggingface"
-COMPILE_CACHE_MOUNT = "/root/.cache/vllm"
-"""`VLLM_CACHE_ROOT`'s default in vLLM's images: torch.compile / Inductor / Triton
-artifacts keyed by a hash of the model and compile config (see README)."""
-NGINX_CONFIG_PATH = "/etc/nginx/nginx.conf"
-NGINX_PORT = 80
-
-HF_TOKEN_ENV = "HF_TOKEN"
-API_KEY_ENV = "VLLM_API_KEY"
-LB_CERTIFICATE_ENV = "VLLM_NGINX_LB_CERTIFICATE"
-"""The verify step trusts the load balancer's own certificate (it may be self-signed)."""
-NGINX_TLS_PORT = 443
-
-# Names of the secret values the shell joins with the plan.
-API_KEY_MAP_SECRET = "api_key_map"
-TLS_CERTIFICATE_SECRET = "tls_certificate"
-TLS_KEY_SECRET = "tls_key"
-
-VLLM_ENTRYPOINT = ("vllm", "serve")
-"""Declared rather than inherited, so every vLLM image (GPU, CPU, built from a
-checkout) starts the same way and takes the model as its first argument;
-`--model` is deprecated by `vllm serve`."""
-
-NGINX_COMMAND = ("nginx", "-g", "daemon off;")
-NGINX_STOP_SIGNAL = "SIGQUIT"
-"""nginx finishes the requests in flight on SIGQUIT; declared so that any nginx
-image (the official one, or a Debian one in tests) stops gracefully."""
-
-CPU_CAPABILITIES = ("CAP_SYS_NICE",)
-CPU_SECURITY_OPTS = ("label=disable", "seccomp=unconfined")
-"""vLLM's CPU docs run containers like this: NUMA-aware allocation needs
-`mbind`/`set_mempolicy`, which docker's default seccomp profile refuses. With
-`--ipc host` the daemon adds `label=disable` to a container's options unless
-one is given; declaring it keeps the read-back equal to what is declared."""
-
-# python3 is in every vLLM image (and in our stand-in); curl is not guaranteed.
-HEALTH_PROBE = (
-    "CMD",
-    "python3",
-    "-c",
-    f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{VLLM_PORT}/health', "
-    "timeout=4)",
-)
-
-
-@dataclass(frozen=True)
-class ImageBuild:
-    context: str
-    dockerfile: str
-    target: str | None
-    args: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class ImagePlan:
-    """An image by name; built locally when `build` is set, else pulled as published."""
-
-    name: str
-    build: ImageBuild | None = None
-    pull_timeout_minutes: int = 20
-    keep_locally: bool = True
-
-
-@dataclass(frozen=True)
-class CachePlan:
-    volume: str | None
-    host_path: str | None
-    keep_on_destroy: bool
-    mount_path: str = HF_CACHE_MOUNT
-
-
-def go_duration(seconds: int) -> str:
-    """Seconds as Go's `time.Duration.String()` writes them (`1800` -> `30m0s`).
-
-    pulumi-docker reads a container's health check back in this form and has no
-    diff suppression for it, so anything else (`1800s`) shows as a change on
-    every `pulumi up`.
-    """
-    if seconds < 0:
-        raise ValueError("a duration must not be negative")
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
-
-
-@dataclass(frozen=True)
-class CompileCachePlan:
-    volume: str
-    keep_on_destroy: bool
-    mount_path: str = COMPILE_CACHE_MOUNT
-
-
-@dataclass(frozen=True)
-class DownloadPlan:
-    """The one-shot job that fills the model cache before any replica starts.
-
-    Its argv lacks the image, which only Pulumi knows (an image id or digest):
-    `argv(image)` adds it. The token reaches it as a secret environment variable
-    of the local command and goes into the job container as a file.
-    """
-
-    name: str
-    model: str
-    env: Mapping[str, str]
-    timeout_seconds: int
-    progress_seconds: int
-    secret_env: tuple[str, ...]
-    python: str
-
-    def argv(self, image: str, volumes: tuple[str, ...]) -> tuple[str, ...]:
-        words = [
-            self.python,
-            "-m",
-            "components.steps.download",
-            "--image",
-            image,
-            "--model",
-            self.model,
-            "--name",
-            self.name,
-            "--timeout",
-            str(self.timeout_seconds),
-            "--progress-seconds",
-            str(self.progress_seconds),
-        ]
-        for volume in volumes:
-            words += ["--volume", volume]
-        for key, value in self.env.items():
-            words += ["--env", f"{key}={value}"]
-        return tuple(words)
-
-    def command(self, image: str, volumes: tuple[str, ...]) -> str:
-        return shlex.join(self.argv(image, volumes))
-
-
-@dataclass(frozen=True)
-class HealthCheckPlan:
-    test: tuple[str, ...]
-    interval_seconds: int
-    timeout_seconds: int
-    retries: int
-    start_period_seconds: int
-    start_interval_seconds: int = 0
-
-    def durations(self) -> dict[str, str]:
-        """The four durations in the form the provider reads back."""
-        return {
-            "interval": go_duration(self.interval_seconds),
-            "timeout": go_duration(self.timeout_seconds),
-            "start_period": go_duration(self.start_period_seconds),
-            "start_interval": go_duration(self.start_interval_seconds),
-        }
-
-
-@dataclass(frozen=True)
-class ReplicaPlan:
-    index: int
-    name: str
-    bind_address: str
-    host_port: int
-    gpu_ids: tuple[str, ...]
-    cpu_set: str | None
-    command: tuple[str, ...]
-    env: Mapping[str, str]
-    secret_env: tuple[str, ...]
-    health_check: HealthCheckPlan
-    url: str
-    capabilities: tuple[str, ...] = ()
-    security_opts: tuple[str, ...] = ()
-    stop_grace_seconds: int = 30
-    entrypoint: tuple[str, ...] = VLLM_ENTRYPOINT
-    container_port: int = VLLM_PORT
-    # The guide's `--ipc host`: tensor-parallel workers share memory through the
-    # host's /dev/shm. With it docker ignores `--shm-size`, so none is declared.
-    ipc_mode: str = "host"
-    host: str | None = None
-    """The 'hosts' entry it runs on (None: the one engine of a stack without 'hosts')."""
-    route: Upstream | None = None
-    """How nginx reaches it from another engine: its host's address and published port."""
-
-    @property
-    def upstream(self) -> Upstream:
-        """By container name on the load balancer's network, else by `route`."""
-        return self.route or Upstream(host=self.name, port=self.container_port)
-
-
-@dataclass(frozen=True)
-class CheckPlan:
-    """A command run where `pulumi up` runs; a non-zero exit fails the update."""
-
-    name: str
-    argv: tuple[str, ...]
-    secret_env: tuple[str, ...] = ()
-
-    @property
-    def command(self) -> str:
-        return shlex.join(self.argv)
-
-
-@dataclass(frozen=True)
-class SecretUpload:
-    """A file put into a container whose content is a secret: the plan names the
-    secret, the Pulumi shell supplies the value (and keeps it a Pulumi secret)."""
-
-    path: str
-    secret: str
-
-
-@dataclass(frozen=True)
-class LoadBalancerPlan:
-    name: str
-    image: ImagePlan
-    bind_address: str
-    host_port: int
-    config: str
-    url: str
-    secret_uploads: tuple[SecretUpload, ...] = ()
-    files: Mapping[str, str] = field(default_factory=dict)
-    """Other plain files the config reads (the njs router of `prefix_affinity`)."""
-    config_path: str = NGINX_CONFIG_PATH
-    container_port: int = NGINX_PORT
-    command: tuple[str, ...] = NGINX_COMMAND
-    stop_signal: str = NGINX_STOP_SIGNAL
-    stop_grace_seconds: int = 30
-
-
-def host_tls_secret(host: str, part: str) -> str:
-    """The name of one host's TLS material among the secrets the shell supplies."""
-    return f"docker_tls_{part}:{host}"
-
-
-@dataclass(frozen=True)
-class HostPlan:
-    """One Docker engine and what runs on it; the steps that talk to it get its env.
-
-    A stack without 'hosts' has one, unnamed: the engine of the default
-    provider (`docker:host`), and resources named as they always were.
-    """
-
-    name: str | None
-    docker_host: str | None
-    replicas: tuple[ReplicaPlan, ...]
-    download: DownloadPlan | None
-    ready: CheckPlan
-    runs_load_balancer: bool
-    engine_env: Mapping[str, str] = field(default_factory=dict)
-    """`DOCKER_HOST` and, for a certificate directory, Docker's TLS variables."""
-    engine_secret_env: Mapping[str, str] = field(default_factory=dict)
-    """Variable -> name of the secret: the TLS material the steps' client reads."""
-    tls_cert_path: str | None = None
-    tls_materials: bool = False
-
-    @property
-    def resource_prefix(self) -> str:
-        """What goes between the component's name and a resource's own name."""
-        return f"{self.name}-" if self.name is not None else ""
-
-
-@dataclass(frozen=True)
-class RolloutPlan:
-    """One replica's way out of and back into the load balancer during an update.
-
-    `drain` runs before Pulumi stops the replica, `resume` after its new
-    container exists (components.steps.rollout). Replicas are replaced in waves of at
-    most half of them: a wave starts only when the previous one is back in
-    rotation, so at least half serve throughout.
-    """
-
-    replica: str
-    wave: int
-    drain: tuple[str, ...]
-    resume: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Plan:
-    network: str
-    cache: CachePlan
-    compile_cache: CompileCachePlan | None
-    vllm_image: ImagePlan
-    download: DownloadPlan | None
-    replicas: tuple[ReplicaPlan, ...]
-    ready: CheckPlan
-    rollouts: tuple[RolloutPlan, ...]
-    load_balancer: LoadBalancerPlan
-    verify: CheckPlan
-    served_model_name: str
-    restart_policy: str
-    monitoring: MonitoringPlan | None = None
-    hosts: tuple[HostPlan, ...] = ()
-    """Every engine with its replicas, download and readiness steps; `download`
-    and `ready` above are the first one's (the only one without 'hosts')."""
 
 
 def _proxy_vars(settings: Settings) -> dict[str, str]:

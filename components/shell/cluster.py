@@ -23,7 +23,8 @@ import pulumi_docker as docker
 from components import PROJECT_DIR
 from components.config.settings import Settings
 from components.lb.nginx_conf import render_api_key_map
-from components.plan.build import (
+from components.plan.build import build_plan
+from components.plan.model import (
     API_KEY_ENV,
     API_KEY_MAP_SECRET,
     HF_TOKEN_ENV,
@@ -38,7 +39,6 @@ from components.plan.build import (
     Plan,
     ReplicaPlan,
     RolloutPlan,
-    build_plan,
     host_tls_secret,
 )
 from components.plan.monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET

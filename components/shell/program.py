@@ -16,14 +16,9 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components import PROJECT_DIR
+from components.config.loading import deployment_problems, settings_from_config, split_namespace
+from components.config.problems import NAMESPACE, ConfigError
 from components.config.settings import Settings
-from components.config.stack_config import (
-    NAMESPACE,
-    ConfigError,
-    deployment_problems,
-    settings_from_config,
-    split_namespace,
-)
 from components.shell.cluster import VllmCluster, VllmClusterArgs
 from components.shell.serving import deployment_running
 

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from components.config.sections import LoadBalancerSettings, Upstream
+from components.lb.guide import render_guide_config
+from components.lb.names import NJS_MODULE_PATH, TlsFiles
 from components.lb.nginx_conf import (
-    NJS_MODULE_PATH,
     NginxRuntime,
-    TlsFiles,
     render_api_key_map,
     render_extra_files,
-    render_guide_config,
     render_nginx_config,
 )
 

@@ -1,0 +1,189 @@
+"""What the balancer serves: `/v1/` proxied for LLM traffic, its own `/health`,
+the paths the settings expose, the API-key guard and prefix routing's njs hand-off.
+"""
+
+from __future__ import annotations
+
+from components.config.sections import LoadBalancerSettings
+from components.config.values import (
+    url_path,
+)
+from components.lb.directives import check_positive, checked, d
+from components.lb.names import (
+    API_PREFIX,
+    EXPECTED_AUTHORIZATION_VARIABLE,
+    FALLBACK_UPSTREAM_NAME,
+    HEALTH_PATH,
+    PREFIX_BODY_BUFFER,
+    UNAUTHORIZED_BODY,
+    UPSTREAM_NAME,
+    Directive,
+)
+from components.lb.njs import (
+    FALLBACK_LOCATION,
+    PREFIX_HANDLER,
+    PREFIX_LOCATION,
+)
+from components.lb.upstreams import is_prefix
+
+
+def proxy_settings(lb: LoadBalancerSettings) -> list[Directive]:
+    # vLLM answers 500 to what arrives while it shuts down (its engine stops
+    # before its HTTP server), as when its machine goes down: another replica
+    # can answer it. A 500 nginx passes on counts as the replica's failure.
+    retry_on = ["error", "timeout", "http_500", "http_502", "http_503"]
+    if lb.retry_non_idempotent:
+        # A completion is a POST: without this, nginx only retries one that
+        # failed before any byte reached the replica (connect errors).
+        retry_on.append("non_idempotent")
+    return [
+        d("proxy_http_version", "1.1"),
+        d("proxy_set_header", "Connection", ""),
+        d("proxy_set_header", "Host", "$host"),
+        d("proxy_set_header", "X-Real-IP", "$remote_addr"),
+        d("proxy_set_header", "X-Forwarded-For", "$proxy_add_x_forwarded_for"),
+        d("proxy_set_header", "X-Forwarded-Proto", "$scheme"),
+        d("proxy_buffering", "off"),
+        # vLLM parses the whole JSON body before it starts, so streaming the
+        # request gains nothing, while a buffered body can be sent again to
+        # another replica when the first one fails before answering.
+        d("proxy_request_buffering", "on" if lb.buffer_requests else "off"),
+        d(
+            "proxy_connect_timeout",
+            check_positive("connect_timeout_seconds", lb.connect_timeout_seconds) + "s",
+        ),
+        d(
+            "proxy_read_timeout",
+            check_positive("read_timeout_seconds", lb.read_timeout_seconds) + "s",
+        ),
+        d(
+            "proxy_send_timeout",
+            check_positive("send_timeout_seconds", lb.send_timeout_seconds) + "s",
+        ),
+        d("proxy_next_upstream", *retry_on),
+        d(
+            "proxy_next_upstream_tries",
+            check_positive("next_upstream_tries", lb.next_upstream_tries, minimum=0),
+        ),
+    ]
+
+
+def api_key_guard() -> list[Directive]:
+    """Answer 401 in the rewrite phase, before an upstream is even chosen.
+
+    A byte-exact `if ... !=` and not a `map` lookup on the header: nginx
+    matches a map's string keys ignoring case, which would accept
+    `bearer <KEY>` for `Bearer <key>`, so a key in any case. An `if` in a
+    location that ends the request with `return` is one of the uses nginx
+    documents as safe (the `add_header` beside it only shapes that 401).
+
+    Only `Authorization: Bearer <key>` counts (what the OpenAI clients send
+    and vLLM's `--api-key` checks): no `x-api-key`, no query parameter.
+    nginx answers 400 to a request with two Authorization headers, so no
+    client can make the balancer and the replica read different ones.
+
+    The empty `types` makes the 401 `application/json` even for a path with an
+    extension nginx knows (`.html`); proxied responses keep the replica's type.
+    """
+    return [
+        d("types", block=[]),
+        d("default_type", "application/json"),
+        d(
+            "if",
+            "$http_authorization",
+            "!=",
+            EXPECTED_AUTHORIZATION_VARIABLE,
+            block=[
+                # `always`: without it add_header is skipped on a 4xx.
+                d("add_header", "WWW-Authenticate", "Bearer", "always"),
+                d("return", "401", UNAUTHORIZED_BODY),
+            ],
+        ),
+    ]
+
+
+def prefix_locations(guard: list[Directive]) -> list[Directive]:
+    """`/v1/` runs the njs router; it redirects to one of two named locations.
+
+    The API key check runs in the rewrite phase, before `js_content` (content
+    phase) reads the body, so a refused request never reaches the router or
+    a replica. Named locations cannot be requested by clients.
+
+    The body njs read stays the request's body: after `internalRedirect` the
+    proxy module finds it already read and sends it (nginx's
+    `ngx_http_read_client_request_body` returns at once when a body exists).
+    `proxy_request_buffering on` in both: the body is complete in memory by
+    then anyway, and the proxy's unbuffered path expects to read it itself.
+
+    `hash ... consistent` skips a replica at `max_conns` (or failed, or tried)
+    and takes the next point of the ring, up to 20 points, then any replica
+    under its bound (ngx_http_upstream_hash_module.c). With every replica at
+    its bound nginx has no peer and answers 502 itself; `error_page 502 =`
+    sends that request to the least_conn upstream, where it queues at the
+    least busy replica instead. A 502 from a replica is passed through as is
+    (no `proxy_intercept_errors`), after `proxy_next_upstream` tried others.
+    """
+    fallback_pass = d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")
+    return [
+        d(
+            "location",
+            API_PREFIX,
+            block=[
+                *guard,
+                d("client_body_buffer_size", PREFIX_BODY_BUFFER),
+                d("js_content", PREFIX_HANDLER),
+            ],
+        ),
+        d(
+            "location",
+            PREFIX_LOCATION,
+            block=[
+                d("proxy_request_buffering", "on"),
+                d("error_page", "502", "=", FALLBACK_LOCATION),
+                d("proxy_pass", f"http://{UPSTREAM_NAME}"),
+            ],
+        ),
+        d(
+            "location",
+            FALLBACK_LOCATION,
+            block=[d("proxy_request_buffering", "on"), fallback_pass],
+        ),
+    ]
+
+
+def locations(lb: LoadBalancerSettings, require_api_key: bool) -> list[Directive]:
+    guard = api_key_guard() if require_api_key else []
+    if is_prefix(lb):
+        # Exposed paths (GET /metrics ...) carry no prompt: least_conn.
+        proxied = [*guard, d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")]
+        api_locations = prefix_locations(guard)
+    else:
+        proxied = [*guard, d("proxy_pass", f"http://{UPSTREAM_NAME}")]
+        api_locations = [d("location", API_PREFIX, block=list(proxied))]
+    locations = [
+        *api_locations,
+        d(
+            "location",
+            "=",
+            HEALTH_PATH,
+            block=[
+                d("access_log", "off"),
+                d("default_type", "text/plain"),
+                d("return", "200", "ok\n"),
+            ],
+        ),
+    ]
+    seen: set[str] = set()
+    for index, path in enumerate(lb.expose_paths):
+        path = checked(f"expose_paths[{index}]", path, url_path)
+        if path == HEALTH_PATH:
+            raise ValueError(
+                f"expose_paths[{index}]: {HEALTH_PATH} is answered by the load balancer "
+                "itself (it reports the balancer's health, not one replica's)"
+            )
+        if path in seen:
+            continue
+        seen.add(path)
+        locations.append(d("location", "=", path, block=list(proxied)))
+    locations.append(d("location", "/", block=[d("return", "404")]))
+    return locations

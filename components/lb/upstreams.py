@@ -1,0 +1,83 @@
+"""The upstream block: one server line per replica and the routing policy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
+from components.config.values import (
+    header_name,
+    host_name,
+)
+from components.lb.directives import check_port, check_positive, checked, d, host_port, is_name
+from components.lb.names import AFFINITY_KEY_VARIABLE, Directive
+from components.lb.njs import (
+    PREFIX_KEY_VARIABLE,
+)
+
+
+def affinity_variable(header: str) -> str:
+    """nginx exposes request header `X-Session-Id` as `$http_x_session_id`."""
+    return "$http_" + checked("affinity_header", header, header_name).lower().replace("-", "_")
+
+
+def policy_directives(lb: LoadBalancerSettings) -> list[Directive]:
+    policy = RoutingPolicy(lb.policy)
+    if policy is RoutingPolicy.LEAST_CONN:
+        return [d("least_conn")]
+    if policy is RoutingPolicy.ROUND_ROBIN:
+        return []
+    if policy is RoutingPolicy.POWER_OF_TWO:
+        return [d("random", "two", "least_conn")]
+    if policy is RoutingPolicy.PREFIX_AFFINITY:
+        return [d("hash", PREFIX_KEY_VARIABLE, "consistent")]
+    # Hashing the bare header would send every request without it to one
+    # replica (they all hash the empty string); the map in `_affinity_map`
+    # gives those a per-request key instead, so they spread.
+    return [d("hash", AFFINITY_KEY_VARIABLE, "consistent")]
+
+
+def affinity_map(lb: LoadBalancerSettings) -> list[Directive]:
+    if RoutingPolicy(lb.policy) is not RoutingPolicy.SESSION_AFFINITY:
+        return []
+    variable = affinity_variable(lb.affinity_header)
+    return [
+        d(
+            "map",
+            variable,
+            AFFINITY_KEY_VARIABLE,
+            block=[d("default", variable), d("", "$request_id")],
+        )
+    ]
+
+
+def is_prefix(lb: LoadBalancerSettings) -> bool:
+    return RoutingPolicy(lb.policy) is RoutingPolicy.PREFIX_AFFINITY
+
+
+def server_lines(
+    lb: LoadBalancerSettings, upstreams: Sequence[Upstream], max_conns: str | None = None
+) -> list[Directive]:
+    if not upstreams:
+        raise ValueError("upstreams: at least one replica is needed")
+    max_fails = check_positive("max_fails", lb.max_fails)
+    fail_window = check_positive("fail_window_seconds", lb.fail_window_seconds)
+    bound = [] if max_conns is None else [f"max_conns={max_conns}"]
+    lines = []
+    for index, upstream in enumerate(upstreams):
+        host = checked(f"upstreams[{index}].host", upstream.host, host_name)
+        port = check_port(f"upstreams[{index}].port", upstream.port)
+        args = [
+            host_port(host, port),
+            *bound,
+            f"max_fails={max_fails}",
+            f"fail_timeout={fail_window}s",
+        ]
+        if lb.dynamic_resolve and is_name(host):
+            args.append("resolve")
+        lines.append(d("server", *args))
+    return lines
+
+
+def uses_resolve(lb: LoadBalancerSettings, upstreams: Sequence[Upstream]) -> bool:
+    return lb.dynamic_resolve and any(is_name(u.host) for u in upstreams)
