@@ -49,6 +49,14 @@ def test_defaults_reproduce_the_guide() -> None:
     assert settings.hf_cache.keep_on_destroy
 
 
+@pytest.mark.parametrize(
+    "model",
+    ["gpt2", "Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-2-7b-chat-hf", "a_b/c.d", "/models/x"],
+)
+def test_model_ids_vllm_and_the_hub_accept(model: str) -> None:
+    assert parse_settings(raw(model=model)).model == model
+
+
 def test_scalars_arrive_as_strings_and_are_coerced() -> None:
     settings = parse_settings(raw(replicas="3", tensorParallelSize="2"))
     assert settings.replicas == 3
@@ -94,6 +102,20 @@ BAD = [
     (raw(model="org/model}"), "vllm-nginx:model", "'}'"),
     (raw(model="org/my model"), "vllm-nginx:model", "no spaces"),
     (raw(servedModelName="a b"), "vllm-nginx:servedModelName", "no spaces"),
+    (raw(model="--help"), "vllm-nginx:model", "would read it as an option"),
+    (raw(model="-tp"), "vllm-nginx:model", "would read it as an option"),
+    (raw(model="org/-model"), "vllm-nginx:model", "Hugging Face repo id"),
+    (raw(model="org/model-"), "vllm-nginx:model", "Hugging Face repo id"),
+    (raw(model="a/b/c"), "vllm-nginx:model", "at most one '/'"),
+    (raw(model="org/model.git"), "vllm-nginx:model", "'.git'"),
+    (raw(model="org--x/model"), "vllm-nginx:model", "no '--' or '..'"),
+    (raw(model="org/mo..del"), "vllm-nginx:model", "no '--' or '..'"),
+    (raw(model="./models/llama"), "vllm-nginx:model", "absolute path inside the container"),
+    (raw(model="~/models/llama"), "vllm-nginx:model", "absolute path inside the container"),
+    (raw(model="org/" + "m" * 97), "vllm-nginx:model", "1-96 characters"),
+    (raw(model="café/model"), "vllm-nginx:model", "no spaces"),
+    (raw(servedModelName="--port"), "vllm-nginx:servedModelName", "would read it as an option"),
+    (raw(extraArgs=["4096"]), "vllm-nginx:extraArgs", "must begin with an option"),
     (raw(extraArgs=["--max-model-len", "4096; rm -rf /"]), "vllm-nginx:extraArgs[1]", "';'"),
     (raw(extraEnv={"FOO": "$(id)"}), "vllm-nginx:extraEnv.FOO", "'$'"),
     (raw(extraEnv={"BAD NAME": "x"}), "vllm-nginx:extraEnv.BAD NAME", "variable name"),

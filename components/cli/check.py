@@ -40,16 +40,14 @@ from components.config.stack_file import (
     check_stack_file,
     settings_from_stack_file,
 )
-from components.plan.build import build_plan
+from components.plan.build import build_plan, is_local_model
 from components.plan.model import Plan
 from components.plan.monitoring import GRAFANA_ADMIN_USER
-
-LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")
 
 
 def needs_hf_token(settings: Settings) -> bool:
     """A model id (not a local path) is downloaded from Hugging Face; gated ones need a token."""
-    return not settings.model.startswith(LOCAL_PATH_PREFIXES)
+    return not is_local_model(settings.model)
 
 
 def hf_token_status(settings: Settings) -> str:

@@ -41,6 +41,7 @@ from components.config.values import (
     HostName,
     Int,
     IpAddress,
+    ModelId,
     NamePrefix,
     NetworkName,
     PemCertificate,
@@ -48,6 +49,7 @@ from components.config.values import (
     Port,
     SafeSecret,
     SafeToken,
+    ServedName,
     parse_cpu_set,
 )
 
@@ -77,6 +79,13 @@ MANAGED_ENV = {
 
 
 def _extra_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    if args and not args[0].startswith("-"):
+        # They follow `vllm serve MODEL ... --tensor-parallel-size N`: a bare
+        # first value would be a second positional argument, which vllm refuses.
+        raise ValueError(
+            "must begin with an option such as --max-model-len: `vllm serve` takes the "
+            "model as its only positional argument"
+        )
     for arg in args:
         flag = arg.split("=", 1)[0]
         # vLLM's parser takes --tensor_parallel_size for --tensor-parallel-size.
@@ -112,8 +121,8 @@ DEFAULT_CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
 class Settings(ConfigModel):
     """The whole stack config, validated."""
 
-    model: SafeToken
-    served_model_name: SafeToken | None = None
+    model: ModelId
+    served_model_name: ServedName | None = None
     backend: Backend = Backend.GPU
     replicas: Annotated[Int, Field(ge=1, le=64)] = 2
     tensor_parallel_size: Annotated[Int, Field(ge=1, le=64)] = 1

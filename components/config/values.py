@@ -174,6 +174,55 @@ def host_path(value: str) -> str:
     return value
 
 
+# The Hub's repo id grammar, as huggingface_hub's `validate_repo_id` checks it before
+# any download (huggingface_hub 2.4.0, utils/_validators.py:28-40 and 132-149):
+# at most one '/', each part 1-96 ASCII letters, digits, '_', '.', '-' that
+# starts and ends with a letter, digit or '_', no '--' or '..', no '.git' ending.
+_HUB_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_HUB_REPO_ID = re.compile(rf"(?:{_HUB_PART}/)?{_HUB_PART}")
+MODEL_RULE = (
+    "must be a Hugging Face repo id such as Qwen/Qwen2.5-0.5B-Instruct (at most one '/'; "
+    "letters, digits, '_', '.', '-'; each part 1-96 characters starting and ending with a "
+    "letter, digit or '_'; no '--' or '..'; not ending in '.git'), or an absolute path "
+    "inside the container such as /models/my-model"
+)
+
+
+def model_id(value: str) -> str:
+    """What `vllm serve` takes as its model: a Hub repo id, or a path in its container.
+
+    The model is the first argument after `vllm serve`, so a value starting
+    with '-' would be read as an option; and the download step hands a Hub id
+    to `snapshot_download`, which refuses what the Hub's grammar refuses, only
+    after the image pull. Both are caught here instead.
+    """
+    safe_token(value)
+    if value.startswith("-"):
+        raise ValueError(
+            "must not start with '-': `vllm serve` would read it as an option; " + MODEL_RULE
+        )
+    if value.startswith("/"):
+        return value
+    if (
+        not _HUB_REPO_ID.fullmatch(value)
+        or "--" in value
+        or ".." in value
+        or value.endswith(".git")
+    ):
+        raise ValueError(MODEL_RULE)
+    return value
+
+
+def served_name(value: str) -> str:
+    """A name clients send as `model`; `vllm serve --served-model-name` reads it."""
+    safe_token(value)
+    if value.startswith("-"):
+        raise ValueError(
+            "must not start with '-': `vllm serve --served-model-name` would read it as an option"
+        )
+    return value
+
+
 def local_path(value: str) -> str:
     """A file or directory on the machine that runs `pulumi up` (read, never mounted)."""
     safe_token(value)
@@ -283,6 +332,8 @@ SafeSecret = Annotated[SecretStr, AfterValidator(safe_secret)]
 PemCertificate = Annotated[SecretStr, AfterValidator(_pem_certificate)]
 PemPrivateKey = Annotated[SecretStr, AfterValidator(_pem_private_key)]
 SafeToken = Annotated[str, AfterValidator(safe_token)]
+ModelId = Annotated[str, AfterValidator(model_id)]
+ServedName = Annotated[str, AfterValidator(served_name)]
 DnsLabel = Annotated[str, AfterValidator(dns_label)]
 NamePrefix = Annotated[str, AfterValidator(name_prefix)]
 NetworkName = Annotated[str, AfterValidator(network_name)]
