@@ -1,7 +1,7 @@
 """SIGTERM the way vLLM's server handles it, so tests see what production sees.
 
-What vLLM does (read from its source, stored commits cited in README, "Stopping
-a replica"): its SIGTERM handler cancels uvicorn's serve task
+What vLLM does (read from its source, stored commits cited in docs/rolling-updates.md,
+"Stopping a replica"): its SIGTERM handler cancels uvicorn's serve task
 (`vllm/entrypoints/launcher.py`, `serve_http`), then `run_server_worker`
 (`vllm/entrypoints/openai/api_server.py`) leaves the engine client's context
 first, shutting the engine down ("Await server shutdown only after the

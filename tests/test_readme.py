@@ -1,24 +1,33 @@
-"""The README's config reference is the one generated from the settings models."""
+"""The config reference in docs/configuration.md is the one generated from the settings models."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from components.config.reference import DESCRIPTIONS, config_rows, reference
+from components.config.reference import (
+    DESCRIPTIONS,
+    DOCUMENT,
+    config_rows,
+    current_table,
+    reference,
+    with_table,
+)
 from components.config.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def test_readme_config_reference_is_current() -> None:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("<!-- config-reference:start -->\n") + len(
-        "<!-- config-reference:start -->\n"
+def test_config_reference_is_current() -> None:
+    assert current_table(DOCUMENT.read_text()) == reference(), (
+        "run: python -m components.config.reference --write"
     )
-    end = text.index("<!-- config-reference:end -->")
-    assert text[start:end] == reference(), "run: python -m components.config.reference"
 
 
 def test_every_key_is_described() -> None:
     keys = {key for key, _type, _default in config_rows(Settings)}
     assert keys == set(DESCRIPTIONS), keys ^ set(DESCRIPTIONS)
+
+
+def test_write_replaces_only_the_table() -> None:
+    document = "intro\n<!-- config-reference:start -->\nold\n<!-- config-reference:end -->\nrest\n"
+    written = with_table(document, "| new |\n")
+    assert written == (
+        "intro\n<!-- config-reference:start -->\n| new |\n<!-- config-reference:end -->\nrest\n"
+    )
+    assert current_table(written) == "| new |\n"

@@ -168,7 +168,7 @@ def _rule(error: Mapping[str, Any], namespace: str) -> str:
             return f"unknown key: it {RETIRED_KEYS[_key_form(written)]}"
         closest = _closest_key(where, name)
         if closest is None:
-            return "unknown key (a typo?); see the config reference in README.md"
+            return "unknown key (a typo?); see the config reference in docs/configuration.md"
         meant = f"{where}.{closest}" if where else closest
         if _loose(closest) == _loose(name):
             return f"unknown key; keys are camelCase: did you mean '{meant}'?"

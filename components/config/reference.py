@@ -1,13 +1,16 @@
-"""The config reference table in README.md, generated from the settings models.
+"""The config reference table in docs/configuration.md, generated from the settings models.
 
-Generated rather than written by hand so that a key added to `settings.py`
-cannot be missing from the documentation: a test compares the README with this
-output. `python -m components.config.reference` prints it.
+Generated rather than written by hand so that a key added to the settings models
+cannot be missing from the documentation: `tests/test_readme.py` compares the
+table between the markers of docs/configuration.md with this output.
+`python -m components.config.reference` prints it; `--write` puts it in place.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any, get_args, get_origin
 
@@ -15,11 +18,17 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from components import PROJECT_DIR
 from components.config.problems import NAMESPACE
 from components.config.settings import Settings
 
+DOCUMENT = PROJECT_DIR / "docs" / "configuration.md"
+"""The page that holds the table, between `START` and `END`."""
+START = "<!-- config-reference:start -->\n"
+END = "<!-- config-reference:end -->"
+
 DESCRIPTIONS: dict[str, str] = {
-    "model": "Hugging Face model id (or path) every replica serves",
+    "model": "Hugging Face repo id (`org/name`) or an absolute path in the container; never starts with `-`",
     "servedModelName": "name clients use; identical on every replica (default: `model`)",
     "backend": "`gpu` or `cpu` (vLLM's CPU backend: no GPUs, `VLLM_CPU_*` env)",
     "replicas": "number of vLLM containers (1-64)",
@@ -97,7 +106,7 @@ DESCRIPTIONS: dict[str, str] = {
     "loadBalancer.tls": "serve HTTPS with `tlsCertificate` and `tlsKey` (container port 443)",
     "loadBalancer.host": "with `hosts`: the host (its `name`) nginx runs on; default the first",
     "hosts": "Docker engines to spread replicas over, one object per host (see "
-    '"Several GPU machines"); without it, one engine (`docker:host`) as above',
+    "[multi-host.md](multi-host.md)); without it, one engine (`docker:host`)",
     "hosts[i].name": "the host's name (DNS-safe): in replica names `<prefix>-<name>-<i>`, "
     "resource names and outputs",
     "hosts[i].dockerHost": "its engine: `unix:///var/run/docker.sock` (this machine), "
@@ -117,7 +126,7 @@ DESCRIPTIONS: dict[str, str] = {
     "hosts[i].tls.certPath": "or a directory with `ca.pem`, `cert.pem`, `key.pem` where "
     "`pulumi up` runs (`cert_path`)",
     "monitoring.enabled": "deploy Prometheus, Grafana and the load balancer's metrics exporter "
-    "(see Monitoring)",
+    "(see [monitoring.md](monitoring.md))",
     "monitoring.bindAddress": "host address Prometheus' and Grafana's ports are published on",
     "monitoring.keepDataOnDestroy": "keep the Prometheus and Grafana volumes on `pulumi destroy`",
     "monitoring.prometheus.image": "Prometheus image, run as published (its config is uploaded)",
@@ -236,5 +245,35 @@ def reference() -> str:
     return "\n".join(lines) + "\n"
 
 
+def current_table(document: str) -> str:
+    """The table as it stands between the markers of `document`."""
+    start = document.index(START) + len(START)
+    return document[start : document.index(END, start)]
+
+
+def with_table(document: str, table: str) -> str:
+    """`document` with `table` between its markers."""
+    start = document.index(START) + len(START)
+    return document[:start] + table + document[document.index(END, start) :]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m components.config.reference",
+        description="Print the config reference table generated from the settings models.",
+    )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"replace the table in {DOCUMENT.relative_to(PROJECT_DIR)} instead of printing it",
+    )
+    args = parser.parse_args(argv)
+    if not args.write:
+        sys.stdout.write(reference())
+        return 0
+    DOCUMENT.write_text(with_table(DOCUMENT.read_text(), reference()))
+    return 0
+
+
 if __name__ == "__main__":
-    sys.stdout.write(reference())
+    sys.exit(main())

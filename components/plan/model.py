@@ -22,7 +22,7 @@ VLLM_PORT = 8000
 HF_CACHE_MOUNT = "/root/.cache/huggingface"
 COMPILE_CACHE_MOUNT = "/root/.cache/vllm"
 """`VLLM_CACHE_ROOT`'s default in vLLM's images: torch.compile / Inductor / Triton
-artifacts keyed by a hash of the model and compile config (see README)."""
+artifacts keyed by a hash of the model and compile config (see docs/design.md)."""
 NGINX_CONFIG_PATH = "/etc/nginx/nginx.conf"
 NGINX_PORT = 80
 

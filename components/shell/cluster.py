@@ -330,7 +330,7 @@ class VllmCluster(pulumi.ComponentResource):
             image=self._image(f"{prefix}vllm-image", plan.vllm_image, provider),
         )
         # One download, then every replica at once: each loads from the cache
-        # offline, so none waits for another's load (README, "Start-up order").
+        # offline, so none waits for another's load (docs/design.md, start-up order).
         # The replicas and the readiness check come after, in waves across hosts.
         if host.download is not None:
             resources.download = self._download(prefix, host.download, resources)

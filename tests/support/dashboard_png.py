@@ -1,6 +1,6 @@
 """Draw the dashboard's panels from Prometheus query results (docs/dashboard.png).
 
-Grafana cannot run offline here, so the picture in the README is made from
+Grafana cannot run offline here, so the picture in docs/monitoring.md is made from
 the same queries Grafana would run, over the end-to-end test's traffic, laid
 out in the dashboard's own order with each panel's title, legend format and
 unit. It shows the data, not Grafana's look.
