@@ -28,7 +28,7 @@ START = "<!-- config-reference:start -->\n"
 END = "<!-- config-reference:end -->"
 
 DESCRIPTIONS: dict[str, str] = {
-    "model": "Hugging Face repo id (`org/name`) or an absolute path in the container; never starts with `-`",
+    "model": "Hugging Face repo id (`org/name`) or an absolute path in the container",
     "servedModelName": "name clients use; identical on every replica (default: `model`)",
     "backend": "`gpu` or `cpu` (vLLM's CPU backend: no GPUs, `VLLM_CPU_*` env)",
     "replicas": "number of vLLM containers (1-64)",
