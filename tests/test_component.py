@@ -273,7 +273,7 @@ def test_nginx_image_runs_as_published(guide: Run) -> None:
 def test_prebuilt_image_by_default(guide: Run) -> None:
     image = guide.named("vllm-vllm-image")
     assert image.type == "docker:index/remoteImage:RemoteImage"
-    assert image.inputs["name"] == "vllm/vllm-openai:v0.11.0"
+    assert image.inputs["name"] == "vllm/vllm-openai:v0.33.0"
     assert image.inputs["keepLocally"] is True
     # RemoteImage's default create timeout is 20 minutes; the image is ~10 GB.
     assert image.custom_timeouts == {"create": "90m", "update": "90m"}
@@ -328,7 +328,7 @@ def test_cpu_backend_pins_disjoint_cores() -> None:
         assert inputs["securityOpts"] == ["label=disable", "seccomp=unconfined"]
     assert sets == ["0-3", "4-7"]
     image = run.named("vllm-vllm-image").inputs["name"]
-    assert image == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+    assert image == "vllm/vllm-openai-cpu:v0.33.0-x86_64"
 
 
 def test_cpu_tensor_parallel_binds_one_range_per_rank() -> None:

@@ -28,7 +28,7 @@ def test_guide_layout() -> None:
     assert p.load_balancer.url == "http://localhost:8000"
     assert p.network == "vllm-nginx"
     assert p.cache.volume == "vllm-hf-cache"
-    assert p.vllm_image.name == "vllm/vllm-openai:v0.11.0"
+    assert p.vllm_image.name == "vllm/vllm-openai:v0.33.0"
     assert p.vllm_image.build is None
 
 

@@ -70,7 +70,7 @@ def test_stack_files_parse() -> None:
     assert dev.hf_cache.host_path == "~/.cache/huggingface"
     cpu = settings_from_stack_file(ROOT / "Pulumi.cpu.yaml")
     assert cpu.backend is Backend.CPU
-    assert cpu.vllm_image.prebuilt == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+    assert cpu.vllm_image.prebuilt == "vllm/vllm-openai-cpu:v0.33.0-x86_64"
     assert cpu.cpu_groups() == ((0, 1, 2, 3), (4, 5, 6, 7))
 
 

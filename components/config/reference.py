@@ -21,6 +21,7 @@ from pydantic_core import PydanticUndefined
 from components import PROJECT_DIR
 from components.config.problems import NAMESPACE
 from components.config.settings import Settings
+from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
 DOCUMENT = PROJECT_DIR / "docs" / "configuration.md"
 """The page that holds the table, between `START` and `END`."""
@@ -36,8 +37,8 @@ DESCRIPTIONS: dict[str, str] = {
     "gpus": "GPU ids per replica, e.g. `[[0,1],[2,3]]`; default consecutive ids",
     "namePrefix": "replica containers are `<prefix>0`, `<prefix>1`, ... (DNS-safe)",
     "networkName": "docker network shared by the replicas and nginx",
-    "image.prebuilt": "published vLLM image to run (default `vllm/vllm-openai:v0.11.0`, "
-    "or vLLM's CPU image of that release with backend `cpu`)",
+    "image.prebuilt": f"published vLLM image to run (default `{DEFAULT_GPU_IMAGE}`, "
+    f"with backend `cpu` `{DEFAULT_CPU_IMAGE}`)",
     "image.build.context": "vLLM source checkout to build instead (relative to this project)",
     "image.build.dockerfile": "Dockerfile inside the checkout",
     "image.build.target": "build target",

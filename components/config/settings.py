@@ -52,6 +52,7 @@ from components.config.values import (
     ServedName,
     parse_cpu_set,
 )
+from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
 SKIP_CROSS_KEY = "skip_cross_key_rules"
 """Validation context flag: the config loader runs `cross_key_rules` itself, per key."""
@@ -111,11 +112,6 @@ def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
     if not hosts:
         raise ValueError("must list at least one host (or be left out: one engine)")
     return hosts
-
-
-DEFAULT_GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
-# vLLM's published CPU build of the same release (its CPU installation docs).
-DEFAULT_CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
 
 
 class Settings(ConfigModel):
