@@ -561,7 +561,7 @@ def test_each_replica_has_a_rotation_step_run_around_its_replacement() -> None:
         # Back in rotation once its /health answers, not at Docker's next probe.
         assert rotation.inputs["create"].endswith(f"--probe http://127.0.0.1:{8081 + index}/health")
         assert "components.steps.rollout drain --lb nginx-lb --replica" in rotation.inputs["delete"]
-        assert "--timeout 30" in rotation.inputs["delete"], "drain bounded by stopGraceSeconds"
+        assert "--timeout 90" in rotation.inputs["delete"], "drain bounded by stopGraceSeconds"
         assert rotation.delete_before_replace
         assert f"vllm-vllm{index}" in dep_names(run, rotation)
 

@@ -121,7 +121,7 @@ def test_monitoring_on_declares_three_containers_on_the_network() -> None:
     assert set(containers) == {"vllm-prometheus", "vllm-grafana", "vllm-lb-exporter"}
     for declared in containers.values():
         assert declared.inputs["networksAdvanced"] == [{"name": "vllm-nginx"}]
-        assert declared.inputs["destroyGraceSeconds"] == 30
+        assert declared.inputs["destroyGraceSeconds"] == 90
         assert declared.delete_before_replace
     assert containers["vllm-prometheus"].inputs["ports"] == [
         {"internal": 9090, "external": 9090, "ip": "127.0.0.1"}

@@ -74,8 +74,10 @@ DESCRIPTIONS: dict[str, str] = {
     "healthCheck.timeoutSeconds": "docker health check timeout",
     "healthCheck.retries": "failed checks before a replica is unhealthy",
     "restartPolicy": "docker restart policy of replicas and nginx",
-    "stopGraceSeconds": "on replace or destroy, how long a replica or nginx may finish "
-    "requests in flight before it is killed",
+    "shutdownTimeoutSeconds": "vLLM's `--shutdown-timeout` on every replica: on SIGTERM it "
+    "finishes the requests it runs for up to this long, then exits (0: aborts them at once)",
+    "stopGraceSeconds": "on replace or destroy, how long a replica or nginx may take to stop "
+    "before it is killed; at least `shutdownTimeoutSeconds` + 10",
     "loadBalancer.port": "host port of the load balancer",
     "loadBalancer.bindAddress": "host address the load balancer is published on",
     "loadBalancer.policy": "`least_conn`, `round_robin`, `power_of_two`, `session_affinity`, "

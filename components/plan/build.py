@@ -118,12 +118,25 @@ def _replica(settings: Settings, index: int, at: Placement) -> ReplicaPlan:
         str(VLLM_PORT),
         "--tensor-parallel-size",
         str(settings.tensor_parallel_size),
+        # On SIGTERM vLLM (>= v0.18.0) finishes what it runs for up to this long
+        # while still serving HTTP; 0, its default, aborts at once (docs/vllm.md).
+        "--shutdown-timeout",
+        str(settings.shutdown_timeout_seconds),
         *settings.extra_args,
     )
     env = _proxy_env(settings)
+    # vLLM gives up when its engine is not ready within this (600 s by default,
+    # vllm/envs.py:813-815 at v0.33.0): a slow first load or compile must fail
+    # at the readiness step's timeout, with its log, not earlier inside vLLM.
+    env["VLLM_ENGINE_READY_TIMEOUT_S"] = str(settings.ready_timeout_seconds)
     cpu = settings.backend is Backend.CPU
     if cpu:
+        # "Legacy" from vLLM v0.18 (`--kv-cache-memory-bytes` is the new way) but
+        # still honoured (vllm/platforms/cpu.py:340-344 at v0.33.0); unset, there is
+        # no longer a 4 GiB default, so it is always set.
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu.kvcache_space_gb)
+        # `nobind` (no pinning) is valid in every supported release (v0.18.0 on;
+        # vllm/utils/ompmultiprocessing.py:125 at v0.33.0); v0.11.0 failed on it.
         env["VLLM_CPU_OMP_THREADS_BIND"] = (
             _omp_bind(cores, settings.tensor_parallel_size) if cores else "nobind"
         )
