@@ -76,7 +76,7 @@ def _stop_while_streaming(arguments: list[str], tokens: int) -> tuple[list[str],
         assert not errors, errors
         logs = container.logs().decode()
         assert "SIGTERM: [shutdown] API server: stopping engine client" in logs
-        return texts, (finish or [None])[-1], stopped_after
+        return texts, finish[-1] if finish else None, stopped_after
 
 
 def test_docker_stop_aborts_a_stream_by_default_and_exits_at_once() -> None:
