@@ -562,6 +562,8 @@ def test_each_replica_has_a_rotation_step_run_around_its_replacement() -> None:
         assert rotation.inputs["create"].endswith(f"--probe http://127.0.0.1:{8081 + index}/health")
         assert "components.steps.rollout drain --lb nginx-lb --replica" in rotation.inputs["delete"]
         assert "--timeout 90" in rotation.inputs["delete"], "drain bounded by stopGraceSeconds"
+        # vLLM finishes its requests on SIGTERM (--shutdown-timeout): nginx only.
+        assert rotation.inputs["delete"].endswith(" --vllm-drains")
         assert rotation.delete_before_replace
         assert f"vllm-vllm{index}" in dep_names(run, rotation)
 

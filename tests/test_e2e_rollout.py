@@ -3,15 +3,19 @@
 The update changes every replica (their environment), which pulumi-docker can
 only do by replacing the containers. The applier replaces them the way
 Pulumi's engine orders it (docs/rolling-updates.md): a replaced container's
-dependent rotation command is deleted first, which drains the replica at
-nginx; wave B starts only when wave A is back in rotation. The stand-in cuts
-its streams on SIGTERM, as vLLM does, so any replica stopped while serving
-would show up here as a cut stream.
+dependent rotation command is deleted first, which takes the replica out of
+nginx; wave B starts only when wave A is back in rotation. The stand-in stops
+as vLLM v0.33.0 does: with `shutdownTimeoutSeconds` > 0 it finishes its
+streams on SIGTERM and rejects new requests with an abort, with 0 it aborts
+its streams (and the drain waits at nginx), so a replica stopped too early, or
+sent a request while stopping, shows up here as a failed or cut stream.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
 import docker
 import pytest
@@ -30,19 +34,27 @@ LB_URL = f"http://127.0.0.1:{LB_PORT}"
 TOKENS = 24
 
 
-def stack(replicas: int, revision: str) -> dict[str, str]:
+def stack(
+    replicas: int,
+    revision: str,
+    *,
+    shutdown_timeout: int = 10,
+    stop_grace: int = 20,
+    token_ms: int = 40,
+) -> dict[str, str]:
     return ci_config(
         namePrefix=PREFIX,
         networkName=f"{PREFIX}-net",
         replicas=replicas,
         hfCache={"volume": f"{PREFIX}-cache", "keepOnDestroy": False},
         basePort=LB_PORT + 1,
-        stopGraceSeconds=20,
+        shutdownTimeoutSeconds=shutdown_timeout,
+        stopGraceSeconds=stop_grace,
         extraEnv={
             "STANDIN_DOWNLOAD_SECONDS": "1",
             "STANDIN_LOAD_SECONDS": "2",
             "STANDIN_TTFT_MS": "30",
-            "STANDIN_TOKEN_MS": "40",
+            "STANDIN_TOKEN_MS": str(token_ms),
             "STANDIN_REVISION": revision,
         },
         loadBalancer={
@@ -65,10 +77,19 @@ def _clean(client: docker.DockerClient, replicas: int) -> None:
     )
 
 
-@pytest.mark.parametrize("replicas", [2, 4])
-def test_update_of_every_replica_fails_nothing(client: docker.DockerClient, replicas: int) -> None:
+def _update_under_load(
+    client: docker.DockerClient,
+    replicas: int,
+    *,
+    workers: int,
+    tokens: int,
+    warm_up: float = 2,
+    **options: Any,
+) -> dict[str, Any]:
+    """Deploy, then replace every replica under `workers` back-to-back streams of
+    `tokens` tokens; checks the replacement and its waves, returns the figures."""
     _clean(client, replicas)
-    first = run_program(stack(replicas, "1"), SECRET_KEYS)
+    first = run_program(stack(replicas, "1", **options), SECRET_KEYS)
     applier = Applier(client, first.declared)
     update: Applier | None = None
     try:
@@ -76,10 +97,10 @@ def test_update_of_every_replica_fails_nothing(client: docker.DockerClient, repl
         names = [f"{PREFIX}{i}" for i in range(replicas)]
         before = {n: client.containers.get(n).id for n in names}
 
-        update = Applier(client, run_program(stack(replicas, "2"), SECRET_KEYS).declared)
+        update = Applier(client, run_program(stack(replicas, "2", **options), SECRET_KEYS).declared)
         update.carry_state_from(applier)
-        with streaming_load(LB_URL, API_KEY, workers=2 * replicas, tokens=TOKENS) as streams:
-            time.sleep(2)
+        with streaming_load(LB_URL, API_KEY, workers=workers, tokens=tokens) as streams:
+            time.sleep(warm_up)
             started = time.monotonic()
             applied = update.apply()
             took = time.monotonic() - started
@@ -99,20 +120,92 @@ def test_update_of_every_replica_fails_nothing(client: docker.DockerClient, repl
         for i in range(size, replicas):
             assert timings[f"vllm-{PREFIX}{i}"].started >= first_wave_back
 
-        broken = [s for s in streams if not s.whole]
-        during = [s for s in streams if s.finished >= started and s.started <= started + took]
-        print(
-            f"\nrolling update, {replicas} replicas: {took:.1f} s; "
-            f"{len(streams)} streams ({len(during)} overlapping the update), "
-            f"{len(broken)} failed or cut"
-        )
-        assert during, "no stream overlapped the update"
-        assert not broken, broken[:5]
+        drains = [
+            float(m[1])
+            for out in update.delete_outputs.values()
+            if (m := re.search(r"out of rotation after ([0-9.]+) s", out))
+        ]
+        replaced = [timings[f"vllm-{n}"].finished - timings[f"vllm-{n}"].started for n in names]
+        return {
+            "took": took,
+            "streams": streams,
+            "started": started,
+            "drains": drains,
+            "replaced": replaced,
+        }
     finally:
         if update is not None:
             applier.carry_state_from(update)
         applier.destroy()
         _clean(client, replicas)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "shutdown_timeout"), [(2, 10), (4, 10), (2, 0)], ids=["2", "4", "2-abort"]
+)
+def test_update_of_every_replica_fails_nothing(
+    client: docker.DockerClient, replicas: int, shutdown_timeout: int
+) -> None:
+    """Short streams; with `shutdownTimeoutSeconds: 0` the drain waits at nginx."""
+    result = _update_under_load(
+        client,
+        replicas,
+        workers=2 * replicas,
+        tokens=TOKENS,
+        shutdown_timeout=shutdown_timeout,
+    )
+    took, streams, started = result["took"], result["streams"], result["started"]
+    broken = [s for s in streams if not s.whole]
+    during = [s for s in streams if s.finished >= started and s.started <= started + took]
+    print(
+        f"\nrolling update, {replicas} replicas, shutdown timeout {shutdown_timeout}: "
+        f"{took:.1f} s; {len(streams)} streams ({len(during)} overlapping the update), "
+        f"{len(broken)} failed or cut"
+    )
+    assert during, "no stream overlapped the update"
+    assert not broken, broken[:5]
+    assert len(result["drains"]) == (replicas if shutdown_timeout else 0)
+
+
+LONG_TOKENS = 250
+LONG_TOKEN_MS = 100
+
+
+def test_update_under_streams_that_outlast_the_drain_step(client: docker.DockerClient) -> None:
+    """Streams of 25 s, longer than the drain step took before vLLM drained
+    (its wait on `vllm:num_requests_running` ended at stopGraceSeconds, 20 s in
+    the test above): the step now only takes the replica out of nginx, and every
+    stream in flight ends inside vLLM's `--shutdown-timeout` (40 s) while
+    Docker waits `stopGraceSeconds` (50 s). Figures: docs/rolling-updates.md."""
+    replicas, workers = 2, 4
+    result = _update_under_load(
+        client,
+        replicas,
+        workers=workers,
+        tokens=LONG_TOKENS,
+        warm_up=5,
+        shutdown_timeout=40,
+        stop_grace=50,
+        token_ms=LONG_TOKEN_MS,
+    )
+    took, streams, started = result["took"], result["streams"], result["started"]
+    broken = [s for s in streams if not s.whole]
+    lengths = sorted(s.finished - s.started for s in streams if s.whole)
+    # Streams that were running when their replica was told to stop.
+    spanning = [s for s in streams if s.started < started + took and s.finished > started]
+    print(
+        f"\nrolling update, {replicas} replicas under {workers} streams of {LONG_TOKENS} tokens "
+        f"x {LONG_TOKEN_MS} ms: {took:.1f} s; drain steps {result['drains']} s; replica "
+        f"replaced in {[round(t, 1) for t in result['replaced']]} s; {len(streams)} streams "
+        f"({len(spanning)} overlapping the update), lasting {lengths[0]:.1f}-{lengths[-1]:.1f} s; "
+        f"{len(broken)} failed or cut"
+    )
+    assert not broken, broken[:5]
+    assert len(result["drains"]) == replicas
+    assert max(result["drains"]) < lengths[0], "the streams must outlast the drain step"
+    # A replica's stop waited for its streams: longer than the drain step by far.
+    assert min(result["replaced"]) > 5
+    assert len(spanning) >= workers
 
 
 def test_adding_and_removing_a_replica_keeps_the_balancer(client: docker.DockerClient) -> None:

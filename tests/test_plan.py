@@ -169,6 +169,17 @@ def test_replicas_drain_on_sigterm_and_wait_as_long_as_the_readiness_step() -> N
     assert extra[-4:] == ("--shutdown-timeout", "60", "--max-model-len", "4096")
 
 
+def test_the_drain_leaves_the_requests_to_vllm_unless_it_aborts_them() -> None:
+    (drained,) = plan(replicas=1).rollouts
+    assert drained.drain[-1] == "--vllm-drains"
+    assert drained.drain[drained.drain.index("--timeout") + 1] == "90"
+    assert "--vllm-drains" not in drained.resume
+    # vLLM's default: SIGTERM aborts, so the drain waits at nginx as before.
+    (waiting,) = plan(replicas=1, shutdownTimeoutSeconds=0, stopGraceSeconds=30).rollouts
+    assert "--vllm-drains" not in waiting.drain
+    assert waiting.drain[-2:] == ("--timeout", "30")
+
+
 def test_cpu_replicas_get_disjoint_cores_and_matching_omp_binds() -> None:
     p = plan(backend="cpu", replicas=3, cpu={"coresPerReplica": 2})
     assert [r.cpu_set for r in p.replicas] == ["0-1", "2-3", "4-5"]

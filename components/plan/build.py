@@ -247,7 +247,7 @@ def _rollouts(
     lb_host = settings.load_balancer_host if settings.hosts is not None else None
 
     def elsewhere(replica: ReplicaPlan) -> tuple[str, ...]:
-        """A replica on another engine than nginx's: the drain reads its metrics there."""
+        """A replica on another engine than nginx's: the steps ask that engine."""
         host = engines.get(replica.host) if replica.host is not None else None
         if host is None or lb_host is None or host is lb_host:
             return ()
@@ -255,7 +255,7 @@ def _rollouts(
             return ()  # TLS material stays in the provider; the drain waits the grace period
         return ("--replica-engine", host.docker_host)
 
-    def argv(action: str, replica: ReplicaPlan, timeout: int) -> tuple[str, ...]:
+    def argv(action: str, replica: ReplicaPlan, timeout: int, *options: str) -> tuple[str, ...]:
         return (
             python,
             "-m",
@@ -271,14 +271,21 @@ def _rollouts(
             str(replica.upstream),
             "--timeout",
             str(timeout),
-            *elsewhere(replica),
+            *(options or elsewhere(replica)),
         )
+
+    def drain(replica: ReplicaPlan) -> tuple[str, ...]:
+        if settings.shutdown_timeout_seconds > 0:
+            # vLLM finishes its requests on SIGTERM (components.steps.rollout): the
+            # drain only takes the replica out of nginx and asks nothing of it.
+            return argv("drain", replica, settings.stop_grace_seconds, "--vllm-drains")
+        return argv("drain", replica, settings.stop_grace_seconds)
 
     return tuple(
         RolloutPlan(
             replica=r.name,
             wave=index // size,
-            drain=argv("drain", r, settings.stop_grace_seconds),
+            drain=drain(r),
             resume=(
                 *argv("resume", r, settings.ready_timeout_seconds),
                 "--probe",
