@@ -270,6 +270,28 @@ def test_nginx_image_runs_as_published(guide: Run) -> None:
     assert not guide.of_type("docker:index/image:Image")
 
 
+def test_an_image_older_than_the_oldest_supported_release_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A warning, not a failure: `pulumi up` goes on and declares the replicas."""
+    with caplog.at_level("WARNING"):
+        run = deploy(image={"prebuilt": "vllm/vllm-openai:v0.11.0"})
+    assert "'image.prebuilt' is vllm/vllm-openai:v0.11.0, vLLM v0.11.0, older than v0.18.0" in (
+        caplog.text
+    )
+    assert "--shutdown-timeout" in caplog.text
+    assert len(replicas(run)) == 2
+    for image in ("vllm/vllm-openai:v0.18.0", "vllm/vllm-openai:latest", "my/vllm:v0.11.0"):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            deploy(image={"prebuilt": image})
+        assert "older than v0.18.0" not in caplog.text, image
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        deploy()  # the pinned release
+    assert "older than" not in caplog.text
+
+
 def test_prebuilt_image_by_default(guide: Run) -> None:
     image = guide.named("vllm-vllm-image")
     assert image.type == "docker:index/remoteImage:RemoteImage"
