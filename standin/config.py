@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument(
         "--model",
         default=None,
-        help="model (deprecated by `vllm serve`, which takes it as the first argument)",
+        help="model (deprecated by `vllm serve` v0.33.0, which takes it as the first argument)",
     )
     vllm.add_argument("--host", default="0.0.0.0")
     vllm.add_argument("--port", type=int, default=8000)

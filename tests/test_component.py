@@ -97,7 +97,7 @@ def test_replicas_as_in_the_guide(guide: Run) -> None:
         assert inputs["entrypoints"] == ["vllm", "serve"]
         command = inputs["command"]
         assert command[0] == "meta-llama/Llama-2-7b-chat-hf", "vllm serve takes the model first"
-        assert "--model" not in command, "deprecated by vllm serve"
+        assert "--model" not in command, "deprecated by vllm serve (refused by v0.11.0)"
         assert command[command.index("--served-model-name") + 1] == "meta-llama/Llama-2-7b-chat-hf"
         assert "--api-key" not in command, "the key must not sit in argv"
         assert inputs["image"] == "@@vllm-vllm-image.imageId@@"
