@@ -167,16 +167,17 @@ def test_update_of_every_replica_fails_nothing(
     assert len(result["drains"]) == (replicas if shutdown_timeout else 0)
 
 
-LONG_TOKENS = 250
+LONG_TOKENS = 350
 LONG_TOKEN_MS = 100
 
 
 def test_update_under_streams_that_outlast_the_drain_step(client: docker.DockerClient) -> None:
-    """Streams of 25 s, longer than the drain step took before vLLM drained
-    (its wait on `vllm:num_requests_running` ended at stopGraceSeconds, 20 s in
-    the test above): the step now only takes the replica out of nginx, and every
-    stream in flight ends inside vLLM's `--shutdown-timeout` (40 s) while
-    Docker waits `stopGraceSeconds` (50 s). Figures: docs/rolling-updates.md."""
+    """Streams of 35 s, longer than the whole drain step before vLLM v0.33.0
+    (its wait on `vllm:num_requests_running` ended at stopGraceSeconds, 30 s by
+    default, and vLLM v0.11 then cut what ran): the step now only takes the
+    replica out of nginx, and every stream in flight ends inside vLLM's
+    `--shutdown-timeout` (45 s) while Docker waits `stopGraceSeconds` (55 s).
+    Figures: docs/rolling-updates.md."""
     replicas, workers = 2, 4
     result = _update_under_load(
         client,
@@ -184,8 +185,8 @@ def test_update_under_streams_that_outlast_the_drain_step(client: docker.DockerC
         workers=workers,
         tokens=LONG_TOKENS,
         warm_up=5,
-        shutdown_timeout=40,
-        stop_grace=50,
+        shutdown_timeout=45,
+        stop_grace=55,
         token_ms=LONG_TOKEN_MS,
     )
     took, streams, started = result["took"], result["streams"], result["started"]
@@ -203,6 +204,7 @@ def test_update_under_streams_that_outlast_the_drain_step(client: docker.DockerC
     assert not broken, broken[:5]
     assert len(result["drains"]) == replicas
     assert max(result["drains"]) < lengths[0], "the streams must outlast the drain step"
+    assert lengths[0] > 30, "longer than the old drain's bound (stopGraceSeconds' default)"
     # A replica's stop waited for its streams: longer than the drain step by far.
     assert min(result["replaced"]) > 5
     assert len(spanning) >= workers
