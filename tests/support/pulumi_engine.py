@@ -335,6 +335,20 @@ class Stack:
         parsed: dict[str, Any] = json.loads(self.run("stack", "output", "--json", *extra))
         return parsed
 
+    def export(self) -> dict[str, Any]:
+        """`pulumi stack export --show-secrets`: every resource with its inputs and outputs."""
+        parsed: dict[str, Any] = json.loads(self.run("stack", "export", "--show-secrets"))
+        return parsed
+
+    def resources(self) -> dict[str, dict[str, Any]]:
+        """The stack's resources by name (the stack and providers left out)."""
+        found: dict[str, dict[str, Any]] = {}
+        for resource in self.export().get("deployment", {}).get("resources", []) or []:
+            if resource["type"].startswith("pulumi:"):
+                continue
+            found[resource["urn"].rsplit("::", 1)[-1]] = resource
+        return found
+
     def state(self) -> str:
         """The stack's state file as the backend stores it (for secrets checks)."""
         found = list((self.backend / ".pulumi" / "stacks").rglob(f"{self.name}.json"))
