@@ -33,6 +33,7 @@ from typing import Any
 
 import docker
 import pytest
+import yaml
 from pulumi.provider.experimental import provider as px
 
 from tests.support import docker_apply
@@ -46,6 +47,8 @@ CONTAINER_T = "docker:index/container:Container"
 NETWORK_T = "docker:index/network:Network"
 VOLUME_T = "docker:index/volume:Volume"
 IMAGE_T = "docker:index/remoteImage:RemoteImage"
+IMAGE_NATIVE_T = "docker:index/image:Image"
+PROVIDER_INPUTS = {"host", "certPath", "caMaterial", "certMaterial", "keyMaterial", "version"}
 PLUGIN_BIN = REPO_ROOT / "tests" / "support" / "docker_provider" / "bin"
 
 
@@ -388,6 +391,68 @@ def test_planned_state_after_an_update_is_the_new_inputs():
     assert planned["healthcheck"]["retries"] == 9
     assert planned["command"] == old["command"]  # computed, left out: kept
     assert planned["bridge"] == old["bridge"]  # outputs only: kept
+
+
+# -- what the program declares -----------------------------------------------------------
+
+
+def _stack_file(name: str) -> dict[str, str]:
+    document = yaml.safe_load((REPO_ROOT / name).read_text())
+    return {
+        k: json.dumps(v)
+        if isinstance(v, dict | list)
+        else str(v).lower()
+        if isinstance(v, bool)
+        else str(v)
+        for k, v in (document.get("config") or {}).items()
+    }
+
+
+def _program_configs(tmp_path: Path) -> dict[str, dict[str, str]]:
+    from tests.test_e2e import ci_config
+    from tests.test_e2e_monitoring import monitoring_config
+
+    checkout = tmp_path / "vllm"
+    (checkout / "docker").mkdir(parents=True)
+    (checkout / "docker" / "Dockerfile").write_text("FROM scratch\n")
+    return {
+        "ci": ci_config(),
+        "monitoring": monitoring_config(),
+        "build": ci_config(image={"build": {"context": str(checkout)}}),
+        "twohost": _stack_file("Pulumi.twohost.yaml"),
+        "cpu": _stack_file("Pulumi.cpu.yaml"),
+    }
+
+
+def test_every_docker_input_the_program_declares_is_modelled(tmp_path):
+    """Check accepts every input of every stack file's docker resources, so the
+    real-engine runs of the program meet no "not modelled" failure."""
+    from tests.support.pulumi_capture import run_program
+    from tests.test_e2e_monitoring import SECRET_KEYS
+
+    types_seen: set[str] = set()
+    for label, config in _program_configs(tmp_path).items():
+        run = run_program(config, [k for k in SECRET_KEYS if k in config])
+        for declared in run.declared:
+            if not declared.type.startswith("docker:") and "providers:docker" not in declared.type:
+                continue
+            types_seen.add(declared.type)
+            if declared.type == "pulumi:providers:docker":
+                assert set(declared.inputs) <= PROVIDER_INPUTS, (label, declared.inputs)
+                continue
+            if declared.type == IMAGE_NATIVE_T:
+                _, failures = native_image.check(declared.inputs)
+            else:
+                _, failures = diffing.check(declared.type, declared.inputs)
+            assert failures == [], (label, declared.name, failures)
+    assert types_seen == {
+        CONTAINER_T,
+        NETWORK_T,
+        VOLUME_T,
+        IMAGE_T,
+        IMAGE_NATIVE_T,
+        "pulumi:providers:docker",
+    }
 
 
 # -- request bodies ------------------------------------------------------------------
