@@ -17,6 +17,7 @@ Three layers:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import io
 import json
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pulumi
 import pytest
 import yaml
@@ -851,6 +853,20 @@ def test_the_real_engine_runs_a_program_through_the_plugin(client, names, offlin
         live = client.containers.get(names["container"])
         assert live.id == second and "GREETING=bonjour" in live.attrs["Config"]["Env"]
         stack.preview(expect_no_changes=True)
+
+        # A stopped container: Read sets must_run false and, the container having
+        # no published ports once it exited, ports empty (CF:796-824), so after a
+        # refresh the next up replaces it rather than starting it.
+        live.stop(timeout=0)
+        live.reload()
+        assert not live.attrs["NetworkSettings"]["Ports"]
+        refreshed = stack.refresh()
+        assert refreshed.summary.resource_changes == {"same": 4, "update": 1}
+        preview = stack.preview()
+        assert preview.change_summary.get(auto.OpType.REPLACE) == 1, preview.change_summary
+        stack.up()
+        assert client.containers.get(names["container"]).status == "running"
+        stack.preview(expect_no_changes=True)
     finally:
         stack.destroy()
     assert not client.containers.list(all=True, filters={"name": names["container"]})
@@ -858,3 +874,128 @@ def test_the_real_engine_runs_a_program_through_the_plugin(client, names, offlin
     assert names["volume"] not in [v.name for v in client.volumes.list()]
     client.images.get(base_image(client))  # keep_locally
     stack.workspace.remove_stack("test")
+
+
+def _traced(trace: Path) -> list[dict[str, Any]]:
+    """The plugin's calls ($VLLM_NGINX_PROVIDER_TRACE), URNs cut to the resource name."""
+    calls = []
+    for line in trace.read_text().splitlines():
+        call = json.loads(line)
+        call["name"] = str(call.get("urn", "")).rsplit("::", 1)[-1]
+        calls.append(call)
+    return calls
+
+
+@pytest.mark.docker
+def test_the_real_engine_applies_the_programs_resource_options(
+    client, names, offline, tmp_path, monkeypatch
+):
+    """What the program relies on, through the engine: an explicit provider per
+    host (a changed `host` only re-configures it), `ignore_changes=["uploads"]`,
+    an in-place restart policy, `replace_on_changes=["healthcheck"]` with
+    `delete_before_replace`, and a rebuilt `docker.Image` replacing its container."""
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("VLLM_NGINX_PROVIDER_TRACE", str(trace))
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {base_image(client)}\nCOPY a.txt /a.txt\n")
+    (context / "a.txt").write_text("1")
+    image_name = f"{names['container']}-img:1"
+    knobs: dict[str, Any] = {
+        "host": "unix:///var/run/docker.sock",
+        "restart": "no",
+        "upload": "v1",
+        "retries": 2,
+    }
+
+    def program() -> None:
+        import pulumi_docker as pd
+
+        host = pd.Provider("host-a", host=knobs["host"])
+        network = pd.Network(
+            "net", name=names["network"], opts=pulumi.ResourceOptions(provider=host)
+        )
+        image = pd.Image(
+            "img",
+            image_name=image_name,
+            skip_push=True,
+            build=pd.DockerBuildArgs(context=str(context), dockerfile=str(context / "Dockerfile")),
+            opts=pulumi.ResourceOptions(provider=host),
+        )
+        pd.Container(
+            "web",
+            name=names["container"],
+            image=image.repo_digest,
+            command=["sleep", "infinity"],
+            networks_advanced=[pd.ContainerNetworksAdvancedArgs(name=network.name)],
+            restart=knobs["restart"],
+            destroy_grace_seconds=1,
+            healthcheck=pd.ContainerHealthcheckArgs(
+                tests=["CMD", "true"], interval="10s", retries=knobs["retries"]
+            ),
+            uploads=[pd.ContainerUploadArgs(file="/etc/x.conf", content=knobs["upload"])],
+            opts=pulumi.ResourceOptions(
+                provider=host,
+                delete_before_replace=True,
+                replace_on_changes=["healthcheck"],
+                ignore_changes=["uploads"],
+            ),
+        )
+
+    cli = auto.PulumiCommand(root=str(_pulumi_root()))
+    stack = auto.create_stack(
+        "options",
+        project_name="provider-e2e",
+        program=program,
+        opts=auto.LocalWorkspaceOptions(pulumi_command=cli),
+    )
+
+    def run(**changes: Any) -> list[dict[str, Any]]:
+        knobs.update(changes)
+        trace.write_text("")
+        stack.up()
+        stack.preview(expect_no_changes=True)
+        return [c for c in _traced(trace) if c["method"] in ("Update", "Create", "Delete")]
+
+    try:
+        stack.up()
+        first = client.containers.get(names["container"]).id
+
+        # Uploads are ignored; the restart policy is updated in place.
+        calls = run(restart="always", upload="v2")
+        assert [(c["method"], c["name"]) for c in calls] == [("Update", "web")]
+        live = client.containers.get(names["container"])
+        assert live.id == first
+        assert live.attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
+
+        # A health-check change is no replacement for the provider (neither
+        # ForceNew nor updated) but is one for the engine, deleting first.
+        calls = run(retries=5)
+        assert [(c["method"], c["name"]) for c in calls] == [("Delete", "web"), ("Create", "web")]
+        live = client.containers.get(names["container"])
+        assert live.attrs["Config"]["Healthcheck"]["Retries"] == 5
+        archive, _ = live.get_archive("/etc/x.conf")
+        assert b"v2" in b"".join(archive)  # the replacement got the current uploads
+
+        # A changed build context rebuilds the image (an update, never a
+        # replacement) and replaces the container that runs it.
+        (context / "a.txt").write_text("2")
+        calls = run()
+        assert [(c["method"], c["name"]) for c in calls] == [
+            ("Update", "img"),
+            ("Delete", "web"),
+            ("Create", "web"),
+        ]
+
+        # A changed host re-configures the provider and replaces nothing.
+        second = client.containers.get(names["container"]).id
+        calls = run(host="unix:///run/docker.sock")
+        assert calls == []
+        assert client.containers.get(names["container"]).id == second
+        diff_config = next(c for c in _traced(trace) if c["method"] == "DiffConfig")
+        assert diff_config["changes"] == 2 and diff_config["replaces"] == []
+    finally:
+        stack.destroy()
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(image_name)  # docker.Image's delete leaves it (PD:490-496)
+    stack.workspace.remove_stack("options")

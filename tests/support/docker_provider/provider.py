@@ -370,6 +370,46 @@ class _Servicer(ProviderServicer):
         )
 
 
+class _Trace(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """With $VLLM_NGINX_PROVIDER_TRACE set, one JSON line per call to that file:
+    the method, the resource, whether it is a preview, and what a Diff answered.
+    Tests read it to see what the engine asked, and in which order."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def _write(self, record: Mapping[str, Any]) -> None:
+        with open(self._path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = str(details.method).rsplit("/", 1)[-1]
+
+        async def traced(request: Any, context: Any) -> Any:
+            record: dict[str, Any] = {"method": method, "pid": os.getpid()}
+            for field in ("urn", "id", "preview"):
+                if hasattr(request, field):
+                    record[field] = getattr(request, field)
+            response = await inner(request, context)
+            if method in ("Diff", "DiffConfig"):
+                record["changes"] = int(response.changes)
+                record["replaces"] = list(response.replaces)
+                record["diffs"] = list(response.diffs)
+                record["deleteBeforeReplace"] = bool(response.deleteBeforeReplace)
+            self._write(record)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            traced,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 def serve(argv: list[str]) -> None:
     """Listen on a loopback port and print it, as every plugin does; the engine
     passes its own address as the first argument."""
@@ -378,7 +418,9 @@ def serve(argv: list[str]) -> None:
     known, _ = parser.parse_known_args(argv)
 
     async def run() -> None:
-        server = grpc.aio.server(options=_GRPC_CHANNEL_OPTIONS)
+        trace = os.environ.get("VLLM_NGINX_PROVIDER_TRACE")
+        interceptors = [_Trace(trace)] if trace else []
+        server = grpc.aio.server(options=_GRPC_CHANNEL_OPTIONS, interceptors=interceptors)
         servicer = _Servicer(argv, VERSION, DockerProvider(), str(known.engine))
         provider_pb2_grpc.add_ResourceProviderServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
