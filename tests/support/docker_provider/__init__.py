@@ -11,9 +11,14 @@ Create/Read/Update/Delete against the engine (`engine`) and pulumi-docker's
 native `Image` (`native_image`). Every rule cites the line it comes from.
 
 How the engine finds it: `bin/pulumi-resource-docker` on PATH (an "ambient"
-plugin, used whatever version the program asks for; see that script). It runs
-`python -m tests.support.docker_provider` with the repository on PYTHONPATH,
-under `$VLLM_NGINX_PROVIDER_PYTHON` or else the repository's `.venv`.
+plugin, used whatever version the program asks for, with a "using
+pulumi-resource-docker from $PATH" warning per operation; see that script).
+Offline, a symlink to it at `$PULUMI_HOME/plugins/resource-docker-v5.2.0/
+pulumi-resource-docker` works as well (then set PULUMI_IGNORE_AMBIENT_PLUGINS).
+It runs `python -m tests.support.docker_provider` with the repository on
+PYTHONPATH, under `$VLLM_NGINX_PROVIDER_PYTHON` or else the repository's
+`.venv`. With `$VLLM_NGINX_PROVIDER_TRACE` set to a file, every call the engine
+makes is appended to it as a JSON line (`provider._Trace`).
 
 Not modelled (a Check failure or an error, never a silent difference):
 inputs outside `schema` (`accepted=False` ones included), `gpus`, `attach`,
