@@ -119,6 +119,25 @@ def engine_env(home: Path, backend: Path) -> dict[str, str]:
     }
 
 
+def project_copy(directory: Path) -> dict[str, str]:
+    """This project under `directory/project` as a user has it, and the environment to run it.
+
+    The program, `.venv` and scripts are symlinks to the repository; state
+    (`directory/state`) and `PULUMI_HOME` (`directory/home`, with the stand-in
+    plugins installed) are the copy's own.
+    """
+    project, home, backend = directory / "project", directory / "home", directory / "state"
+    for path in (project, home, backend):
+        path.mkdir(parents=True, exist_ok=True)
+    for entry in PROJECT_ENTRIES:
+        link = project / entry
+        if not link.exists():
+            link.symlink_to(REPO_ROOT / entry)
+    (project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
+    install_plugins(home)
+    return engine_env(home, backend)
+
+
 class PulumiFailed(AssertionError):
     """A CLI command exited non-zero; the message carries its output."""
 
@@ -232,15 +251,8 @@ class Stack:
         self.home = directory / "home"
         self.backend = directory / "state"
         self.logs = directory / "logs"
-        for path in (self.project, self.home, self.backend, self.logs):
-            path.mkdir(parents=True, exist_ok=True)
-        for entry in PROJECT_ENTRIES:
-            link = self.project / entry
-            if not link.exists():
-                link.symlink_to(REPO_ROOT / entry)
-        (self.project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
-        install_plugins(self.home)
-        self.env = {**engine_env(self.home, self.backend), **(env or {})}
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = {**project_copy(directory), **(env or {})}
         self._count = 0
         self.run("stack", "init", name, "--non-interactive")
         self.write_config(config)
