@@ -116,6 +116,9 @@ def engine_env(home: Path, backend: Path) -> dict[str, str]:
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         "PULUMI_SKIP_CONFIRMATIONS": "true",
         "NO_COLOR": "1",
+        # `--event-log` exists only with it (pkg/cmd/pulumi/operations/up.go:1023-1027
+        # at v3.274.1); the Automation API sets it for the same reason.
+        "PULUMI_DEBUG_COMMANDS": "true",
     }
 
 
@@ -254,7 +257,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = {**project_copy(directory), **(env or {})}
         self._count = 0
-        self.run("stack", "init", name, "--non-interactive")
+        self.run("stack", "init", "--non-interactive")
         self.write_config(config)
         for key, value in (secrets or {}).items():
             self.set_secret(key, value)
