@@ -371,7 +371,12 @@ class Stack:
         return found[0].read_text()
 
     def logs_text(self) -> str:
-        return "\n".join(p.read_text() for p in sorted(self.logs.glob("*.log")))
+        """What the user saw of every `up`, `preview`, `refresh` and `destroy` so far."""
+        return "\n".join(
+            path.read_text()
+            for path in sorted(self.logs.glob("*.log"))
+            if path.stem.split("-", 1)[1] in {"up", "preview", "refresh", "destroy"}
+        )
 
 
 def stack_config_of(stack_file: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
