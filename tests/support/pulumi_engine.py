@@ -177,6 +177,8 @@ class Result:
 
     output: str
     steps: list[Step] = field(default_factory=list)
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    """(resource name, line) of every message the engine reported on a resource, in order."""
 
     def ops(self, name: str) -> list[str]:
         """The operations done to the resource called `name`, in order (no `same`)."""
@@ -190,12 +192,29 @@ class Result:
                 found.setdefault(step.name, []).append(step.op)
         return found
 
+    def logged(self, name: str) -> list[str]:
+        """What the resource called `name` logged, in order (a command's output lines)."""
+        return [text for resource, text in self.messages if resource == name]
+
     def index(self, name: str, kind: str = "pre", op: str | None = None) -> int:
         """Position of the first such step, to compare orders; raises if absent."""
         for position, step in enumerate(self.steps):
             if step.name == name and step.kind == kind and (op is None or step.op == op):
                 return position
         raise AssertionError(f"no {kind} step {op or ''} for {name}: {self.changed()}")
+
+
+def _messages(event_log: Path) -> list[tuple[str, str]]:
+    """The diagnostics reported on a resource: a command's output lines (pulumi-command
+    logs them as ephemeral info), a provider's warnings."""
+    found: list[tuple[str, str]] = []
+    if not event_log.exists():
+        return found
+    for line in event_log.read_text().splitlines():
+        body = json.loads(line).get("diagnosticEvent")
+        if body and body.get("urn") and body.get("severity") != "debug":
+            found.append((body["urn"].rsplit("::", 1)[-1], body.get("message", "").strip()))
+    return found
 
 
 def _steps(event_log: Path) -> list[Step]:
@@ -320,7 +339,7 @@ class Stack:
     def _operation(self, verb: str, *args: str, check: bool = True) -> Result:
         events = self.logs / f"{self._count + 1:02d}-{verb}.events.jsonl"
         output = self.run(verb, "--non-interactive", "--event-log", str(events), *args, check=check)
-        return Result(output, _steps(events))
+        return Result(output, _steps(events), _messages(events))
 
     def up(self, *args: str) -> Result:
         """`pulumi up --yes --skip-preview`: what `deploy.sh` runs after its preview."""
