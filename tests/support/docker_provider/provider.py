@@ -144,7 +144,6 @@ def _preview_state(type_: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
 # -- the provider -------------------------------------------------------------------
 
 
-
 def _type(request: Any) -> str:
     """The resource's type token. A URN's type part is qualified by its parents'
     types (`vllm-nginx:index:VllmCluster$docker:index/volume:Volume`, pulumi
@@ -152,6 +151,7 @@ def _type(request: Any) -> str:
     return that whole part as `type`; the provider is asked for the last one."""
     type_: str = request.type
     return type_.rsplit("$", 1)[-1]
+
 
 class DockerProvider(px.Provider):
     """pulumi-resource-docker 5.2.0 for the resources this project declares."""
