@@ -116,7 +116,29 @@ def engine_env(home: Path, backend: Path) -> dict[str, str]:
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         "PULUMI_SKIP_CONFIRMATIONS": "true",
         "NO_COLOR": "1",
+        # `--event-log` exists only with it (pkg/cmd/pulumi/operations/up.go:1023-1027
+        # at v3.274.1); the Automation API sets it for the same reason.
+        "PULUMI_DEBUG_COMMANDS": "true",
     }
+
+
+def project_copy(directory: Path) -> dict[str, str]:
+    """This project under `directory/project` as a user has it, and the environment to run it.
+
+    The program, `.venv` and scripts are symlinks to the repository; state
+    (`directory/state`) and `PULUMI_HOME` (`directory/home`, with the stand-in
+    plugins installed) are the copy's own.
+    """
+    project, home, backend = directory / "project", directory / "home", directory / "state"
+    for path in (project, home, backend):
+        path.mkdir(parents=True, exist_ok=True)
+    for entry in PROJECT_ENTRIES:
+        link = project / entry
+        if not link.exists():
+            link.symlink_to(REPO_ROOT / entry)
+    (project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
+    install_plugins(home)
+    return engine_env(home, backend)
 
 
 class PulumiFailed(AssertionError):
@@ -232,17 +254,10 @@ class Stack:
         self.home = directory / "home"
         self.backend = directory / "state"
         self.logs = directory / "logs"
-        for path in (self.project, self.home, self.backend, self.logs):
-            path.mkdir(parents=True, exist_ok=True)
-        for entry in PROJECT_ENTRIES:
-            link = self.project / entry
-            if not link.exists():
-                link.symlink_to(REPO_ROOT / entry)
-        (self.project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
-        install_plugins(self.home)
-        self.env = {**engine_env(self.home, self.backend), **(env or {})}
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = {**project_copy(directory), **(env or {})}
         self._count = 0
-        self.run("stack", "init", name, "--non-interactive")
+        self.run("stack", "init", "--non-interactive")
         self.write_config(config)
         for key, value in (secrets or {}).items():
             self.set_secret(key, value)
@@ -359,7 +374,12 @@ class Stack:
         return found[0].read_text()
 
     def logs_text(self) -> str:
-        return "\n".join(p.read_text() for p in sorted(self.logs.glob("*.log")))
+        """What the user saw of every `up`, `preview`, `refresh` and `destroy` so far."""
+        return "\n".join(
+            path.read_text()
+            for path in sorted(self.logs.glob("*.log"))
+            if path.stem.split("-", 1)[1] in {"up", "preview", "refresh", "destroy"}
+        )
 
 
 def stack_config_of(stack_file: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

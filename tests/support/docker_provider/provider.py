@@ -144,6 +144,15 @@ def _preview_state(type_: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
 # -- the provider -------------------------------------------------------------------
 
 
+
+def _type(request: Any) -> str:
+    """The resource's type token. A URN's type part is qualified by its parents'
+    types (`vllm-nginx:index:VllmCluster$docker:index/volume:Volume`, pulumi
+    sdk/go/common/resource/urn.go, QualifiedType), and the SDK's requests
+    return that whole part as `type`; the provider is asked for the last one."""
+    type_: str = request.type
+    return type_.rsplit("$", 1)[-1]
+
 class DockerProvider(px.Provider):
     """pulumi-resource-docker 5.2.0 for the resources this project declares."""
 
@@ -204,10 +213,10 @@ class DockerProvider(px.Provider):
 
     async def check(self, request: px.CheckRequest) -> px.CheckResponse:
         news = plain_map(request.new_inputs)
-        if request.type == IMAGE:
+        if _type(request) == IMAGE:
             inputs, failures = await self._run(native_image.check, news)
         else:
-            inputs, failures = diffing.check(request.type, news)
+            inputs, failures = diffing.check(_type(request), news)
         return px.CheckResponse(
             inputs=wrap_map(inputs),
             failures=[px.CheckFailure(f.property, f.reason) for f in failures] or None,
@@ -215,12 +224,12 @@ class DockerProvider(px.Provider):
 
     async def diff(self, request: px.DiffRequest) -> px.DiffResponse:
         olds, news = plain_map(request.old_state), plain_map(request.new_inputs)
-        if request.type == IMAGE:
+        if _type(request) == IMAGE:
             return _diff_response(native_image.diff(olds, news))
-        return _diff_response(diffing.diff(request.type, olds, news, request.ignore_changes))
+        return _diff_response(diffing.diff(_type(request), olds, news, request.ignore_changes))
 
     async def create(self, request: px.CreateRequest) -> px.CreateResponse:
-        type_, inputs = request.type, plain_map(request.properties)
+        type_, inputs = _type(request), plain_map(request.properties)
         timeout = request.timeout or DEFAULT_TIMEOUT
         if type_ == IMAGE:
             if request.preview and not inputs.get("buildOnPreview"):
@@ -263,7 +272,7 @@ class DockerProvider(px.Provider):
         return state
 
     async def read(self, request: px.ReadRequest) -> px.ReadResponse:
-        type_, state = request.type, plain_map(request.properties)
+        type_, state = _type(request), plain_map(request.properties)
         if type_ == IMAGE:
             return px.ReadResponse(request.resource_id, request.properties, request.inputs)
         read = await self._run(self._read, type_, request.resource_id, state)
@@ -285,7 +294,7 @@ class DockerProvider(px.Provider):
         raise engine.ProviderError(f"unknown resource type {type_}")
 
     async def update(self, request: px.UpdateRequest) -> px.UpdateResponse:
-        type_ = request.type
+        type_ = _type(request)
         olds, news = plain_map(request.olds), plain_map(request.news)
         if type_ == IMAGE:
             if request.preview and not news.get("buildOnPreview"):
@@ -322,7 +331,7 @@ class DockerProvider(px.Provider):
         return planned
 
     async def delete(self, request: px.DeleteRequest) -> None:
-        type_, state = request.type, plain_map(request.properties)
+        type_, state = _type(request), plain_map(request.properties)
         if type_ == IMAGE:
             return  # PD:490-496
         timeout = request.timeout or DEFAULT_TIMEOUT
