@@ -309,11 +309,8 @@ class Stack:
             timeout=timeout,
             check=False,
         )
-        # The logs are what the user saw (`logs_text`, checked for secrets): what a
-        # test asked to see in plaintext is left out of them.
-        shown = "(not logged: --show-secrets)" if "--show-secrets" in args else result.stdout
         log.write_text(
-            f"$ {' '.join(command)}\n{shown}\n"
+            f"$ {' '.join(command)}\n{result.stdout}\n"
             f"exit {result.returncode} after {time.monotonic() - started:.1f}s\n"
         )
         if check and result.returncode != 0:
