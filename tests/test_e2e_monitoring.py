@@ -51,7 +51,7 @@ from tests.support.docker_engine import (
     remove_named,
     standin_image,
 )
-from tests.support.pulumi_engine import Result, Stack, stack_config_of
+from tests.support.pulumi_engine import Result, Stack, is_secret, reveal, stack_config_of
 
 pytestmark = pytest.mark.docker
 
@@ -278,11 +278,6 @@ def test_grafana_gets_datasource_dashboard_and_password(deployment: Deployment) 
     assert sources == [{"uid": "vllm-prometheus", "url": "http://e2e-mon-prometheus:9090"}]
 
 
-def _is_secret(value: Any) -> bool:
-    """A value the state holds encrypted (Pulumi's secret signature, with ciphertext)."""
-    return isinstance(value, dict) and "ciphertext" in value and len(value) == 2
-
-
 def test_secrets_stay_secret(deployment: Deployment) -> None:
     stack = deployment.stack
     stack_file = stack.stack_file.read_text()
@@ -299,12 +294,13 @@ def test_secrets_stay_secret(deployment: Deployment) -> None:
     state = json.loads(stack.state())
     stored = {r["urn"].rsplit("::", 1)[-1]: r for r in state["checkpoint"]["latest"]["resources"]}
     for name in ("vllm-monitoring-grafana", "vllm-monitoring-prometheus"):
-        assert _is_secret(stored[name]["inputs"]["uploads"]), name
-        assert _is_secret(stored[name]["outputs"]["uploads"]), name
-    uploads = stack.resources()["vllm-monitoring-prometheus"]["inputs"]["uploads"]
+        assert is_secret(stored[name]["inputs"]["uploads"]), name
+        assert is_secret(stored[name]["outputs"]["uploads"]), name
+    shown = stack.resources()
+    uploads = reveal(shown["vllm-monitoring-prometheus"]["inputs"]["uploads"])
     config = next(u["content"] for u in uploads if u["file"].endswith(".yml"))
     assert API_KEY not in config
-    grafana_files = stack.resources()["vllm-monitoring-grafana"]["inputs"]["uploads"]
+    grafana_files = reveal(shown["vllm-monitoring-grafana"]["inputs"]["uploads"])
     assert any(GRAFANA_PASSWORD in u["content"] for u in grafana_files)
     for name in (*MONITORING, LB_NAME):
         container = deployment.client.containers.get(name)
@@ -343,6 +339,7 @@ def test_a_new_replica_reloads_nginx_and_the_new_exporter_labels_it(
     reload = result.index("vllm-lb-config", "pre", "create-replacement")
     assert reload > result.index("vllm-monitoring-lb-exporter", "outputs", "create-replacement")
     assert reload > result.index(f"vllm-{ADDED}", "outputs", "create")
+    assert f"{LB_NAME}: reloaded with 1 changed file(s): /etc/nginx/nginx.conf" in result.output
     after = {name: deployment.container_id(name) for name in (*kept, EXPORTER)}
     assert {n: after[n] for n in kept} == {n: before[n] for n in kept}
     assert after[EXPORTER] != before[EXPORTER]
@@ -353,7 +350,13 @@ def test_a_new_replica_reloads_nginx_and_the_new_exporter_labels_it(
         openai_client.completions.create(model="tiny-chat", prompt=f"p{turn}", max_tokens=2)
     query = f'sum by (replica) (vllm_lb_upstream_attempts_total{{replica="{ADDED}"}})'
     deadline = time.monotonic() + 20
-    while not prometheus("/api/v1/query", query=query)["result"]:
+    while True:
+        try:
+            # The replaced Prometheus may still be starting.
+            if prometheus("/api/v1/query", query=query)["result"]:
+                break
+        except httpx.HTTPError:
+            pass
         assert time.monotonic() < deadline, f"no attempt on {ADDED} reached Prometheus"
         time.sleep(0.5)
 
