@@ -43,6 +43,9 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from components.plan.monitoring import DASHBOARD_FILE, REPLICA_LABEL
 from tests.support.docker_engine import (
+    BASE_IMAGE_TAG,
+    GRAFANA_STANDIN_TAG,
+    MONITORING_IMAGE_TAG,
     STANDIN_TAG,
     base_image,
     docker_client,
@@ -79,7 +82,10 @@ RATE_INTERVAL = "20s"
 SYSTEM_PROMPT = " ".join(f"rule{i}" for i in range(64))
 
 
-def monitoring_config(base: str, monitoring: tuple[str, str]) -> dict[str, Any]:
+def monitoring_config(
+    base: str = BASE_IMAGE_TAG,
+    monitoring: tuple[str, str] = (MONITORING_IMAGE_TAG, GRAFANA_STANDIN_TAG),
+) -> dict[str, Any]:
     """Pulumi.ci.yaml with monitoring on, this file's own names and ports, and the
     images this session has (their tags can be overridden by the environment)."""
     config = stack_config_of(ROOT / "Pulumi.ci.yaml")
@@ -307,6 +313,12 @@ def test_secrets_stay_secret(deployment: Deployment) -> None:
         env = " ".join(container.attrs["Config"]["Env"] or [])
         assert GRAFANA_PASSWORD not in env and API_KEY not in env
         assert GRAFANA_PASSWORD not in container.logs().decode()
+
+
+def test_a_second_preview_changes_nothing(deployment: Deployment) -> None:
+    """What the provider read back of Prometheus, Grafana and the exporter (images,
+    uploads, volumes, ports) is what the program declares: no drift."""
+    deployment.stack.preview(expect_no_changes=True)
 
 
 def test_a_new_replica_reloads_nginx_and_the_new_exporter_labels_it(

@@ -274,6 +274,8 @@ def test_two_hosts_behind_one_load_balancer(tmp_path: Path) -> None:
                 "vllm-vnh1-docker": one.docker_host,
                 "vllm-vnh2-docker": two.docker_host,
             }
+            # Read back through both providers, the stack is as declared.
+            stack.preview(expect_no_changes=True)
             resources = stack.resources()
             lb_url = f"http://{one.address}:{LB_PORT}"
             assert json.loads(resources["vllm-verify"]["outputs"]["stdout"]) == {
