@@ -409,5 +409,27 @@ def stack_config_of(stack_file: Path, overrides: Mapping[str, Any] | None = None
     return config
 
 
+SECRET_SIGNATURE = "4dabf18193072939515e22adb298388d"
+"""The key Pulumi marks a secret value with in state and exports (`sig.Secret`)."""
+
+
+def is_secret(value: Any) -> bool:
+    """A value the state or an export holds as a secret (encrypted or, shown, in plaintext)."""
+    return isinstance(value, dict) and SECRET_SIGNATURE in value
+
+
+def reveal(value: Any) -> Any:
+    """A value from `export()`/`resources()` with every secret as its plain value
+    (`--show-secrets` gives each as its signature and its JSON text), recursively."""
+    if is_secret(value):
+        assert "plaintext" in value, "an encrypted secret: export with --show-secrets"
+        return reveal(json.loads(value["plaintext"]))
+    if isinstance(value, dict):
+        return {key: reveal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [reveal(item) for item in value]
+    return value
+
+
 def names(steps: Iterable[Step]) -> list[str]:
     return [step.name for step in steps]
