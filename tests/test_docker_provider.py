@@ -398,16 +398,21 @@ def test_planned_state_after_an_update_is_the_new_inputs():
 # -- what the program declares -----------------------------------------------------------
 
 
-def _stack_file(name: str) -> dict[str, str]:
-    document = yaml.safe_load((REPO_ROOT / name).read_text())
+def _as_pulumi_config(config: dict[str, Any]) -> dict[str, str]:
+    """Config as the runtime hands it to the program: namespaced keys, strings and JSON."""
     return {
-        k: json.dumps(v)
+        (k if ":" in k else f"vllm-nginx:{k}"): json.dumps(v)
         if isinstance(v, dict | list)
         else str(v).lower()
         if isinstance(v, bool)
         else str(v)
-        for k, v in (document.get("config") or {}).items()
+        for k, v in config.items()
     }
+
+
+def _stack_file(name: str) -> dict[str, str]:
+    document = yaml.safe_load((REPO_ROOT / name).read_text())
+    return _as_pulumi_config(document.get("config") or {})
 
 
 def _program_configs(tmp_path: Path) -> dict[str, dict[str, str]]:
@@ -418,19 +423,23 @@ def _program_configs(tmp_path: Path) -> dict[str, dict[str, str]]:
     (checkout / "docker").mkdir(parents=True)
     (checkout / "docker" / "Dockerfile").write_text("FROM scratch\n")
     return {
-        "ci": ci_config(),
-        "monitoring": monitoring_config(),
-        "build": ci_config(image={"build": {"context": str(checkout)}}),
+        "ci": _as_pulumi_config(ci_config()),
+        "monitoring": _as_pulumi_config(
+            {**monitoring_config(), "apiKey": "k", "grafanaPassword": "pw"}
+        ),
+        "build": _as_pulumi_config(ci_config(image={"build": {"context": str(checkout)}})),
         "twohost": _stack_file("Pulumi.twohost.yaml"),
         "cpu": _stack_file("Pulumi.cpu.yaml"),
     }
+
+
+SECRET_KEYS = tuple(f"vllm-nginx:{k}" for k in ("apiKey", "grafanaPassword", "hfToken", "tlsKey"))
 
 
 def test_every_docker_input_the_program_declares_is_modelled(tmp_path):
     """Check accepts every input of every stack file's docker resources, so the
     real-engine runs of the program meet no "not modelled" failure."""
     from tests.support.pulumi_capture import run_program
-    from tests.test_e2e_monitoring import SECRET_KEYS
 
     types_seen: set[str] = set()
     for label, config in _program_configs(tmp_path).items():
