@@ -145,6 +145,8 @@ class PulumiFailed(AssertionError):
         super().__init__(f"pulumi {' '.join(args)} exited {code}:\n{output[-6000:]}")
         self.code = code
         self.output = output
+        self.result = Result(output)
+        """The failed operation's steps and diagnostics, from its event log."""
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,33 @@ class Step:
         return self.urn.rsplit("::", 2)[-2].rsplit("$", 1)[-1]
 
 
+@dataclass(frozen=True)
+class Diagnostic:
+    """A message the engine reported: a resource's log line, a warning, an error."""
+
+    urn: str
+    severity: str
+    """debug, info, info#err, warning, error."""
+    message: str
+    ephemeral: bool
+    """Shown only while the step runs (the Info column), as pulumi-command's output lines."""
+
+    @property
+    def name(self) -> str:
+        return self.urn.rsplit("::", 1)[-1]
+
+
 @dataclass
 class Result:
     """What one `up`/`preview`/`refresh`/`destroy` printed and the steps it took."""
 
     output: str
     steps: list[Step] = field(default_factory=list)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def messages(self, name: str) -> list[str]:
+        """The lines the engine was given for the resource called `name`, in order."""
+        return [d.message.rstrip("\n") for d in self.diagnostics if d.name == name]
 
     def ops(self, name: str) -> list[str]:
         """The operations done to the resource called `name`, in order (no `same`)."""
@@ -195,12 +218,31 @@ class Result:
         raise AssertionError(f"no {kind} step {op or ''} for {name}: {self.changed()}")
 
 
+def _events(event_log: Path) -> list[dict[str, Any]]:
+    if not event_log.exists():
+        return []
+    return [json.loads(line) for line in event_log.read_text().splitlines() if line.strip()]
+
+
+def _diagnostics(event_log: Path) -> list[Diagnostic]:
+    found: list[Diagnostic] = []
+    for event in _events(event_log):
+        body = event.get("diagnosticEvent")
+        if body is not None:
+            found.append(
+                Diagnostic(
+                    body.get("urn", ""),
+                    body.get("severity", ""),
+                    body.get("message", ""),
+                    bool(body.get("ephemeral", False)),
+                )
+            )
+    return found
+
+
 def _steps(event_log: Path) -> list[Step]:
     steps: list[Step] = []
-    if not event_log.exists():
-        return steps
-    for line in event_log.read_text().splitlines():
-        event = json.loads(line)
+    for event in _events(event_log):
         for key, kind in (
             ("resourcePreEvent", "pre"),
             ("resOutputsEvent", "outputs"),
@@ -316,8 +358,14 @@ class Stack:
 
     def _operation(self, verb: str, *args: str, check: bool = True) -> Result:
         events = self.logs / f"{self._count + 1:02d}-{verb}.events.jsonl"
-        output = self.run(verb, "--non-interactive", "--event-log", str(events), *args, check=check)
-        return Result(output, _steps(events))
+        try:
+            output = self.run(
+                verb, "--non-interactive", "--event-log", str(events), *args, check=check
+            )
+        except PulumiFailed as failed:
+            failed.result = Result(failed.output, _steps(events), _diagnostics(events))
+            raise
+        return Result(output, _steps(events), _diagnostics(events))
 
     def up(self, *args: str) -> Result:
         """`pulumi up --yes --skip-preview`: what `deploy.sh` runs after its preview."""
@@ -367,8 +415,11 @@ class Stack:
         assert found, "no state file"
         return found[0].read_text()
 
-    def logs_text(self) -> str:
-        return "\n".join(p.read_text() for p in sorted(self.logs.glob("*.log")))
+    def logs_text(self, events: bool = False) -> str:
+        """Everything the CLI printed; with `events`, its event logs too."""
+        patterns = ("*.log", "*.events.jsonl") if events else ("*.log",)
+        files = sorted(p for pattern in patterns for p in self.logs.glob(pattern))
+        return "\n".join(p.read_text() for p in files)
 
 
 def stack_config_of(stack_file: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -380,6 +431,26 @@ def stack_config_of(stack_file: Path, overrides: Mapping[str, Any] | None = None
         config[name if namespace == NAMESPACE else key] = value
     config.update(overrides or {})
     return config
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+"""The key that marks a secret in a deployment (pulumi's `sig.Secret`)."""
+
+
+def revealed(value: Any) -> Any:
+    """A value of `export()` with every secret replaced by its plaintext."""
+    if isinstance(value, dict):
+        if SECRET_SIG in value and "plaintext" in value:
+            return revealed(json.loads(value["plaintext"]))
+        return {k: revealed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [revealed(v) for v in value]
+    return value
+
+
+def is_secret(value: Any) -> bool:
+    """Whether a value of `export()` is a secret (encrypted in the state file)."""
+    return isinstance(value, dict) and SECRET_SIG in value
 
 
 def names(steps: Iterable[Step]) -> list[str]:
