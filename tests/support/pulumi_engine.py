@@ -115,6 +115,9 @@ def engine_env(home: Path, backend: Path) -> dict[str, str]:
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         "PULUMI_SKIP_CONFIRMATIONS": "true",
+        # `--event-log` exists only with it (pkg/cmd/pulumi/operations/up.go, preview.go,
+        # refresh.go, destroy.go: `if env.DebugCommands.Value()`); the Automation API sets it too.
+        "PULUMI_DEBUG_COMMANDS": "true",
         "NO_COLOR": "1",
     }
 
@@ -296,7 +299,8 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = {**project_copy(directory), **(env or {})}
         self._count = 0
-        self.run("stack", "init", name, "--non-interactive")
+        # `--stack NAME` is added by `run`; a positional name as well is refused.
+        self.run("stack", "init", "--non-interactive")
         self.write_config(config)
         for key, value in (secrets or {}).items():
             self.set_secret(key, value)
