@@ -115,6 +115,14 @@ def wrap_map(values: Mapping[str, Any]) -> dict[str, PropertyValue]:
     return {k: wrap(v) for k, v in values.items()}
 
 
+def _type(request: Any) -> str:
+    """The resource's own type token, as the provider's `urn.Type()` gives it (pulumi
+    sdk v3.274.1 go/common/resource/urn/urn.go:176-182). The Python SDK's
+    `request.type` is the URN's qualified type, which keeps every parent's type
+    (`vllm-nginx:index:VllmCluster$docker:index/network:Network`)."""
+    return str(request.type).rsplit("$", 1)[-1]
+
+
 def _diff_response(result: diffing.Diff) -> px.DiffResponse:
     return px.DiffResponse(
         changes=result.changes,
@@ -204,10 +212,10 @@ class DockerProvider(px.Provider):
 
     async def check(self, request: px.CheckRequest) -> px.CheckResponse:
         news = plain_map(request.new_inputs)
-        if request.type == IMAGE:
+        if _type(request) == IMAGE:
             inputs, failures = await self._run(native_image.check, news)
         else:
-            inputs, failures = diffing.check(request.type, news)
+            inputs, failures = diffing.check(_type(request), news)
         return px.CheckResponse(
             inputs=wrap_map(inputs),
             failures=[px.CheckFailure(f.property, f.reason) for f in failures] or None,
@@ -215,12 +223,12 @@ class DockerProvider(px.Provider):
 
     async def diff(self, request: px.DiffRequest) -> px.DiffResponse:
         olds, news = plain_map(request.old_state), plain_map(request.new_inputs)
-        if request.type == IMAGE:
+        if _type(request) == IMAGE:
             return _diff_response(native_image.diff(olds, news))
-        return _diff_response(diffing.diff(request.type, olds, news, request.ignore_changes))
+        return _diff_response(diffing.diff(_type(request), olds, news, request.ignore_changes))
 
     async def create(self, request: px.CreateRequest) -> px.CreateResponse:
-        type_, inputs = request.type, plain_map(request.properties)
+        type_, inputs = _type(request), plain_map(request.properties)
         timeout = request.timeout or DEFAULT_TIMEOUT
         if type_ == IMAGE:
             if request.preview and not inputs.get("buildOnPreview"):
@@ -263,7 +271,7 @@ class DockerProvider(px.Provider):
         return state
 
     async def read(self, request: px.ReadRequest) -> px.ReadResponse:
-        type_, state = request.type, plain_map(request.properties)
+        type_, state = _type(request), plain_map(request.properties)
         if type_ == IMAGE:
             return px.ReadResponse(request.resource_id, request.properties, request.inputs)
         read = await self._run(self._read, type_, request.resource_id, state)
@@ -285,7 +293,7 @@ class DockerProvider(px.Provider):
         raise engine.ProviderError(f"unknown resource type {type_}")
 
     async def update(self, request: px.UpdateRequest) -> px.UpdateResponse:
-        type_ = request.type
+        type_ = _type(request)
         olds, news = plain_map(request.olds), plain_map(request.news)
         if type_ == IMAGE:
             if request.preview and not news.get("buildOnPreview"):
@@ -322,7 +330,7 @@ class DockerProvider(px.Provider):
         return planned
 
     async def delete(self, request: px.DeleteRequest) -> None:
-        type_, state = request.type, plain_map(request.properties)
+        type_, state = _type(request), plain_map(request.properties)
         if type_ == IMAGE:
             return  # PD:490-496
         timeout = request.timeout or DEFAULT_TIMEOUT
