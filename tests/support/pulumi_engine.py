@@ -352,8 +352,10 @@ class Stack:
             timeout=timeout,
             check=False,
         )
+        # What a user asked to see in clear is not kept: the logs are checked for secrets.
+        kept = "(not kept: --show-secrets)" if "--show-secrets" in args else result.stdout
         log.write_text(
-            f"$ {' '.join(command)}\n{result.stdout}\n"
+            f"$ {' '.join(command)}\n{kept}\n"
             f"exit {result.returncode} after {time.monotonic() - started:.1f}s\n"
         )
         if check and result.returncode != 0:
