@@ -192,12 +192,12 @@ def _timestamp(created: str) -> float:
 
 def test_progress_is_reported(deployed: Deployed) -> None:
     # While it runs: each line reaches the engine as the step's message.
-    said = deployed.first.messages("vllm-download")
+    said = deployed.first.logged("vllm-download")
     progress = [line for line in said if "progress:" in line]
     assert len(progress) >= 2, said
     assert " of " in progress[-1] and "files" in progress[-1]
     assert progress[-1] in deployed.first.output  # what `up` printed
-    ready = deployed.first.messages("vllm-replicas-ready")
+    ready = deployed.first.logged("vllm-replicas-ready")
     assert any("[ready] waiting for 2 replica(s): loading:" in line for line in ready), ready
     # And kept in the state, secret (the step's environment holds the token).
     resources = deployed.stack.resources()
@@ -246,7 +246,7 @@ def test_warm_cache_does_not_download(deployed: Deployed) -> None:
     urn = deployment.resources()["vllm-download"]["urn"]
     again = deployment.up("--replace", urn)
     assert set(again.changed()) == {"vllm-download"}, again.changed()
-    said = "\n".join(again.messages("vllm-download"))
+    said = "\n".join(again.logged("vllm-download"))
     assert "already in the cache" in said
     took = re.search(r"download step for \S+ done in ([\d.]+) s", said)
     assert took is not None, said

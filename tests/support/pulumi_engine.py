@@ -115,10 +115,10 @@ def engine_env(home: Path, backend: Path) -> dict[str, str]:
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
         "PULUMI_SKIP_CONFIRMATIONS": "true",
-        # `--event-log` exists only with it (pkg/cmd/pulumi/operations/up.go, preview.go,
-        # refresh.go, destroy.go: `if env.DebugCommands.Value()`); the Automation API sets it too.
-        "PULUMI_DEBUG_COMMANDS": "true",
         "NO_COLOR": "1",
+        # `--event-log` exists only with it (pkg/cmd/pulumi/operations/up.go:1023-1027
+        # at v3.274.1); the Automation API sets it for the same reason.
+        "PULUMI_DEBUG_COMMANDS": "true",
     }
 
 
@@ -149,7 +149,7 @@ class PulumiFailed(AssertionError):
         self.code = code
         self.output = output
         self.result = Result(output)
-        """The failed operation's steps and diagnostics, from its event log."""
+        """The failed operation's steps and messages, from its event log."""
 
 
 @dataclass(frozen=True)
@@ -173,33 +173,14 @@ class Step:
         return self.urn.rsplit("::", 2)[-2].rsplit("$", 1)[-1]
 
 
-@dataclass(frozen=True)
-class Diagnostic:
-    """A message the engine reported: a resource's log line, a warning, an error."""
-
-    urn: str
-    severity: str
-    """debug, info, info#err, warning, error."""
-    message: str
-    ephemeral: bool
-    """Shown only while the step runs (the Info column), as pulumi-command's output lines."""
-
-    @property
-    def name(self) -> str:
-        return self.urn.rsplit("::", 1)[-1]
-
-
 @dataclass
 class Result:
     """What one `up`/`preview`/`refresh`/`destroy` printed and the steps it took."""
 
     output: str
     steps: list[Step] = field(default_factory=list)
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-
-    def messages(self, name: str) -> list[str]:
-        """The lines the engine was given for the resource called `name`, in order."""
-        return [d.message.rstrip("\n") for d in self.diagnostics if d.name == name]
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    """(resource name, line) of every message the engine reported on a resource, in order."""
 
     def ops(self, name: str) -> list[str]:
         """The operations done to the resource called `name`, in order (no `same`)."""
@@ -213,6 +194,10 @@ class Result:
                 found.setdefault(step.name, []).append(step.op)
         return found
 
+    def logged(self, name: str) -> list[str]:
+        """What the resource called `name` logged, in order (a command's output lines)."""
+        return [text for resource, text in self.messages if resource == name]
+
     def index(self, name: str, kind: str = "pre", op: str | None = None) -> int:
         """Position of the first such step, to compare orders; raises if absent."""
         for position, step in enumerate(self.steps):
@@ -221,31 +206,25 @@ class Result:
         raise AssertionError(f"no {kind} step {op or ''} for {name}: {self.changed()}")
 
 
-def _events(event_log: Path) -> list[dict[str, Any]]:
+def _messages(event_log: Path) -> list[tuple[str, str]]:
+    """The diagnostics reported on a resource: a command's output lines (pulumi-command
+    logs them as ephemeral info), a provider's warnings."""
+    found: list[tuple[str, str]] = []
     if not event_log.exists():
-        return []
-    return [json.loads(line) for line in event_log.read_text().splitlines() if line.strip()]
-
-
-def _diagnostics(event_log: Path) -> list[Diagnostic]:
-    found: list[Diagnostic] = []
-    for event in _events(event_log):
-        body = event.get("diagnosticEvent")
-        if body is not None:
-            found.append(
-                Diagnostic(
-                    body.get("urn", ""),
-                    body.get("severity", ""),
-                    body.get("message", ""),
-                    bool(body.get("ephemeral", False)),
-                )
-            )
+        return found
+    for line in event_log.read_text().splitlines():
+        body = json.loads(line).get("diagnosticEvent")
+        if body and body.get("urn") and body.get("severity") != "debug":
+            found.append((body["urn"].rsplit("::", 1)[-1], body.get("message", "").strip()))
     return found
 
 
 def _steps(event_log: Path) -> list[Step]:
     steps: list[Step] = []
-    for event in _events(event_log):
+    if not event_log.exists():
+        return steps
+    for line in event_log.read_text().splitlines():
+        event = json.loads(line)
         for key, kind in (
             ("resourcePreEvent", "pre"),
             ("resOutputsEvent", "outputs"),
@@ -352,10 +331,8 @@ class Stack:
             timeout=timeout,
             check=False,
         )
-        # What a user asked to see in clear is not kept: the logs are checked for secrets.
-        kept = "(not kept: --show-secrets)" if "--show-secrets" in args else result.stdout
         log.write_text(
-            f"$ {' '.join(command)}\n{kept}\n"
+            f"$ {' '.join(command)}\n{result.stdout}\n"
             f"exit {result.returncode} after {time.monotonic() - started:.1f}s\n"
         )
         if check and result.returncode != 0:
@@ -369,9 +346,9 @@ class Stack:
                 verb, "--non-interactive", "--event-log", str(events), *args, check=check
             )
         except PulumiFailed as failed:
-            failed.result = Result(failed.output, _steps(events), _diagnostics(events))
+            failed.result = Result(failed.output, _steps(events), _messages(events))
             raise
-        return Result(output, _steps(events), _diagnostics(events))
+        return Result(output, _steps(events), _messages(events))
 
     def up(self, *args: str) -> Result:
         """`pulumi up --yes --skip-preview`: what `deploy.sh` runs after its preview."""
@@ -422,10 +399,13 @@ class Stack:
         return found[0].read_text()
 
     def logs_text(self, events: bool = False) -> str:
-        """Everything the CLI printed; with `events`, its event logs too."""
-        patterns = ("*.log", "*.events.jsonl") if events else ("*.log",)
-        files = sorted(p for pattern in patterns for p in self.logs.glob(pattern))
-        return "\n".join(p.read_text() for p in files)
+        """What the user saw of every `up`, `preview`, `refresh` and `destroy` so far;
+        with `events`, their event logs too (what the engine wrote to disk)."""
+        verbs = {"up", "preview", "refresh", "destroy"}
+        paths = [p for p in sorted(self.logs.glob("*.log")) if p.stem.split("-", 1)[1] in verbs]
+        if events:
+            paths += sorted(self.logs.glob("*.events.jsonl"))
+        return "\n".join(path.read_text() for path in paths)
 
 
 def stack_config_of(stack_file: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -115,14 +115,6 @@ def wrap_map(values: Mapping[str, Any]) -> dict[str, PropertyValue]:
     return {k: wrap(v) for k, v in values.items()}
 
 
-def _type(request: Any) -> str:
-    """The resource's own type token, as the provider's `urn.Type()` gives it (pulumi
-    sdk v3.274.1 go/common/resource/urn/urn.go:176-182). The Python SDK's
-    `request.type` is the URN's qualified type, which keeps every parent's type
-    (`vllm-nginx:index:VllmCluster$docker:index/network:Network`)."""
-    return str(request.type).rsplit("$", 1)[-1]
-
-
 def _diff_response(result: diffing.Diff) -> px.DiffResponse:
     return px.DiffResponse(
         changes=result.changes,
@@ -150,6 +142,15 @@ def _preview_state(type_: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- the provider -------------------------------------------------------------------
+
+
+def _type(request: Any) -> str:
+    """The resource's type token. A URN's type part is qualified by its parents'
+    types (`vllm-nginx:index:VllmCluster$docker:index/volume:Volume`, pulumi
+    sdk/go/common/resource/urn.go, QualifiedType), and the SDK's requests
+    return that whole part as `type`; the provider is asked for the last one."""
+    type_: str = request.type
+    return type_.rsplit("$", 1)[-1]
 
 
 class DockerProvider(px.Provider):
