@@ -148,6 +148,8 @@ class PulumiFailed(AssertionError):
         super().__init__(f"pulumi {' '.join(args)} exited {code}:\n{output[-6000:]}")
         self.code = code
         self.output = output
+        self.result = Result(output)
+        """The failed operation's steps and messages, from its event log."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = {**project_copy(directory), **(env or {})}
         self._count = 0
+        # `--stack NAME` is added by `run`; a positional name as well is refused.
         self.run("stack", "init", "--non-interactive")
         self.write_config(config)
         for key, value in (secrets or {}).items():
@@ -338,7 +341,13 @@ class Stack:
 
     def _operation(self, verb: str, *args: str, check: bool = True) -> Result:
         events = self.logs / f"{self._count + 1:02d}-{verb}.events.jsonl"
-        output = self.run(verb, "--non-interactive", "--event-log", str(events), *args, check=check)
+        try:
+            output = self.run(
+                verb, "--non-interactive", "--event-log", str(events), *args, check=check
+            )
+        except PulumiFailed as failed:
+            failed.result = Result(failed.output, _steps(events), _messages(events))
+            raise
         return Result(output, _steps(events), _messages(events))
 
     def up(self, *args: str) -> Result:
@@ -389,13 +398,14 @@ class Stack:
         assert found, "no state file"
         return found[0].read_text()
 
-    def logs_text(self) -> str:
-        """What the user saw of every `up`, `preview`, `refresh` and `destroy` so far."""
-        return "\n".join(
-            path.read_text()
-            for path in sorted(self.logs.glob("*.log"))
-            if path.stem.split("-", 1)[1] in {"up", "preview", "refresh", "destroy"}
-        )
+    def logs_text(self, events: bool = False) -> str:
+        """What the user saw of every `up`, `preview`, `refresh` and `destroy` so far;
+        with `events`, their event logs too (what the engine wrote to disk)."""
+        verbs = {"up", "preview", "refresh", "destroy"}
+        paths = [p for p in sorted(self.logs.glob("*.log")) if p.stem.split("-", 1)[1] in verbs]
+        if events:
+            paths += sorted(self.logs.glob("*.events.jsonl"))
+        return "\n".join(path.read_text() for path in paths)
 
 
 def stack_config_of(stack_file: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
