@@ -20,7 +20,7 @@ import uvicorn
 from standin.app import StandinServer
 from standin.config import parse_config
 from standin.hfcache import HubCache, OfflineCacheMiss, ensure_model
-from standin.shutdown import DiesWithEngine, EngineDeath, VllmLikeServer
+from standin.shutdown import DiesWithEngine, Engine, VllmLikeServer
 
 
 def _log(message: str) -> None:
@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{config.tensor_parallel_size}; ttft={config.ttft_ms:g}ms token={config.token_ms:g}ms "
         f"default tokens={config.tokens}; api key {'set' if config.api_key else 'not set'}"
     )
+    for warning in config.warnings:
+        print(f"WARNING standin: {warning}", file=sys.stderr, flush=True)
     if config.ignored_args:
         _log(f"accepted but not simulated: {' '.join(config.ignored_args)}")
 
@@ -81,18 +83,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
     _log("model loaded; starting the API server")
-    # SIGTERM as vLLM handles it: the engine goes first, cutting what is in
-    # flight, then the HTTP server closes (standin/shutdown.py).
-    death = EngineDeath()
+    # SIGTERM as vLLM v0.33.0 handles it: the engine drains for up to
+    # --shutdown-timeout (or aborts, with 0) while HTTP keeps serving, then the
+    # HTTP server closes (standin/shutdown.py).
+    engine = Engine()
     server = VllmLikeServer(
         uvicorn.Config(
-            DiesWithEngine(StandinServer(config).build(), death),
+            DiesWithEngine(StandinServer(config, engine=engine).build(), engine),
             host=config.host,
             port=config.port,
             log_level="info",
             access_log=config.access_log,
         ),
-        death,
+        engine,
+        config.shutdown_timeout,
     )
     server.run()
     return 0

@@ -42,6 +42,7 @@ from standin.prefix_cache import (
     PrefixCacheConfig,
     prompt_tokens,
 )
+from standin.shutdown import Engine
 from standin.vllm_metrics import RequestTrack
 from standin.vllm_metrics import VllmMetrics as LatencyMetrics
 
@@ -55,8 +56,14 @@ def openai_error(status: int, message: str, kind: str, code: str | None = None) 
     return JSONResponse(body, status_code=status)
 
 
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
+"""What vLLM v0.33.0's `--api-key` guards: paths beginning with one of these, as
+plain string prefixes (`vllm/entrypoints/serve/middleware/authenticate.py:11`,
+:47-62); v0.11.0 guarded `/v1` only."""
+
+
 class ReplicaHeaderAndKey:
-    """Pure ASGI wrapper: X-Replica on every response, API key on /v1/* only.
+    """Pure ASGI wrapper: X-Replica on every response, API key as vLLM checks it.
 
     Pure ASGI rather than Starlette middleware because the middleware API changed
     between the Starlette versions the stand-in has to run on, and because the
@@ -80,24 +87,27 @@ class ReplicaHeaderAndKey:
             await send(message)
 
         if self.api_key is not None and self._needs_key(scope) and not self._has_key(scope):
-            response = openai_error(
-                401, "Incorrect API key provided.", "authentication_error", "invalid_api_key"
-            )
+            # vLLM's body, not an OpenAI-style error (authenticate.py:60).
+            response = JSONResponse({"error": "Unauthorized"}, status_code=401)
             await response(scope, receive, send_with_header)
             return
         await self.app(scope, receive, send_with_header)
 
     @staticmethod
     def _needs_key(scope: Scope) -> bool:
-        # Like vLLM: only the OpenAI API prefix is guarded; CORS preflights never are.
+        # Like vLLM: the guarded prefixes only; CORS preflights never are.
         path: str = scope.get("path", "")
-        return scope.get("method") != "OPTIONS" and (path == "/v1" or path.startswith("/v1/"))
+        return scope.get("method") != "OPTIONS" and path.startswith(GUARDED_PREFIXES)
 
     def _has_key(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", []):
             if name == b"authorization":
-                expected = f"Bearer {self.api_key}".encode("latin-1", "replace")
-                return hmac.compare_digest(bytes(value), expected)
+                # `Bearer` in any case, then the key (authenticate.py:31-44).
+                scheme, _, key = bytes(value).decode("latin-1").partition(" ")
+                expected = (self.api_key or "").encode("latin-1", "replace")
+                return scheme.lower() == "bearer" and hmac.compare_digest(
+                    key.encode("latin-1"), expected
+                )
         return False
 
 
@@ -126,8 +136,14 @@ class BadRequest(Exception):
 class StandinServer:
     """Routes bound to one replica's configuration and counters."""
 
-    def __init__(self, config: Config, prefix: PrefixCacheConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        prefix: PrefixCacheConfig | None = None,
+        engine: Engine | None = None,
+    ) -> None:
         self.config = config
+        self.engine = engine if engine is not None else Engine()
         self.prefix = prefix if prefix is not None else PrefixCacheConfig.from_env()
         self.vllm_metrics = VllmMetrics(config.served_model_name)
         self.cache = PrefixCache(self.prefix.blocks, self.prefix.block_size)
@@ -235,7 +251,12 @@ class StandinServer:
             return openai_error(400, str(exc), "BadRequestError")
 
         n_prompt = count_tokens(body.get("messages") if chat else body.get("prompt"))
-        lookup = self.cache.admit(prompt_tokens(body, chat))
+        rejected = self.engine.stopping.is_set()
+        if rejected:
+            # vLLM >= 0.18 while it shuts down: the engine rejects the request with
+            # an abort, answered 200 with no text (standin/shutdown.py).
+            n_tokens, finish = 0, "abort"
+        lookup = self.cache.admit([] if rejected else prompt_tokens(body, chat))
         self.vllm_metrics.prefix_cache_queries.inc(lookup.queried)
         self.vllm_metrics.prefix_cache_hits.inc(lookup.cached)
         prefill_start, prefill_end = self.prefill.schedule(arrived, lookup.queried - lookup.cached)
@@ -297,10 +318,16 @@ class _Job:
     def _due(self, index: int) -> float:
         return self.first_token_at + index * self.server.config.token_ms / 1000.0
 
+    def _aborted(self) -> bool:
+        """The engine aborted what it runs (`--shutdown-timeout 0` on SIGTERM)."""
+        if self.server.engine.aborting.is_set():
+            self.finish = "abort"
+            return True
+        return False
+
     async def _sleep_until(self, deadline: float) -> None:
-        delay = deadline - asyncio.get_running_loop().time()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        """Until `deadline`, or until the engine aborts the request."""
+        await self.server.engine.sleep(deadline - asyncio.get_running_loop().time())
 
     def _usage(self, completion_tokens: int) -> dict[str, Any]:
         return {
@@ -343,17 +370,25 @@ class _Job:
             metrics.request_success.inc(labels={"finished_reason": self.finish})
 
     async def whole(self) -> dict[str, Any]:
-        """Non-streaming: one body once the last token would have been generated."""
-        await self._count_start()
-        finished = False
-        try:
-            await self._sleep_until(self._due(self.n_tokens - 1))
-            if self.track is not None:
-                self.track.tokens_at(self._due(i) for i in range(self.n_tokens))
-            finished = True
-        finally:
-            self._count_end(self.n_tokens if finished else 0, finished)
-        text = "".join(token_text(i) for i in range(self.n_tokens))
+        """Non-streaming: one body once the last token would have been generated
+        (or, aborted, with the tokens generated until then)."""
+        generated = self.n_tokens
+        if self.n_tokens == 0:  # rejected: never ran
+            self.server.vllm_metrics.request_success.inc(labels={"finished_reason": self.finish})
+        else:
+            await self._count_start()
+            finished = False
+            try:
+                await self._sleep_until(self._due(self.n_tokens - 1))
+                if self._aborted():
+                    now = asyncio.get_running_loop().time()
+                    generated = sum(1 for i in range(self.n_tokens) if self._due(i) <= now)
+                if self.track is not None:
+                    self.track.tokens_at(self._due(i) for i in range(generated))
+                finished = True
+            finally:
+                self._count_end(generated if finished else 0, finished)
+        text = "".join(token_text(i) for i in range(generated))
         if self.chat:
             choice: dict[str, Any] = {
                 "index": 0,
@@ -373,7 +408,7 @@ class _Job:
             }
             body = self._envelope("text_completion")
         body["choices"] = [choice]
-        body["usage"] = self._usage(self.n_tokens)
+        body["usage"] = self._usage(generated)
         return body
 
     def _chunk(self, index: int) -> dict[str, Any]:
@@ -393,13 +428,34 @@ class _Job:
         body["choices"] = [choice]
         return body
 
+    def _abort_chunk(self) -> dict[str, Any]:
+        """The last chunk of an aborted request: no text, `finish_reason` abort."""
+        body = self._envelope("chat.completion.chunk" if self.chat else "text_completion")
+        choice: dict[str, Any] = {"index": 0}
+        if self.chat:
+            choice["delta"] = {"content": ""}
+        else:
+            choice["text"] = ""
+        choice["logprobs"] = None
+        choice["finish_reason"] = "abort"
+        body["choices"] = [choice]
+        return body
+
     async def stream(self) -> AsyncIterator[bytes]:
         """SSE: one chunk per token on schedule, an optional usage chunk, then [DONE]."""
+        if self.n_tokens == 0:  # rejected: never ran
+            self.server.vllm_metrics.request_success.inc(labels={"finished_reason": self.finish})
+            yield _sse(self._abort_chunk())
+            yield b"data: [DONE]\n\n"
+            return
         await self._count_start()
         sent = 0
         try:
             for index in range(self.n_tokens):
                 await self._sleep_until(self._due(index))
+                if self._aborted():
+                    yield _sse(self._abort_chunk())
+                    break
                 yield _sse(self._chunk(index))
                 if self.track is not None:
                     self.track.token(asyncio.get_running_loop().time())
@@ -411,7 +467,7 @@ class _Job:
                 yield _sse(usage)
             yield b"data: [DONE]\n\n"
         finally:
-            self._count_end(sent, sent == self.n_tokens)
+            self._count_end(sent, sent == self.n_tokens or self.finish == "abort")
 
 
 def _sse(payload: dict[str, Any]) -> bytes:

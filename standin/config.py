@@ -5,12 +5,20 @@ every stand-in knob can also come from an environment variable (flag wins over
 environment, environment over the default). Arguments vLLM knows but the
 stand-in does not simulate are accepted and reported, so that the deployment's
 real command line never makes the stand-in fail.
+
+The model as vLLM v0.33.0's `vllm serve` takes it
+(`vllm/utils/argparse_utils.py:324-369`, sdist of 0.33.0): the first word
+when it is no option; `--model M` (or `--model=M`) is still accepted, with a
+deprecation warning, and moved to the front; without either, a command line
+with `--served-model-name` is refused ("`model` should be provided as the
+first positional argument"). v0.11.0 refused `--model` outright.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,12 +41,30 @@ class Config:
     download_seconds: float = 0.0
     load_seconds: float = 0.0
     access_log: bool = True
+    shutdown_timeout: int = 0
+    """vLLM's `--shutdown-timeout` (v0.18.0 on): seconds to finish requests after
+    SIGTERM; 0, the default, aborts them (standin/shutdown.py)."""
     ignored_args: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def served_model_name(self) -> str:
         """The name responses carry: vLLM reports the first served name."""
         return self.served_model_names[0]
+
+
+_MODEL_OPTION = re.compile(r"^--model(=.+|$)")
+_CONFIG_OPTION = re.compile(r"^--config(=.+|$)")
+_SERVED_OPTION = re.compile(r"^--served[-_]model[-_]name(=.+|$)")
+MODEL_OPTION_WARNING = (
+    "With `vllm serve`, you should provide the model as a positional argument or in a "
+    "config file instead of via the `--model` option. The `--model` option will be "
+    "removed in a future version."
+)
+MODEL_FIRST_ERROR = (
+    "`model` should be provided as the first positional argument when using `vllm serve`. "
+    "i.e. `vllm serve <model> --<arg> <value>`."
+)
 
 
 def _env_number(env: Mapping[str, str], name: str, default: float) -> float:
@@ -61,6 +87,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -78,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument(
         "--model",
         default=None,
-        help="model (deprecated by `vllm serve`, which takes it as the first argument)",
+        help="model (deprecated by `vllm serve` v0.33.0, which takes it as the first argument)",
     )
     vllm.add_argument("--host", default="0.0.0.0")
     vllm.add_argument("--port", type=int, default=8000)
@@ -91,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument("--api-key", default=None, help="required on /v1/* (env VLLM_API_KEY)")
     vllm.add_argument("--tensor-parallel-size", "-tp", type=_positive_int, default=1)
     vllm.add_argument("--disable-uvicorn-access-log", action="store_true")
+    vllm.add_argument(
+        "--shutdown-timeout",
+        type=_non_negative_int,
+        default=0,
+        help="on SIGTERM, seconds to finish requests in flight (0: abort them)",
+    )
 
     knobs = parser.add_argument_group("stand-in knobs (each also from the environment)")
     knobs.add_argument("--ttft-ms", type=_non_negative_float, help="[STANDIN_TTFT_MS, 50]")
@@ -109,6 +148,21 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> C
     environ = os.environ if env is None else env
     parser = build_parser()
     words = list(argv)
+    warnings: list[str] = []
+    at = next((i for i, w in enumerate(words) if _MODEL_OPTION.match(w)), None)
+    if at is not None:
+        warnings.append(MODEL_OPTION_WARNING)
+        if words[at] == "--model" and at + 1 < len(words):
+            words = [words[at + 1], *words[:at], *words[at + 2 :]]
+        elif words[at] != "--model":
+            words = [words[at].removeprefix("--model="), *words[:at], *words[at + 1 :]]
+    if (
+        words
+        and words[0].startswith("-")
+        and not any(_CONFIG_OPTION.match(w) for w in words)
+        and any(_SERVED_OPTION.match(w) for w in words)
+    ):
+        parser.error(MODEL_FIRST_ERROR)
     # `vllm serve MODEL [options]`: the model is the first word, if it is no option
     # (a later bare word may be the value of an option we do not know).
     model_tag = words.pop(0) if words and not words[0].startswith("-") else None
@@ -142,5 +196,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> C
         download_seconds=pick(args.download_seconds, "STANDIN_DOWNLOAD_SECONDS", 0.0),
         load_seconds=pick(args.load_seconds, "STANDIN_LOAD_SECONDS", 0.0),
         access_log=not args.disable_uvicorn_access_log,
+        shutdown_timeout=args.shutdown_timeout,
         ignored_args=tuple(unknown),
+        warnings=tuple(warnings),
     )

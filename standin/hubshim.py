@@ -21,9 +21,12 @@ What it keeps from the real library, because the deployment depends on it:
 
 The "hub" is a catalog in the environment (`STANDIN_HUB_MODELS`,
 `STANDIN_HUB_GATED`, `STANDIN_HUB_TOKENS`). Every model carries what real repos
-carry besides what vLLM loads: a `.bin` twin of the weights, a
-`consolidated.safetensors` the index does not list, and `original/`. Weight
-files take `STANDIN_DOWNLOAD_SECONDS` in total (both shards together). Each
+carry besides what vLLM loads: a `.bin` twin of the weights and `original/`. A
+model whose name has `mistral` in it is laid out as Mistral's repos are (e.g.
+Mistral-7B-Instruct-v0.3): the Hugging Face shards plus the Mistral format, a
+`consolidated.safetensors` the index does not list, `params.json` and
+`tokenizer.model.v3`, which vLLM v0.17 and later load instead. Weight files
+take `STANDIN_DOWNLOAD_SECONDS` in total (both shards together). Each
 download of `config.json` appends a line to `<HF_HOME>/standin-downloads.log`
 and every file to `standin-hub-files.log`, so tests can count downloads and
 see what was fetched.
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 FILES_LOG = "standin-hub-files.log"
-DEFAULT_MODELS = "standin-org/tiny-chat,standin-org/gated-chat"
+DEFAULT_MODELS = "standin-org/tiny-chat,standin-org/gated-chat,standin-org/mistral-chat"
 DEFAULT_GATED = "standin-org/gated-chat"
 DEFAULT_TOKENS = "hf_standin_valid_token"
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
@@ -138,7 +141,7 @@ def _files(model: str, env: Mapping[str, str]) -> dict[str, int | bytes]:
     weights = _weight_bytes(env)
     config = {"architectures": ["StandinForCausalLM"], "model_type": "standin", "name": model}
     index = {"metadata": {}, "weight_map": {"a.weight": SHARDS[0], "b.weight": SHARDS[1]}}
-    return {
+    files: dict[str, int | bytes] = {
         ".gitattributes": b"*.safetensors filter=lfs\n",
         "README.md": f"# {model}\n".encode(),
         "config.json": json.dumps(config, indent=2).encode(),
@@ -149,11 +152,15 @@ def _files(model: str, env: Mapping[str, str]) -> dict[str, int | bytes]:
         "model.safetensors.index.json": json.dumps(index).encode(),
         SHARDS[0]: weights,
         SHARDS[1]: weights,
-        "consolidated.safetensors": 2 * weights,
         "pytorch_model.bin": 2 * weights,
         "original/consolidated.00.pth": 2 * weights,
         "original/params.json": b"{}\n",
     }
+    if "mistral" in model:
+        files["consolidated.safetensors"] = 2 * weights
+        files["params.json"] = b'{"dim": 64, "n_layers": 2}\n'
+        files["tokenizer.model.v3"] = b"sentencepiece v3\n"
+    return files
 
 
 def _commit(model: str) -> str:

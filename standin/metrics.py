@@ -141,7 +141,10 @@ class Histogram(_Metric):
         return out
 
 
-FINISH_REASONS = ("stop", "length", "abort")
+FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
+"""vLLM v0.33.0's `finished_reason` values, each exposed from the start
+(`vllm/v1/engine/__init__.py:37`, `vllm/v1/metrics/loggers.py:807-819`); v0.11.0
+had the first three."""
 
 
 class VllmMetrics:

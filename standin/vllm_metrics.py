@@ -1,10 +1,14 @@
-"""vLLM v0.11.0's V1-engine metrics, driven by what the stand-in really serves.
+"""vLLM v0.33.0's V1-engine metrics, driven by what the stand-in really serves.
 
 Names, types, labels and buckets follow vLLM's `vllm/v1/metrics/loggers.py`
-(PrometheusStatLogger): labels `model_name` and `engine` ("0", one engine per
-server), counters exposed with `_total`, `finished_reason` on
-`vllm:request_success`. `vllm:inter_token_latency_seconds` is v0.11's name
-for what earlier releases called `time_per_output_token` (vLLM PR #24110).
+(PrometheusStatLogger, sdist of 0.33.0): labels `model_name` and `engine`
+("0", one engine per server; :499-505), counters exposed with `_total`,
+`finished_reason` on `vllm:request_success` with all five values of
+`vllm/v1/engine/__init__.py:37` (`stop`, `length`, `abort`, `error`,
+`repetition`; v0.11.0 had the first three). Names, labels and buckets are
+those of v0.11.0: `vllm:inter_token_latency_seconds` (:941) is the name
+since v0.11 of what earlier releases called `time_per_output_token`
+(vLLM PR #24110), which v0.33.0 no longer has.
 
 What is measured, and how it maps onto a stand-in without a model:
 
@@ -48,7 +52,7 @@ REQUEST_LATENCY_BUCKETS = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
     50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
-FINISH_REASONS = ("stop", "length", "abort")
+FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 _TYPE_LINE = re.compile(r"^# TYPE (\S+) ", re.MULTILINE)
 

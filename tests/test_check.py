@@ -56,13 +56,53 @@ def test_every_shipped_stack_file_passes(capsys: pytest.CaptureFixture[str], sta
     assert err == ""
 
 
+def test_an_image_older_than_the_oldest_supported_release_warns(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cpu_ecr = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+    directory = project(
+        tmp_path,
+        old=GOOD + "  vllm-nginx:image:\n    prebuilt: vllm/vllm-openai:v0.17.1\n",
+        ecr=GOOD + f"  vllm-nginx:backend: cpu\n  vllm-nginx:image:\n    prebuilt: {cpu_ecr}\n",
+        custom=GOOD + "  vllm-nginx:image:\n    prebuilt: registry:5000/vllm/vllm-openai:v0.1.0\n",
+    )
+    code, out, err = run(capsys, directory, "old")
+    assert code == 0 and err == ""
+    (warning,) = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert "vllm/vllm-openai:v0.17.1, vLLM v0.17.1, older than v0.18.0" in warning
+    assert "remove 'image.prebuilt' for the pinned v0.33.0" in warning
+    code, out, _ = run(capsys, directory, "ecr")
+    assert code == 0 and "vLLM v0.11.0, older than v0.18.0" in out
+    code, out, _ = run(capsys, directory, "custom")
+    assert code == 0 and "warning:" not in out
+
+
+def test_release_tags_are_read_only_from_vllms_repositories() -> None:
+    from components.config.vllm_release import release_of
+
+    assert release_of("vllm/vllm-openai:v0.11.0") == (0, 11, 0)
+    assert release_of("docker.io/vllm/vllm-openai-cpu:v0.33.0-x86_64") == (0, 33, 0)
+    assert release_of("vllm/vllm-openai:v0.10.1.1") == (0, 10, 1)
+    assert release_of("vllm/vllm-openai:v0.11.0@sha256:" + "a" * 64) == (0, 11, 0)
+    for other in (
+        "vllm/vllm-openai:latest",
+        "vllm/vllm-openai:nightly-4ba787ec9",
+        "vllm/vllm-openai@sha256:" + "a" * 64,
+        "vllm/vllm-openai",
+        "ghcr.io/me/vllm-openai:v0.11.0",
+        "localhost:5000/vllm/vllm-openai",
+        "vllm-local:latest",
+    ):
+        assert release_of(other) is None, other
+
+
 def test_dev_plan_lines(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, ROOT, "dev")
     assert code == 0
     assert "  model          meta-llama/Llama-2-7b-chat-hf, GPU backend" in out
     assert "    vllm0  GPU 0       http://127.0.0.1:8081" in out
     assert "    vllm1  GPU 1       http://127.0.0.1:8082" in out
-    assert "  image          vllm/vllm-openai:v0.11.0 (pulled)" in out
+    assert "  image          vllm/vllm-openai:v0.33.0 (pulled)" in out
     assert "/.cache/huggingface, shared by all replicas, kept on `pulumi destroy`" in out
     assert (
         "  load balancer  http://localhost:8000 (nginx-lb, least_conn, published on 0.0.0.0:8000)"

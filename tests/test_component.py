@@ -97,7 +97,7 @@ def test_replicas_as_in_the_guide(guide: Run) -> None:
         assert inputs["entrypoints"] == ["vllm", "serve"]
         command = inputs["command"]
         assert command[0] == "meta-llama/Llama-2-7b-chat-hf", "vllm serve takes the model first"
-        assert "--model" not in command, "deprecated by vllm serve"
+        assert "--model" not in command, "deprecated by vllm serve (refused by v0.11.0)"
         assert command[command.index("--served-model-name") + 1] == "meta-llama/Llama-2-7b-chat-hf"
         assert "--api-key" not in command, "the key must not sit in argv"
         assert inputs["image"] == "@@vllm-vllm-image.imageId@@"
@@ -270,10 +270,32 @@ def test_nginx_image_runs_as_published(guide: Run) -> None:
     assert not guide.of_type("docker:index/image:Image")
 
 
+def test_an_image_older_than_the_oldest_supported_release_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A warning, not a failure: `pulumi up` goes on and declares the replicas."""
+    with caplog.at_level("WARNING"):
+        run = deploy(image={"prebuilt": "vllm/vllm-openai:v0.11.0"})
+    assert "'image.prebuilt' is vllm/vllm-openai:v0.11.0, vLLM v0.11.0, older than v0.18.0" in (
+        caplog.text
+    )
+    assert "--shutdown-timeout" in caplog.text
+    assert len(replicas(run)) == 2
+    for image in ("vllm/vllm-openai:v0.18.0", "vllm/vllm-openai:latest", "my/vllm:v0.11.0"):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            deploy(image={"prebuilt": image})
+        assert "older than v0.18.0" not in caplog.text, image
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        deploy()  # the pinned release
+    assert "older than" not in caplog.text
+
+
 def test_prebuilt_image_by_default(guide: Run) -> None:
     image = guide.named("vllm-vllm-image")
     assert image.type == "docker:index/remoteImage:RemoteImage"
-    assert image.inputs["name"] == "vllm/vllm-openai:v0.11.0"
+    assert image.inputs["name"] == "vllm/vllm-openai:v0.33.0"
     assert image.inputs["keepLocally"] is True
     # RemoteImage's default create timeout is 20 minutes; the image is ~10 GB.
     assert image.custom_timeouts == {"create": "90m", "update": "90m"}
@@ -328,7 +350,7 @@ def test_cpu_backend_pins_disjoint_cores() -> None:
         assert inputs["securityOpts"] == ["label=disable", "seccomp=unconfined"]
     assert sets == ["0-3", "4-7"]
     image = run.named("vllm-vllm-image").inputs["name"]
-    assert image == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+    assert image == "vllm/vllm-openai-cpu:v0.33.0-x86_64"
 
 
 def test_cpu_tensor_parallel_binds_one_range_per_rank() -> None:
@@ -561,7 +583,9 @@ def test_each_replica_has_a_rotation_step_run_around_its_replacement() -> None:
         # Back in rotation once its /health answers, not at Docker's next probe.
         assert rotation.inputs["create"].endswith(f"--probe http://127.0.0.1:{8081 + index}/health")
         assert "components.steps.rollout drain --lb nginx-lb --replica" in rotation.inputs["delete"]
-        assert "--timeout 30" in rotation.inputs["delete"], "drain bounded by stopGraceSeconds"
+        assert "--timeout 90" in rotation.inputs["delete"], "drain bounded by stopGraceSeconds"
+        # vLLM finishes its requests on SIGTERM (--shutdown-timeout): nginx only.
+        assert rotation.inputs["delete"].endswith(" --vllm-drains")
         assert rotation.delete_before_replace
         assert f"vllm-vllm{index}" in dep_names(run, rotation)
 

@@ -47,9 +47,39 @@ def test_selects_what_vllm_loads() -> None:
     bin_only, _ = job.select_files(["pytorch_model.bin", "training_args.bin", "config.json"])
     assert bin_only == ["pytorch_model.bin"]
     index = {"weight_map": {"x": "a.safetensors"}}
-    assert job.indexed_shards(index, ["a.safetensors", "consolidated.safetensors"]) == [
-        "a.safetensors"
+    assert job.indexed_shards(index, ["a.safetensors", "b.safetensors"]) == ["a.safetensors"]
+
+
+def test_a_mistral_format_repo_is_taken_in_mistral_format() -> None:
+    """vLLM >= 0.17's `load_format=auto`: `consolidated*.safetensors` at the top
+    wins over the Hugging Face shards beside it, with `params.json` and
+    Mistral's tokenizer (Mistral-7B-Instruct-v0.3's layout)."""
+    files = [
+        "config.json",
+        "params.json",
+        "consolidated.safetensors",
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer.model",
+        "tokenizer.model.v3",
+        "tokenizer_config.json",
+        "README.md",
     ]
+    weights, support = job.select_files(files)
+    assert weights == ["consolidated.safetensors"]
+    assert "params.json" in support and "tokenizer.model.v3" in support
+    assert not [f for f in support if f.startswith("model-")]
+    sharded, _ = job.select_files(
+        ["consolidated-00001-of-00002.safetensors", "consolidated-00002-of-00002.safetensors",
+         "consolidated.safetensors.index.json", "tekken.json", "params.json"]
+    )  # fmt: skip
+    assert len(sharded) == 2
+    # Weights only at the top of the repository, where vLLM globs them.
+    nested, _ = job.select_files(["sub/consolidated.safetensors", "model.safetensors"])
+    assert nested == ["model.safetensors"]
 
 
 def test_downloads_then_finds_the_cache_warm(hub: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,6 +94,17 @@ def test_downloads_then_finds_the_cache_warm(hub: Path, capsys: pytest.CaptureFi
     assert job.main(["--model", "standin-org/tiny-chat"]) == 0
     assert "already in the cache" in capsys.readouterr().out
     assert len((hub / "standin-downloads.log").read_text().splitlines()) == 1
+
+
+def test_downloads_a_mistral_format_repo_as_vllm_would_load_it(
+    hub: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert job.main(["--model", "standin-org/mistral-chat"]) == 0
+    fetched = [line.split()[-1] for line in (hub / hubshim.FILES_LOG).read_text().splitlines()]
+    assert "consolidated.safetensors" in fetched
+    assert {"params.json", "tokenizer.model.v3", "config.json"} <= set(fetched)
+    assert not [f for f in fetched if f.startswith("model-0000")]
+    assert "1 weight files .safetensors, Mistral format" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

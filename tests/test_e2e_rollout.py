@@ -14,8 +14,11 @@ condemns, its rotation command (trigger: the replica's id), whose delete
 drains the replica at nginx; the rotation's create, once the new container
 exists, puts it back; the next wave's replicas wait for the previous wave's
 rotations. All of that is asserted from the engine's event log, in the order
-the engine reported its steps. The stand-in cuts its streams on SIGTERM, as
-vLLM does, so a replica stopped while serving shows up here as a cut stream.
+the engine reported its steps. The stand-in stops as vLLM v0.33.0 does: with
+`shutdownTimeoutSeconds` > 0 it finishes its streams on SIGTERM and answers
+new requests with an abort, with 0 it aborts its streams (and the drain waits
+at nginx), so a replica stopped too early, or sent a request while stopping,
+shows up here as a failed or cut stream.
 
 Adding and removing a replica (`replicas` 3 -> 4 -> 3) under load: only that
 replica (and its rotation command) is created or deleted, the others are
@@ -26,6 +29,7 @@ container, never by being replaced.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -46,19 +50,27 @@ LB_URL = f"http://127.0.0.1:{LB_PORT}"
 TOKENS = 24
 
 
-def stack(replicas: int, revision: str) -> dict[str, Any]:
+def stack(
+    replicas: int,
+    revision: str,
+    *,
+    shutdown_timeout: int = 10,
+    stop_grace: int = 20,
+    token_ms: int = 40,
+) -> dict[str, Any]:
     return ci_config(
         namePrefix=PREFIX,
         networkName=f"{PREFIX}-net",
         replicas=replicas,
         hfCache={"volume": f"{PREFIX}-cache", "keepOnDestroy": False},
         basePort=LB_PORT + 1,
-        stopGraceSeconds=20,
+        shutdownTimeoutSeconds=shutdown_timeout,
+        stopGraceSeconds=stop_grace,
         extraEnv={
             "STANDIN_DOWNLOAD_SECONDS": "1",
             "STANDIN_LOAD_SECONDS": "2",
             "STANDIN_TTFT_MS": "30",
-            "STANDIN_TOKEN_MS": "40",
+            "STANDIN_TOKEN_MS": str(token_ms),
             "STANDIN_REVISION": revision,
         },
         loadBalancer={
@@ -72,9 +84,11 @@ def stack(replicas: int, revision: str) -> dict[str, Any]:
     )
 
 
-def deploy(directory: Path, replicas: int, revision: str = "1") -> Stack:
+def deploy(directory: Path, replicas: int, revision: str = "1", **options: Any) -> Stack:
     """A stack of this deployment, brought up by `pulumi up`."""
-    deployed = Stack(directory, "roll", stack(replicas, revision), secrets={"apiKey": API_KEY})
+    deployed = Stack(
+        directory, "roll", stack(replicas, revision, **options), secrets={"apiKey": API_KEY}
+    )
     deployed.up()
     return deployed
 
@@ -142,22 +156,31 @@ def assert_rolled_in_waves(update: Result, names: list[str]) -> None:
             assert update.index(replica(name), "pre", "delete-replaced") > back, (previous, wave)
 
 
-@pytest.mark.parametrize("replicas", [2, 4])
-def test_update_of_every_replica_fails_nothing(
-    client: docker.DockerClient, tmp_path: Path, replicas: int
-) -> None:
+def _update_under_load(
+    client: docker.DockerClient,
+    directory: Path,
+    replicas: int,
+    *,
+    workers: int,
+    tokens: int,
+    warm_up: float = 2,
+    **options: Any,
+) -> dict[str, Any]:
+    """Deploy, then replace every replica by `pulumi up` under `workers`
+    back-to-back streams of `tokens` tokens; checks the replacement and its
+    waves, returns the figures."""
     _clean(client, replicas)
     deployed: Stack | None = None
     try:
-        deployed = deploy(tmp_path, replicas)
+        deployed = deploy(directory, replicas, **options)
         names = [f"{PREFIX}{i}" for i in range(replicas)]
         before = {n: client.containers.get(n).id for n in names}
         lb_id = client.containers.get(f"{PREFIX}-lb").id
 
         # Read when the program runs: the replicas run, so the waves are declared.
-        deployed.write_config(stack(replicas, "2"))
-        with streaming_load(LB_URL, API_KEY, workers=2 * replicas, tokens=TOKENS) as streams:
-            time.sleep(2)
+        deployed.write_config(stack(replicas, "2", **options))
+        with streaming_load(LB_URL, API_KEY, workers=workers, tokens=tokens) as streams:
+            time.sleep(warm_up)
             started = time.monotonic()
             update = deployed.up()
             took = time.monotonic() - started
@@ -175,18 +198,90 @@ def test_update_of_every_replica_fails_nothing(
         for name in names:
             assert f"server {name}:8000" in nginx_config(client)
         deployed.preview(expect_no_changes=True)
-
-        broken = [s for s in streams if not s.whole]
-        during = [s for s in streams if s.finished >= started and s.started <= started + took]
-        print(
-            f"\nrolling update, {replicas} replicas: `pulumi up` {took:.1f} s; "
-            f"{len(streams)} streams ({len(during)} overlapping the update), "
-            f"{len(broken)} failed or cut"
-        )
-        assert during, "no stream overlapped the update"
-        assert not broken, broken[:5]
+        # The drain step's own time, as it printed it; "drained after" is the wait
+        # on vllm:num_requests_running (shutdownTimeoutSeconds 0), "after" without
+        # it only the nginx part (vLLM finishes the streams itself).
+        drains = [
+            float(m[1])
+            for name in names
+            for line in update.logged(rotation(name))
+            if (m := re.search(r"out of rotation after ([0-9.]+) s", line))
+        ]
+        return {"took": took, "streams": streams, "started": started, "drains": drains}
     finally:
         _teardown(client, deployed, replicas)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "shutdown_timeout"), [(2, 10), (4, 10), (2, 0)], ids=["2", "4", "2-abort"]
+)
+def test_update_of_every_replica_fails_nothing(
+    client: docker.DockerClient, tmp_path: Path, replicas: int, shutdown_timeout: int
+) -> None:
+    """Short streams; with `shutdownTimeoutSeconds: 0` the drain waits at nginx."""
+    result = _update_under_load(
+        client,
+        tmp_path,
+        replicas,
+        workers=2 * replicas,
+        tokens=TOKENS,
+        shutdown_timeout=shutdown_timeout,
+    )
+    took, streams, started = result["took"], result["streams"], result["started"]
+    broken = [s for s in streams if not s.whole]
+    during = [s for s in streams if s.finished >= started and s.started <= started + took]
+    print(
+        f"\nrolling update, {replicas} replicas, shutdown timeout {shutdown_timeout}: "
+        f"`pulumi up` {took:.1f} s; {len(streams)} streams ({len(during)} overlapping the "
+        f"update), {len(broken)} failed or cut"
+    )
+    assert during, "no stream overlapped the update"
+    assert not broken, broken[:5]
+    assert len(result["drains"]) == (replicas if shutdown_timeout else 0)
+
+
+LONG_TOKENS = 250
+LONG_TOKEN_MS = 100
+
+
+def test_update_under_streams_that_outlast_the_drain_step(
+    client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Streams of 25 s, longer than the drain step took before vLLM drained
+    (its wait on `vllm:num_requests_running` ended at stopGraceSeconds, 20 s in
+    the test above): the step now only takes the replica out of nginx, and every
+    stream in flight ends inside vLLM's `--shutdown-timeout` (40 s) while
+    Docker waits `stopGraceSeconds` (50 s). Figures: docs/rolling-updates.md."""
+    replicas, workers = 2, 4
+    result = _update_under_load(
+        client,
+        tmp_path,
+        replicas,
+        workers=workers,
+        tokens=LONG_TOKENS,
+        warm_up=5,
+        shutdown_timeout=40,
+        stop_grace=50,
+        token_ms=LONG_TOKEN_MS,
+    )
+    took, streams, started = result["took"], result["streams"], result["started"]
+    broken = [s for s in streams if not s.whole]
+    lengths = sorted(s.finished - s.started for s in streams if s.whole)
+    # Streams that were running when their replica was told to stop.
+    spanning = [s for s in streams if s.started < started + took and s.finished > started]
+    print(
+        f"\nrolling update, {replicas} replicas under {workers} streams of {LONG_TOKENS} tokens "
+        f"x {LONG_TOKEN_MS} ms: `pulumi up` {took:.1f} s; drain steps {result['drains']} s; "
+        f"{len(streams)} streams ({len(spanning)} overlapping the update), lasting "
+        f"{lengths[0]:.1f}-{lengths[-1]:.1f} s; {len(broken)} failed or cut"
+    )
+    assert not broken, broken[:5]
+    assert len(result["drains"]) == replicas
+    assert max(result["drains"]) < lengths[0], "the streams must outlast the drain step"
+    # Each replica's stop waited for its streams: the update took longer than the
+    # streams' length, far more than the drain steps.
+    assert took > lengths[0]
+    assert len(spanning) >= workers
 
 
 def test_adding_and_removing_a_replica_keeps_the_balancer(

@@ -121,7 +121,7 @@ def test_monitoring_on_declares_three_containers_on_the_network() -> None:
     assert set(containers) == {"vllm-prometheus", "vllm-grafana", "vllm-lb-exporter"}
     for declared in containers.values():
         assert declared.inputs["networksAdvanced"] == [{"name": "vllm-nginx"}]
-        assert declared.inputs["destroyGraceSeconds"] == 30
+        assert declared.inputs["destroyGraceSeconds"] == 90
         assert declared.delete_before_replace
     assert containers["vllm-prometheus"].inputs["ports"] == [
         {"internal": 9090, "external": 9090, "ip": "127.0.0.1"}
@@ -256,7 +256,7 @@ def test_panels_fit_the_grid_without_overlap() -> None:
         taken |= cells
 
 
-def test_dashboard_uses_vllm_v0_11_metric_names() -> None:
+def test_dashboard_uses_vllm_v0_33_metric_names() -> None:
     exprs = " ".join(
         t["expr"] for p in _dashboard()["panels"] if p["type"] != "row" for t in p["targets"]
     )
@@ -271,9 +271,19 @@ def test_dashboard_uses_vllm_v0_11_metric_names() -> None:
         "vllm:prefix_cache_queries_total",
     ):
         assert name in exprs
-    # Names older releases used, gone or deprecated in v0.11.
+    # Names older releases used, gone in v0.33.
     for old in ("gpu_cache_usage_perc", "time_per_output_token", "gpu_prefix_cache"):
         assert old not in exprs
+
+
+def test_request_rate_counts_every_end_and_shows_the_unfinished_apart() -> None:
+    """`vllm:request_success` counts every finished_reason (v0.33: stop, length,
+    abort, error, repetition): the rate is load; aborts and errors get their own line."""
+    (panel,) = [p for p in _dashboard()["panels"] if p["title"] == "Request rate per replica"]
+    exprs = {t["refId"]: t["expr"] for t in panel["targets"]}
+    assert "finished_reason" not in exprs["A"] + exprs["B"]
+    assert 'finished_reason=~"abort|error"' in exprs["C"]
+    assert "repetition" in panel["description"]
 
 
 # -- the exporter -------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_guide_layout() -> None:
     assert p.load_balancer.url == "http://localhost:8000"
     assert p.network == "vllm-nginx"
     assert p.cache.volume == "vllm-hf-cache"
-    assert p.vllm_image.name == "vllm/vllm-openai:v0.11.0"
+    assert p.vllm_image.name == "vllm/vllm-openai:v0.33.0"
     assert p.vllm_image.build is None
 
 
@@ -156,6 +156,30 @@ def test_model_is_positional_after_vllm_serve() -> None:
     assert "--model" not in replica.command
 
 
+def test_replicas_drain_on_sigterm_and_wait_as_long_as_the_readiness_step() -> None:
+    replica = plan(
+        shutdownTimeoutSeconds=45, stopGraceSeconds=60, readyTimeoutSeconds=2400
+    ).replicas[0]
+    assert replica.command[replica.command.index("--shutdown-timeout") + 1] == "45"
+    assert replica.stop_grace_seconds == 60
+    # vLLM's own default (600 s) would give up on a slow first load before the step does.
+    assert replica.env["VLLM_ENGINE_READY_TIMEOUT_S"] == "2400"
+    assert plan().replicas[0].command[-2:] == ("--shutdown-timeout", "60")
+    extra = plan(extraArgs=["--max-model-len", "4096"]).replicas[0].command
+    assert extra[-4:] == ("--shutdown-timeout", "60", "--max-model-len", "4096")
+
+
+def test_the_drain_leaves_the_requests_to_vllm_unless_it_aborts_them() -> None:
+    (drained,) = plan(replicas=1).rollouts
+    assert drained.drain[-1] == "--vllm-drains"
+    assert drained.drain[drained.drain.index("--timeout") + 1] == "90"
+    assert "--vllm-drains" not in drained.resume
+    # vLLM's default: SIGTERM aborts, so the drain waits at nginx as before.
+    (waiting,) = plan(replicas=1, shutdownTimeoutSeconds=0, stopGraceSeconds=30).rollouts
+    assert "--vllm-drains" not in waiting.drain
+    assert waiting.drain[-2:] == ("--timeout", "30")
+
+
 def test_cpu_replicas_get_disjoint_cores_and_matching_omp_binds() -> None:
     p = plan(backend="cpu", replicas=3, cpu={"coresPerReplica": 2})
     assert [r.cpu_set for r in p.replicas] == ["0-1", "2-3", "4-5"]
@@ -165,6 +189,8 @@ def test_cpu_replicas_get_disjoint_cores_and_matching_omp_binds() -> None:
     unpinned = plan(backend="cpu", cpu={"coresPerReplica": 0}).replicas[0]
     assert unpinned.cpu_set is None
     assert unpinned.env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    # Legacy from vLLM v0.18 but honoured, and with no 4 GiB default any more.
+    assert unpinned.env["VLLM_CPU_KVCACHE_SPACE"] == "4"
 
 
 def test_explicit_cpu_sets_split_per_tensor_parallel_rank() -> None:

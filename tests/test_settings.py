@@ -70,7 +70,7 @@ def test_stack_files_parse() -> None:
     assert dev.hf_cache.host_path == "~/.cache/huggingface"
     cpu = settings_from_stack_file(ROOT / "Pulumi.cpu.yaml")
     assert cpu.backend is Backend.CPU
-    assert cpu.vllm_image.prebuilt == "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
+    assert cpu.vllm_image.prebuilt == "vllm/vllm-openai-cpu:v0.33.0-x86_64"
     assert cpu.cpu_groups() == ((0, 1, 2, 3), (4, 5, 6, 7))
 
 
@@ -262,6 +262,33 @@ def test_bad_json_structure_does_not_also_report_required() -> None:
     assert [p.key for p in caught.value.problems] == ["vllm-nginx:loadBalancer"]
 
 
+def test_options_that_only_begin_like_a_managed_flag_pass() -> None:
+    args = [
+        "--max-model-len", "-1",  # auto-fit: a value, not an option
+        "--config-format", "auto",  # longer than --config: another option
+        "--ssl-ca-certs", "/ca.pem",
+        "-O3",
+        "--gpu-memory-utilization=0.9",
+    ]  # fmt: skip
+    assert parse_settings(raw(extraArgs=args)).extra_args == tuple(args)
+
+
+def test_stop_grace_must_cover_vllms_shutdown_timeout() -> None:
+    settings = parse_settings(raw())
+    assert (settings.shutdown_timeout_seconds, settings.stop_grace_seconds) == (60, 90)
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw(shutdownTimeoutSeconds=120))
+    (problem,) = caught.value.problems
+    assert problem.key == "vllm-nginx:stopGraceSeconds"
+    assert "is 90 but must be at least 'shutdownTimeoutSeconds' (120) + 10 = 130" in problem.rule
+    assert parse_settings(raw(shutdownTimeoutSeconds=120, stopGraceSeconds=130))
+    # 0 is vLLM's own default: abort at once, nothing to cover.
+    assert parse_settings(raw(shutdownTimeoutSeconds=0, stopGraceSeconds=0))
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw(shutdownTimeoutSeconds=3600))
+    assert caught.value.problems[0].key == "vllm-nginx:shutdownTimeoutSeconds"
+
+
 # The adversarial stack files of issue 8: each refused with the key as written and the rule.
 HOLES = [
     # Secrets by the side door.
@@ -277,6 +304,29 @@ HOLES = [
     (raw(extraArgs=["--model", "x"]), "vllm-nginx:extraArgs", "must not set --model"),
     (raw(extraArgs=["--tensor_parallel_size", "2"]), "vllm-nginx:extraArgs", "tensorParallel"),
     (raw(extraArgs=["-tp", "2"]), "vllm-nginx:extraArgs", "must not set -tp"),
+    (raw(extraArgs=["-tp=2"]), "vllm-nginx:extraArgs", "must not set -tp"),
+    # Abbreviations vLLM's argparse (allow_abbrev) takes for a managed flag.
+    (raw(extraArgs=["--served", "x"]), "vllm-nginx:extraArgs", "abbreviation of --served-model"),
+    (raw(extraArgs=["--tensor-parallel", "2"]), "vllm-nginx:extraArgs", "'tensorParallelSize'"),
+    (raw(extraArgs=["--tensor_par=2"]), "vllm-nginx:extraArgs", "must not set --tensor_par"),
+    (raw(extraArgs=["--api-k", "k"]), "vllm-nginx:extraArgs", "set 'apiKey'"),
+    (raw(extraArgs=["--shutdown", "5"]), "vllm-nginx:extraArgs", "'shutdownTimeoutSeconds'"),
+    (raw(extraArgs=["--mod", "x"]), "vllm-nginx:extraArgs", "abbreviation of --model"),
+    (raw(extraArgs=["--po", "1"]), "vllm-nginx:extraArgs", "abbreviation of --port"),
+    (raw(extraArgs=["-t", "2"]), "vllm-nginx:extraArgs", "abbreviation of -tp"),
+    (raw(extraArgs=["-as", "2"]), "vllm-nginx:extraArgs", "abbreviation of -asc"),
+    (raw(extraArgs=["--h", "x"]), "vllm-nginx:extraArgs", "--host or --headless"),
+    # Flags that break the deployment, each with its reason.
+    (raw(extraArgs=["--shutdown-timeout", "5"]), "vllm-nginx:extraArgs", "stopGraceSeconds"),
+    (raw(extraArgs=["--config", "c.yaml"]), "vllm-nginx:extraArgs", "a config file could set"),
+    (raw(extraArgs=["--uds", "/tmp/s"]), "vllm-nginx:extraArgs", "TCP port 8000"),
+    (raw(extraArgs=["--grpc"]), "vllm-nginx:extraArgs", "serves gRPC"),
+    (raw(extraArgs=["--headless"]), "vllm-nginx:extraArgs", "never answer /health"),
+    (raw(extraArgs=["--api-server-count", "2"]), "vllm-nginx:extraArgs", "one API server"),
+    (raw(extraArgs=["-asc", "2"]), "vllm-nginx:extraArgs", "one API server"),
+    (raw(extraArgs=["--ssl-keyfile", "k"]), "vllm-nginx:extraArgs", "'loadBalancer.tls'"),
+    (raw(extraArgs=["--ssl_certfile=c"]), "vllm-nginx:extraArgs", "plain HTTP"),
+    (raw(extraEnv={"VLLM_ENGINE_READY_TIMEOUT_S": "60"}), "vllm-nginx:extraEnv", "readyTimeout"),
     (raw(extraEnv={"HF_HUB_OFFLINE": "0"}), "vllm-nginx:extraEnv", "must not set HF_HUB_OFFLINE"),
     (raw(extraEnv={"VLLM_CPU_OMP_THREADS_BIND": "0-3"}), "vllm-nginx:extraEnv", "cpuSets"),
     (raw(extraEnv={"https_proxy": "http://p:1"}), "vllm-nginx:extraEnv", "proxy.https"),

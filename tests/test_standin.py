@@ -162,16 +162,26 @@ def test_bad_max_tokens_is_400(fleet):
         client_for(fleet[0]).completions.create(model=SERVED, prompt="x", max_tokens=0)
 
 
-# --- API key: /v1 only, like vLLM ----------------------------------------------------
+# --- API key: the path prefixes vLLM v0.33.0 guards --------------------------------------
 
 
-def test_api_key_guards_v1(fleet):
+def test_api_key_guards_vllms_prefixes(fleet):
     with pytest.raises(openai.AuthenticationError):
         client_for(fleet[0], key="wrong").models.list()
     response = httpx.get(f"{fleet[0].base_url}/models")
     assert response.status_code == 401
-    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert response.json() == {"error": "Unauthorized"}
     assert response.headers["x-replica"] == "stub0"
+    # Plain string prefixes, as vLLM's middleware compares them.
+    for path in ("/v2/models", "/inference/v1/generate", "/cohere/v2/chat", "/v1x"):
+        assert httpx.get(f"{fleet[0].url}{path}").status_code == 401, path
+        # With the key the route is simply unknown to the stand-in.
+        with_key = httpx.get(f"{fleet[0].url}{path}", headers={"Authorization": f"Bearer {KEY}"})
+        assert with_key.status_code == 404, path
+    assert httpx.options(f"{fleet[0].base_url}/models").status_code != 401
+    # The scheme in any case, as vLLM reads it; the key exactly.
+    lower = httpx.get(f"{fleet[0].base_url}/models", headers={"Authorization": f"bearer {KEY}"})
+    assert lower.status_code == 200
 
 
 def test_open_paths_need_no_key(fleet):
@@ -324,6 +334,24 @@ def test_environment_knobs_and_unknown_arguments(tmp_path):
         fleet.stop_all()
 
 
+def test_model_and_shutdown_timeout_as_vllm_0_33_parses_them():
+    positional = parse_config(["org/m", "--served-model-name", "a", "--shutdown-timeout", "30"])
+    assert (positional.model, positional.served_model_name) == ("org/m", "a")
+    assert positional.shutdown_timeout == 30 and positional.warnings == ()
+    # --model is deprecated, not refused: moved to the front, with vLLM's warning.
+    moved = parse_config(["--port", "9", "--model", "org/m", "--served-model-name", "a"])
+    assert (moved.model, moved.port) == ("org/m", 9)
+    assert "The `--model` option will be removed" in moved.warnings[0]
+    assert parse_config(["--model=org/m"]).model == "org/m"
+    assert parse_config(["org/m"]).shutdown_timeout == 0
+    for argv in (
+        ["--port", "9", "--served-model-name", "a"],  # no model first
+        ["org/m", "--shutdown-timeout", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_config(argv)
+
+
 def test_config_precedence_flag_over_env_over_default():
     env = {"STANDIN_TOKENS": "7", "STANDIN_REPLICA_ID": "env-id", "STANDIN_TOKEN_MS": "3"}
     config = parse_config(["--model", "m", "--tokens", "9"], env)
@@ -359,40 +387,111 @@ def test_stub_start_failure_reports_the_log(tmp_path):
         fleet[0].start()
 
 
-def test_sigterm_cuts_streams_in_flight_as_vllm_does(tmp_path):
-    """vLLM shuts its engine down before its HTTP server (standin/shutdown.py):
-    a stream in flight ends with an error event, a request arriving meanwhile
-    gets 500, and then the port closes. Draining is the load balancer's job."""
+class Reader:
+    """One streamed completion in a thread: its texts, finish reason and error."""
+
+    def __init__(self, stub: Stub, tokens: int) -> None:
+        self.texts: list[str] = []
+        self.finish: str | None = None
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(stub, tokens))
+        self.thread.start()
+
+    def _read(self, stub: Stub, tokens: int) -> None:
+        client = client_for(stub, key="unused")
+        try:
+            for chunk in client.completions.create(
+                model=stub.model, prompt="x", max_tokens=tokens, stream=True
+            ):
+                if chunk.choices[0].text:
+                    self.texts.append(chunk.choices[0].text)
+                self.finish = chunk.choices[0].finish_reason or self.finish
+        except openai.APIError as err:
+            self.errors.append(str(err))
+
+    def join(self) -> None:
+        self.thread.join(20)
+
+
+def _complete(stub: Stub, stream: bool) -> httpx.Response:
+    return httpx.post(
+        f"{stub.url}/v1/completions",
+        json={"model": stub.model, "prompt": "y", "max_tokens": 2, "stream": stream},
+        headers={"Authorization": "Bearer unused"},
+    )
+
+
+def _sigterm(stub: Stub) -> float:
+    assert stub.process is not None
+    stub.process.send_signal(signal.SIGTERM)
+    return time.monotonic()
+
+
+def test_sigterm_with_default_shutdown_timeout_aborts_requests_in_flight(tmp_path):
+    """vLLM's default, `--shutdown-timeout 0` (standin/shutdown.py): what runs ends
+    as aborted, a request meanwhile is rejected with an abort, the port closes."""
     env = {"STANDIN_ENGINE_SHUTDOWN_SECONDS": "1.5"}
     with stub_backends(1, workdir=tmp_path, ttft_ms=0, token_ms=100, env=env) as stubs:
-        texts: list[str] = []
-        errors: list[str] = []
-
-        def consume() -> None:
-            client = client_for(stubs[0], key="unused")
-            try:
-                for chunk in client.completions.create(
-                    model=stubs[0].model, prompt="x", max_tokens=30, stream=True
-                ):
-                    texts.append(chunk.choices[0].text)
-            except openai.APIError as err:
-                errors.append(str(err))
-
-        reader = threading.Thread(target=consume)
-        reader.start()
+        reader = Reader(stubs[0], 30)
         time.sleep(0.5)
-        assert stubs[0].process is not None
-        stubs[0].process.send_signal(signal.SIGTERM)
-        time.sleep(0.4)
-        late = httpx.post(
-            f"{stubs[0].url}/v1/completions",
-            json={"model": stubs[0].model, "prompt": "y", "max_tokens": 2},
-            headers={"Authorization": "Bearer unused"},
-        )
-        assert late.status_code == 500
-        assert late.json()["type"] == "EngineDeadError"
-        reader.join(10)
-        assert stubs[0].process.wait(10) == 0
+        _sigterm(stubs[0])
+        reader.join()
+        late = _complete(stubs[0], stream=False)
+        assert late.status_code == 200
+        choice = late.json()["choices"][0]
+        assert (choice["finish_reason"], choice["text"]) == ("abort", "")
+        assert stubs[0].process is not None and stubs[0].process.wait(10) == 0
         assert not port_accepts(stubs[0].port)
-    assert 0 < len(texts) < 30
-    assert errors and "EngineCore" in errors[0]
+    assert 0 < len(reader.texts) < 30
+    assert reader.finish == "abort" and not reader.errors
+    assert "mode=abort timeout=0s" in stubs[0].log_text()
+
+
+def test_sigterm_with_a_shutdown_timeout_drains_while_serving_http(tmp_path):
+    """`--shutdown-timeout 20`: the stream in flight goes on to its end, HTTP keeps
+    answering (/health 200, metrics), a new generation request gets 200 with
+    finish_reason abort and no text, and the process exits 0 once drained."""
+    with stub_backends(
+        1, workdir=tmp_path, ttft_ms=0, token_ms=100, extra_args=["--shutdown-timeout", "20"]
+    ) as stubs:
+        stub = stubs[0]
+        reader = Reader(stub, 30)
+        time.sleep(0.5)
+        signalled = _sigterm(stub)
+        time.sleep(0.3)
+        assert httpx.get(f"{stub.url}/health").status_code == 200
+        metrics = httpx.get(f"{stub.url}/metrics").text.splitlines()
+        (running,) = [m for m in metrics if m.startswith("vllm:num_requests_running{")]
+        assert float(running.split()[-1]) == 1
+        assert httpx.get(f"{stub.base_url}/models").is_success
+        whole = _complete(stub, stream=False)
+        assert whole.status_code == 200
+        assert whole.json()["choices"][0]["finish_reason"] == "abort"
+        assert whole.json()["choices"][0]["text"] == ""
+        streamed = _complete(stub, stream=True)
+        assert streamed.status_code == 200
+        events = [line for line in streamed.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        assert '"finish_reason":"abort"' in events[0]
+        reader.join()
+        assert stub.process is not None and stub.process.wait(10) == 0
+        took = time.monotonic() - signalled
+    assert len(reader.texts) == 30 and reader.finish == "length" and not reader.errors
+    assert 2.0 < took < 6.0, "it exits once drained, not at the timeout"
+    assert "mode=drain timeout=20s" in stub.log_text()
+
+
+def test_sigterm_drain_cuts_what_outlasts_the_shutdown_timeout(tmp_path):
+    """At the timeout vLLM kills its engine: what still runs is cut (error event)."""
+    with stub_backends(
+        1, workdir=tmp_path, ttft_ms=0, token_ms=100, extra_args=["--shutdown-timeout", "1"]
+    ) as stubs:
+        reader = Reader(stubs[0], 60)
+        time.sleep(0.3)
+        signalled = _sigterm(stubs[0])
+        reader.join()
+        assert stubs[0].process is not None and stubs[0].process.wait(10) == 0
+        took = time.monotonic() - signalled
+    assert 5 < len(reader.texts) < 60
+    assert reader.errors and "EngineCore" in reader.errors[0]
+    assert 1.0 <= took < 4.0

@@ -40,6 +40,7 @@ from components.config.stack_file import (
     check_stack_file,
     settings_from_stack_file,
 )
+from components.config.vllm_release import old_release_warning
 from components.plan.build import build_plan, is_local_model
 from components.plan.model import Plan
 from components.plan.monitoring import GRAFANA_ADMIN_USER
@@ -219,6 +220,9 @@ def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
         return 1
     for line in [*describe(checked.settings, plan, checked.stack), *notes(checked)]:
         print(line, file=out)
+    # What `pulumi up` warns about, too; it does not stop it.
+    if (warning := old_release_warning(checked.settings.vllm_image.prebuilt)) is not None:
+        print(f"warning: {warning}", file=out)
     return 0
 
 

@@ -21,6 +21,7 @@ from pydantic_core import PydanticUndefined
 from components import PROJECT_DIR
 from components.config.problems import NAMESPACE
 from components.config.settings import Settings
+from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
 DOCUMENT = PROJECT_DIR / "docs" / "configuration.md"
 """The page that holds the table, between `START` and `END`."""
@@ -36,8 +37,8 @@ DESCRIPTIONS: dict[str, str] = {
     "gpus": "GPU ids per replica, e.g. `[[0,1],[2,3]]`; default consecutive ids",
     "namePrefix": "replica containers are `<prefix>0`, `<prefix>1`, ... (DNS-safe)",
     "networkName": "docker network shared by the replicas and nginx",
-    "image.prebuilt": "published vLLM image to run (default `vllm/vllm-openai:v0.11.0`, "
-    "or vLLM's CPU image of that release with backend `cpu`)",
+    "image.prebuilt": f"published vLLM image to run (default `{DEFAULT_GPU_IMAGE}`, "
+    f"with backend `cpu` `{DEFAULT_CPU_IMAGE}`)",
     "image.build.context": "vLLM source checkout to build instead (relative to this project)",
     "image.build.dockerfile": "Dockerfile inside the checkout",
     "image.build.target": "build target",
@@ -73,8 +74,10 @@ DESCRIPTIONS: dict[str, str] = {
     "healthCheck.timeoutSeconds": "docker health check timeout",
     "healthCheck.retries": "failed checks before a replica is unhealthy",
     "restartPolicy": "docker restart policy of replicas and nginx",
-    "stopGraceSeconds": "on replace or destroy, how long a replica or nginx may finish "
-    "requests in flight before it is killed",
+    "shutdownTimeoutSeconds": "vLLM's `--shutdown-timeout` on every replica: on SIGTERM it "
+    "finishes the requests it runs for up to this long, then exits (0: aborts them at once)",
+    "stopGraceSeconds": "on replace or destroy, how long a replica or nginx may take to stop "
+    "before it is killed; at least `shutdownTimeoutSeconds` + 10",
     "loadBalancer.port": "host port of the load balancer",
     "loadBalancer.bindAddress": "host address the load balancer is published on",
     "loadBalancer.policy": "`least_conn`, `round_robin`, `power_of_two`, `session_affinity`, "

@@ -205,6 +205,25 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
         taken_volumes.setdefault(volume, f"'{key}'")
 
 
+SHUTDOWN_MARGIN_SECONDS = 10
+"""What a replica may take to exit after its drain: vLLM kills what still runs
+when `--shutdown-timeout` ends and then closes its HTTP server; its own test
+gives that 10 s (tests/entrypoints/launchers/test_shutdown.py:419-421 at v0.33.0)."""
+
+
+def _shutdown_rules(s: Settings) -> Iterator[Rule]:
+    need = s.shutdown_timeout_seconds + SHUTDOWN_MARGIN_SECONDS
+    if s.shutdown_timeout_seconds and s.stop_grace_seconds < need:
+        yield rule(
+            "stopGraceSeconds",
+            f"is {s.stop_grace_seconds} but must be at least 'shutdownTimeoutSeconds' "
+            f"({s.shutdown_timeout_seconds}) + {SHUTDOWN_MARGIN_SECONDS} = {need}: Docker "
+            "kills a replica it stops after stopGraceSeconds, and vLLM takes up to "
+            "shutdownTimeoutSeconds to finish its requests, then time to exit",
+            "shutdownTimeoutSeconds",
+        )
+
+
 def cross_key_rules(settings: Settings) -> list[Rule]:
     """Every rule that ties several keys together, all broken ones at once."""
     return [
@@ -214,6 +233,7 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
         *_name_and_port_rules(settings),
         *_tls_rules(settings),
         *_monitoring_rules(settings),
+        *_shutdown_rules(settings),
     ]
 
 

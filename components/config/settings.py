@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from components.config.rules import cross_key_rules
+from components.config.rules import SHUTDOWN_MARGIN_SECONDS, cross_key_rules
 from components.config.sections import (
     Backend,
     CacheSettings,
@@ -52,12 +52,23 @@ from components.config.values import (
     ServedName,
     parse_cpu_set,
 )
+from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
 SKIP_CROSS_KEY = "skip_cross_key_rules"
 """Validation context flag: the config loader runs `cross_key_rules` itself, per key."""
 
-# vLLM flags and variables the deployment sets itself: overriding them from
-# extraArgs/extraEnv breaks it (a wrong --port is found only after readyTimeoutSeconds).
+# vLLM flags the deployment sets itself, or that break it: overriding them from
+# extraArgs breaks it (a wrong --port is found only after readyTimeoutSeconds).
+# Each is vLLM v0.33.0's `vllm serve` option (docs/vllm.md has the citations).
+_TLS_AT_NGINX = (
+    "the health check, nginx and the steps reach replicas over plain HTTP; set "
+    "'loadBalancer.tls' for HTTPS"
+)
+_ONE_API_SERVER = (
+    "the deployment runs one API server per replica: with several, vLLM stops on "
+    "SIGTERM through another path than --shutdown-timeout's drain and keeps its "
+    "metrics in multiprocess mode"
+)
 MANAGED_FLAGS = {
     "--model": "set 'model'",
     "--served-model-name": "set 'servedModelName'",
@@ -66,16 +77,52 @@ MANAGED_FLAGS = {
     "--tensor-parallel-size": "set 'tensorParallelSize'",
     "-tp": "set 'tensorParallelSize'",
     "--api-key": "set 'apiKey' with `pulumi config set --secret apiKey`",
+    "--shutdown-timeout": "set 'shutdownTimeoutSeconds' (checked against 'stopGraceSeconds')",
+    "--config": "a config file could set the model, host or port past these checks; "
+    "list its options in extraArgs instead",
+    "--uds": "replicas must listen on TCP port 8000 (a Unix socket replaces --host and --port)",
+    "--grpc": "it serves gRPC on the port instead of the OpenAI HTTP API that nginx, the "
+    "health check and the steps use",
+    "--headless": "it starts no API server: the replica would never answer /health",
+    "--api-server-count": _ONE_API_SERVER,
+    "-asc": _ONE_API_SERVER,
+    "--ssl-keyfile": _TLS_AT_NGINX,
+    "--ssl-certfile": _TLS_AT_NGINX,
 }
 SECRET_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
 MANAGED_ENV = {
     "HF_HUB_OFFLINE": "the deployment sets it on replicas that must not download",
     "VLLM_CPU_KVCACHE_SPACE": "set 'cpu.kvcacheSpaceGb'",
     "VLLM_CPU_OMP_THREADS_BIND": "set 'cpu.coresPerReplica' or 'cpu.cpuSets'",
+    "VLLM_ENGINE_READY_TIMEOUT_S": "set 'readyTimeoutSeconds': replicas get it, so that "
+    "vLLM does not give up loading before the readiness step does",
     "HTTP_PROXY": "set 'proxy.http'",
     "HTTPS_PROXY": "set 'proxy.https'",
     "NO_PROXY": "set 'proxy.no'",
 }
+
+
+def managed_flags_of(word: str) -> list[str]:
+    """The managed flags vLLM's parser would read `word` as, if it is an option.
+
+    `vllm serve` parses with argparse's `allow_abbrev` on, so any prefix of a
+    long option is taken for it when it is the only option it begins
+    (`--served x` is `--served-model-name x`, `--shutdown 5` is
+    `--shutdown-timeout 5`), and a single-dash one the same way (`-t 2` is
+    `-tp 2`); a prefix of several is refused by vLLM anyway. No full option of
+    vLLM v0.33.0's parser is a prefix of a managed flag, so every such word is
+    one of them or an abbreviation of one.
+    """
+    if not word.startswith("-") or word in ("-", "--"):
+        return []
+    flag = word.split("=", 1)[0]
+    if flag.startswith("--"):
+        # vLLM's parser takes --tensor_parallel_size for --tensor-parallel-size.
+        flag = "--" + flag[2:].replace("_", "-")
+        return [m for m in MANAGED_FLAGS if m.startswith("--") and m.startswith(flag)]
+    if len(flag) < 2 or not flag[1].isalpha():
+        return []  # a negative number such as `--max-model-len -1`
+    return [m for m in MANAGED_FLAGS if not m.startswith("--") and m.startswith(flag)]
 
 
 def _extra_args(args: tuple[str, ...]) -> tuple[str, ...]:
@@ -87,11 +134,17 @@ def _extra_args(args: tuple[str, ...]) -> tuple[str, ...]:
             "model as its only positional argument"
         )
     for arg in args:
+        managed = managed_flags_of(arg)
+        if not managed:
+            continue
         flag = arg.split("=", 1)[0]
-        # vLLM's parser takes --tensor_parallel_size for --tensor-parallel-size.
-        flag = flag[:2] + flag[2:].replace("_", "-") if flag.startswith("--") else flag
-        if flag in MANAGED_FLAGS:
-            raise ValueError(f"must not set {flag}: {MANAGED_FLAGS[flag]}")
+        if len(managed) == 1 and managed[0] in (flag, "--" + flag[2:].replace("_", "-")):
+            raise ValueError(f"must not set {flag}: {MANAGED_FLAGS[managed[0]]}")
+        reasons = "; ".join(f"{m}: {MANAGED_FLAGS[m]}" for m in managed)
+        raise ValueError(
+            f"must not set {flag}: vLLM reads it as an abbreviation of "
+            f"{' or '.join(managed)} ({reasons})"
+        )
     return args
 
 
@@ -111,11 +164,6 @@ def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
     if not hosts:
         raise ValueError("must list at least one host (or be left out: one engine)")
     return hosts
-
-
-DEFAULT_GPU_IMAGE = "vllm/vllm-openai:v0.11.0"
-# vLLM's published CPU build of the same release (its CPU installation docs).
-DEFAULT_CPU_IMAGE = "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.11.0"
 
 
 class Settings(ConfigModel):
@@ -146,7 +194,8 @@ class Settings(ConfigModel):
     verify_timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 120
     health_check: HealthCheckSettings = HealthCheckSettings()
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
-    stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 30
+    shutdown_timeout_seconds: Annotated[Int, Field(ge=0, le=3600 - SHUTDOWN_MARGIN_SECONDS)] = 60
+    stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 90
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
     hosts: Annotated[tuple[HostSettings, ...], AfterValidator(_some_hosts)] | None = None
     monitoring: MonitoringSettings = MonitoringSettings()

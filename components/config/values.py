@@ -102,7 +102,7 @@ build_arg_name = matching(
 def image_ref(value: str) -> str:
     """A reference Docker accepts: lowercase path, at most one tag, an optional digest."""
     rule = (
-        "must be a docker image reference such as vllm/vllm-openai:v0.11.0 "
+        "must be a docker image reference such as vllm/vllm-openai:v0.33.0 "
         "(lowercase name, one non-empty tag of letters, digits, '_', '.', '-', "
         "or @sha256:<digest>)"
     )

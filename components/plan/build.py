@@ -118,12 +118,25 @@ def _replica(settings: Settings, index: int, at: Placement) -> ReplicaPlan:
         str(VLLM_PORT),
         "--tensor-parallel-size",
         str(settings.tensor_parallel_size),
+        # On SIGTERM vLLM (>= v0.18.0) finishes what it runs for up to this long
+        # while still serving HTTP; 0, its default, aborts at once (docs/vllm.md).
+        "--shutdown-timeout",
+        str(settings.shutdown_timeout_seconds),
         *settings.extra_args,
     )
     env = _proxy_env(settings)
+    # vLLM gives up when its engine is not ready within this (600 s by default,
+    # vllm/envs.py:813-815 at v0.33.0): a slow first load or compile must fail
+    # at the readiness step's timeout, with its log, not earlier inside vLLM.
+    env["VLLM_ENGINE_READY_TIMEOUT_S"] = str(settings.ready_timeout_seconds)
     cpu = settings.backend is Backend.CPU
     if cpu:
+        # "Legacy" from vLLM v0.18 (`--kv-cache-memory-bytes` is the new way) but
+        # still honoured (vllm/platforms/cpu.py:340-344 at v0.33.0); unset, there is
+        # no longer a 4 GiB default, so it is always set.
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu.kvcache_space_gb)
+        # `nobind` (no pinning) is valid in every supported release (v0.18.0 on;
+        # vllm/utils/ompmultiprocessing.py:125 at v0.33.0); v0.11.0 failed on it.
         env["VLLM_CPU_OMP_THREADS_BIND"] = (
             _omp_bind(cores, settings.tensor_parallel_size) if cores else "nobind"
         )
@@ -234,7 +247,7 @@ def _rollouts(
     lb_host = settings.load_balancer_host if settings.hosts is not None else None
 
     def elsewhere(replica: ReplicaPlan) -> tuple[str, ...]:
-        """A replica on another engine than nginx's: the drain reads its metrics there."""
+        """A replica on another engine than nginx's: the steps ask that engine."""
         host = engines.get(replica.host) if replica.host is not None else None
         if host is None or lb_host is None or host is lb_host:
             return ()
@@ -242,7 +255,7 @@ def _rollouts(
             return ()  # TLS material stays in the provider; the drain waits the grace period
         return ("--replica-engine", host.docker_host)
 
-    def argv(action: str, replica: ReplicaPlan, timeout: int) -> tuple[str, ...]:
+    def argv(action: str, replica: ReplicaPlan, timeout: int, *options: str) -> tuple[str, ...]:
         return (
             python,
             "-m",
@@ -258,14 +271,21 @@ def _rollouts(
             str(replica.upstream),
             "--timeout",
             str(timeout),
-            *elsewhere(replica),
+            *(options or elsewhere(replica)),
         )
+
+    def drain(replica: ReplicaPlan) -> tuple[str, ...]:
+        if settings.shutdown_timeout_seconds > 0:
+            # vLLM finishes its requests on SIGTERM (components.steps.rollout): the
+            # drain only takes the replica out of nginx and asks nothing of it.
+            return argv("drain", replica, settings.stop_grace_seconds, "--vllm-drains")
+        return argv("drain", replica, settings.stop_grace_seconds)
 
     return tuple(
         RolloutPlan(
             replica=r.name,
             wave=index // size,
-            drain=argv("drain", r, settings.stop_grace_seconds),
+            drain=drain(r),
             resume=(
                 *argv("resume", r, settings.ready_timeout_seconds),
                 "--probe",

@@ -19,9 +19,9 @@ What each piece is for:
 
 Secrets stay out of this plan, as in `plan.py`: the Grafana password and the
 API key are named, and the Pulumi shell uploads their values as secrets.
-vLLM v0.11.0 checks the API key on `/v1` only, so `/metrics` answers without
-it; Prometheus sends it all the same (from an uploaded file), so the scrape
-keeps working on a vLLM that guards every route.
+vLLM v0.33.0 checks the API key on `/v1`, `/v2`, `/inference` and `/cohere`
+only, so `/metrics` answers without it; Prometheus sends it all the same (from
+an uploaded file), so the scrape keeps working on a vLLM that guards more.
 """
 
 from __future__ import annotations

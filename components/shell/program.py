@@ -19,6 +19,7 @@ from components import PROJECT_DIR
 from components.config.loading import deployment_problems, settings_from_config, split_namespace
 from components.config.problems import NAMESPACE, ConfigError
 from components.config.settings import Settings
+from components.config.vllm_release import old_release_warning
 from components.shell.cluster import VllmCluster, VllmClusterArgs
 from components.shell.serving import deployment_running
 
@@ -47,6 +48,9 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
     problems = deployment_problems(settings, docker_host=docker_host, project_dir=PROJECT_DIR)
     if problems:
         raise ConfigError(problems)
+    release_warning = old_release_warning(settings.vllm_image.prebuilt)
+    if release_warning is not None:
+        pulumi.log.warn(release_warning)
     lb = settings.load_balancer
     if settings.api_key is None and not ipaddress.ip_address(lb.bind_address).is_loopback:
         pulumi.log.warn(

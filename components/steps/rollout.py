@@ -1,13 +1,25 @@
 """Take one replica out of the load balancer before it stops, and back in once it serves.
 
-vLLM does not finish the requests in flight when it gets SIGTERM: it shuts the
-engine down first, so every stream on a replica being replaced would be cut
-(docs/rolling-updates.md). The drain therefore happens at nginx: the replica's
-`server` lines are taken out of the config and nginx reloads (old workers finish the
-connections they have; new requests go to the other replicas), then this waits
-until the replica reports no request running (`vllm:num_requests_running`,
-read inside its container, so a remote engine works the same) or the grace
-period ends. Only then does Pulumi stop the container.
+Two halves make an update lose nothing (docs/rolling-updates.md). nginx must
+stop sending the replica new requests first: the replica's `server` lines are
+taken out of the config, nginx reloads, and this waits until nginx's old
+workers have stopped accepting connections (they finish the ones they have,
+which may still be streaming from the replica; new requests go to the other
+replicas). Then the replica's own requests must end before it is killed:
+
+- with `shutdownTimeoutSeconds` > 0 (`--shutdown-timeout`, vLLM v0.18.0 and
+  later) vLLM does it itself: on SIGTERM it finishes what it runs, for up to
+  that long, while it keeps serving HTTP, and exits once done; Pulumi stops the
+  container with `stopGraceSeconds`, which covers it. So the drain returns as
+  soon as nginx has let go (`--vllm-drains`), and the streams end inside
+  vLLM. nginx is still needed first: a draining vLLM accepts new requests
+  and answers them 200 with `finish_reason: "abort"`, which nginx would not
+  retry (docs/vllm.md).
+- with 0, vLLM's default, SIGTERM aborts what runs (as every release before
+  v0.18.0 did), so this waits until the replica reports no request running
+  (`vllm:num_requests_running`, read inside its container, so a remote
+  engine works the same) or `stopGraceSeconds` ends; only then does Pulumi
+  stop the container.
 
 `resume` is the other half, run once the new container exists: on an update
 it waits until the replica is healthy and puts it back in rotation. On a first
@@ -38,6 +50,14 @@ from components.steps.readiness import NotReady, wait_healthy
 
 NGINX_CONFIG = "/etc/nginx/nginx.conf"
 DRAINED = "#drained# "
+WORKER = "nginx: worker process"
+"""An nginx worker's title; an old one is retitled "... is shutting down" when it
+stops accepting connections after a reload (nginx's `ngx_worker_process_cycle`)."""
+LIST_PROCESSES = (
+    "sh",
+    "-c",
+    'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < "$p/cmdline" 2>/dev/null)"; done',
+)
 RUNNING = re.compile(r"^vllm:num_requests_running\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
 METRICS_PROBE = (
     "python3",
@@ -66,7 +86,61 @@ def _exec(container: Container, argv: list[str]) -> tuple[int, str]:
     return int(code or 0), text
 
 
-def _edit_upstream(lb: Container, upstream: str, down: bool) -> bool:
+EDIT_LOCK = "/tmp/vllm-nginx-upstream.lock"
+
+
+def _sed(script: str) -> list[str]:
+    """`sed -i` on the config, one at a time: the replicas of a wave are drained
+    at once, and two `sed -i` at the same moment would lose one's edit (each
+    writes the file it read), leaving a stopping replica in rotation. `flock`
+    (util-linux, in Debian-based images such as nginx's) serializes them."""
+    return [
+        "sh",
+        "-c",
+        'if command -v flock >/dev/null 2>&1; then exec flock "$0" sed "$@"; fi; exec sed "$@"',
+        EDIT_LOCK,
+        "-E",
+        "-i",
+        "-e",
+        script,
+        NGINX_CONFIG,
+    ]
+
+
+def accepting_workers(lb: Container) -> set[int]:
+    """The pids of nginx's workers that still accept connections."""
+    try:
+        code, output = _exec(lb, list(LIST_PROCESSES))
+    except APIError:
+        return set()
+    if code != 0:
+        return set()
+    found = set()
+    for line in output.splitlines():
+        pid, _, title = line.partition(" ")
+        if title.strip() == WORKER and pid.isdigit():
+            found.add(int(pid))
+    return found
+
+
+def _until_old_workers_stop_accepting(
+    lb: Container, old: set[int], timeout: float, poll: float = 0.05
+) -> float | None:
+    """After a reload: seconds until none of `old` accepts connections (None: timed out).
+
+    `nginx -s reload` only signals the master, which starts new workers and then
+    tells the old ones to quit; until they have, an old worker may still hand a
+    new request to the replica being drained.
+    """
+    start = time.monotonic()
+    while old & accepting_workers(lb):
+        if time.monotonic() - start >= timeout:
+            return None
+        time.sleep(poll)
+    return time.monotonic() - start
+
+
+def _edit_upstream(lb: Container, upstream: str, down: bool, settle: float = 10.0) -> bool:
     """Take the replica's `server` lines out of the config (or put them back); reload.
 
     Out means commented out rather than marked `down`: without `resolve`
@@ -80,7 +154,7 @@ def _edit_upstream(lb: Container, upstream: str, down: bool) -> bool:
     put_back = rf"s/^([[:space:]]*){DRAINED}({server})$/\1\2/"
     script, undo = (take_out, put_back) if down else (put_back, take_out)
     _, before = _exec(lb, ["cat", NGINX_CONFIG])
-    code, output = _exec(lb, ["sed", "-E", "-i", "-e", script, NGINX_CONFIG])
+    code, output = _exec(lb, _sed(script))
     if code != 0:
         raise RolloutError(f"editing {NGINX_CONFIG} in {lb.name}: {output.strip()}")
     if _exec(lb, ["cat", NGINX_CONFIG])[1] == before:
@@ -88,16 +162,23 @@ def _edit_upstream(lb: Container, upstream: str, down: bool) -> bool:
     code, output = _exec(lb, ["nginx", "-t", "-q"])
     if code != 0:
         # The replica was the last one (one replica: an update cannot keep serving).
-        _exec(lb, ["sed", "-E", "-i", "-e", undo, NGINX_CONFIG])
+        _exec(lb, _sed(undo))
         print(
             f"note: {upstream} stays in rotation: nginx refused the config without it "
             f"({output.strip()})",
             flush=True,
         )
         return False
+    old = accepting_workers(lb)
     code, output = _exec(lb, ["nginx", "-s", "reload"])
     if code != 0:
         raise RolloutError(f"nginx in {lb.name} did not reload: {output.strip()}")
+    if _until_old_workers_stop_accepting(lb, old, settle) is None:
+        print(
+            f"note: nginx's old workers in {lb.name} still accept connections "
+            f"{settle:.0f} s after the reload",
+            flush=True,
+        )
     return True
 
 
@@ -123,13 +204,25 @@ def drain(
     *,
     upstream: str | None = None,
     replica_client: docker.DockerClient | None = None,
+    vllm_drains: bool = False,
     poll: float = 0.5,
     progress: float = 10.0,
 ) -> str:
     lb = _get(client, lb_name)
+    if lb is None:
+        # No balancer (first deploy, destroy) routes to it.
+        return f"{replica_name}: nothing to drain"
+    if vllm_drains:
+        # Its engine may be another; it need not be asked: vLLM finishes its
+        # requests itself once Pulumi stops it.
+        start = time.monotonic()
+        _edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
+        return (
+            f"{replica_name}: out of rotation after {time.monotonic() - start:.1f} s; vLLM "
+            "finishes its requests in flight when it is stopped (--shutdown-timeout)"
+        )
     replica = _get(replica_client or client, replica_name)
-    if lb is None or replica is None:
-        # No balancer (first deploy, destroy) routes to it, or it is already gone.
+    if replica is None:
         return f"{replica_name}: nothing to drain"
     _edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
     start = time.monotonic()
@@ -199,6 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--replica-engine", default=None, help="the replica's engine, if not nginx's (DOCKER_HOST)"
     )
     parser.add_argument("--probe", default=None, help="resume: its /health as reached from here")
+    parser.add_argument(
+        "--vllm-drains",
+        action="store_true",
+        help="drain: vLLM finishes its requests on SIGTERM (--shutdown-timeout > 0); "
+        "only take it out of nginx",
+    )
     args = parser.parse_args(argv)
     try:
         client = engine_client()
@@ -207,7 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.replica_engine
             else None
         )
-        step = drain if args.action == "drain" else functools.partial(resume, probe=args.probe)
+        step = (
+            functools.partial(drain, vllm_drains=args.vllm_drains)
+            if args.action == "drain"
+            else functools.partial(resume, probe=args.probe)
+        )
         message = step(
             client,
             args.lb,

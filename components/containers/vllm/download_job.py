@@ -6,13 +6,33 @@ exactly where and how the replicas' `huggingface_hub` will look for them (blobs,
 snapshots, `refs/main`) when they start with `HF_HUB_OFFLINE=1`. It must
 therefore use nothing but the standard library and `huggingface_hub`.
 
-It takes the files vLLM loads and nothing else, as vLLM's own download does
-(`vllm/model_executor/model_loader/weight_utils.py`, `download_weights_from_hf`):
-the first weight format the repository has among safetensors, then `.bin`, then
-`.pt`; for sharded safetensors only the shards the index lists (a repo may also
-carry a `consolidated.safetensors` that vLLM skips); never `original/` (vLLM's
-default `ignore_patterns`). Config, tokenizer and chat-template files come
-along because transformers loads them from the same snapshot.
+It takes the files vLLM loads and nothing else, as vLLM v0.33.0's own
+download does with `--load-format auto` (PyPI sdist of 0.33.0,
+`vllm/model_executor/model_loader/default_loader.py:147-263`,
+`weight_utils.py:437-541`, :590-630):
+
+- a repository with `consolidated*.safetensors` at its top is loaded in
+  Mistral's format (default_loader.py:170-181): those files, filtered by
+  `consolidated.safetensors.index.json` when there are several, and not the
+  Hugging Face shards beside them. Its config then comes from `params.json`
+  (`vllm/transformers_utils/config.py:889-907`) and its tokenizer from
+  `tekken.json` or `tokenizer.model.v*` (`vllm/tokenizers/registry.py:145-163`),
+  so those come along. v0.11.0 had no such rule (it loaded the shards and
+  skipped `consolidated.safetensors`); the rule is in every release this
+  deployment supports (v0.18.0 on). Offline, a replica decides from the files
+  in the snapshot (`vllm/transformers_utils/repo_utils.py:137-151`), so taking
+  what vLLM would take online keeps it on the same format and tokenizer;
+- otherwise the first weight format the repository has at its top (vLLM
+  globs there) among safetensors, then `.bin`, then `.pt`
+  (default_loader.py:185-186, :207-208, :229-234); for
+  sharded safetensors only the shards `model.safetensors.index.json` lists;
+  `.bin`/`.pt` without training leftovers (weight_utils.py:619-630);
+- never `original/` (vLLM's default `ignore_patterns`, `vllm/config/load.py:102`).
+
+Config, tokenizer and chat-template files come along because transformers
+loads them from the same snapshot. (Online, vLLM v0.33.0 also snapshots every
+other non-weight file, repo_utils.py:307-378; the suffixes below are those
+the loaders read.)
 
 The token is read by `huggingface_hub` from the file named by `HF_TOKEN_PATH`;
 it never is an environment variable of this container. After a download, a
@@ -27,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fnmatch
 import json
 import os
 import sys
@@ -46,6 +67,11 @@ ERROR_PREFIX = "vllm-nginx-download: error: "
 
 WEIGHT_FORMATS = (".safetensors", ".bin", ".pt")
 """vLLM's `load_format=auto` order: the first extension the repository has wins."""
+MISTRAL_WEIGHTS = "consolidated*.safetensors"
+"""At the top of a repository, they make `load_format=auto` load Mistral's format."""
+MISTRAL_INDEX = "consolidated.safetensors.index.json"
+MISTRAL_TOKENIZER = "tokenizer.model.v*"
+"""Mistral's sentencepiece tokenizers (`.v3`, `.v7`); `tekken.json` is a `.json`."""
 OTHER_WEIGHTS = (".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".ot", ".tflite")
 NOT_NEEDED_BIN = ("training_args.bin", "optimizer.bin", "optimizer.pt", "scheduler.pt", "scaler.pt")
 """Training leftovers vLLM filters out of `.bin`/`.pt` checkpoints."""
@@ -70,19 +96,27 @@ def repo_folder(model: str) -> str:
     return "models--" + model.replace("/", "--")
 
 
+def mistral_format(files: Iterable[str]) -> bool:
+    """vLLM's `load_format=auto` picks Mistral's format for this repository."""
+    return any("/" not in f and fnmatch.fnmatch(f, MISTRAL_WEIGHTS) for f in files)
+
+
 def select_files(files: Iterable[str]) -> tuple[list[str], list[str]]:
     """(weights, support files) that vLLM will read, from a repository listing."""
     candidates = [f for f in files if not f.startswith(IGNORED_DIRS)]
     weights: list[str] = []
-    for suffix in WEIGHT_FORMATS:
-        weights = [f for f in candidates if f.endswith(suffix)]
+    if mistral_format(candidates):
+        weights = [f for f in candidates if "/" not in f and fnmatch.fnmatch(f, MISTRAL_WEIGHTS)]
+    for suffix in WEIGHT_FORMATS if not weights else ():
+        weights = [f for f in candidates if "/" not in f and f.endswith(suffix)]
         if weights:
             break
     weights = [f for f in weights if Path(f).name not in NOT_NEEDED_BIN]
     support = [
         f
         for f in candidates
-        if f.endswith(SUPPORT_SUFFIXES) and not f.endswith(WEIGHT_FORMATS + OTHER_WEIGHTS)
+        if (f.endswith(SUPPORT_SUFFIXES) or fnmatch.fnmatch(Path(f).name, MISTRAL_TOKENIZER))
+        and not f.endswith(WEIGHT_FORMATS + OTHER_WEIGHTS)
     ]
     return sorted(weights), sorted(support)
 
@@ -190,15 +224,17 @@ def download(model: str, interval: float) -> int:
     weights, support = select_files(sizes)
     if not weights:
         raise LookupError(f"{model} has no safetensors, .bin or .pt weights vLLM could load")
-    if SAFETENSORS_INDEX in support and weights[0].endswith(".safetensors"):
-        index_path = huggingface_hub.hf_hub_download(model, SAFETENSORS_INDEX)
+    index = MISTRAL_INDEX if mistral_format(weights) else SAFETENSORS_INDEX
+    if index in support and weights[0].endswith(".safetensors"):
+        index_path = huggingface_hub.hf_hub_download(model, index)
         weights = indexed_shards(json.loads(Path(index_path).read_text()), weights)
     files = support + weights
     total = sum(sizes.get(f, 0) for f in files)
     skipped = sorted(set(sizes) - set(files))
     say(
         f"{model} at {str(info.sha)[:12]}: {len(files)} files, {_size(total)} "
-        f"({len(weights)} weight files {Path(weights[0]).suffix}); not needed: "
+        f"({len(weights)} weight files {Path(weights[0]).suffix}"
+        f"{', Mistral format' if mistral_format(weights) else ''}); not needed: "
         + (", ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else "") if skipped else "none")
     )
     blobs = cache / repo_folder(model) / "blobs"

@@ -1,0 +1,77 @@
+"""The vLLM release the deployment runs unless `image.prebuilt` says otherwise.
+
+This is the one place the release is pinned: the GPU and CPU images below are
+the defaults of `image.prebuilt` for backend `gpu` and `cpu`, both of the same
+release. What changed between releases and what the program relies on, with
+citations of vLLM's source: docs/vllm.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+VLLM_RELEASE = "v0.33.0"
+
+DEFAULT_GPU_IMAGE = f"vllm/vllm-openai:{VLLM_RELEASE}"
+"""vLLM's CUDA image on Docker Hub (docs/getting_started/installation/gpu.cuda.inc.md:279-285
+at v0.33.0): `v<version>` is a multi-arch tag of x86_64 and aarch64."""
+
+DEFAULT_CPU_IMAGE = f"vllm/vllm-openai-cpu:{VLLM_RELEASE}-x86_64"
+"""vLLM's CPU image on Docker Hub, in the tag form its CPU docs give
+(docs/getting_started/installation/cpu.x86.inc.md:171 at v0.33.0; arm64 hosts:
+`vllm/vllm-openai-cpu:v0.33.0-arm64`, cpu.arm.inc.md:137). The release script
+also pushes a multi-arch `vllm/vllm-openai-cpu:v0.33.0`
+(.buildkite/scripts/publish-release-images.sh:199-203), which the docs never
+name: the per-arch tag is the documented one, and it names one build, the same
+on every host (an arm64 host gets an image it cannot run, not quietly another
+build; it sets the `-arm64` tag). Until v0.17.1 the CPU image was
+`public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:<version>`."""
+
+OLDEST_SUPPORTED = (0, 18, 0)
+"""The first release with `--shutdown-timeout`, which every replica is started
+with (`vllm/engine/arg_utils.py:1320-1325` at v0.18.0; absent at v0.17.1)."""
+
+RELEASE_REPOSITORIES = (
+    "vllm/vllm-openai",
+    "vllm/vllm-openai-cpu",
+    "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo",
+)
+"""Where vLLM publishes its release images, whose tags name the release."""
+_HUB_PREFIXES = ("docker.io/", "index.docker.io/", "registry-1.docker.io/")
+_RELEASE_TAG = re.compile(r"v?(\d+)\.(\d+)\.(\d+)(?![\d])")
+
+
+def release_of(image: str) -> tuple[int, int, int] | None:
+    """The vLLM release an image of vLLM's own repositories is tagged with, else None.
+
+    `vllm/vllm-openai:v0.11.0`, `docker.io/vllm/vllm-openai-cpu:v0.33.0-x86_64`
+    name one; `latest`, nightly tags, digests without a tag and any other
+    repository (an image of your own) do not.
+    """
+    reference = image.split("@", 1)[0]
+    name, colon, tag = reference.rpartition(":")
+    if not colon or "/" in tag:
+        return None  # no tag: `host:port/name` has a colon, but not a tag
+    for prefix in _HUB_PREFIXES:
+        name = name.removeprefix(prefix)
+    match = _RELEASE_TAG.match(tag)
+    if name not in RELEASE_REPOSITORIES or match is None:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+def old_release_warning(image: str | None) -> str | None:
+    """A sentence for the user when `image` is a vLLM release older than the oldest
+    supported one (a warning: `pulumi up` goes on), else None."""
+    release = release_of(image) if image else None
+    if release is None or release >= OLDEST_SUPPORTED:
+        return None
+    oldest = "v" + ".".join(map(str, OLDEST_SUPPORTED))
+    return (
+        f"'image.prebuilt' is {image}, vLLM v{'.'.join(map(str, release))}, older than "
+        f"{oldest}, the oldest release this deployment supports: it does not know "
+        "--shutdown-timeout, which every replica is started with, so its replicas would "
+        f"not start. Use {oldest} or newer (remove 'image.prebuilt' for the pinned "
+        f"{VLLM_RELEASE}); docs/vllm.md says what changed."
+    )
