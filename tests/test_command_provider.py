@@ -17,7 +17,6 @@ Two layers:
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import os
 import sys
@@ -48,7 +47,8 @@ from tests.support.command_provider.values import (
     to_wire,
     wrap,
 )
-from tests.support.docker_engine import REPO_ROOT, unavailable
+from tests.support.docker_engine import REPO_ROOT
+from tests.support.pulumi_engine import toolchain_bin
 
 PLUGIN_BIN = REPO_ROOT / "tests" / "support" / "command_provider" / "bin"
 URN = "urn:pulumi:dev::p::command:local:Command::step"
@@ -423,22 +423,6 @@ def test_provider_config_carries_the_framework_version():
 # -- the real Pulumi engine ----------------------------------------------------------
 
 
-def _pulumi_root() -> Path:
-    """The toolchain root (`<root>/bin/pulumi`) that scripts/pulumi-toolchain.sh
-    builds into its cache; `$PULUMI_TOOLCHAIN_ROOT` names one directly."""
-    if os.environ.get("PULUMI_TOOLCHAIN_ROOT"):
-        candidates = [Path(os.environ["PULUMI_TOOLCHAIN_ROOT"])]
-    else:
-        cache = os.environ.get("PULUMI_TOOLCHAIN_CACHE", "/var/cache/vllm-nginx/pulumi-toolchain")
-        candidates = [
-            Path(p).parent for p in sorted(glob.glob(f"{cache}/*/complete"), reverse=True)
-        ]
-    for root in candidates:
-        if os.access(root / "bin" / "pulumi", os.X_OK):
-            return root
-    unavailable("no Pulumi CLI: run scripts/pulumi-toolchain.sh once (about 14 min)")
-
-
 class Engine:
     """A stack on a local backend in tmp, the stand-in plugin on PATH, and an
     inline program built from `self.spec` at every operation."""
@@ -466,7 +450,7 @@ class Engine:
                 work_dir=str(tmp / "work"),
                 pulumi_home=env["PULUMI_HOME"],
                 env_vars=env,
-                pulumi_command=auto.PulumiCommand(root=str(_pulumi_root())),
+                pulumi_command=auto.PulumiCommand(root=str(toolchain_bin().parent)),
             ),
         )
 
@@ -486,7 +470,7 @@ class Engine:
 
 @pytest.fixture
 def engine_for(tmp_path) -> Iterator[Callable[[Callable[[dict[str, Any]], None]], Engine]]:
-    _pulumi_root()
+    toolchain_bin()  # fails in CI, skips elsewhere, without the CLI
     made: list[Engine] = []
 
     def make(program: Callable[[dict[str, Any]], None]) -> Engine:

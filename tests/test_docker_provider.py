@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import io
 import json
 import os
@@ -38,11 +37,12 @@ import yaml
 from pulumi import automation as auto
 from pulumi.provider.experimental import provider as px
 
-from tests.support.docker_engine import REPO_ROOT, base_image, unavailable
+from tests.support.docker_engine import REPO_ROOT, base_image
 from tests.support.docker_provider import diffing, engine, godur, native_image
 from tests.support.docker_provider.diffing import UNKNOWN, Kind
 from tests.support.docker_provider.provider import DockerProvider, plain_map, wrap_map
 from tests.support.docker_provider.schema import CONTAINER
+from tests.support.pulumi_engine import toolchain_bin
 
 CONTAINER_T = "docker:index/container:Container"
 NETWORK_T = "docker:index/network:Network"
@@ -724,22 +724,6 @@ def test_an_existing_network_name_is_refused_on_this_engine(client, names):
 # -- the real Pulumi engine ----------------------------------------------------------
 
 
-def _pulumi_root() -> Path:
-    """The toolchain root (`<root>/bin/pulumi`) that scripts/pulumi-toolchain.sh
-    builds into its cache; `$PULUMI_TOOLCHAIN_ROOT` names one directly."""
-    if os.environ.get("PULUMI_TOOLCHAIN_ROOT"):
-        candidates = [Path(os.environ["PULUMI_TOOLCHAIN_ROOT"])]
-    else:
-        cache = os.environ.get("PULUMI_TOOLCHAIN_CACHE", "/var/cache/vllm-nginx/pulumi-toolchain")
-        candidates = [
-            Path(p).parent for p in sorted(glob.glob(f"{cache}/*/complete"), reverse=True)
-        ]
-    for root in candidates:
-        if os.access(root / "bin" / "pulumi", os.X_OK):
-            return root
-    unavailable("no Pulumi CLI: run scripts/pulumi-toolchain.sh once (about 14 min)")
-
-
 def _program(names: dict[str, str], image_name: str, port: int) -> Callable[[], None]:
     """A small program of the project's shapes: network, volume, local image by
     ID, and a container with a secret env, alias, port, upload, health check and
@@ -798,7 +782,7 @@ def test_the_real_engine_runs_a_program_through_the_plugin(client, names, offlin
     """No Python language host can be built here (the Go module proxy does not
     serve it), so the program runs inline through the Automation API; the engine
     still loads and drives the docker plugin as it would for `pulumi up`."""
-    cli = auto.PulumiCommand(root=str(_pulumi_root()))
+    cli = auto.PulumiCommand(root=str(toolchain_bin().parent))
     program = _program(names, base_image(client), _free_port())
     stack = auto.create_stack(
         "test",
@@ -939,7 +923,7 @@ def test_the_real_engine_applies_the_programs_resource_options(
             ),
         )
 
-    cli = auto.PulumiCommand(root=str(_pulumi_root()))
+    cli = auto.PulumiCommand(root=str(toolchain_bin().parent))
     stack = auto.create_stack(
         "options",
         project_name="provider-e2e",

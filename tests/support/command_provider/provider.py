@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import secrets
 import sys
@@ -95,6 +94,7 @@ from tests.support.command_provider.values import (
     plain,
     to_wire,
 )
+from tests.support.plugin_server import serve_plugin
 
 VERSION = "1.2.1"
 TYPE = "command:local:Command"
@@ -474,15 +474,7 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("engine", nargs="?", default="")
     known, _ = parser.parse_known_args(argv)
 
-    async def main() -> None:
-        server = grpc.aio.server(options=_GRPC_CHANNEL_OPTIONS)
-        servicer = Servicer(CommandProvider(log=EngineLog(str(known.engine))))
-        provider_pb2_grpc.add_ResourceProviderServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        sys.stdout.write(f"{port}\n")
-        sys.stdout.flush()
-        await server.wait_for_termination()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    servicer = Servicer(CommandProvider(log=EngineLog(str(known.engine))))
+    serve_plugin(
+        lambda server: provider_pb2_grpc.add_ResourceProviderServicer_to_server(servicer, server)
+    )

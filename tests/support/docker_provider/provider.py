@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import os
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -50,11 +48,11 @@ from pulumi.provider.experimental import provider as px
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi.provider.experimental.server import ProviderServicer
 from pulumi.runtime import proto
-from pulumi.runtime._grpc_settings import _GRPC_CHANNEL_OPTIONS
 from pulumi.runtime.proto import provider_pb2_grpc
 
 from tests.support.docker_provider import diffing, engine, native_image
 from tests.support.docker_provider.schema import SCHEMAS
+from tests.support.plugin_server import serve_plugin
 
 VERSION = "5.2.0"
 CONTAINER = "docker:index/container:Container"
@@ -426,17 +424,9 @@ def serve(argv: list[str]) -> None:
     parser.add_argument("engine", nargs="?", default="")
     known, _ = parser.parse_known_args(argv)
 
-    async def run() -> None:
-        trace = os.environ.get("VLLM_NGINX_PROVIDER_TRACE")
-        interceptors = [_Trace(trace)] if trace else []
-        server = grpc.aio.server(options=_GRPC_CHANNEL_OPTIONS, interceptors=interceptors)
-        servicer = _Servicer(argv, VERSION, DockerProvider(), str(known.engine))
-        provider_pb2_grpc.add_ResourceProviderServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        sys.stdout.write(f"{port}\n")
-        sys.stdout.flush()
-        await server.wait_for_termination()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    trace = os.environ.get("VLLM_NGINX_PROVIDER_TRACE")
+    servicer = _Servicer(argv, VERSION, DockerProvider(), str(known.engine))
+    serve_plugin(
+        lambda server: provider_pb2_grpc.add_ResourceProviderServicer_to_server(servicer, server),
+        [_Trace(trace)] if trace else None,
+    )
