@@ -446,7 +446,7 @@ def test_two_hosts_behind_one_load_balancer(tmp_path: Path) -> None:
                 # replica through the replica's own (the CLI's DOCKER_HOST reaches
                 # neither): drained before the replica was deleted, and put back
                 # (resume) only once the new one was created and healthy.
-                assert f"{name}: out of rotation, drained after" in update.output
+                assert f"{name}: out of rotation after" in update.output
                 assert f"{name}: healthy, back in rotation after" in update.output
                 rotation = f"vllm-{name}-rotation"
                 drained = update.index(rotation, "outputs", "delete-replaced")
@@ -487,7 +487,7 @@ def test_two_hosts_behind_one_load_balancer(tmp_path: Path) -> None:
             assert fewer.index(f"vllm-{removed}-rotation", "outputs", "delete") < fewer.index(
                 f"vllm-{removed}", "pre", "delete"
             )
-            assert f"{removed}: out of rotation, drained after" in fewer.output
+            assert f"{removed}: out of rotation after" in fewer.output
             # The exporter and Prometheus have the replicas in their command and
             # scrape config: they are replaced; no other container is.
             assert _containers_changed(fewer) == {
