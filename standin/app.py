@@ -175,6 +175,22 @@ class StandinServer:
         return JSONResponse({"version": f"standin-{__version__}"})
 
     async def models(self, request: Request) -> Response:
+        # vLLM v0.33.0's cards (`vllm/entrypoints/serve/engine/protocol.py:90-113`,
+        # `vllm/entrypoints/openai/models/serving.py:64-77`).
+        permission = {
+            "id": f"modelperm-{uuid.uuid4().hex}",
+            "object": "model_permission",
+            "created": self.created,
+            "allow_create_engine": False,
+            "allow_sampling": True,
+            "allow_logprobs": True,
+            "allow_search_indices": False,
+            "allow_view": True,
+            "allow_fine_tuning": False,
+            "organization": "*",
+            "group": None,
+            "is_blocking": False,
+        }
         data = [
             {
                 "id": name,
@@ -184,6 +200,7 @@ class StandinServer:
                 "root": self.config.model,
                 "parent": None,
                 "max_model_len": MAX_MODEL_LEN,
+                "permission": [permission],
             }
             for name in self.config.served_model_names
         ]

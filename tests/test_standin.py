@@ -77,6 +77,12 @@ def run_standin(args: list[str], env: dict[str, str], timeout: float = 20):
 def test_models_lists_the_served_name(fleet):
     models = client_for(fleet[0]).models.list()
     assert [m.id for m in models] == [SERVED]
+    listed = httpx.get(f"{fleet[0].base_url}/models", headers={"Authorization": f"Bearer {KEY}"})
+    (card,) = listed.json()["data"]
+    assert set(card) == {
+        "id", "object", "created", "owned_by", "root", "parent", "max_model_len", "permission"
+    }  # fmt: skip
+    assert card["permission"][0]["object"] == "model_permission"
 
 
 def test_completion_whole(fleet):
