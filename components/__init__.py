@@ -16,4 +16,4 @@ whole map and what each may import):
 from pathlib import Path
 
 # Stack files, docker/ and the stand-in live at the project's top level.
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).absolute().parent.parent

@@ -5,7 +5,9 @@
 #   bash scripts/test.sh -k nginx   # extra arguments go to pytest
 #
 # Needs: Debian 12 (bookworm) with a working apt mirror (the Debian packages below,
-# and debootstrap of the offline base image from that same mirror); Python 3.11+
+# and debootstrap of the offline base image from that same mirror); Go 1.26 and the
+# Go module proxy (the Pulumi CLI is built from Go modules: about 11 minutes and
+# 1.6 GB the first time, cached in /var/cache/vllm-nginx/pulumi-toolchain); Python 3.11+
 # with venv; root, or a user with sudo (the root-only steps, apt-get, dockerd and
 # debootstrap, go through sudo; that user also needs access to the Docker socket,
 # i.e. membership of the `docker` group). No container registry is used.
@@ -58,6 +60,9 @@ if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
     exit 1
 fi
 bash scripts/base-image.sh
+
+log "the Pulumi CLI (built from Go modules once, then cached)"
+PULUMI_TOOLCHAIN_JOBS="${PULUMI_TOOLCHAIN_JOBS:-2}" bash scripts/pulumi-toolchain.sh >/dev/null
 
 log "ruff and mypy"
 .venv/bin/ruff check .

@@ -1,12 +1,11 @@
-"""scripts/deploy.sh, the README's deploy command, with a recording stand-in for the CLI.
+"""scripts/deploy.sh, the README's deploy command: its branches, and once end to end.
 
-The Pulumi CLI cannot be installed on these machines, so a fake `pulumi` on
-PATH records what the script asks of it (`whoami` succeeds only when the test
-gives it a backend). This proves the script's own steps: the install hint
-without a CLI, the check before any Pulumi call, keeping the user's backend
-(local login only when there is none), stack selection, the Hugging Face
-token question, and `up` with the user's arguments. It does not prove
-anything about Pulumi itself.
+Most tests put a fake `pulumi` on PATH that records what the script asks of
+it (`whoami` succeeds only when the test gives it a backend): the script's own
+steps, quickly (the install hint without a CLI, the check before any Pulumi
+call, keeping the user's backend, local login only when there is none, stack
+selection, the Hugging Face token question, `up` with the user's arguments).
+The last test runs it end to end with the real Pulumi CLI, without a terminal.
 """
 
 from __future__ import annotations
@@ -18,7 +17,19 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
+import yaml
+
+from tests.support.docker_engine import (
+    BASE_IMAGE_TAG,
+    STANDIN_TAG,
+    base_image,
+    docker_client,
+    remove_named,
+    standin_image,
+)
+from tests.support.pulumi_engine import project_copy, stack_config_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "deploy.sh"
@@ -190,3 +201,71 @@ def test_setup_is_idempotent_and_says_what_next() -> None:
     assert "using the existing .venv" in result.stderr
     assert ".venv/bin/python -m components.cli.check --stack dev" in result.stderr
     assert "bash scripts/deploy.sh dev" in result.stderr
+
+
+@pytest.mark.docker
+def test_deploy_script_end_to_end_with_the_real_cli(tmp_path: Path) -> None:
+    """The README's deploy command, no terminal, the real CLI: a working endpoint, then destroy.
+
+    Everything above runs a recording fake; this runs `scripts/deploy.sh` in a
+    copy of the project with the real Pulumi CLI (and our stand-in plugins,
+    tests/support/pulumi_engine.py) against the real Docker engine.
+    """
+    client = docker_client()
+    base_image(client)
+    standin_image(client)
+    prefix = "e2e-deploy"
+    config = stack_config_of(
+        ROOT / "Pulumi.ci.yaml",
+        {
+            "namePrefix": prefix,
+            "networkName": f"{prefix}-net",
+            "hfCache": {"volume": f"{prefix}-cache"},
+            "replicas": 1,
+            "basePort": 18281,
+            "loadBalancer": {
+                "name": f"{prefix}-lb",
+                "port": 18280,
+                "bindAddress": "127.0.0.1",
+                "image": BASE_IMAGE_TAG,
+                "dynamicResolve": False,
+            },
+            "image": {"prebuilt": STANDIN_TAG},
+        },
+    )
+    env = project_copy(tmp_path)
+    project = tmp_path / "project"
+    document = {"config": {f"vllm-nginx:{key}": value for key, value in config.items()}}
+    (project / "Pulumi.deploy.yaml").write_text(yaml.safe_dump(document))
+    try:
+        result = subprocess.run(
+            ["bash", "scripts/deploy.sh", "deploy", "--no-token", "--yes"],
+            cwd=project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        assert "checking Pulumi.deploy.yaml" in result.stderr
+        assert "using your current Pulumi backend" in result.stderr
+        models = openai.OpenAI(
+            base_url="http://127.0.0.1:18280/v1", api_key="none", max_retries=0, timeout=30
+        ).models.list()
+        assert [m.id for m in models.data] == ["tiny-chat"]
+    finally:
+        subprocess.run(
+            ["pulumi", "destroy", "--yes", "--skip-preview", "--stack", "deploy"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            timeout=900,
+            check=False,
+        )
+        remove_named(
+            client,
+            containers=(f"{prefix}-lb", f"{prefix}0"),
+            networks=[f"{prefix}-net"],
+            volumes=[f"{prefix}-cache"],
+        )

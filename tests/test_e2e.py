@@ -1,14 +1,13 @@
-"""The declared deployment, brought up on a real Docker engine (stack `ci`).
+"""The deployment, brought up by the real Pulumi CLI on a real Docker engine (stack `ci`).
 
-The program runs under Pulumi's mocks with `Pulumi.ci.yaml`; what it declares
-(images, network, volume, containers with their uploads, health checks, ports,
-the gate and verify commands, and their dependencies) is then applied to the
-real engine by `tests.support.docker_apply`, in graph order, with the vLLM
-stand-in image playing vLLM. Clients are real: the official `openai` client
-through nginx's published port on 127.0.0.1.
+`pulumi up` runs this project with `Pulumi.ci.yaml` and the API key set as a
+secret, as a user would (tests/support/pulumi_engine.py: the real engine and
+CLI; pulumi-docker's and pulumi-command's plugins and the Python language host
+are our stand-ins that follow their source, as the Go module proxy serves
+none of them). The vLLM stand-in image plays vLLM. Clients are real: the
+official `openai` client through nginx's published port on 127.0.0.1.
 
-Not covered here: pulumi-docker's own provider code (the Pulumi CLI and its
-plugins cannot be installed on these machines), GPUs, and real vLLM.
+Not covered here: GPUs and a real vLLM.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,7 @@ import docker
 import httpx
 import openai
 import pytest
-import yaml
 
-from components.config.problems import NAMESPACE, ConfigError
-from tests.support.docker_apply import Applied, Applier
 from tests.support.docker_engine import (
     STANDIN_TAG,
     base_image,
@@ -36,7 +33,7 @@ from tests.support.docker_engine import (
     remove_named,
     standin_image,
 )
-from tests.support.pulumi_capture import Declared, Run, run_program
+from tests.support.pulumi_engine import Result, Stack, stack_config_of
 
 pytestmark = pytest.mark.docker
 
@@ -49,26 +46,12 @@ VOLUME = "e2e-hf-cache"
 LB_NAME = "e2e-nginx-lb"
 
 
-def ci_config(**overrides: Any) -> dict[str, str]:
-    """Pulumi.ci.yaml as the CLI would hand it to the program: strings and JSON."""
-    document = yaml.safe_load((ROOT / "Pulumi.ci.yaml").read_text())
-    config: dict[str, Any] = dict(document["config"])
-    config[f"{NAMESPACE}:apiKey"] = API_KEY
-    if STANDIN_TAG != "vllm-nginx/standin:test":
-        config[f"{NAMESPACE}:image"] = {"prebuilt": STANDIN_TAG}
-    for key, value in overrides.items():
-        config[f"{NAMESPACE}:{key}"] = value
-    return {
-        key: json.dumps(value)
-        if isinstance(value, dict | list)
-        else str(value).lower()
-        if isinstance(value, bool)
-        else str(value)
-        for key, value in config.items()
-    }
-
-
-SECRET_KEYS = [f"{NAMESPACE}:apiKey"]
+def ci_config(**overrides: Any) -> dict[str, Any]:
+    """Pulumi.ci.yaml's config, with the stand-in image this session built."""
+    config = stack_config_of(ROOT / "Pulumi.ci.yaml", overrides)
+    if STANDIN_TAG != "vllm-nginx/standin:test" and "image" not in overrides:
+        config["image"] = {"prebuilt": STANDIN_TAG}
+    return config
 
 
 def remove_deployment(client: docker.DockerClient) -> None:
@@ -78,9 +61,8 @@ def remove_deployment(client: docker.DockerClient) -> None:
 @dataclass
 class Deployment:
     client: docker.DockerClient
-    run: Run
-    applier: Applier
-    applied: Applied
+    stack: Stack
+    first: Result
 
     def container(self, name: str) -> Any:
         return self.client.containers.get(name)
@@ -91,19 +73,17 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     client = docker_client()
     base_image(client)
     standin_image(client)
     remove_deployment(client)
-    run = run_program(ci_config(), SECRET_KEYS)
-    applier = Applier(client, run.declared)
+    stack = Stack(tmp_path_factory.mktemp("e2e"), "ci", ci_config(), secrets={"apiKey": API_KEY})
     try:
-        applied = applier.apply()
-        yield Deployment(client, run, applier, applied)
+        yield Deployment(client, stack, stack.up())
     finally:
         try:
-            applier.destroy()
+            stack.destroy()
         finally:
             remove_deployment(client)
 
@@ -113,8 +93,10 @@ def openai_client(**kwargs: Any) -> openai.OpenAI:
 
 
 def test_verify_step_saw_the_model(deployment: Deployment) -> None:
-    stdout = deployment.applied.outputs["vllm-verify"]["stdout"]
+    stdout = deployment.stack.resources()["vllm-verify"]["outputs"]["stdout"]
     assert json.loads(stdout) == {"url": LB, "models": ["tiny-chat"]}
+    # What the user saw during `up`: the steps' progress, the verify line.
+    assert "tiny-chat" in deployment.first.output
 
 
 def test_lb_streams_and_spreads_over_all_replicas(deployment: Deployment) -> None:
@@ -143,16 +125,15 @@ def test_lb_public_surface_and_api_key(deployment: Deployment) -> None:
 
 def test_download_first_then_all_replicas_together(deployment: Deployment) -> None:
     """On a first deploy no wave waits for another (nothing is serving yet)."""
-    timings = deployment.applied.timings
-    download = timings["vllm-download"]
-    replicas = [timings[f"vllm-{name}"] for name in REPLICAS]
-    ready = timings["vllm-replicas-ready"]
-    for replica in replicas:
-        assert replica.started >= download.finished
-        assert ready.started >= replica.finished
+    up = deployment.first
+    for name in REPLICAS:
+        assert up.index(f"vllm-{name}") > up.index("vllm-download", "outputs")
+        assert up.index("vllm-replicas-ready") > up.index(f"vllm-{name}", "outputs")
+    assert up.index("vllm-lb") > up.index("vllm-replicas-ready", "outputs")
     # Every replica is created at once, none waits for another's load.
-    assert max(r.started for r in replicas) - min(r.started for r in replicas) < 1.0
-    assert timings["vllm-lb"].started >= ready.finished
+    created = [deployment.container(n).attrs["Created"] for n in REPLICAS]
+    starts = [datetime.fromisoformat(c[:26].rstrip("Z")).timestamp() for c in created]
+    assert max(starts) - min(starts) < 1.0, created
     log = deployment.container("e2e-vllm0").exec_run(
         ["cat", "/root/.cache/huggingface/standin-downloads.log"]
     )
@@ -251,43 +232,36 @@ def test_replica_dies_under_load_and_comes_back(deployment: Deployment) -> None:
     assert back <= fail_window + 2, f"served again {back:.1f} s after healthy"
 
 
-def _declarations(run: Run) -> list[tuple[str, str, str]]:
-    # Registration order is asynchronous; what Pulumi diffs is per resource name.
-    # Dependencies are left out: with replicas running the update waves are
-    # declared (components.shell.serving), and `dependsOn` alone changes nothing.
-    return sorted((d.type, d.name, json.dumps(d.inputs, sort_keys=True)) for d in run.declared)
+def test_secret_is_encrypted_in_the_stack_file_and_state(deployment: Deployment) -> None:
+    stack = deployment.stack
+    assert API_KEY not in stack.stack_file.read_text()
+    assert "secure:" in stack.stack_file.read_text()
+    assert API_KEY not in stack.state()
+    assert API_KEY not in stack.logs_text()
 
 
-def test_applying_again_changes_nothing(deployment: Deployment) -> None:
-    again = run_program(ci_config(), SECRET_KEYS)
-    assert _declarations(again) == _declarations(deployment.run)
+def test_a_second_preview_and_refresh_change_nothing(deployment: Deployment) -> None:
     before = {n: deployment.container(n).id for n in (*REPLICAS, LB_NAME)}
-    second = Applier(deployment.client, again.declared)
-    second.carry_state_from(deployment.applier)
-    applied = second.apply()
-    containers = {f"vllm-{n}" for n in REPLICAS} | {"vllm-lb"}
-    assert not containers & set(applied.created), applied.created
+    deployment.stack.preview(expect_no_changes=True)
+    deployment.stack.refresh(expect_no_changes=True)
+    again = deployment.stack.up()
+    assert again.changed() == {}, again.changed()
     assert {n: deployment.container(n).id for n in (*REPLICAS, LB_NAME)} == before
 
 
-def test_bad_input_creates_nothing(deployment: Deployment) -> None:
-    declared: list[Declared] = []
-    with pytest.raises(ConfigError, match=r"config key 'vllm-nginx:loadBalancer\.port'"):
-        run_program(
-            ci_config(namePrefix="e2e-bad", loadBalancer={"port": 0}),
-            SECRET_KEYS,
-            declared=declared,
-        )
-    assert declared == []
-    applied = Applier(deployment.client, declared).apply()
-    assert applied.created == []
+def test_bad_input_creates_nothing(deployment: Deployment, tmp_path: Path) -> None:
+    bad = Stack(tmp_path, "bad", ci_config(namePrefix="e2e-bad", loadBalancer={"port": 0}))
+    failed = bad.up_failing()
+    assert "config key 'vllm-nginx:loadBalancer.port'" in failed.output
+    assert "Traceback" not in failed.output
+    assert bad.resources() == {}
     names = [c.name for c in deployment.client.containers.list(all=True)]
     assert not [n for n in names if n and n.startswith("e2e-bad")]
 
 
 def test_teardown_keeps_cache_volume(deployment: Deployment) -> None:
-    kept = deployment.applier.destroy()
-    assert kept == ["vllm-hf-cache"]
+    deployment.stack.destroy()
+    assert deployment.stack.resources() == {}
     names = {c.name for c in deployment.client.containers.list(all=True)}
     assert not names & {*REPLICAS, LB_NAME}
     assert not deployment.client.networks.list(names=[NETWORK])

@@ -1,26 +1,42 @@
-"""The download step on a real engine: once, first, without the token in any env.
+"""The download step through the real Pulumi CLI: once, first, the token never shown.
 
-Same method as test_e2e.py: the program's declarations applied in graph order
-with the Docker SDK, the stand-in image playing vLLM. The download job is the
-real `components/containers/vllm/download_job.py` run by the real `components.steps.download` in a
-container of the stand-in image, whose `huggingface_hub` is the stand-in hub
-(`standin/hubshim.py`): what this proves is our side (order, token as a file,
-warm cache, error mapping, cleanup), not huggingface_hub's.
+`pulumi up` runs this project (tests/support/pulumi_engine.py: the real engine
+and CLI; pulumi-docker's and pulumi-command's plugins and the Python language
+host are our stand-ins that follow their source) on the real Docker engine,
+with `hfToken` set by `pulumi config set --secret` as a user sets it. The
+download job is the real `components/containers/vllm/download_job.py`, run by
+the real `components.steps.download` in a container of the vLLM stand-in
+image, whose `huggingface_hub` is the stand-in hub (`standin/hubshim.py`):
+what this proves is our side (order in the engine's graph, the token as a
+file and as a Pulumi secret, warm cache, error mapping, cleanup), not
+huggingface_hub's.
+
+What it proves: the engine starts no replica before the download step is done
+and starts them together; the job's progress reaches the user while it runs;
+the token is in no container's `docker inspect` (the job's included, watched
+while it runs), not in the stack file, the state file, the CLI's output or its
+event log; a re-run on a warm cache downloads nothing; each download failure
+stops `up` before any replica step starts, with the model and the cause in
+`up`'s output, and no replica container exists.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
-from docker.errors import NotFound
+from docker.errors import APIError, NotFound
 
-from tests.support.docker_apply import Applied, Applier, ApplyError
 from tests.support.docker_engine import remove_named
-from tests.support.pulumi_capture import run_program
+from tests.support.pulumi_engine import PulumiFailed, Result, Stack, is_secret, names, reveal
 from tests.test_e2e import ci_config
 
 pytestmark = pytest.mark.docker
@@ -28,10 +44,10 @@ pytestmark = pytest.mark.docker
 PREFIX = "e2e-dl"
 TOKEN = "hf_standin_valid_token"
 GATED = "standin-org/gated-chat"
-SECRETS = ["vllm-nginx:apiKey", "vllm-nginx:hfToken"]
+JOB_TOKEN_PATH = "HF_TOKEN_PATH=/tmp/vllm-nginx-download/hf_token"
 
 
-def stack(prefix: str, port: int, **overrides: Any) -> dict[str, str]:
+def stack(prefix: str, port: int, **overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
         "namePrefix": prefix,
         "networkName": f"{prefix}-net",
@@ -53,10 +69,18 @@ def stack(prefix: str, port: int, **overrides: Any) -> dict[str, str]:
     return ci_config(**values)
 
 
+def containers_of(prefix: str) -> tuple[str, ...]:
+    return (f"{prefix}0", f"{prefix}1", f"{prefix}-lb", f"{prefix}-download")
+
+
+def replica_resources(prefix: str) -> set[str]:
+    return {f"vllm-{prefix}0", f"vllm-{prefix}1"}
+
+
 def clean(client: docker.DockerClient, prefix: str) -> None:
     remove_named(
         client,
-        containers=(f"{prefix}0", f"{prefix}1", f"{prefix}-lb", f"{prefix}-download"),
+        containers=containers_of(prefix),
         networks=[f"{prefix}-net"],
         volumes=[f"{prefix}-cache", f"{prefix}-compile"],
     )
@@ -71,29 +95,83 @@ def _downloads(client: docker.DockerClient, container: str) -> list[str]:
     return out.output.decode().strip().splitlines()
 
 
+class JobWatcher:
+    """`docker inspect` of the download job while it exists: the step removes it
+    when it ends, so only a look during `up` can see what it ran with."""
+
+    def __init__(self, client: docker.DockerClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.seen: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                self.seen.append(self.client.api.inspect_container(self.name))
+            except (NotFound, APIError):
+                continue
+
+    def __enter__(self) -> JobWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def assert_token_hidden(
+    client: docker.DockerClient, stack_: Stack, token: str, job: JobWatcher
+) -> None:
+    """Nowhere a user or another user of the host could read it."""
+    assert job.seen, "the download job was never seen running: the check proves nothing"
+    for attrs in job.seen:
+        assert JOB_TOKEN_PATH in attrs["Config"]["Env"], "the job got no token file"
+        assert token not in json.dumps(attrs)
+    for container in client.containers.list(all=True):
+        assert token not in json.dumps(container.attrs), container.name
+    assert "secure:" in stack_.stack_file.read_text()
+    assert token not in stack_.stack_file.read_text()
+    assert token not in stack_.state()
+    assert token not in stack_.logs_text(events=True)
+
+
+@dataclass
+class Deployed:
+    client: docker.DockerClient
+    stack: Stack
+    first: Result
+    job: JobWatcher
+
+
 @pytest.fixture(scope="module")
-def deployed(client: docker.DockerClient) -> Iterator[tuple[Applier, Applied, dict[str, str]]]:
+def deployed(
+    client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployed]:
     clean(client, PREFIX)
     config = stack(PREFIX, 18700, model=GATED, servedModelName="tiny-chat")
-    config["vllm-nginx:hfToken"] = TOKEN
-    run = run_program(config, SECRETS)
-    applier = Applier(client, run.declared)
+    deployment = Stack(tmp_path_factory.mktemp("dl"), "dl", config, secrets={"hfToken": TOKEN})
     try:
-        yield applier, applier.apply(), config
+        with JobWatcher(client, f"{PREFIX}-download") as job:
+            first = deployment.up()
+        yield Deployed(client, deployment, first, job)
     finally:
-        applier.destroy()
-        clean(client, PREFIX)
+        try:
+            deployment.destroy()
+        finally:
+            clean(client, PREFIX)
 
 
-def test_download_runs_once_before_every_replica(
-    client: docker.DockerClient, deployed: tuple[Applier, Applied, dict[str, str]]
-) -> None:
-    _, applied, _ = deployed
-    download = applied.timings["vllm-download"]
-    replicas = [applied.timings[f"vllm-{PREFIX}{i}"] for i in range(2)]
-    assert all(r.started >= download.finished for r in replicas)
-    # Together, not one after another.
-    assert abs(replicas[0].started - replicas[1].started) < 1.0
+def test_download_runs_once_before_every_replica(deployed: Deployed) -> None:
+    client, up = deployed.client, deployed.first
+    for name in sorted(replica_resources(PREFIX)):
+        assert up.index(name) > up.index("vllm-download", "outputs")
+    # Together, not one after another (Docker's creation times are precise).
+    created = [client.api.inspect_container(f"{PREFIX}{i}")["Created"] for i in range(2)]
+    starts = sorted(_timestamp(c) for c in created)
+    assert starts[1] - starts[0] < 1.0, created
     assert _downloads(client, f"{PREFIX}0") == _downloads(client, f"{PREFIX}1")
     assert len(_downloads(client, f"{PREFIX}0")) == 1
     fetched = client.containers.get(f"{PREFIX}0").exec_run(
@@ -108,95 +186,150 @@ def test_download_runs_once_before_every_replica(
         client.containers.get(f"{PREFIX}-download")
 
 
-def test_progress_is_reported(deployed: tuple[Applier, Applied, dict[str, str]]) -> None:
-    _, applied, _ = deployed
-    out = applied.outputs["vllm-download"]["stdout"]
-    progress = [line for line in out.splitlines() if "progress:" in line]
-    assert len(progress) >= 2, out
+def _timestamp(created: str) -> float:
+    return datetime.fromisoformat(created[:26].rstrip("Z")).timestamp()
+
+
+def test_progress_is_reported(deployed: Deployed) -> None:
+    # While it runs: each line reaches the engine as the step's message.
+    said = deployed.first.logged("vllm-download")
+    progress = [line for line in said if "progress:" in line]
+    assert len(progress) >= 2, said
     assert " of " in progress[-1] and "files" in progress[-1]
-    ready = applied.outputs["vllm-replicas-ready"]["stdout"]
-    assert "[ready] waiting for 2 replica(s): loading:" in ready
-    assert f"{PREFIX}1 healthy after" in ready
+    assert progress[-1] in deployed.first.output  # what `up` printed
+    ready = deployed.first.logged("vllm-replicas-ready")
+    assert any("[ready] waiting for 2 replica(s): loading:" in line for line in ready), ready
+    # And kept in the state, secret (the step's environment holds the token).
+    resources = deployed.stack.resources()
+    stdout = resources["vllm-download"]["outputs"]["stdout"]
+    assert is_secret(stdout)
+    assert [line for line in reveal(stdout).splitlines() if "progress:" in line]
+    assert f"{PREFIX}1 ready after" in resources["vllm-replicas-ready"]["outputs"]["stdout"]
 
 
-def test_no_replica_gets_the_token(
-    client: docker.DockerClient, deployed: tuple[Applier, Applied, dict[str, str]]
-) -> None:
-    _, applied, _ = deployed
+def test_token_only_in_the_download_step_and_only_as_a_secret(deployed: Deployed) -> None:
+    client = deployed.client
     for i in range(2):
         env = client.containers.get(f"{PREFIX}{i}").attrs["Config"]["Env"]
         assert "HF_HUB_OFFLINE=1" in env
         assert not [e for e in env if e.startswith("HF_TOKEN")]
-        assert TOKEN not in json.dumps(env)
-    for outputs in applied.outputs.values():
-        assert TOKEN not in json.dumps(outputs)
+    holders = []
+    for name, resource in deployed.stack.resources().items():
+        for part in ("inputs", "outputs"):
+            for key, value in (resource.get(part) or {}).items():
+                if TOKEN in json.dumps(reveal(value)):
+                    assert TOKEN not in json.dumps(_outside_secrets(value)), (name, part, key)
+                    holders.append((name, part, key))
+    # The download step uses it; the readiness check gets it only to redact it
+    # from the replicas' log tails (components.steps.readiness.redact).
+    expected = {("vllm-download", "environment"), ("vllm-replicas-ready", "environment")}
+    assert {(n, k) for n, _, k in holders} == expected, holders
+    assert_token_hidden(client, deployed.stack, TOKEN, deployed.job)
 
 
-def test_warm_cache_does_not_download(
-    client: docker.DockerClient, deployed: tuple[Applier, Applied, dict[str, str]]
-) -> None:
-    _, _, config = deployed
-    again = Applier(client, run_program(config, SECRETS).declared)
-    applied = again.apply()
-    out = applied.outputs["vllm-download"]["stdout"]
-    assert "already in the cache" in out
-    took = applied.timings["vllm-download"]
-    assert took.finished - took.started < 4.0
+def _outside_secrets(value: Any) -> Any:
+    """An exported value with every secret (wherever it is nested) left out."""
+    if is_secret(value):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {k: _outside_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_outside_secrets(v) for v in value]
+    return value
+
+
+def test_warm_cache_does_not_download(deployed: Deployed) -> None:
+    """The step run again (`up --replace`, as after a changed step command) finds
+    the cache full: it fetches nothing, takes far less than a download, and the
+    engine touches nothing else."""
+    client, deployment = deployed.client, deployed.stack
+    urn = deployment.resources()["vllm-download"]["urn"]
+    again = deployment.up("--replace", urn)
+    assert set(again.changed()) == {"vllm-download"}, again.changed()
+    said = "\n".join(again.logged("vllm-download"))
+    assert "already in the cache" in said
+    took = re.search(r"download step for \S+ done in ([\d.]+) s", said)
+    assert took is not None, said
+    assert float(took.group(1)) < 4.0  # STANDIN_DOWNLOAD_SECONDS
     assert len(_downloads(client, f"{PREFIX}0")) == 1
 
 
-def _fails(client: docker.DockerClient, prefix: str, port: int, **overrides: Any) -> str:
+def _fails(
+    client: docker.DockerClient, directory: Path, prefix: str, port: int, **overrides: Any
+) -> PulumiFailed:
+    """`up` of a stack whose download fails: stopped before any replica step.
+
+    Leftovers of an earlier run are removed first, except with `prepared=True`
+    (the test made something the stack is to find)."""
     token = overrides.pop("token", None)
-    config = stack(prefix, port, **overrides)
-    if token:
-        config["vllm-nginx:hfToken"] = token
-    run = run_program(config, SECRETS if token else SECRETS[:1])
-    applier = Applier(client, run.declared)
-    try:
-        with pytest.raises(ApplyError) as caught:
-            applier.apply()
-        names = {c.name for c in client.containers.list(all=True)}
-        assert not names & {f"{prefix}0", f"{prefix}1", f"{prefix}-lb", f"{prefix}-download"}
-        message = str(caught.value)
-        assert "vllm-download" in message
-        return message
-    finally:
-        applier.destroy()
+    if not overrides.pop("prepared", False):
         clean(client, prefix)
+    failing = Stack(
+        directory,
+        "fail",
+        stack(prefix, port, **overrides),
+        secrets={"hfToken": token} if token else None,
+    )
+    try:
+        with JobWatcher(client, f"{prefix}-download") as job:
+            failed = failing.up_failing()
+        steps = failed.result.steps
+        assert failed.result.index("vllm-download", "failed") >= 0
+        assert not set(names(steps)) & {*replica_resources(prefix), "vllm-lb"}, names(steps)
+        existing = {c.name for c in client.containers.list(all=True)}
+        assert not existing & set(containers_of(prefix)), existing
+        assert "command:local:Command (vllm-download):" in failed.output
+        assert "Traceback" not in failed.output
+        if token:
+            assert_token_hidden(client, failing, token, job)
+        return failed
+    finally:
+        try:
+            failing.destroy()
+        finally:
+            clean(client, prefix)
 
 
-def test_gated_model_without_token_stops_before_any_replica(client: docker.DockerClient) -> None:
-    message = _fails(client, "e2e-dl-gated", 18710, model=GATED)
-    assert f"download of {GATED} failed (access refused): 401: {GATED} is gated" in message
+def test_gated_model_without_token_stops_before_any_replica(
+    client: docker.DockerClient, tmp_path: Path
+) -> None:
+    failed = _fails(client, tmp_path, "e2e-dl-gated", 18710, model=GATED)
+    assert f"download of {GATED} failed (access refused): 401: {GATED} is gated" in failed.output
 
 
-def test_unknown_model_stops_before_any_replica(client: docker.DockerClient) -> None:
-    message = _fails(client, "e2e-dl-unknown", 18720, model="standin-org/no-such-model")
+def test_unknown_model_stops_before_any_replica(
+    client: docker.DockerClient, tmp_path: Path
+) -> None:
+    failed = _fails(client, tmp_path, "e2e-dl-unknown", 18720, model="standin-org/no-such-model")
     expected = "download of standin-org/no-such-model failed (model not found): 401: no model"
-    assert expected in message
+    assert expected in failed.output
 
 
-def test_no_network_stops_before_any_replica(client: docker.DockerClient) -> None:
+def test_no_network_stops_before_any_replica(client: docker.DockerClient, tmp_path: Path) -> None:
     extra = {"HF_ENDPOINT": "http://hub.e2e-dl.invalid", "STANDIN_DOWNLOAD_SECONDS": "1"}
-    message = _fails(client, "e2e-dl-nonet", 18730, extraEnv=extra)
-    assert "failed (no network): cannot reach the hub at http://hub.e2e-dl.invalid" in message
+    failed = _fails(client, tmp_path, "e2e-dl-nonet", 18730, extraEnv=extra)
+    assert "failed (no network): cannot reach the hub at http://hub.e2e-dl.invalid" in failed.output
 
 
-def test_disk_full_stops_before_any_replica(client: docker.DockerClient) -> None:
+def test_disk_full_stops_before_any_replica(client: docker.DockerClient, tmp_path: Path) -> None:
     prefix = "e2e-dl-full"
     clean(client, prefix)
     # A 1 MiB tmpfs volume for a model of 2 MiB: the cache fills up for real.
+    # The program's docker.Volume of that name takes it over (Docker's create
+    # of an existing local volume returns it).
     client.volumes.create(
         f"{prefix}-cache",
         driver="local",
         driver_opts={"type": "tmpfs", "device": "tmpfs", "o": "size=1m"},
     )
     extra = {"STANDIN_HUB_WEIGHT_BYTES": "1048576", "STANDIN_DOWNLOAD_SECONDS": "0"}
-    message = _fails(client, prefix, 18740, extraEnv=extra)
-    assert "download of standin-org/tiny-chat failed (disk full)" in message
+    failed = _fails(client, tmp_path, prefix, 18740, extraEnv=extra, prepared=True)
+    assert "download of standin-org/tiny-chat failed (disk full)" in failed.output
 
 
-def test_wrong_token_is_never_printed(client: docker.DockerClient) -> None:
-    message = _fails(client, "e2e-dl-badtok", 18750, model=GATED, token="hf_wrong_secret_1")
-    assert "refused the token" in message
-    assert "hf_wrong_secret_1" not in message
+def test_wrong_token_is_never_printed(client: docker.DockerClient, tmp_path: Path) -> None:
+    failed = _fails(
+        client, tmp_path, "e2e-dl-badtok", 18750, model=GATED, token="hf_wrong_secret_1"
+    )
+    assert "refused the token" in failed.output
+    assert "hf_wrong_secret_1" not in failed.output

@@ -1,30 +1,42 @@
-"""What the real provider would read back, and what a change does, on the real engine.
+"""What the program declares, as the real engine and the provider read it back and change it.
 
-pulumi-docker reads a container back from `docker inspect` after every `up`
-(the provider's Read) and diffs it against the declared inputs: anything that
-reads back differently shows as a change on every later `up`. The applier's
-`read_back` follows the provider's Read for the inputs we declare (health
-check durations as Go's `Duration.String()`, command, entry point, CPU set,
-security options, stop signal), and its update follows the provider's
-force-new rules (`IN_PLACE`), so these tests show, on a real engine, that a
-second `up` is a no-op and that a changed health check takes effect.
-Facts and sources: docs/provider-inputs.md.
+`pulumi up` runs this project (tests/support/pulumi_engine.py: the real engine
+and CLI; pulumi-docker's and pulumi-command's plugins and the Python language
+host are our stand-ins that follow their source) on the real Docker engine, a
+stack with CPU pinning (one core per replica), so every input the CPU
+replicas declare is in play. pulumi-docker reads a container back from
+`docker inspect` (its Read) and the engine diffs what it read against what the
+program declares: anything the daemon reports otherwise than we declare it (a
+health-check duration not in Go's canonical form, a security option the
+daemon adds, a capability not in the client's normal form) would show as a
+change on every later `up`. So these tests show, through the engine:
+
+- the containers run what was declared (`docker inspect`);
+- after `up`, a preview and a refresh find nothing to change, and after the
+  refresh (the state now holds what the provider read) a preview still finds
+  nothing: what we declare is what the provider reads back;
+- a changed health check replaces the replicas (`replace_on_changes`, deleting
+  first) and the engine then runs the new values; nginx is not replaced;
+- nginx stops cleanly on its declared signal.
+
+The provider's own rules behind this (a health check is neither force-new nor
+updated by the provider, a non-canonical duration reads back as a change) are
+tested on a small program in tests/test_docker_provider.py. Facts and sources:
+docs/provider-inputs.md.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any
 
 import docker
 import pytest
 
-from tests.support.docker_apply import Applier
 from tests.support.docker_engine import remove_named
-from tests.support.pulumi_capture import Run, run_program
-from tests.test_e2e import SECRET_KEYS, ci_config
+from tests.support.pulumi_engine import Result, Stack
+from tests.test_e2e import ci_config
 
 pytestmark = pytest.mark.docker
 
@@ -32,9 +44,11 @@ PREFIX = "e2e-fid"
 REPLICAS = (f"{PREFIX}0", f"{PREFIX}1")
 LB_NAME = f"{PREFIX}-lb"
 MODEL = "standin-org/tiny-chat"
+HEALTH = {"intervalSeconds": 1, "timeoutSeconds": 2, "retries": 3}
+SECOND = 1_000_000_000
 
 
-def stack(**overrides: Any) -> dict[str, str]:
+def stack_config(**overrides: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
         "namePrefix": PREFIX,
         "networkName": f"{PREFIX}-net",
@@ -44,6 +58,7 @@ def stack(**overrides: Any) -> dict[str, str]:
         # One core each: this machine has two.
         "cpu": {"cpuSets": ["0", "1"]},
         "stopGraceSeconds": 5,
+        "healthCheck": HEALTH,
         "extraEnv": {"STANDIN_DOWNLOAD_SECONDS": "1", "STANDIN_LOAD_SECONDS": "1"},
         "loadBalancer": {
             "name": LB_NAME,
@@ -60,37 +75,40 @@ def stack(**overrides: Any) -> dict[str, str]:
 def _clean(client: docker.DockerClient) -> None:
     remove_named(
         client,
-        containers=(LB_NAME, *REPLICAS),
+        containers=(LB_NAME, *REPLICAS, f"{PREFIX}-download"),
         networks=[f"{PREFIX}-net"],
         volumes=[f"{PREFIX}-cache"],
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_leftovers(client: docker.DockerClient) -> Iterator[None]:
-    _clean(client)
-    yield
-    _clean(client)
+@dataclass
+class Deployed:
+    client: docker.DockerClient
+    stack: Stack
+    first: Result
 
 
 @pytest.fixture(scope="module")
-def deployed(client: docker.DockerClient) -> Iterator[tuple[Run, Applier]]:
-    run = run_program(stack(), SECRET_KEYS)
-    applier = Applier(client, run.declared)
+def deployed(
+    client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployed]:
+    _clean(client)
+    stack = Stack(tmp_path_factory.mktemp("fid"), "fid", stack_config())
     try:
-        applier.apply()
-        yield run, applier
+        yield Deployed(client, stack, stack.up())
     finally:
-        applier.destroy()
+        try:
+            stack.destroy()
+        finally:
+            _clean(client)
 
 
 def _ids(client: docker.DockerClient) -> dict[str, str]:
-    return {name: client.containers.get(name).id or "" for name in REPLICAS}
+    return {name: client.containers.get(name).id or "" for name in (*REPLICAS, LB_NAME)}
 
 
-def test_engine_runs_what_was_declared(
-    client: docker.DockerClient, deployed: tuple[Run, Applier]
-) -> None:
+def test_engine_runs_what_was_declared(deployed: Deployed) -> None:
+    client = deployed.client
     for index, name in enumerate(REPLICAS):
         attrs = client.containers.get(name).attrs
         config, host = attrs["Config"], attrs["HostConfig"]
@@ -102,91 +120,66 @@ def test_engine_runs_what_was_declared(
         assert any("SYS_NICE" in cap for cap in host["CapAdd"])
         assert host["IpcMode"] == "host"
         health = config["Healthcheck"]
-        assert health["Interval"] == 1_000_000_000
-        assert health["StartPeriod"] == 120 * 1_000_000_000
+        assert health["Interval"] == 1 * SECOND
+        assert health["StartPeriod"] == 120 * SECOND
     lb = client.containers.get(LB_NAME).attrs
     assert lb["Config"]["Cmd"] == ["nginx", "-g", "daemon off;"]
     assert lb["Config"]["StopSignal"] == "SIGQUIT"
 
 
-def test_second_up_reads_back_no_change(deployed: tuple[Run, Applier]) -> None:
-    _run, applier = deployed
-    assert applier.drift() == {}
-    again = applier.apply()
-    assert again.created == []
-
-
-def test_a_non_canonical_duration_would_show_on_every_up(deployed: tuple[Run, Applier]) -> None:
-    """What the program declared before: `120s` reads back as `2m0s`."""
-    _run, applier = deployed
-    state = applier.container_state[f"vllm-{REPLICAS[0]}"]
-    saved = copy.deepcopy(state)
-    try:
-        state["healthcheck"]["startPeriod"] = "120s"
-        drift = applier.drift()
-        assert drift[f"vllm-{REPLICAS[0]}"]["healthcheck"][1]["startPeriod"] == "2m0s"
-    finally:
-        applier.container_state[f"vllm-{REPLICAS[0]}"] = saved
-
-
-def test_health_check_change_takes_effect_only_by_replacement(
-    client: docker.DockerClient, deployed: tuple[Run, Applier]
-) -> None:
-    _run, applier = deployed
+def test_what_is_declared_is_what_the_provider_reads_back(deployed: Deployed) -> None:
+    """No change before a refresh, none found by it, none after it: every input
+    of the replicas and nginx reads back as declared (durations in Go's form,
+    the daemon's `label=disable` with `--ipc host`, `CAP_SYS_NICE`)."""
+    client, stack = deployed.client, deployed.stack
     before = _ids(client)
-    changed = run_program(stack(healthCheck={"intervalSeconds": 2}), SECRET_KEYS)
-
-    # Without replace_on_changes the provider updates in place and its Update
-    # ignores the health check: the state says 2 s, the engine keeps 1 s.
-    unreplaced = [
-        replace(d, replace_on_changes=[]) if d.type.endswith("container:Container") else d
-        for d in changed.declared
-    ]
-    plain = Applier(client, unreplaced)
-    plain.carry_state_from(applier)
-    plain.apply()
+    stack.preview(expect_no_changes=True)
+    stack.refresh(expect_no_changes=True)
+    stack.preview(expect_no_changes=True)
     assert _ids(client) == before
-    assert set(plain.updated_in_place) >= {f"vllm-{n}" for n in REPLICAS}
-    interval = client.containers.get(REPLICAS[0]).attrs["Config"]["Healthcheck"]["Interval"]
-    assert interval == 1_000_000_000
-    assert plain.drift(), "the next refresh would show the engine's old health check"
-
-    # As declared (replace_on_changes=["healthcheck"]): replaced, and in effect.
-    declared = Applier(client, changed.declared)
-    declared.carry_state_from(applier)
-    declared.apply()
-    after = _ids(client)
-    assert all(after[n] != before[n] for n in REPLICAS)
-    interval = client.containers.get(REPLICAS[0]).attrs["Config"]["Healthcheck"]["Interval"]
-    assert interval == 2_000_000_000
-    assert declared.drift() == {}
-    applier.carry_state_from(declared)
+    resources = stack.resources()
+    for name in REPLICAS:
+        declared = resources[f"vllm-{name}"]["inputs"]
+        read = resources[f"vllm-{name}"]["outputs"]
+        assert read["healthcheck"] == declared["healthcheck"]
+        assert read["healthcheck"]["startPeriod"] == "2m0s"
+        assert sorted(read["securityOpts"]) == sorted(declared["securityOpts"])
+        assert "label=disable" in read["securityOpts"]
+        assert read["capabilities"]["adds"] == declared["capabilities"]["adds"] == ["CAP_SYS_NICE"]
+        for key in ("entrypoints", "command", "cpuSet", "ipcMode", "restart"):
+            assert read[key] == declared[key], key
+    lb = resources["vllm-lb"]["outputs"]
+    assert lb["stopSignal"] == "SIGQUIT"
 
 
-def test_lb_stops_cleanly_on_its_declared_signal(
-    client: docker.DockerClient, deployed: tuple[Run, Applier]
-) -> None:
+def test_lb_stops_cleanly_on_its_declared_signal(deployed: Deployed) -> None:
     """The provider stops with the declared signal (SIGQUIT: nginx finishes what is in flight)."""
-    lb = client.containers.get(LB_NAME)
+    lb = deployed.client.containers.get(LB_NAME)
     lb.stop(timeout=5)
     lb.reload()
     assert lb.attrs["State"]["ExitCode"] == 0
     lb.start()
 
 
-def test_daemon_additions_are_declared(deployed: tuple[Run, Applier]) -> None:
-    """With `--ipc host` the daemon adds `label=disable`; undeclared, every `up` would
-    replace the CPU replicas (security_opts is a force-new set)."""
-    _run, applier = deployed
-    name = f"vllm-{REPLICAS[0]}"
-    state = applier.container_state[name]
-    saved = copy.deepcopy(state)
-    try:
-        state["securityOpts"] = ["seccomp=unconfined"]
-        read = applier.drift()[name]["securityOpts"][1]
-        assert read == ["label=disable", "seccomp=unconfined"]
-        state["securityOpts"] = saved["securityOpts"]
-        state["capabilities"] = {"adds": ["SYS_NICE"]}
-        assert applier.drift()[name]["capabilities"][1] == {"adds": ["CAP_SYS_NICE"]}
-    finally:
-        applier.container_state[name] = saved
+def test_health_check_change_takes_effect_by_replacement(deployed: Deployed) -> None:
+    """pulumi-docker neither replaces nor updates a container whose health check
+    changed; `replace_on_changes=["healthcheck"]` makes the engine replace it,
+    deleting first, and the new container runs the new values."""
+    client, stack = deployed.client, deployed.stack
+    before = _ids(client)
+    stack.write_config({"healthCheck": {**HEALTH, "intervalSeconds": 2}})
+    preview = stack.preview()
+    for name in REPLICAS:
+        assert "replace" in preview.ops(f"vllm-{name}"), preview.changed()
+    up = stack.up()
+    for name in REPLICAS:
+        assert up.ops(f"vllm-{name}") == ["delete-replaced", "replace", "create-replacement"]
+    assert "vllm-lb" not in up.changed(), up.changed()
+    after = _ids(client)
+    assert all(after[n] != before[n] for n in REPLICAS)
+    assert after[LB_NAME] == before[LB_NAME]
+    for name in REPLICAS:
+        health = client.containers.get(name).attrs["Config"]["Healthcheck"]
+        assert health["Interval"] == 2 * SECOND
+        assert health["Timeout"] == 2 * SECOND and health["Retries"] == 3
+    stack.preview(expect_no_changes=True)

@@ -1,13 +1,19 @@
-"""Monitoring on a real Docker engine: the CI stack with `monitoring.enabled`.
+"""Monitoring on a real Docker engine: the CI stack with `monitoring.enabled`, by the real CLI.
 
-The program runs under Pulumi's mocks and the applier brings what it declared
-up on the engine (as in test_e2e.py), with offline images in place of the
-official ones: Debian's Prometheus 2.42 (`scripts/base-image.sh --monitoring`),
-the exporter on the base image's python3, and Grafana's stand-in (no Grafana
-can be had offline; it serves the uploaded files). Traffic goes through the
-load balancer on loopback; then every query of every dashboard panel runs
-against the running Prometheus and must return data, one series per replica
-where the panel groups by replica.
+`pulumi up` runs this project with `Pulumi.ci.yaml`, monitoring on, this
+file's names and ports, and the API key and Grafana password set as secrets
+(tests/support/pulumi_engine.py: the real Pulumi engine and CLI; the docker
+and command plugins and the Python language host are our stand-ins that
+follow their source). Offline images stand in for the official ones: Debian's
+Prometheus 2.42 (`scripts/base-image.sh --monitoring`), the exporter on the
+base image's python3, and Grafana's stand-in (no Grafana can be had offline;
+it serves the uploaded files). Traffic goes through the load balancer on
+loopback; then every query of every dashboard panel runs against the running
+Prometheus and must return data, one series per replica where the panel
+groups by replica. Adding a replica is a second `pulumi up`: the engine's
+event log says what it replaced (the exporter, never nginx), Docker's
+container ids confirm it. The Grafana password must never be readable in the
+stack file, the state, the CLI's output or the containers.
 
 Names and ports are this file's own (`e2e-mon-*`, 18780-18799), so it can run
 beside the other end-to-end tests.
@@ -33,13 +39,14 @@ import docker
 import httpx
 import openai
 import pytest
-import yaml
 from openai.types.chat import ChatCompletionMessageParam
 
-from components.config.problems import NAMESPACE
 from components.plan.monitoring import DASHBOARD_FILE, REPLICA_LABEL
-from tests.support.docker_apply import Applied, Applier
 from tests.support.docker_engine import (
+    BASE_IMAGE_TAG,
+    GRAFANA_STANDIN_TAG,
+    MONITORING_IMAGE_TAG,
+    STANDIN_TAG,
     base_image,
     docker_client,
     grafana_standin_image,
@@ -47,7 +54,7 @@ from tests.support.docker_engine import (
     remove_named,
     standin_image,
 )
-from tests.support.pulumi_capture import Run, run_program
+from tests.support.pulumi_engine import Result, Stack, is_secret, reveal, stack_config_of
 
 pytestmark = pytest.mark.docker
 
@@ -63,9 +70,11 @@ ADDED = "e2e-mon-vllm3"
 LB_NAME = "e2e-mon-lb"
 NETWORK = "e2e-mon-net"
 CACHE = "e2e-mon-hf-cache"
-MONITORING = ("e2e-mon-lb-exporter", "e2e-mon-prometheus", "e2e-mon-grafana")
+EXPORTER = "e2e-mon-lb-exporter"
+MONITORING = (EXPORTER, "e2e-mon-prometheus", "e2e-mon-grafana")
 DATA_VOLUMES = ("e2e-mon-prometheus-data", "e2e-mon-grafana-data")
-SECRET_KEYS = [f"{NAMESPACE}:apiKey", f"{NAMESPACE}:grafanaPassword"]
+REPLACED = ["delete-replaced", "replace", "create-replacement"]
+"""The engine's steps for a delete-before-replace, in the order it reports them."""
 RATE_INTERVAL = "20s"
 """What `$__rate_interval` stands for here: the test's traffic lies within it."""
 # A shared prompt prefix longer than a few 16-token blocks: later requests hit
@@ -73,30 +82,31 @@ RATE_INTERVAL = "20s"
 SYSTEM_PROMPT = " ".join(f"rule{i}" for i in range(64))
 
 
-def monitoring_config() -> dict[str, str]:
-    """Pulumi.ci.yaml with monitoring on and this file's own names and ports."""
-    document = yaml.safe_load((ROOT / "Pulumi.ci.yaml").read_text())
-    config: dict[str, Any] = dict(document["config"])
-
-    def key(name: str) -> str:
-        return f"{NAMESPACE}:{name}"
-
-    config[key("monitoring")] = {**config[key("monitoring")], "enabled": True}
-    config[key("namePrefix")] = "e2e-mon-vllm"
-    config[key("networkName")] = NETWORK
-    config[key("hfCache")] = {"volume": CACHE}
-    config[key("basePort")] = 18781
-    config[key("loadBalancer")] = {**config[key("loadBalancer")], "name": LB_NAME, "port": 18780}
-    config[key("apiKey")] = API_KEY
-    config[key("grafanaPassword")] = GRAFANA_PASSWORD
-    return {
-        k: json.dumps(v)
-        if isinstance(v, dict | list)
-        else str(v).lower()
-        if isinstance(v, bool)
-        else str(v)
-        for k, v in config.items()
-    }
+def monitoring_config(
+    base: str = BASE_IMAGE_TAG,
+    monitoring: tuple[str, str] = (MONITORING_IMAGE_TAG, GRAFANA_STANDIN_TAG),
+) -> dict[str, Any]:
+    """Pulumi.ci.yaml with monitoring on, this file's own names and ports, and the
+    images this session has (their tags can be overridden by the environment)."""
+    config = stack_config_of(ROOT / "Pulumi.ci.yaml")
+    prometheus, grafana = monitoring
+    section = config["monitoring"]
+    config.update(
+        monitoring={
+            **section,
+            "enabled": True,
+            "prometheus": {**section["prometheus"], "image": prometheus},
+            "grafana": {**section["grafana"], "image": grafana},
+            "lbExporter": {**section["lbExporter"], "image": base},
+        },
+        namePrefix="e2e-mon-vllm",
+        networkName=NETWORK,
+        hfCache={"volume": CACHE},
+        basePort=18781,
+        loadBalancer={**config["loadBalancer"], "name": LB_NAME, "port": 18780, "image": base},
+        image={"prebuilt": STANDIN_TAG},
+    )
+    return config
 
 
 def remove_deployment(client: docker.DockerClient) -> None:
@@ -111,28 +121,32 @@ def remove_deployment(client: docker.DockerClient) -> None:
 @dataclass
 class Deployment:
     client: docker.DockerClient
-    run: Run
-    applier: Applier
-    applied: Applied
+    stack: Stack
+    first: Result
+
+    def container_id(self, name: str) -> str:
+        return str(self.client.containers.get(name).id)
 
 
 @pytest.fixture(scope="module")
-def deployment() -> Iterator[Deployment]:
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     client = docker_client()
-    base_image(client)
+    base = base_image(client)
     standin_image(client)
-    monitoring_image(client)
-    grafana_standin_image(client)
+    monitoring = (monitoring_image(client), grafana_standin_image(client))
     remove_deployment(client)
-    run = run_program(monitoring_config(), SECRET_KEYS)
-    deployment = Deployment(client, run, Applier(client, run.declared), Applied())
+    stack = Stack(
+        tmp_path_factory.mktemp("e2e-mon"),
+        "ci",
+        monitoring_config(base, monitoring),
+        secrets={"apiKey": API_KEY, "grafanaPassword": GRAFANA_PASSWORD},
+    )
     try:
-        deployment.applied = deployment.applier.apply()
-        yield deployment
+        yield Deployment(client, stack, stack.up())
     finally:
         try:
-            # A test may have applied a later version: its state is the one to destroy.
-            deployment.applier.destroy()
+            # Whatever a test changed, the stack's state is what is destroyed.
+            stack.destroy()
         finally:
             remove_deployment(client)
 
@@ -203,9 +217,13 @@ def is_per_replica(expr: str) -> bool:
 
 
 def test_outputs_name_the_monitoring_urls(deployment: Deployment) -> None:
-    outputs = deployment.run.outputs
+    outputs = deployment.stack.outputs()
     assert outputs["prometheus_url"] == PROMETHEUS
     assert outputs["grafana_url"] == GRAFANA
+    # nginx resolves its syslog target (the exporter) when it loads its config:
+    # the engine created it only once the exporter was up.
+    first = deployment.first
+    assert first.index("vllm-lb") > first.index("vllm-monitoring-lb-exporter", "outputs")
 
 
 def test_prometheus_scrapes_every_replica_and_the_exporter(deployment: Deployment) -> None:
@@ -267,18 +285,40 @@ def test_grafana_gets_datasource_dashboard_and_password(deployment: Deployment) 
 
 
 def test_secrets_stay_secret(deployment: Deployment) -> None:
-    grafana = deployment.run.named("vllm-monitoring-grafana")
-    prometheus_ = deployment.run.named("vllm-monitoring-prometheus")
-    for declared in (grafana, prometheus_):
-        assert "uploads" in declared.secret_inputs
-        assert declared.additional_secret_outputs == ["uploads"]
-    config = next(u["content"] for u in prometheus_.inputs["uploads"] if u["file"].endswith(".yml"))
+    stack = deployment.stack
+    stack_file = stack.stack_file.read_text()
+    assert stack_file.count("secure:") == 2
+    events = "\n".join(p.read_text() for p in stack.logs.glob("*.events.jsonl"))
+    for secret in (GRAFANA_PASSWORD, API_KEY):
+        assert secret not in stack_file
+        assert secret not in stack.state()
+        # What the CLI printed and its event logs (which carry every step's inputs).
+        assert secret not in stack.logs_text()
+        assert secret not in events
+    # The uploads that carry them are secrets in the state, as declared and as
+    # the provider returned them (it keeps uploads as given).
+    state = json.loads(stack.state())
+    stored = {r["urn"].rsplit("::", 1)[-1]: r for r in state["checkpoint"]["latest"]["resources"]}
+    for name in ("vllm-monitoring-grafana", "vllm-monitoring-prometheus"):
+        assert is_secret(stored[name]["inputs"]["uploads"]), name
+        assert is_secret(stored[name]["outputs"]["uploads"]), name
+    shown = stack.resources()
+    uploads = reveal(shown["vllm-monitoring-prometheus"]["inputs"]["uploads"])
+    config = next(u["content"] for u in uploads if u["file"].endswith(".yml"))
     assert API_KEY not in config
+    grafana_files = reveal(shown["vllm-monitoring-grafana"]["inputs"]["uploads"])
+    assert any(GRAFANA_PASSWORD in u["content"] for u in grafana_files)
     for name in (*MONITORING, LB_NAME):
         container = deployment.client.containers.get(name)
         env = " ".join(container.attrs["Config"]["Env"] or [])
         assert GRAFANA_PASSWORD not in env and API_KEY not in env
         assert GRAFANA_PASSWORD not in container.logs().decode()
+
+
+def test_a_second_preview_changes_nothing(deployment: Deployment) -> None:
+    """What the provider read back of Prometheus, Grafana and the exporter (images,
+    uploads, volumes, ports) is what the program declares: no drift."""
+    deployment.stack.preview(expect_no_changes=True)
 
 
 def test_a_new_replica_reloads_nginx_and_the_new_exporter_labels_it(
@@ -289,32 +329,57 @@ def test_a_new_replica_reloads_nginx_and_the_new_exporter_labels_it(
     reloads it, which resolves the new exporter's address, and the lines for the
     new replica arrive there, labelled with its name."""
     client = deployment.client
-    lb_before = client.containers.get(LB_NAME).id
-    exporter_before = client.containers.get("e2e-mon-lb-exporter").id
-    config = monitoring_config()
-    config[f"{NAMESPACE}:replicas"] = "4"
-    more = Applier(client, run_program(config, SECRET_KEYS).declared)
-    more.carry_state_from(deployment.applier)
-    deployment.applier = more
-    more.apply()
-    assert client.containers.get(LB_NAME).id == lb_before
-    assert client.containers.get("e2e-mon-lb-exporter").id != exporter_before
+    kept = (LB_NAME, *REPLICAS, "e2e-mon-grafana")
+    before = {name: deployment.container_id(name) for name in (*kept, EXPORTER)}
+    deployment.stack.write_config({"replicas": 4})
+    result = deployment.stack.up()
+    containers = {
+        step.name: result.ops(step.name)
+        for step in result.steps
+        if step.type.endswith(":Container") and result.ops(step.name)
+    }
+    # The exporter (replicas in its command) and Prometheus (replicas in its
+    # scrape config) are replaced, the new replica created, nothing else.
+    assert containers == {
+        "vllm-monitoring-lb-exporter": REPLACED,
+        "vllm-monitoring-prometheus": REPLACED,
+        f"vllm-{ADDED}": ["create"],
+    }, result.changed()
+    # nginx's config step runs again (a new exporter among its triggers) after the
+    # new exporter and the new replica are up: it writes the config and reloads.
+    assert "create-replacement" in result.ops("vllm-lb-config"), result.changed()
+    reload = result.index("vllm-lb-config", "pre", "create-replacement")
+    assert reload > result.index("vllm-monitoring-lb-exporter", "outputs", "create-replacement")
+    assert reload > result.index(f"vllm-{ADDED}", "outputs", "create")
+    assert f"{LB_NAME}: reloaded with 1 changed file(s): /etc/nginx/nginx.conf" in result.output
+    after = {name: deployment.container_id(name) for name in (*kept, EXPORTER)}
+    assert {n: after[n] for n in kept} == {n: before[n] for n in kept}
+    assert after[EXPORTER] != before[EXPORTER]
+    config = client.containers.get(LB_NAME).exec_run(["cat", "/etc/nginx/nginx.conf"]).output
+    assert isinstance(config, bytes) and f"server {ADDED}:8000" in config.decode()
     openai_client = openai.OpenAI(base_url=f"{LB}/v1", api_key=API_KEY, max_retries=0)
     for turn in range(16):
         openai_client.completions.create(model="tiny-chat", prompt=f"p{turn}", max_tokens=2)
     query = f'sum by (replica) (vllm_lb_upstream_attempts_total{{replica="{ADDED}"}})'
     deadline = time.monotonic() + 20
-    while not prometheus("/api/v1/query", query=query)["result"]:
+    while True:
+        try:
+            # The replaced Prometheus may still be starting.
+            if prometheus("/api/v1/query", query=query)["result"]:
+                break
+        except httpx.HTTPError:
+            pass
         assert time.monotonic() < deadline, f"no attempt on {ADDED} reached Prometheus"
         time.sleep(0.5)
 
 
 def test_teardown_keeps_the_data_volumes(deployment: Deployment) -> None:
-    kept = deployment.applier.destroy()
-    assert sorted(kept) == sorted(
-        ["vllm-hf-cache", "vllm-monitoring-prometheus-data", "vllm-monitoring-grafana-data"]
-    )
-    names = {c.name for c in deployment.client.containers.list(all=True)}
+    deployment.stack.destroy()
+    assert deployment.stack.resources() == {}
+    client = deployment.client
+    names = {c.name for c in client.containers.list(all=True)}
     assert not names & {*MONITORING, LB_NAME, *REPLICAS, ADDED}
-    for volume in DATA_VOLUMES:
-        assert deployment.client.volumes.get(volume).name == volume
+    assert not client.networks.list(names=[NETWORK])
+    # retainOnDelete: out of the state, still on the engine.
+    for volume in (CACHE, *DATA_VOLUMES):
+        assert client.volumes.get(volume).name == volume

@@ -1,15 +1,28 @@
-"""Two Docker engines, one load balancer: a two-host stack applied to real engines.
+"""Two Docker engines, one load balancer: a two-host stack, by the real Pulumi CLI.
 
 Each test host is a network namespace with its own `dockerd`
-(`tests.support.netns_hosts`), at 198.18.i.2. The program runs under Pulumi's
-mocks with a two-host stack (the load balancer and two replicas on host one,
-two replicas on host two); the applier sends every resource to its
-provider's engine. Then, with the `openai` client through the load
-balancer: requests spread over the replicas of both hosts; host two's engine
-is stopped under load (as a machine going down) and no request fails that had
-not reached it; started again, its containers come back by their restart
-policy and serve again within the failure window; teardown leaves only the
-caches on either engine. The figures are printed (run with `-s`).
+(`tests.support.netns_hosts`), at 198.18.i.2. `pulumi up` runs this project
+with a two-host stack (the load balancer, monitoring and two replicas on host
+one, two replicas on host two): the real Pulumi engine and CLI, our stand-ins
+for the docker and command plugins and the Python language host
+(tests/support/pulumi_engine.py). The program declares one `docker.Provider`
+per host; each resource lands on its provider's engine, and the steps
+(`command.local.Command`) reach the engines through the `DOCKER_HOST` the
+program gives them: the CLI runs with a `DOCKER_HOST` that reaches no engine
+(as on a machine that deploys to others and runs none), so a step that did
+not get its host's would fail instead of landing on this machine's engine.
+
+Then, with the `openai` client through the load balancer: requests spread
+over the replicas of both hosts; monitoring on host one labels host two's
+replicas by name; host two's engine is stopped under load (as a machine going
+down) and no request fails that had not reached it; started again, its
+containers come back by their restart policy and serve again within the
+failure window. A second `pulumi up` updates every replica on both engines
+under streaming load (waves, drained at nginx) with no failed or cut stream;
+a third removes a replica of host two, on host two's engine, replacing
+neither nginx nor any replica; destroy leaves only the caches on either
+engine. The event log says what the engine did, each engine's Docker confirms
+it. The figures are printed (run with `-s`).
 
 Traffic goes only to 198.18.1.2 (the load balancer) and the engines' sockets.
 """
@@ -21,8 +34,8 @@ import re
 import threading
 import time
 from collections import Counter
-from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -30,8 +43,6 @@ import httpx
 import openai
 import pytest
 
-from components.config.problems import NAMESPACE
-from tests.support.docker_apply import Applier
 from tests.support.docker_engine import (
     base_image,
     docker_client,
@@ -41,7 +52,7 @@ from tests.support.docker_engine import (
     standin_image,
 )
 from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
-from tests.support.pulumi_capture import run_program
+from tests.support.pulumi_engine import Result, Stack
 from tests.support.streaming_load import streaming_load
 
 pytestmark = pytest.mark.docker
@@ -50,19 +61,25 @@ API_KEY = "e2e-mh-key-123"
 LB_PORT = 18800
 BASE_PORT = 18811
 PROMETHEUS_PORT = 18840
-SECRET_KEYS = [f"{NAMESPACE}:apiKey", f"{NAMESPACE}:grafanaPassword"]
+SECRETS = {"apiKey": API_KEY, "grafanaPassword": "e2e-mh-grafana-pw"}
+NO_ENGINE = "unix:///nonexistent/vllm-nginx-e2e-mh/docker.sock"
+"""The CLI's own `DOCKER_HOST`: no engine answers there."""
+REPLACED = ["delete-replaced", "replace", "create-replacement"]
+"""The engine's steps for a delete-before-replace, in the order it reports them."""
 FAIL_WINDOW = 5
 CACHE = "e2e-mh-hf-cache"
 NETWORK = "e2e-mh-net"
 LB_NAME = "e2e-mh-lb"
+EXPORTER = "e2e-mh-lb-exporter"
+PROMETHEUS = "e2e-mh-prometheus"
 REPLICAS_PER_HOST = 2
 
 
 def two_host_config(
     one: NetnsHost, two: NetnsHost, base: str, standin: str, monitoring: tuple[str, str]
-) -> dict[str, str]:
-    """A two-host stack as the CLI hands it over (strings; objects as JSON), with
-    monitoring (offline Prometheus and Grafana images) beside nginx on host one."""
+) -> dict[str, Any]:
+    """A two-host stack's config (its secrets aside), with monitoring (offline
+    Prometheus and Grafana images) beside nginx on host one."""
     prometheus, grafana = monitoring
     config: dict[str, Any] = {
         "backend": "cpu",
@@ -105,8 +122,6 @@ def two_host_config(
             # must be allowed more tries than one host has replicas.
             "nextUpstreamTries": REPLICAS_PER_HOST + 1,
         },
-        "apiKey": API_KEY,
-        "grafanaPassword": "e2e-mh-grafana-pw",
         "monitoring": {
             "enabled": True,
             "bindAddress": one.address,
@@ -114,7 +129,7 @@ def two_host_config(
             "prometheus": {
                 "image": prometheus,
                 "port": PROMETHEUS_PORT,
-                "name": "e2e-mh-prometheus",
+                "name": PROMETHEUS,
                 "volume": "e2e-mh-prometheus-data",
                 "scrapeIntervalSeconds": 1,
             },
@@ -124,13 +139,10 @@ def two_host_config(
                 "name": "e2e-mh-grafana",
                 "volume": "e2e-mh-grafana-data",
             },
-            "lbExporter": {"image": base, "name": "e2e-mh-lb-exporter"},
+            "lbExporter": {"image": base, "name": EXPORTER},
         },
     }
-    return {
-        f"{NAMESPACE}:{key}": json.dumps(value) if isinstance(value, dict | list) else str(value)
-        for key, value in config.items()
-    }
+    return config
 
 
 @dataclass
@@ -191,6 +203,30 @@ def _wait_healthy(client: docker.DockerClient, names: list[str], timeout: float)
         time.sleep(0.2)
 
 
+def _containers_changed(result: Result) -> dict[str, list[str]]:
+    """Every container resource the engine did anything to, with its operations."""
+    return {
+        step.name: result.ops(step.name)
+        for step in result.steps
+        if step.type.endswith(":Container") and result.ops(step.name)
+    }
+
+
+def _ids(host: NetnsHost) -> dict[str, str]:
+    return {str(c.name): str(c.id) for c in host.client().containers.list(all=True)}
+
+
+def _downloads_log(host: NetnsHost, replica: str) -> list[str]:
+    """The stand-in's record of downloads in that host's cache volume."""
+    found = (
+        host.client()
+        .containers.get(replica)
+        .exec_run(["cat", "/root/.cache/huggingface/standin-downloads.log"])
+    )
+    assert found.exit_code == 0 and isinstance(found.output, bytes), found.output
+    return [line for line in found.output.decode().splitlines() if line.strip()]
+
+
 _LOG_LINE = re.compile(
     r'"[A-Z]+ (?P<path>\S+) [^"]*" (?P<status>\d{3}) .*upstream=(?P<up>.*?) upstream_status='
 )
@@ -206,7 +242,7 @@ def _lb_errors(lb: Any) -> list[tuple[int, str]]:
     return found
 
 
-def test_two_hosts_behind_one_load_balancer() -> None:
+def test_two_hosts_behind_one_load_balancer(tmp_path: Path) -> None:
     machine = docker_client()
     base = base_image(machine)
     standin = standin_image(machine)
@@ -216,33 +252,65 @@ def test_two_hosts_behind_one_load_balancer() -> None:
         load_images(one, standin, base, *monitoring)
         load_images(two, standin, base)
         loaded = time.monotonic() - began
-        run = run_program(two_host_config(one, two, base, standin, monitoring), SECRET_KEYS)
-        providers = {d.name: d.inputs["host"] for d in run.of_type("pulumi:providers:docker")}
-        assert providers == {
-            "vllm-vnh1-docker": one.docker_host,
-            "vllm-vnh2-docker": two.docker_host,
-        }
-        # The machine's own engine is only the default; nothing may land on it.
-        applier = Applier(machine, run.declared)
-        destroyed = False
+        stack = Stack(
+            tmp_path,
+            "twohost",
+            two_host_config(one, two, base, standin, monitoring),
+            secrets=SECRETS,
+            env={"DOCKER_HOST": NO_ENGINE},
+        )
         try:
             began = time.monotonic()
-            applied = applier.apply()
+            initial = stack.up()
             up_seconds = time.monotonic() - began
+            exported = stack.export()["deployment"]["resources"]
+            providers = {
+                r["urn"].rsplit("::", 1)[-1]: r["inputs"].get("host")
+                for r in exported
+                if r["type"] == "pulumi:providers:docker"
+            }
+            # One provider per host and no default one: nothing used this machine's engine.
+            assert providers == {
+                "vllm-vnh1-docker": one.docker_host,
+                "vllm-vnh2-docker": two.docker_host,
+            }
+            # Read back through both providers, the stack is as declared.
+            stack.preview(expect_no_changes=True)
+            resources = stack.resources()
             lb_url = f"http://{one.address}:{LB_PORT}"
-            assert json.loads(applied.outputs["vllm-verify"]["stdout"]) == {
+            assert json.loads(resources["vllm-verify"]["outputs"]["stdout"]) == {
                 "url": lb_url,
                 "models": ["tiny-chat"],
             }
-            # Each host downloaded for itself, the two downloads at the same time.
-            downloads = [applied.timings[f"vllm-{h.name}-download"] for h in (one, two)]
-            assert max(d.started for d in downloads) < min(d.finished for d in downloads)
+            # Each host's steps were handed its engine, the nginx steps host one's.
+            for host in (one, two):
+                for step in (f"vllm-{host.name}-download", f"vllm-{host.name}-replicas-ready"):
+                    environment = resources[step]["inputs"]["environment"]
+                    assert environment["DOCKER_HOST"] == host.docker_host, step
+            for name, resource in resources.items():
+                if name.endswith("-rotation") or name == "vllm-lb-config":
+                    assert resource["inputs"]["environment"]["DOCKER_HOST"] == one.docker_host
+            # Each host downloaded for itself (the job ran on its engine, into its
+            # cache), the two downloads at the same time: each started before the
+            # other was done.
+            for a, b in ((one, two), (two, one)):
+                assert initial.index(f"vllm-{a.name}-download") < initial.index(
+                    f"vllm-{b.name}-download", "outputs"
+                )
+            for host in (one, two):
+                ready = resources[f"vllm-{host.name}-replicas-ready"]["outputs"]["stdout"]
+                assert f"e2e-mh-{host.name}-0 ready after" in ready, ready
             assert not [
                 c.name for c in machine.containers.list(all=True) if "e2e-mh" in str(c.name)
             ]
+            assert not machine.networks.list(names=[NETWORK])
             lb = one.client().containers.get(LB_NAME)
             first, second = _hostnames(one), _hostnames(two)
             assert len(first) == len(second) == REPLICAS_PER_HOST
+            for host, replicas in ((one, first), (two, second)):
+                for replica in replicas.values():
+                    downloads = _downloads_log(host, replica)
+                    assert len(downloads) == 1 and downloads[0].startswith("download-job ")
             names = {**first, **second}
 
             # Spread: sequential requests reach every replica of both hosts.
@@ -317,7 +385,7 @@ def test_two_hosts_behind_one_load_balancer() -> None:
             per_replica = Counter(on(o) for o in outcomes if not o.error)
             figures = {
                 "images loaded into both engines (s)": round(loaded, 1),
-                "apply on two engines (s)": round(up_seconds, 1),
+                "first pulumi up on two engines (s)": round(up_seconds, 1),
                 "sequential requests per replica": dict(sorted(spread.items())),
                 "requests under load": len(outcomes),
                 "served per replica": dict(sorted(per_replica.items())),
@@ -355,27 +423,44 @@ def test_two_hosts_behind_one_load_balancer() -> None:
             # A rolling update of every replica on both engines under streaming
             # load: waves of half, each replica drained at nginx (its running
             # requests read through its own engine) before it stops.
-            updated = two_host_config(one, two, base, standin, monitoring)
-            env = json.loads(updated[f"{NAMESPACE}:extraEnv"])
-            updated[f"{NAMESPACE}:extraEnv"] = json.dumps({**env, "STANDIN_REVISION": "2"})
-            upgrade = Applier(machine, run_program(updated, SECRET_KEYS).declared)
-            upgrade.carry_state_from(applier)
+            config = two_host_config(one, two, base, standin, monitoring)
+            stack.write_config({"extraEnv": {**config["extraEnv"], "STANDIN_REVISION": "2"}})
             with streaming_load(lb_url, API_KEY, workers=4) as streams:
                 time.sleep(2)
                 began = time.monotonic()
-                applied_update = upgrade.apply()
+                update = stack.up()
                 update_seconds = time.monotonic() - began
                 time.sleep(2)
-            applier = upgrade
             broken = [s for s in streams if not s.whole]
             print(
                 f"rolling update on two engines: {update_seconds:.1f} s, {len(streams)} "
                 f"streams, {len(broken)} failed or cut"
             )
-            # Waves: host two's replicas were replaced only after host one's were back.
-            timings = applied_update.timings
-            first_back = max(timings[f"vllm-{n}-rotation"].finished for n in first.values())
-            assert all(timings[f"vllm-{n}"].started >= first_back for n in second.values())
+            everyone = [*first.values(), *second.values()]
+            # Every replica replaced (deleted first), no other container touched.
+            assert _containers_changed(update) == {f"vllm-{n}": REPLACED for n in everyone}, (
+                update.changed()
+            )
+            for name in everyone:
+                # Its rotation step found nginx through host one's engine and the
+                # replica through the replica's own (the CLI's DOCKER_HOST reaches
+                # neither): drained before the replica was deleted, and put back
+                # (resume) only once the new one was created and healthy.
+                assert f"{name}: out of rotation after" in update.output
+                assert f"{name}: healthy, back in rotation after" in update.output
+                rotation = f"vllm-{name}-rotation"
+                drained = update.index(rotation, "outputs", "delete-replaced")
+                assert drained < update.index(f"vllm-{name}", "pre", "delete-replaced")
+                assert update.index(rotation, "pre", "create-replacement") > update.index(
+                    f"vllm-{name}", "outputs", "create-replacement"
+                )
+            # Waves: host two's replicas were drained only once host one's were back.
+            first_back = max(
+                update.index(f"vllm-{n}-rotation", "outputs", "create-replacement")
+                for n in first.values()
+            )
+            for name in second.values():
+                assert update.index(f"vllm-{name}-rotation", "pre", "delete-replaced") > first_back
             assert len(streams) > 20 and not broken, broken[:5]
             for host in (one, two):
                 for container in host.client().containers.list():
@@ -384,42 +469,57 @@ def test_two_hosts_behind_one_load_balancer() -> None:
             assert one.client().containers.get(LB_NAME).id == lb.id, "nginx was replaced"
 
             # One replica fewer on host two: deleted on host two's engine (after
-            # leaving nginx), nothing else replaced, host one untouched.
-            smaller = updated.copy()
-            hosts = json.loads(smaller[f"{NAMESPACE}:hosts"])
-            hosts[1]["replicas"] = REPLICAS_PER_HOST - 1
-            smaller[f"{NAMESPACE}:hosts"] = json.dumps(hosts)
-            fewer = Applier(machine, run_program(smaller, SECRET_KEYS).declared)
-            fewer.carry_state_from(applier)
+            # leaving nginx), no replica nor nginx replaced, host one untouched.
             removed = f"e2e-mh-{two.name}-{REPLICAS_PER_HOST - 1}"
-            result = fewer.apply()
-            applier = fewer
-            assert result.deleted == [f"vllm-{removed}-rotation", f"vllm-{removed}"]
-            assert not [c for c in result.created if "e2e-mh-" in c], result.created
-            assert one.client().containers.get(LB_NAME).id == lb.id, "nginx was replaced"
-            assert removed not in {c.name for c in two.client().containers.list(all=True)}
+            before = {**_ids(one), **_ids(two)}
+            assert removed in _ids(two)
+            hosts = [dict(host) for host in config["hosts"]]
+            hosts[1]["replicas"] = REPLICAS_PER_HOST - 1
+            stack.write_config({"hosts": hosts})
+            fewer = stack.up()
+            assert fewer.ops(f"vllm-{removed}-rotation") == ["delete"]
+            assert fewer.ops(f"vllm-{removed}") == ["delete"]
+            # nginx reloaded without it first (its config step, a new exporter among
+            # its triggers); deletes come last in an update: the drain (found it
+            # on host two's engine), then the container.
+            reloaded = fewer.index("vllm-lb-config", "outputs", "create-replacement")
+            assert reloaded < fewer.index(f"vllm-{removed}-rotation", "pre", "delete")
+            assert fewer.index(f"vllm-{removed}-rotation", "outputs", "delete") < fewer.index(
+                f"vllm-{removed}", "pre", "delete"
+            )
+            assert f"{removed}: out of rotation after" in fewer.output
+            # The exporter and Prometheus have the replicas in their command and
+            # scrape config: they are replaced; no other container is.
+            assert _containers_changed(fewer) == {
+                f"vllm-{removed}": ["delete"],
+                "vllm-monitoring-lb-exporter": REPLACED,
+                "vllm-monitoring-prometheus": REPLACED,
+            }, fewer.changed()
+            after = {**_ids(one), **_ids(two)}
+            assert removed not in _ids(two)
+            renewed = {EXPORTER, PROMETHEUS}
+            assert {n: i for n, i in after.items() if n not in renewed} == {
+                n: i for n, i in before.items() if n not in renewed and n != removed
+            }
             assert sorted(_hostnames(two).values()) == sorted(
                 n for n in second.values() if n != removed
             )
             assert sorted(_hostnames(one).values()) == sorted(first.values())
             output = lb.exec_run(["cat", "/etc/nginx/nginx.conf"]).output
             assert isinstance(output, bytes)
-            config = output.decode()
-            assert f"{two.address}:{BASE_PORT}" in config
-            assert f"{two.address}:{BASE_PORT + REPLICAS_PER_HOST - 1}" not in config
+            nginx_config = output.decode()
+            assert f"{two.address}:{BASE_PORT}" in nginx_config
+            assert f"{two.address}:{BASE_PORT + REPLICAS_PER_HOST - 1}" not in nginx_config
 
-            # Teardown: only the caches stay, on each engine.
-            kept = applier.destroy()
-            destroyed = True
-            assert sorted(kept) == ["vllm-vnh1-hf-cache", "vllm-vnh2-hf-cache"]
+            # Teardown: only the caches stay (retainOnDelete), on each engine.
+            stack.destroy()
+            assert stack.resources() == {}
             for host in (one, two):
                 engine = host.client()
                 assert engine.containers.list(all=True) == []
                 assert {n.name for n in engine.networks.list()} == {"bridge", "host", "none"}
                 assert [v.name for v in engine.volumes.list()] == [CACHE]
         finally:
-            if not destroyed:
-                with suppress(Exception):
-                    applier.destroy()
-            # Whatever a broken provider mapping put on this machine's engine.
+            # The engines go with their namespaces (netns_hosts), the state with
+            # tmp_path; whatever a wrong provider put on this machine's engine:
             remove_named(machine, networks=[NETWORK], volumes=[CACHE])

@@ -14,6 +14,7 @@ so the end-to-end applier can substitute real values.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -167,6 +168,10 @@ class Run:
 def _mocked(
     config: Mapping[str, str], secret_keys: list[str], declared: list[Declared]
 ) -> Iterator[_RecordingMonitor]:
+    # Pulumi's mocks run on the thread's current event loop (`_sync_await` asks
+    # `asyncio.get_event_loop()`), and an `asyncio.run` earlier in the session
+    # (the stand-in plugins' tests, the Automation API) leaves none set.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     monitor = _RecordingMonitor(_Mocks(), declared)
     pulumi.runtime.set_mocks(
         _Mocks(), project="vllm-nginx", stack="test", preview=False, monitor=monitor
