@@ -135,6 +135,20 @@ class CpuSettings(ConfigModel):
     cpu_sets: tuple[CpuSet, ...] | None = None
 
 
+class FitCheckSettings(ConfigModel):
+    """Before the download and any replica: does the model fit each replica's GPUs?
+
+    The weights (split over the tensor-parallel ranks) plus the KV cache of one
+    sequence of the maximum length, against each GPU's memory times vLLM's
+    `--gpu-memory-utilization` (CPU: the host's memory and `cpu.kvcacheSpaceGb`);
+    see docs/fit-check.md.
+    """
+
+    enabled: bool = True
+    warn_above_percent: Annotated[Int, Field(ge=1, le=100)] = 90
+    """A need above this share of what vLLM may use warns (activations come on top)."""
+
+
 class ProxySettings(ConfigModel):
     http: SafeToken | None = None
     https: SafeToken | None = None

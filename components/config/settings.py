@@ -27,6 +27,7 @@ from components.config.sections import (
     CompileCacheSettings,
     ConfigModel,
     CpuSettings,
+    FitCheckSettings,
     HealthCheckSettings,
     HostSettings,
     ImageSettings,
@@ -188,6 +189,7 @@ class Settings(ConfigModel):
     )
     proxy: ProxySettings = ProxySettings()
     cpu: CpuSettings = CpuSettings()
+    fit_check: FitCheckSettings = FitCheckSettings()
     ready_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 1800
     progress_interval_seconds: Annotated[Int, Field(ge=1, le=30)] = 15
     compile_cache: CompileCacheSettings = CompileCacheSettings()

@@ -15,6 +15,7 @@ from components.config.settings import Placement, Settings
 from components.config.values import format_cpu_set
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
 from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
+from components.plan.fit_check import fit_plan
 from components.plan.model import (
     API_KEY_ENV,
     API_KEY_MAP_SECRET,
@@ -215,6 +216,11 @@ def _download(settings: Settings, python: str) -> DownloadPlan | None:
     )
 
 
+def _job_env(settings: Settings, download: DownloadPlan | None) -> dict[str, str]:
+    """What a job that asks the hub sees: the download's environment, or the proxies."""
+    return dict(download.env) if download is not None else _proxy_env(settings)
+
+
 def _ready_check(
     name: str, replicas: tuple[ReplicaPlan, ...], settings: Settings, python: str
 ) -> CheckPlan:
@@ -324,6 +330,7 @@ def _hosts(
                 download=download,
                 ready=_ready_check("replicas-ready", replicas, settings, python),
                 runs_load_balancer=True,
+                fit=fit_plan(settings, replicas, _job_env(settings, download), python),
             ),
         )
     plans = []
@@ -338,6 +345,7 @@ def _hosts(
                 download=download,
                 ready=_ready_check(f"{host.name}-replicas-ready", mine, settings, python),
                 runs_load_balancer=host is settings.load_balancer_host,
+                fit=fit_plan(settings, mine, _job_env(settings, download), python),
                 engine_env=env,
                 engine_secret_env=secret_env,
                 tls_cert_path=env.get("DOCKER_CERT_PATH"),

@@ -167,6 +167,65 @@ class DownloadPlan:
 
 
 @dataclass(frozen=True)
+class FitPlan:
+    """The fit check of one engine's replicas of one model (components.steps.fit).
+
+    Per (engine, model, tensor-parallel size, GPU groups, vLLM arguments), so
+    that any set of replicas sharing those gets one. Like the download, its
+    argv lacks the image, which only Pulumi knows; the token reaches it as a
+    secret environment variable of the local command.
+    """
+
+    name: str
+    model: str
+    backend: str
+    tensor_parallel_size: int
+    replicas: tuple[tuple[str, tuple[str, ...]], ...]
+    """Each replica's name and GPU ids (none on the CPU backend)."""
+    extra_args: tuple[str, ...]
+    env: Mapping[str, str]
+    warn_above_percent: int
+    cpu_kvcache_gb: int
+    secret_env: tuple[str, ...]
+    python: str
+    local_model: bool
+    """A path in the container: read through the model cache's mount, not the hub."""
+
+    def argv(self, image: str, volumes: tuple[str, ...]) -> tuple[str, ...]:
+        words = [
+            self.python,
+            "-m",
+            "components.steps.fit",
+            "--image",
+            image,
+            "--model",
+            self.model,
+            "--name",
+            self.name,
+            "--backend",
+            self.backend,
+            "--tensor-parallel-size",
+            str(self.tensor_parallel_size),
+            "--warn-above-percent",
+            str(self.warn_above_percent),
+            "--cpu-kvcache-gb",
+            str(self.cpu_kvcache_gb),
+        ]
+        for name, gpus in self.replicas:
+            words += ["--replica", f"{name}={','.join(gpus)}"]
+        for volume in volumes if self.local_model else ():
+            words += ["--volume", volume]
+        for key, value in self.env.items():
+            words += ["--env", f"{key}={value}"]
+        # `=`: a word that begins with `-` is the value, not an option of the step.
+        words += [f"--extra-arg={arg}" for arg in self.extra_args]
+        return tuple(words)
+
+    def command(self, image: str, volumes: tuple[str, ...]) -> str:
+        return shlex.join(self.argv(image, volumes))
+
+
+@dataclass(frozen=True)
 class HealthCheckPlan:
     test: tuple[str, ...]
     interval_seconds: int
@@ -276,6 +335,8 @@ class HostPlan:
     download: DownloadPlan | None
     ready: CheckPlan
     runs_load_balancer: bool
+    fit: FitPlan | None = None
+    """The fit check before the download and the replicas (None: `fitCheck.enabled` false)."""
     engine_env: Mapping[str, str] = field(default_factory=dict)
     """`DOCKER_HOST` and, for a certificate directory, Docker's TLS variables."""
     engine_secret_env: Mapping[str, str] = field(default_factory=dict)

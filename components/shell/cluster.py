@@ -33,6 +33,7 @@ from components.plan.model import (
     TLS_KEY_SECRET,
     CheckPlan,
     DownloadPlan,
+    FitPlan,
     HostPlan,
     ImagePlan,
     LoadBalancerPlan,
@@ -58,6 +59,7 @@ class HostResources:
     cache_volume: docker.Volume | None
     compile_volume: docker.Volume | None
     image: pulumi.Output[str]
+    fit: command.local.Command | None = None
     download: command.local.Command | None = None
     replicas: list[docker.Container] = field(default_factory=list)
     ready: command.local.Command | None = None
@@ -171,7 +173,7 @@ class VllmCluster(pulumi.ComponentResource):
                 if rollout.wave != wave:
                     continue
                 host = host_of[replica.name]
-                after = [host.download] if host.download is not None else []
+                after = [c for c in (host.fit, host.download) if c is not None]
                 waits = previous_wave if args.rolling else []
                 container = self._replica(name, replica, host, [*after, *waits])
                 host.replicas.append(container)
@@ -332,6 +334,8 @@ class VllmCluster(pulumi.ComponentResource):
         # One download, then every replica at once: each loads from the cache
         # offline, so none waits for another's load (docs/design.md, start-up order).
         # The replicas and the readiness check come after, in waves across hosts.
+        if host.fit is not None:
+            resources.fit = self._fit(prefix, host.fit, resources)
         if host.download is not None:
             resources.download = self._download(prefix, host.download, resources)
         return resources
@@ -501,6 +505,8 @@ class VllmCluster(pulumi.ComponentResource):
         after: list[pulumi.Resource] = []
         if host.cache_volume is not None:
             after.append(host.cache_volume)
+        if host.fit is not None:
+            after.append(host.fit)
         return command.local.Command(
             f"{prefix}download",
             create=create,
@@ -511,6 +517,32 @@ class VllmCluster(pulumi.ComponentResource):
                 depends_on=after,
                 # Redacted already; secret anyway, as pulumi-command keeps stdout
                 # plain even when the environment holds a secret.
+                additional_secret_outputs=["stdout", "stderr"],
+            ),
+        )
+
+    def _fit(self, prefix: str, fit: FitPlan, host: HostResources) -> command.local.Command:
+        """The fit check: once the image is on the engine, before the download and
+        every replica, so a model that cannot fit stops `pulumi up` before the wait."""
+        cache = self.plan.cache
+        volume_source: pulumi.Input[str] = (
+            host.cache_volume.name if host.cache_volume is not None else str(cache.host_path)
+        )
+        create = pulumi.Output.all(host.image, volume_source).apply(
+            lambda values: fit.command(str(values[0]), (f"{values[1]}:{cache.mount_path}",))
+        )
+        environment: dict[str, pulumi.Input[str]] = {
+            key: self._secrets[key] for key in fit.secret_env
+        }
+        environment.update(self._engine_environment(host.plan))
+        return command.local.Command(
+            f"{prefix}fit",
+            create=create,
+            dir=str(self._args.project_dir),
+            environment=environment,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[host.cache_volume] if host.cache_volume is not None else [],
                 additional_secret_outputs=["stdout", "stderr"],
             ),
         )

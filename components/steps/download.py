@@ -67,7 +67,7 @@ class DownloadFailed(RuntimeError):
     """The job did not fill the cache; the message is meant for the user."""
 
 
-def _job_archive(script: str, token: str) -> bytes:
+def job_archive(script: str, token: str) -> bytes:
     """The job script and the token, as the tar `put_archive` takes."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -99,7 +99,7 @@ def _lines(container: Container) -> Iterator[str]:
         yield pending
 
 
-def _exit_code(container: Container) -> int:
+def exit_code(container: Container) -> int:
     """Its exit code once its output has ended: read, or waited for if not yet exited."""
     container.reload()
     state = container.attrs.get("State", {})
@@ -108,7 +108,7 @@ def _exit_code(container: Container) -> int:
     return int(container.wait(timeout=60).get("StatusCode", 1))
 
 
-def _remove_leftover(client: docker.DockerClient, name: str) -> None:
+def remove_leftover(client: docker.DockerClient, name: str) -> None:
     """A job killed with `pulumi up` leaves its container; only ours is removed."""
     try:
         old = client.containers.get(name)
@@ -117,6 +117,51 @@ def _remove_leftover(client: docker.DockerClient, name: str) -> None:
     if old.labels.get(LABEL) != "job":
         raise DownloadFailed(f"a container named {name} exists and is not a download job")
     old.remove(force=True)
+
+
+def job_container(
+    client: docker.DockerClient,
+    *,
+    image: str,
+    name: str,
+    args: Sequence[str],
+    env: dict[str, str],
+    volumes: dict[str, dict[str, str]],
+    network: str | None,
+    token: str | None,
+) -> Container:
+    """The job script in a created container, ready to start: with a token, script
+    and token are files put in before it starts (the token never an environment
+    variable); without one, the script is simply the command. A leftover of an
+    earlier, killed run of the same name goes first. The fit check runs the same
+    script (`--facts`) this way."""
+    remove_leftover(client, name)
+    environment = dict(env)
+    if token:
+        environment["HF_TOKEN_PATH"] = f"{JOB_DIR}/{TOKEN_FILE}"
+    script = (CONTAINERS_DIR / "vllm" / "download_job.py").read_text()
+    # Without a token nothing needs to be put into the container before it
+    # starts, and an upload into a created container costs a filesystem mount.
+    entrypoint = ["python3", f"{JOB_DIR}/{JOB_SCRIPT}"] if token else ["python3", "-c", script]
+    container = client.containers.create(
+        image,
+        name=name,
+        entrypoint=entrypoint,
+        command=list(args),
+        environment=environment,
+        volumes=volumes,
+        network=network,
+        labels={LABEL: "job"},
+        detach=True,
+    )
+    if token:
+        try:
+            container.put_archive("/tmp", job_archive(script, token))
+        except BaseException:
+            with contextlib.suppress(NotFound, APIError):
+                container.remove(force=True)
+            raise
+    return container
 
 
 def run_job(
@@ -133,32 +178,21 @@ def run_job(
     interval: float,
 ) -> None:
     """Run the job to completion; raise `DownloadFailed` naming the model and cause."""
-    _remove_leftover(client, name)
-    environment = dict(env)
-    if token:
-        environment["HF_TOKEN_PATH"] = f"{JOB_DIR}/{TOKEN_FILE}"
-    script = (CONTAINERS_DIR / "vllm" / "download_job.py").read_text()
-    # Without a token nothing needs to be put into the container before it
-    # starts, and an upload into a created container costs a filesystem mount.
-    entrypoint = ["python3", f"{JOB_DIR}/{JOB_SCRIPT}"] if token else ["python3", "-c", script]
     try:
-        container = client.containers.create(
-            image,
+        container = job_container(
+            client,
+            image=image,
             name=name,
-            entrypoint=entrypoint,
-            command=["--model", model, "--progress-seconds", f"{interval:g}"],
-            environment=environment,
+            args=["--model", model, "--progress-seconds", f"{interval:g}"],
+            env=env,
             volumes=volumes,
             network=network,
-            labels={LABEL: "job"},
-            detach=True,
+            token=token,
         )
     except ImageNotFound:
         raise DownloadFailed(f"download of {model}: image {image} is not on the engine") from None
     seen: list[str] = []
     try:
-        if token:
-            container.put_archive("/tmp", _job_archive(script, token))
         container.start()
         lines: queue.Queue[str | None] = queue.Queue()
 
@@ -193,7 +227,7 @@ def run_job(
             if now - last >= interval:
                 _say(f"[download] {model}: job running for {now - started:.0f} s, no news")
                 last = now
-        code = _exit_code(container)
+        code = exit_code(container)
     finally:
         with contextlib.suppress(NotFound, APIError):
             container.remove(force=True)

@@ -64,6 +64,8 @@ EXIT_NOT_FOUND = 11
 EXIT_DISK_FULL = 12
 EXIT_NETWORK = 13
 ERROR_PREFIX = "vllm-nginx-download: error: "
+FACTS_PREFIX = "vllm-nginx-facts: "
+"""`--facts` prints one line with this prefix and the JSON the fit check reads."""
 
 WEIGHT_FORMATS = (".safetensors", ".bin", ".pt")
 """vLLM's `load_format=auto` order: the first extension the repository has wins."""
@@ -256,6 +258,59 @@ def download(model: str, interval: float) -> int:
     return EXIT_OK
 
 
+def facts(model: str) -> dict[str, Any]:
+    """What the fit check needs, without the weights: `config.json`, the tokenizer's
+    length limit and the bytes of the weight files this job would fetch.
+
+    A repository is asked for its listing with sizes and for its small JSON files
+    only; a local path (vLLM loads it from disk) is read where it is.
+    """
+    sizes: dict[str, int]
+    if model.startswith("/"):
+        root = Path(model)
+        if not root.is_dir():
+            raise LookupError(f"{model} is not a directory in the vLLM image")
+        sizes = {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+        def read(name: str) -> Any:
+            return json.loads((root / name).read_text())
+
+    else:
+        import huggingface_hub  # the image's own, as in download()
+
+        info = huggingface_hub.HfApi().model_info(model, files_metadata=True)
+        sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
+
+        def read(name: str) -> Any:
+            return json.loads(Path(huggingface_hub.hf_hub_download(model, name)).read_text())
+
+    weights, support = select_files(sizes)
+    if not weights:
+        raise LookupError(f"{model} has no safetensors, .bin or .pt weights vLLM could load")
+    source = "the weight files' sizes"
+    total = sum(sizes.get(w, 0) for w in weights)
+    index = MISTRAL_INDEX if mistral_format(weights) else SAFETENSORS_INDEX
+    if index in support and weights[0].endswith(".safetensors"):
+        listing = read(index)
+        weights = indexed_shards(listing, weights)
+        total = sum(sizes.get(w, 0) for w in weights)
+        declared = (listing.get("metadata") or {}).get("total_size")
+        if isinstance(declared, int) and declared > 0:
+            total, source = declared, f"{index} metadata.total_size"
+    config = read("config.json") if "config.json" in sizes else None
+    limit = None
+    if "tokenizer_config.json" in sizes:
+        limit = read("tokenizer_config.json").get("model_max_length")
+    return {
+        "model": model,
+        "config": config,
+        "weight_bytes": total,
+        "weights_from": source,
+        "weight_files": len(weights),
+        "tokenizer_max_length": limit if isinstance(limit, int) else None,
+    }
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = exc
@@ -305,10 +360,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--model", required=True)
     parser.add_argument("--progress-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--facts", action="store_true", help="print what the fit check needs; download nothing"
+    )
     args = parser.parse_args(argv)
     token_path = os.environ.get("HF_TOKEN_PATH")
     has_token = bool(token_path and Path(token_path).is_file())
     try:
+        if args.facts:
+            print(FACTS_PREFIX + json.dumps(facts(args.model)), flush=True)
+            return EXIT_OK
         return download(args.model, args.progress_seconds)
     except Exception as exc:
         code, cause = classify(exc, args.model, has_token)

@@ -1,0 +1,330 @@
+"""The fit check step: does the model fit each replica's GPUs, before the long wait?
+
+Run by a `command.local.Command` after the vLLM image is on the engine and
+before the download step and every replica, it asks that engine two things,
+each in a short container of the vLLM image:
+
+- the GPUs of each replica, requested as the replica requests them (a device
+  request of the `nvidia` driver with its GPU ids), running `nvidia-smi`
+  (the NVIDIA Container Toolkit puts the host's into the container); on the
+  CPU backend, the engine's memory (`docker info`);
+- the model's facts, without its weights: `config.json`, the tokenizer's
+  length limit and the weights' bytes (the safetensors index, else the files'
+  sizes), by the download job's own script (`--facts`), with the token as a
+  file, as the download step passes it.
+
+`components.steps.memory_fit` turns them into a verdict per replica. A model that
+does not fit stops `pulumi up` here, before gigabytes are downloaded, naming
+the replica, the GPU, both figures and what would fit; one close to the limit
+is a warning. A check that cannot run (an engine without the NVIDIA runtime,
+a model without the metadata) says why and lets `pulumi up` go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import docker
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest
+
+from components.containers.vllm.download_job import ERROR_PREFIX, FACTS_PREFIX
+from components.steps.download import (
+    LABEL,
+    DownloadFailed,
+    exit_code,
+    job_container,
+    remove_leftover,
+)
+from components.steps.engine import engine_client
+from components.steps.memory_fit import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    FactsMissing,
+    Gpu,
+    ModelShape,
+    Verdict,
+    check_cpu_replicas,
+    check_gpu_replica,
+    flag_value,
+    gib,
+    model_shape,
+    parse_inventory,
+    text_config,
+)
+from components.steps.readiness import redact
+
+GPU_QUERY = ("--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits")
+NEXT = (
+    "Change the stack (tensorParallelSize and gpus, extraArgs --max-model-len, or a "
+    "quantised model), check it (python -m components.cli.check), then run `pulumi up` "
+    "again; nothing was downloaded and no replica was created. To deploy anyway, set "
+    "fitCheck.enabled false."
+)
+
+
+class Skipped(RuntimeError):
+    """The check cannot run here; the message says why, and `pulumi up` goes on."""
+
+
+def _say(message: str) -> None:
+    print(f"[fit] {message}", flush=True)
+
+
+def _run(client: docker.DockerClient, name: str, **create: Any) -> tuple[int, str]:
+    """A short container to its end: exit code and output; always removed."""
+    with contextlib.suppress(DownloadFailed):
+        remove_leftover(client, name)
+    container = client.containers.create(name=name, labels={LABEL: "job"}, detach=True, **create)
+    try:
+        container.start()
+        code = exit_code(container)
+        return code, container.logs().decode("utf-8", "replace")
+    finally:
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True)
+
+
+def gpu_inventory(
+    client: docker.DockerClient, image: str, name: str, gpu_ids: Sequence[str]
+) -> list[Gpu]:
+    """The replica's GPUs as seen from a container that requested them as it does."""
+    try:
+        code, out = _run(
+            client,
+            name,
+            image=image,
+            entrypoint=["nvidia-smi"],
+            command=list(GPU_QUERY),
+            network_mode="none",
+            device_requests=[
+                # "utility" makes the toolkit put nvidia-smi in; "gpu" selects the driver.
+                DeviceRequest(
+                    driver="nvidia", device_ids=list(gpu_ids), capabilities=[["gpu", "utility"]]
+                )
+            ],
+        )
+    except ImageNotFound:
+        raise Skipped(f"the image {image} is not on the engine") from None
+    except APIError as err:
+        text = str(err.explanation or err)
+        if "could not select device driver" in text:
+            raise Skipped(
+                "the engine has no NVIDIA runtime (docker: could not select device driver "
+                '"nvidia"); install the NVIDIA Container Toolkit for GPU replicas'
+            ) from None
+        raise Skipped(f"the GPU query could not run on the engine: {text}") from None
+    gpus = parse_inventory(out)
+    if code != 0 or not gpus:
+        raise Skipped(f"nvidia-smi answered no GPU (exit {code}): {out.strip()[-300:]}")
+    return gpus
+
+
+def model_facts(
+    client: docker.DockerClient,
+    *,
+    image: str,
+    model: str,
+    name: str,
+    env: dict[str, str],
+    volumes: dict[str, dict[str, str]],
+    token: str | None,
+) -> dict[str, Any]:
+    """The model's config and weight bytes, by the download job's script in the vLLM image."""
+    try:
+        container = job_container(
+            client,
+            image=image,
+            name=name,
+            args=["--model", model, "--facts"],
+            env=env,
+            volumes=volumes,
+            network="host",
+            token=token,
+        )
+    except ImageNotFound:
+        raise Skipped(f"the image {image} is not on the engine") from None
+    except DownloadFailed as err:
+        raise Skipped(str(err)) from None
+    try:
+        container.start()
+        code = exit_code(container)
+        lines = container.logs().decode("utf-8", "replace").splitlines()
+    finally:
+        with contextlib.suppress(NotFound, APIError):
+            container.remove(force=True)
+    for line in lines:
+        if line.startswith(FACTS_PREFIX):
+            found: dict[str, Any] = json.loads(line[len(FACTS_PREFIX) :])
+            return found
+    said = [line[len(ERROR_PREFIX) :] for line in lines if line.startswith(ERROR_PREFIX)]
+    cause = said[-1] if said else f"exit {code}: " + " | ".join(lines[-3:])
+    raise Skipped(f"cannot read {model}'s metadata: {cause}")
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    gpus: tuple[str, ...]
+
+
+def _replica(spec: str) -> Replica:
+    """`NAME=ID,ID` (its GPUs) or `NAME=` (CPU)."""
+    name, sep, ids = spec.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{spec}: expected NAME=GPU,GPU or NAME=")
+    return Replica(name, tuple(i for i in ids.split(",") if i))
+
+
+def _describe(shape: ModelShape, facts: dict[str, Any]) -> str:
+    length = f"max length {shape.max_len} ({shape.max_len_from})" if shape.max_len else "auto"
+    return (
+        f"{facts['model']}: weights {gib(shape.weight_bytes)} ({facts['weights_from']}), "
+        f"{shape.layers} layers, {shape.kv_heads} KV heads of {shape.head_size}, "
+        f"KV {shape.kv_dtype_bytes} byte(s) per value, {length}"
+    )
+
+
+def check(
+    client: docker.DockerClient, args: argparse.Namespace, token: str | None
+) -> list[Verdict]:
+    """Every replica's verdict; `Skipped` when the check cannot run."""
+    gpu_of: dict[str, list[Gpu]] = {}
+    host_bytes = 0
+    if args.backend == "gpu":
+        groups = {r.gpus for r in args.replica}
+        for n, group in enumerate(sorted(groups)):
+            found = gpu_inventory(client, args.image, f"{args.name}-gpus{n}", group)
+            for replica in args.replica:
+                if replica.gpus == group:
+                    # nvidia-smi numbers a container's GPUs from 0: name them as the replica does.
+                    gpu_of[replica.name] = [
+                        Gpu(index=i, uuid=g.uuid, name=g.name, memory_mib=g.memory_mib)
+                        for i, g in zip(sorted(group, key=int), found, strict=False)
+                    ] or found
+    else:
+        host_bytes = int(client.info().get("MemTotal") or 0)
+        if host_bytes <= 0:
+            raise Skipped("the engine did not say how much memory its host has")
+    facts = model_facts(
+        client,
+        image=args.image,
+        model=args.model,
+        name=f"{args.name}-facts",
+        env=dict(args.env),
+        volumes=dict(args.volume),
+        token=token,
+    )
+    if not facts.get("config"):
+        raise Skipped(f"{args.model} has no config.json to compute the figures from")
+    try:
+        shape = model_shape(
+            facts["config"],
+            int(facts["weight_bytes"]),
+            args.extra_arg,
+            facts.get("tokenizer_max_length"),
+        )
+    except (FactsMissing, ValueError) as err:
+        raise Skipped(f"{args.model}: {err}") from None
+    _say(_describe(shape, facts))
+    warn = args.warn_above_percent / 100
+    if args.backend != "gpu":
+        names = [r.name for r in args.replica]
+        return check_cpu_replicas(names, host_bytes, shape, args.cpu_kvcache_gb, warn)
+    utilization = float(
+        flag_value(args.extra_arg, "--gpu-memory-utilization") or DEFAULT_GPU_MEMORY_UTILIZATION
+    )
+    heads = text_config(facts["config"]).get("num_attention_heads")
+    return [
+        check_gpu_replica(
+            r.name,
+            gpu_of[r.name],
+            shape,
+            args.tensor_parallel_size,
+            utilization,
+            warn,
+            heads if isinstance(heads, int) else None,
+        )
+        for r in args.replica
+    ]
+
+
+def _pair(spec: str) -> tuple[str, str]:
+    key, sep, value = spec.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{spec}: expected KEY=VALUE")
+    return key, value
+
+
+def _volume(spec: str) -> tuple[str, dict[str, str]]:
+    source, _, target = spec.rpartition(":")
+    if not source or not target.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{spec}: expected SOURCE:/container/path")
+    return source, {"bind": target, "mode": "ro"}
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--image", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--name", required=True, help="prefix of the short containers' names")
+    p.add_argument("--backend", choices=("gpu", "cpu"), default="gpu")
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--replica", type=_replica, action="append", required=True)
+    p.add_argument("--warn-above-percent", type=float, default=90.0)
+    p.add_argument("--cpu-kvcache-gb", type=int, default=4)
+    p.add_argument("--env", type=_pair, action="append", default=[])
+    p.add_argument("--volume", type=_volume, action="append", default=[])
+    p.add_argument(
+        "--extra-arg",
+        action="append",
+        default=[],
+        help="one of vLLM's arguments (extraArgs), as --extra-arg=WORD",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        client = engine_client(timeout=300)
+    except (DockerException, OSError) as err:
+        where = os.environ.get("DOCKER_HOST") or "the local socket"
+        print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)
+        return 1
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        verdicts = check(client, args, token)
+    except Skipped as err:
+        _say(f"fit check skipped: {redact(str(err), os.environ)}; going on")
+        return 0
+    for verdict in verdicts:
+        if verdict.status == "fits":
+            _say(verdict.text)
+        elif verdict.status == "close":
+            _say(f"warning: {verdict.text}")
+    stops = [v for v in verdicts if v.stops]
+    if not stops:
+        return 0
+    print("error: the model does not fit:", file=sys.stderr)
+    for verdict in stops:
+        print(f"  {verdict.text}", file=sys.stderr)
+    print(NEXT, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
