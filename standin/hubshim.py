@@ -66,6 +66,51 @@ DEFAULT_GATED = "standin-org/gated-chat"
 DEFAULT_TOKENS = "hf_standin_valid_token"
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
 
+_LLAMA_31_70B = {
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "max_position_embeddings": 131072,
+    "model_type": "llama",
+    "num_attention_heads": 64,
+    "num_hidden_layers": 80,
+    "num_key_value_heads": 8,
+    "rope_scaling": {
+        "factor": 8.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128256,
+}
+_QWEN_25_05B = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "max_position_embeddings": 32768,
+    "model_type": "qwen2",
+    "num_attention_heads": 14,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 2,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 151936,
+}
+REAL_SHAPES: dict[str, tuple[dict[str, object], int, int]] = {
+    "llama-3.1-70b-instruct": (_LLAMA_31_70B, 141107412992, 131072),
+    "qwen2.5-0.5b-instruct": (_QWEN_25_05B, 988065536, 131072),
+}
+"""A model named like one of these (`standin-org/qwen2.5-0.5b-instruct`) carries
+that real model's `config.json`, its weights' `metadata.total_size` in the index
+and its tokenizer's `model_max_length`, for the fit check (Llama-3.1-70B-Instruct
+and Qwen2.5-0.5B-Instruct as published on the hub; tests/test_memory_fit.py
+cites them). The shards themselves keep the stand-in's small size."""
+
 
 @dataclass
 class _Response:
@@ -139,15 +184,28 @@ def _weight_bytes(env: Mapping[str, str]) -> int:
 def _files(model: str, env: Mapping[str, str]) -> dict[str, int | bytes]:
     """File name -> content (bytes) or, for weights, a size to fill."""
     weights = _weight_bytes(env)
-    config = {"architectures": ["StandinForCausalLM"], "model_type": "standin", "name": model}
-    index = {"metadata": {}, "weight_map": {"a.weight": SHARDS[0], "b.weight": SHARDS[1]}}
+    config: dict[str, object] = {
+        "architectures": ["StandinForCausalLM"],
+        "model_type": "standin",
+        "name": model,
+    }
+    index: dict[str, object] = {
+        "metadata": {},
+        "weight_map": {"a.weight": SHARDS[0], "b.weight": SHARDS[1]},
+    }
+    tokenizer = {"model_max_length": 4096}
+    real = REAL_SHAPES.get(model.rsplit("/", 1)[-1].lower())
+    if real is not None:
+        config = {**real[0], "name": model}
+        index["metadata"] = {"total_size": real[1]}
+        tokenizer = {"model_max_length": real[2]}
     files: dict[str, int | bytes] = {
         ".gitattributes": b"*.safetensors filter=lfs\n",
         "README.md": f"# {model}\n".encode(),
         "config.json": json.dumps(config, indent=2).encode(),
         "generation_config.json": b'{"max_new_tokens": 16}\n',
         "tokenizer.json": b'{"model": {"type": "BPE"}}\n',
-        "tokenizer_config.json": b'{"model_max_length": 4096}\n',
+        "tokenizer_config.json": json.dumps(tokenizer).encode() + b"\n",
         "special_tokens_map.json": b'{"eos_token": "</s>"}\n',
         "model.safetensors.index.json": json.dumps(index).encode(),
         SHARDS[0]: weights,

@@ -23,7 +23,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +85,8 @@ class NetnsHost:
     def client(self) -> docker.DockerClient:
         return docker.DockerClient(base_url=self.docker_host, timeout=120)
 
-    def start_engine(self, timeout: float = 60) -> None:
+    def start_engine(self, timeout: float = 60, env: Mapping[str, str] | None = None) -> None:
+        """Its dockerd; `env` adds to its environment (a PATH with a device driver's hook)."""
         log = (self.directory / "dockerd.log").open("ab")
         self.process = subprocess.Popen(
             [
@@ -107,6 +108,7 @@ class NetnsHost:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + timeout
         while True:
@@ -213,8 +215,11 @@ def _allow_forwarding_between_hosts() -> str:
 
 
 @contextlib.contextmanager
-def netns_hosts(count: int) -> Iterator[list[NetnsHost]]:
-    """`count` test hosts, removed again (engines, data, namespaces) however the test ends."""
+def netns_hosts(
+    count: int, engine_env: Mapping[str, str] | None = None
+) -> Iterator[list[NetnsHost]]:
+    """`count` test hosts, removed again (engines, data, namespaces) however the test ends;
+    `engine_env` adds to every dockerd's environment."""
     require_hosts_support()
     hosts: list[NetnsHost] = []
     chain = _allow_forwarding_between_hosts()
@@ -222,7 +227,7 @@ def netns_hosts(count: int) -> Iterator[list[NetnsHost]]:
         for index in range(1, count + 1):
             host = _make_host(index)
             hosts.append(host)
-            host.start_engine()
+            host.start_engine(env=engine_env)
         yield hosts
     finally:
         for host in hosts:
