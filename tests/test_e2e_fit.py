@@ -1,0 +1,140 @@
+"""The fit check through the real Pulumi CLI, on an engine with faked GPUs.
+
+The engine is a test dockerd (tests/support/netns_hosts.py) started with our
+fake `nvidia-container-runtime-hook` on its PATH, so its built-in `nvidia`
+device driver is registered and a device request runs the hook, which puts an
+`nvidia-smi` listing two 24564 MiB GPUs into the container
+(tests/support/fake_gpus.py): the fit step's GPU query goes through the same
+device-request path as on a GPU machine. The model facts come from the
+stand-in hub (standin/hubshim.py) with real models' config.json and weight
+sizes, through the real download job script (`--facts`).
+
+What it proves: a model that does not fit (Llama-3.1-70B-Instruct on one
+24 GB GPU per replica) stops `pulumi up` at the fit step, before the download
+and any replica (no such step in the engine's event log, no container), with
+the figures and what would fit in `up`'s output; a model that fits
+(Qwen2.5-0.5B-Instruct) passes the check and the deployment comes up on the
+same stack; an engine without the NVIDIA driver (the machine's own) makes the
+check say it skipped and go on (tests/test_fit_step.py, with a mock engine,
+covers the CPU figures' wiring).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.docker_engine import base_image, docker_client, standin_image
+from tests.support.fake_gpus import INVENTORY_ENV, install_hook, inventory
+from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
+from tests.support.pulumi_engine import Stack, names
+from tests.test_e2e_multihost import NO_ENGINE
+
+pytestmark = pytest.mark.docker
+
+TOO_BIG = "standin-org/Llama-3.1-70B-Instruct"
+FITS = "standin-org/Qwen2.5-0.5B-Instruct"
+GPU = "NVIDIA GeForce RTX 4090"
+PORT = 18900
+
+
+def stack_config(host: NetnsHost, model: str, standin: str, base: str) -> dict[str, Any]:
+    return {
+        "backend": "gpu",
+        "model": model,
+        "servedModelName": "fit-model",
+        "image": {"prebuilt": standin},
+        "namePrefix": "e2e-fit",
+        "networkName": "e2e-fit-net",
+        "hfCache": {"volume": "e2e-fit-cache", "keepOnDestroy": False},
+        "compileCache": {"enabled": False},
+        "basePort": PORT + 1,
+        "readyTimeoutSeconds": 60,
+        "verifyTimeoutSeconds": 60,
+        "shutdownTimeoutSeconds": 0,
+        "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 2, "retries": 3},
+        "fitCheck": {"enabled": True, "warnAbovePercent": 90},
+        "extraEnv": {
+            "STANDIN_HUB_MODELS": f"{TOO_BIG},{FITS}",
+            "STANDIN_DOWNLOAD_SECONDS": "0",
+            "STANDIN_LOAD_SECONDS": "1",
+        },
+        "hosts": [
+            {
+                "name": host.name,
+                "dockerHost": host.docker_host,
+                "address": host.address,
+                "gpus": [[0], [1]],
+            }
+        ],
+        "loadBalancer": {
+            "host": host.name,
+            "name": "e2e-fit-lb",
+            "port": PORT,
+            "bindAddress": host.address,
+            "image": base,
+            "dynamicResolve": False,
+        },
+    }
+
+
+def test_too_big_stops_before_any_replica_and_a_fit_deploys(tmp_path: Path) -> None:
+    machine = docker_client()
+    standin, base = standin_image(machine), base_image(machine)
+    hook = install_hook(tmp_path / "driver")
+    engine_env = {
+        "PATH": f"{hook}:{os.environ['PATH']}",
+        INVENTORY_ENV: inventory((0, GPU, 24564), (1, GPU, 24564)),
+    }
+    with netns_hosts(1, engine_env=engine_env) as (host,):
+        load_images(host, standin, base)
+        client = host.client()
+        replicas = {f"e2e-fit-{host.name}-0", f"e2e-fit-{host.name}-1"}
+        stack = Stack(
+            tmp_path / "project",
+            "fit",
+            stack_config(host, TOO_BIG, standin, base),
+            env={"DOCKER_HOST": NO_ENGINE},
+        )
+        try:
+            began = time.monotonic()
+            failed = stack.up_failing()
+            too_big_seconds = time.monotonic() - began
+            steps = failed.result.steps
+            fit = f"vllm-{host.name}-fit"
+            assert failed.result.index(fit, "failed") >= 0
+            declared = set(names(steps))
+            assert not declared & {f"vllm-{r}" for r in replicas}, declared
+            assert f"vllm-{host.name}-download" not in declared
+            existing = {c.name for c in client.containers.list(all=True)}
+            assert not existing & replicas, existing
+            # 141107412992 B = 131.4 GiB; 80 layers x 8 KV heads x 128 x 2 x 2 B x 131072
+            # tokens = 40 GiB; 24564 MiB x 0.92 = 22.1 GiB; tp 8: 16.4 + 5 = 21.4 GiB.
+            message = (
+                f"replica e2e-fit-{host.name}-0 (GPU 0, {GPU} 24564 MiB): needs 171.4 GiB "
+                "(weights 131.4 GiB + KV cache for one 131072-token sequence 40.0 GiB), has "
+                "22.1 GiB (24.0 GiB x gpu-memory-utilization 0.92). What would fit: "
+                "tensorParallelSize 8 (8 such GPUs per replica)."
+            )
+            assert message in failed.output, failed.output
+            assert "error: the model does not fit:" in failed.output
+            assert "nothing was downloaded and no replica was created" in failed.output
+            assert "Traceback" not in failed.output
+            print(f"\n--- too big: `pulumi up` failed after {too_big_seconds:.1f} s; its output:")
+            print(failed.output[failed.output.find("error: the model does not fit") - 200 :][:1500])
+
+            stack.write_config({"model": FITS})
+            began = time.monotonic()
+            passed = stack.up()
+            fit_seconds = time.monotonic() - began
+            assert passed.index(fit) < passed.index(f"vllm-{host.name}-download")
+            running = {c.name for c in client.containers.list()}
+            assert replicas <= running, running
+            assert stack.outputs()["served_model_name"] == "fit-model"
+            print(f"--- fits: `pulumi up` took {fit_seconds:.1f} s")
+        finally:
+            stack.destroy()
