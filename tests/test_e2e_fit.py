@@ -22,6 +22,8 @@ covers the CPU figures' wiring).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,72 @@ pytestmark = pytest.mark.docker
 TOO_BIG = "standin-org/Llama-3.1-70B-Instruct"
 FITS = "standin-org/Qwen2.5-0.5B-Instruct"
 GPU = "NVIDIA GeForce RTX 4090"
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = "e2e-fit-probe"
+
+
+def run_step(standin: str, model: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m components.steps.fit` as the local command runs it, on this machine's engine."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.steps.fit",
+            "--image",
+            standin,
+            "--model",
+            model,
+            "--name",
+            PROBE,
+            "--env",
+            f"STANDIN_HUB_MODELS={TOO_BIG},{FITS}",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_an_engine_without_the_nvidia_runtime_skips_the_check() -> None:
+    machine = docker_client()
+    done = run_step(standin_image(machine), TOO_BIG, "--replica", "r0=0")
+    assert done.returncode == 0, done.stderr
+    assert (
+        "[fit] fit check skipped: the engine has no NVIDIA runtime (docker: could not select "
+        'device driver "nvidia"); install the NVIDIA Container Toolkit for GPU replicas; going on'
+    ) in done.stdout
+    assert not [c for c in machine.containers.list(all=True) if c.name.startswith(PROBE)]
+
+
+def test_cpu_replicas_against_the_hosts_memory() -> None:
+    machine = docker_client()
+    standin = standin_image(machine)
+    host = int(machine.info()["MemTotal"])
+    fits = run_step(standin, FITS, "--backend", "cpu", "--replica", "c0=")
+    assert fits.returncode == 0, fits.stderr
+    # 988065536 B (the index's total_size) = 0.9 GiB, + 4 GiB of KV cache space.
+    assert (
+        "replicas c0 (CPU): 1 replica(s) x (weights 0.9 GiB + cpu.kvcacheSpaceGb 4 GiB) = "
+        f"4.9 GiB, the engine's host has {host / 1024**3:.1f} GiB: fits"
+    ) in fits.stdout
+    too_big = run_step(standin, TOO_BIG, "--backend", "cpu", "--replica", "c0=", "--replica", "c1=")
+    assert too_big.returncode == 1
+    # 2 x (141107412992 B + 4 GiB) = 290804760576 B = 270.8 GiB; one 131072-token
+    # sequence: 80 x 8 x 128 x 2 x 2 B x 131072 = 40 GiB > 4 GiB.
+    assert (
+        "replicas c0, c1 (CPU): 2 replica(s) x (weights 131.4 GiB + cpu.kvcacheSpaceGb 4 GiB) "
+        f"= 270.8 GiB, the engine's host has {host / 1024**3:.1f} GiB. What would fit:"
+    ) in too_big.stderr
+    assert (
+        "replica c0 (CPU): the KV cache for one 131072-token sequence is 40.0 GiB, "
+        "cpu.kvcacheSpaceGb is 4 GiB. What would fit: cpu.kvcacheSpaceGb 40"
+    ) in too_big.stderr
+    assert not [c for c in machine.containers.list(all=True) if c.name.startswith(PROBE)]
+
+
 PORT = 18900
 
 
