@@ -148,3 +148,34 @@ def test_unreachable_hub_is_a_network_error(
 def test_full_disk_is_named() -> None:
     error = OSError(28, "No space left on device")
     assert job.classify(error, "m", False)[0] == job.EXIT_DISK_FULL
+
+
+def test_facts_without_the_weights(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--facts` (the fit check): config.json, the index's total_size and the tokenizer's
+    limit, and no weight file fetched."""
+    monkeypatch.setenv(
+        "STANDIN_HUB_MODELS", "standin-org/Qwen2.5-0.5B-Instruct,standin-org/tiny-chat"
+    )
+    found = job.facts("standin-org/Qwen2.5-0.5B-Instruct")
+    assert found["config"]["num_key_value_heads"] == 2
+    assert found["weight_bytes"] == 988065536
+    assert found["weights_from"] == "model.safetensors.index.json metadata.total_size"
+    assert found["tokenizer_max_length"] == 131072
+    fetched = (hub / hubshim.FILES_LOG).read_text()
+    assert ".safetensors\n" not in fetched and "config.json" in fetched
+    # Without an index total: the sizes of the weight files vLLM would load.
+    plain = job.facts("standin-org/tiny-chat")
+    assert plain["weights_from"] == "the weight files' sizes"
+    assert plain["weight_bytes"] == 2 * 262144
+
+
+def test_facts_of_a_local_path(tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"num_hidden_layers": 2}')
+    (model / "model.safetensors").write_bytes(b"x" * 1000)
+    found = job.facts(str(model))
+    assert found["config"] == {"num_hidden_layers": 2}
+    assert found["weight_bytes"] == 1000
+    with pytest.raises(LookupError):
+        job.facts(str(tmp_path / "absent"))

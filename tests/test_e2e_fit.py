@@ -78,7 +78,7 @@ def test_an_engine_without_the_nvidia_runtime_skips_the_check() -> None:
         "[fit] fit check skipped: the engine has no NVIDIA runtime (docker: could not select "
         'device driver "nvidia"); install the NVIDIA Container Toolkit for GPU replicas; going on'
     ) in done.stdout
-    assert not [c for c in machine.containers.list(all=True) if c.name.startswith(PROBE)]
+    assert not [c for c in machine.containers.list(all=True) if str(c.name).startswith(PROBE)]
 
 
 def test_cpu_replicas_against_the_hosts_memory() -> None:
@@ -104,7 +104,7 @@ def test_cpu_replicas_against_the_hosts_memory() -> None:
         "replica c0 (CPU): the KV cache for one 131072-token sequence is 40.0 GiB, "
         "cpu.kvcacheSpaceGb is 4 GiB. What would fit: cpu.kvcacheSpaceGb 40"
     ) in too_big.stderr
-    assert not [c for c in machine.containers.list(all=True) if c.name.startswith(PROBE)]
+    assert not [c for c in machine.containers.list(all=True) if str(c.name).startswith(PROBE)]
 
 
 PORT = 18900
