@@ -29,7 +29,8 @@ Mistral-7B-Instruct-v0.3): the Hugging Face shards plus the Mistral format, a
 take `STANDIN_DOWNLOAD_SECONDS` in total (both shards together). Each
 download of `config.json` appends a line to `<HF_HOME>/standin-downloads.log`
 and every file to `standin-hub-files.log`, so tests can count downloads and
-see what was fetched.
+see what was fetched. A model named like one of `REAL_SHAPES` carries a real
+model's `config.json` and weight size (in the index), for the fit check.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ REAL_SHAPES: dict[str, tuple[dict[str, object], int, int]] = {
     "llama-3.1-70b-instruct": (_LLAMA_31_70B, 141107412992, 131072),
     "qwen2.5-0.5b-instruct": (_QWEN_25_05B, 988065536, 131072),
 }
-"""A model named like one of these (`standin-org/qwen2.5-0.5b-instruct`) carries
+"""A model named like one of these (`standin-org/Qwen2.5-0.5B-Instruct`) carries
 that real model's `config.json`, its weights' `metadata.total_size` in the index
 and its tokenizer's `model_max_length`, for the fit check (Llama-3.1-70B-Instruct
 and Qwen2.5-0.5B-Instruct as published on the hub; tests/test_memory_fit.py

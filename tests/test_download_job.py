@@ -151,8 +151,8 @@ def test_full_disk_is_named() -> None:
 
 
 def test_facts_without_the_weights(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--facts` (the fit check): config.json, the index's total_size and the tokenizer's
-    limit, and no weight file fetched."""
+    """`--facts` (the fit check): config.json and the index's total_size, and no
+    weight file fetched."""
     monkeypatch.setenv(
         "STANDIN_HUB_MODELS", "standin-org/Qwen2.5-0.5B-Instruct,standin-org/tiny-chat"
     )
@@ -160,7 +160,6 @@ def test_facts_without_the_weights(hub: Path, monkeypatch: pytest.MonkeyPatch) -
     assert found["config"]["num_key_value_heads"] == 2
     assert found["weight_bytes"] == 988065536
     assert found["weights_from"] == "model.safetensors.index.json metadata.total_size"
-    assert found["tokenizer_max_length"] == 131072
     fetched = (hub / hubshim.FILES_LOG).read_text()
     assert ".safetensors\n" not in fetched and "config.json" in fetched
     # Without an index total: the sizes of the weight files vLLM would load.

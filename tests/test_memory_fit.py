@@ -198,10 +198,13 @@ def test_multimodal_text_config_and_defaults() -> None:
     # no length key: vLLM's 2048.
     assert shape.kv_heads == 32 and shape.head_size == 128 and shape.kv_dtype_bytes == 2
     assert shape.max_len == 2048
-    assert derived_max_len(
-        {"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 2.0}}, None
-    ) == (8192, "max_position_embeddings in config.json")
-    assert derived_max_len({"max_position_embeddings": 4096}, 2048)[0] == 2048
+    # A linear RoPE factor multiplies the length; the smallest length key wins.
+    linear = {"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 2.0}}
+    assert derived_max_len(linear) == (8192, "max_position_embeddings in config.json")
+    assert derived_max_len({"max_position_embeddings": 4096, "n_positions": 2048}) == (
+        2048,
+        "n_positions in config.json",
+    )
     with pytest.raises(FactsMissing):
         model_shape({"architectures": ["StandinForCausalLM"]}, 1, ())
 

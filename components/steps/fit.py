@@ -8,10 +8,10 @@ each in a short container of the vLLM image:
   request of the `nvidia` driver with its GPU ids), running `nvidia-smi`
   (the NVIDIA Container Toolkit puts the host's into the container); on the
   CPU backend, the engine's memory (`docker info`);
-- the model's facts, without its weights: `config.json`, the tokenizer's
-  length limit and the weights' bytes (the safetensors index, else the files'
-  sizes), by the download job's own script (`--facts`), with the token as a
-  file, as the download step passes it.
+- the model's facts, without its weights: `config.json` and the weights'
+  bytes (the safetensors index, else the files' sizes), by the download
+  job's own script (`--facts`), with the token as a file, as the download
+  step passes it.
 
 `components.steps.memory_fit` turns them into a verdict per replica. A model that
 does not fit stops `pulumi up` here, before gigabytes are downloaded, naming
@@ -230,7 +230,6 @@ def check(
             facts["config"],
             int(facts["weight_bytes"]),
             args.extra_arg,
-            facts.get("tokenizer_max_length"),
         )
     except (FactsMissing, ValueError) as err:
         raise Skipped(f"{args.model}: {err}") from None

@@ -94,15 +94,14 @@ def _config_dtype(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def derived_max_len(config: Mapping[str, Any], tokenizer_max: int | None) -> tuple[int, str]:
-    """vLLM's default `max_model_len` and where it comes from."""
+def derived_max_len(config: Mapping[str, Any]) -> tuple[int, str]:
+    """vLLM's default `max_model_len` and where it comes from (a generative model's:
+    `tokenizer_config.json` counts only for pooling models, so not here)."""
     text = text_config(config)
     found = [(text[k], k) for k in MAX_LEN_KEYS if _positive_int(text.get(k)) is not None]
     length, key = min(found) if found else (DEFAULT_MAX_LEN, "vLLM's default")
     if _positive_int(text.get("model_max_length")) is not None:
         length, key = text["model_max_length"], "model_max_length"
-    if tokenizer_max is not None and tokenizer_max < length:
-        length, key = tokenizer_max, "model_max_length in tokenizer_config.json"
     rope = text.get("rope_parameters") or text.get("rope_scaling")
     if isinstance(rope, Mapping) and "gemma3" not in str(config.get("model_type", "")):
         kind = rope.get("rope_type") or rope.get("type") or "default"
@@ -111,7 +110,7 @@ def derived_max_len(config: Mapping[str, Any], tokenizer_max: int | None) -> tup
             length = int(length * factor)
         if kind == "longrope" and _positive_int(text.get("original_max_position_embeddings")):
             return text["original_max_position_embeddings"], "original_max_position_embeddings"
-    where = key if " " in key else f"{key} in config.json"
+    where = "vLLM's default" if not found else f"{key} in config.json"
     return int(length), where
 
 
@@ -144,7 +143,6 @@ def model_shape(
     config: Mapping[str, Any],
     weight_file_bytes: int,
     extra_args: Sequence[str],
-    tokenizer_max: int | None = None,
 ) -> ModelShape:
     """`config.json` and the weights' size, with the deployment's vLLM arguments applied."""
     text = text_config(config)
@@ -180,7 +178,7 @@ def model_shape(
         max_len = _parse_len(given)
         where = "--max-model-len"
     else:
-        max_len, where = derived_max_len(config, tokenizer_max)
+        max_len, where = derived_max_len(config)
     return ModelShape(
         layers=layers,
         kv_heads=kv_heads,

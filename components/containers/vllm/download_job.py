@@ -39,6 +39,11 @@ it never is an environment variable of this container. After a download, a
 manifest records what was fetched, so a later run finds the model complete
 without any network access and exits in well under a second.
 
+With `--facts` it downloads nothing: it prints one line, `vllm-nginx-facts: `
+and JSON with `config.json` and the weights' bytes (the index's
+`metadata.total_size`, else the files' sizes), for the fit check
+(`components.steps.fit`), which runs it in the same way before the download.
+
 Exit codes tell `components.steps.download` the cause; the last line of output is a
 human sentence for it.
 """
@@ -259,8 +264,8 @@ def download(model: str, interval: float) -> int:
 
 
 def facts(model: str) -> dict[str, Any]:
-    """What the fit check needs, without the weights: `config.json`, the tokenizer's
-    length limit and the bytes of the weight files this job would fetch.
+    """What the fit check needs, without the weights: `config.json` and the bytes
+    of the weight files this job would fetch.
 
     A repository is asked for its listing with sizes and for its small JSON files
     only; a local path (vLLM loads it from disk) is read where it is.
@@ -298,16 +303,12 @@ def facts(model: str) -> dict[str, Any]:
         if isinstance(declared, int) and declared > 0:
             total, source = declared, f"{index} metadata.total_size"
     config = read("config.json") if "config.json" in sizes else None
-    limit = None
-    if "tokenizer_config.json" in sizes:
-        limit = read("tokenizer_config.json").get("model_max_length")
     return {
         "model": model,
         "config": config,
         "weight_bytes": total,
         "weights_from": source,
         "weight_files": len(weights),
-        "tokenizer_max_length": limit if isinstance(limit, int) else None,
     }
 
 
