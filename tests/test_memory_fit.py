@@ -82,6 +82,7 @@ QWEN_25_7B: dict[str, Any] = {
     "rope_theta": 1000000.0,
     "sliding_window": 131072,
     "torch_dtype": "bfloat16",
+    "use_sliding_window": False,
     "vocab_size": 152064,
 }
 QWEN_25_7B_BYTES = 15231233024
@@ -207,6 +208,44 @@ def test_multimodal_text_config_and_defaults() -> None:
     )
     with pytest.raises(FactsMissing):
         model_shape({"architectures": ["StandinForCausalLM"]}, 1, ())
+
+
+def test_sliding_window_and_latent_layers_count_as_vllm_keeps_them() -> None:
+    # Gemma 3 style: every 6th layer global, the others a 1024-token window.
+    gemma = {
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "max_position_embeddings": 131072,
+        "sliding_window": 1024,
+        "sliding_window_pattern": 6,
+        "torch_dtype": "bfloat16",
+    }
+    shape = model_shape(gemma, GIB, ())
+    assert (shape.layers, shape.sliding_layers, shape.window) == (2, 10, 1024)
+    per_layer_token = 2 * 4 * 256 * 2
+    assert shape.kv_bytes(1, 131072) == (131072 * 2 + 1024 * 10) * per_layer_token
+    # The same by `layer_types`, with a linear-attention layer that keeps no KV cache.
+    typed = {
+        **gemma,
+        "layer_types": ["sliding_attention"] * 10 + ["full_attention", "linear_attention"],
+    }
+    assert model_shape(typed, GIB, ()).kv_bytes(1, 4096) == (4096 + 1024 * 10) * per_layer_token
+    # DeepSeek's MLA: one latent of kv_lora_rank + qk_rope_head_dim per token and layer,
+    # the same on every rank.
+    mla = {
+        "num_hidden_layers": 61,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 128,
+        "kv_lora_rank": 512,
+        "qk_rope_head_dim": 64,
+        "max_position_embeddings": 163840,
+        "torch_dtype": "bfloat16",
+    }
+    latent = model_shape(mla, GIB, ())
+    assert latent.kv_bytes_per_token(8) == latent.kv_bytes_per_token(1) == 61 * 576 * 2
 
 
 def test_cpu_replicas_against_host_memory() -> None:

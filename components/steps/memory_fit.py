@@ -119,6 +119,7 @@ class ModelShape:
     """What the figures need of a model, as vLLM will run it."""
 
     layers: int
+    """Layers with full attention: their KV cache grows with the whole sequence."""
     kv_heads: int
     head_size: int
     kv_dtype_bytes: int
@@ -128,15 +129,51 @@ class ModelShape:
     weight_bytes: int
     """In GPU memory: the files' bytes, scaled when vLLM casts float32 weights down."""
     quantized: bool
+    sliding_layers: int = 0
+    """Layers with a sliding window: they hold at least `window` tokens, no more."""
+    window: int = 0
+    latent: bool = False
+    """MLA (DeepSeek): one latent vector per token and layer, the same on every rank."""
+
+    def _per_layer_token(self, tp: int) -> int:
+        if self.latent:
+            return self.head_size * self.kv_dtype_bytes
+        heads = max(1, self.kv_heads // tp)
+        return 2 * heads * self.head_size * self.kv_dtype_bytes
 
     def kv_bytes_per_token(self, tp: int) -> int:
-        """One token's K and V in every layer on one rank (KV heads split, at least one)."""
-        heads = max(1, self.kv_heads // tp)
-        return 2 * self.layers * heads * self.head_size * self.kv_dtype_bytes
+        """One token's K and V in every attention layer on one rank (KV heads split
+        over the ranks, at least one each), within the window of sliding ones."""
+        return (self.layers + self.sliding_layers) * self._per_layer_token(tp)
 
     def kv_bytes(self, tp: int, tokens: int) -> int:
         """One sequence of `tokens`, in whole 16-token blocks, on one rank."""
-        return math.ceil(tokens / BLOCK_SIZE) * BLOCK_SIZE * self.kv_bytes_per_token(tp)
+
+        def blocks(n: int) -> int:
+            return math.ceil(n / BLOCK_SIZE) * BLOCK_SIZE
+
+        sliding = blocks(min(self.window, tokens)) * self.sliding_layers
+        return (blocks(tokens) * self.layers + sliding) * self._per_layer_token(tp)
+
+
+def _attention_layers(text: Mapping[str, Any], layers: int) -> tuple[int, int, int]:
+    """(full, sliding, window): a lower bound of what vLLM keeps per layer kind.
+
+    `layer_types` names each layer (Gemma 3, gpt-oss, hybrid models: Mamba or
+    linear-attention layers keep no KV cache); else a `sliding_window` that
+    is in use makes every layer (or all but each `sliding_window_pattern`-th)
+    a sliding one."""
+    window = _positive_int(text.get("sliding_window")) or 0
+    kinds = text.get("layer_types")
+    if isinstance(kinds, list) and kinds:
+        full = sum(1 for k in kinds if k in ("full_attention", "attention", "global_attention"))
+        sliding = sum(1 for k in kinds if "sliding" in str(k) or "local" in str(k))
+        return full, (sliding if window else 0), window
+    if not window or text.get("use_sliding_window") is False:
+        return layers, 0, 0
+    pattern = _positive_int(text.get("sliding_window_pattern"))
+    full = layers // pattern if pattern else 0
+    return full, layers - full, window
 
 
 def model_shape(
@@ -153,9 +190,12 @@ def model_shape(
     kv_heads = next(
         (v for k in KV_HEAD_KEYS if (v := _positive_int(text.get(k))) is not None), heads
     )
+    latent = _positive_int(text.get("kv_lora_rank")) is not None
     head_size = _positive_int(text.get("head_dim")) or _positive_int(
         text.get("hidden_size_per_head")
     )
+    if latent:  # MLA: vLLM's head size is the latent's plus the rope part, one "head"
+        head_size = text["kv_lora_rank"] + (_positive_int(text.get("qk_rope_head_dim")) or 0)
     if head_size is None:
         hidden = _positive_int(text.get("hidden_size"))
         if hidden is None:
@@ -169,6 +209,7 @@ def model_shape(
     kv_dtype = (flag_value(extra_args, "--kv-cache-dtype") or "auto").lower()
     kv_bytes = model_bytes if kv_dtype == "auto" else DTYPE_BYTES.get(kv_dtype, 1)
     quantized = bool(config.get("quantization_config") or text.get("quantization_config"))
+    full, sliding, window = _attention_layers(text, layers)
     weights = weight_file_bytes
     if not quantized and DTYPE_BYTES.get(stored, model_bytes) != model_bytes:
         weights = weight_file_bytes * model_bytes // DTYPE_BYTES.get(stored, model_bytes)
@@ -180,7 +221,10 @@ def model_shape(
     else:
         max_len, where = derived_max_len(config)
     return ModelShape(
-        layers=layers,
+        layers=full,
+        sliding_layers=sliding,
+        window=window,
+        latent=latent,
         kv_heads=kv_heads,
         head_size=head_size,
         kv_dtype_bytes=kv_bytes,
@@ -269,11 +313,18 @@ def _kv_words(shape: ModelShape, need: Need) -> str:
     return f" + KV cache for one {shape.max_len}-token sequence {gib(need.kv)}"
 
 
-def longest_len(shape: ModelShape, tp: int, budget: int) -> int:
-    """The longest `--max-model-len` (whole blocks) whose one sequence fits beside the weights."""
-    left = budget - math.ceil(shape.weight_bytes / tp)
-    per_block = BLOCK_SIZE * shape.kv_bytes_per_token(tp)
-    return max(0, left // per_block) * BLOCK_SIZE
+def longest_len(shape: ModelShape, tp: int, budget: int, weights: bool = True) -> int:
+    """The longest `--max-model-len` (whole blocks) whose one sequence fits the budget,
+    beside the weights' share when `weights`."""
+    left = budget - (math.ceil(shape.weight_bytes / tp) if weights else 0)
+    low, high = 0, (shape.max_len or 1 << 24) // BLOCK_SIZE
+    while low < high:  # blocks: the most whose KV cache is within `left`
+        mid = (low + high + 1) // 2
+        if shape.kv_bytes(tp, mid * BLOCK_SIZE) <= left:
+            low = mid
+        else:
+            high = mid - 1
+    return low * BLOCK_SIZE
 
 
 def what_would_fit_gpu(
@@ -352,7 +403,7 @@ def check_cpu_replicas(
     if tokens is not None:
         one = shape.kv_bytes(1, tokens)
         if one > space:
-            longest = space // (BLOCK_SIZE * shape.kv_bytes_per_token(1)) * BLOCK_SIZE
+            longest = longest_len(shape, 1, space, weights=False)
             needed = math.ceil(one / GIB)
             verdicts.extend(
                 Verdict(
