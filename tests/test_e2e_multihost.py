@@ -90,6 +90,9 @@ def two_host_config(
         "networkName": NETWORK,
         "hfCache": {"volume": CACHE},
         "compileCache": {"enabled": False},
+        # The stand-in's tiny-chat has no real config.json: the fit check would only
+        # skip (tests/test_e2e_fit.py runs it on a host engine of its own).
+        "fitCheck": {"enabled": False},
         "cpu": {"coresPerReplica": 0},
         "basePort": BASE_PORT,
         "readyTimeoutSeconds": 120,
