@@ -254,8 +254,14 @@ def test_each_host_its_provider_network_cache_download_replicas_and_check() -> N
         "vllm-lb": "vllm-gpu-a-docker",
     }
     deps = {d.name: {run.by_urn(u).name for u in d.dependencies} for d in run.declared}
-    # Each host's download waits for its own image and cache only: they run in parallel.
-    assert deps["vllm-gpu-b-download"] == {"vllm-gpu-b-hf-cache", "vllm-gpu-b-vllm-image"}
+    # Each host's download waits for its own image, cache and fit check only: they
+    # run in parallel.
+    assert deps["vllm-gpu-b-fit"] == {"vllm-gpu-b-hf-cache", "vllm-gpu-b-vllm-image"}
+    assert deps["vllm-gpu-b-download"] == {
+        "vllm-gpu-b-hf-cache",
+        "vllm-gpu-b-vllm-image",
+        "vllm-gpu-b-fit",
+    }
     assert "vllm-gpu-b-download" in deps["vllm-vllm-gpu-b-0"]
     assert "vllm-gpu-a-download" not in deps["vllm-vllm-gpu-b-0"]
     assert {"vllm-gpu-a-replicas-ready", "vllm-gpu-b-replicas-ready"} <= deps["vllm-lb"]

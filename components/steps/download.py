@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound
 from docker.models.containers import Container
 
 from components.containers import CONTAINERS_DIR
@@ -47,7 +47,7 @@ from components.containers.vllm.download_job import (
     EXIT_NETWORK,
     EXIT_NOT_FOUND,
 )
-from components.steps.engine import engine_client
+from components.steps.engine import reachable_engine
 from components.steps.readiness import redact
 
 JOB_DIR = "/tmp/vllm-nginx-download"
@@ -279,11 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--progress-seconds", type=float, default=15.0)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
-    try:
-        client = engine_client(timeout=300)
-    except (DockerException, OSError) as err:
-        where = os.environ.get("DOCKER_HOST") or "the local socket"
-        print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)
+    client = reachable_engine(timeout=300)
+    if client is None:
         return 1
     started = time.monotonic()
     try:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 
 import docker
+from docker.errors import DockerException
 from docker.tls import TLSConfig
 
 DOCKER_TLS_SECRET_ENV = {
@@ -53,3 +55,14 @@ def engine_client(timeout: int = 60) -> docker.DockerClient:
         return docker.from_env(timeout=timeout)
     tls = TLSConfig(client_cert=(files["cert"], files["key"]), ca_cert=files["ca"], verify=True)
     return docker.DockerClient(base_url=os.environ["DOCKER_HOST"], tls=tls, timeout=timeout)
+
+
+def reachable_engine(timeout: int = 60) -> docker.DockerClient | None:
+    """`engine_client`, or None after saying on stderr which engine it could not reach
+    (an `ssh://` host needs paramiko, docker[ssh]); the step then exits 1."""
+    try:
+        return engine_client(timeout=timeout)
+    except (DockerException, OSError) as err:
+        where = os.environ.get("DOCKER_HOST") or "the local socket"
+        print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)
+        return None

@@ -34,7 +34,7 @@ from types import FrameType
 from typing import Any
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
 from components.containers.vllm.download_job import ERROR_PREFIX, FACTS_PREFIX
@@ -45,7 +45,7 @@ from components.steps.download import (
     job_container,
     remove_leftover,
 )
-from components.steps.engine import engine_client
+from components.steps.engine import reachable_engine
 from components.steps.memory_fit import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     FactsMissing,
@@ -298,11 +298,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
-    try:
-        client = engine_client(timeout=300)
-    except (DockerException, OSError) as err:
-        where = os.environ.get("DOCKER_HOST") or "the local socket"
-        print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)
+    client = reachable_engine(timeout=300)
+    if client is None:
         return 1
     token = os.environ.get("HF_TOKEN") or None
     try:

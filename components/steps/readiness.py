@@ -28,10 +28,10 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 
 import docker
-from docker.errors import DockerException, NotFound
+from docker.errors import NotFound
 from docker.models.containers import Container
 
-from components.steps.engine import engine_client
+from components.steps.engine import reachable_engine
 
 LOG_LINES = 40
 
@@ -202,12 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("containers", nargs="+")
     args = parser.parse_args(argv)
-    try:
-        client = engine_client()
-    except (DockerException, OSError) as err:
-        # `ssh://` hosts need paramiko (docker[ssh]); say where we looked either way.
-        where = os.environ.get("DOCKER_HOST") or "the local socket"
-        print(f"error: cannot reach the Docker engine at {where}: {err}", file=sys.stderr)
+    client = reachable_engine()
+    if client is None:
         return 1
     try:
         ready = wait_healthy(
