@@ -34,17 +34,12 @@ from types import FrameType
 from typing import Any
 
 import docker
-from docker.errors import APIError, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from components.containers.vllm.download_job import ERROR_PREFIX, FACTS_PREFIX
-from components.steps.download import (
-    LABEL,
-    DownloadFailed,
-    exit_code,
-    job_container,
-    remove_leftover,
-)
+from components.steps.download import LABEL, DownloadFailed, job_container, remove_leftover
 from components.steps.engine import reachable_engine
 from components.steps.memory_fit import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -71,8 +66,22 @@ NEXT = (
 )
 
 
+WAIT_SECONDS = 120
+"""How long one short container may take (the hub's metadata, nvidia-smi)."""
+
+
 class Skipped(RuntimeError):
     """The check cannot run here; the message says why, and `pulumi up` goes on."""
+
+
+def _finish(container: Container, what: str) -> tuple[int, str]:
+    """Start it and wait for its end: exit code and output; `Skipped` if it hangs."""
+    container.start()
+    try:
+        code = int(container.wait(timeout=WAIT_SECONDS).get("StatusCode", 1))
+    except OSError:  # requests' ReadTimeout, under docker-py, is an OSError
+        raise Skipped(f"{what} did not end within {WAIT_SECONDS} s") from None
+    return code, container.logs().decode("utf-8", "replace")
 
 
 def _say(message: str) -> None:
@@ -85,9 +94,7 @@ def _run(client: docker.DockerClient, name: str, **create: Any) -> tuple[int, st
         remove_leftover(client, name)
     container = client.containers.create(name=name, labels={LABEL: "job"}, detach=True, **create)
     try:
-        container.start()
-        code = exit_code(container)
-        return code, container.logs().decode("utf-8", "replace")
+        return _finish(container, "nvidia-smi")
     finally:
         with contextlib.suppress(NotFound, APIError):
             container.remove(force=True)
@@ -155,12 +162,11 @@ def model_facts(
     except DownloadFailed as err:
         raise Skipped(str(err)) from None
     try:
-        container.start()
-        code = exit_code(container)
-        lines = container.logs().decode("utf-8", "replace").splitlines()
+        code, output = _finish(container, f"reading {model}'s metadata")
     finally:
         with contextlib.suppress(NotFound, APIError):
             container.remove(force=True)
+    lines = output.splitlines()
     for line in lines:
         if line.startswith(FACTS_PREFIX):
             found: dict[str, Any] = json.loads(line[len(FACTS_PREFIX) :])
@@ -306,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         verdicts = check(client, args, token)
     except Skipped as err:
         _say(f"fit check skipped: {redact(str(err), os.environ)}; going on")
+        return 0
+    except (DockerException, OSError, ValueError, KeyError) as err:
+        # Whatever else keeps it from running: say so, and leave `pulumi up` to go on.
+        cause = redact(f"{type(err).__name__}: {err}", os.environ)
+        _say(f"fit check skipped: it could not run ({cause}); going on")
         return 0
     for verdict in verdicts:
         if verdict.status == "fits":
