@@ -1,23 +1,27 @@
 """The fit check's figures on real models' config.json, computed here by hand.
 
 The config values and weight sizes are those the models publish on the
-Hugging Face hub, found through copies on GitHub and the web:
+Hugging Face hub, as found through copies in public code and pages (the
+code search of this project's tools), and cross-checked here: the parameter
+count the dimensions give, at 2 bytes (bfloat16), equals the index's
+`metadata.total_size` to the byte (`test_the_weight_sizes_are_the_dimensions`).
 
 - meta-llama/Llama-3.1-8B-Instruct and Llama-3.1-70B-Instruct: 32/80 layers,
-  32/64 attention heads, 8 KV heads, hidden size 4096/8192, 131072 positions
-  (vulkomilev/oumi, configs/recipes/llama3_1/README.md, "Model Info" tables),
-  rope_scaling of type `llama3` with factor 8.0 (the 3.1 configs, e.g. as
-  copied in lucasnewman/mlx-audio llama_configs.py), torch_dtype bfloat16;
-  `model.safetensors.index.json` metadata.total_size 16060522496 (8B, quoted
-  in Hugging Face's course pages) and 141107412992 (70B, quoted from
-  "Hands-On LLM serving" notes), both found with the code search;
-- Qwen/Qwen2.5-7B-Instruct: 28 layers, 28 heads, 4 KV heads, hidden 3584
-  (kevinstephano/thunder_model_blocks loads it; the values as listed in
-  verl's flops test "# Qwen/Qwen2.5-7B-Instruct"), max_position_embeddings
-  32768 (the model card: "the current config.json is set for context length
-  up to 32,768 tokens"), index total_size 15231233024
+  32/64 attention heads, 8 KV heads, hidden size 4096/8192, MLP 14336/28672,
+  vocabulary 128256, 131072 positions (vulkomilev/oumi,
+  configs/recipes/llama3_1/README.md, "Model Info" tables); rope_scaling of
+  type `llama3`, factor 8.0, torch_dtype bfloat16 (the 3.1 configs, as in
+  lucasnewman/mlx-audio, mlx_audio/tts/models/chatterbox/models/t3/llama_configs.py);
+  `model.safetensors.index.json` total_size 16060522496 (8B, quoted in several
+  Hugging Face course pages) and 141107412992 (70B, quoted from its index);
+- Qwen/Qwen2.5-7B-Instruct: 28 layers, 28 heads, 4 KV heads, hidden 3584,
+  MLP 18944, vocabulary 152064, untied, QKV bias, max_position_embeddings
+  32768 with `use_sliding_window: false` (its config.json as copied in a FLOPs
+  test under "# Qwen/Qwen2.5-7B-Instruct"; the model card: "the current
+  config.json is set for context length up to 32,768 tokens"), index
+  total_size 15231233024
   (https://huggingface.co/Qwen/Qwen2.5-7B-Instruct/raw/main/model.safetensors.index.json,
-  as quoted in a research note found with the code search).
+  as quoted in a research note).
 
 GPUs: an RTX 4090 reports 24564 MiB, an L4 23034 MiB, a T4 15360 MiB
 (`nvidia-smi --query-gpu=memory.total`).
@@ -41,6 +45,7 @@ from components.steps.memory_fit import (
     model_shape,
     parse_inventory,
 )
+from standin import hubshim
 
 LLAMA_31_8B: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
@@ -89,6 +94,33 @@ QWEN_25_7B_BYTES = 15231233024
 
 RTX_4090 = Gpu("0", "GPU-aaaa", "NVIDIA GeForce RTX 4090", 24564)
 T4 = Gpu("0", "GPU-bbbb", "Tesla T4", 15360)
+
+
+def parameters(config: dict[str, Any], bias: bool, tied: bool) -> int:
+    """A Llama/Qwen2 decoder's parameter count from its dimensions."""
+    hidden, vocab = config["hidden_size"], config["vocab_size"]
+    head = hidden // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * head
+    attention = 2 * hidden * hidden + 2 * hidden * kv + ((hidden + 2 * kv) if bias else 0)
+    layer = attention + 3 * hidden * config["intermediate_size"] + 2 * hidden
+    embeddings = vocab * hidden * (1 if tied else 2)
+    return int(embeddings + config["num_hidden_layers"] * layer + hidden)
+
+
+def test_the_weight_sizes_are_the_dimensions() -> None:
+    # 8,030,261,248 / 70,553,706,496 / 7,615,616,512 parameters, 2 bytes each.
+    assert 2 * parameters(LLAMA_31_8B, bias=False, tied=False) == LLAMA_31_8B_BYTES
+    assert 2 * parameters(LLAMA_31_70B, bias=False, tied=False) == LLAMA_31_70B_BYTES
+    assert 2 * parameters(QWEN_25_7B, bias=True, tied=False) == QWEN_25_7B_BYTES
+    # The stand-in hub's models (tests/test_e2e_fit.py): Llama-3.1-70B as above, and
+    # Qwen2.5-0.5B-Instruct (tied embeddings): 494,032,768 parameters.
+    llama, llama_bytes, _ = hubshim.REAL_SHAPES["llama-3.1-70b-instruct"]
+    assert {k: llama[k] for k in LLAMA_31_70B if k in llama} == {
+        k: v for k, v in LLAMA_31_70B.items() if k in llama
+    }
+    assert llama_bytes == LLAMA_31_70B_BYTES
+    qwen, qwen_bytes, _ = hubshim.REAL_SHAPES["qwen2.5-0.5b-instruct"]
+    assert 2 * parameters(dict(qwen), bias=True, tied=True) == qwen_bytes == 988065536
 
 
 def test_llama_31_8b_figures() -> None:
