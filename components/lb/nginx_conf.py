@@ -90,6 +90,7 @@ from components.lb.njs import (
     PREFIX_MODULE,
     prefix_script,
 )
+from components.lb.pools import ModelPool
 from components.lb.upstreams import (
     affinity_map,
     is_prefix,
@@ -282,6 +283,7 @@ def render_nginx_config(
     lb: LoadBalancerSettings,
     upstreams: Sequence[Upstream],
     runtime: NginxRuntime = NginxRuntime(),
+    pools: Sequence[ModelPool] = (),
 ) -> str:
     """The whole main config: no `user`, no mime.types, no stock includes.
 
@@ -292,6 +294,8 @@ def render_nginx_config(
     set; nginx refuses to start without that file, so the check cannot be
     silently lost.
     """
+    if pools:
+        raise NotImplementedError("model routing: not rendered yet")
     rt = check_runtime(runtime)
     worker_connections = check_positive("worker_connections", lb.worker_connections, minimum=64)
     keepalive = check_positive("keepalive_connections", lb.keepalive_connections)
@@ -377,7 +381,9 @@ def _prefix_http(lb: LoadBalancerSettings, rt: _CheckedRuntime) -> list[Directiv
 
 
 def render_extra_files(
-    lb: LoadBalancerSettings, runtime: NginxRuntime = NginxRuntime()
+    lb: LoadBalancerSettings,
+    runtime: NginxRuntime = NginxRuntime(),
+    pools: Sequence[ModelPool] = (),
 ) -> dict[str, str]:
     """Files the rendered config reads besides itself: {path in the container: text}.
 
@@ -386,6 +392,8 @@ def render_extra_files(
     nginx.conf (they hold no secret); the module itself
     (`runtime.njs_module`) must already be in the image.
     """
+    if pools:
+        raise NotImplementedError("model routing: not rendered yet")
     if not is_prefix(lb):
         return {}
     path = checked("runtime.prefix_script", runtime.prefix_script, safe_token)
