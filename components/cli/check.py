@@ -48,7 +48,11 @@ from components.plan.monitoring import GRAFANA_ADMIN_USER
 
 def needs_hf_token(settings: Settings) -> bool:
     """A model id (not a local path) is downloaded from Hugging Face; gated ones need a token."""
-    return not is_local_model(settings.model)
+    return any(
+        not is_local_model(m)
+        for pool in settings.pools()
+        for m in (pool.model, *(a.model for a in pool.adapters))
+    )
 
 
 def hf_token_status(settings: Settings) -> str:
