@@ -42,7 +42,7 @@ from components.config.stack_file import (
 )
 from components.config.vllm_release import old_release_warning
 from components.plan.build import build_plan, is_local_model
-from components.plan.model import Plan
+from components.plan.model import Plan, ReplicaPlan
 from components.plan.monitoring import GRAFANA_ADMIN_USER
 
 
@@ -106,33 +106,67 @@ def _monitoring_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
-    """The plan in a few readable lines."""
-    lb = settings.load_balancer
-    backend = "CPU backend" if settings.backend is Backend.CPU else "GPU backend"
-    served = plan.served_model_name
-    alias = f" (clients ask for {served})" if served != settings.model else ""
-    lines = [
-        f"{stack.path.name}: valid; `pulumi up` would deploy:",
-        f"  model          {settings.model}{alias}, {backend}",
-        f"  replicas       {len(plan.replicas)}, tensor parallel size "
-        f"{settings.tensor_parallel_size}, on network {plan.network}",
-    ]
-    for host in plan.hosts if plan.hosts[0].name is not None else ():
-        where = ", load balancer" if host.runs_load_balancer else ""
-        lines.append(
-            f"  host           {host.name}: {host.docker_host}, "
-            f"{len(host.replicas)} replica(s){where}"
-        )
-    width = max(len(r.name) for r in plan.replicas)
-    for replica in plan.replicas:
+def _replica_lines(replicas: Sequence[ReplicaPlan], indent: str) -> list[str]:
+    """A replica a line: its name, its GPUs or CPUs, where it is published."""
+    width = max(len(r.name) for r in replicas)
+    lines = []
+    for replica in replicas:
         if replica.gpu_ids:
             devices = "GPU " + ",".join(replica.gpu_ids)
         elif replica.cpu_set:
             devices = f"CPUs {replica.cpu_set}"
         else:
             devices = "no GPU"
-        lines.append(f"    {replica.name:<{width}}  {devices:<10}  {replica.url}")
+        lines.append(f"{indent}{replica.name:<{width}}  {devices:<10}  {replica.url}")
+    return lines
+
+
+def _pool_lines(settings: Settings, plan: Plan) -> list[str]:
+    """Each pool: its model and served name, adapters, policy, and its replicas."""
+    lines = []
+    for pool, own in zip(plan.pools, settings.pools(), strict=True):
+        alias = f" as {pool.served_name}" if pool.served_name != pool.model else ""
+        kind = ", embeddings" if pool.embedding else ""
+        lines.append(
+            f"  pool {pool.name:<9} {pool.model}{alias}{kind}, tensor parallel size "
+            f"{own.tensor_parallel_size}, policy {pool.policy}"
+        )
+        if pool.image != plan.vllm_image:
+            lines.append(f"    image        {pool.image.name}")
+        for name, model in pool.adapters:
+            lines.append(f"    adapter      {name} ({model})")
+        mine = [r for r in plan.replicas if r.pool == pool.name]
+        lines += _replica_lines(mine, "    ")
+    return lines
+
+
+def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
+    """The plan in a few readable lines."""
+    lb = settings.load_balancer
+    backend = "CPU backend" if settings.backend is Backend.CPU else "GPU backend"
+    served = plan.served_model_name
+    alias = f" (clients ask for {served})" if served != settings.model else ""
+    lines = [f"{stack.path.name}: valid; `pulumi up` would deploy:"]
+    if plan.pools:
+        lines += [
+            f"  pools          {len(plan.pools)}, {len(plan.replicas)} replicas, {backend}, "
+            f"on network {plan.network}",
+            *_pool_lines(settings, plan),
+        ]
+    else:
+        lines += [
+            f"  model          {settings.model}{alias}, {backend}",
+            f"  replicas       {len(plan.replicas)}, tensor parallel size "
+            f"{settings.tensor_parallel_size}, on network {plan.network}",
+        ]
+    for host in plan.hosts if plan.hosts[0].name is not None else ():
+        where = ", load balancer" if host.runs_load_balancer else ""
+        lines.append(
+            f"  host           {host.name}: {host.docker_host}, "
+            f"{len(host.replicas)} replica(s){where}"
+        )
+    if not plan.pools:
+        lines += _replica_lines(plan.replicas, "    ")
     lines += [
         f"  image          {_image_line(plan)}",
         f"  cache          {_cache_line(plan)}",
