@@ -10,6 +10,7 @@ send and must be unique across pools, or one name would have two homes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,3 +64,84 @@ def check_pools(pools: Sequence[ModelPool]) -> tuple[ModelPool, ...]:
                 )
             owners[value] = name
     return tuple(pools)
+
+
+# Names the rendered config and router.js share. Derived from the pool name,
+# a DNS label, so they can neither collide with each other (`_` is not in a
+# label) nor with the single-model names.
+def upstream_name(pool: ModelPool) -> str:
+    return f"pool_{pool.name}"
+
+
+def fallback_upstream_name(pool: ModelPool) -> str:
+    """prefix_affinity's least_conn upstream of the pool, as the single upstream has."""
+    return f"pool_{pool.name}_fallback"
+
+
+def location_name(pool: ModelPool) -> str:
+    return f"@pool_{pool.name}"
+
+
+def fallback_location_name(pool: ModelPool) -> str:
+    return f"@pool_{pool.name}_fallback"
+
+
+def is_prefix_pool(pool: ModelPool) -> bool:
+    return RoutingPolicy(pool.policy) is RoutingPolicy.PREFIX_AFFINITY
+
+
+MISSING_MODEL_MESSAGE = (
+    "The request names no model. The load balancer sends each request to the "
+    'replicas serving its `model` (the JSON body\'s "model", or the "model" '
+    "field of a multipart form); GET /v1/models lists the served models."
+)
+
+
+def routing_table(pools: Sequence[ModelPool]) -> dict[str, object]:
+    """What router.js needs, as plain data: name -> pool, the pools' locations,
+    the text of the 404s and the cards of GET /v1/models.
+
+    Cards as vLLM v0.33.0 lists them (docs/vllm.md): the served name with
+    `root` = the model, `parent` null; then each adapter with `parent` = the
+    served name. An adapter's `root` (its path on the replica) is not known to
+    the balancer, so it is null. `created` is added per request by router.js.
+    """
+    pools = check_pools(pools)
+    names: dict[str, str] = {}
+    cards: list[dict[str, str | None]] = []
+    table_pools: dict[str, dict[str, object]] = {}
+    for pool in pools:
+        names[pool.served_name] = pool.name
+        cards.append({"id": pool.served_name, "root": pool.model, "parent": None})
+        for adapter in pool.adapters:
+            names[adapter] = pool.name
+            cards.append({"id": adapter, "root": None, "parent": pool.served_name})
+        table_pools[pool.name] = {
+            "name": pool.name,
+            "location": location_name(pool),
+            "fallback": fallback_location_name(pool),
+            "prefix": is_prefix_pool(pool),
+        }
+    return {
+        "names": names,
+        "pools": table_pools,
+        # vLLM lists its served names, not its adapters, as the valid aliases.
+        "aliases": ", ".join(pool.served_name for pool in pools),
+        "missing": MISSING_MODEL_MESSAGE,
+        "cards": cards,
+    }
+
+
+def routing_table_script(pools: Sequence[ModelPool]) -> str:
+    """models.js: the table as an ES module njs loads with the config.
+
+    JSON is valid JavaScript, and every name in it passed `safe_token`, so the
+    text cannot break out of its string literals. Same pools, same text: a
+    `pulumi up` shows a change only when the pools change.
+    """
+    body = json.dumps(routing_table(pools), indent=1)
+    return (
+        "// Generated from the model pools when nginx.conf is rendered "
+        "(components/lb/pools.py); do not edit.\n"
+        f"export default {body};\n"
+    )

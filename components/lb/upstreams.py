@@ -22,7 +22,12 @@ def affinity_variable(header: str) -> str:
 
 
 def policy_directives(lb: LoadBalancerSettings) -> list[Directive]:
-    policy = RoutingPolicy(lb.policy)
+    return pool_policy_directives(lb.policy)
+
+
+def pool_policy_directives(policy: RoutingPolicy) -> list[Directive]:
+    """The balancing directives of one upstream (the single one, or a model pool's)."""
+    policy = RoutingPolicy(policy)
     if policy is RoutingPolicy.LEAST_CONN:
         return [d("least_conn")]
     if policy is RoutingPolicy.ROUND_ROBIN:
@@ -37,8 +42,12 @@ def policy_directives(lb: LoadBalancerSettings) -> list[Directive]:
     return [d("hash", AFFINITY_KEY_VARIABLE, "consistent")]
 
 
-def affinity_map(lb: LoadBalancerSettings) -> list[Directive]:
-    if RoutingPolicy(lb.policy) is not RoutingPolicy.SESSION_AFFINITY:
+def affinity_map(
+    lb: LoadBalancerSettings, policies: Sequence[RoutingPolicy] | None = None
+) -> list[Directive]:
+    """The key map, once, if `lb.policy` (or any of `policies`, the pools') needs it."""
+    wanted = [lb.policy] if policies is None else policies
+    if RoutingPolicy.SESSION_AFFINITY not in [RoutingPolicy(p) for p in wanted]:
         return []
     variable = affinity_variable(lb.affinity_header)
     return [
@@ -56,17 +65,20 @@ def is_prefix(lb: LoadBalancerSettings) -> bool:
 
 
 def server_lines(
-    lb: LoadBalancerSettings, upstreams: Sequence[Upstream], max_conns: str | None = None
+    lb: LoadBalancerSettings,
+    upstreams: Sequence[Upstream],
+    max_conns: str | None = None,
+    field: str = "upstreams",
 ) -> list[Directive]:
     if not upstreams:
-        raise ValueError("upstreams: at least one replica is needed")
+        raise ValueError(f"{field}: at least one replica is needed")
     max_fails = check_positive("max_fails", lb.max_fails)
     fail_window = check_positive("fail_window_seconds", lb.fail_window_seconds)
     bound = [] if max_conns is None else [f"max_conns={max_conns}"]
     lines = []
     for index, upstream in enumerate(upstreams):
-        host = checked(f"upstreams[{index}].host", upstream.host, host_name)
-        port = check_port(f"upstreams[{index}].port", upstream.port)
+        host = checked(f"{field}[{index}].host", upstream.host, host_name)
+        port = check_port(f"{field}[{index}].port", upstream.port)
         args = [
             host_port(host, port),
             *bound,
