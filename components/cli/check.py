@@ -171,7 +171,8 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
         f"  image          {_image_line(plan)}",
         f"  cache          {_cache_line(plan)}",
         f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "
-        f"{lb.policy.value}, published on {lb.bind_address}:{lb.port})",
+        f"{'by model to its pool' if plan.pools else lb.policy.value}, "
+        f"published on {lb.bind_address}:{lb.port})",
         *_monitoring_lines(plan),
     ]
     exposed = not lb.bind_address.startswith("127.")
