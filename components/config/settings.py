@@ -277,12 +277,14 @@ class Settings(ConfigModel):
                 cores: tuple[int, ...] = ()
                 if not cpu and gpus is not None:
                     ids = gpus[i] if i < len(gpus) else ()
+                    next_gpu[where] = max([next_gpu.get(where, 0), *(g + 1 for g in ids)])
                 elif not cpu:
                     start = next_gpu.get(where, 0)
                     ids = tuple(range(start, start + pool.tensor_parallel_size))
                     next_gpu[where] = start + pool.tensor_parallel_size
                 elif cpu_sets is not None:
                     cores = parse_cpu_set(cpu_sets[i]) if i < len(cpu_sets) else ()
+                    next_core[where] = max([next_core.get(where, 0), *(c + 1 for c in cores)])
                 elif k:
                     start = next_core.get(where, 0)
                     cores = tuple(range(start, start + k))

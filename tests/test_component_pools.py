@@ -1,0 +1,136 @@
+"""Model pools as the program declares them, under Pulumi's mocks: a download per
+repository, replicas per pool waiting only for their own download, a readiness
+check per pool, update waves per pool (one pool's never waits on another's), a
+pool's own image, and nginx with the pools' router."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from components.shell.cluster import VllmCluster, VllmClusterArgs
+from components.shell.program import load_settings
+from tests.support.pulumi_capture import Run, run_program
+from tests.test_component import COMMAND, CONTAINER, dep_names
+
+NS = "vllm-nginx"
+MODELS: list[dict[str, Any]] = [
+    {
+        "name": "chat",
+        "model": "Qwen/Qwen2.5-1.5B-Instruct",
+        "servedModelName": "chat",
+        "replicas": 4,
+        "adapters": [{"name": "sql", "model": "org/sql-lora"}],
+    },
+    {
+        "name": "embed",
+        "model": "BAAI/bge-base-en-v1.5",
+        "servedModelName": "embed",
+        "replicas": 2,
+        "extraArgs": ["--runner", "pooling"],
+        "image": {"prebuilt": "org/vllm:embed"},
+    },
+]
+
+
+def deploy(rolling: bool = True, **values: Any) -> Run:
+    config = {"models": MODELS, **values}
+
+    def program() -> dict[str, Any]:
+        cluster = VllmCluster("vllm", VllmClusterArgs(settings=load_settings(), rolling=rolling))
+        return {"lb_url": cluster.lb_url}
+
+    return run_program(
+        {
+            f"{NS}:{k}": json.dumps(v) if isinstance(v, dict | list) else str(v)
+            for k, v in config.items()
+        },
+        program=program,
+    )
+
+
+def test_resources_per_pool() -> None:
+    run = deploy()
+    containers = {str(c.inputs["name"]) for c in run.of_type(CONTAINER)}
+    assert containers == {
+        *(f"vllm-chat-{i}" for i in range(4)),
+        "vllm-embed-0",
+        "vllm-embed-1",
+        "nginx-lb",
+    }
+    commands = {c.name for c in run.of_type(COMMAND)}
+    assert {
+        "vllm-chat-download",
+        "vllm-embed-download",
+        "vllm-chat-replicas-ready",
+        "vllm-embed-replicas-ready",
+        "vllm-verify",
+        "vllm-lb-config",
+    } <= commands
+    assert "vllm-download" not in commands and "vllm-replicas-ready" not in commands
+    chat = run.named("vllm-chat-download").inputs["create"]
+    assert "--model Qwen/Qwen2.5-1.5B-Instruct --model org/sql-lora --name vllm-chat-download" in (
+        chat
+    )
+    embed = run.named("vllm-embed-download").inputs["create"]
+    # Its pool's image fetches it (the image's own huggingface_hub).
+    assert "--image @@vllm-embed-vllm-image.imageId@@ --model BAAI/bge-base-en-v1.5 " in embed
+
+
+def test_replicas_wait_for_their_pools_download_and_image_only() -> None:
+    run = deploy()
+    for i in range(4):
+        chat = run.named(f"vllm-vllm-chat-{i}")
+        assert "vllm-chat-download" in dep_names(run, chat)
+        assert "vllm-embed-download" not in dep_names(run, chat)
+        assert chat.inputs["image"] == "@@vllm-vllm-image.imageId@@"
+    embed = run.named("vllm-vllm-embed-0")
+    assert dep_names(run, embed) >= {"vllm-embed-download"}
+    assert "vllm-chat-download" not in dep_names(run, embed)
+    assert embed.inputs["image"] == "@@vllm-embed-vllm-image.imageId@@"
+    ready = run.named("vllm-embed-replicas-ready")
+    assert ready.inputs["triggers"] == ["@@vllm-vllm-embed-0.id@@", "@@vllm-vllm-embed-1.id@@"]
+    assert "vllm-chat-0" not in ready.inputs["create"]
+    # nginx waits for every pool's readiness.
+    assert {"vllm-chat-replicas-ready", "vllm-embed-replicas-ready"} <= dep_names(
+        run, run.named("vllm-lb")
+    )
+
+
+def test_rollout_waves_are_per_pool() -> None:
+    run = deploy()
+    # Chat: waves of two; its second wave waits for its first, not for the embed pool.
+    for i in (2, 3):
+        names = dep_names(run, run.named(f"vllm-vllm-chat-{i}"))
+        assert {"vllm-vllm-chat-0-rotation", "vllm-vllm-chat-1-rotation"} <= names
+        assert not {n for n in names if "embed" in n}, names
+    for i in (0, 1):
+        assert not any(
+            n.endswith("-rotation") for n in dep_names(run, run.named(f"vllm-vllm-chat-{i}"))
+        )
+    # Embed: waves of one, waiting on its own pool only.
+    names = dep_names(run, run.named("vllm-vllm-embed-1"))
+    assert "vllm-vllm-embed-0-rotation" in names
+    assert not {n for n in names if "chat" in n}, names
+    assert not any(n.endswith("-rotation") for n in dep_names(run, run.named("vllm-vllm-embed-0")))
+
+
+def test_replica_commands_and_nginx_router() -> None:
+    run = deploy()
+    command = run.named("vllm-vllm-chat-0").inputs["command"]
+    at = command.index("--enable-lora")
+    assert command[at : at + 5] == [
+        "--enable-lora",
+        "--max-loras",
+        "1",
+        "--lora-modules",
+        "sql=org/sql-lora",
+    ]
+    reload = run.named("vllm-lb-config")
+    files = json.loads(reload.inputs["environment"]["VLLM_NGINX_LB_FILES"])
+    conf = files["/etc/nginx/nginx.conf"]
+    for i in range(4):
+        assert f"server vllm-chat-{i}:8000" in conf
+    assert "server vllm-embed-1:8000" in conf
+    verify = run.named("vllm-verify").inputs["create"]
+    assert "--model chat --model sql --model embed --embedding embed --probe" in verify
