@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     vllm.add_argument(
         "--max-lora-rank", type=int, choices=(1, 8, 16, 32, 64, 128, 256, 320, 512), default=16
     )
-    # vllm/config/model.py:82-88.
+    # vllm/config/model.py:86-88, vllm/config/scheduler.py:20.
     vllm.add_argument("--runner", choices=("auto", "generate", "pooling", "draft"), default="auto")
     vllm.add_argument("--convert", choices=("auto", "none", "embed", "classify"), default="auto")
 

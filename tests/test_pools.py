@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from components.cli.check import run as run_check
-from components.config.loading import parse_settings
+from components.config.loading import deployment_problems, parse_settings
 from components.config.problems import ConfigError
 from components.plan.build import build_plan
 from components.plan.model import Plan
@@ -426,3 +426,16 @@ def test_fewer_gpu_groups_than_replicas_is_a_problem_not_a_crash() -> None:
     assert problems(models=[{**CHAT, "replicas": 3, "gpus": [[0]]}]) == {
         "models[0].gpus": "lists 1 replicas but 'models[0].replicas' is 3"
     }
+
+
+def test_a_pools_own_image_build_must_exist_where_pulumi_up_runs(tmp_path: Path) -> None:
+    settings = parse_settings(
+        raw(models=[CHAT, {**EMBED, "image": {"build": {"context": "no-such-checkout"}}}])
+    )
+    found = deployment_problems(settings, docker_host=None, project_dir=tmp_path)
+    assert [(p.key, p.rule) for p in found] == [
+        (
+            f"{NS}:models[1].image.build.context",
+            f"is not a directory (looked in {tmp_path / 'no-such-checkout'})",
+        )
+    ]

@@ -241,19 +241,31 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
 
 
 def disk_rules(settings: Settings, project_dir: Path) -> list[Rule]:
-    """What must exist where `pulumi up` runs: the vLLM checkout to build, its Dockerfile."""
-    build = settings.vllm_image.build
-    if build is None:
-        return []
-    context = (project_dir / Path(build.context).expanduser()).resolve()
-    if not context.is_dir():
-        return [rule("image.build.context", f"is not a directory (looked in {context})")]
-    dockerfile = (context / build.dockerfile).resolve()
-    if not dockerfile.is_relative_to(context):
-        return [rule("image.build.dockerfile", "must be inside 'image.build.context'")]
-    if not dockerfile.is_file():
-        return [rule("image.build.dockerfile", f"does not exist (looked for {dockerfile})")]
-    return []
+    """What must exist where `pulumi up` runs: the vLLM checkout to build, its Dockerfile
+    (the stack's image, and a pool's own)."""
+    images = [("image", settings.vllm_image)]
+    images += [
+        (f"models[{i}].image", settings.image_of(pool))
+        for i, pool in enumerate(settings.models or ())
+        if pool.image is not None
+    ]
+    rules: list[Rule] = []
+    for key, image in images:
+        build = image.build
+        if build is None:
+            continue
+        context = (project_dir / Path(build.context).expanduser()).resolve()
+        if not context.is_dir():
+            rules.append(rule(f"{key}.build.context", f"is not a directory (looked in {context})"))
+            continue
+        dockerfile = (context / build.dockerfile).resolve()
+        if not dockerfile.is_relative_to(context):
+            rules.append(rule(f"{key}.build.dockerfile", f"must be inside '{key}.build.context'"))
+        elif not dockerfile.is_file():
+            rules.append(
+                rule(f"{key}.build.dockerfile", f"does not exist (looked for {dockerfile})")
+            )
+    return rules
 
 
 def remote_engine_rules(settings: Settings, docker_host: str | None) -> list[Rule]:

@@ -114,9 +114,10 @@ def _omp_bind(cores: tuple[int, ...], ranks: int) -> str:
 def is_embedding(args: Sequence[str]) -> bool:
     """Served by vLLM's pooling runner as an embedding model, as its extraArgs say.
 
-    `--runner pooling` or `--convert embed` (vllm/config/model.py:82-88 at
-    v0.33.0); with `--runner auto` vLLM decides from the model's architecture,
-    which the plan cannot read before the download: an embedding pool says so."""
+    `--runner pooling` or `--convert embed` (vllm/config/model.py:86-88,
+    vllm/config/scheduler.py:20 at v0.33.0); with `--runner auto` vLLM decides
+    from the model's architecture, which the plan cannot read before the
+    download: an embedding pool says so (docs/model-pools.md)."""
     words = [w for arg in args for w in arg.split("=", 1)]
     pairs = set(itertools.pairwise(words))
     return bool(pairs & {("--runner", "pooling"), ("--convert", "embed")})
