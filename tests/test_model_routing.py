@@ -10,7 +10,10 @@ and "no replica contacted" are counted, not inferred.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import shutil
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,11 +26,22 @@ import pytest
 from openai import OpenAI
 
 from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
+from components.containers.exporter.lb_exporter import LbMetrics, ReplicaNames
 from components.lb.names import TlsFiles
 from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
 from components.lb.pools import MISSING_MODEL_MESSAGE, ModelPool
 from tests.support.fake_replica import FakeReplica, fake_replicas
-from tests.support.nginx import LOOPBACK, RunningNginx, require_nginx, require_njs
+from tests.support.nginx import (
+    LOOPBACK,
+    RunningNginx,
+    free_port,
+    loopback_runtime,
+    make_sandbox,
+    require_nginx,
+    require_njs,
+    running_nginx,
+    write_extra_files,
+)
 from tests.support.nginx import balancer as nginx_balancer
 
 pytestmark = pytest.mark.nginx
@@ -381,3 +395,68 @@ def test_without_pools_the_config_is_byte_for_byte_the_single_model_one(case):
     files = json.loads((GOLDEN / f"{case}.files.json").read_text())
     assert render_extra_files(lb, runtime) == files
     assert render_extra_files(lb, runtime, pools=()) == files
+
+
+# --- monitoring ---------------------------------------------------------------------------
+
+
+def test_the_metrics_log_names_the_pool_and_the_exporter_labels_by_it():
+    """nginx's own syslog lines, into the real exporter's parser."""
+    nginx_binary = require_nginx()
+    require_njs()
+    sandbox = make_sandbox("nginx-routing-metrics-")
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind((LOOPBACK, 0))
+    receiver.settimeout(5)
+    try:
+        with fake_replicas("c0", "e0") as replicas:
+            pools = [
+                ModelPool(
+                    "chat",
+                    CHAT,
+                    "org/c",
+                    (Upstream(host=LOOPBACK, port=replicas["c0"].port),),
+                    RoutingPolicy.LEAST_CONN,
+                ),
+                ModelPool(
+                    "embed",
+                    EMBED,
+                    "org/e",
+                    (Upstream(host=LOOPBACK, port=replicas["e0"].port),),
+                    RoutingPolicy.ROUND_ROBIN,
+                ),
+            ]
+            port = free_port()
+            runtime = dataclasses.replace(
+                loopback_runtime(sandbox, port),
+                metrics_syslog=f"{LOOPBACK}:{receiver.getsockname()[1]}",
+            )
+            lb_settings = LoadBalancerSettings(dynamic_resolve=False)
+            config = render_nginx_config(
+                lb_settings, [u for p in pools for u in p.upstreams], runtime, pools
+            )
+            write_extra_files(lb_settings, runtime, pools)
+            with running_nginx(nginx_binary, config, sandbox, port) as nginx:
+                api = client(nginx)
+                chat(api, CHAT, "hi")
+                api.embeddings.create(model=EMBED, input="x")
+                with pytest.raises(openai.NotFoundError):
+                    chat(api, "nope", "hi")
+                metrics = LbMetrics(
+                    ReplicaNames(
+                        [
+                            f"c0={LOOPBACK}:{replicas['c0'].port}",
+                            f"e0={LOOPBACK}:{replicas['e0'].port}",
+                        ]
+                    )
+                )
+                for _ in range(3):
+                    metrics.record_line(receiver.recv(65536).decode())
+        text = metrics.render()
+        assert 'vllm_lb_requests_total{status="200",pool="chat"} 1' in text
+        assert 'vllm_lb_requests_total{status="200",pool="embed"} 1' in text
+        assert 'vllm_lb_requests_total{status="404"} 1' in text
+        assert 'vllm_lb_upstream_attempts_total{replica="e0",status="200",pool="embed"} 1' in text
+    finally:
+        receiver.close()
+        shutil.rmtree(sandbox, ignore_errors=True)
