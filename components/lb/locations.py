@@ -162,7 +162,7 @@ def locations(
     if pools:
         # Model routing: exposed paths carry no model, any replica answers them.
         proxied = [*guard, d("proxy_pass", f"http://{UPSTREAM_NAME}")]
-        api_locations = router_locations(pools, guard)
+        api_locations = router_locations(lb, pools, guard)
     elif is_prefix(lb):
         # Exposed paths (GET /metrics ...) carry no prompt: least_conn.
         proxied = [*guard, d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from components.config.sections import LoadBalancerSettings
 from components.config.values import safe_token
 from components.lb.directives import check_positive, checked, d
-from components.lb.names import API_PREFIX, PREFIX_BODY_BUFFER, Directive
+from components.lb.names import API_PREFIX, Directive
 from components.lb.njs import (
     MODELS_HANDLER,
     POOL_VARIABLE,
@@ -108,8 +108,17 @@ def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Direc
     ]
 
 
-def router_locations(pools: Sequence[ModelPool], guard: list[Directive]) -> list[Directive]:
+def router_locations(
+    lb: LoadBalancerSettings, pools: Sequence[ModelPool], guard: list[Directive]
+) -> list[Directive]:
     """`/v1/` runs the router, `= /v1/models` lists the models; a named location per pool.
+
+    The router can only read a body nginx kept in memory (nginx unlinks its
+    temp files at once), so the body buffer of `/v1/` is as large as the
+    largest body accepted (`maxBodySizeMb`): an image or audio upload is
+    routed as well as a short chat. nginx allocates it only as large as each
+    body whose length is announced; the memory a body takes is what its
+    temp file would have taken on disk.
 
     The API key guard runs in the rewrite phase of both, before the content
     handler reads a body. The body the router read stays the request's body
@@ -122,7 +131,10 @@ def router_locations(pools: Sequence[ModelPool], guard: list[Directive]) -> list
             API_PREFIX,
             block=[
                 *guard,
-                d("client_body_buffer_size", PREFIX_BODY_BUFFER),
+                d(
+                    "client_body_buffer_size",
+                    check_positive("max_body_size_mb", lb.max_body_size_mb) + "m",
+                ),
                 d("js_content", ROUTER_HANDLER),
             ],
         ),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +30,19 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, port: int, replica: FakeReplica) -> None:
         self.replica = replica
+        self.connections: set[socket.socket] = set()
         super().__init__((LOOPBACK, port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def close_connections(self) -> None:
+        """A stopped replica also drops the keepalive connections nginx holds to it."""
+        for connection in list(self.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        self.connections.clear()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -134,6 +147,7 @@ class FakeReplica:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
 
     def count(self) -> int:

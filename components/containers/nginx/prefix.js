@@ -93,29 +93,23 @@ function routingText(body, limit) {
     return model + '\n' + prefix;
 }
 
-// Puts the routing key of a parsed body in $lb_prefix_key; false when the
-// body has no usable prompt (the request then goes to the fallback).
-function setKey(r, body) {
-    const limit = Number(r.variables.lb_prefix_chars);
-    const text = limit > 0 ? routingText(body, limit) : '';
-    if (text.length === 0) {
-        return false;
-    }
-    r.variables.lb_prefix_key = crypto.createHash('sha1').update(text).digest('hex');
-    return true;
-}
-
 function route(r) {
-    let keyed = false;
+    let text = '';
     try {
+        const limit = Number(r.variables.lb_prefix_chars);
         const body = r.requestText; // throws when nginx kept the body in a file
-        if (typeof body === 'string' && body.length > 0) {
-            keyed = setKey(r, JSON.parse(body));
+        if (typeof body === 'string' && body.length > 0 && limit > 0) {
+            text = routingText(JSON.parse(body), limit);
         }
     } catch (e) {
-        keyed = false;
+        text = '';
     }
-    r.internalRedirect(keyed ? PREFIX_LOCATION : FALLBACK_LOCATION);
+    if (text.length === 0) {
+        r.internalRedirect(FALLBACK_LOCATION);
+        return;
+    }
+    r.variables.lb_prefix_key = crypto.createHash('sha1').update(text).digest('hex');
+    r.internalRedirect(PREFIX_LOCATION);
 }
 
-export default { route, routingText, setKey };
+export default { route, routingText };

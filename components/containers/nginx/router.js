@@ -18,9 +18,9 @@
 //
 // Only what njs 0.7.9 (Debian 12's libnginx-mod-http-js) already has:
 // js_import, js_content, js_var, relative module imports, r.requestBuffer,
-// r.variables, r.internalRedirect, Buffer, fs.readFileSync.
+// r.variables, r.internalRedirect, Buffer, crypto.
 
-import fs from 'fs';
+import crypto from 'crypto';
 import prefix from 'prefix.js';
 import table from 'models.js';
 
@@ -36,23 +36,16 @@ function notFound(r, message) {
     sendJson(r, 404, { error: { message: message, type: 'NotFoundError', param: 'model', code: 404 } });
 }
 
-// The body as bytes: from memory, or from the temp file nginx wrote a body
-// larger than client_body_buffer_size to (read whole: such bodies are rare,
-// images or audio, and the worker is busy for the time of the read).
+// The body as bytes. The config sizes client_body_buffer_size to the largest
+// body it accepts, so every body is in memory; one nginx kept in a temp file
+// anyway cannot be read here (nginx has already unlinked the file) and counts
+// as naming no model.
 function bodyBytes(r) {
-    let body;
     try {
-        body = r.requestBuffer;
+        return r.requestBuffer;
     } catch (e) {
-        body = undefined;
+        return undefined;
     }
-    if (body === undefined || body === null) {
-        const file = r.variables.request_body_file;
-        if (file) {
-            body = fs.readFileSync(file);
-        }
-    }
-    return body;
 }
 
 // The value of the form field `model` in a multipart/form-data body.
@@ -122,13 +115,21 @@ function route(r) {
         r.internalRedirect(pool.location);
         return;
     }
-    let keyed = false;
+    // prefix_affinity inside the pool: the key prefix.js computes for a single
+    // pool, from the body parsed above; no usable prompt -> the pool's fallback.
+    let text = '';
     try {
-        keyed = request.parsed !== undefined && prefix.setKey(r, request.parsed);
+        const limit = Number(r.variables.lb_prefix_chars);
+        text = request.parsed !== undefined && limit > 0 ? prefix.routingText(request.parsed, limit) : '';
     } catch (e) {
-        keyed = false;
+        text = '';
     }
-    r.internalRedirect(keyed ? pool.location : pool.fallback);
+    if (text.length === 0) {
+        r.internalRedirect(pool.fallback);
+        return;
+    }
+    r.variables.lb_prefix_key = crypto.createHash('sha1').update(text).digest('hex');
+    r.internalRedirect(pool.location);
 }
 
 // GET /v1/models: every served name and adapter, as vLLM lists them. `created`
