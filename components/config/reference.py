@@ -269,14 +269,15 @@ def config_rows(
 
 
 POOL_IMAGE = "models[i].image."
-
-
-def _description(key: str) -> str:
-    """A pool's `image` keys mean what the stack's do, for that pool's replicas."""
-    if key.startswith(POOL_IMAGE) and key not in DESCRIPTIONS:
-        own = "image." + key.removeprefix(POOL_IMAGE)
-        return f"as `{own}`, for this pool (default: the stack's `image`)"
-    return DESCRIPTIONS.get(key, "")
+# A pool's `image` keys mean what the stack's do, for that pool's replicas.
+DESCRIPTIONS.update(
+    {
+        POOL_IMAGE + key.removeprefix("image."): f"as `{key}`, for this pool (default: "
+        "the stack's `image`)"
+        for key in list(DESCRIPTIONS)
+        if key.startswith("image.")
+    }
+)
 
 
 def reference() -> str:
@@ -285,7 +286,9 @@ def reference() -> str:
         "| --- | --- | --- | --- |",
     ]
     for key, type_name, default in config_rows(Settings):
-        lines.append(f"| `{NAMESPACE}:{key}` | {type_name} | {default} | {_description(key)} |")
+        lines.append(
+            f"| `{NAMESPACE}:{key}` | {type_name} | {default} | {DESCRIPTIONS.get(key, '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
