@@ -6,6 +6,7 @@ Real `python -m standin` processes through the official `openai` client."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -134,3 +135,20 @@ def test_offline_without_the_adapter_in_the_cache_fails_to_start(tmp_path):
     assert result.returncode != 0
     assert "HF_HUB_OFFLINE" in result.stderr and ADAPTER in result.stderr
     assert "Uvicorn running" not in result.stderr
+
+
+def test_verify_step_probes_each_name_by_its_kind(lora, embedder, capsys) -> None:
+    from components.steps import verify
+
+    assert verify.main(["--url", lora.url, "--model", "tiny", "--model", "sql", "--probe"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["answered"] == {"tiny": "tiny", "sql": "sql"}
+    args = ["--url", embedder.url, "--model", "embed", "--timeout", "5"]
+    assert verify.main([*args, "--embedding", "embed", "--probe"]) == 0
+    assert json.loads(capsys.readouterr().out)["answered"] == {"embed": "embed"}
+    # Asked for a completion, an embedding model has no such route: the step fails.
+    assert verify.main([*args, "--probe"]) == 1
+    assert "a completion request for 'embed'" in capsys.readouterr().err
+    # Without --probe, today's check of /v1/models alone.
+    assert verify.main(["--url", lora.url, "--model", "sql"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"url": lora.url, "models": ["tiny", "sql"]}

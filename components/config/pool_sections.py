@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from components.config.sections import ConfigModel, ImageSettings, RoutingPolicy
+from components.config.sections import ConfigModel, ImageSettings, RoutingPolicy, replica_count
 from components.config.values import (
     CpuSet,
     DnsLabel,
@@ -45,12 +45,7 @@ class PoolHostSettings(ConfigModel):
     @property
     def replica_count(self) -> int:
         """`replicas`, else one per GPU group or CPU set listed, else one."""
-        if self.replicas is not None:
-            return self.replicas
-        for groups in (self.gpus, self.cpu_sets):
-            if groups is not None:
-                return len(groups)
-        return 1
+        return replica_count(self.replicas, self.gpus, self.cpu_sets, otherwise=1)
 
 
 class PoolSettings(ConfigModel):
@@ -76,12 +71,7 @@ class PoolSettings(ConfigModel):
     @property
     def replica_count(self) -> int:
         """`replicas`, else one per GPU group or CPU set listed, else one."""
-        if self.replicas is not None:
-            return self.replicas
-        for groups in (self.gpus, self.cpu_sets):
-            if groups is not None:
-                return len(groups)
-        return 1
+        return replica_count(self.replicas, self.gpus, self.cpu_sets, otherwise=1)
 
     @property
     def model_name(self) -> str:

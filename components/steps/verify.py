@@ -19,9 +19,12 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import openai
+
+T = TypeVar("T")
 
 
 def _trusting(certificate: str | None) -> openai.DefaultHttpxClient | None:
@@ -35,25 +38,36 @@ def _trusting(certificate: str | None) -> openai.DefaultHttpxClient | None:
     return openai.DefaultHttpxClient(verify=context)
 
 
-def served_models(
-    url: str, api_key: str | None, timeout: float, certificate: str | None = None
-) -> list[str]:
-    """The model ids the LB lists, retried until it answers or time runs out."""
-    client = openai.OpenAI(
+def _client(
+    url: str, api_key: str | None, timeout: float, certificate: str | None
+) -> openai.OpenAI:
+    return openai.OpenAI(
         base_url=f"{url.rstrip('/')}/v1",
         api_key=api_key or "unused",
         max_retries=0,
-        timeout=10,
+        timeout=timeout,
         http_client=_trusting(certificate),
     )
+
+
+def _until_answered(ask: Callable[[], T], timeout: float) -> T:
+    """`ask()`, retried while nginx or its upstream is not up yet, until `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return [model.id for model in client.models.list()]
+            return ask()
         except (openai.APIConnectionError, openai.InternalServerError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
+
+
+def served_models(
+    url: str, api_key: str | None, timeout: float, certificate: str | None = None
+) -> list[str]:
+    """The model ids the LB lists, retried until it answers or time runs out."""
+    client = _client(url, api_key, 10, certificate)
+    return _until_answered(lambda: [model.id for model in client.models.list()], timeout)
 
 
 def probe(
@@ -69,25 +83,14 @@ def probe(
 
     Retried like `/v1/models` while the pool's upstream is still coming up (a
     502/503 from nginx); a 4xx is the pool's own answer, and final."""
-    client = openai.OpenAI(
-        base_url=f"{url.rstrip('/')}/v1",
-        api_key=api_key or "unused",
-        max_retries=0,
-        timeout=30,
-        http_client=_trusting(certificate),
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if embedding:
-                vectors = client.embeddings.create(model=model, input="ping")
-                return vectors.model
-            completion = client.completions.create(model=model, prompt="ping", max_tokens=1)
-            return completion.model
-        except (openai.APIConnectionError, openai.InternalServerError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+    client = _client(url, api_key, 30, certificate)
+
+    def ask() -> str:
+        if embedding:
+            return client.embeddings.create(model=model, input="ping").model
+        return client.completions.create(model=model, prompt="ping", max_tokens=1).model
+
+    return _until_answered(ask, timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
