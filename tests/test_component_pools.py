@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from components.shell.cluster import VllmCluster, VllmClusterArgs
 from components.shell.program import load_settings
 from tests.support.pulumi_capture import Run, run_program
@@ -134,3 +136,36 @@ def test_replica_commands_and_nginx_router() -> None:
     assert "server vllm-embed-1:8000" in conf
     verify = run.named("vllm-verify").inputs["create"]
     assert "--model chat --model sql --model embed --embedding embed --probe" in verify
+
+
+def test_pools_output_and_a_pools_old_image_warns(caplog: pytest.LogCaptureFixture) -> None:
+    config = {
+        f"{NS}:models": json.dumps(
+            [
+                {"name": "chat", "model": "o/chat", "adapters": [{"name": "a", "model": "o/a"}]},
+                {
+                    "name": "old",
+                    "model": "o/old",
+                    "image": {"prebuilt": "vllm/vllm-openai:v0.11.0"},
+                },
+            ]
+        )
+    }
+    with caplog.at_level("WARNING"):
+        result = run_program(config)
+    assert result.outputs["pools"] == {
+        "chat": {
+            "model": "o/chat",
+            "served_model_name": "o/chat",
+            "adapters": ["a"],
+            "replica_names": ["vllm-chat-0"],
+        },
+        "old": {
+            "model": "o/old",
+            "served_model_name": "o/old",
+            "adapters": [],
+            "replica_names": ["vllm-old-0"],
+        },
+    }
+    assert "'models[1].image.prebuilt' is vllm/vllm-openai:v0.11.0, vLLM v0.11.0" in caplog.text
+    assert "'image.prebuilt'" not in caplog.text

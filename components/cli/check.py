@@ -259,9 +259,10 @@ def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
         return 1
     for line in [*describe(checked.settings, plan, checked.stack), *notes(checked)]:
         print(line, file=out)
-    # What `pulumi up` warns about, too; it does not stop it.
-    if (warning := old_release_warning(checked.settings.vllm_image.prebuilt)) is not None:
-        print(f"warning: {warning}", file=out)
+    # What `pulumi up` warns about, too; it does not stop it (the stack's image, a pool's own).
+    for key, image in checked.settings.images():
+        if (warning := old_release_warning(image.prebuilt, f"{key}.prebuilt")) is not None:
+            print(f"warning: {warning}", file=out)
     return 0
 
 

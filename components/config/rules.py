@@ -243,14 +243,8 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
 def disk_rules(settings: Settings, project_dir: Path) -> list[Rule]:
     """What must exist where `pulumi up` runs: the vLLM checkout to build, its Dockerfile
     (the stack's image, and a pool's own)."""
-    images = [("image", settings.vllm_image)]
-    images += [
-        (f"models[{i}].image", settings.image_of(pool))
-        for i, pool in enumerate(settings.models or ())
-        if pool.image is not None
-    ]
     rules: list[Rule] = []
-    for key, image in images:
+    for key, image in settings.images():
         build = image.build
         if build is None:
             continue

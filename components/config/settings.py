@@ -161,6 +161,15 @@ class Settings(ConfigModel):
             image = image.model_copy(update={"prebuilt": default})
         return image
 
+    def images(self) -> tuple[tuple[str, ImageSettings], ...]:
+        """The stack's vLLM image, and each pool's own, with the key that says it."""
+        own = tuple(
+            (f"models[{i}].image", self.image_of(pool))
+            for i, pool in enumerate(self.models or ())
+            if pool.image is not None
+        )
+        return (("image", self.vllm_image), *own)
+
     def replica_names(self) -> tuple[str, ...]:
         if self.hosts is not None or self.models is not None:
             return tuple(p.name for p in self.placements())

@@ -292,8 +292,27 @@ class VllmCluster(pulumi.ComponentResource):
                 "verified_models": self.verified_models,
                 **self.monitoring_outputs(),
                 **self.hosts_outputs(),
+                **self.pools_outputs(),
             }
         )
+
+    def pools_outputs(self) -> dict[str, pulumi.Output[Any]]:
+        """With 'models': per pool, its served name, adapters and replicas."""
+        if not self.plan.pools:
+            return {}
+        return {
+            "pools": pulumi.Output.from_input(
+                {
+                    pool.name: {
+                        "model": pool.model,
+                        "served_model_name": pool.served_name,
+                        "adapters": [name for name, _ in pool.adapters],
+                        "replica_names": list(pool.replicas),
+                    }
+                    for pool in self.plan.pools
+                }
+            )
+        }
 
     def hosts_outputs(self) -> dict[str, pulumi.Output[Any]]:
         """Per host, its replicas (names, URLs) and engine; only with 'hosts'."""
