@@ -169,3 +169,42 @@ def test_pools_output_and_a_pools_old_image_warns(caplog: pytest.LogCaptureFixtu
     }
     assert "'models[1].image.prebuilt' is vllm/vllm-openai:v0.11.0, vLLM v0.11.0" in caplog.text
     assert "'image.prebuilt'" not in caplog.text
+
+
+def test_pools_on_two_hosts_download_and_check_per_host() -> None:
+    hosts = [
+        {"name": "a", "dockerHost": "unix:///var/run/a.sock", "address": "10.0.0.1"},
+        {"name": "b", "dockerHost": "unix:///var/run/b.sock", "address": "10.0.0.2"},
+    ]
+    models = [
+        {
+            "name": "chat",
+            "model": "o/chat",
+            "hosts": [{"host": "a", "gpus": [[0], [1]]}, {"host": "b", "replicas": 1}],
+        },
+        {"name": "embed", "model": "o/embed", "hosts": [{"host": "b"}]},
+    ]
+    run = run_program(
+        {f"{NS}:hosts": json.dumps(hosts), f"{NS}:models": json.dumps(models)},
+        program=lambda: {
+            "lb_url": VllmCluster("vllm", VllmClusterArgs(settings=load_settings())).lb_url
+        },
+    )
+    containers = {str(c.inputs["name"]) for c in run.of_type(CONTAINER)}
+    assert containers == {
+        "vllm-chat-a-0",
+        "vllm-chat-a-1",
+        "vllm-chat-b-0",
+        "vllm-embed-b-0",
+        "nginx-lb",
+    }
+    commands = {c.name for c in run.of_type(COMMAND)}
+    # Host a runs no embedding replica: no embedding download there.
+    assert {"vllm-a-chat-download", "vllm-b-chat-download", "vllm-b-embed-download"} <= commands
+    assert "vllm-a-embed-download" not in commands
+    assert {"vllm-a-chat-replicas-ready", "vllm-b-chat-replicas-ready"} <= commands
+    assert "vllm-b-embed-replicas-ready" in commands
+    b_embed = run.named("vllm-vllm-embed-b-0")
+    assert b_embed.inputs["ports"] == [{"internal": 8000, "external": 8082, "ip": "10.0.0.2"}]
+    assert "vllm-b-embed-download" in dep_names(run, b_embed)
+    assert "vllm-b-chat-download" not in dep_names(run, b_embed)

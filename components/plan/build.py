@@ -439,12 +439,13 @@ def _hosts(
         pool_ready = _pool_ready(settings, mine, host.name, python)
         # A pool with no replica on this engine needs none of its repositories here.
         here = {r.pool for r in mine}
+        on_host = tuple(d for d in downloads if settings.models is None or here & set(d.pools))
         plans.append(
             HostPlan(
                 name=host.name,
                 docker_host=host.docker_host,
                 replicas=mine,
-                download=download,
+                download=on_host[0] if on_host else None,
                 ready=next(
                     iter(pool_ready.values()),
                     _ready_check(f"{host.name}-replicas-ready", mine, settings, python),
@@ -454,9 +455,7 @@ def _hosts(
                 engine_secret_env=secret_env,
                 tls_cert_path=env.get("DOCKER_CERT_PATH"),
                 tls_materials=bool(secret_env),
-                downloads=tuple(
-                    d for d in downloads if settings.models is None or here & set(d.pools)
-                ),
+                downloads=on_host,
                 pool_ready=pool_ready,
             )
         )

@@ -367,7 +367,7 @@ class VllmCluster(pulumi.ComponentResource):
         # each loads from the cache offline, so none waits for another's load
         # (docs/design.md, start-up order). The replicas and the readiness check
         # come after, in waves across hosts.
-        for download in host.downloads or ((host.download,) if host.download else ()):
+        for download in host.downloads:
             job = self._download(prefix, download, resources)
             if resources.download is None:
                 resources.download = job
