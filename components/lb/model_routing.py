@@ -46,7 +46,7 @@ from components.lb.pools import (
     routing_table_script,
     upstream_name,
 )
-from components.lb.upstreams import pool_policy_directives, server_lines
+from components.lb.upstreams import pool_policy_directives, upstream_blocks
 
 MODELS_PATH = "/v1/models"
 
@@ -60,39 +60,19 @@ def script_dir(prefix_script_path: str) -> str:
 def pool_upstreams(
     lb: LoadBalancerSettings, pools: Sequence[ModelPool], keepalive: str
 ) -> list[Directive]:
-    blocks = []
-    for index, pool in enumerate(pools):
-        field = f"pools[{index}].upstreams"
-        prefix = is_prefix_pool(pool)
-        name = upstream_name(pool)
-        bound = check_positive("prefix_max_conns", lb.prefix_max_conns) if prefix else None
-        blocks.append(
-            d(
-                "upstream",
-                name,
-                block=[
-                    *pool_policy_directives(pool.policy),
-                    d("zone", name, "256k"),
-                    *server_lines(lb, pool.upstreams, bound, field=field),
-                    d("keepalive", keepalive),
-                ],
-            )
+    return [
+        block
+        for index, pool in enumerate(pools)
+        for block in upstream_blocks(
+            lb,
+            upstream_name(pool),
+            pool_policy_directives(pool.policy),
+            pool.upstreams,
+            keepalive,
+            fallback=fallback_upstream_name(pool) if is_prefix_pool(pool) else None,
+            field=f"pools[{index}].upstreams",
         )
-        if prefix:
-            fallback = fallback_upstream_name(pool)
-            blocks.append(
-                d(
-                    "upstream",
-                    fallback,
-                    block=[
-                        d("least_conn"),
-                        d("zone", fallback, "256k"),
-                        *server_lines(lb, pool.upstreams, field=field),
-                        d("keepalive", keepalive),
-                    ],
-                )
-            )
-    return blocks
+    ]
 
 
 def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Directive]:

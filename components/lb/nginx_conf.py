@@ -103,9 +103,9 @@ from components.lb.upstreams import (
     affinity_map,
     is_prefix,
     policy_directives,
-    server_lines,
     uses_resolve,
 )
+from components.lb.upstreams import upstream_blocks as upstream_blocks_of
 
 
 @dataclass(frozen=True)
@@ -313,32 +313,14 @@ def render_nginx_config(
     # With model routing the pools are routed by their own policies; the
     # upstream of every replica only serves the exposed paths (no prompt).
     prefix = is_prefix(lb) and not pools
-    upstream_block = [
-        *(policy_directives(lb) if not pools else [d("least_conn")]),
-        # Shared memory: every worker sees the same failure and connection
-        # counts (without it least_conn, max_fails and max_conns are per worker).
-        d("zone", UPSTREAM_NAME, "256k"),
-        *server_lines(
-            lb,
-            upstreams,
-            check_positive("prefix_max_conns", lb.prefix_max_conns) if prefix else None,
-        ),
-        d("keepalive", keepalive),
-    ]
-    upstream_blocks = [d("upstream", UPSTREAM_NAME, block=upstream_block)]
-    if prefix:
-        upstream_blocks.append(
-            d(
-                "upstream",
-                FALLBACK_UPSTREAM_NAME,
-                block=[
-                    d("least_conn"),
-                    d("zone", FALLBACK_UPSTREAM_NAME, "256k"),
-                    *server_lines(lb, upstreams),
-                    d("keepalive", keepalive),
-                ],
-            )
-        )
+    upstream_blocks = upstream_blocks_of(
+        lb,
+        UPSTREAM_NAME,
+        policy_directives(lb) if not pools else [d("least_conn")],
+        upstreams,
+        keepalive,
+        fallback=FALLBACK_UPSTREAM_NAME if prefix else None,
+    )
     upstream_blocks.extend(pool_upstreams(lb, pools, keepalive))
     resolver: list[Directive] = []
     if uses_resolve(lb, [*upstreams, *(u for pool in pools for u in pool.upstreams)]):

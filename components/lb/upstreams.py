@@ -93,3 +93,46 @@ def server_lines(
 
 def uses_resolve(lb: LoadBalancerSettings, upstreams: Sequence[Upstream]) -> bool:
     return lb.dynamic_resolve and any(is_name(u.host) for u in upstreams)
+
+
+def upstream_blocks(
+    lb: LoadBalancerSettings,
+    name: str,
+    balancing: list[Directive],
+    upstreams: Sequence[Upstream],
+    keepalive: str,
+    fallback: str | None = None,
+    field: str = "upstreams",
+) -> list[Directive]:
+    """An upstream of `upstreams` with `balancing`; with `fallback` (prefix_affinity)
+    its replicas are bounded by `prefixMaxConns` and a second, least_conn upstream
+    of the same replicas takes what the bound turns away."""
+    bound = None if fallback is None else check_positive("prefix_max_conns", lb.prefix_max_conns)
+    blocks = [
+        d(
+            "upstream",
+            name,
+            block=[
+                *balancing,
+                # Shared memory: every worker sees the same failure and connection
+                # counts (without it least_conn, max_fails and max_conns are per worker).
+                d("zone", name, "256k"),
+                *server_lines(lb, upstreams, bound, field=field),
+                d("keepalive", keepalive),
+            ],
+        )
+    ]
+    if fallback is not None:
+        blocks.append(
+            d(
+                "upstream",
+                fallback,
+                block=[
+                    d("least_conn"),
+                    d("zone", fallback, "256k"),
+                    *server_lines(lb, upstreams, field=field),
+                    d("keepalive", keepalive),
+                ],
+            )
+        )
+    return blocks
