@@ -439,3 +439,21 @@ def test_a_pools_own_image_build_must_exist_where_pulumi_up_runs(tmp_path: Path)
             f"is not a directory (looked in {tmp_path / 'no-such-checkout'})",
         )
     ]
+
+
+def test_pool_and_host_names_must_not_join_into_one_replica_name() -> None:
+    hosts = [
+        {"name": "b-c", "dockerHost": "unix:///var/run/a.sock", "address": "10.0.0.1"},
+        {"name": "c", "dockerHost": "unix:///var/run/b.sock", "address": "10.0.0.2"},
+    ]
+    found = problems(
+        hosts=hosts,
+        models=[
+            {"name": "a", "model": "o/a", "hosts": [{"host": "b-c"}]},
+            {"name": "a-b", "model": "o/b", "hosts": [{"host": "c"}]},
+        ],
+    )
+    assert found == {
+        "models[1].name": "makes the replica name vllm-a-b-c-0, which a replica of pool a has "
+        "too; rename one of the pools"
+    }

@@ -199,6 +199,23 @@ def _shared_devices(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[R
             )
 
 
+def _replica_name_rules(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
+    """Pool and host names are joined with '-' into replica names, so two pools could
+    make the same one (`a` on host `b-c`, `a-b` on host `c`): a name is a container."""
+    index = {pool.name: i for i, pool in enumerate(models)}
+    owner: dict[str, str | None] = {}
+    for at in s.placements():
+        if at.name in owner and owner[at.name] != at.pool:
+            yield rule(
+                f"models[{index[str(at.pool)]}].name",
+                f"makes the replica name {at.name}, which a replica of pool {owner[at.name]} "
+                "has too; rename one of the pools",
+                "models",
+            )
+            return
+        owner.setdefault(at.name, at.pool)
+
+
 def _port_and_name_rules(s: Settings) -> Iterator[Rule]:
     """Without 'hosts' (the hosts rules check each host): the one engine's ports and names."""
     if s.hosts is not None:
@@ -251,4 +268,5 @@ def pool_rules(s: Settings) -> Iterator[Rule]:
     for i, pool in enumerate(models):
         yield from _device_keys(s, i, pool)
     yield from _shared_devices(s, models)
+    yield from _replica_name_rules(s, models)
     yield from _port_and_name_rules(s)
