@@ -457,3 +457,16 @@ def test_pool_and_host_names_must_not_join_into_one_replica_name() -> None:
         "models[1].name": "makes the replica name vllm-a-b-c-0, which a replica of pool a has "
         "too; rename one of the pools"
     }
+
+
+def test_a_misspelt_pool_key_gets_the_pools_own_key_suggested() -> None:
+    found = problems(
+        models=[{**CHAT, "servedName": "x", "adapters": [{"name": "a", "modle": "o/a"}]}]
+    )
+    assert found["models[0].servedName"] == (
+        "unknown key (a typo?): did you mean 'models[0].servedModelName'?"
+    )
+    assert found["models[0].adapters[0].modle"] == (
+        "unknown key (a typo?): did you mean 'models[0].adapters[0].model'?"
+    )
+    assert found["models[0].adapters[0].model"] == "is required"
