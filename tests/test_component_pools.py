@@ -208,3 +208,24 @@ def test_pools_on_two_hosts_download_and_check_per_host() -> None:
     assert b_embed.inputs["ports"] == [{"internal": 8000, "external": 8082, "ip": "10.0.0.2"}]
     assert "vllm-b-embed-download" in dep_names(run, b_embed)
     assert "vllm-b-chat-download" not in dep_names(run, b_embed)
+
+
+def test_only_the_images_in_use_are_pulled_or_built(tmp_path: Any) -> None:
+    """Every pool with an image of its own: the stack's image is not pulled; two
+    pools built from one checkout share one build."""
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM scratch\n")
+    build = {"build": {"context": str(tmp_path), "args": {"A": "1"}}}
+    models = [
+        {"name": "one", "model": "o/one", "image": build},
+        {"name": "two", "model": "o/two", "image": build},
+        {"name": "three", "model": "o/three", "image": {"prebuilt": "org/vllm:x"}},
+    ]
+    run = run_program({f"{NS}:models": json.dumps(models)})
+    pulled = {str(r.inputs["name"]) for r in run.of_type("docker:index/remoteImage:RemoteImage")}
+    assert pulled == {"org/vllm:x", "nginx:1.28.0"}, "the stack's vLLM image is not used"
+    built = run.of_type("docker:index/image:Image")
+    assert [b.name for b in built] == ["vllm-one-vllm-image"]
+    two = run.named("vllm-vllm-two-0")
+    assert two.inputs["image"] == "@@vllm-one-vllm-image.repoDigest@@"
+    assert run.named("vllm-vllm-three-0").inputs["image"] == "@@vllm-three-vllm-image.imageId@@"

@@ -344,25 +344,36 @@ class VllmCluster(pulumi.ComponentResource):
                 name=plan.compile_cache.volume,
                 opts=opts(retain_on_delete=plan.compile_cache.keep_on_destroy),
             )
+        # A pool with an image of its own pulls (or builds) it on this engine once;
+        # the stack's image only if a replica here runs it.
+        here = {r.pool for r in host.replicas}
+        pool_images: dict[str, pulumi.Output[str]] = {}
+        for own in plan.pools:
+            if own.image == plan.vllm_image or own.name not in here:
+                continue
+            # An image plan holds mappings (build args): compared, not hashed.
+            first = next(p for p in plan.pools if p.image == own.image and p.name in here)
+            if first.name not in pool_images:
+                pool_images[first.name] = self._image(
+                    f"{prefix}{first.name}-vllm-image", own.image, provider
+                )
+            pool_images[own.name] = pool_images[first.name]
+        stack_image = not plan.pools or any(
+            p.image == plan.vllm_image and p.name in here for p in plan.pools
+        )
         resources = HostResources(
             plan=host,
             provider=provider,
             network=network,
             cache_volume=cache_volume,
             compile_volume=compile_volume,
-            image=self._image(f"{prefix}vllm-image", plan.vllm_image, provider),
+            image=(
+                self._image(f"{prefix}vllm-image", plan.vllm_image, provider)
+                if stack_image
+                else next(iter(pool_images.values()))
+            ),
+            pool_images=pool_images,
         )
-        # A pool with an image of its own pulls (or builds) it on this engine once.
-        here = {r.pool for r in host.replicas}
-        for own in plan.pools:
-            if own.image == plan.vllm_image or own.name not in here:
-                continue
-            first = next(p for p in plan.pools if p.image == own.image and p.name in here)
-            if first.name not in resources.pool_images:
-                resources.pool_images[first.name] = self._image(
-                    f"{prefix}{first.name}-vllm-image", own.image, provider
-                )
-            resources.pool_images[own.name] = resources.pool_images[first.name]
         # One download per repository, then every replica of its pools at once:
         # each loads from the cache offline, so none waits for another's load
         # (docs/design.md, start-up order). The replicas and the readiness check
