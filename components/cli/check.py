@@ -167,8 +167,9 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
         )
     if not plan.pools:
         lines += _replica_lines(plan.replicas, "    ")
+    if not plan.pools or any(p.image == plan.vllm_image for p in plan.pools):
+        lines.append(f"  image          {_image_line(plan)}")
     lines += [
-        f"  image          {_image_line(plan)}",
         f"  cache          {_cache_line(plan)}",
         f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "
         f"{'by model to its pool' if plan.pools else lb.policy.value}, "
