@@ -119,7 +119,7 @@ def test_gpus_are_disjoint_across_pools_and_sized_by_the_pools_tensor_parallel_s
     assert found == {
         "models[0].gpus[1]": "has 1 GPUs but 'models[0].tensorParallelSize' is 2",
         "models[1].gpus[0]": "gives replica vllm-embed-0 GPU 1, which replica vllm-chat-0 "
-        "uses too; GPUs and CPUs are not shared across pools",
+        "uses too; replicas share no GPU or CPU core, in a pool or across pools",
         "models[2].gpus": "lists 2 replicas but 'models[2].replicas' is 1",
     }
     # A pool without 'gpus' takes the next GPUs after those of the pools before it.
@@ -141,7 +141,7 @@ def test_cpu_sets_are_disjoint_and_per_backend() -> None:
     assert found == {
         "models[1].gpus": "must not be set with 'backend' cpu",
         "models[1].cpuSets[0]": "gives replica vllm-embed-0 CPU 6, which replica vllm-chat-1 "
-        "uses too; GPUs and CPUs are not shared across pools",
+        "uses too; replicas share no GPU or CPU core, in a pool or across pools",
     }
     assert problems(models=[{**CHAT, "cpuSets": ["0-1", "2-3"]}]) == {
         "models[0].cpuSets": "is for 'backend' cpu; GPU pools list 'gpus'"
@@ -206,7 +206,7 @@ def test_with_hosts_each_pool_says_where_its_replicas_go() -> None:
         "models[1].hosts": "is required with 'hosts': say on which hosts the pool's replicas "
         "run (`- host: <hosts[i].name>`, with 'replicas', 'gpus' or 'cpuSets')",
         "models[2].hosts[0].gpus[0]": "gives replica vllm-x-a-0 GPU 1 on host a, which replica "
-        "vllm-chat-a-1 uses too; GPUs and CPUs are not shared across pools",
+        "vllm-chat-a-1 uses too; replicas share no GPU or CPU core, in a pool or across pools",
     }
 
 
@@ -470,3 +470,10 @@ def test_a_misspelt_pool_key_gets_the_pools_own_key_suggested() -> None:
         "unknown key (a typo?): did you mean 'models[0].adapters[0].model'?"
     )
     assert found["models[0].adapters[0].model"] == "is required"
+
+
+def test_two_replicas_of_one_pool_share_no_gpu_either() -> None:
+    assert problems(models=[{**CHAT, "gpus": [[0], [0]]}]) == {
+        "models[0].gpus[1]": "gives replica vllm-chat-1 GPU 0, which replica vllm-chat-0 uses "
+        "too; replicas share no GPU or CPU core, in a pool or across pools"
+    }

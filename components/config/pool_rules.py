@@ -185,7 +185,7 @@ def _shared_devices(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[R
                     yield rule(
                         key,
                         f"gives replica {at.name} {noun} {device}{on}, which {owner} uses too; "
-                        "GPUs and CPUs are not shared across pools",
+                        "replicas share no GPU or CPU core, in a pool or across pools",
                         "models",
                     )
                 taken.setdefault((engine, device), f"replica {at.name}")
