@@ -6,6 +6,7 @@ pool's own image, and nginx with the pools' router."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,7 +211,7 @@ def test_pools_on_two_hosts_download_and_check_per_host() -> None:
     assert "vllm-b-chat-download" not in dep_names(run, b_embed)
 
 
-def test_only_the_images_in_use_are_pulled_or_built(tmp_path: Any) -> None:
+def test_only_the_images_in_use_are_pulled_or_built(tmp_path: Path) -> None:
     """Every pool with an image of its own: the stack's image is not pulled; two
     pools built from one checkout share one build."""
     (tmp_path / "docker").mkdir()
