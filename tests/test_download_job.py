@@ -9,6 +9,7 @@ through `components.steps.download`, is in tests/test_e2e_download.py.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,3 +179,37 @@ def test_facts_of_a_local_path(tmp_path: Path) -> None:
     assert found["weight_bytes"] == 1000
     with pytest.raises(LookupError):
         job.facts(str(tmp_path / "absent"))
+
+
+def test_a_pools_model_and_adapters_in_one_job(
+    hub: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--model` again for each adapter: each fetched once, in order; the first
+    repository that fails stops the job with its own cause."""
+    monkeypatch.setenv("STANDIN_HUB_MODELS", "standin-org/tiny-chat,standin-org/tiny-lora")
+    argv = ["--model", "standin-org/tiny-chat", "--model", "standin-org/tiny-lora"]
+    assert job.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.index("done: standin-org/tiny-chat") < out.index("done: standin-org/tiny-lora")
+    for repo in ("models--standin-org--tiny-chat", "models--standin-org--tiny-lora"):
+        assert list((hub / "hub" / repo / "snapshots").iterdir()), repo
+    assert job.main([*argv, "--model", "standin-org/nope"]) == job.EXIT_NOT_FOUND
+    out = capsys.readouterr().out
+    assert out.count("already in the cache") == 2
+    assert job.ERROR_PREFIX + "401: no model standin-org/nope" in out
+
+
+def test_facts_of_a_pool_are_its_models_not_its_adapters(
+    hub: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pool's job command line names its model, then its adapters: `--facts`
+    prints the model's facts alone and fetches nothing of the adapters."""
+    monkeypatch.setenv("STANDIN_HUB_MODELS", "standin-org/tiny-chat,standin-org/tiny-lora")
+    argv = ["--facts", "--model", "standin-org/tiny-chat", "--model", "standin-org/tiny-lora"]
+    assert job.main(argv) == job.EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(job.FACTS_PREFIX)
+    assert json.loads(lines[0].removeprefix(job.FACTS_PREFIX)) == job.facts("standin-org/tiny-chat")
+    fetched = (hub / hubshim.FILES_LOG).read_text()
+    assert "standin-org/tiny-chat config.json" in fetched
+    assert "tiny-lora" not in fetched and ".safetensors\n" not in fetched

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from components.config.sections import Upstream
 from components.plan.monitoring import MonitoringPlan
@@ -124,84 +125,112 @@ class CompileCachePlan:
 
 
 @dataclass(frozen=True)
-class DownloadPlan:
-    """The one-shot job that fills the model cache before any replica starts.
+class JobPlan:
+    """A step that runs short containers of the vLLM image on an engine (the
+    download, the fit check): `python -m <step> --image ... --model ... --name ...`.
 
     Its argv lacks the image, which only Pulumi knows (an image id or digest):
-    `argv(image)` adds it. The token reaches it as a secret environment variable
-    of the local command and goes into the job container as a file.
+    `argv(image, volumes)` adds it and the model cache's mount. The token
+    reaches it as a secret environment variable of the local command.
     """
 
     name: str
     model: str
     env: Mapping[str, str]
-    timeout_seconds: int
-    progress_seconds: int
     secret_env: tuple[str, ...]
     python: str
+    pool: str | None = field(default=None, kw_only=True)
+    """The pool whose image runs it and whose name it takes; None without 'models'."""
+
+    step: ClassVar[str]
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model,)
+
+    def options(self) -> list[str]:
+        """The step's own options, after `--name`."""
+        return []
+
+    def mounts(self, volumes: tuple[str, ...]) -> tuple[str, ...]:
+        return volumes
+
+    def trailing(self) -> list[str]:
+        """Words after the environment (the fit check's vLLM arguments)."""
+        return []
 
     def argv(self, image: str, volumes: tuple[str, ...]) -> tuple[str, ...]:
         words = [
             self.python,
             "-m",
-            "components.steps.download",
+            self.step,
             "--image",
             image,
-            "--model",
-            self.model,
+            *(word for model in self.models for word in ("--model", model)),
             "--name",
             self.name,
-            "--timeout",
-            str(self.timeout_seconds),
-            "--progress-seconds",
-            str(self.progress_seconds),
+            *self.options(),
         ]
-        for volume in volumes:
+        for volume in self.mounts(volumes):
             words += ["--volume", volume]
         for key, value in self.env.items():
             words += ["--env", f"{key}={value}"]
-        return tuple(words)
+        return (*words, *self.trailing())
 
     def command(self, image: str, volumes: tuple[str, ...]) -> str:
         return shlex.join(self.argv(image, volumes))
 
 
 @dataclass(frozen=True)
-class FitPlan:
-    """The fit check of one engine's replicas of one model (components.steps.fit).
+class DownloadPlan(JobPlan):
+    """The one-shot job that fills the model cache before any replica starts;
+    the token goes into the job container as a file."""
 
-    Per (engine, model, tensor-parallel size, GPU groups, vLLM arguments), so
-    that any set of replicas sharing those gets one. Like the download, its
-    argv lacks the image, which only Pulumi knows; the token reaches it as a
-    secret environment variable of the local command.
+    timeout_seconds: int
+    progress_seconds: int
+    more_models: tuple[str, ...] = ()
+    """Further repositories the same job fetches after `model`: a pool's adapters
+    (and its model when another pool fetched it first, it is not here)."""
+    pools: tuple[str, ...] = ()
+    """Every pool whose replicas wait for it (a repository is fetched once)."""
+
+    step: ClassVar[str] = "components.steps.download"
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model, *self.more_models)
+
+    def options(self) -> list[str]:
+        return [
+            "--timeout",
+            str(self.timeout_seconds),
+            "--progress-seconds",
+            str(self.progress_seconds),
+        ]
+
+
+@dataclass(frozen=True)
+class FitPlan(JobPlan):
+    """The fit check of one engine's replicas of one model pool (components.steps.fit).
+
+    Per (engine, pool): a pool's replicas share its model, tensor-parallel
+    size, vLLM arguments and image; each replica's GPUs are named in it.
     """
 
-    name: str
-    model: str
     backend: str
     tensor_parallel_size: int
     replicas: tuple[tuple[str, tuple[str, ...]], ...]
     """Each replica's name and GPU ids (none on the CPU backend)."""
     extra_args: tuple[str, ...]
-    env: Mapping[str, str]
     warn_above_percent: int
     cpu_kvcache_gb: int
-    secret_env: tuple[str, ...]
-    python: str
     local_model: bool
     """A path in the container: read through the model cache's mount, not the hub."""
 
-    def argv(self, image: str, volumes: tuple[str, ...]) -> tuple[str, ...]:
+    step: ClassVar[str] = "components.steps.fit"
+
+    def options(self) -> list[str]:
         words = [
-            self.python,
-            "-m",
-            "components.steps.fit",
-            "--image",
-            image,
-            "--model",
-            self.model,
-            "--name",
-            self.name,
             "--backend",
             self.backend,
             "--tensor-parallel-size",
@@ -213,16 +242,14 @@ class FitPlan:
         ]
         for name, gpus in self.replicas:
             words += ["--replica", f"{name}={','.join(gpus)}"]
-        for volume in volumes if self.local_model else ():
-            words += ["--volume", volume]
-        for key, value in self.env.items():
-            words += ["--env", f"{key}={value}"]
-        # `=`: a word that begins with `-` is the value, not an option of the step.
-        words += [f"--extra-arg={arg}" for arg in self.extra_args]
-        return tuple(words)
+        return words
 
-    def command(self, image: str, volumes: tuple[str, ...]) -> str:
-        return shlex.join(self.argv(image, volumes))
+    def mounts(self, volumes: tuple[str, ...]) -> tuple[str, ...]:
+        return volumes if self.local_model else ()
+
+    def trailing(self) -> list[str]:
+        # `=`: a word that begins with `-` is the value, not an option of the step.
+        return [f"--extra-arg={arg}" for arg in self.extra_args]
 
 
 @dataclass(frozen=True)
@@ -269,6 +296,8 @@ class ReplicaPlan:
     """The 'hosts' entry it runs on (None: the one engine of a stack without 'hosts')."""
     route: Upstream | None = None
     """How nginx reaches it from another engine: its host's address and published port."""
+    pool: str | None = None
+    """The 'models' entry it serves (None without 'models')."""
 
     @property
     def upstream(self) -> Upstream:
@@ -336,13 +365,22 @@ class HostPlan:
     ready: CheckPlan
     runs_load_balancer: bool
     fit: FitPlan | None = None
-    """The fit check before the download and the replicas (None: `fitCheck.enabled` false)."""
+    """The first of `fits` (the only one without 'models'); None: `fitCheck.enabled`
+    false or no replica here."""
     engine_env: Mapping[str, str] = field(default_factory=dict)
     """`DOCKER_HOST` and, for a certificate directory, Docker's TLS variables."""
     engine_secret_env: Mapping[str, str] = field(default_factory=dict)
     """Variable -> name of the secret: the TLS material the steps' client reads."""
     tls_cert_path: str | None = None
     tls_materials: bool = False
+    downloads: tuple[DownloadPlan, ...] = ()
+    """Every download job on this engine: one per repository, a pool's adapters with
+    it (without 'models', `download` alone)."""
+    pool_ready: Mapping[str, CheckPlan] = field(default_factory=dict)
+    """With 'models': each pool's readiness check on this engine (`ready` is the first)."""
+    fits: tuple[FitPlan, ...] = ()
+    """One fit check per pool with replicas on this engine, before that pool's
+    download and replicas."""
 
     @property
     def resource_prefix(self) -> str:
@@ -364,6 +402,24 @@ class RolloutPlan:
     wave: int
     drain: tuple[str, ...]
     resume: tuple[str, ...]
+    pool: str | None = None
+    """Waves are counted per pool: a pool's update waits on none of another's."""
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One model pool: what it serves, where its replicas are, how it is checked."""
+
+    name: str
+    model: str
+    served_name: str
+    adapters: tuple[tuple[str, str], ...]
+    """(name clients send, Hub id or path) of each LoRA adapter."""
+    replicas: tuple[str, ...]
+    policy: str
+    embedding: bool
+    """Served with vLLM's pooling runner: the verify step asks it for an embedding."""
+    image: ImagePlan
 
 
 @dataclass(frozen=True)
@@ -381,6 +437,8 @@ class Plan:
     served_model_name: str
     restart_policy: str
     monitoring: MonitoringPlan | None = None
+    pools: tuple[PoolPlan, ...] = ()
+    """With 'models', every pool; empty for a single-model stack."""
     hosts: tuple[HostPlan, ...] = ()
     """Every engine with its replicas, download and readiness steps; `download`
     and `ready` above are the first one's (the only one without 'hosts')."""

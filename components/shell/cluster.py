@@ -32,10 +32,9 @@ from components.plan.model import (
     TLS_CERTIFICATE_SECRET,
     TLS_KEY_SECRET,
     CheckPlan,
-    DownloadPlan,
-    FitPlan,
     HostPlan,
     ImagePlan,
+    JobPlan,
     LoadBalancerPlan,
     Plan,
     ReplicaPlan,
@@ -60,9 +59,19 @@ class HostResources:
     compile_volume: docker.Volume | None
     image: pulumi.Output[str]
     fit: command.local.Command | None = None
+    """The first of `fits` (the only one without 'models')."""
     download: command.local.Command | None = None
     replicas: list[docker.Container] = field(default_factory=list)
     ready: command.local.Command | None = None
+    downloads: dict[str | None, list[command.local.Command]] = field(default_factory=dict)
+    """Pool (None without 'models') -> the download jobs its replicas wait for."""
+    pool_images: dict[str, pulumi.Output[str]] = field(default_factory=dict)
+    """Pool -> its own image, when it has one other than the stack's."""
+    fits: dict[str | None, command.local.Command] = field(default_factory=dict)
+    """Pool (None without 'models') -> its fit check on this engine."""
+    members: list[tuple[ReplicaPlan, docker.Container]] = field(default_factory=list)
+    checks: list[command.local.Command] = field(default_factory=list)
+    """Every readiness check on this engine (one per pool with 'models')."""
 
 
 @dataclass(frozen=True)
@@ -162,42 +171,40 @@ class VllmCluster(pulumi.ComponentResource):
         self.download = self.hosts[0].download
         host_of = {r.name: h for h in self.hosts for r in h.plan.replicas}
         # Replicas, in waves across all hosts: a wave's replicas wait for the
-        # previous wave to be back in rotation, so an update keeps at least half
-        # of them serving. On a first deploy no wave waits (components.shell.serving).
+        # previous wave of their pool to be back in rotation, so an update keeps
+        # at least half of each pool serving and one pool's update never waits on
+        # another's. On a first deploy no wave waits (components.shell.serving).
         self.replicas = []
         self.rotations: list[command.local.Command] = []
-        previous_wave: list[pulumi.Resource] = []
+        previous_wave: dict[str | None, list[pulumi.Resource]] = {}
         for wave in sorted({r.wave for r in plan.rollouts}):
-            this_wave: list[pulumi.Resource] = []
+            this_wave: dict[str | None, list[pulumi.Resource]] = {}
             for replica, rollout in zip(plan.replicas, plan.rollouts, strict=True):
                 if rollout.wave != wave:
                     continue
                 host = host_of[replica.name]
-                after = [c for c in (host.fit, host.download) if c is not None]
-                waits = previous_wave if args.rolling else []
+                fit = host.fits.get(replica.pool)
+                after = [*([fit] if fit is not None else []), *host.downloads.get(replica.pool, [])]
+                waits = previous_wave.get(rollout.pool, []) if args.rolling else []
                 container = self._replica(name, replica, host, [*after, *waits])
                 host.replicas.append(container)
+                host.members.append((replica, container))
                 self.replicas.append(container)
                 rotation = self._rotation(name, rollout, container, lb_host.plan)
                 self.rotations.append(rotation)
-                this_wave.append(rotation)
-            previous_wave = this_wave
-        # nginx waits for every host's readiness.
+                this_wave.setdefault(rollout.pool, []).append(rotation)
+            previous_wave.update(this_wave)
+        # nginx waits for every host's readiness (of every pool).
         for host in self.hosts:
-            host.ready = self._check(
-                name,
-                host.plan.ready,
-                host.replicas,
-                [c.id for c in host.replicas],
-                engine=host.plan,
-            )
+            host.checks = self._readiness(name, host)
+            host.ready = host.checks[0]
         self.ready = self.hosts[0].ready
         nginx_image_ref = self._image(
             f"{name}-nginx-image", plan.load_balancer.image, lb_host.provider
         )
         lb_after: list[pulumi.Resource] = [
             *self.replicas,
-            *(h.ready for h in self.hosts if h.ready is not None),
+            *(check for h in self.hosts for check in h.checks),
         ]
 
         self.monitoring: Monitoring | None = None
@@ -250,7 +257,7 @@ class VllmCluster(pulumi.ComponentResource):
         self.lb_config = self._lb_config(
             name,
             lb,
-            [*self.rotations, *(h.ready for h in self.hosts if h.ready is not None)],
+            [*self.rotations, *(check for h in self.hosts for check in h.checks)],
             lb_host.plan,
         )
         self.verify = self._check(
@@ -290,8 +297,27 @@ class VllmCluster(pulumi.ComponentResource):
                 "verified_models": self.verified_models,
                 **self.monitoring_outputs(),
                 **self.hosts_outputs(),
+                **self.pools_outputs(),
             }
         )
+
+    def pools_outputs(self) -> dict[str, pulumi.Output[Any]]:
+        """With 'models': per pool, its served name, adapters and replicas."""
+        if not self.plan.pools:
+            return {}
+        return {
+            "pools": pulumi.Output.from_input(
+                {
+                    pool.name: {
+                        "model": pool.model,
+                        "served_model_name": pool.served_name,
+                        "adapters": [name for name, _ in pool.adapters],
+                        "replica_names": list(pool.replicas),
+                    }
+                    for pool in self.plan.pools
+                }
+            )
+        }
 
     def hosts_outputs(self) -> dict[str, pulumi.Output[Any]]:
         """Per host, its replicas (names, URLs) and engine; only with 'hosts'."""
@@ -323,22 +349,80 @@ class VllmCluster(pulumi.ComponentResource):
                 name=plan.compile_cache.volume,
                 opts=opts(retain_on_delete=plan.compile_cache.keep_on_destroy),
             )
+        # A pool with an image of its own pulls (or builds) it on this engine once;
+        # the stack's image only if a replica here runs it.
+        here = {r.pool for r in host.replicas}
+        pool_images: dict[str, pulumi.Output[str]] = {}
+        for own in plan.pools:
+            if own.image == plan.vllm_image or own.name not in here:
+                continue
+            # An image plan holds mappings (build args): compared, not hashed.
+            first = next(p for p in plan.pools if p.image == own.image and p.name in here)
+            if first.name not in pool_images:
+                pool_images[first.name] = self._image(
+                    f"{prefix}{first.name}-vllm-image", own.image, provider
+                )
+            pool_images[own.name] = pool_images[first.name]
+        stack_image = not plan.pools or any(
+            p.image == plan.vllm_image and p.name in here for p in plan.pools
+        )
         resources = HostResources(
             plan=host,
             provider=provider,
             network=network,
             cache_volume=cache_volume,
             compile_volume=compile_volume,
-            image=self._image(f"{prefix}vllm-image", plan.vllm_image, provider),
+            image=(
+                self._image(f"{prefix}vllm-image", plan.vllm_image, provider)
+                if stack_image
+                else next(iter(pool_images.values()))
+            ),
+            pool_images=pool_images,
         )
-        # One download, then every replica at once: each loads from the cache
-        # offline, so none waits for another's load (docs/design.md, start-up order).
-        # The replicas and the readiness check come after, in waves across hosts.
-        if host.fit is not None:
-            resources.fit = self._fit(prefix, host.fit, resources)
-        if host.download is not None:
-            resources.download = self._download(prefix, host.download, resources)
+        # Each pool's fit check, once its image is here: a model that cannot fit
+        # stops `pulumi up` before its download and its replicas. Then one
+        # download per repository, then every replica of its pools at once:
+        # each loads from the cache offline, so none waits for another's load
+        # (docs/design.md, start-up order). The replicas and the readiness check
+        # come after, in waves across hosts.
+        for fit in host.fits:
+            resources.fits[fit.pool] = self._job_step(
+                f"{prefix}{fit.pool}-fit" if fit.pool else f"{prefix}fit", fit, resources
+            )
+        resources.fit = next(iter(resources.fits.values()), None)
+        for download in host.downloads:
+            # A job waits for the fit check of the pool that owns it (the same
+            # repositories), not for another pool's that shares them.
+            owner = resources.fits.get(download.pool)
+            job = self._job_step(
+                f"{prefix}{download.pool}-download" if download.pool else f"{prefix}download",
+                download,
+                resources,
+                [owner] if owner is not None else [],
+            )
+            if resources.download is None:
+                resources.download = job
+            for pool in download.pools or (None,):
+                resources.downloads.setdefault(pool, []).append(job)
         return resources
+
+    def _readiness(self, name: str, host: HostResources) -> list[command.local.Command]:
+        """The engine's readiness check, or with 'models' one per pool on it."""
+        if not host.plan.pool_ready:
+            return [
+                self._check(
+                    name,
+                    host.plan.ready,
+                    host.replicas,
+                    [c.id for c in host.replicas],
+                    engine=host.plan,
+                )
+            ]
+        checks = []
+        for pool, check in host.plan.pool_ready.items():
+            mine = [c for r, c in host.members if r.pool == pool]
+            checks.append(self._check(name, check, mine, [c.id for c in mine], engine=host.plan))
+        return checks
 
     def _engine_provider(self, name: str, host: HostPlan) -> docker.Provider | None:
         """An explicit provider per named host; the unnamed one uses the default."""
@@ -436,7 +520,7 @@ class VllmCluster(pulumi.ComponentResource):
         return docker.Container(
             f"{name}-{replica.name}",
             name=replica.name,
-            image=host.image,
+            image=host.pool_images.get(str(replica.pool), host.image),
             entrypoints=list(replica.entrypoint),
             command=list(replica.command),
             envs=envs,
@@ -484,65 +568,44 @@ class VllmCluster(pulumi.ComponentResource):
             ),
         )
 
-    def _download(
-        self, prefix: str, download: DownloadPlan, host: HostResources
+    def _job_step(
+        self,
+        resource_name: str,
+        job: JobPlan,
+        host: HostResources,
+        after: Sequence[pulumi.Resource] = (),
     ) -> command.local.Command:
-        """The download step: a local command, so it can run a container and
-        stream its progress, and fail `pulumi up` before any replica exists."""
+        """A step that runs short containers of its pool's image (the download,
+        the fit check): a local command, so it can run them and stream their
+        output, and fail `pulumi up` before any replica exists. It waits for the
+        image through its command line."""
         cache = self.plan.cache
         volume_source: pulumi.Input[str] = (
             host.cache_volume.name if host.cache_volume is not None else str(cache.host_path)
         )
-        create = pulumi.Output.all(host.image, volume_source).apply(
-            lambda values: download.command(str(values[0]), (f"{values[1]}:{cache.mount_path}",))
+        image = host.pool_images.get(str(job.pool), host.image)
+        create = pulumi.Output.all(image, volume_source).apply(
+            lambda values: job.command(str(values[0]), (f"{values[1]}:{cache.mount_path}",))
         )
         environment: dict[str, pulumi.Input[str]] = {
-            key: self._secrets[key] for key in download.secret_env
+            key: self._secrets[key] for key in job.secret_env
         }
         environment.update(self._engine_environment(host.plan))
-        # The job needs the internet, not the replicas' network: it runs on the
-        # engine's host network (components.steps.download), so it need not wait for it.
-        after: list[pulumi.Resource] = []
+        # The jobs need the internet, not the replicas' network: they run on the
+        # engine's host network (components.steps.download), so need not wait for it.
+        depends_on: list[pulumi.Resource] = []
         if host.cache_volume is not None:
-            after.append(host.cache_volume)
-        if host.fit is not None:
-            after.append(host.fit)
+            depends_on.append(host.cache_volume)
         return command.local.Command(
-            f"{prefix}download",
+            resource_name,
             create=create,
             dir=str(self._args.project_dir),
             environment=environment,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=after,
+                depends_on=[*depends_on, *after],
                 # Redacted already; secret anyway, as pulumi-command keeps stdout
                 # plain even when the environment holds a secret.
-                additional_secret_outputs=["stdout", "stderr"],
-            ),
-        )
-
-    def _fit(self, prefix: str, fit: FitPlan, host: HostResources) -> command.local.Command:
-        """The fit check: once the image is on the engine, before the download and
-        every replica, so a model that cannot fit stops `pulumi up` before the wait."""
-        cache = self.plan.cache
-        volume_source: pulumi.Input[str] = (
-            host.cache_volume.name if host.cache_volume is not None else str(cache.host_path)
-        )
-        create = pulumi.Output.all(host.image, volume_source).apply(
-            lambda values: fit.command(str(values[0]), (f"{values[1]}:{cache.mount_path}",))
-        )
-        environment: dict[str, pulumi.Input[str]] = {
-            key: self._secrets[key] for key in fit.secret_env
-        }
-        environment.update(self._engine_environment(host.plan))
-        return command.local.Command(
-            f"{prefix}fit",
-            create=create,
-            dir=str(self._args.project_dir),
-            environment=environment,
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[host.cache_volume] if host.cache_volume is not None else [],
                 additional_secret_outputs=["stdout", "stderr"],
             ),
         )

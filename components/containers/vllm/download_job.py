@@ -41,7 +41,8 @@ without any network access and exits in well under a second.
 
 With `--facts` it downloads nothing: it prints one line, `vllm-nginx-facts: `
 and JSON with `config.json` and the weights' bytes (the index's
-`metadata.total_size`, else the files' sizes), for the fit check
+`metadata.total_size`, else the files' sizes) of the first `--model` (a
+pool's model; its LoRA adapters are not counted), for the fit check
 (`components.steps.fit`), which runs it in the same way before the download.
 
 Exit codes tell `components.steps.download` the cause; the last line of output is a
@@ -359,7 +360,12 @@ def classify(exc: BaseException, model: str, has_token: bool) -> tuple[int, str]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", required=True)
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="a repository to fetch; again for more (a pool's model, then its LoRA adapters)",
+    )
     parser.add_argument("--progress-seconds", type=float, default=15.0)
     parser.add_argument(
         "--facts", action="store_true", help="print what the fit check needs; download nothing"
@@ -367,15 +373,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     token_path = os.environ.get("HF_TOKEN_PATH")
     has_token = bool(token_path and Path(token_path).is_file())
-    try:
-        if args.facts:
-            print(FACTS_PREFIX + json.dumps(facts(args.model)), flush=True)
+    if args.facts:
+        # The fit check asks about the pool's model: the first --model. LoRA
+        # adapters (any further --model) are small and not counted.
+        model = args.model[0]
+        try:
+            print(FACTS_PREFIX + json.dumps(facts(model)), flush=True)
             return EXIT_OK
-        return download(args.model, args.progress_seconds)
-    except Exception as exc:
-        code, cause = classify(exc, args.model, has_token)
-        print(ERROR_PREFIX + cause, flush=True)
-        return code
+        except Exception as exc:
+            code, cause = classify(exc, model, has_token)
+            print(ERROR_PREFIX + cause, flush=True)
+            return code
+    for model in args.model:
+        try:
+            download(model, args.progress_seconds)
+        except Exception as exc:
+            code, cause = classify(exc, model, has_token)
+            print(ERROR_PREFIX + cause, flush=True)
+            return code
+    return EXIT_OK
 
 
 if __name__ == "__main__":
