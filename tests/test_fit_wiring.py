@@ -4,20 +4,32 @@ What it proves: one fit step per engine, before that engine's download and
 every replica on it, after the image; its command line carries each replica's
 GPUs, the tensor-parallel size, vLLM's arguments and the settings, and the
 step's own parser reads it back as planned; the token reaches it as a secret,
-never on its command line; `fitCheck.enabled: false` declares none. The step
-itself on a real engine: tests/test_e2e_fit.py.
+never on its command line; `fitCheck.enabled: false` declares none. With
+model pools: one per pool and engine, with that pool's model, tensor-parallel
+size, GPUs, vLLM arguments and image, before that pool's download and
+replicas only. The step itself on a real engine: tests/test_e2e_fit.py.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 from components.config.loading import parse_settings
 from components.plan.build import build_plan
 from components.steps.fit import Replica, parser
-from tests.test_component import COMMAND, SECRETS, dep_names, deploy, deploy_with_secrets, replicas
+from tests.support.pulumi_capture import Run, run_program
+from tests.test_component import (
+    COMMAND,
+    NS,
+    SECRETS,
+    dep_names,
+    deploy,
+    deploy_with_secrets,
+    replicas,
+)
 
 FIT = "vllm-fit"
 IMAGE = "@@vllm-vllm-image.imageId@@"
@@ -109,3 +121,116 @@ def test_the_step_reads_back_what_the_plan_says() -> None:
         build_plan(settings(fitCheck={"enabled": False}), project_dir=Path(".")).hosts[0].fit
         is None
     )
+
+
+def deploy_pools(models: list[dict[str, Any]], **values: Any) -> Run:
+    config = {"models": models, **values}
+    return run_program(
+        {f"{NS}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    )
+
+
+def test_one_fit_step_per_pool_before_its_own_download_and_replicas() -> None:
+    run = deploy_pools(
+        [
+            {
+                "name": "chat",
+                "model": "org/chat",
+                "tensorParallelSize": 2,
+                "gpus": [[0, 1], [2, 3]],
+                "extraArgs": ["--max-model-len", "4096"],
+                "adapters": [{"name": "sql", "model": "org/sql-lora"}],
+            },
+            {
+                "name": "embed",
+                "model": "org/embed",
+                "gpus": [[4]],
+                "extraArgs": ["--runner", "pooling"],
+                "image": {"prebuilt": "org/vllm:embed"},
+            },
+        ],
+        extraArgs=["--dtype", "half"],
+    )
+    fits = {c.name for c in run.of_type(COMMAND) if c.name.endswith("-fit")}
+    assert fits == {"vllm-chat-fit", "vllm-embed-fit"}
+    chat = run.named("vllm-chat-fit").inputs["create"]
+    embed = run.named("vllm-embed-fit").inputs["create"]
+    # Each on its own pool's image, read back by the step's own parser.
+    assert " --image @@vllm-vllm-image.imageId@@ " in chat
+    assert " --image @@vllm-embed-vllm-image.imageId@@ " in embed
+    read = parser().parse_args(shlex.split(chat)[3:])
+    assert (read.model, read.name, read.tensor_parallel_size) == ("org/chat", "vllm-chat-fit", 2)
+    assert read.replica == [Replica("vllm-chat-0", ("0", "1")), Replica("vllm-chat-1", ("2", "3"))]
+    # The stack's extraArgs, then the pool's, as its replicas get them; not its adapters.
+    assert read.extra_arg == ["--dtype", "half", "--max-model-len", "4096"]
+    assert "sql-lora" not in chat
+    read = parser().parse_args(shlex.split(embed)[3:])
+    assert (read.model, read.name, read.tensor_parallel_size) == ("org/embed", "vllm-embed-fit", 1)
+    assert read.replica == [Replica("vllm-embed-0", ("4",))]
+    assert read.extra_arg == ["--dtype", "half", "--runner", "pooling"]
+    for pool, other in (("chat", "embed"), ("embed", "chat")):
+        assert dep_names(run, run.named(f"vllm-{pool}-download")) >= {f"vllm-{pool}-fit"}
+        assert f"vllm-{other}-fit" not in dep_names(run, run.named(f"vllm-{pool}-download"))
+        for replica in run.of_type("docker:index/container:Container"):
+            if replica.name.startswith(f"vllm-vllm-{pool}-"):
+                assert {f"vllm-{pool}-fit", f"vllm-{pool}-download"} <= dep_names(run, replica)
+                assert f"vllm-{other}-fit" not in dep_names(run, replica)
+
+
+def test_a_shared_download_waits_for_its_owners_fit_only() -> None:
+    """Two pools of one model fetch it once: the job is the first pool's and waits
+    for that pool's check; the second pool's replicas wait for their own check
+    and that job, so one pool's failing check stops none of the other's steps."""
+    run = deploy_pools(
+        [
+            {"name": "short", "model": "org/m", "servedModelName": "m", "gpus": [[0]]},
+            {
+                "name": "long",
+                "model": "org/m",
+                "servedModelName": "m-long",
+                "gpus": [[1]],
+                "extraArgs": ["--max-model-len=32768"],
+            },
+        ]
+    )
+    assert "vllm-long-download" not in {c.name for c in run.of_type(COMMAND)}
+    download = dep_names(run, run.named("vllm-short-download"))
+    assert "vllm-short-fit" in download and "vllm-long-fit" not in download
+    long = dep_names(run, run.named("vllm-vllm-long-0"))
+    assert {"vllm-long-fit", "vllm-short-download"} <= long
+    assert "vllm-short-fit" not in long
+    assert (
+        run.named("vllm-long-fit")
+        .inputs["create"]
+        .endswith("--replica vllm-long-0=1 --extra-arg=--max-model-len=32768")
+    )
+
+
+def test_pools_on_two_engines_one_fit_step_per_pool_and_engine() -> None:
+    hosts = [
+        {"name": "a", "dockerHost": "unix:///var/run/a.sock", "address": "10.0.0.1"},
+        {"name": "b", "dockerHost": "unix:///var/run/b.sock", "address": "10.0.0.2"},
+    ]
+    models = [
+        {
+            "name": "chat",
+            "model": "o/chat",
+            "hosts": [{"host": "a", "gpus": [[0], [1]]}, {"host": "b", "replicas": 1}],
+        },
+        {"name": "embed", "model": "o/embed", "hosts": [{"host": "b"}]},
+    ]
+    run = deploy_pools(models, hosts=hosts)
+    fits = {c.name: c for c in run.of_type(COMMAND) if c.name.endswith("-fit")}
+    assert set(fits) == {"vllm-a-chat-fit", "vllm-b-chat-fit", "vllm-b-embed-fit"}
+    assert (
+        fits["vllm-a-chat-fit"]
+        .inputs["create"]
+        .endswith("--replica vllm-chat-a-0=0 --replica vllm-chat-a-1=1")
+    )
+    assert fits["vllm-b-chat-fit"].inputs["create"].endswith("--replica vllm-chat-b-0=0")
+    assert fits["vllm-b-embed-fit"].inputs["create"].endswith("--replica vllm-embed-b-0=1")
+    for name, fit in fits.items():
+        host = name.split("-")[1]
+        assert fit.inputs["environment"]["DOCKER_HOST"] == f"unix:///var/run/{host}.sock"
+    assert "vllm-b-chat-fit" not in dep_names(run, run.named("vllm-vllm-embed-b-0"))
+    assert "vllm-b-embed-fit" in dep_names(run, run.named("vllm-vllm-embed-b-0"))
