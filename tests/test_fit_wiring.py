@@ -211,7 +211,7 @@ def test_pools_on_two_engines_one_fit_step_per_pool_and_engine() -> None:
         {"name": "a", "dockerHost": "unix:///var/run/a.sock", "address": "10.0.0.1"},
         {"name": "b", "dockerHost": "unix:///var/run/b.sock", "address": "10.0.0.2"},
     ]
-    models = [
+    models: list[dict[str, Any]] = [
         {
             "name": "chat",
             "model": "o/chat",
