@@ -12,11 +12,14 @@ sizes, through the real download job script (`--facts`).
 What it proves: a model that does not fit (Llama-3.1-70B-Instruct on one
 24 GB GPU per replica) stops `pulumi up` at the fit step, before the download
 and any replica (no such step in the engine's event log, no container), with
-the figures and what would fit in `up`'s output; a model that fits
-(Qwen2.5-0.5B-Instruct) passes the check and the deployment comes up on the
-same stack; an engine without the NVIDIA driver (the machine's own) makes the
-check say it skipped and go on (tests/test_fit_step.py, with a mock engine,
-covers the CPU figures' wiring).
+the figures and what would fit in `up`'s output; with two model pools, one
+too big, `pulumi up --continue-on-error` fails that pool's check and creates
+none of its steps after it, while the other pool's check, download and replica
+go ahead (nginx, which waits for every pool, is not created); once both fit
+(Qwen2.5-0.5B-Instruct) the deployment comes up on the same stack; an engine
+without the NVIDIA driver (the machine's own) makes the check say it skipped
+and go on (tests/test_fit_step.py, with a mock engine, covers the CPU figures'
+wiring).
 """
 
 from __future__ import annotations
@@ -190,19 +193,57 @@ def test_too_big_stops_before_any_replica_and_a_fit_deploys(tmp_path: Path) -> N
             )
             assert message in failed.output, failed.output
             assert "error: the model does not fit:" in failed.output
-            assert "nothing was downloaded and no replica was created" in failed.output
+            assert "these replicas were not created and nothing was downloaded" in failed.output
             assert "Traceback" not in failed.output
             print(f"\n--- too big: `pulumi up` failed after {too_big_seconds:.1f} s; its output:")
             print("\n".join(line for line in failed.output.splitlines() if "vllm-vnh1-fit" in line))
 
-            stack.write_config({"model": FITS})
+            # Two pools, the too-big one's check fails: with --continue-on-error
+            # Pulumi goes on with what does not depend on it, the other pool.
+            stack.write_config(pools_config(host, big=TOO_BIG))
+            began = time.monotonic()
+            failed = stack.up_failing("--continue-on-error")
+            pools_seconds = time.monotonic() - began
+            big, small = (f"vllm-{host.name}-{pool}" for pool in ("big", "small"))
+            assert failed.result.index(f"{big}-fit", "failed") >= 0
+            assert failed.result.index(f"{small}-fit", "outputs") < failed.result.index(
+                f"{small}-download", "pre"
+            )
+            declared = set(names(failed.result.steps))
+            assert not {f"{big}-download", f"vllm-e2e-fit-big-{host.name}-0"} & declared
+            running = {c.name for c in client.containers.list()}
+            assert f"e2e-fit-small-{host.name}-0" in running, running
+            # nginx waits for every pool's readiness: it is not created.
+            assert not {"e2e-fit-lb", f"e2e-fit-big-{host.name}-0"} & running, running
+            print(f"--- one pool too big: `pulumi up` failed after {pools_seconds:.1f} s")
+
+            stack.write_config(pools_config(host, big=FITS))
             began = time.monotonic()
             passed = stack.up()
             fit_seconds = time.monotonic() - began
-            assert passed.index(fit) < passed.index(f"vllm-{host.name}-download")
+            assert passed.index(f"{big}-fit") < passed.index(f"{big}-download")
             running = {c.name for c in client.containers.list()}
-            assert replicas <= running, running
-            assert stack.outputs()["served_model_name"] == "fit-model"
-            print(f"--- fits: `pulumi up` took {fit_seconds:.1f} s")
+            assert {f"e2e-fit-{p}-{host.name}-0" for p in ("big", "small")} <= running, running
+            assert "e2e-fit-lb" in running
+            print(f"--- both fit: `pulumi up` took {fit_seconds:.1f} s")
         finally:
             stack.destroy()
+
+
+def pools_config(host: NetnsHost, big: str) -> dict[str, Any]:
+    """Pool 'big' on GPU 0 with `big` as its model, pool 'small' (a model that
+    fits) on GPU 1."""
+    return {
+        "model": None,
+        "servedModelName": None,
+        "hosts": [{"name": host.name, "dockerHost": host.docker_host, "address": host.address}],
+        "models": [
+            {
+                "name": pool,
+                "model": model,
+                "servedModelName": pool,
+                "hosts": [{"host": host.name, "gpus": [[gpu]]}],
+            }
+            for pool, model, gpu in (("big", big, 0), ("small", FITS, 1))
+        ],
+    }

@@ -61,8 +61,8 @@ GPU_QUERY = ("--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,
 NEXT = (
     "Change the stack (tensorParallelSize and gpus, extraArgs --max-model-len, or a "
     "quantised model), check it (python -m components.cli.check), then run `pulumi up` "
-    "again; nothing was downloaded and no replica was created. To deploy anyway, set "
-    "fitCheck.enabled false."
+    "again; these replicas were not created and nothing was downloaded for them. To "
+    "deploy anyway, set fitCheck.enabled false."
 )
 
 
