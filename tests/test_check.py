@@ -103,6 +103,7 @@ def test_dev_plan_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert "    vllm0  GPU 0       http://127.0.0.1:8081" in out
     assert "    vllm1  GPU 1       http://127.0.0.1:8082" in out
     assert "  image          vllm/vllm-openai:v0.33.0 (pulled)" in out
+    assert "  fit check      runs before the download and the replicas" in out
     assert "/.cache/huggingface, shared by all replicas, kept on `pulumi destroy`" in out
     assert (
         "  load balancer  http://localhost:8000 (nginx-lb, least_conn, published on 0.0.0.0:8000)"

@@ -403,6 +403,11 @@ def test_check_prints_the_pools_of_the_example_stack() -> None:
     ):
         assert line in text, text
     assert "by model to its pool" in text
+    # A fit check line per pool, under its pool's line.
+    lines = text.splitlines()
+    for pool in ("chat", "embed"):
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"  pool {pool} "))
+        assert lines[at + 1] == "    fit check    runs before the download and the replicas"
 
 
 def test_check_prints_a_pools_adapters(tmp_path: Path) -> None:
@@ -420,6 +425,24 @@ def test_check_prints_a_pools_adapters(tmp_path: Path) -> None:
     assert run_check("lora", tmp_path, out, err) == 0, err.getvalue()
     assert "    adapter      sql (org/sql-lora)" in out.getvalue()
     assert "    vllm-chat-0  GPU 0" in out.getvalue()
+
+
+def test_check_says_per_pool_when_the_fit_check_is_off(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.off.yaml").write_text(
+        "config:\n"
+        "  vllm-nginx:fitCheck:\n"
+        "    enabled: false\n"
+        "  vllm-nginx:models:\n"
+        "    - name: a\n"
+        "      model: org/a\n"
+        "    - name: b\n"
+        "      model: org/b\n"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    assert run_check("off", tmp_path, out, err) == 0, err.getvalue()
+    lines = out.getvalue().splitlines()
+    assert lines.count("    fit check    off (fitCheck.enabled false)") == 2
 
 
 def test_fewer_gpu_groups_than_replicas_is_a_problem_not_a_crash() -> None:

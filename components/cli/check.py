@@ -121,6 +121,17 @@ def _replica_lines(replicas: Sequence[ReplicaPlan], indent: str) -> list[str]:
     return lines
 
 
+def _fit_line(settings: Settings, plan: Plan, pool: str | None) -> str:
+    """Whether the fit check runs for a pool (None: the stack without 'models'), and where."""
+    if not settings.fit_check.enabled:
+        return "off (fitCheck.enabled false)"
+    engines = [h.name for h in plan.hosts for fit in h.fits if fit.pool == pool]
+    if not engines:
+        return "none (no replica)"
+    where = f" on {', '.join(str(e) for e in engines)}" if engines[0] is not None else ""
+    return f"runs{where} before the download and the replicas"
+
+
 def _pool_lines(settings: Settings, plan: Plan) -> list[str]:
     """Each pool: its model and served name, adapters, policy, and its replicas."""
     lines = []
@@ -135,6 +146,7 @@ def _pool_lines(settings: Settings, plan: Plan) -> list[str]:
             lines.append(f"    image        {pool.image.name}")
         for name, model in pool.adapters:
             lines.append(f"    adapter      {name} ({model})")
+        lines.append(f"    fit check    {_fit_line(settings, plan, pool.name)}")
         mine = [r for r in plan.replicas if r.pool == pool.name]
         lines += _replica_lines(mine, "    ")
     return lines
@@ -169,6 +181,8 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
         lines += _replica_lines(plan.replicas, "    ")
     if not plan.pools or any(p.image == plan.vllm_image for p in plan.pools):
         lines.append(f"  image          {_image_line(plan)}")
+    if not plan.pools:
+        lines.append(f"  fit check      {_fit_line(settings, plan, None)}")
     lines += [
         f"  cache          {_cache_line(plan)}",
         f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "
