@@ -410,39 +410,41 @@ def test_check_prints_the_pools_of_the_example_stack() -> None:
         assert lines[at + 1] == "    fit check    runs before the download and the replicas"
 
 
-def test_check_prints_a_pools_adapters(tmp_path: Path) -> None:
+def check_output(tmp_path: Path, stack: str, config: str) -> str:
+    """`components.cli.check` on a stack file holding `config` (its YAML lines)."""
     (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-    (tmp_path / "Pulumi.lora.yaml").write_text(
-        "config:\n"
+    (tmp_path / f"Pulumi.{stack}.yaml").write_text("config:\n" + config)
+    out, err = io.StringIO(), io.StringIO()
+    assert run_check(stack, tmp_path, out, err) == 0, err.getvalue()
+    return out.getvalue()
+
+
+def test_check_prints_a_pools_adapters(tmp_path: Path) -> None:
+    out = check_output(
+        tmp_path,
+        "lora",
         "  vllm-nginx:models:\n"
         "    - name: chat\n"
         "      model: org/base\n"
         "      adapters:\n"
         "        - name: sql\n"
-        "          model: org/sql-lora\n"
+        "          model: org/sql-lora\n",
     )
-    out, err = io.StringIO(), io.StringIO()
-    assert run_check("lora", tmp_path, out, err) == 0, err.getvalue()
-    assert "    adapter      sql (org/sql-lora)" in out.getvalue()
-    assert "    vllm-chat-0  GPU 0" in out.getvalue()
+    assert "    adapter      sql (org/sql-lora)" in out
+    assert "    vllm-chat-0  GPU 0" in out
 
 
 def test_check_says_per_pool_when_the_fit_check_is_off(tmp_path: Path) -> None:
-    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-    (tmp_path / "Pulumi.off.yaml").write_text(
-        "config:\n"
+    out = check_output(
+        tmp_path,
+        "off",
         "  vllm-nginx:fitCheck:\n"
         "    enabled: false\n"
         "  vllm-nginx:models:\n"
-        "    - name: a\n"
-        "      model: org/a\n"
-        "    - name: b\n"
-        "      model: org/b\n"
+        "    - {name: a, model: org/a}\n"
+        "    - {name: b, model: org/b}\n",
     )
-    out, err = io.StringIO(), io.StringIO()
-    assert run_check("off", tmp_path, out, err) == 0, err.getvalue()
-    lines = out.getvalue().splitlines()
-    assert lines.count("    fit check    off (fitCheck.enabled false)") == 2
+    assert out.splitlines().count("    fit check    off (fitCheck.enabled false)") == 2
 
 
 def test_fewer_gpu_groups_than_replicas_is_a_problem_not_a_crash() -> None:
