@@ -463,14 +463,23 @@ def model_routing(
         out["load_average_1m"] = {"before": load_before[0], "after": os.getloadavg()[0]}
         out["latency"] = {kind: latency_summary(s) for kind, s in samples.items()}
         out["control_latency"] = {kind: latency_summary(s) for kind, s in control.items()}
+        # Throughput alternated too, `seconds` per way in `rounds` slices.
         concurrency = per_replica * 4
-        chunks, took = asyncio.run(
-            for_duration(direct, concurrency, seconds, 32, models=direct_models)
-        )
-        out["throughput"]["direct_tokens_per_s"] = chunks / took
-        for kind, url in urls.items():
-            chunks, took = asyncio.run(for_duration([url], concurrency, seconds, 32, models=models))
-            out["throughput"][f"{kind}_tokens_per_s"] = chunks / took
+        ways: dict[str, tuple[list[str], list[str], int]] = {
+            "direct": (direct, direct_models, concurrency),
+            **{kind: ([url], models, concurrency) for kind, url in urls.items()},
+            "one_model_direct": (chat_direct, [MODEL], concurrency // 2),
+            **{kind: ([url], [MODEL], concurrency // 2) for kind, url in control_urls.items()},
+        }
+        totals = {way: [0, 0.0] for way in ways}
+        for _ in range(rounds):
+            for way, (bases, way_models, clients) in ways.items():
+                chunks, took = asyncio.run(
+                    for_duration(bases, clients, seconds / rounds, 32, models=way_models)
+                )
+                totals[way][0] += chunks
+                totals[way][1] += took
+        out["throughput"] = {f"{way}_tokens_per_s": c / t for way, (c, t) in totals.items()}
     # Which replica answered each routed stream (the stand-in's x-replica):
     # chat* only for the chat model, other* only for the other.
     out["answered_by"] = {
@@ -522,6 +531,12 @@ def routing_table(results: dict[str, Any]) -> str:
             f"| {label} | {cd[key]:.1f} | {cs[key]:.1f} | {ratio(cs[key], cd[key]):.2f}x "
             f"| {cr[key]:.1f} | {ratio(cr[key], cd[key]):.2f}x |"
         )
+    td = tp["one_model_direct_tokens_per_s"]
+    ts, tr = tp["one_model_single_tokens_per_s"], tp["one_model_routed_tokens_per_s"]
+    rows.append(
+        f"| throughput (tokens/s) | {td:.0f} | {ts:.0f} | {ratio(ts, td):.2f} "
+        f"| {tr:.0f} | {ratio(tr, td):.2f} |"
+    )
     return "\n".join(rows)
 
 
@@ -565,7 +580,8 @@ def run_model_routing(binary: str, quick: bool) -> int:
         "latency": f"{max(8, int(48 * scale))} streams of 64 tokens, 4 at a time, half per model, "
         "a distinct prompt each, 1 warm-up per connection; direct and the two routed balancers "
         "alternated 3 times",
-        "throughput": f"closed loop, 8 streams of 32 tokens per replica, {6.0 * scale} s",
+        "throughput": f"closed loop, 8 streams of 32 tokens per replica, {6.0 * scale} s per "
+        "way in 3 alternated slices",
         "nginx_workers": 2,
     }
     results.update(

@@ -300,6 +300,72 @@ def test_a_replica_down_in_a_pool_its_other_replica_answers(routed, down, model)
         replicas[down].start()
 
 
+# --- bodies over 1 MiB: scanned for their top-level model, not parsed -------------
+
+BIG = "A" * (2 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("body", "pool"),
+    [
+        ({"model": EMBED, "input": BIG}, "e"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64," + BIG},
+                            }
+                        ],
+                    }
+                ],
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {"properties": {"model": {"type": "string"}}},
+                        },
+                    }
+                ],
+                "response_format": {"model": EMBED},
+                "stop": ['"model": "' + EMBED + '"', "\\"],
+                "model": CHAT,
+            },
+            "c",
+        ),
+        # Written by hand: `\u0065` is "e", so this is a second "model" key, and the last wins.
+        (f'{{"model": "{EMBED}", "input": "{BIG}", "mod\\u0065l": "{ADAPTER}"}}', "c"),
+        ({"input": BIG, "user": '{"model": "' + CHAT + '"}'}, None),
+        ({"model": 7, "input": BIG}, None),
+    ],
+    ids=["first key", "last key among nested ones", "escaped key, last wins", "none", "number"],
+)
+def test_a_large_json_body_is_routed_by_its_top_level_model(lb, replicas, body, pool):
+    text = body if isinstance(body, str) else json.dumps(body)
+    assert len(text) > 1024 * 1024
+    expected = {"e": (EMBED,), "c": (CHAT, ADAPTER)}.get(pool or "", ())
+    model = json.loads(text).get("model")
+    assert model in expected if pool else not isinstance(model, str)
+    response = httpx.post(
+        lb.url + "/v1/chat/completions",
+        content=text.encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    counted = counts(replicas)
+    if pool is None:
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["message"] == MISSING_MODEL_MESSAGE
+        assert sum(counted.values()) == 0
+    else:
+        assert response.status_code == 200, response.text
+        assert pool_of(counted, pool) == 1 and sum(counted.values()) == 1, counted
+
+
 # --- multipart bodies (audio) ---------------------------------------------------------
 
 
