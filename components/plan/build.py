@@ -303,7 +303,8 @@ def _fits(
             settings,
             pool,
             tuple(r for r in replicas if r.pool == pool.name),
-            _job_env(settings, pool),
+            # A local model asks no hub: the proxies alone, as before pools.
+            _job_env(settings, pool) if _repos(pool) else _proxy_env(settings),
             python,
         )
         for pool in settings.pools()
