@@ -29,6 +29,7 @@ from components.plan.model import (
     TLS_KEY_SECRET,
     VLLM_PORT,
     CachePlan,
+    CanaryPlan,
     CheckPlan,
     CompileCachePlan,
     DownloadPlan,
@@ -296,6 +297,56 @@ def _rollouts(
     )
 
 
+def canary_plan(
+    settings: Settings,
+    replicas: Sequence[ReplicaPlan],
+    rollouts: Sequence[RolloutPlan],
+    lb_name: str,
+    python: str,
+    name: str = "canary",
+) -> CanaryPlan | None:
+    """The canary step of one rollout: its first wave against the rest.
+
+    None when `rollout.canarySeconds` is 0 or the rollout has a single wave
+    (one replica): there is nothing left on the old version to compare with.
+    """
+    rollout = settings.rollout
+    first = [r for r, w in zip(replicas, rollouts, strict=True) if w.wave == 0]
+    rest = [r for r, w in zip(replicas, rollouts, strict=True) if w.wave > 0]
+    if rollout.canary_seconds == 0 or not first or not rest:
+        return None
+
+    def side(flag: str, group: Sequence[ReplicaPlan]) -> list[str]:
+        return [w for r in group for w in (flag, f"{r.name}={r.url}/metrics={r.upstream}")]
+
+    return CanaryPlan(
+        name=name,
+        canary=tuple(r.name for r in first),
+        baseline=tuple(r.name for r in rest),
+        argv=(
+            python,
+            "-m",
+            "components.steps.canary",
+            "--lb",
+            lb_name,
+            *side("--canary", first),
+            *side("--baseline", rest),
+            "--seconds",
+            str(rollout.canary_seconds),
+            "--max-ttft-ratio",
+            f"{rollout.canary_max_ttft_ratio:g}",
+            "--max-error-rate-increase",
+            f"{rollout.canary_max_error_rate_increase:g}",
+            "--min-requests",
+            str(rollout.canary_min_requests),
+            "--without-traffic",
+            rollout.canary_without_traffic,
+            "--max-wait",
+            str(rollout.canary_max_wait_seconds),
+        ),
+    )
+
+
 def engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
     """What docker-py's `from_env` (and our TLS-material reader) need to reach an engine."""
     env = {"DOCKER_HOST": host.docker_host}
@@ -373,6 +424,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     public_host = lb_host.address if lb_host is not None else settings.public_host
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
     hosts = _hosts(settings, replicas, python)
+    rollouts = _rollouts(settings, replicas, lb.name, python)
     cache = settings.hf_cache
     compile_cache = settings.compile_cache
     return Plan(
@@ -392,7 +444,8 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         replicas=replicas,
         ready=hosts[0].ready,
         hosts=hosts,
-        rollouts=_rollouts(settings, replicas, lb.name, python),
+        rollouts=rollouts,
+        canary=canary_plan(settings, replicas, rollouts, lb.name, python),
         load_balancer=LoadBalancerPlan(
             name=lb.name,
             image=ImagePlan(

@@ -306,6 +306,25 @@ class RolloutPlan:
 
 
 @dataclass(frozen=True)
+class CanaryPlan:
+    """The first wave of a rollout watched against the replicas not yet replaced.
+
+    A step between the first wave's resume and the second wave's drains
+    (components.steps.canary); only a rollout with a second wave has one.
+    """
+
+    name: str
+    canary: tuple[str, ...]
+    """The first wave's replicas."""
+    baseline: tuple[str, ...]
+    argv: tuple[str, ...]
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
 class Plan:
     network: str
     cache: CachePlan
@@ -323,3 +342,5 @@ class Plan:
     hosts: tuple[HostPlan, ...] = ()
     """Every engine with its replicas, download and readiness steps; `download`
     and `ready` above are the first one's (the only one without 'hosts')."""
+    canary: CanaryPlan | None = None
+    """The update's canary step (None: `rollout.canarySeconds` 0, or a single wave)."""

@@ -31,6 +31,7 @@ from components.plan.model import (
     LB_CERTIFICATE_ENV,
     TLS_CERTIFICATE_SECRET,
     TLS_KEY_SECRET,
+    CanaryPlan,
     CheckPlan,
     DownloadPlan,
     HostPlan,
@@ -164,6 +165,7 @@ class VllmCluster(pulumi.ComponentResource):
         # of them serving. On a first deploy no wave waits (components.shell.serving).
         self.replicas = []
         self.rotations: list[command.local.Command] = []
+        self.canary: command.local.Command | None = None
         previous_wave: list[pulumi.Resource] = []
         for wave in sorted({r.wave for r in plan.rollouts}):
             this_wave: list[pulumi.Resource] = []
@@ -180,6 +182,11 @@ class VllmCluster(pulumi.ComponentResource):
                 self.rotations.append(rotation)
                 this_wave.append(rotation)
             previous_wave = this_wave
+            if wave == 0 and plan.canary is not None:
+                # The next wave waits for the canary's verdict, not only its resume.
+                first = self.replicas[-len(this_wave) :]
+                self.canary = self._canary(name, plan.canary, first, this_wave, lb_host.plan)
+                previous_wave = [self.canary]
         # nginx waits for every host's readiness.
         for host in self.hosts:
             host.ready = self._check(
@@ -196,6 +203,8 @@ class VllmCluster(pulumi.ComponentResource):
         lb_after: list[pulumi.Resource] = [
             *self.replicas,
             *(h.ready for h in self.hosts if h.ready is not None),
+            # On a first deploy the canary then finds no nginx and returns at once.
+            *([self.canary] if self.canary is not None else []),
         ]
 
         self.monitoring: Monitoring | None = None
@@ -568,6 +577,28 @@ class VllmCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[replica], delete_before_replace=True
             ),
+        )
+
+    def _canary(
+        self,
+        name: str,
+        canary: CanaryPlan,
+        first: Sequence[docker.Container],
+        resumed: Sequence[pulumi.Resource],
+        lb_host: HostPlan,
+    ) -> command.local.Command:
+        """The first wave watched under traffic once its rotations resumed it.
+
+        Its triggers are the first wave's container ids: replacing one of them
+        runs it again; nothing else does, so an unchanged stack shows no diff.
+        """
+        return command.local.Command(
+            f"{name}-{canary.name}",
+            create=canary.command,
+            dir=str(self._args.project_dir),
+            environment=self._engine_environment(lb_host),
+            triggers=[c.id for c in first],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(resumed)),
         )
 
     def _check(
