@@ -239,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_wait=args.max_wait,
             progress=args.progress_seconds,
         )
-    except (CanaryFailed, RolloutError, docker.errors.DockerException, OSError) as err:
+    except CanaryFailed as failed:
+        print(failed, file=sys.stderr, flush=True)
+        return 1
+    except (RolloutError, docker.errors.DockerException, OSError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     print(message, flush=True)
