@@ -64,7 +64,7 @@ def stack(image: str) -> dict[str, Any]:
             "STANDIN_LOAD_SECONDS": "1",
             "STANDIN_TOKEN_MS": "10",
         },
-        rollout={"canarySeconds": 6, "canaryMinRequests": 8},
+        rollout={"canarySeconds": 5, "canaryMinRequests": 8},
         loadBalancer={
             "name": f"{PREFIX}-lb",
             "port": LB_PORT,
@@ -112,14 +112,16 @@ class Deployment:
         """`pulumi up` to `image` under streams; what it printed, the streams, the result."""
         self.stack.write_config(stack(image))
         with streaming_load(LB_URL, API_KEY, workers=WORKERS, tokens=TOKENS) as streams:
-            time.sleep(1.5)
+            time.sleep(1)
+            started = time.monotonic()
             if failing:
                 failed = self.stack.up_failing()
                 output, result = failed.output, failed.result
             else:
                 result = self.stack.up()
                 output = "\n".join(text for _name, text in result.messages)
-            time.sleep(1.5)
+            print(f"\n`pulumi up` to {image}: {time.monotonic() - started:.1f} s")
+            time.sleep(0.5)
         return output, streams, result
 
 
@@ -218,6 +220,16 @@ def test_a_slower_image_stops_after_the_first_wave(deployment: Deployment) -> No
     assert answered == {NAMES[1]}
     assert streams, "no stream ran"
     assert not broken, broken[:5]
+
+    # `pulumi up` again, nothing reverted: the same canary is put back, watched
+    # again and taken out again; still nothing else replaced.
+    again_output, again_streams, again = deployment.update(SLOW, failing=True)
+    said = again.logged(CANARY)
+    assert f"canary: {NAMES[0]} back in rotation to be watched again" in said, said
+    assert canary_message(again).startswith(f"canary failed: {NAMES[0]}"), again_output[-3000:]
+    assert deployment.ids() == after
+    assert f"#drained# server {NAMES[0]}:8000" in deployment.nginx_config()
+    assert not [s for s in again_streams if not s.whole]
 
 
 def test_the_revert_to_an_equal_image_completes(deployment: Deployment) -> None:
