@@ -280,3 +280,51 @@ def test_no_load_balancer_yet_is_a_first_deploy() -> None:
     replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
     said = canary.run(FakeClient({}), "nginx-lb", replicas, replicas, 60, LIMITS)  # type: ignore[arg-type]
     assert said == "canary: no load balancer yet (first deploy): vllm0 not watched"
+
+
+def _idle(url: str) -> Scrape:
+    """A replica nobody sends anything to."""
+    return Scrape({0.1: 0.0, INF: 0.0}, requests=0, failed=0)
+
+
+def test_without_traffic_it_says_so_and_proceeds_or_waits_then_stops(nginx: FakeNginx) -> None:
+    replicas = [
+        canary.Replica("vllm0", "http://vllm0/metrics", "vllm0:8000"),
+        canary.Replica("vllm1", "http://vllm1/metrics", "vllm1:8000"),
+    ]
+    client = FakeClient({"nginx-lb": nginx})
+    said = canary.run(
+        client,  # type: ignore[arg-type]
+        "nginx-lb",
+        replicas[:1],
+        replicas[1:],
+        0.2,
+        LIMITS,
+        progress=0.1,
+        fetch=_idle,
+    )
+    assert said == (
+        "canary: not enough traffic to judge vllm0:\n"
+        "  0 request(s) on the canary, 0 on the old replicas; rollout.canaryMinRequests is 10\n"
+        "proceeding without a verdict (rollout.canaryWithoutTraffic: proceed)"
+    )
+    with pytest.raises(canary.CanaryFailed) as failed:
+        canary.run(
+            client,  # type: ignore[arg-type]
+            "nginx-lb",
+            replicas[:1],
+            replicas[1:],
+            0.2,
+            LIMITS,
+            without_traffic=canary.WAIT,
+            max_wait=0.5,
+            progress=0.1,
+            fetch=_idle,
+        )
+    assert str(failed.value).startswith("canary: not enough traffic to judge vllm0 within 0 s")
+    assert str(failed.value).endswith(
+        "vllm0 stays in rotation; vllm1 not replaced. What to do: `pulumi up` again under "
+        "traffic, or set rollout.canaryWithoutTraffic: proceed."
+    )
+    # Not judged worse: never taken out.
+    assert rollout.DRAINED not in nginx.config.read_text()
