@@ -33,7 +33,8 @@ from components.steps.canary_compare import (
     window,
 )
 from tests.support.stub import Stub, make_stubs
-from tests.test_rollout import CONFIG, FakeClient, FakeNginx
+from tests.test_rollout import FakeClient, FakeNginx
+from tests.test_rollout import nginx as nginx  # the scripted nginx, a fixture
 
 INF = math.inf
 LIMITS = Thresholds(max_ttft_ratio=1.5, max_error_rate_increase=0.02, min_requests=10)
@@ -152,11 +153,7 @@ def test_waiting_for_traffic_watches_on_up_to_its_bound() -> None:
     verdict = canary.watch(
         replicas[:1],
         replicas[1:],
-        4,
-        LIMITS,
-        without_traffic=canary.WAIT,
-        max_wait=30,
-        progress=2,
+        canary.Watch(4, LIMITS, without_traffic=canary.WAIT, max_wait=30, progress=2),
         fetch=fetch,
         sleep=clock.sleep,
         clock=clock,
@@ -168,8 +165,8 @@ def test_waiting_for_traffic_watches_on_up_to_its_bound() -> None:
     # Proceeding: the first window's verdict, whatever the traffic.
     served.update(canary=0.0, old=0.0)
     quick = canary.watch(
-        replicas[:1], replicas[1:], 4, LIMITS, fetch=fetch, sleep=clock.sleep, clock=clock,
-        say=said.append,
+        replicas[:1], replicas[1:], canary.Watch(4, LIMITS), fetch=fetch, sleep=clock.sleep,
+        clock=clock, say=said.append,
     )  # fmt: skip
     assert not quick.enough_traffic
 
@@ -217,14 +214,6 @@ def load(stubs: Sequence[Stub], per_stub: int = 2) -> Iterator[None]:
             thread.join(timeout=15)
 
 
-@pytest.fixture
-def nginx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeNginx:
-    config = tmp_path / "nginx.conf"
-    config.write_text(CONFIG)
-    monkeypatch.setattr(rollout, "NGINX_CONFIG", str(config))
-    return FakeNginx(config, lingering_looks=0)
-
-
 def _replicas(stubs: Sequence[Stub]) -> list[canary.Replica]:
     return [
         canary.Replica(f"vllm{i}", f"{s.url}/metrics", f"vllm{i}:8000") for i, s in enumerate(stubs)
@@ -239,9 +228,7 @@ def _run(nginx: FakeNginx, stubs: Sequence[Stub]) -> str:
             "nginx-lb",
             replicas[:1],
             replicas[1:],
-            2.0,
-            LIMITS,
-            progress=1.0,
+            canary.Watch(2.0, LIMITS, progress=1.0),
         )
 
 
@@ -278,7 +265,7 @@ def test_an_equal_canary_passes_and_is_put_back_first(tmp_path: Path, nginx: Fak
 
 def test_no_load_balancer_yet_is_a_first_deploy() -> None:
     replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
-    said = canary.run(FakeClient({}), "nginx-lb", replicas, replicas, 60, LIMITS)  # type: ignore[arg-type]
+    said = canary.run(FakeClient({}), "nginx-lb", replicas, replicas, canary.Watch(60, LIMITS))  # type: ignore[arg-type]
     assert said == "canary: no load balancer yet (first deploy): vllm0 not watched"
 
 
@@ -293,34 +280,18 @@ def test_without_traffic_it_says_so_and_proceeds_or_waits_then_stops(nginx: Fake
         canary.Replica("vllm1", "http://vllm1/metrics", "vllm1:8000"),
     ]
     client = FakeClient({"nginx-lb": nginx})
-    said = canary.run(
-        client,  # type: ignore[arg-type]
-        "nginx-lb",
-        replicas[:1],
-        replicas[1:],
-        0.2,
-        LIMITS,
-        progress=0.1,
-        fetch=_idle,
+    proceed, wait = (
+        canary.Watch(0.2, LIMITS, progress=0.1),
+        canary.Watch(0.2, LIMITS, without_traffic=canary.WAIT, max_wait=0.5, progress=0.1),
     )
+    said = canary.run(client, "nginx-lb", replicas[:1], replicas[1:], proceed, fetch=_idle)  # type: ignore[arg-type]
     assert said == (
         "canary: not enough traffic to judge vllm0:\n"
         "  0 request(s) on the canary, 0 on the old replicas; rollout.canaryMinRequests is 10\n"
         "proceeding without a verdict (rollout.canaryWithoutTraffic: proceed)"
     )
     with pytest.raises(canary.CanaryFailed) as failed:
-        canary.run(
-            client,  # type: ignore[arg-type]
-            "nginx-lb",
-            replicas[:1],
-            replicas[1:],
-            0.2,
-            LIMITS,
-            without_traffic=canary.WAIT,
-            max_wait=0.5,
-            progress=0.1,
-            fetch=_idle,
-        )
+        canary.run(client, "nginx-lb", replicas[:1], replicas[1:], wait, fetch=_idle)  # type: ignore[arg-type]
     assert str(failed.value).startswith("canary: not enough traffic to judge vllm0 within 0 s")
     assert str(failed.value).endswith(
         "vllm0 stays in rotation; vllm1 not replaced. What to do: `pulumi up` again under "

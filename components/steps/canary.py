@@ -105,36 +105,43 @@ def _windows(
     return window(start[:n], now[:n]), window(start[n:], now[n:])
 
 
+@dataclass(frozen=True)
+class Watch:
+    """How long to watch, and what makes a verdict (`rollout.canary*`)."""
+
+    seconds: float
+    limits: Thresholds
+    without_traffic: str = PROCEED
+    max_wait: float = 600.0
+    progress: float = 5.0
+
+
 def watch(
     canary: Sequence[Replica],
     baseline: Sequence[Replica],
-    seconds: float,
-    limits: Thresholds,
+    how: Watch,
     *,
-    without_traffic: str = PROCEED,
-    max_wait: float = 600.0,
-    progress: float = 5.0,
     fetch: Scraper = scrape,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> Verdict:
-    """Watch both sides from now for `seconds` (longer, up to `max_wait`, when
-    waiting for traffic); the verdict of the whole window."""
+    """Watch both sides from now for `how.seconds` (longer, up to `how.max_wait`,
+    when waiting for traffic); the verdict of the whole window."""
     start = _round([*canary, *baseline], fetch)
     began = clock()
-    total = seconds
+    total = how.seconds
     while True:
         elapsed = clock() - began
         if elapsed >= total:
-            verdict = compare(*_windows(canary, baseline, start, fetch), limits)
-            if verdict.enough_traffic or without_traffic != WAIT or total >= max_wait:
+            verdict = compare(*_windows(canary, baseline, start, fetch), how.limits)
+            if verdict.enough_traffic or how.without_traffic != WAIT or total >= how.max_wait:
                 return verdict
             # Not enough traffic yet: watch on, the window growing, until the bound.
-            say(f"canary: {verdict.lines[0]}; watching on (up to {max_wait:.0f} s)")
-            total = min(total + seconds, max_wait)
+            say(f"canary: {verdict.lines[0]}; watching on (up to {how.max_wait:.0f} s)")
+            total = min(total + how.seconds, how.max_wait)
             continue
-        sleep(min(progress, total - elapsed))
+        sleep(min(how.progress, total - elapsed))
         elapsed = clock() - began
         if elapsed < total:
             say(progress_line(elapsed, total, *_windows(canary, baseline, start, fetch)))
@@ -145,15 +152,12 @@ def run(
     lb_name: str,
     canary: Sequence[Replica],
     baseline: Sequence[Replica],
-    seconds: float,
-    limits: Thresholds,
+    how: Watch,
     *,
-    without_traffic: str = PROCEED,
-    max_wait: float = 600.0,
-    progress: float = 5.0,
     fetch: Scraper = scrape,
 ) -> str:
     """The step: a line to print on success; `CanaryFailed` when the update must stop."""
+    seconds, without_traffic, max_wait = how.seconds, how.without_traffic, how.max_wait
     names = ", ".join(r.name for r in canary)
     old = ", ".join(r.name for r in baseline)
     lb = get_running(client, lb_name)
@@ -170,16 +174,7 @@ def run(
         f"replaced) for {seconds:.0f} s under live traffic",
         flush=True,
     )
-    verdict = watch(
-        canary,
-        baseline,
-        seconds,
-        limits,
-        without_traffic=without_traffic,
-        max_wait=max_wait,
-        progress=progress,
-        fetch=fetch,
-    )
+    verdict = watch(canary, baseline, how, fetch=fetch)
     figures = "\n".join(f"  {line}" for line in verdict.lines)
     if not verdict.enough_traffic:
         if without_traffic == WAIT:
@@ -222,10 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-wait", type=float, default=600.0, help="seconds (wait only)")
     parser.add_argument("--progress-seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
-    limits = Thresholds(
-        max_ttft_ratio=args.max_ttft_ratio,
-        max_error_rate_increase=args.max_error_rate_increase,
-        min_requests=args.min_requests,
+    how = Watch(
+        seconds=args.seconds,
+        limits=Thresholds(
+            max_ttft_ratio=args.max_ttft_ratio,
+            max_error_rate_increase=args.max_error_rate_increase,
+            min_requests=args.min_requests,
+        ),
+        without_traffic=args.without_traffic,
+        max_wait=args.max_wait,
+        progress=args.progress_seconds,
     )
     try:
         message = run(
@@ -233,11 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.lb,
             [_replica(text) for text in args.canary],
             [_replica(text) for text in args.baseline],
-            args.seconds,
-            limits,
-            without_traffic=args.without_traffic,
-            max_wait=args.max_wait,
-            progress=args.progress_seconds,
+            how,
         )
     except CanaryFailed as failed:
         print(failed, file=sys.stderr, flush=True)
