@@ -131,6 +131,8 @@ def watch(
     start = _round([*canary, *baseline], fetch)
     began = clock()
     total = how.seconds
+    # At least one line on the way, however short the window.
+    every = min(how.progress, max(how.seconds / 2, 0.5))
     while True:
         elapsed = clock() - began
         if elapsed >= total:
@@ -141,7 +143,7 @@ def watch(
             say(f"canary: {verdict.lines[0]}; watching on (up to {how.max_wait:.0f} s)")
             total = min(total + how.seconds, how.max_wait)
             continue
-        sleep(min(how.progress, total - elapsed))
+        sleep(min(every, total - elapsed))
         elapsed = clock() - began
         if elapsed < total:
             say(progress_line(elapsed, total, *_windows(canary, baseline, start, fetch)))
