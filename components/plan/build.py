@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from components.config.sections import Backend, HostSettings, Upstream
+from components.config.sections import Backend, HostSettings, RolloutSettings, Upstream
 from components.config.settings import Placement, Settings
 from components.config.values import format_cpu_set
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
@@ -298,7 +298,7 @@ def _rollouts(
 
 
 def canary_plan(
-    settings: Settings,
+    rollout: RolloutSettings,
     replicas: Sequence[ReplicaPlan],
     rollouts: Sequence[RolloutPlan],
     lb_name: str,
@@ -309,8 +309,9 @@ def canary_plan(
 
     None when `rollout.canarySeconds` is 0 or the rollout has a single wave
     (one replica): there is nothing left on the old version to compare with.
+    Per rollout (its replicas and their waves), so several rollouts, each with
+    its own waves, each get their own, named apart by `name`.
     """
-    rollout = settings.rollout
     first = [r for r, w in zip(replicas, rollouts, strict=True) if w.wave == 0]
     rest = [r for r, w in zip(replicas, rollouts, strict=True) if w.wave > 0]
     if rollout.canary_seconds == 0 or not first or not rest:
@@ -445,7 +446,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         ready=hosts[0].ready,
         hosts=hosts,
         rollouts=rollouts,
-        canary=canary_plan(settings, replicas, rollouts, lb.name, python),
+        canary=canary_plan(settings.rollout, replicas, rollouts, lb.name, python),
         load_balancer=LoadBalancerPlan(
             name=lb.name,
             image=ImagePlan(
