@@ -263,6 +263,37 @@ def test_an_equal_canary_passes_and_is_put_back_first(tmp_path: Path, nginx: Fak
     assert rollout.DRAINED not in nginx.config.read_text()
 
 
+def test_containers_the_canary_passed_are_not_watched_again() -> None:
+    """pulumi-command gives a command run on an update its previous stdout: a
+    changed `rollout.canary*` setting alone updates the step, and the same first
+    wave, already through it, is not watched (nor judged) again."""
+    replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
+    how = canary.Watch(60, LIMITS)
+    first = canary.run(FakeClient({}), "nginx-lb", replicas, replicas, how, containers="0a1b")  # type: ignore[arg-type]
+    assert first.splitlines()[-1] == "canary: done for containers 0a1b"
+    again = canary.run(
+        FakeClient({}),  # type: ignore[arg-type]
+        "nginx-lb",
+        replicas,
+        replicas,
+        how,
+        containers="0a1b",
+        previous_output=first,
+    )
+    assert again.startswith("canary: vllm0 unchanged since the canary passed them"), again
+    # Other containers (a first-wave replica replaced): judged, here no nginx yet.
+    other = canary.run(
+        FakeClient({}),  # type: ignore[arg-type]
+        "nginx-lb",
+        replicas,
+        replicas,
+        how,
+        containers="9f8e",
+        previous_output=first,
+    )
+    assert other.startswith("canary: no load balancer yet"), other
+
+
 def test_no_load_balancer_yet_is_a_first_deploy() -> None:
     replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
     said = canary.run(FakeClient({}), "nginx-lb", replicas, replicas, canary.Watch(60, LIMITS))  # type: ignore[arg-type]

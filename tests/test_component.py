@@ -642,6 +642,9 @@ def test_the_second_wave_waits_for_the_canarys_verdict() -> None:
         "--without-traffic proceed --max-wait 600"
     )
     assert "delete" not in watch.inputs or not watch.inputs["delete"]
+    # The first wave's container ids (12 characters each; the mocks' ids are names).
+    ids = watch.inputs["environment"]["VLLM_NGINX_CANARY_CONTAINERS"]
+    assert ids == "@@vllm-vllm0,@@vllm-vllm1"
     for index in (2, 3):
         names = dep_names(rolling, rolling.named(f"vllm-vllm{index}"))
         assert "vllm-canary" in names

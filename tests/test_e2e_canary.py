@@ -174,7 +174,11 @@ def diagnostics(output: str) -> str:
 
 def test_first_deploy_has_no_canary(deployment: Deployment) -> None:
     said = deployment.first.logged(CANARY)
-    assert said == [f"canary: no load balancer yet (first deploy): {NAMES[0]} not watched"], said
+    first_id = deployment.ids()[NAMES[0]][:12]
+    assert said == [
+        f"canary: no load balancer yet (first deploy): {NAMES[0]} not watched",
+        f"canary: done for containers {first_id}",
+    ], said
 
 
 def test_a_slower_image_stops_after_the_first_wave(deployment: Deployment) -> None:

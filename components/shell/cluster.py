@@ -44,6 +44,7 @@ from components.plan.model import (
 )
 from components.plan.monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET
 from components.shell.monitoring import Monitoring, MonitoringArgs
+from components.steps.canary import CONTAINERS_ENV as CANARY_CONTAINERS_ENV
 from components.steps.lb_reload import FILES_ENV as LB_FILES_ENV
 
 TYPE_TOKEN = "vllm-nginx:index:VllmCluster"
@@ -596,7 +597,14 @@ class VllmCluster(pulumi.ComponentResource):
             f"{name}-{canary.name}",
             create=canary.command,
             dir=str(self._args.project_dir),
-            environment=self._engine_environment(lb_host),
+            environment={
+                **self._engine_environment(lb_host),
+                # Which containers it watched: a run that finds them done does not
+                # watch again (only a rollout.canary* setting changed).
+                CANARY_CONTAINERS_ENV: pulumi.Output.all(*[c.id for c in first]).apply(
+                    lambda ids: ",".join(str(i)[:12] for i in ids)
+                ),
+            },
             triggers=[c.id for c in first],
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(resumed)),
         )

@@ -28,6 +28,7 @@ says so and returns at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import urllib.error
@@ -56,6 +57,14 @@ WHAT_TO_DO = (
     "What to do: revert the change (or raise rollout.canaryMaxTtftRatio if this is expected), "
     "then `pulumi up` again."
 )
+
+
+CONTAINERS_ENV = "VLLM_NGINX_CANARY_CONTAINERS"
+"""The first wave's container ids, comma-separated (set by the Pulumi shell)."""
+PREVIOUS_OUTPUT_ENV = "PULUMI_COMMAND_STDOUT"
+"""pulumi-command's previous stdout, given to a command run on an update
+(`addPreviousOutputInEnv`, on by default)."""
+DONE = "canary: done for containers "
 
 
 class CanaryFailed(RuntimeError):
@@ -157,8 +166,37 @@ def run(
     how: Watch,
     *,
     fetch: Scraper = scrape,
+    containers: str = "",
+    previous_output: str = "",
 ) -> str:
-    """The step: a line to print on success; `CanaryFailed` when the update must stop."""
+    """The step: what to print on success; `CanaryFailed` when the update must stop.
+
+    `containers` are the first wave's container ids (`CONTAINERS_ENV`), and
+    `previous_output` what this step printed last time it passed (pulumi-command
+    hands it over on an update). Replacing a first-wave replica replaces the step,
+    which then has no previous output; an update of the step alone (a changed
+    `rollout.canary*` setting) finds these same containers done and does not
+    watch them again: nothing was updated.
+    """
+    done = f"{DONE}{containers}"
+    names = ", ".join(r.name for r in canary)
+    if containers and done in previous_output.splitlines():
+        return (
+            f"canary: {names} unchanged since the canary passed them: not watched again "
+            f"(only the step's settings changed)\n{done}"
+        )
+    message = _judge(client, lb_name, canary, baseline, how, fetch)
+    return f"{message}\n{done}" if containers else message
+
+
+def _judge(
+    client: docker.DockerClient,
+    lb_name: str,
+    canary: Sequence[Replica],
+    baseline: Sequence[Replica],
+    how: Watch,
+    fetch: Scraper,
+) -> str:
     seconds, without_traffic, max_wait = how.seconds, how.without_traffic, how.max_wait
     names = ", ".join(r.name for r in canary)
     old = ", ".join(r.name for r in baseline)
@@ -237,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             [_replica(text) for text in args.canary],
             [_replica(text) for text in args.baseline],
             how,
+            containers=os.environ.get(CONTAINERS_ENV, ""),
+            previous_output=os.environ.get(PREVIOUS_OUTPUT_ENV, ""),
         )
     except CanaryFailed as failed:
         print(failed, file=sys.stderr, flush=True)
