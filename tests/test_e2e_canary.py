@@ -255,3 +255,13 @@ def test_the_revert_to_an_equal_image_completes(deployment: Deployment) -> None:
     assert "#drained#" not in config, config
     assert not broken, broken[:5]
     deployment.stack.preview(expect_no_changes=True)
+
+    # A canary setting alone: the step is updated, finds the same first wave it
+    # passed, and does not watch it again; nothing else changes.
+    values = stack(EQUAL)
+    values["rollout"] = {**values["rollout"], "canaryMinRequests": 9}
+    deployment.stack.write_config(values)
+    settings_only = deployment.stack.up()
+    assert settings_only.changed() == {CANARY: ["update"]}, settings_only.changed()
+    said = settings_only.logged(CANARY)
+    assert said[0].startswith(f"canary: {NAMES[0]} unchanged since the canary passed them"), said
