@@ -268,29 +268,24 @@ def test_containers_the_canary_passed_are_not_watched_again() -> None:
     changed `rollout.canary*` setting alone updates the step, and the same first
     wave, already through it, is not watched (nor judged) again."""
     replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
-    how = canary.Watch(60, LIMITS)
-    first = canary.run(FakeClient({}), "nginx-lb", replicas, replicas, how, containers="0a1b")  # type: ignore[arg-type]
+
+    def step(containers: str, previous_output: str = "") -> str:
+        return canary.run(
+            FakeClient({}),  # type: ignore[arg-type]
+            "nginx-lb",
+            replicas,
+            replicas,
+            canary.Watch(60, LIMITS),
+            containers=containers,
+            previous_output=previous_output,
+        )
+
+    first = step("0a1b")
     assert first.splitlines()[-1] == "canary: done for containers 0a1b"
-    again = canary.run(
-        FakeClient({}),  # type: ignore[arg-type]
-        "nginx-lb",
-        replicas,
-        replicas,
-        how,
-        containers="0a1b",
-        previous_output=first,
-    )
+    again = step("0a1b", first)
     assert again.startswith("canary: vllm0 unchanged since the canary passed them"), again
     # Other containers (a first-wave replica replaced): judged, here no nginx yet.
-    other = canary.run(
-        FakeClient({}),  # type: ignore[arg-type]
-        "nginx-lb",
-        replicas,
-        replicas,
-        how,
-        containers="9f8e",
-        previous_output=first,
-    )
+    other = step("9f8e", first)
     assert other.startswith("canary: no load balancer yet"), other
 
 
