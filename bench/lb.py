@@ -1,6 +1,7 @@
 """What the load balancer costs and what it buys, against direct-to-replica.
 
-    python -m bench.lb            (from the repository root; about 4 minutes)
+    python -m bench.lb                  (from the repository root; about 4 minutes)
+    python -m bench.lb --model-routing  (two model pools behind one balancer; about 1 minute)
 
 One run starts stand-in replicas on loopback, a real nginx with our rendered
 config, a real nginx with the guide's config (nginx defaults + `least_conn` +
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import random
 import shutil
@@ -23,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from components.config.sections import RoutingPolicy
+from components.config.sections import RoutingPolicy, Upstream
+from components.lb.pools import ModelPool
 from tests.support.nginx import (
     LOOPBACK,
     balancer,
@@ -65,10 +69,15 @@ class Sample:
 
 
 async def stream_one(
-    client: httpx.AsyncClient, base: str, max_tokens: int, long: bool = False
+    client: httpx.AsyncClient,
+    base: str,
+    max_tokens: int,
+    long: bool = False,
+    model: str = MODEL,
+    prompt: str = "hi",
 ) -> Sample:
     """One streamed completion, timed per chunk as a user's client would see it."""
-    body = {"model": MODEL, "prompt": "hi", "max_tokens": max_tokens, "stream": True}
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "stream": True}
     started = time.perf_counter()
     first: float | None = None
     last = started
@@ -111,28 +120,40 @@ def new_client(concurrency: int) -> httpx.AsyncClient:
 
 
 async def fixed_count(
-    bases: Sequence[str], requests: int, concurrency: int, tokens: int
+    bases: Sequence[str],
+    requests: int,
+    concurrency: int,
+    tokens: int,
+    models: Sequence[str] = (MODEL,),
 ) -> list[Sample]:
-    """`requests` streams, `concurrency` at a time; worker i uses bases[i % len]."""
+    """`requests` streams, `concurrency` at a time; worker i uses bases[i % len] and
+    models[i % len]. With several models every request has its own prompt, so a
+    prefix_affinity pool spreads them as it would distinct users."""
     queue = list(range(requests))
     samples: list[Sample] = []
     async with new_client(concurrency) as client:
 
         async def worker(index: int) -> None:
             base = bases[index % len(bases)]
+            model = models[index % len(models)]
             # One unrecorded request per connection first, so that no path is
             # charged for opening connections or a replica's first request.
-            await stream_one(client, base, 2)
+            await stream_one(client, base, 2, model=model)
             while queue:
-                queue.pop()
-                samples.append(await stream_one(client, base, tokens))
+                number = queue.pop()
+                prompt = "hi" if len(models) == 1 else f"user {number}: hi"
+                samples.append(await stream_one(client, base, tokens, model=model, prompt=prompt))
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return samples
 
 
 async def for_duration(
-    bases: Sequence[str], concurrency: int, seconds: float, tokens: int
+    bases: Sequence[str],
+    concurrency: int,
+    seconds: float,
+    tokens: int,
+    models: Sequence[str] = (MODEL,),
 ) -> tuple[int, float]:
     """Closed loop for `seconds`: (chunks received in completed streams, seconds)."""
     deadline = time.perf_counter() + seconds
@@ -142,8 +163,12 @@ async def for_duration(
         async def worker(index: int) -> None:
             nonlocal chunks
             base = bases[index % len(bases)]
+            model = models[index % len(models)]
+            sent = 0
             while time.perf_counter() < deadline:
-                sample = await stream_one(client, base, tokens)
+                sent += 1
+                prompt = "hi" if len(models) == 1 else f"user {index}-{sent}: hi"
+                sample = await stream_one(client, base, tokens, model=model, prompt=prompt)
                 if sample.ok and time.perf_counter() <= deadline + 0.5:
                     chunks += sample.chunks
 
@@ -346,6 +371,218 @@ def recovery(binary: str, bound: float) -> dict[str, Any]:
     return out
 
 
+OTHER_MODEL = "standin/tiny-other"
+
+
+@contextlib.contextmanager
+def two_model_fleet() -> Iterator[tuple[StubFleet, StubFleet]]:
+    with (
+        stub_backends(2, ttft_ms=50, token_ms=20, extra_args=QUIET, replica_prefix="chat") as a,
+        stub_backends(
+            2, ttft_ms=50, token_ms=20, extra_args=QUIET, replica_prefix="other", model=OTHER_MODEL
+        ) as b,
+    ):
+        yield a, b
+
+
+def routed_lb(binary: str, chat: StubFleet, other: StubFleet, chat_policy: RoutingPolicy) -> Any:
+    """Our config with model routing: `chat` (`chat_policy`) and `other` (least_conn)."""
+    pools = [
+        ModelPool(
+            name="chat",
+            served_name=MODEL,
+            model=MODEL,
+            upstreams=tuple(Upstream(host=LOOPBACK, port=p) for p in chat.ports),
+            policy=chat_policy,
+        ),
+        ModelPool(
+            name="other",
+            served_name=OTHER_MODEL,
+            model=OTHER_MODEL,
+            upstreams=tuple(Upstream(host=LOOPBACK, port=p) for p in other.ports),
+            policy=RoutingPolicy.LEAST_CONN,
+        ),
+    ]
+    ports = [*chat.ports, *other.ports]
+    return balancer(binary, ports, sandbox_prefix="nginx-bench-", pools=pools)
+
+
+ROUTED_KINDS = {
+    "routed": RoutingPolicy.LEAST_CONN,
+    "routed_prefix": RoutingPolicy.PREFIX_AFFINITY,
+}
+
+
+def model_routing(
+    binary: str, requests: int, rounds: int, seconds: float, per_replica: int
+) -> dict[str, Any]:
+    """Two pools of two replicas: direct (each worker to one replica, with its
+    model) against a balancer routing by model, once with least_conn in both
+    pools ("routed") and once with prefix_affinity in the chat pool
+    ("routed_prefix"), alternated `rounds` times so a slow minute of the shared
+    machine falls on all three."""
+    models = [MODEL, OTHER_MODEL]
+    samples: dict[str, list[Sample]] = {"direct": [], **{kind: [] for kind in ROUTED_KINDS}}
+    out: dict[str, Any] = {"throughput": {}}
+    with two_model_fleet() as (chat, other), contextlib.ExitStack() as stack:
+        pairs = zip(chat.ports, other.ports, strict=True)
+        direct = [f"http://{LOOPBACK}:{port}" for pair in pairs for port in pair]
+        direct_models = [m for _ in chat.ports for m in models]
+        urls = {
+            kind: stack.enter_context(routed_lb(binary, chat, other, policy)).url
+            for kind, policy in ROUTED_KINDS.items()
+        }
+        # The control: one model on the chat pool's two replicas, direct, through
+        # today's single-model config and through model routing with one pool,
+        # so routing's own cost shows apart from the machine's state.
+        chat_direct = [f"http://{LOOPBACK}:{port}" for port in chat.ports]
+        one_pool = ModelPool(
+            name="chat",
+            served_name=MODEL,
+            model=MODEL,
+            upstreams=tuple(Upstream(host=LOOPBACK, port=p) for p in chat.ports),
+            policy=RoutingPolicy.LEAST_CONN,
+        )
+        control_urls = {
+            "one_model_single": stack.enter_context(lb(binary, chat.ports, "ours")).url,
+            "one_model_routed": stack.enter_context(
+                balancer(binary, chat.ports, sandbox_prefix="nginx-bench-", pools=[one_pool])
+            ).url,
+        }
+        control: dict[str, list[Sample]] = {"one_model_direct": [], **{k: [] for k in control_urls}}
+        load_before = os.getloadavg()
+        for _ in range(rounds):
+            samples["direct"] += asyncio.run(
+                fixed_count(direct, requests, 4, 64, models=direct_models)
+            )
+            for kind, url in urls.items():
+                samples[kind] += asyncio.run(fixed_count([url], requests, 4, 64, models=models))
+            control["one_model_direct"] += asyncio.run(fixed_count(chat_direct, requests, 4, 64))
+            for kind, url in control_urls.items():
+                control[kind] += asyncio.run(fixed_count([url], requests, 4, 64))
+        out["load_average_1m"] = {"before": load_before[0], "after": os.getloadavg()[0]}
+        out["latency"] = {kind: latency_summary(s) for kind, s in samples.items()}
+        out["control_latency"] = {kind: latency_summary(s) for kind, s in control.items()}
+        concurrency = per_replica * 4
+        chunks, took = asyncio.run(
+            for_duration(direct, concurrency, seconds, 32, models=direct_models)
+        )
+        out["throughput"]["direct_tokens_per_s"] = chunks / took
+        for kind, url in urls.items():
+            chunks, took = asyncio.run(for_duration([url], concurrency, seconds, 32, models=models))
+            out["throughput"][f"{kind}_tokens_per_s"] = chunks / took
+    # Which replica answered each routed stream (the stand-in's x-replica):
+    # chat* only for the chat model, other* only for the other.
+    out["answered_by"] = {
+        kind: dict(sorted(Counter(str(s.replica) for s in samples[kind]).items()))
+        for kind in ROUTED_KINDS
+    }
+    return out
+
+
+def routing_table(results: dict[str, Any]) -> str:
+    lat = results["latency"]
+    d, r, p = lat["direct"], lat["routed"], lat["routed_prefix"]
+    rows = [
+        "| measure | direct | LB, routed by model (least_conn pools) | / direct "
+        "| LB, routed by model (chat pool prefix_affinity) | / direct | goal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, label, goal in (
+        ("ttft_p50_ms", "TTFT p50 (ms)", "≤ 1.05x"),
+        ("ttft_p99_ms", "TTFT p99 (ms)", ""),
+        ("itl_p50_ms", "inter-token p50 (ms)", ""),
+        ("total_p50_ms", "whole response p50 (ms)", ""),
+    ):
+        rows.append(
+            f"| {label} | {d[key]:.1f} | {r[key]:.1f} | {ratio(r[key], d[key]):.2f}x "
+            f"| {p[key]:.1f} | {ratio(p[key], d[key]):.2f}x | {goal} |"
+        )
+    tp = results["throughput"]
+    direct = tp["direct_tokens_per_s"]
+    routed, prefix = tp["routed_tokens_per_s"], tp["routed_prefix_tokens_per_s"]
+    rows.append(
+        f"| throughput, 2 pools x 2 replicas (tokens/s) | {direct:.0f} | {routed:.0f} "
+        f"| {ratio(routed, direct):.2f} | {prefix:.0f} | {ratio(prefix, direct):.2f} | ≥ 0.95 |"
+    )
+    rows.append(
+        f"| failed requests | {d['failed']} of {d['requests']} | {r['failed']} of {r['requests']} "
+        f"| | {p['failed']} of {p['requests']} | | 0 |"
+    )
+    c = results["control_latency"]
+    cd, cs, cr = c["one_model_direct"], c["one_model_single"], c["one_model_routed"]
+    rows += [
+        "",
+        "| one model, 2 replicas (control, same run) | direct | today's config (no routing) "
+        "| / direct | model routing, one pool | / direct |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label in (("ttft_p50_ms", "TTFT p50 (ms)"), ("ttft_p99_ms", "TTFT p99 (ms)")):
+        rows.append(
+            f"| {label} | {cd[key]:.1f} | {cs[key]:.1f} | {ratio(cs[key], cd[key]):.2f}x "
+            f"| {cr[key]:.1f} | {ratio(cr[key], cd[key]):.2f}x |"
+        )
+    return "\n".join(rows)
+
+
+def routing_plot(results: dict[str, Any], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    lat = results["latency"]
+    keys = ["ttft_p50_ms", "ttft_p99_ms"]
+    labels = {
+        "direct": "direct",
+        "routed": "LB by model, least_conn",
+        "routed_prefix": "LB by model, prefix_affinity",
+    }
+    for offset, kind in enumerate(labels):
+        axes[0].bar(
+            [i + offset * 0.27 for i in range(len(keys))],
+            [lat[kind][k] for k in keys],
+            width=0.27,
+            label=labels[kind],
+        )
+    axes[0].set_xticks([i + 0.27 for i in range(len(keys))], ["TTFT p50", "TTFT p99"])
+    axes[0].set_ylabel("ms")
+    axes[0].set_title("Time to first token, 2 models")
+    axes[0].legend()
+    tp = results["throughput"]
+    axes[1].bar(list(labels.values()), [tp[f"{kind}_tokens_per_s"] for kind in labels])
+    axes[1].set_ylabel("tokens/s")
+    axes[1].set_title("Throughput, 2 pools x 2 replicas")
+    axes[1].tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_model_routing(binary: str, quick: bool) -> int:
+    scale = 0.25 if quick else 1.0
+    started = time.monotonic()
+    results: dict[str, Any] = {"machine": machine(binary)}
+    results["setup"] = {
+        "stub": "standin, ttft 50 ms, 20 ms/token; pools: chat (2 replicas; least_conn, "
+        "then prefix_affinity), other (2 replicas, least_conn)",
+        "latency": f"{max(8, int(48 * scale))} streams of 64 tokens, 4 at a time, half per model, "
+        "a distinct prompt each, 1 warm-up per connection; direct and the two routed balancers "
+        "alternated 3 times",
+        "throughput": f"closed loop, 8 streams of 32 tokens per replica, {6.0 * scale} s",
+        "nginx_workers": 2,
+    }
+    results.update(
+        model_routing(
+            binary, requests=max(8, int(48 * scale)), rounds=3, seconds=6.0 * scale, per_replica=8
+        )
+    )
+    results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = "lb_routing-quick" if quick else "lb_routing"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    routing_plot(results, RESULTS / f"{stem}.png")
+    print(routing_table(results))
+    print(f"\n{results['machine']} — {results['elapsed_seconds']} s", file=sys.stderr)
+    return 0
+
+
 # --- report -------------------------------------------------------------------
 
 
@@ -460,11 +697,19 @@ def machine(binary: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
+    parser.add_argument(
+        "--model-routing",
+        action="store_true",
+        help="only the model routing run: two pools behind one balancer against direct "
+        "(bench/results/lb_routing.json and .png)",
+    )
     args = parser.parse_args(argv)
     binary = find_nginx()
     if binary is None:
         print("nginx not found: apt-get install -y nginx-light", file=sys.stderr)
         return 2
+    if args.model_routing:
+        return run_model_routing(binary, args.quick)
     scale = 0.25 if args.quick else 1.0
     started = time.monotonic()
     results: dict[str, Any] = {"machine": machine(binary)}

@@ -70,4 +70,7 @@ log "ruff and mypy"
 .venv/bin/mypy .
 
 log "pytest"
-.venv/bin/python -m pytest "$@"
+# Two workers: the Docker engine's tests in file order on one (they share names
+# and ports), the rest on the other (tests/conftest.py); PYTEST_WORKERS=0 runs
+# everything in this process, one test at a time.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup --durations=15 "$@"

@@ -71,6 +71,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             download_seconds=config.download_seconds,
             log=_log,
         )
+        # Static adapters load at start-up and a failure stops it
+        # (vllm/entrypoints/openai/models/serving.py:124-140); a Hub id is found
+        # with `snapshot_download`, from the cache when offline
+        # (vllm/lora/utils.py:342-395).
+        for name, path in config.lora_modules:
+            if not path.startswith("/"):
+                _log(f"LoRA adapter {name}: {path}")
+                ensure_model(
+                    path,
+                    env=os.environ,
+                    replica_id=config.replica_id,
+                    download_seconds=config.download_seconds,
+                    log=_log,
+                )
         if config.load_seconds:
             # From the start of the process, or from the end of its own download.
             done = config.load_seconds - (_running_for() if cached else 0.0)

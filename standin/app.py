@@ -17,8 +17,12 @@ response says what the cache did in ``X-Prefix-Cache-Hit-Tokens`` and
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
 import json
+import math
+import struct
 import time
 import uuid
 import zlib
@@ -164,9 +168,17 @@ class StandinServer:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/tokenize", self.tokenize, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
         ]
+        # vLLM v0.33.0 registers the generate routes only for a model that
+        # generates, the pooling ones (/v1/embeddings) only for a pooling one
+        # (vllm/entrypoints/launchers/api_server/routers.py:55-83).
+        if self.config.pooling:
+            routes.append(Route("/v1/embeddings", self.embeddings, methods=["POST"]))
+        else:
+            routes += [
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            ]
         # Behind the key check: a refused request is not counted.
         self.http_requests = HttpRequests(Starlette(routes=routes), [r.path for r in routes])
         return ReplicaHeaderAndKey(self.http_requests, self.config.replica_id, self.config.api_key)
@@ -207,7 +219,81 @@ class StandinServer:
             }
             for name in self.config.served_model_names
         ]
+        # Then a card per adapter: its name, its path as `root`, the first
+        # served name as `parent` (vllm/entrypoints/openai/models/serving.py:149-163).
+        data += [
+            {
+                "id": name,
+                "object": "model",
+                "created": self.created,
+                "owned_by": "vllm",
+                "root": path,
+                "parent": self.config.served_model_name,
+                "max_model_len": None,
+                "permission": [permission],
+            }
+            for name, path in self.config.lora_modules
+        ]
         return JSONResponse({"object": "list", "data": data})
+
+    def _answers_to(self, model: object) -> str | None:
+        """The name a response carries for a request naming `model`, or None: the
+        base model's first served name, or the adapter's own name (vLLM's
+        `model_name(lora_request)`, vllm/entrypoints/openai/models/serving.py:144-147)."""
+        if model is None or model in self.config.served_model_names:
+            return self.config.served_model_name
+        if model in {name for name, _ in self.config.lora_modules}:
+            return str(model)
+        return None
+
+    async def embeddings(self, request: Request) -> Response:
+        """vLLM's /v1/embeddings answer (vllm/entrypoints/pooling/embed/protocol.py:174-186):
+        a deterministic unit vector per input, as floats or as base64 float32."""
+        try:
+            body = await self._json(request)
+        except BadRequest as exc:
+            return openai_error(400, str(exc), "BadRequestError")
+        name = self._answers_to(body.get("model"))
+        if name is None:
+            model = body.get("model")
+            return openai_error(
+                404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found"
+            )
+        inputs = body.get("input")
+        if isinstance(inputs, str) or (
+            isinstance(inputs, list) and inputs and isinstance(inputs[0], int)
+        ):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            return openai_error(400, "input must be a string or a list", "BadRequestError")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            return openai_error(400, f"unsupported encoding_format {encoding}", "BadRequestError")
+        data = []
+        for index, item in enumerate(inputs):
+            vector = _embedding(json.dumps(item))
+            data.append(
+                {
+                    "index": index,
+                    "object": "embedding",
+                    "embedding": (
+                        vector
+                        if encoding == "float"
+                        else base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                    ),
+                }
+            )
+        tokens = count_tokens(inputs)
+        return JSONResponse(
+            {
+                "id": f"embd-{uuid.uuid4().hex}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": name,
+                "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+            }
+        )
 
     async def metrics(self, request: Request) -> Response:
         text = self.vllm_metrics.render()
@@ -260,7 +346,8 @@ class StandinServer:
         try:
             body = await self._json(request)
             model = body.get("model")
-            if model is not None and model not in self.config.served_model_names:
+            answer_as = self._answers_to(model)
+            if answer_as is None:
                 return openai_error(
                     404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found"
                 )
@@ -300,6 +387,7 @@ class StandinServer:
             prefill_start=prefill_start,
             first_token_at=prefill_end + self.config.ttft_ms / 1000.0,
             prompt=body.get("messages") if chat else body.get("prompt"),
+            model=answer_as,
         )
         headers = {
             "X-Prefix-Cache-Hit-Tokens": str(lookup.cached),
@@ -312,6 +400,17 @@ class StandinServer:
                 headers={"Cache-Control": "no-cache", **headers},
             )
         return JSONResponse(await job.whole(), headers=headers)
+
+
+EMBEDDING_SIZE = 8
+
+
+def _embedding(text: str) -> list[float]:
+    """A unit vector that depends on the text only, so equal inputs embed equally."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [b - 127.5 for b in digest[:EMBEDDING_SIZE]]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
 
 
 def _flatten_text(value: Any) -> list[str]:
@@ -339,6 +438,8 @@ class _Job:
     prefill_start: float
     first_token_at: float
     prompt: Any = None
+    model: str = ""
+    """The name the response carries: the base model's, or the adapter's."""
     track: RequestTrack | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
@@ -371,7 +472,7 @@ class _Job:
             "id": prefix + self.request_id,
             "object": obj,
             "created": self.created,
-            "model": self.server.config.served_model_name,
+            "model": self.model or self.server.config.served_model_name,
             "system_fingerprint": self.server.config.replica_id,
         }
 

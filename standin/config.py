@@ -17,6 +17,7 @@ first positional argument"). v0.11.0 refused `--model` outright.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -48,6 +49,21 @@ class Config:
     SIGTERM; 0, the default, aborts them (standin/shutdown.py)."""
     ignored_args: tuple[str, ...] = field(default_factory=tuple)
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    enable_lora: bool = False
+    lora_modules: tuple[tuple[str, str], ...] = ()
+    """(name, path or Hub id) of each static adapter, as `--lora-modules` gives them."""
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    runner: str = "auto"
+    convert: str = "auto"
+
+    @property
+    def pooling(self) -> bool:
+        """Served by vLLM's pooling runner (embeddings), not the generate one.
+
+        `--runner auto` picks from the architecture, which the stand-in's
+        models do not have: it stands for a generative model then."""
+        return self.runner == "pooling" or self.convert == "embed"
 
     @property
     def served_model_name(self) -> str:
@@ -103,6 +119,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _lora_module(text: str) -> tuple[str, str]:
+    """`name=path`, or the JSON form, as vLLM v0.33.0's `LoRAParserAction` reads one
+    (vllm/entrypoints/common/cli_args.py:38-69)."""
+    if "=" in text and "," not in text:
+        name, path = text.split("=", 1)
+        return name, path
+    try:
+        item = json.loads(text)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(
+            f"Invalid JSON format for --lora-modules: {text}"
+        ) from None
+    if not isinstance(item, dict) or "name" not in item or "path" not in item:
+        raise argparse.ArgumentTypeError(f"Invalid fields for --lora-modules: {text}")
+    return str(item["name"]), str(item["path"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser, separate so that `--help` documents both kinds of argument."""
     parser = argparse.ArgumentParser(
@@ -132,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="on SIGTERM, seconds to finish requests in flight (0: abort them)",
     )
+
+    # LoRA (vllm/engine/arg_utils.py:1603-1615; `max_lora_rank` one of
+    # vllm/config/lora.py:27's values, `max_loras` at least 1, :34-36).
+    vllm.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=False)
+    vllm.add_argument("--lora-modules", type=_lora_module, nargs="+", default=None)
+    vllm.add_argument("--max-loras", type=_positive_int, default=1)
+    vllm.add_argument(
+        "--max-lora-rank", type=int, choices=(1, 8, 16, 32, 64, 128, 256, 320, 512), default=16
+    )
+    # vllm/config/model.py:86-88, vllm/config/scheduler.py:20.
+    vllm.add_argument("--runner", choices=("auto", "generate", "pooling", "draft"), default="auto")
+    vllm.add_argument("--convert", choices=("auto", "none", "embed", "classify"), default="auto")
 
     knobs = parser.add_argument_group("stand-in knobs (each also from the environment)")
     knobs.add_argument("--ttft-ms", type=_non_negative_float, help="[STANDIN_TTFT_MS, 50]")
@@ -175,6 +220,10 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> C
     model = model_tag or args.model
     if not model:
         parser.error("the model is required: `vllm serve MODEL` (or --model MODEL)")
+    if args.lora_modules and not args.enable_lora:
+        # vLLM loads static adapters only with LoRA on; without, loading the
+        # first fails at start-up (vllm/v1/worker/lora_model_runner_mixin.py:91).
+        parser.error("--lora-modules needs --enable-lora")
 
     tokens_env = _env_number(environ, "STANDIN_TOKENS", 16)
     if tokens_env < 1 or tokens_env != int(tokens_env):
@@ -205,4 +254,10 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> C
         shutdown_timeout=args.shutdown_timeout,
         ignored_args=tuple(unknown),
         warnings=tuple(warnings),
+        enable_lora=args.enable_lora,
+        lora_modules=tuple(args.lora_modules or ()),
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+        runner=args.runner,
+        convert=args.convert,
     )

@@ -148,3 +148,21 @@ def test_unreachable_hub_is_a_network_error(
 def test_full_disk_is_named() -> None:
     error = OSError(28, "No space left on device")
     assert job.classify(error, "m", False)[0] == job.EXIT_DISK_FULL
+
+
+def test_a_pools_model_and_adapters_in_one_job(
+    hub: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--model` again for each adapter: each fetched once, in order; the first
+    repository that fails stops the job with its own cause."""
+    monkeypatch.setenv("STANDIN_HUB_MODELS", "standin-org/tiny-chat,standin-org/tiny-lora")
+    argv = ["--model", "standin-org/tiny-chat", "--model", "standin-org/tiny-lora"]
+    assert job.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.index("done: standin-org/tiny-chat") < out.index("done: standin-org/tiny-lora")
+    for repo in ("models--standin-org--tiny-chat", "models--standin-org--tiny-lora"):
+        assert list((hub / "hub" / repo / "snapshots").iterdir()), repo
+    assert job.main([*argv, "--model", "standin-org/nope"]) == job.EXIT_NOT_FOUND
+    out = capsys.readouterr().out
+    assert out.count("already in the cache") == 2
+    assert job.ERROR_PREFIX + "401: no model standin-org/nope" in out

@@ -331,6 +331,22 @@ def test_exporter_counts_status_replica_and_retries() -> None:
     assert 'vllm_lb_upstream_response_seconds_bucket{replica="vllm0",le="0.25"} 1' in text
 
 
+def test_exporter_labels_each_series_with_the_pool_when_routing_by_model() -> None:
+    metrics = _exporter()
+    metrics.record_line(_line(pool="chat"))
+    metrics.record_line(_line(pool="embed", upstream_addr="10.0.0.3:8000"))
+    metrics.record_line(_line(pool="", status="404", upstream_addr="-", upstream_status="-"))
+    text = metrics.render()
+    assert 'vllm_lb_requests_total{status="200",pool="chat"} 1' in text
+    assert 'vllm_lb_requests_total{status="200",pool="embed"} 1' in text
+    # A 404 the balancer answered itself belongs to no pool: no label, as before.
+    assert 'vllm_lb_requests_total{status="404"} 1' in text
+    assert 'vllm_lb_upstream_attempts_total{replica="vllm0",status="200",pool="chat"} 1' in text
+    assert 'vllm_lb_upstream_attempts_total{replica="vllm1",status="200",pool="embed"} 1' in text
+    assert 'vllm_lb_upstream_header_seconds_count{replica="vllm0",pool="chat"} 1' in text
+    assert 'vllm_lb_request_duration_seconds_count{status="200",pool="embed"} 1' in text
+
+
 def test_exporter_keeps_an_unknown_address_visible() -> None:
     metrics = _exporter()
     metrics.record_line(_line(upstream_addr="10.9.9.9:8000"))

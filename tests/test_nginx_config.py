@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ from components.lb.nginx_conf import (
     render_nginx_config,
 )
 from components.lb.njs import prefix_script
+from components.lb.pools import ModelPool
 from components.lb.upstreams import affinity_variable
 from tests.support.nginx import (
     Pki,
@@ -756,3 +758,172 @@ def test_prompts_stay_in_memory_on_their_way_upstream():
     parsed = parse(render_nginx_config(LoadBalancerSettings(), UPSTREAMS))
     http = find(parsed, "http")[0]["block"]
     assert args_of(http, "client_body_buffer_size") == ["1m"]
+
+
+# --- model routing (pools) ------------------------------------------------------
+
+
+def make_pools(count: int, policies: list[RoutingPolicy]) -> list[ModelPool]:
+    return [
+        ModelPool(
+            name=f"pool-{index}",
+            served_name=f"org/model-{index}",
+            model=f"org/Model-{index}-Instruct",
+            upstreams=(
+                Upstream(host=f"127.0.1.{index}", port=8000),
+                Upstream(host=f"127.0.2.{index}", port=8001),
+            ),
+            policy=policies[index % len(policies)],
+            adapters=(f"lora-{index}",) if index % 2 == 0 else (),
+        )
+        for index in range(count)
+    ]
+
+
+def every_replica(pools: list[ModelPool]) -> list[Upstream]:
+    return [upstream for pool in pools for upstream in pool.upstreams]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("api_key", [None, "sk-pools"], ids=["open", "key"])
+def test_model_routing_configs_pass_nginx_t(nginx_binary, sandbox, pki, count, tls, api_key):
+    require_njs()
+    pools = make_pools(count, list(RoutingPolicy)[count - 1 :] + list(RoutingPolicy))
+    lb = LoadBalancerSettings(dynamic_resolve=False, expose_paths=("/metrics",))
+    key_map = None if api_key is None else write_api_key_map(sandbox, api_key)
+    runtime = loopback_runtime(sandbox, 18080, tls=pki.server if tls else None, api_key_map=key_map)
+    config = render_nginx_config(lb, every_replica(pools), runtime, pools)
+    write_extra_files(lb, runtime, pools)
+    result = check_config(nginx_binary, config, sandbox)
+    assert result.returncode == 0, f"{result.stderr}\n{config}"
+    upstream_names = [u["args"][0] for u in find(http_of(parse(config)), "upstream")]
+    assert upstream_names[0] == UPSTREAM_NAME
+    for pool in pools:
+        assert f"pool_{pool.name}" in upstream_names
+
+
+@pytest.mark.parametrize("policy", list(RoutingPolicy))
+def test_each_policy_in_a_pool_passes_nginx_t_with_the_container_paths(
+    nginx_binary, sandbox, policy
+):
+    """Every policy in the first pool beside a prefix_affinity pool, with the
+    container's paths for the njs files moved into the sandbox together (the
+    router imports its neighbours by relative path)."""
+    require_njs()
+    pools = make_pools(2, [policy, RoutingPolicy.PREFIX_AFFINITY])
+    lb = LoadBalancerSettings(dynamic_resolve=False)
+    config = render_nginx_config(
+        lb,
+        every_replica(pools),
+        NginxRuntime(metrics_syslog="127.0.0.1:5514"),
+        pools,
+    )
+    files = render_extra_files(lb, NginxRuntime(), pools)
+    container_dir = CONTAINER_PREFIX_SCRIPT.rsplit("/", 1)[0]
+    assert sorted(files) == [
+        f"{container_dir}/{n}" for n in ("models.js", "prefix.js", "router.js")
+    ]
+    local_dir = sandbox / f"container-lb-{policy}"
+    local_dir.mkdir(exist_ok=True)
+    for path, text in files.items():
+        (local_dir / path.rsplit("/", 1)[1]).write_text(text)
+    local_dir.chmod(0o755)
+    config = config.replace(container_dir + "/", f"{local_dir}/")
+    result = check_config(nginx_binary, config, sandbox)
+    assert result.returncode == 0, f"{result.stderr}\n{config}"
+    (pool_upstream,) = [
+        u["block"] for u in find(http_of(parse(config)), "upstream") if u["args"] == ["pool_pool-0"]
+    ]
+    expected = {
+        RoutingPolicy.LEAST_CONN: [["least_conn"]],
+        RoutingPolicy.ROUND_ROBIN: [],
+        RoutingPolicy.POWER_OF_TWO: [["random", "two", "least_conn"]],
+        RoutingPolicy.SESSION_AFFINITY: [["hash", "$lb_affinity_key", "consistent"]],
+        RoutingPolicy.PREFIX_AFFINITY: [["hash", "$lb_prefix_key", "consistent"]],
+    }[policy]
+    balancing = [
+        [u["directive"], *u["args"]]
+        for u in pool_upstream
+        if u["directive"] in {"least_conn", "random", "hash"}
+    ]
+    assert balancing == expected
+    # The metrics log names the pool the router chose.
+    assert '"pool":"$lb_pool"' in config
+
+
+def test_a_prefix_pool_gets_its_fallback_and_the_router_runs_after_the_key_check():
+    pools = make_pools(2, [RoutingPolicy.PREFIX_AFFINITY, RoutingPolicy.LEAST_CONN])
+    parsed = parse(
+        render_nginx_config(
+            LoadBalancerSettings(max_body_size_mb=40),
+            every_replica(pools),
+            NginxRuntime(api_key_map=CONTAINER_API_KEY_MAP),
+            pools,
+        )
+    )
+    names = [u["args"][0] for u in find(http_of(parsed), "upstream")]
+    assert names == [UPSTREAM_NAME, "pool_pool-0", "pool_pool-0_fallback", "pool_pool-1"]
+    where = locations(parsed)
+    api = where[("/v1/",)]
+    assert [d["directive"] for d in api][-3:] == ["if", "client_body_buffer_size", "js_content"]
+    assert args_of(api, "client_body_buffer_size") == ["40m"]
+    assert args_of(api, "js_content") == ["lb_router.route"]
+    assert args_of(where[("=", "/v1/models")], "js_content") == ["lb_router.models"]
+    assert find(where[("=", "/v1/models")], "if")  # the key guard
+    assert args_of(where[("@pool_pool-0",)], "error_page") == ["502", "=", "@pool_pool-0_fallback"]
+    assert args_of(where[("@pool_pool-0_fallback",)], "proxy_pass") == [
+        "http://pool_pool-0_fallback"
+    ]
+    assert args_of(where[("@pool_pool-1",)], "proxy_pass") == ["http://pool_pool-1"]
+    assert not find(where[("@pool_pool-1",)], "error_page")
+
+
+def test_the_routing_table_is_the_same_text_for_the_same_pools():
+    pools = make_pools(3, list(RoutingPolicy))
+    first = render_extra_files(LoadBalancerSettings(), NginxRuntime(), pools)
+    again = render_extra_files(
+        LoadBalancerSettings(), NginxRuntime(), make_pools(3, list(RoutingPolicy))
+    )
+    assert first == again
+    table = first[CONTAINER_PREFIX_SCRIPT.rsplit("/", 1)[0] + "/models.js"]
+    data = json.loads(table.split("export default ", 1)[1].rstrip().rstrip(";"))
+    assert data["names"] == {
+        "org/model-0": "pool-0",
+        "lora-0": "pool-0",
+        "org/model-1": "pool-1",
+        "org/model-2": "pool-2",
+        "lora-2": "pool-2",
+    }
+    assert data["aliases"] == "org/model-0, org/model-1, org/model-2"
+    assert [c["id"] for c in data["cards"]] == [
+        "org/model-0",
+        "lora-0",
+        "org/model-1",
+        "org/model-2",
+        "lora-2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"served_name": "org/model-0"},
+            r"pools\[1\]\.served_name .*already served by pool 'pool-0'",
+        ),
+        ({"adapters": ("lora-0",)}, r"pools\[1\]\.adapters\[0\] .*already served by pool 'pool-0'"),
+        ({"name": "pool-0"}, r"pools\[1\]\.name: pool 'pool-0' is named twice"),
+        ({"name": "Pool_1"}, r"pools\[1\]\.name: 'Pool_1' must be a DNS-safe name"),
+        ({"served_name": 'a"b'}, r"pools\[1\]\.served_name: 'a\"b'"),
+        ({"adapters": ("x;y",)}, r"pools\[1\]\.adapters\[0\]: 'x;y'"),
+        ({"upstreams": ()}, r"pools\[1\] \(pool 'pool-1'\): at least one replica"),
+    ],
+)
+def test_pools_are_checked_once_more(change, message):
+    first, second = make_pools(2, [RoutingPolicy.LEAST_CONN])
+    pools = [first, dataclasses.replace(second, **change)]
+    with pytest.raises(ValueError, match=message):
+        render_nginx_config(LoadBalancerSettings(), every_replica([first]), NginxRuntime(), pools)
+    with pytest.raises(ValueError, match=message):
+        render_extra_files(LoadBalancerSettings(), NginxRuntime(), pools)

@@ -182,6 +182,8 @@ def test_uncached_prefills_queue_behind_each_other():
             times = [pool.submit(ask, tag) for tag in "abc"]
             seen_waiting = pool.submit(waiting)
             durations = sorted(f.result() for f in times)
-    # 0.3 s each, one after another: the last finishes after ~0.9 s.
-    assert durations[0] < 0.6 and durations[-1] > 0.8, durations
+    # 0.3 s each, one after another: the last finishes after ~0.9 s, about two
+    # prefills after the first (compared with each other, not with a bound of
+    # their own: a busy machine makes every request slower, not the queue shorter).
+    assert durations[-1] > 0.8 and durations[-1] - durations[0] > 0.45, durations
     assert seen_waiting.result() >= 1

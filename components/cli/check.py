@@ -42,13 +42,17 @@ from components.config.stack_file import (
 )
 from components.config.vllm_release import old_release_warning
 from components.plan.build import build_plan, is_local_model
-from components.plan.model import Plan
+from components.plan.model import Plan, ReplicaPlan
 from components.plan.monitoring import GRAFANA_ADMIN_USER
 
 
 def needs_hf_token(settings: Settings) -> bool:
     """A model id (not a local path) is downloaded from Hugging Face; gated ones need a token."""
-    return not is_local_model(settings.model)
+    return any(
+        not is_local_model(m)
+        for pool in settings.pools()
+        for m in (pool.model, *(a.model for a in pool.adapters))
+    )
 
 
 def hf_token_status(settings: Settings) -> str:
@@ -102,38 +106,74 @@ def _monitoring_lines(plan: Plan) -> list[str]:
     return lines
 
 
-def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
-    """The plan in a few readable lines."""
-    lb = settings.load_balancer
-    backend = "CPU backend" if settings.backend is Backend.CPU else "GPU backend"
-    served = plan.served_model_name
-    alias = f" (clients ask for {served})" if served != settings.model else ""
-    lines = [
-        f"{stack.path.name}: valid; `pulumi up` would deploy:",
-        f"  model          {settings.model}{alias}, {backend}",
-        f"  replicas       {len(plan.replicas)}, tensor parallel size "
-        f"{settings.tensor_parallel_size}, on network {plan.network}",
-    ]
-    for host in plan.hosts if plan.hosts[0].name is not None else ():
-        where = ", load balancer" if host.runs_load_balancer else ""
-        lines.append(
-            f"  host           {host.name}: {host.docker_host}, "
-            f"{len(host.replicas)} replica(s){where}"
-        )
-    width = max(len(r.name) for r in plan.replicas)
-    for replica in plan.replicas:
+def _replica_lines(replicas: Sequence[ReplicaPlan], indent: str) -> list[str]:
+    """A replica a line: its name, its GPUs or CPUs, where it is published."""
+    width = max(len(r.name) for r in replicas)
+    lines = []
+    for replica in replicas:
         if replica.gpu_ids:
             devices = "GPU " + ",".join(replica.gpu_ids)
         elif replica.cpu_set:
             devices = f"CPUs {replica.cpu_set}"
         else:
             devices = "no GPU"
-        lines.append(f"    {replica.name:<{width}}  {devices:<10}  {replica.url}")
+        lines.append(f"{indent}{replica.name:<{width}}  {devices:<10}  {replica.url}")
+    return lines
+
+
+def _pool_lines(settings: Settings, plan: Plan) -> list[str]:
+    """Each pool: its model and served name, adapters, policy, and its replicas."""
+    lines = []
+    for pool, own in zip(plan.pools, settings.pools(), strict=True):
+        alias = f" as {pool.served_name}" if pool.served_name != pool.model else ""
+        kind = ", embeddings" if pool.embedding else ""
+        lines.append(
+            f"  pool {pool.name:<9} {pool.model}{alias}{kind}, tensor parallel size "
+            f"{own.tensor_parallel_size}, policy {pool.policy}"
+        )
+        if pool.image != plan.vllm_image:
+            lines.append(f"    image        {pool.image.name}")
+        for name, model in pool.adapters:
+            lines.append(f"    adapter      {name} ({model})")
+        mine = [r for r in plan.replicas if r.pool == pool.name]
+        lines += _replica_lines(mine, "    ")
+    return lines
+
+
+def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
+    """The plan in a few readable lines."""
+    lb = settings.load_balancer
+    backend = "CPU backend" if settings.backend is Backend.CPU else "GPU backend"
+    served = plan.served_model_name
+    alias = f" (clients ask for {served})" if served != settings.model else ""
+    lines = [f"{stack.path.name}: valid; `pulumi up` would deploy:"]
+    if plan.pools:
+        lines += [
+            f"  pools          {len(plan.pools)}, {len(plan.replicas)} replicas, {backend}, "
+            f"on network {plan.network}",
+            *_pool_lines(settings, plan),
+        ]
+    else:
+        lines += [
+            f"  model          {settings.model}{alias}, {backend}",
+            f"  replicas       {len(plan.replicas)}, tensor parallel size "
+            f"{settings.tensor_parallel_size}, on network {plan.network}",
+        ]
+    for host in plan.hosts if plan.hosts[0].name is not None else ():
+        where = ", load balancer" if host.runs_load_balancer else ""
+        lines.append(
+            f"  host           {host.name}: {host.docker_host}, "
+            f"{len(host.replicas)} replica(s){where}"
+        )
+    if not plan.pools:
+        lines += _replica_lines(plan.replicas, "    ")
+    if not plan.pools or any(p.image == plan.vllm_image for p in plan.pools):
+        lines.append(f"  image          {_image_line(plan)}")
     lines += [
-        f"  image          {_image_line(plan)}",
         f"  cache          {_cache_line(plan)}",
         f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "
-        f"{lb.policy.value}, published on {lb.bind_address}:{lb.port})",
+        f"{'by model to its pool' if plan.pools else lb.policy.value}, "
+        f"published on {lb.bind_address}:{lb.port})",
         *_monitoring_lines(plan),
     ]
     exposed = not lb.bind_address.startswith("127.")
@@ -220,9 +260,10 @@ def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
         return 1
     for line in [*describe(checked.settings, plan, checked.stack), *notes(checked)]:
         print(line, file=out)
-    # What `pulumi up` warns about, too; it does not stop it.
-    if (warning := old_release_warning(checked.settings.vllm_image.prebuilt)) is not None:
-        print(f"warning: {warning}", file=out)
+    # What `pulumi up` warns about, too; it does not stop it (the stack's image, a pool's own).
+    for key, image in checked.settings.images():
+        if (warning := old_release_warning(image.prebuilt, f"{key}.prebuilt")) is not None:
+            print(f"warning: {warning}", file=out)
     return 0
 
 

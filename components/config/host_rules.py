@@ -26,6 +26,29 @@ SINGLE_HOST_KEYS = {
 def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
     key = f"hosts[{i}]"
     cpu = s.backend is Backend.CPU
+    if s.models is not None:
+        for field, value in (
+            ("replicas", host.replicas),
+            ("gpus", host.gpus),
+            ("cpuSets", host.cpu_sets),
+        ):
+            if value is not None:
+                yield rule(
+                    f"{key}.{field}",
+                    "must not be set with 'models': each pool says its own "
+                    "('models[i].hosts[j].{field}')".replace("{field}", field),
+                    "hosts",
+                    "models",
+                )
+        if s.replica_count_on(host) == 0:
+            yield rule(
+                key,
+                f"runs no replica of any pool: name host {host.name} in a "
+                "'models[i].hosts' entry, or leave it out",
+                "hosts",
+                "models",
+            )
+        return
     if host.gpus is not None and cpu:
         yield rule(f"{key}.gpus", "must not be set with 'backend' cpu", "hosts", "backend")
     if host.cpu_sets is not None and not cpu:
@@ -51,6 +74,8 @@ def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]
 def _host_device_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
     """A GPU or core belongs to one replica of its host; other hosts have their own."""
     key = f"hosts[{i}]"
+    if s.models is not None:
+        return  # per pool: `pool_rules`
     _gpus, cores = s._host_groups(host)
     seen_gpus: set[int] = set()
     for r, ids in enumerate(host.gpus or ()):
@@ -105,15 +130,16 @@ def _host_port_rules(s: Settings, lb_host: HostSettings | None) -> Iterator[Rule
     reached: dict[tuple[str, int], str] = {}
     for i, host in enumerate(s.hosts):
         key = f"hosts[{i}]"
-        if host.replica_count == 0:
+        count = s.replica_count_on(host)
+        if count == 0:
             continue  # no ports; its count is reported on its own
         first = host.base_port if host.base_port is not None else base
-        last = first + host.replica_count - 1
+        last = first + count - 1
         port_key = f"{key}.basePort" if host.base_port is not None else "basePort"
         if last > 65535:
             yield rule(
                 port_key,
-                f"{first} + {host.replica_count} replicas on host {host.name} passes port 65535",
+                f"{first} + {count} replicas on host {host.name} passes port 65535",
                 "hosts",
                 "basePort",
             )

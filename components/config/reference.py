@@ -29,7 +29,39 @@ START = "<!-- config-reference:start -->\n"
 END = "<!-- config-reference:end -->"
 
 DESCRIPTIONS: dict[str, str] = {
-    "model": "Hugging Face repo id (`org/name`) or an absolute path in the container",
+    "model": "Hugging Face repo id (`org/name`) or an absolute path in the container; "
+    "required unless `models` lists the models",
+    "models": "model pools, one object per pool, instead of `model` (see "
+    "[model-pools.md](model-pools.md)); without it, one model",
+    "models[i].name": "the pool's name (DNS-safe): replicas `<namePrefix>-<name>-<i>`, its "
+    "upstream, its download and readiness steps",
+    "models[i].model": "Hugging Face repo id (`org/name`) or an absolute path in the container",
+    "models[i].servedModelName": "name clients send as `model` to reach this pool (default: "
+    "`model`); unique across pools and adapters",
+    "models[i].replicas": "replicas of this pool (default: one per `gpus` / `cpuSets` entry, "
+    "else 1)",
+    "models[i].tensorParallelSize": "GPUs (or CPU ranks) per replica of this pool",
+    "models[i].gpus": "GPU ids per replica, e.g. `[[0],[1]]`; default: the next ones after "
+    "the pools before it; never shared across pools",
+    "models[i].cpuSets": 'CPU backend: cores per replica, e.g. `["0-3"]`; default: the next '
+    "`cpu.coresPerReplica` blocks; never shared across pools",
+    "models[i].extraArgs": "more `vllm serve` arguments, after the stack's `extraArgs` "
+    "(its LoRA options come from `adapters`)",
+    "models[i].extraEnv": "more environment variables, over the stack's `extraEnv`",
+    "models[i].policy": "routing inside the pool (a `loadBalancer.policy` value; default "
+    "`loadBalancer.policy`)",
+    "models[i].adapters": "LoRA adapters this pool serves (vLLM's `--enable-lora`, "
+    "`--lora-modules`)",
+    "models[i].adapters[i].name": "the name clients send as `model` for this adapter; unique "
+    "across pools",
+    "models[i].adapters[i].model": "Hub repo id (fetched by the download step) or an absolute "
+    "path in the container",
+    "models[i].hosts": "with `hosts`: where this pool's replicas run, one object per host",
+    "models[i].hosts[i].host": "a `hosts[i].name`",
+    "models[i].hosts[i].replicas": "this pool's replicas on that host (default: one per "
+    "`gpus` / `cpuSets` entry, else 1)",
+    "models[i].hosts[i].gpus": "GPU ids per replica on that host; default: the next free ones",
+    "models[i].hosts[i].cpuSets": "CPU backend: cores per replica on that host",
     "servedModelName": "name clients use; identical on every replica (default: `model`)",
     "backend": "`gpu` or `cpu` (vLLM's CPU backend: no GPUs, `VLLM_CPU_*` env)",
     "replicas": "number of vLLM containers (1-64)",
@@ -245,6 +277,18 @@ def config_rows(
             continue
         rows.append((key, _type_name(annotation), _default(field, parent, name)))
     return rows
+
+
+POOL_IMAGE = "models[i].image."
+# A pool's `image` keys mean what the stack's do, for that pool's replicas.
+DESCRIPTIONS.update(
+    {
+        POOL_IMAGE + key.removeprefix("image."): f"as `{key}`, for this pool (default: "
+        "the stack's `image`)"
+        for key in list(DESCRIPTIONS)
+        if key.startswith("image.")
+    }
+)
 
 
 def reference() -> str:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.config.host_rules import host_rules
+from components.config.pool_rules import pool_rules
 from components.config.rule import Rule, rule
 from components.config.values import (
     key_matches_certificate,
@@ -26,7 +27,7 @@ from components.config.values import (
 
 
 def _gpu_rules(s: Settings) -> Iterator[Rule]:
-    if s.gpus is None or s.hosts is not None:
+    if s.gpus is None or s.hosts is not None or s.models is not None:
         return
     if s.backend is Backend.CPU:
         yield rule("gpus", "must not be set with 'backend' cpu", "backend")
@@ -50,7 +51,7 @@ def _gpu_rules(s: Settings) -> Iterator[Rule]:
 
 
 def _cpu_rules(s: Settings) -> Iterator[Rule]:
-    if s.backend is not Backend.CPU or s.hosts is not None:
+    if s.backend is not Backend.CPU or s.hosts is not None or s.models is not None:
         return
     sets = s.cpu.cpu_sets
     if sets is not None and len(sets) != s.replicas:
@@ -78,8 +79,8 @@ def _cpu_rules(s: Settings) -> Iterator[Rule]:
 
 
 def _name_and_port_rules(s: Settings) -> Iterator[Rule]:
-    if s.hosts is not None:
-        return  # per host: `_host_rules`
+    if s.hosts is not None or s.models is not None:
+        return  # per host: `_host_rules`; per pool: `pool_rules`
     names = s.replica_names()
     longest = names[-1]
     if len(longest) > 63:
@@ -152,7 +153,7 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
             "(`pulumi config set --secret grafanaPassword`)",
             "monitoring",
         )
-    last_port = s.base_port + s.replicas - 1
+    last_port = max((p.port for p in s.placements()), default=s.base_port)
     # Monitoring runs where nginx does: only that engine's replica ports can clash.
     lb_host = s.load_balancer_host
     beside = {p.port: p for p in s.placements() if p.host is lb_host}
@@ -168,6 +169,7 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
                 "('basePort' + 'replicas')",
                 "basePort",
                 "replicas",
+                "models",
             )
         elif lb_host is not None and port in beside:
             yield rule(
@@ -228,6 +230,7 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
     """Every rule that ties several keys together, all broken ones at once."""
     return [
         *host_rules(settings),
+        *pool_rules(settings),
         *_gpu_rules(settings),
         *_cpu_rules(settings),
         *_name_and_port_rules(settings),
@@ -238,19 +241,25 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
 
 
 def disk_rules(settings: Settings, project_dir: Path) -> list[Rule]:
-    """What must exist where `pulumi up` runs: the vLLM checkout to build, its Dockerfile."""
-    build = settings.vllm_image.build
-    if build is None:
-        return []
-    context = (project_dir / Path(build.context).expanduser()).resolve()
-    if not context.is_dir():
-        return [rule("image.build.context", f"is not a directory (looked in {context})")]
-    dockerfile = (context / build.dockerfile).resolve()
-    if not dockerfile.is_relative_to(context):
-        return [rule("image.build.dockerfile", "must be inside 'image.build.context'")]
-    if not dockerfile.is_file():
-        return [rule("image.build.dockerfile", f"does not exist (looked for {dockerfile})")]
-    return []
+    """What must exist where `pulumi up` runs: the vLLM checkout to build, its Dockerfile
+    (the stack's image, and a pool's own)."""
+    rules: list[Rule] = []
+    for key, image in settings.images():
+        build = image.build
+        if build is None:
+            continue
+        context = (project_dir / Path(build.context).expanduser()).resolve()
+        if not context.is_dir():
+            rules.append(rule(f"{key}.build.context", f"is not a directory (looked in {context})"))
+            continue
+        dockerfile = (context / build.dockerfile).resolve()
+        if not dockerfile.is_relative_to(context):
+            rules.append(rule(f"{key}.build.dockerfile", f"must be inside '{key}.build.context'"))
+        elif not dockerfile.is_file():
+            rules.append(
+                rule(f"{key}.build.dockerfile", f"does not exist (looked for {dockerfile})")
+            )
+    return rules
 
 
 def remote_engine_rules(settings: Settings, docker_host: str | None) -> list[Rule]:

@@ -281,6 +281,23 @@ class HostTlsSettings(ConfigModel):
         return self
 
 
+def replica_count(
+    replicas: int | None,
+    gpus: tuple[tuple[int, ...], ...] | None,
+    cpu_sets: tuple[str, ...] | None,
+    *,
+    otherwise: int,
+) -> int:
+    """How many replicas a host or a pool has: `replicas` if said, else one per GPU
+    group or CPU set listed, else `otherwise`."""
+    if replicas is not None:
+        return replicas
+    for groups in (gpus, cpu_sets):
+        if groups is not None:
+            return len(groups)
+    return otherwise
+
+
 class HostSettings(ConfigModel):
     """One Docker engine of a multi-host deployment: where it is and what it runs.
 
@@ -302,12 +319,7 @@ class HostSettings(ConfigModel):
     @property
     def replica_count(self) -> int:
         """`replicas`, else one per GPU group or CPU set listed (0: none said)."""
-        if self.replicas is not None:
-            return self.replicas
-        for groups in (self.gpus, self.cpu_sets):
-            if groups is not None:
-                return len(groups)
-        return 0
+        return replica_count(self.replicas, self.gpus, self.cpu_sets, otherwise=0)
 
     @property
     def publish_address(self) -> str:

@@ -10,7 +10,8 @@ runs a model's own validators only when all its fields are valid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -20,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from components.config.pool_sections import AdapterSettings, PoolSettings
 from components.config.rules import SHUTDOWN_MARGIN_SECONDS, cross_key_rules
 from components.config.sections import (
     Backend,
@@ -34,6 +36,7 @@ from components.config.sections import (
     MonitoringSettings,
     ProxySettings,
     RolloutSettings,
+    RoutingPolicy,
 )
 from components.config.values import (
     DAY,
@@ -53,112 +56,26 @@ from components.config.values import (
     ServedName,
     parse_cpu_set,
 )
+from components.config.vllm_args import (
+    MANAGED_ENV as MANAGED_ENV,
+)
+from components.config.vllm_args import (
+    MANAGED_FLAGS as MANAGED_FLAGS,
+)
+from components.config.vllm_args import (
+    SECRET_ENV_NAMES as SECRET_ENV_NAMES,
+)
+from components.config.vllm_args import (
+    extra_args_rule,
+    extra_env_rule,
+)
+from components.config.vllm_args import (
+    managed_flags_of as managed_flags_of,
+)
 from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
 SKIP_CROSS_KEY = "skip_cross_key_rules"
 """Validation context flag: the config loader runs `cross_key_rules` itself, per key."""
-
-# vLLM flags the deployment sets itself, or that break it: overriding them from
-# extraArgs breaks it (a wrong --port is found only after readyTimeoutSeconds).
-# Each is vLLM v0.33.0's `vllm serve` option (docs/vllm.md has the citations).
-_TLS_AT_NGINX = (
-    "the health check, nginx and the steps reach replicas over plain HTTP; set "
-    "'loadBalancer.tls' for HTTPS"
-)
-_ONE_API_SERVER = (
-    "the deployment runs one API server per replica: with several, vLLM stops on "
-    "SIGTERM through another path than --shutdown-timeout's drain and keeps its "
-    "metrics in multiprocess mode"
-)
-MANAGED_FLAGS = {
-    "--model": "set 'model'",
-    "--served-model-name": "set 'servedModelName'",
-    "--host": "replicas listen on 0.0.0.0 inside their container",
-    "--port": "replicas listen on 8000 inside their container; set 'basePort' for the host",
-    "--tensor-parallel-size": "set 'tensorParallelSize'",
-    "-tp": "set 'tensorParallelSize'",
-    "--api-key": "set 'apiKey' with `pulumi config set --secret apiKey`",
-    "--shutdown-timeout": "set 'shutdownTimeoutSeconds' (checked against 'stopGraceSeconds')",
-    "--config": "a config file could set the model, host or port past these checks; "
-    "list its options in extraArgs instead",
-    "--uds": "replicas must listen on TCP port 8000 (a Unix socket replaces --host and --port)",
-    "--grpc": "it serves gRPC on the port instead of the OpenAI HTTP API that nginx, the "
-    "health check and the steps use",
-    "--headless": "it starts no API server: the replica would never answer /health",
-    "--api-server-count": _ONE_API_SERVER,
-    "-asc": _ONE_API_SERVER,
-    "--ssl-keyfile": _TLS_AT_NGINX,
-    "--ssl-certfile": _TLS_AT_NGINX,
-}
-SECRET_ENV_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
-MANAGED_ENV = {
-    "HF_HUB_OFFLINE": "the deployment sets it on replicas that must not download",
-    "VLLM_CPU_KVCACHE_SPACE": "set 'cpu.kvcacheSpaceGb'",
-    "VLLM_CPU_OMP_THREADS_BIND": "set 'cpu.coresPerReplica' or 'cpu.cpuSets'",
-    "VLLM_ENGINE_READY_TIMEOUT_S": "set 'readyTimeoutSeconds': replicas get it, so that "
-    "vLLM does not give up loading before the readiness step does",
-    "HTTP_PROXY": "set 'proxy.http'",
-    "HTTPS_PROXY": "set 'proxy.https'",
-    "NO_PROXY": "set 'proxy.no'",
-}
-
-
-def managed_flags_of(word: str) -> list[str]:
-    """The managed flags vLLM's parser would read `word` as, if it is an option.
-
-    `vllm serve` parses with argparse's `allow_abbrev` on, so any prefix of a
-    long option is taken for it when it is the only option it begins
-    (`--served x` is `--served-model-name x`, `--shutdown 5` is
-    `--shutdown-timeout 5`), and a single-dash one the same way (`-t 2` is
-    `-tp 2`); a prefix of several is refused by vLLM anyway. No full option of
-    vLLM v0.33.0's parser is a prefix of a managed flag, so every such word is
-    one of them or an abbreviation of one.
-    """
-    if not word.startswith("-") or word in ("-", "--"):
-        return []
-    flag = word.split("=", 1)[0]
-    if flag.startswith("--"):
-        # vLLM's parser takes --tensor_parallel_size for --tensor-parallel-size.
-        flag = "--" + flag[2:].replace("_", "-")
-        return [m for m in MANAGED_FLAGS if m.startswith("--") and m.startswith(flag)]
-    if len(flag) < 2 or not flag[1].isalpha():
-        return []  # a negative number such as `--max-model-len -1`
-    return [m for m in MANAGED_FLAGS if not m.startswith("--") and m.startswith(flag)]
-
-
-def _extra_args(args: tuple[str, ...]) -> tuple[str, ...]:
-    if args and not args[0].startswith("-"):
-        # They follow `vllm serve MODEL ... --tensor-parallel-size N`: a bare
-        # first value would be a second positional argument, which vllm refuses.
-        raise ValueError(
-            "must begin with an option such as --max-model-len: `vllm serve` takes the "
-            "model as its only positional argument"
-        )
-    for arg in args:
-        managed = managed_flags_of(arg)
-        if not managed:
-            continue
-        flag = arg.split("=", 1)[0]
-        if len(managed) == 1 and managed[0] in (flag, "--" + flag[2:].replace("_", "-")):
-            raise ValueError(f"must not set {flag}: {MANAGED_FLAGS[managed[0]]}")
-        reasons = "; ".join(f"{m}: {MANAGED_FLAGS[m]}" for m in managed)
-        raise ValueError(
-            f"must not set {flag}: vLLM reads it as an abbreviation of "
-            f"{' or '.join(managed)} ({reasons})"
-        )
-    return args
-
-
-def _extra_env(env: dict[str, str]) -> dict[str, str]:
-    for name in env:
-        if name.upper() in SECRET_ENV_NAMES:
-            raise ValueError(
-                f"must not set {name}: it would sit in plain text in the stack file and the "
-                "container's inputs; set 'hfToken' / 'apiKey' with `pulumi config set --secret`"
-            )
-        if name.upper() in MANAGED_ENV:
-            raise ValueError(f"must not set {name}: {MANAGED_ENV[name.upper()]}")
-    return env
 
 
 def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -167,10 +84,18 @@ def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
     return hosts
 
 
+def _some_models(models: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not models:
+        raise ValueError("must list at least one model pool (or be left out: set 'model')")
+    return models
+
+
 class Settings(ConfigModel):
     """The whole stack config, validated."""
 
-    model: ModelId
+    model: ModelId | None = None
+    """The one model of a single-model stack; with 'models' each pool names its own."""
+    models: Annotated[tuple[PoolSettings, ...], AfterValidator(_some_models)] | None = None
     served_model_name: ServedName | None = None
     backend: Backend = Backend.GPU
     replicas: Annotated[Int, Field(ge=1, le=64)] = 2
@@ -183,8 +108,8 @@ class Settings(ConfigModel):
     base_port: Port = 8081
     bind_address: IpAddress = "127.0.0.1"
     public_host: HostName = "localhost"
-    extra_args: Annotated[tuple[SafeToken, ...], AfterValidator(_extra_args)] = ()
-    extra_env: Annotated[dict[EnvName, SafeToken], AfterValidator(_extra_env)] = Field(
+    extra_args: Annotated[tuple[SafeToken, ...], AfterValidator(extra_args_rule)] = ()
+    extra_env: Annotated[dict[EnvName, SafeToken], AfterValidator(extra_env_rule)] = Field(
         default_factory=dict
     )
     proxy: ProxySettings = ProxySettings()
@@ -218,22 +143,81 @@ class Settings(ConfigModel):
 
     @property
     def model_name(self) -> str:
-        """The one name every replica serves, so clients never see which replica answered."""
-        return self.served_model_name or self.model
+        """The one name every replica serves, so clients never see which replica answered.
+
+        With 'models', every pool's name, comma-separated (what the stack serves)."""
+        if self.models is not None:
+            return ", ".join(pool.model_name for pool in self.models)
+        return self.served_model_name or self.model or ""
 
     @property
     def vllm_image(self) -> ImageSettings:
         """The image settings with the published image of the backend filled in."""
-        image = self.image or ImageSettings()
+        return self.image_of(None)
+
+    def image_of(self, pool: PoolSettings | None) -> ImageSettings:
+        """A pool's image ('models[i].image', else 'image'), the published one filled in."""
+        image = (pool.image if pool is not None else None) or self.image or ImageSettings()
         if image.prebuilt is None and image.build is None:
             default = DEFAULT_CPU_IMAGE if self.backend is Backend.CPU else DEFAULT_GPU_IMAGE
             image = image.model_copy(update={"prebuilt": default})
         return image
 
+    def images(self) -> tuple[tuple[str, ImageSettings], ...]:
+        """The stack's vLLM image, and each pool's own, with the key that says it."""
+        own = tuple(
+            (f"models[{i}].image", self.image_of(pool))
+            for i, pool in enumerate(self.models or ())
+            if pool.image is not None
+        )
+        return (("image", self.vllm_image), *own)
+
     def replica_names(self) -> tuple[str, ...]:
-        if self.hosts is not None:
+        if self.hosts is not None or self.models is not None:
             return tuple(p.name for p in self.placements())
         return tuple(f"{self.name_prefix}{i}" for i in range(self.replicas))
+
+    def pools(self) -> tuple[Pool, ...]:
+        """Every model pool with its replicas; a stack without 'models' is one pool.
+
+        That one pool is today's stack exactly (its name is None): replicas,
+        ports, commands and every resource name stay what they were.
+        """
+        if self.models is None:
+            return (
+                Pool(
+                    name=None,
+                    key="",
+                    model=self.model or "",
+                    served_name=self.model_name,
+                    tensor_parallel_size=self.tensor_parallel_size,
+                    extra_args=self.extra_args,
+                    extra_env=self.extra_env,
+                    image=self.vllm_image,
+                    policy=self.load_balancer.policy,
+                    adapters=(),
+                    placements=self.placements(),
+                ),
+            )
+        placed = self.placements()
+        return tuple(
+            Pool(
+                name=pool.name,
+                key=f"models[{i}]",
+                model=pool.model,
+                served_name=pool.model_name,
+                tensor_parallel_size=pool.tensor_parallel_size,
+                # The stack's own are every pool's defaults; a pool's come after
+                # (vLLM's parser keeps an option's last value) and over them.
+                extra_args=(*self.extra_args, *pool.extra_args),
+                extra_env={**self.extra_env, **pool.extra_env},
+                image=self.image_of(pool),
+                policy=pool.policy or self.load_balancer.policy,
+                adapters=pool.adapters,
+                placements=tuple(p for p in placed if p.pool == pool.name),
+            )
+            for i, pool in enumerate(self.models)
+        )
 
     @property
     def load_balancer_host(self) -> HostSettings | None:
@@ -251,6 +235,8 @@ class Settings(ConfigModel):
         (`<prefix>-<host>-<i>`), so adding one to a host renames no other:
         a name is also its upstream and its container, and a new name replaces.
         """
+        if self.models is not None:
+            return self._pool_placements(self.models)
         if self.hosts is None:
             gpus, cores = self.gpu_groups(), self.cpu_groups()
             return tuple(
@@ -266,6 +252,75 @@ class Settings(ConfigModel):
                 for i in range(host.replica_count)
             )
         return tuple(found)
+
+    def _pool_placements(self, models: tuple[PoolSettings, ...]) -> tuple[Placement, ...]:
+        """Pool after pool, ports and default devices counted on from the previous pool.
+
+        Without 'hosts' a replica is `<prefix>-<pool>-<i>` on the next port from
+        'basePort'; with 'hosts', `<prefix>-<pool>-<host>-<i>` on the next port
+        from its host's 'basePort'. A GPU group or CPU set not listed is the
+        next block after those of the pools before it (on its host).
+        """
+        found: list[Placement] = []
+        cpu = self.backend is Backend.CPU
+        k = self.cpu.cores_per_replica
+        hosts = {h.name: h for h in self.hosts or ()}
+        # Per engine (None: the one engine): next port, next GPU, next core.
+        ports: dict[str | None, int] = {}
+        next_gpu: dict[str | None, int] = {}
+        next_core: dict[str | None, int] = {}
+
+        def place(
+            pool: PoolSettings,
+            host: HostSettings | None,
+            count: int,
+            gpus: tuple[tuple[int, ...], ...] | None,
+            cpu_sets: tuple[str, ...] | None,
+        ) -> None:
+            where = host.name if host is not None else None
+            first = self.base_port
+            if host is not None and host.base_port is not None:
+                first = host.base_port
+            for i in range(count):
+                port = ports.setdefault(where, first)
+                ports[where] = port + 1
+                ids: tuple[int, ...] = ()
+                cores: tuple[int, ...] = ()
+                if not cpu and gpus is not None:
+                    ids = gpus[i] if i < len(gpus) else ()
+                    next_gpu[where] = max([next_gpu.get(where, 0), *(g + 1 for g in ids)])
+                elif not cpu:
+                    start = next_gpu.get(where, 0)
+                    ids = tuple(range(start, start + pool.tensor_parallel_size))
+                    next_gpu[where] = start + pool.tensor_parallel_size
+                elif cpu_sets is not None:
+                    cores = parse_cpu_set(cpu_sets[i]) if i < len(cpu_sets) else ()
+                    next_core[where] = max([next_core.get(where, 0), *(c + 1 for c in cores)])
+                elif k:
+                    start = next_core.get(where, 0)
+                    cores = tuple(range(start, start + k))
+                    next_core[where] = start + k
+                name = (
+                    f"{self.name_prefix}-{pool.name}-{host.name}-{i}"
+                    if host is not None
+                    else f"{self.name_prefix}-{pool.name}-{i}"
+                )
+                found.append(Placement(host, i, name, port, ids, cores, pool.name))
+
+        for pool in models:
+            if self.hosts is None:
+                place(pool, None, pool.replica_count, pool.gpus, pool.cpu_sets)
+                continue
+            for entry in pool.hosts or ():
+                if entry.host in hosts:
+                    place(pool, hosts[entry.host], entry.replica_count, entry.gpus, entry.cpu_sets)
+        return tuple(found)
+
+    def replica_count_on(self, host: HostSettings) -> int:
+        """How many replicas run on a host: its own count, or its pools' replicas there."""
+        if self.models is None:
+            return host.replica_count
+        return sum(1 for p in self.placements() if p.host is host)
 
     def host_replica_name(self, host: HostSettings, index: int) -> str:
         return f"{self.name_prefix}-{host.name}-{index}"
@@ -319,3 +374,27 @@ class Placement:
     port: int
     gpus: tuple[int, ...]
     cores: tuple[int, ...]
+    pool: str | None = None
+    """The 'models' entry (by name) it serves; None without 'models'."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One model pool as the plan reads it: its model, how it runs, its replicas.
+
+    A stack without 'models' is one pool named None, from the top-level keys;
+    with 'models', a pool's `extraArgs` and `extraEnv` come after the stack's.
+    """
+
+    name: str | None
+    key: str
+    """Its config key as written ('models[1]'); '' for the top-level keys."""
+    model: str
+    served_name: str
+    tensor_parallel_size: int
+    extra_args: tuple[str, ...]
+    extra_env: Mapping[str, str]
+    image: ImageSettings
+    policy: RoutingPolicy
+    adapters: tuple[AdapterSettings, ...]
+    placements: tuple[Placement, ...] = field(default=())

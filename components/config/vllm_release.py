@@ -61,7 +61,7 @@ def release_of(image: str) -> tuple[int, int, int] | None:
     return major, minor, patch
 
 
-def old_release_warning(image: str | None) -> str | None:
+def old_release_warning(image: str | None, key: str = "image.prebuilt") -> str | None:
     """A sentence for the user when `image` is a vLLM release older than the oldest
     supported one (a warning: `pulumi up` goes on), else None."""
     release = release_of(image) if image else None
@@ -69,9 +69,9 @@ def old_release_warning(image: str | None) -> str | None:
         return None
     oldest = "v" + ".".join(map(str, OLDEST_SUPPORTED))
     return (
-        f"'image.prebuilt' is {image}, vLLM v{'.'.join(map(str, release))}, older than "
+        f"'{key}' is {image}, vLLM v{'.'.join(map(str, release))}, older than "
         f"{oldest}, the oldest release this deployment supports: it does not know "
         "--shutdown-timeout, which every replica is started with, so its replicas would "
-        f"not start. Use {oldest} or newer (remove 'image.prebuilt' for the pinned "
+        f"not start. Use {oldest} or newer (remove '{key}' for the pinned "
         f"{VLLM_RELEASE}); docs/vllm.md says what changed."
     )

@@ -4,11 +4,14 @@ the paths the settings expose, the API-key guard and prefix routing's njs hand-o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from components.config.sections import LoadBalancerSettings
 from components.config.values import (
     url_path,
 )
 from components.lb.directives import check_positive, checked, d
+from components.lb.model_routing import router_locations
 from components.lb.names import (
     API_PREFIX,
     EXPECTED_AUTHORIZATION_VARIABLE,
@@ -24,6 +27,7 @@ from components.lb.njs import (
     PREFIX_HANDLER,
     PREFIX_LOCATION,
 )
+from components.lb.pools import ModelPool
 from components.lb.upstreams import is_prefix
 
 
@@ -151,9 +155,15 @@ def prefix_locations(guard: list[Directive]) -> list[Directive]:
     ]
 
 
-def locations(lb: LoadBalancerSettings, require_api_key: bool) -> list[Directive]:
+def locations(
+    lb: LoadBalancerSettings, require_api_key: bool, pools: Sequence[ModelPool] = ()
+) -> list[Directive]:
     guard = api_key_guard() if require_api_key else []
-    if is_prefix(lb):
+    if pools:
+        # Model routing: exposed paths carry no model, any replica answers them.
+        proxied = [*guard, d("proxy_pass", f"http://{UPSTREAM_NAME}")]
+        api_locations = router_locations(lb, pools, guard)
+    elif is_prefix(lb):
         # Exposed paths (GET /metrics ...) carry no prompt: least_conn.
         proxied = [*guard, d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")]
         api_locations = prefix_locations(guard)

@@ -69,9 +69,17 @@ from components.config.values import (
     safe_token,
 )
 from components.containers.exporter.lb_exporter import LOG_FORMAT as METRICS_LOG_FORMAT
+from components.containers.exporter.lb_exporter import (
+    POOL_LOG_FORMAT as METRICS_POOL_LOG_FORMAT,
+)
 from components.containers.exporter.lb_exporter import SYSLOG_TAG as METRICS_SYSLOG_TAG
 from components.lb.directives import check_port, check_positive, checked, d, host_port
 from components.lb.locations import locations, proxy_settings
+from components.lb.model_routing import (
+    pool_upstreams,
+    router_files,
+    router_http,
+)
 from components.lb.names import (
     BODY_BUFFER,
     CONTAINER_PREFIX_SCRIPT,
@@ -90,13 +98,14 @@ from components.lb.njs import (
     PREFIX_MODULE,
     prefix_script,
 )
+from components.lb.pools import ModelPool, check_pools
 from components.lb.upstreams import (
     affinity_map,
     is_prefix,
     policy_directives,
-    server_lines,
     uses_resolve,
 )
+from components.lb.upstreams import upstream_blocks as upstream_blocks_of
 
 
 @dataclass(frozen=True)
@@ -187,13 +196,15 @@ def _check_syslog(target: str | None) -> str | None:
     return target
 
 
-def _metrics_log(rt: _CheckedRuntime) -> list[Directive]:
+def _metrics_log(rt: _CheckedRuntime, pools: bool = False) -> list[Directive]:
     """A second access log, for the metrics exporter: UDP, so a missing exporter
-    never slows a request; `escape=json` keeps every value a JSON string."""
+    never slows a request; `escape=json` keeps every value a JSON string. With
+    model routing each line also names the pool."""
     if rt.metrics_syslog is None:
         return []
+    log_format = METRICS_POOL_LOG_FORMAT if pools else METRICS_LOG_FORMAT
     return [
-        d("log_format", "lb_metrics", "escape=json", METRICS_LOG_FORMAT),
+        d("log_format", "lb_metrics", "escape=json", log_format),
         d(
             "access_log",
             f"syslog:server={rt.metrics_syslog},tag={METRICS_SYSLOG_TAG},nohostname",
@@ -282,6 +293,7 @@ def render_nginx_config(
     lb: LoadBalancerSettings,
     upstreams: Sequence[Upstream],
     runtime: NginxRuntime = NginxRuntime(),
+    pools: Sequence[ModelPool] = (),
 ) -> str:
     """The whole main config: no `user`, no mime.types, no stock includes.
 
@@ -292,47 +304,33 @@ def render_nginx_config(
     set; nginx refuses to start without that file, so the check cannot be
     silently lost.
     """
+    pools = check_pools(pools)
     rt = check_runtime(runtime)
     worker_connections = check_positive("worker_connections", lb.worker_connections, minimum=64)
     keepalive = check_positive("keepalive_connections", lb.keepalive_connections)
     body_size = check_positive("max_body_size_mb", lb.max_body_size_mb)
 
-    prefix = is_prefix(lb)
-    upstream_block = [
-        *policy_directives(lb),
-        # Shared memory: every worker sees the same failure and connection
-        # counts (without it least_conn, max_fails and max_conns are per worker).
-        d("zone", UPSTREAM_NAME, "256k"),
-        *server_lines(
-            lb,
-            upstreams,
-            check_positive("prefix_max_conns", lb.prefix_max_conns) if prefix else None,
-        ),
-        d("keepalive", keepalive),
-    ]
-    upstream_blocks = [d("upstream", UPSTREAM_NAME, block=upstream_block)]
-    if prefix:
-        upstream_blocks.append(
-            d(
-                "upstream",
-                FALLBACK_UPSTREAM_NAME,
-                block=[
-                    d("least_conn"),
-                    d("zone", FALLBACK_UPSTREAM_NAME, "256k"),
-                    *server_lines(lb, upstreams),
-                    d("keepalive", keepalive),
-                ],
-            )
-        )
+    # With model routing the pools are routed by their own policies; the
+    # upstream of every replica only serves the exposed paths (no prompt).
+    prefix = is_prefix(lb) and not pools
+    upstream_blocks = upstream_blocks_of(
+        lb,
+        UPSTREAM_NAME,
+        policy_directives(lb) if not pools else [d("least_conn")],
+        upstreams,
+        keepalive,
+        fallback=FALLBACK_UPSTREAM_NAME if prefix else None,
+    )
+    upstream_blocks.extend(pool_upstreams(lb, pools, keepalive))
     resolver: list[Directive] = []
-    if uses_resolve(lb, upstreams):
+    if uses_resolve(lb, [*upstreams, *(u for pool in pools for u in pool.upstreams)]):
         resolver = [
             d("resolver", checked("resolver", lb.resolver, ip_address), "valid=5s", "ipv6=off")
         ]
     http_block = [
         d("log_format", "lb", LOG_FORMAT),
         d("access_log", rt.access_log, "lb"),
-        *_metrics_log(rt),
+        *_metrics_log(rt, pools=bool(pools)),
         d("default_type", "application/octet-stream"),
         d("server_tokens", "off"),
         d("client_max_body_size", f"{body_size}m"),
@@ -342,8 +340,9 @@ def render_nginx_config(
         d("client_body_buffer_size", BODY_BUFFER),
         *temp_paths(rt),
         *resolver,
-        *affinity_map(lb),
+        *(affinity_map(lb) if not pools else affinity_map(lb, [p.policy for p in pools])),
         *(_prefix_http(lb, rt) if prefix else []),
+        *(router_http(lb, rt.prefix_script) if pools else []),
         *([] if rt.api_key_map is None else [d("include", rt.api_key_map)]),
         *upstream_blocks,
         d(
@@ -351,7 +350,11 @@ def render_nginx_config(
             block=[
                 *_listen(rt),
                 *proxy_settings(lb),
-                *locations(lb, require_api_key=rt.api_key_map is not None),
+                *locations(
+                    lb,
+                    require_api_key=rt.api_key_map is not None,
+                    pools=pools,
+                ),
             ],
         ),
     ]
@@ -359,7 +362,7 @@ def render_nginx_config(
         *main_context(
             rt,
             [d("worker_connections", worker_connections)],
-            modules=[rt.njs_module] if prefix else (),
+            modules=[rt.njs_module] if prefix or pools else (),
         ),
         d("http", block=http_block),
     ]
@@ -377,15 +380,21 @@ def _prefix_http(lb: LoadBalancerSettings, rt: _CheckedRuntime) -> list[Directiv
 
 
 def render_extra_files(
-    lb: LoadBalancerSettings, runtime: NginxRuntime = NginxRuntime()
+    lb: LoadBalancerSettings,
+    runtime: NginxRuntime = NginxRuntime(),
+    pools: Sequence[ModelPool] = (),
 ) -> dict[str, str]:
     """Files the rendered config reads besides itself: {path in the container: text}.
 
-    Empty unless the policy is `prefix_affinity`, which imports its njs script
-    from `runtime.prefix_script`. The deployment uploads these next to
+    With `pools`, the router's njs files (router.js, prefix.js and the
+    generated models.js) in the directory of `runtime.prefix_script`.
+    Without, empty unless the policy is `prefix_affinity`, which imports its
+    njs script from `runtime.prefix_script`. The deployment uploads these next to
     nginx.conf (they hold no secret); the module itself
     (`runtime.njs_module`) must already be in the image.
     """
+    if pools:
+        return router_files(runtime.prefix_script, pools)
     if not is_prefix(lb):
         return {}
     path = checked("runtime.prefix_script", runtime.prefix_script, safe_token)

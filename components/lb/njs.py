@@ -21,3 +21,18 @@ PREFIX_CHARS_VARIABLE = "$lb_prefix_chars"
 def prefix_script() -> str:
     """The text of `prefix.js`, as it must reach the nginx container."""
     return (CONTAINERS_DIR / "nginx" / PREFIX_SCRIPT).read_text(encoding="utf-8")
+
+
+# Model routing (components/lb/pools.py): router.js imports prefix.js and the
+# generated table models.js by relative path, so the three sit in one directory.
+ROUTER_SCRIPT = "router.js"
+ROUTING_TABLE_SCRIPT = "models.js"
+ROUTER_MODULE = "lb_router"
+ROUTER_HANDLER = f"{ROUTER_MODULE}.route"
+MODELS_HANDLER = f"{ROUTER_MODULE}.models"
+POOL_VARIABLE = "$lb_pool"
+
+
+def router_script() -> str:
+    """The text of `router.js`, as it must reach the nginx container."""
+    return (CONTAINERS_DIR / "nginx" / ROUTER_SCRIPT).read_text(encoding="utf-8")

@@ -22,7 +22,12 @@ def affinity_variable(header: str) -> str:
 
 
 def policy_directives(lb: LoadBalancerSettings) -> list[Directive]:
-    policy = RoutingPolicy(lb.policy)
+    return pool_policy_directives(lb.policy)
+
+
+def pool_policy_directives(policy: RoutingPolicy) -> list[Directive]:
+    """The balancing directives of one upstream (the single one, or a model pool's)."""
+    policy = RoutingPolicy(policy)
     if policy is RoutingPolicy.LEAST_CONN:
         return [d("least_conn")]
     if policy is RoutingPolicy.ROUND_ROBIN:
@@ -37,8 +42,12 @@ def policy_directives(lb: LoadBalancerSettings) -> list[Directive]:
     return [d("hash", AFFINITY_KEY_VARIABLE, "consistent")]
 
 
-def affinity_map(lb: LoadBalancerSettings) -> list[Directive]:
-    if RoutingPolicy(lb.policy) is not RoutingPolicy.SESSION_AFFINITY:
+def affinity_map(
+    lb: LoadBalancerSettings, policies: Sequence[RoutingPolicy] | None = None
+) -> list[Directive]:
+    """The key map, once, if `lb.policy` (or any of `policies`, the pools') needs it."""
+    wanted = [lb.policy] if policies is None else policies
+    if RoutingPolicy.SESSION_AFFINITY not in [RoutingPolicy(p) for p in wanted]:
         return []
     variable = affinity_variable(lb.affinity_header)
     return [
@@ -56,17 +65,20 @@ def is_prefix(lb: LoadBalancerSettings) -> bool:
 
 
 def server_lines(
-    lb: LoadBalancerSettings, upstreams: Sequence[Upstream], max_conns: str | None = None
+    lb: LoadBalancerSettings,
+    upstreams: Sequence[Upstream],
+    max_conns: str | None = None,
+    field: str = "upstreams",
 ) -> list[Directive]:
     if not upstreams:
-        raise ValueError("upstreams: at least one replica is needed")
+        raise ValueError(f"{field}: at least one replica is needed")
     max_fails = check_positive("max_fails", lb.max_fails)
     fail_window = check_positive("fail_window_seconds", lb.fail_window_seconds)
     bound = [] if max_conns is None else [f"max_conns={max_conns}"]
     lines = []
     for index, upstream in enumerate(upstreams):
-        host = checked(f"upstreams[{index}].host", upstream.host, host_name)
-        port = check_port(f"upstreams[{index}].port", upstream.port)
+        host = checked(f"{field}[{index}].host", upstream.host, host_name)
+        port = check_port(f"{field}[{index}].port", upstream.port)
         args = [
             host_port(host, port),
             *bound,
@@ -81,3 +93,46 @@ def server_lines(
 
 def uses_resolve(lb: LoadBalancerSettings, upstreams: Sequence[Upstream]) -> bool:
     return lb.dynamic_resolve and any(is_name(u.host) for u in upstreams)
+
+
+def upstream_blocks(
+    lb: LoadBalancerSettings,
+    name: str,
+    balancing: list[Directive],
+    upstreams: Sequence[Upstream],
+    keepalive: str,
+    fallback: str | None = None,
+    field: str = "upstreams",
+) -> list[Directive]:
+    """An upstream of `upstreams` with `balancing`; with `fallback` (prefix_affinity)
+    its replicas are bounded by `prefixMaxConns` and a second, least_conn upstream
+    of the same replicas takes what the bound turns away."""
+    bound = None if fallback is None else check_positive("prefix_max_conns", lb.prefix_max_conns)
+    blocks = [
+        d(
+            "upstream",
+            name,
+            block=[
+                *balancing,
+                # Shared memory: every worker sees the same failure and connection
+                # counts (without it least_conn, max_fails and max_conns are per worker).
+                d("zone", name, "256k"),
+                *server_lines(lb, upstreams, bound, field=field),
+                d("keepalive", keepalive),
+            ],
+        )
+    ]
+    if fallback is not None:
+        blocks.append(
+            d(
+                "upstream",
+                fallback,
+                block=[
+                    d("least_conn"),
+                    d("zone", fallback, "256k"),
+                    *server_lines(lb, upstreams, field=field),
+                    d("keepalive", keepalive),
+                ],
+            )
+        )
+    return blocks

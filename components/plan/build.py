@@ -6,15 +6,23 @@ will declare, and the tests check it without Pulumi.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from components.config.sections import Backend, HostSettings, RolloutSettings, Upstream
-from components.config.settings import Placement, Settings
+from components.config.sections import (
+    Backend,
+    HostSettings,
+    ImageSettings,
+    RolloutSettings,
+    Upstream,
+)
+from components.config.settings import Placement, Pool, Settings
 from components.config.values import format_cpu_set
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
 from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
+from components.lb.pools import ModelPool
 from components.plan.model import (
     API_KEY_ENV,
     API_KEY_MAP_SECRET,
@@ -39,6 +47,7 @@ from components.plan.model import (
     ImagePlan,
     LoadBalancerPlan,
     Plan,
+    PoolPlan,
     ReplicaPlan,
     RolloutPlan,
     SecretUpload,
@@ -69,8 +78,10 @@ def _resolve(path: str, base: Path) -> str:
     return str((base / os.path.expanduser(path)).resolve())
 
 
-def _vllm_image(settings: Settings, project_dir: Path) -> ImagePlan:
-    image = settings.vllm_image
+def _vllm_image(
+    settings: Settings, project_dir: Path, image: ImageSettings | None = None
+) -> ImagePlan:
+    image = image or settings.vllm_image
     if image.build is None:
         assert image.prebuilt is not None
         return ImagePlan(
@@ -107,23 +118,59 @@ def _omp_bind(cores: tuple[int, ...], ranks: int) -> str:
     return "|".join(format_cpu_set(cores[r * size : (r + 1) * size]) for r in range(ranks))
 
 
-def _replica(settings: Settings, index: int, at: Placement) -> ReplicaPlan:
+def is_embedding(args: Sequence[str]) -> bool:
+    """Served by vLLM's pooling runner as an embedding model, as its extraArgs say.
+
+    `--runner pooling` or `--convert embed` (vllm/config/model.py:86-88,
+    vllm/config/scheduler.py:20 at v0.33.0); with `--runner auto` vLLM decides
+    from the model's architecture, which the plan cannot read before the
+    download: an embedding pool says so (docs/model-pools.md)."""
+    words = [w for arg in args for w in arg.split("=", 1)]
+    pairs = set(itertools.pairwise(words))
+    return bool(pairs & {("--runner", "pooling"), ("--convert", "embed")})
+
+
+def _lora_args(pool: Pool) -> tuple[str, ...]:
+    """vLLM's LoRA options for a pool's adapters (docs/vllm.md, LoRA adapters).
+
+    A Hub id as an adapter's path is resolved by vLLM with `snapshot_download`,
+    which offline returns the snapshot the download step put in the cache.
+    `--max-loras` lets every adapter be in one batch; extraArgs after it win."""
+    if not pool.adapters:
+        return ()
+    return (
+        "--enable-lora",
+        "--max-loras",
+        str(len(pool.adapters)),
+        "--lora-modules",
+        *(f"{a.name}={a.model}" for a in pool.adapters),
+    )
+
+
+def _repos(pool: Pool) -> tuple[str, ...]:
+    """What the download step fetches for a pool: its model and adapters from the Hub."""
+    found = [pool.model, *(a.model for a in pool.adapters)]
+    return tuple(dict.fromkeys(m for m in found if not is_local_model(m)))
+
+
+def _replica(settings: Settings, pool: Pool, index: int, at: Placement) -> ReplicaPlan:
     gpus, cores = at.gpus, at.cores
     command = (
-        settings.model,
+        pool.model,
         "--served-model-name",
-        settings.model_name,
+        pool.served_name,
         "--host",
         "0.0.0.0",
         "--port",
         str(VLLM_PORT),
         "--tensor-parallel-size",
-        str(settings.tensor_parallel_size),
+        str(pool.tensor_parallel_size),
         # On SIGTERM vLLM (>= v0.18.0) finishes what it runs for up to this long
         # while still serving HTTP; 0, its default, aborts at once (docs/vllm.md).
         "--shutdown-timeout",
         str(settings.shutdown_timeout_seconds),
-        *settings.extra_args,
+        *_lora_args(pool),
+        *pool.extra_args,
     )
     env = _proxy_env(settings)
     # vLLM gives up when its engine is not ready within this (600 s by default,
@@ -139,10 +186,10 @@ def _replica(settings: Settings, index: int, at: Placement) -> ReplicaPlan:
         # `nobind` (no pinning) is valid in every supported release (v0.18.0 on;
         # vllm/utils/ompmultiprocessing.py:125 at v0.33.0); v0.11.0 failed on it.
         env["VLLM_CPU_OMP_THREADS_BIND"] = (
-            _omp_bind(cores, settings.tensor_parallel_size) if cores else "nobind"
+            _omp_bind(cores, pool.tensor_parallel_size) if cores else "nobind"
         )
-    env.update(settings.extra_env)
-    if not is_local_model(settings.model):
+    env.update(pool.extra_env)
+    if _repos(pool):
         # The download step filled the cache: a replica that still finds a file
         # missing must fail, not fetch it (N replicas would download N times).
         env["HF_HUB_OFFLINE"] = "1"
@@ -179,6 +226,7 @@ def _replica(settings: Settings, index: int, at: Placement) -> ReplicaPlan:
             start_period_seconds=settings.ready_timeout_seconds,
         ),
         url=f"http://{_url_host(public_host, bind_address)}:{host_port}",
+        pool=pool.name,
     )
 
 
@@ -194,25 +242,55 @@ def is_local_model(model: str) -> bool:
     return model.startswith("/")
 
 
-def _download(settings: Settings, python: str) -> DownloadPlan | None:
-    if is_local_model(settings.model):
-        return None
+def _downloads(settings: Settings, python: str) -> tuple[DownloadPlan, ...]:
+    """One job per pool with something new to fetch; a repository is fetched once.
+
+    Without 'models' this is today's one `<prefix>-download` of the model. A
+    pool whose model and adapters an earlier pool fetched has none of its own
+    and waits for that one."""
+    jobs: list[tuple[Pool, list[str], list[str | None]]] = []
+    owner: dict[str, int] = {}
+    """Repository -> the job that fetches it."""
+    for pool in settings.pools():
+        repos = _repos(pool)
+        new = [repo for repo in repos if repo not in owner]
+        if new:
+            owner.update(dict.fromkeys(new, len(jobs)))
+            jobs.append((pool, new, []))
+        for job in dict.fromkeys(owner[repo] for repo in repos):
+            jobs[job][2].append(pool.name)
+    return tuple(
+        _download(settings, pool, tuple(new), tuple(pools), python) for pool, new, pools in jobs
+    )
+
+
+def _download(
+    settings: Settings,
+    pool: Pool,
+    repos: tuple[str, ...],
+    pools: tuple[str | None, ...],
+    python: str,
+) -> DownloadPlan:
     env = _proxy_env(settings)
     # The job sees what the replicas see (HF_ENDPOINT, HF_HUB_ENABLE_HF_TRANSFER,
     # proxies), but must be online and must not find a token in its environment.
     env.update(
         (key, value)
-        for key, value in settings.extra_env.items()
+        for key, value in pool.extra_env.items()
         if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", HF_TOKEN_ENV)
     )
+    infix = f"-{pool.name}" if pool.name is not None else ""
     return DownloadPlan(
-        name=f"{settings.name_prefix}-download",
-        model=settings.model,
+        name=f"{settings.name_prefix}{infix}-download",
+        model=repos[0],
+        more_models=repos[1:],
         env=env,
         timeout_seconds=settings.ready_timeout_seconds,
         progress_seconds=settings.progress_interval_seconds,
         secret_env=(HF_TOKEN_ENV,) if settings.hf_token is not None else (),
         python=python,
+        pool=pool.name,
+        pools=tuple(name for name in pools if name is not None),
     )
 
 
@@ -243,7 +321,15 @@ def _ready_check(
 def _rollouts(
     settings: Settings, replicas: Sequence[ReplicaPlan], lb_name: str, python: str
 ) -> tuple[RolloutPlan, ...]:
-    size = max(1, len(replicas) // 2)
+    """Waves of at most half of a pool, counted in each pool on its own."""
+    in_pool: dict[str | None, list[ReplicaPlan]] = {}
+    for r in replicas:
+        in_pool.setdefault(r.pool, []).append(r)
+    wave_of = {
+        r.name: index // max(1, len(mine) // 2)
+        for mine in in_pool.values()
+        for index, r in enumerate(mine)
+    }
     engines = {h.name: h for h in settings.hosts or ()}
     lb_host = settings.load_balancer_host if settings.hosts is not None else None
 
@@ -285,15 +371,16 @@ def _rollouts(
     return tuple(
         RolloutPlan(
             replica=r.name,
-            wave=index // size,
+            wave=wave_of[r.name],
             drain=drain(r),
             resume=(
                 *argv("resume", r, settings.ready_timeout_seconds),
                 "--probe",
                 f"{r.url}/health",
             ),
+            pool=r.pool,
         )
-        for index, r in enumerate(replicas)
+        for r in replicas
     )
 
 
@@ -303,14 +390,15 @@ def canary_plan(
     rollouts: Sequence[RolloutPlan],
     lb_name: str,
     python: str,
-    name: str = "canary",
+    pool: str | None = None,
 ) -> CanaryPlan | None:
     """The canary step of one rollout: its first wave against the rest.
 
     None when `rollout.canarySeconds` is 0 or the rollout has a single wave
     (one replica): there is nothing left on the old version to compare with.
-    Per rollout (its replicas and their waves), so several rollouts, each with
-    its own waves, each get their own, named apart by `name`.
+    Per rollout (its replicas and their waves): each model pool's rollout has
+    its own waves, so each gets its own step, named like the pool's other
+    resources (`<pool>-canary`); a single-model stack's is `canary`.
     """
     first = [r for r, w in zip(replicas, rollouts, strict=True) if w.wave == 0]
     rest = [r for r, w in zip(replicas, rollouts, strict=True) if w.wave > 0]
@@ -321,7 +409,8 @@ def canary_plan(
         return [w for r in group for w in (flag, f"{r.name}={r.url}/metrics={r.upstream}")]
 
     return CanaryPlan(
-        name=name,
+        name="canary" if pool is None else f"{pool}-canary",
+        pool=pool,
         canary=tuple(r.name for r in first),
         baseline=tuple(r.name for r in rest),
         argv=(
@@ -348,6 +437,25 @@ def canary_plan(
     )
 
 
+def _canaries(
+    rollout: RolloutSettings,
+    replicas: Sequence[ReplicaPlan],
+    rollouts: Sequence[RolloutPlan],
+    lb_name: str,
+    python: str,
+) -> tuple[CanaryPlan, ...]:
+    """A canary per pool: a pool's first wave is compared with that pool's own
+    old replicas (another pool serves another model, so its figures say nothing)."""
+    in_pool: dict[str | None, list[tuple[ReplicaPlan, RolloutPlan]]] = {}
+    for replica, wave in zip(replicas, rollouts, strict=True):
+        in_pool.setdefault(replica.pool, []).append((replica, wave))
+    plans = (
+        canary_plan(rollout, [r for r, _ in mine], [w for _, w in mine], lb_name, python, pool=pool)
+        for pool, mine in in_pool.items()
+    )
+    return tuple(p for p in plans if p is not None)
+
+
 def engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
     """What docker-py's `from_env` (and our TLS-material reader) need to reach an engine."""
     env = {"DOCKER_HOST": host.docker_host}
@@ -363,45 +471,134 @@ def engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
     return env, secret_env
 
 
+def _pool_ready(
+    settings: Settings, replicas: tuple[ReplicaPlan, ...], host: str | None, python: str
+) -> dict[str, CheckPlan]:
+    """With 'models': a readiness check per pool (on this engine), so each pool's
+    replicas are checked, and their logs shown, apart from another pool's."""
+    if settings.models is None:
+        return {}
+    where = f"{host}-" if host is not None else ""
+    checks = {}
+    for pool in settings.models:
+        mine = tuple(r for r in replicas if r.pool == pool.name)
+        if mine:
+            checks[pool.name] = _ready_check(
+                f"{where}{pool.name}-replicas-ready", mine, settings, python
+            )
+    return checks
+
+
 def _hosts(
     settings: Settings, replicas: tuple[ReplicaPlan, ...], python: str
 ) -> tuple[HostPlan, ...]:
-    download = _download(settings, python)
+    downloads = _downloads(settings, python)
+    download = downloads[0] if downloads else None
     if settings.hosts is None:
+        pool_ready = _pool_ready(settings, replicas, None, python)
         return (
             HostPlan(
                 name=None,
                 docker_host=None,
                 replicas=replicas,
                 download=download,
-                ready=_ready_check("replicas-ready", replicas, settings, python),
+                ready=next(
+                    iter(pool_ready.values()),
+                    _ready_check("replicas-ready", replicas, settings, python),
+                ),
                 runs_load_balancer=True,
+                downloads=downloads,
+                pool_ready=pool_ready,
             ),
         )
     plans = []
     for host in settings.hosts:
         mine = tuple(r for r in replicas if r.host == host.name)
         env, secret_env = engine_env(host)
+        pool_ready = _pool_ready(settings, mine, host.name, python)
+        # A pool with no replica on this engine needs none of its repositories here.
+        here = {r.pool for r in mine}
+        on_host = tuple(d for d in downloads if settings.models is None or here & set(d.pools))
         plans.append(
             HostPlan(
                 name=host.name,
                 docker_host=host.docker_host,
                 replicas=mine,
-                download=download,
-                ready=_ready_check(f"{host.name}-replicas-ready", mine, settings, python),
+                download=on_host[0] if on_host else None,
+                ready=next(
+                    iter(pool_ready.values()),
+                    _ready_check(f"{host.name}-replicas-ready", mine, settings, python),
+                ),
                 runs_load_balancer=host is settings.load_balancer_host,
                 engine_env=env,
                 engine_secret_env=secret_env,
                 tls_cert_path=env.get("DOCKER_CERT_PATH"),
                 tls_materials=bool(secret_env),
+                downloads=on_host,
+                pool_ready=pool_ready,
             )
         )
     return tuple(plans)
 
 
+def _model_pools(settings: Settings, replicas: tuple[ReplicaPlan, ...]) -> list[ModelPool]:
+    """The pools as nginx routes them; none for a single-model stack (today's config)."""
+    if settings.models is None:
+        return []
+    return [
+        ModelPool(
+            name=str(pool.name),
+            served_name=pool.served_name,
+            model=pool.model,
+            upstreams=tuple(r.upstream for r in replicas if r.pool == pool.name),
+            policy=pool.policy,
+            adapters=tuple(a.name for a in pool.adapters),
+        )
+        for pool in settings.pools()
+    ]
+
+
+def _pool_plans(
+    settings: Settings, replicas: tuple[ReplicaPlan, ...], project_dir: Path
+) -> tuple[PoolPlan, ...]:
+    if settings.models is None:
+        return ()
+    return tuple(
+        PoolPlan(
+            name=str(pool.name),
+            model=pool.model,
+            served_name=pool.served_name,
+            adapters=tuple((a.name, a.model) for a in pool.adapters),
+            replicas=tuple(r.name for r in replicas if r.pool == pool.name),
+            policy=str(pool.policy),
+            embedding=is_embedding(pool.extra_args),
+            image=_vllm_image(settings, project_dir, pool.image),
+        )
+        for pool in settings.pools()
+    )
+
+
+def _verify_argv(settings: Settings, pools: tuple[PoolPlan, ...], lb_url: str) -> tuple[str, ...]:
+    """Today's `--model` for one model; with pools, every name clients may send,
+    each probed through the load balancer (`--probe`), embedding pools as such."""
+    if not pools:
+        return ("--model", settings.model_name)
+    words: list[str] = []
+    for pool in pools:
+        for name in (pool.served_name, *(a for a, _ in pool.adapters)):
+            words += ["--model", name]
+            if pool.embedding:
+                words += ["--embedding", name]
+    return (*words, "--probe")
+
+
 def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3") -> Plan:
     """Turn settings into the deployment: names, ports, GPUs, env, nginx config."""
-    replicas = tuple(_replica(settings, i, at) for i, at in enumerate(settings.placements()))
+    replicas = tuple(
+        _replica(settings, pool, i, at)
+        for pool in settings.pools()
+        for i, at in enumerate(pool.placements)
+    )
     lb = settings.load_balancer
     # The key check and the TLS files live in files of their own, uploaded as
     # secrets: the main config stays plain text that can be printed and diffed.
@@ -419,7 +616,11 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         api_key_map=CONTAINER_API_KEY_MAP if settings.api_key is not None else None,
         metrics_syslog=monitoring.lb_syslog if monitoring is not None else None,
     )
-    nginx_config = render_nginx_config(lb, [r.upstream for r in replicas], runtime)
+    model_pools = _model_pools(settings, replicas)
+    nginx_config = render_nginx_config(
+        lb, [r.upstream for r in replicas], runtime, pools=model_pools
+    )
+    pools = _pool_plans(settings, replicas, project_dir)
     scheme = "https" if lb.tls else "http"
     lb_host = settings.load_balancer_host
     public_host = lb_host.address if lb_host is not None else settings.public_host
@@ -446,7 +647,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         ready=hosts[0].ready,
         hosts=hosts,
         rollouts=rollouts,
-        canary=canary_plan(settings.rollout, replicas, rollouts, lb.name, python),
+        canaries=_canaries(settings.rollout, replicas, rollouts, lb.name, python),
         load_balancer=LoadBalancerPlan(
             name=lb.name,
             image=ImagePlan(
@@ -459,7 +660,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             config=nginx_config,
             url=lb_url,
             secret_uploads=tuple(uploads),
-            files=render_extra_files(lb, runtime),
+            files=render_extra_files(lb, runtime, pools=model_pools),
             container_port=listen_port,
             stop_grace_seconds=settings.stop_grace_seconds,
         ),
@@ -471,8 +672,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
                 "components.steps.verify",
                 "--url",
                 lb_url,
-                "--model",
-                settings.model_name,
+                *_verify_argv(settings, pools, lb_url),
                 "--timeout",
                 str(settings.verify_timeout_seconds),
             ),
@@ -488,4 +688,5 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         served_model_name=settings.model_name,
         restart_policy=settings.restart_policy,
         monitoring=monitoring,
+        pools=pools,
     )

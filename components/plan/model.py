@@ -139,6 +139,17 @@ class DownloadPlan:
     progress_seconds: int
     secret_env: tuple[str, ...]
     python: str
+    more_models: tuple[str, ...] = ()
+    """Further repositories the same job fetches after `model`: a pool's adapters
+    (and its model when another pool fetched it first, it is not here)."""
+    pool: str | None = None
+    """The pool whose image runs it and whose name it takes; None without 'models'."""
+    pools: tuple[str, ...] = ()
+    """Every pool whose replicas wait for it (a repository is fetched once)."""
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model, *self.more_models)
 
     def argv(self, image: str, volumes: tuple[str, ...]) -> tuple[str, ...]:
         words = [
@@ -147,8 +158,7 @@ class DownloadPlan:
             "components.steps.download",
             "--image",
             image,
-            "--model",
-            self.model,
+            *(word for model in self.models for word in ("--model", model)),
             "--name",
             self.name,
             "--timeout",
@@ -210,6 +220,8 @@ class ReplicaPlan:
     """The 'hosts' entry it runs on (None: the one engine of a stack without 'hosts')."""
     route: Upstream | None = None
     """How nginx reaches it from another engine: its host's address and published port."""
+    pool: str | None = None
+    """The 'models' entry it serves (None without 'models')."""
 
     @property
     def upstream(self) -> Upstream:
@@ -282,6 +294,11 @@ class HostPlan:
     """Variable -> name of the secret: the TLS material the steps' client reads."""
     tls_cert_path: str | None = None
     tls_materials: bool = False
+    downloads: tuple[DownloadPlan, ...] = ()
+    """Every download job on this engine: one per repository, a pool's adapters with
+    it (without 'models', `download` alone)."""
+    pool_ready: Mapping[str, CheckPlan] = field(default_factory=dict)
+    """With 'models': each pool's readiness check on this engine (`ready` is the first)."""
 
     @property
     def resource_prefix(self) -> str:
@@ -303,6 +320,24 @@ class RolloutPlan:
     wave: int
     drain: tuple[str, ...]
     resume: tuple[str, ...]
+    pool: str | None = None
+    """Waves are counted per pool: a pool's update waits on none of another's."""
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One model pool: what it serves, where its replicas are, how it is checked."""
+
+    name: str
+    model: str
+    served_name: str
+    adapters: tuple[tuple[str, str], ...]
+    """(name clients send, Hub id or path) of each LoRA adapter."""
+    replicas: tuple[str, ...]
+    policy: str
+    embedding: bool
+    """Served with vLLM's pooling runner: the verify step asks it for an embedding."""
+    image: ImagePlan
 
 
 @dataclass(frozen=True)
@@ -318,6 +353,8 @@ class CanaryPlan:
     """The first wave's replicas."""
     baseline: tuple[str, ...]
     argv: tuple[str, ...]
+    pool: str | None = None
+    """The model pool whose rollout it watches; None for a single-model stack."""
 
     @property
     def command(self) -> str:
@@ -339,8 +376,11 @@ class Plan:
     served_model_name: str
     restart_policy: str
     monitoring: MonitoringPlan | None = None
+    pools: tuple[PoolPlan, ...] = ()
+    """With 'models', every pool; empty for a single-model stack."""
     hosts: tuple[HostPlan, ...] = ()
     """Every engine with its replicas, download and readiness steps; `download`
     and `ready` above are the first one's (the only one without 'hosts')."""
-    canary: CanaryPlan | None = None
-    """The update's canary step (None: `rollout.canarySeconds` 0, or a single wave)."""
+    canaries: tuple[CanaryPlan, ...] = ()
+    """One canary step per rollout with a second wave (each pool's own); none
+    with `rollout.canarySeconds` 0."""

@@ -41,6 +41,8 @@ EXPORTER_SOURCE = CONTAINERS_DIR / "exporter" / "lb_exporter.py"
 DATASOURCE_UID = "vllm-prometheus"
 """The uid every panel of the dashboard names; the provisioned data source has it."""
 REPLICA_LABEL = "replica"
+POOL_LABEL = "pool"
+MODEL_LABEL = "model"
 
 PROMETHEUS_PORT = 9090
 PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
@@ -113,6 +115,20 @@ def _url_host(public_host: str, bind_address: str) -> str:
     return bind_address if bind_address.startswith("127.") else public_host
 
 
+def _pool_labels(settings: Settings, replica: str) -> dict[str, str]:
+    """With 'models': the replica's pool and the name its model is served as.
+
+    vLLM labels its own series `model_name` already; these label every series of
+    the target, so a panel can split by pool even for series without it."""
+    if settings.models is None:
+        return {}
+    served = {pool.name: pool.model_name for pool in settings.models}
+    pool = next((p.pool for p in settings.placements() if p.name == replica), None)
+    if pool is None:
+        return {}
+    return {POOL_LABEL: pool, MODEL_LABEL: served[pool]}
+
+
 def prometheus_config(
     settings: Settings, *, api_key_file: str | None, replicas: Mapping[str, str]
 ) -> str:
@@ -133,7 +149,7 @@ def prometheus_config(
         "job_name": "vllm",
         "metrics_path": "/metrics",
         "static_configs": [
-            {"targets": [address], "labels": {REPLICA_LABEL: name}}
+            {"targets": [address], "labels": {REPLICA_LABEL: name, **_pool_labels(settings, name)}}
             for name, address in replicas.items()
         ],
     }

@@ -63,6 +63,13 @@ class HostResources:
     download: command.local.Command | None = None
     replicas: list[docker.Container] = field(default_factory=list)
     ready: command.local.Command | None = None
+    downloads: dict[str | None, list[command.local.Command]] = field(default_factory=dict)
+    """Pool (None without 'models') -> the download jobs its replicas wait for."""
+    pool_images: dict[str, pulumi.Output[str]] = field(default_factory=dict)
+    """Pool -> its own image, when it has one other than the stack's."""
+    members: list[tuple[ReplicaPlan, docker.Container]] = field(default_factory=list)
+    checks: list[command.local.Command] = field(default_factory=list)
+    """Every readiness check on this engine (one per pool with 'models')."""
 
 
 @dataclass(frozen=True)
@@ -162,50 +169,53 @@ class VllmCluster(pulumi.ComponentResource):
         self.download = self.hosts[0].download
         host_of = {r.name: h for h in self.hosts for r in h.plan.replicas}
         # Replicas, in waves across all hosts: a wave's replicas wait for the
-        # previous wave to be back in rotation, so an update keeps at least half
-        # of them serving. On a first deploy no wave waits (components.shell.serving).
+        # previous wave of their pool to be back in rotation, so an update keeps
+        # at least half of each pool serving and one pool's update never waits on
+        # another's. On a first deploy no wave waits (components.shell.serving).
         self.replicas = []
         self.rotations: list[command.local.Command] = []
-        self.canary: command.local.Command | None = None
-        previous_wave: list[pulumi.Resource] = []
+        # One canary per pool with a second wave, keyed by pool (None: no 'models').
+        self.canaries: dict[str | None, command.local.Command] = {}
+        canary_of = {c.pool: c for c in plan.canaries}
+        previous_wave: dict[str | None, list[pulumi.Resource]] = {}
         for wave in sorted({r.wave for r in plan.rollouts}):
-            this_wave: list[pulumi.Resource] = []
+            this_wave: dict[str | None, list[pulumi.Resource]] = {}
+            containers: dict[str | None, list[docker.Container]] = {}
             for replica, rollout in zip(plan.replicas, plan.rollouts, strict=True):
                 if rollout.wave != wave:
                     continue
                 host = host_of[replica.name]
-                after = [host.download] if host.download is not None else []
-                waits = previous_wave if args.rolling else []
+                after = host.downloads.get(replica.pool, [])
+                waits = previous_wave.get(rollout.pool, []) if args.rolling else []
                 container = self._replica(name, replica, host, [*after, *waits])
                 host.replicas.append(container)
+                host.members.append((replica, container))
                 self.replicas.append(container)
                 rotation = self._rotation(name, rollout, container, lb_host.plan)
                 self.rotations.append(rotation)
-                this_wave.append(rotation)
-            previous_wave = this_wave
-            if wave == 0 and plan.canary is not None:
-                # The next wave waits for the canary's verdict, not only its resume.
-                first = self.replicas[-len(this_wave) :]
-                self.canary = self._canary(name, plan.canary, first, this_wave, lb_host.plan)
-                previous_wave = [self.canary]
-        # nginx waits for every host's readiness.
+                this_wave.setdefault(rollout.pool, []).append(rotation)
+                containers.setdefault(rollout.pool, []).append(container)
+            previous_wave.update(this_wave)
+            if wave == 0:
+                # A pool's next wave waits for its canary's verdict, not only its resume.
+                for pool, resumed in this_wave.items():
+                    if (canary := canary_of.get(pool)) is not None:
+                        watch = self._canary(name, canary, containers[pool], resumed, lb_host.plan)
+                        self.canaries[pool] = watch
+                        previous_wave[pool] = [watch]
+        # nginx waits for every host's readiness (of every pool).
         for host in self.hosts:
-            host.ready = self._check(
-                name,
-                host.plan.ready,
-                host.replicas,
-                [c.id for c in host.replicas],
-                engine=host.plan,
-            )
+            host.checks = self._readiness(name, host)
+            host.ready = host.checks[0]
         self.ready = self.hosts[0].ready
         nginx_image_ref = self._image(
             f"{name}-nginx-image", plan.load_balancer.image, lb_host.provider
         )
         lb_after: list[pulumi.Resource] = [
             *self.replicas,
-            *(h.ready for h in self.hosts if h.ready is not None),
-            # On a first deploy the canary then finds no nginx and returns at once.
-            *([self.canary] if self.canary is not None else []),
+            *(check for h in self.hosts for check in h.checks),
+            # On a first deploy the canaries then find no nginx and return at once.
+            *self.canaries.values(),
         ]
 
         self.monitoring: Monitoring | None = None
@@ -258,7 +268,7 @@ class VllmCluster(pulumi.ComponentResource):
         self.lb_config = self._lb_config(
             name,
             lb,
-            [*self.rotations, *(h.ready for h in self.hosts if h.ready is not None)],
+            [*self.rotations, *(check for h in self.hosts for check in h.checks)],
             lb_host.plan,
         )
         self.verify = self._check(
@@ -298,8 +308,27 @@ class VllmCluster(pulumi.ComponentResource):
                 "verified_models": self.verified_models,
                 **self.monitoring_outputs(),
                 **self.hosts_outputs(),
+                **self.pools_outputs(),
             }
         )
+
+    def pools_outputs(self) -> dict[str, pulumi.Output[Any]]:
+        """With 'models': per pool, its served name, adapters and replicas."""
+        if not self.plan.pools:
+            return {}
+        return {
+            "pools": pulumi.Output.from_input(
+                {
+                    pool.name: {
+                        "model": pool.model,
+                        "served_model_name": pool.served_name,
+                        "adapters": [name for name, _ in pool.adapters],
+                        "replica_names": list(pool.replicas),
+                    }
+                    for pool in self.plan.pools
+                }
+            )
+        }
 
     def hosts_outputs(self) -> dict[str, pulumi.Output[Any]]:
         """Per host, its replicas (names, URLs) and engine; only with 'hosts'."""
@@ -331,20 +360,65 @@ class VllmCluster(pulumi.ComponentResource):
                 name=plan.compile_cache.volume,
                 opts=opts(retain_on_delete=plan.compile_cache.keep_on_destroy),
             )
+        # A pool with an image of its own pulls (or builds) it on this engine once;
+        # the stack's image only if a replica here runs it.
+        here = {r.pool for r in host.replicas}
+        pool_images: dict[str, pulumi.Output[str]] = {}
+        for own in plan.pools:
+            if own.image == plan.vllm_image or own.name not in here:
+                continue
+            # An image plan holds mappings (build args): compared, not hashed.
+            first = next(p for p in plan.pools if p.image == own.image and p.name in here)
+            if first.name not in pool_images:
+                pool_images[first.name] = self._image(
+                    f"{prefix}{first.name}-vllm-image", own.image, provider
+                )
+            pool_images[own.name] = pool_images[first.name]
+        stack_image = not plan.pools or any(
+            p.image == plan.vllm_image and p.name in here for p in plan.pools
+        )
         resources = HostResources(
             plan=host,
             provider=provider,
             network=network,
             cache_volume=cache_volume,
             compile_volume=compile_volume,
-            image=self._image(f"{prefix}vllm-image", plan.vllm_image, provider),
+            image=(
+                self._image(f"{prefix}vllm-image", plan.vllm_image, provider)
+                if stack_image
+                else next(iter(pool_images.values()))
+            ),
+            pool_images=pool_images,
         )
-        # One download, then every replica at once: each loads from the cache
-        # offline, so none waits for another's load (docs/design.md, start-up order).
-        # The replicas and the readiness check come after, in waves across hosts.
-        if host.download is not None:
-            resources.download = self._download(prefix, host.download, resources)
+        # One download per repository, then every replica of its pools at once:
+        # each loads from the cache offline, so none waits for another's load
+        # (docs/design.md, start-up order). The replicas and the readiness check
+        # come after, in waves across hosts.
+        for download in host.downloads:
+            job = self._download(prefix, download, resources)
+            if resources.download is None:
+                resources.download = job
+            for pool in download.pools or (None,):
+                resources.downloads.setdefault(pool, []).append(job)
         return resources
+
+    def _readiness(self, name: str, host: HostResources) -> list[command.local.Command]:
+        """The engine's readiness check, or with 'models' one per pool on it."""
+        if not host.plan.pool_ready:
+            return [
+                self._check(
+                    name,
+                    host.plan.ready,
+                    host.replicas,
+                    [c.id for c in host.replicas],
+                    engine=host.plan,
+                )
+            ]
+        checks = []
+        for pool, check in host.plan.pool_ready.items():
+            mine = [c for r, c in host.members if r.pool == pool]
+            checks.append(self._check(name, check, mine, [c.id for c in mine], engine=host.plan))
+        return checks
 
     def _engine_provider(self, name: str, host: HostPlan) -> docker.Provider | None:
         """An explicit provider per named host; the unnamed one uses the default."""
@@ -442,7 +516,7 @@ class VllmCluster(pulumi.ComponentResource):
         return docker.Container(
             f"{name}-{replica.name}",
             name=replica.name,
-            image=host.image,
+            image=host.pool_images.get(str(replica.pool), host.image),
             entrypoints=list(replica.entrypoint),
             command=list(replica.command),
             envs=envs,
@@ -499,7 +573,8 @@ class VllmCluster(pulumi.ComponentResource):
         volume_source: pulumi.Input[str] = (
             host.cache_volume.name if host.cache_volume is not None else str(cache.host_path)
         )
-        create = pulumi.Output.all(host.image, volume_source).apply(
+        image = host.pool_images.get(str(download.pool), host.image)
+        create = pulumi.Output.all(image, volume_source).apply(
             lambda values: download.command(str(values[0]), (f"{values[1]}:{cache.mount_path}",))
         )
         environment: dict[str, pulumi.Input[str]] = {
@@ -512,7 +587,7 @@ class VllmCluster(pulumi.ComponentResource):
         if host.cache_volume is not None:
             after.append(host.cache_volume)
         return command.local.Command(
-            f"{prefix}download",
+            f"{prefix}{download.pool}-download" if download.pool else f"{prefix}download",
             create=create,
             dir=str(self._args.project_dir),
             environment=environment,

@@ -48,9 +48,11 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
     problems = deployment_problems(settings, docker_host=docker_host, project_dir=PROJECT_DIR)
     if problems:
         raise ConfigError(problems)
-    release_warning = old_release_warning(settings.vllm_image.prebuilt)
-    if release_warning is not None:
-        pulumi.log.warn(release_warning)
+    # The stack's image, and a pool's own.
+    for key, image in settings.images():
+        release_warning = old_release_warning(image.prebuilt, f"{key}.prebuilt")
+        if release_warning is not None:
+            pulumi.log.warn(release_warning)
     lb = settings.load_balancer
     if settings.api_key is None and not ipaddress.ip_address(lb.bind_address).is_loopback:
         pulumi.log.warn(
@@ -80,4 +82,5 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
         "verified_models": cluster.verified_models,
         **cluster.monitoring_outputs(),
         **cluster.hosts_outputs(),
+        **cluster.pools_outputs(),
     }

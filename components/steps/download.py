@@ -125,6 +125,7 @@ def run_job(
     image: str,
     model: str,
     name: str,
+    more_models: Sequence[str] = (),
     volumes: dict[str, dict[str, str]],
     network: str | None,
     env: dict[str, str],
@@ -146,7 +147,11 @@ def run_job(
             image,
             name=name,
             entrypoint=entrypoint,
-            command=["--model", model, "--progress-seconds", f"{interval:g}"],
+            command=[
+                *(word for repo in (model, *more_models) for word in ("--model", repo)),
+                "--progress-seconds",
+                f"{interval:g}",
+            ],
             environment=environment,
             volumes=volumes,
             network=network,
@@ -231,7 +236,12 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--image", required=True)
-    parser.add_argument("--model", required=True)
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="a repository to fetch; again for more (a pool's LoRA adapters), by one job",
+    )
     parser.add_argument("--name", required=True, help="name of the job container")
     parser.add_argument("--volume", type=_volume, action="append", default=[])
     parser.add_argument(
@@ -256,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_job(
             client,
             image=args.image,
-            model=args.model,
+            model=args.model[0],
+            more_models=args.model[1:],
             name=args.name,
             volumes=dict(args.volume),
             network=args.network,
@@ -268,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DownloadFailed as err:
         print(f"error: {redact(str(err), os.environ)}", file=sys.stderr)
         return 1
-    _say(f"download step for {args.model} done in {time.monotonic() - started:.1f} s")
+    _say(f"download step for {', '.join(args.model)} done in {time.monotonic() - started:.1f} s")
     return 0
 
 

@@ -4,6 +4,11 @@ Run by `pulumi up` after nginx starts, with the official `openai` client, so a
 deployment that looks fine to Docker but cannot serve (wrong served name, API
 key mismatch, nginx not routing) fails the update instead of the first user.
 The API key comes from the environment (a Pulumi secret), never from argv.
+
+With model pools (`--probe`) the load balancer answers `/v1/models` itself,
+which proves no replica answers: each name is then asked for one token (or,
+for an embedding pool, one embedding) through the load balancer, so every
+pool and adapter is shown to route to replicas that serve it.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import openai
+
+T = TypeVar("T")
 
 
 def _trusting(certificate: str | None) -> openai.DefaultHttpxClient | None:
@@ -30,47 +38,108 @@ def _trusting(certificate: str | None) -> openai.DefaultHttpxClient | None:
     return openai.DefaultHttpxClient(verify=context)
 
 
-def served_models(
-    url: str, api_key: str | None, timeout: float, certificate: str | None = None
-) -> list[str]:
-    """The model ids the LB lists, retried until it answers or time runs out."""
-    client = openai.OpenAI(
+def _client(
+    url: str, api_key: str | None, timeout: float, certificate: str | None
+) -> openai.OpenAI:
+    return openai.OpenAI(
         base_url=f"{url.rstrip('/')}/v1",
         api_key=api_key or "unused",
         max_retries=0,
-        timeout=10,
+        timeout=timeout,
         http_client=_trusting(certificate),
     )
+
+
+def _until_answered(ask: Callable[[], T], timeout: float) -> T:
+    """`ask()`, retried while nginx or its upstream is not up yet, until `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return [model.id for model in client.models.list()]
+            return ask()
         except (openai.APIConnectionError, openai.InternalServerError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
 
 
+def served_models(
+    url: str, api_key: str | None, timeout: float, certificate: str | None = None
+) -> list[str]:
+    """The model ids the LB lists, retried until it answers or time runs out."""
+    client = _client(url, api_key, 10, certificate)
+    return _until_answered(lambda: [model.id for model in client.models.list()], timeout)
+
+
+def probe(
+    url: str,
+    model: str,
+    *,
+    embedding: bool,
+    api_key: str | None,
+    timeout: float,
+    certificate: str | None = None,
+) -> str:
+    """One minimal request naming `model` through the load balancer; what answered.
+
+    Retried like `/v1/models` while the pool's upstream is still coming up (a
+    502/503 from nginx); a 4xx is the pool's own answer, and final."""
+    client = _client(url, api_key, 30, certificate)
+
+    def ask() -> str:
+        if embedding:
+            return client.embeddings.create(model=model, input="ping").model
+        return client.completions.create(model=model, prompt="ping", max_tokens=1).model
+
+    return _until_answered(ask, timeout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="check that the LB serves the model")
     parser.add_argument("--url", required=True)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", required=True, action="append")
+    parser.add_argument(
+        "--embedding", action="append", default=[], help="a --model served by a pooling runner"
+    )
+    parser.add_argument(
+        "--probe", action="store_true", help="ask each --model for one token through the LB"
+    )
     parser.add_argument("--timeout", type=float, default=120)
     args = parser.parse_args(argv)
+    api_key = os.environ.get("VLLM_API_KEY")
+    certificate = os.environ.get("VLLM_NGINX_LB_CERTIFICATE")
     try:
-        models = served_models(
-            args.url,
-            os.environ.get("VLLM_API_KEY"),
-            args.timeout,
-            os.environ.get("VLLM_NGINX_LB_CERTIFICATE"),
-        )
+        models = served_models(args.url, api_key, args.timeout, certificate)
     except openai.APIError as err:
         print(f"error: {args.url}/v1/models failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    if args.model not in models:
-        print(f"error: {args.url}/v1/models lists {models}, not {args.model!r}", file=sys.stderr)
+    missing = [m for m in args.model if m not in models]
+    if missing:
+        wanted = missing[0] if len(args.model) == 1 else missing
+        print(f"error: {args.url}/v1/models lists {models}, not {wanted!r}", file=sys.stderr)
         return 1
-    print(json.dumps({"url": args.url, "models": models}))
+    if not args.probe:
+        print(json.dumps({"url": args.url, "models": models}))
+        return 0
+    answered: dict[str, str] = {}
+    for model in args.model:
+        kind = "embedding" if model in args.embedding else "completion"
+        try:
+            answered[model] = probe(
+                args.url,
+                model,
+                embedding=model in args.embedding,
+                api_key=api_key,
+                timeout=args.timeout,
+                certificate=certificate,
+            )
+        except openai.APIError as err:
+            print(
+                f"error: a {kind} request for {model!r} through {args.url} failed: "
+                f"{type(err).__name__}: {err}",
+                file=sys.stderr,
+            )
+            return 1
+    print(json.dumps({"url": args.url, "models": models, "answered": answered}))
     return 0
 
 

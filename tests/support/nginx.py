@@ -29,6 +29,7 @@ from components.lb.nginx_conf import (
     render_extra_files,
     render_nginx_config,
 )
+from components.lb.pools import ModelPool
 
 LOOPBACK = "127.0.0.1"
 _NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -87,9 +88,11 @@ def require_njs() -> str:
     return NJS_MODULE_PATH
 
 
-def write_extra_files(lb: LoadBalancerSettings, runtime: NginxRuntime) -> None:
-    """The files the config reads (the njs script), where the runtime says, as deployed."""
-    for path, text in render_extra_files(lb, runtime).items():
+def write_extra_files(
+    lb: LoadBalancerSettings, runtime: NginxRuntime, pools: Sequence[ModelPool] = ()
+) -> None:
+    """The files the config reads (the njs scripts), where the runtime says, as deployed."""
+    for path, text in render_extra_files(lb, runtime, pools).items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
         Path(path).chmod(0o644)
@@ -324,6 +327,7 @@ def balancer(
     sandbox_prefix: str = "nginx-test-",
     tls: TlsFiles | None = None,
     api_key: str | None = None,
+    pools: Sequence[ModelPool] = (),
     **lb_fields: Any,
 ) -> Iterator[RunningNginx]:
     """A real nginx on loopback in front of replicas on `ports`.
@@ -331,7 +335,8 @@ def balancer(
     Our rendered config with `lb_fields` as LoadBalancerSettings (names are
     IP addresses, so no `resolve`), or the guide's config with `guide=True`.
     `tls` serves https with those files; `api_key` writes the key file into
-    the sandbox and makes the balancer require the key.
+    the sandbox and makes the balancer require the key. With `pools` the
+    balancer routes by model (`ports` then only serve the exposed paths).
     """
     sandbox = make_sandbox(sandbox_prefix)
     port = free_port()
@@ -343,8 +348,8 @@ def balancer(
             config = render_guide_config(upstreams, runtime, guide_read_timeout)
         else:
             lb = LoadBalancerSettings(dynamic_resolve=False, **lb_fields)
-            config = render_nginx_config(lb, upstreams, runtime)
-            write_extra_files(lb, runtime)
+            config = render_nginx_config(lb, upstreams, runtime, pools)
+            write_extra_files(lb, runtime, pools)
         scheme = "http" if tls is None else "https"
         with running_nginx(binary, config, sandbox, port, scheme=scheme) as nginx:
             yield nginx

@@ -38,6 +38,7 @@ def _stream_forever(
     stop: threading.Event,
     streams: list[Stream],
     lock: threading.Lock,
+    model: str = "tiny-chat",
 ) -> None:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=60)
     while not stop.is_set():
@@ -45,7 +46,7 @@ def _stream_forever(
         count, reason, error = 0, None, None
         try:
             stream = client.chat.completions.create(
-                model="tiny-chat",
+                model=model,
                 messages=[{"role": "user", "content": "go"}],
                 max_tokens=tokens,
                 stream=True,
@@ -63,14 +64,16 @@ def _stream_forever(
 
 @contextmanager
 def streaming_load(
-    url: str, api_key: str, *, workers: int, tokens: int = 24
+    url: str, api_key: str, *, workers: int, tokens: int = 24, model: str = "tiny-chat"
 ) -> Iterator[list[Stream]]:
     """`workers` clients streaming back to back until the block ends; the list fills as
-    streams finish (complete once the block has exited)."""
+    streams finish (complete once the block has exited). `model` is what they ask for."""
     streams: list[Stream] = []
     lock, stop = threading.Lock(), threading.Event()
     threads = [
-        threading.Thread(target=_stream_forever, args=(url, api_key, tokens, stop, streams, lock))
+        threading.Thread(
+            target=_stream_forever, args=(url, api_key, tokens, stop, streams, lock, model)
+        )
         for _ in range(workers)
     ]
     for thread in threads:

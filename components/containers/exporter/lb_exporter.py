@@ -45,6 +45,11 @@ LOG_FIELDS = (
     ("upstream_response_time", "$upstream_response_time"),
 )
 LOG_FORMAT = "{" + ",".join(f'"{key}":"{var}"' for key, var in LOG_FIELDS) + "}"
+# With model routing nginx also sends the pool that took the request (set by
+# its router; empty when it answered 404 itself), which every per-request
+# series then carries as the label `pool`.
+POOL_LOG_FIELDS = (*LOG_FIELDS, ("pool", "$lb_pool"))
+POOL_LOG_FORMAT = "{" + ",".join(f'"{key}":"{var}"' for key, var in POOL_LOG_FIELDS) + "}"
 SYSLOG_TAG = "vllm_lb"
 SYSLOG_PORT = 5514
 METRICS_PORT = 9113
@@ -61,7 +66,9 @@ def _escape(value: str) -> str:
 
 
 def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    # An empty value is left out, as Prometheus reads it anyway: without model
+    # routing the series are exactly those without the `pool` label.
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True) if v]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
@@ -185,12 +192,14 @@ class LbMetrics:
         self.names = names
         self.lock = threading.Lock()
         self.requests = Counter(
-            "vllm_lb_requests", "Requests answered by the load balancer, by status.", ["status"]
+            "vllm_lb_requests",
+            "Requests answered by the load balancer, by status (and model pool).",
+            ["status", "pool"],
         )
         self.attempts = Counter(
             "vllm_lb_upstream_attempts",
             "Attempts sent to a replica (a retried request counts once per replica tried).",
-            ["replica", "status"],
+            ["replica", "status", "pool"],
         )
         self.retries = Counter(
             "vllm_lb_retries", "Attempts beyond the first: requests resent to another replica."
@@ -199,22 +208,22 @@ class LbMetrics:
         self.unparsed = Counter("vllm_lb_unparsed_lines", "Log lines that were not understood.")
         self.duration = Histogram(
             "vllm_lb_request_duration_seconds",
-            "Whole request as nginx saw it ($request_time), by status.",
+            "Whole request as nginx saw it ($request_time), by status (and model pool).",
             RESPONSE_BUCKETS,
-            ["status"],
+            ["status", "pool"],
         )
         self.header = Histogram(
             "vllm_lb_upstream_header_seconds",
             "Time to the replica's first response byte ($upstream_header_time); for streams "
             "about the time to first token.",
             HEADER_BUCKETS,
-            ["replica"],
+            ["replica", "pool"],
         )
         self.response = Histogram(
             "vllm_lb_upstream_response_seconds",
             "Time to the replica's last response byte ($upstream_response_time).",
             RESPONSE_BUCKETS,
-            ["replica"],
+            ["replica", "pool"],
         )
         self.families = (
             self.requests,
@@ -243,10 +252,11 @@ class LbMetrics:
 
     def _record(self, record: dict[str, object]) -> None:
         status = str(record["status"])
-        self.requests.inc([status])
+        pool = str(record.get("pool", ""))
+        self.requests.inc([status, pool])
         took = _seconds(str(record.get("request_time", "")))
         if took is not None:
-            self.duration.observe(took, [status])
+            self.duration.observe(took, [status, pool])
         addresses = _split(str(record.get("upstream_addr", "")))
         statuses = _split(str(record.get("upstream_status", "")))
         headers = _split(str(record.get("upstream_header_time", "")))
@@ -256,13 +266,13 @@ class LbMetrics:
         for index, address in enumerate(addresses):
             replica = self.names.name(address)
             attempt_status = statuses[index] if index < len(statuses) else "-"
-            self.attempts.inc([replica, attempt_status])
+            self.attempts.inc([replica, attempt_status, pool])
             header = _seconds(headers[index]) if index < len(headers) else None
             if header is not None:
-                self.header.observe(header, [replica])
+                self.header.observe(header, [replica, pool])
             response = _seconds(responses[index]) if index < len(responses) else None
             if response is not None:
-                self.response.observe(response, [replica])
+                self.response.observe(response, [replica, pool])
 
     def render(self) -> str:
         with self.lock:

@@ -303,17 +303,24 @@ def classify(exc: BaseException, model: str, has_token: bool) -> tuple[int, str]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", required=True)
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="a repository to fetch; again for more (a pool's model, then its LoRA adapters)",
+    )
     parser.add_argument("--progress-seconds", type=float, default=15.0)
     args = parser.parse_args(argv)
     token_path = os.environ.get("HF_TOKEN_PATH")
     has_token = bool(token_path and Path(token_path).is_file())
-    try:
-        return download(args.model, args.progress_seconds)
-    except Exception as exc:
-        code, cause = classify(exc, args.model, has_token)
-        print(ERROR_PREFIX + cause, flush=True)
-        return code
+    for model in args.model:
+        try:
+            download(model, args.progress_seconds)
+        except Exception as exc:
+            code, cause = classify(exc, model, has_token)
+            print(ERROR_PREFIX + cause, flush=True)
+            return code
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,0 +1,272 @@
+"""The rules of model pools ('models'): which top-level keys they replace, names,
+devices and ports across pools, each reported on the key as written
+(`models[1].gpus[0]`, `models[0].adapters[1].name`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from components.config.pool_sections import PoolHostSettings, PoolSettings
+from components.config.rule import Rule, rule
+from components.config.sections import Backend
+from components.config.vllm_args import LORA_FLAGS, managed_flag_problem
+
+if TYPE_CHECKING:
+    from components.config.settings import Placement, Settings
+
+POOL_KEYS = {
+    "model": ("model", "model"),
+    "served_model_name": ("servedModelName", "servedModelName"),
+    "tensor_parallel_size": ("tensorParallelSize", "tensorParallelSize"),
+}
+"""Top-level keys a pool says for itself: the key, and the pool's key that says it."""
+POOL_PLACEMENT_KEYS = {
+    "replicas": ("replicas", "replicas"),
+    "gpus": ("gpus", "gpus"),
+}
+"""Placement keys a pool says for itself; with 'hosts' the hosts rules report them."""
+
+
+def _replaced_keys(s: Settings) -> Iterator[Rule]:
+    keys = dict(POOL_KEYS)
+    if s.hosts is None:
+        keys.update(POOL_PLACEMENT_KEYS)
+    for field, (key, own) in keys.items():
+        if field in s.model_fields_set:
+            yield rule(
+                key,
+                f"must not be set with 'models': each pool says its own ('models[i].{own}')",
+                "models",
+            )
+    if s.hosts is None and "cpu_sets" in s.cpu.model_fields_set:
+        yield rule(
+            "cpu.cpuSets",
+            "must not be set with 'models': each pool says its own ('models[i].cpuSets')",
+            "models",
+        )
+
+
+def _name_rules(models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
+    """Pool names name replicas and upstreams; served and adapter names route requests."""
+    pools: dict[str, int] = {}
+    served: dict[str, str] = {}
+    for i, pool in enumerate(models):
+        key = f"models[{i}]"
+        if pool.name in pools:
+            yield rule(f"{key}.name", f"{pool.name} is also the name of models[{pools[pool.name]}]")
+        pools.setdefault(pool.name, i)
+        named = f"{key}.servedModelName" if pool.served_model_name else f"{key}.model"
+        owned = [(named, pool.model_name)]
+        owned += [(f"{key}.adapters[{a}].name", ad.name) for a, ad in enumerate(pool.adapters)]
+        for where, name in owned:
+            if name in served:
+                yield rule(
+                    where,
+                    f"{name} is also served as {served[name]}: a request names one model, "
+                    "which must go to one pool",
+                    "models",
+                )
+            served.setdefault(name, where)
+
+
+def _arg_rules(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
+    """The LoRA options belong to the pools' 'adapters', which the load balancer routes."""
+    for key, args in [("extraArgs", s.extra_args)] + [
+        (f"models[{i}].extraArgs", pool.extra_args) for i, pool in enumerate(models)
+    ]:
+        for arg in args:
+            problem = managed_flag_problem(arg, LORA_FLAGS)
+            if problem is not None:
+                yield rule(key, f"{problem} (with 'models')", "models")
+                break
+
+
+def _device_keys(s: Settings, i: int, pool: PoolSettings) -> Iterator[Rule]:
+    """Per pool: GPUs for the GPU backend, CPU sets for the CPU one, and their counts."""
+    key = f"models[{i}]"
+    cpu = s.backend is Backend.CPU
+    entries: list[tuple[str, PoolSettings | PoolHostSettings, int | None]] = []
+    if s.hosts is None:
+        if pool.hosts is not None:
+            yield rule(f"{key}.hosts", "is set but the stack has no 'hosts'", "hosts")
+        entries.append((key, pool, pool.replicas))
+    else:
+        for field, value in (
+            ("replicas", pool.replicas),
+            ("gpus", pool.gpus),
+            ("cpuSets", pool.cpu_sets),
+        ):
+            if value is not None:
+                yield rule(
+                    f"{key}.{field}",
+                    f"must not be set with 'hosts': each of '{key}.hosts' says its own",
+                    "hosts",
+                )
+        if pool.hosts is None:
+            yield rule(
+                f"{key}.hosts",
+                "is required with 'hosts': say on which hosts the pool's replicas run "
+                "(`- host: <hosts[i].name>`, with 'replicas', 'gpus' or 'cpuSets')",
+                "hosts",
+            )
+        names = [h.name for h in s.hosts]
+        seen: set[str] = set()
+        for h, on_host in enumerate(pool.hosts or ()):
+            where = f"{key}.hosts[{h}]"
+            if on_host.host not in names:
+                yield rule(
+                    f"{where}.host",
+                    f"names no host in 'hosts' (they are: {', '.join(names)})",
+                    "hosts",
+                )
+            if on_host.host in seen:
+                yield rule(f"{where}.host", f"{on_host.host} is listed twice in '{key}.hosts'")
+            seen.add(on_host.host)
+            entries.append((where, on_host, on_host.replicas))
+    for where, entry, replicas in entries:
+        gpus, cpu_sets = entry.gpus, entry.cpu_sets
+        if gpus is not None and cpu:
+            yield rule(f"{where}.gpus", "must not be set with 'backend' cpu", "backend")
+        if cpu_sets is not None and not cpu:
+            yield rule(f"{where}.cpuSets", "is for 'backend' cpu; GPU pools list 'gpus'", "backend")
+        for field, groups in (("gpus", gpus), ("cpuSets", cpu_sets)):
+            if groups is not None and replicas is not None and len(groups) != replicas:
+                yield rule(
+                    f"{where}.{field}",
+                    f"lists {len(groups)} replicas but '{where}.replicas' is {replicas}",
+                )
+        for r, ids in enumerate(gpus or ()):
+            if len(ids) != pool.tensor_parallel_size:
+                yield rule(
+                    f"{where}.gpus[{r}]",
+                    f"has {len(ids)} GPUs but '{key}.tensorParallelSize' is "
+                    f"{pool.tensor_parallel_size}",
+                )
+
+
+def _device_key(s: Settings, i: int, pool: PoolSettings, at: Placement, kind: str) -> str:
+    """Where a replica's GPUs or cores are written, or would be."""
+    key = f"models[{i}]"
+    if at.host is not None:
+        h = next(h for h, e in enumerate(pool.hosts or ()) if e.host == at.host.name)
+        key = f"{key}.hosts[{h}]"
+        listed = getattr((pool.hosts or ())[h], kind)
+    else:
+        listed = getattr(pool, kind)
+    field = "gpus" if kind == "gpus" else "cpuSets"
+    if listed is not None:
+        return f"{key}.{field}[{at.index}]"
+    return f"{key}.{field}" if kind == "gpus" else "cpu.coresPerReplica"
+
+
+def _shared_devices(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
+    """A GPU or core belongs to one replica of one pool on its engine."""
+    index = {pool.name: i for i, pool in enumerate(models)}
+    gpus: dict[tuple[str | None, int], str] = {}
+    cores: dict[tuple[str | None, int], str] = {}
+    reported: set[str] = set()
+    for at in s.placements():
+        if at.pool is None or at.pool not in index:
+            continue
+        i = index[at.pool]
+        pool = models[i]
+        engine = at.host.name if at.host is not None else None
+        on = f" on host {engine}" if engine is not None else ""
+        for kind, ids, taken, noun in (
+            ("gpus", at.gpus, gpus, "GPU"),
+            ("cpu_sets", at.cores, cores, "CPU"),
+        ):
+            key = _device_key(s, i, pool, at, kind)
+            for device in ids:
+                owner = taken.get((engine, device))
+                if owner is not None and key not in reported:
+                    reported.add(key)
+                    yield rule(
+                        key,
+                        f"gives replica {at.name} {noun} {device}{on}, which {owner} uses too; "
+                        "replicas share no GPU or CPU core, in a pool or across pools",
+                        "models",
+                    )
+                taken.setdefault((engine, device), f"replica {at.name}")
+        if at.cores and len(at.cores) % pool.tensor_parallel_size:
+            yield rule(
+                _device_key(s, i, pool, at, "cpu_sets"),
+                f"gives replica {at.name} {len(at.cores)} CPUs, not a multiple of "
+                f"'models[{i}].tensorParallelSize' {pool.tensor_parallel_size}",
+                "models",
+                "cpu",
+            )
+
+
+def _replica_name_rules(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
+    """Pool and host names are joined with '-' into replica names, so two pools could
+    make the same one (`a` on host `b-c`, `a-b` on host `c`): a name is a container."""
+    index = {pool.name: i for i, pool in enumerate(models)}
+    owner: dict[str, str | None] = {}
+    for at in s.placements():
+        if at.name in owner and owner[at.name] != at.pool:
+            yield rule(
+                f"models[{index[str(at.pool)]}].name",
+                f"makes the replica name {at.name}, which a replica of pool {owner[at.name]} "
+                "has too; rename one of the pools",
+                "models",
+            )
+            return
+        owner.setdefault(at.name, at.pool)
+
+
+def _port_and_name_rules(s: Settings) -> Iterator[Rule]:
+    """Without 'hosts' (the hosts rules check each host): the one engine's ports and names."""
+    if s.hosts is not None:
+        return
+    placements = s.placements()
+    if not placements:
+        return
+    longest = max((p.name for p in placements), key=len)
+    if len(longest) > 63:
+        yield rule(
+            "namePrefix",
+            f"makes replica names ('<prefix>-<pool>-<i>') of up to {len(longest)} characters; "
+            "container names double as DNS names, at most 63",
+            "models",
+        )
+    first, last = s.base_port, max(p.port for p in placements)
+    if last > 65535:
+        yield rule(
+            "basePort",
+            f"{first} + {len(placements)} replicas of all pools passes port 65535",
+            "models",
+        )
+    lb = s.load_balancer
+    if first <= lb.port <= last:
+        yield rule(
+            "loadBalancer.port",
+            f"{lb.port} collides with the replica ports {first}-{last} "
+            "('basePort' + the replicas of all pools)",
+            "basePort",
+            "models",
+        )
+    if lb.name in {p.name for p in placements}:
+        yield rule(
+            "loadBalancer.name",
+            f"{lb.name} collides with a replica name ('namePrefix'-pool-number)",
+            "namePrefix",
+            "models",
+        )
+
+
+def pool_rules(s: Settings) -> Iterator[Rule]:
+    models = s.models
+    if models is None:
+        if s.model is None:
+            yield rule("model", "is required (or list model pools in 'models')", "models")
+        return
+    yield from _replaced_keys(s)
+    yield from _name_rules(models)
+    yield from _arg_rules(s, models)
+    for i, pool in enumerate(models):
+        yield from _device_keys(s, i, pool)
+    yield from _shared_devices(s, models)
+    yield from _replica_name_rules(s, models)
+    yield from _port_and_name_rules(s)

@@ -1,0 +1,150 @@
+"""The nginx side of model routing: a pool's upstreams, its named locations,
+the njs router on `/v1/` and `GET /v1/models` answered by the balancer.
+
+Why njs and not a `map` on the model: the model is in the body, which nginx
+variables cannot read, and nginx matches a map's string keys ignoring case,
+while vLLM's names are case-sensitive (`Qwen/Qwen2.5` is not `qwen/qwen2.5`).
+The router (router.js) reads the buffered body once, finds the pool by an
+exact match in a table generated from the pools (models.js), computes the
+prefix key when that pool's policy is prefix_affinity, and redirects to the
+pool's named location, which clients cannot request themselves.
+
+Each pool gets the upstream a single-model deployment gets, with its own
+policy; a prefix_affinity pool also gets its least_conn fallback upstream
+and location, as the single upstream has (see `locations.prefix_locations`
+for why the 502 goes there).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+
+from components.config.sections import LoadBalancerSettings
+from components.config.values import safe_token
+from components.lb.directives import check_positive, checked, d
+from components.lb.names import API_PREFIX, Directive
+from components.lb.njs import (
+    MODELS_HANDLER,
+    POOL_VARIABLE,
+    PREFIX_CHARS_VARIABLE,
+    PREFIX_KEY_VARIABLE,
+    PREFIX_SCRIPT,
+    ROUTER_HANDLER,
+    ROUTER_MODULE,
+    ROUTER_SCRIPT,
+    ROUTING_TABLE_SCRIPT,
+    prefix_script,
+    router_script,
+)
+from components.lb.pools import (
+    ModelPool,
+    fallback_location_name,
+    fallback_upstream_name,
+    is_prefix_pool,
+    location_name,
+    routing_table_script,
+    upstream_name,
+)
+from components.lb.upstreams import pool_policy_directives, upstream_blocks
+
+MODELS_PATH = "/v1/models"
+
+
+def script_dir(prefix_script_path: str) -> str:
+    """The directory of the njs files: the one the runtime puts prefix.js in."""
+    path = checked("runtime.prefix_script", prefix_script_path, safe_token)
+    return posixpath.dirname(path) or "."
+
+
+def pool_upstreams(
+    lb: LoadBalancerSettings, pools: Sequence[ModelPool], keepalive: str
+) -> list[Directive]:
+    return [
+        block
+        for index, pool in enumerate(pools)
+        for block in upstream_blocks(
+            lb,
+            upstream_name(pool),
+            pool_policy_directives(pool.policy),
+            pool.upstreams,
+            keepalive,
+            fallback=fallback_upstream_name(pool) if is_prefix_pool(pool) else None,
+            field=f"pools[{index}].upstreams",
+        )
+    ]
+
+
+def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Directive]:
+    """The router module and the variables it shares with the config."""
+    router = posixpath.join(script_dir(prefix_script_path), ROUTER_SCRIPT)
+    chars = check_positive("prefix_chars", lb.prefix_chars, minimum=16)
+    return [
+        d("js_import", ROUTER_MODULE, "from", router),
+        d("js_var", PREFIX_KEY_VARIABLE),
+        d("js_var", PREFIX_CHARS_VARIABLE, chars),
+        # The pool that took the request, for the metrics log; empty on a 404.
+        d("js_var", POOL_VARIABLE),
+    ]
+
+
+def router_locations(
+    lb: LoadBalancerSettings, pools: Sequence[ModelPool], guard: list[Directive]
+) -> list[Directive]:
+    """`/v1/` runs the router, `= /v1/models` lists the models; a named location per pool.
+
+    The router can only read a body nginx kept in memory (nginx unlinks its
+    temp files at once), so the body buffer of `/v1/` is as large as the
+    largest body accepted (`maxBodySizeMb`): an image or audio upload is
+    routed as well as a short chat. nginx allocates it only as large as each
+    body whose length is announced; the memory a body takes is what its
+    temp file would have taken on disk.
+
+    The API key guard runs in the rewrite phase of both, before the content
+    handler reads a body. The body the router read stays the request's body
+    and is what the pool's location proxies (see `locations.prefix_locations`),
+    so `proxy_request_buffering on` there whatever `bufferRequests` says.
+    """
+    out = [
+        d(
+            "location",
+            API_PREFIX,
+            block=[
+                *guard,
+                d(
+                    "client_body_buffer_size",
+                    check_positive("max_body_size_mb", lb.max_body_size_mb) + "m",
+                ),
+                d("js_content", ROUTER_HANDLER),
+            ],
+        ),
+        d("location", "=", MODELS_PATH, block=[*guard, d("js_content", MODELS_HANDLER)]),
+    ]
+    for pool in pools:
+        main = [d("proxy_request_buffering", "on")]
+        if is_prefix_pool(pool):
+            main.append(d("error_page", "502", "=", fallback_location_name(pool)))
+        main.append(d("proxy_pass", f"http://{upstream_name(pool)}"))
+        out.append(d("location", location_name(pool), block=main))
+        if is_prefix_pool(pool):
+            out.append(
+                d(
+                    "location",
+                    fallback_location_name(pool),
+                    block=[
+                        d("proxy_request_buffering", "on"),
+                        d("proxy_pass", f"http://{fallback_upstream_name(pool)}"),
+                    ],
+                )
+            )
+    return out
+
+
+def router_files(prefix_script_path: str, pools: Sequence[ModelPool]) -> dict[str, str]:
+    """router.js, prefix.js (it imports it) and the generated models.js, side by side."""
+    directory = script_dir(prefix_script_path)
+    return {
+        posixpath.join(directory, ROUTER_SCRIPT): router_script(),
+        posixpath.join(directory, PREFIX_SCRIPT): prefix_script(),
+        posixpath.join(directory, ROUTING_TABLE_SCRIPT): routing_table_script(pools),
+    }

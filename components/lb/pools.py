@@ -1,0 +1,147 @@
+"""Model pools as the load balancer sees them, and the names derived from them.
+
+Several models behind one endpoint: each pool is a set of replicas serving
+one model (and its LoRA adapters), with its own routing policy. The balancer
+reads the request's `model` and sends it to the pool that serves that name;
+the pool's name only names nginx objects (upstreams, named locations), so it
+is checked as a DNS label, while served and adapter names are what clients
+send and must be unique across pools, or one name would have two homes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from components.config.sections import RoutingPolicy, Upstream
+from components.config.values import dns_label, model_id, served_name
+from components.lb.directives import checked
+
+
+@dataclass(frozen=True)
+class ModelPool:
+    """One model pool as the load balancer sees it."""
+
+    name: str
+    """Pool name, a DNS label, unique; upstream and location names derive from it."""
+    served_name: str
+    """The name clients send as `model` (the pool's servedModelName, else its model id)."""
+    model: str
+    """The Hub id or absolute path it serves (`root` in /v1/models)."""
+    upstreams: tuple[Upstream, ...]
+    """Its replicas, as the single-model upstreams."""
+    policy: RoutingPolicy
+    """Its routing policy inside the pool."""
+    adapters: tuple[str, ...] = ()
+    """LoRA adapter names this pool serves; a request naming one goes to this pool."""
+
+
+def check_pools(pools: Sequence[ModelPool]) -> tuple[ModelPool, ...]:
+    """Check every value once more, and that each pool name and client-facing name
+    has one owner; the config rules check the same, this is defence in depth."""
+    owners: dict[str, str] = {}
+    names: set[str] = set()
+    for index, pool in enumerate(pools):
+        where = f"pools[{index}]"
+        name = checked(f"{where}.name", pool.name, dns_label)
+        if name in names:
+            raise ValueError(f"{where}.name: pool {name!r} is named twice")
+        names.add(name)
+        checked(f"{where}.model", pool.model, model_id)
+        RoutingPolicy(pool.policy)
+        if not pool.upstreams:
+            raise ValueError(f"{where} (pool {name!r}): at least one replica is needed")
+        for field, value in [
+            (f"{where}.served_name", pool.served_name),
+            *((f"{where}.adapters[{i}]", a) for i, a in enumerate(pool.adapters)),
+        ]:
+            checked(field, value, served_name)
+            if value in owners:
+                raise ValueError(
+                    f"{field} (pool {name!r}): the model name {value!r} is already served "
+                    f"by pool {owners[value]!r}; each name must route to one pool"
+                )
+            owners[value] = name
+    return tuple(pools)
+
+
+# Names the rendered config and router.js share. Derived from the pool name,
+# a DNS label, so they can neither collide with each other (`_` is not in a
+# label) nor with the single-model names.
+def upstream_name(pool: ModelPool) -> str:
+    return f"pool_{pool.name}"
+
+
+def fallback_upstream_name(pool: ModelPool) -> str:
+    """prefix_affinity's least_conn upstream of the pool, as the single upstream has."""
+    return f"pool_{pool.name}_fallback"
+
+
+def location_name(pool: ModelPool) -> str:
+    return f"@pool_{pool.name}"
+
+
+def fallback_location_name(pool: ModelPool) -> str:
+    return f"@pool_{pool.name}_fallback"
+
+
+def is_prefix_pool(pool: ModelPool) -> bool:
+    return RoutingPolicy(pool.policy) is RoutingPolicy.PREFIX_AFFINITY
+
+
+MISSING_MODEL_MESSAGE = (
+    "The request names no model. The load balancer sends each request to the "
+    'replicas serving its `model` (the JSON body\'s "model", or the "model" '
+    "field of a multipart form); GET /v1/models lists the served models."
+)
+
+
+def routing_table(pools: Sequence[ModelPool]) -> dict[str, object]:
+    """What router.js needs, as plain data: name -> pool, the pools' locations,
+    the text of the 404s and the cards of GET /v1/models.
+
+    Cards as vLLM v0.33.0 lists them (docs/vllm.md): the served name with
+    `root` = the model, `parent` null; then each adapter with `parent` = the
+    served name. An adapter's `root` (its path on the replica) is not known to
+    the balancer, so it is null. `created` is added per request by router.js.
+    """
+    pools = check_pools(pools)
+    names: dict[str, str] = {}
+    cards: list[dict[str, str | None]] = []
+    table_pools: dict[str, dict[str, object]] = {}
+    for pool in pools:
+        names[pool.served_name] = pool.name
+        cards.append({"id": pool.served_name, "root": pool.model, "parent": None})
+        for adapter in pool.adapters:
+            names[adapter] = pool.name
+            cards.append({"id": adapter, "root": None, "parent": pool.served_name})
+        table_pools[pool.name] = {
+            "name": pool.name,
+            "location": location_name(pool),
+            "fallback": fallback_location_name(pool),
+            "prefix": is_prefix_pool(pool),
+        }
+    return {
+        "names": names,
+        "pools": table_pools,
+        # vLLM lists its served names, not its adapters, as the valid aliases.
+        "aliases": ", ".join(pool.served_name for pool in pools),
+        "missing": MISSING_MODEL_MESSAGE,
+        "cards": cards,
+    }
+
+
+def routing_table_script(pools: Sequence[ModelPool]) -> str:
+    """models.js: the table as an ES module njs loads with the config.
+
+    JSON is valid JavaScript, and every name in it passed `safe_token`, so the
+    text cannot break out of its string literals. Same pools, same text: a
+    `pulumi up` shows a change only when the pools change.
+    """
+    body = json.dumps(routing_table(pools), indent=1)
+    return (
+        "// Generated from the model pools when nginx.conf is rendered "
+        "(components/lb/pools.py); do not edit.\n"
+        f"export default {body};\n"
+    )
