@@ -22,6 +22,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
+from components.lb.nginx_conf import render_nginx_config
+from components.lb.pools import ModelPool
 from components.steps import canary, rollout
 from components.steps.canary_compare import (
     Scrape,
@@ -261,6 +264,31 @@ def test_an_equal_canary_passes_and_is_put_back_first(tmp_path: Path, nginx: Fak
         message = _run(nginx, stubs)
     assert message.startswith("canary: vllm0 no worse than vllm1, the update goes on:"), message
     assert rollout.DRAINED not in nginx.config.read_text()
+
+
+def test_with_model_pools_a_canary_leaves_every_block_it_is_in(nginx: FakeNginx) -> None:
+    """With model routing a replica's `server` line is in the fleet's upstream, its
+    pool's and, for a prefix_affinity pool, that pool's least_conn fallback: the
+    edit takes it out of all three, touches no other replica, and puts it back
+    exactly."""
+
+    def pool(name: str, policy: RoutingPolicy) -> ModelPool:
+        ups = tuple(Upstream(host=f"vllm-{name}-{i}", port=8000) for i in range(2))
+        return ModelPool(name, name, f"org/{name}", ups, policy)
+
+    pools = [pool("chat", RoutingPolicy.PREFIX_AFFINITY), pool("embed", RoutingPolicy.LEAST_CONN)]
+    ups = [u for p in pools for u in p.upstreams]
+    config = render_nginx_config(LoadBalancerSettings(), ups, pools=pools)
+    nginx.config.write_text(config)
+    lines = [line for line in config.splitlines() if "server vllm-chat-0:8000" in line]
+    assert len(lines) == 3, config
+    assert rollout.edit_upstream(nginx, "vllm-chat-0:8000", down=True)  # type: ignore[arg-type]
+    edited = nginx.config.read_text().splitlines()
+    out = [line for line in edited if "server vllm-chat-0:8000" in line]
+    assert len(out) == 3 and all(f"{rollout.DRAINED}server" in line for line in out), out
+    assert [line for line in edited if rollout.DRAINED in line] == out, "no other replica"
+    assert rollout.edit_upstream(nginx, "vllm-chat-0:8000", down=False)  # type: ignore[arg-type]
+    assert nginx.config.read_text() == config
 
 
 def test_containers_the_canary_passed_are_not_watched_again() -> None:
