@@ -111,8 +111,9 @@ DESCRIPTIONS: dict[str, str] = {
     "stopGraceSeconds": "on replace or destroy, how long a replica or nginx may take to stop "
     "before it is killed; at least `shutdownTimeoutSeconds` + 10",
     "rollout.canarySeconds": "an update watches its first wave (the canary) this long under "
-    "live traffic against the replicas not yet replaced before it goes on; 0 = no canary "
-    "(docs/rolling-updates.md)",
+    "live traffic against the replicas not yet replaced before it goes on; with `models`, "
+    "each pool's first wave against that pool's (the same settings for every pool); "
+    "0 = no canary (docs/rolling-updates.md)",
     "rollout.canaryMaxTtftRatio": "the update stops when the canary's TTFT p90 is more than "
     "this many times the old replicas'",
     "rollout.canaryMaxErrorRateIncrease": "the update stops when the canary's share of failed "
