@@ -64,7 +64,7 @@ def stack(image: str) -> dict[str, Any]:
             "STANDIN_LOAD_SECONDS": "1",
             "STANDIN_TOKEN_MS": "10",
         },
-        rollout={"canarySeconds": 5, "canaryMinRequests": 8},
+        rollout={"canarySeconds": 3, "canaryMinRequests": 8},
         loadBalancer={
             "name": f"{PREFIX}-lb",
             "port": LB_PORT,
@@ -112,7 +112,7 @@ class Deployment:
         """`pulumi up` to `image` under streams; what it printed, the streams, the result."""
         self.stack.write_config(stack(image))
         with streaming_load(LB_URL, API_KEY, workers=WORKERS, tokens=TOKENS) as streams:
-            time.sleep(1)
+            time.sleep(0.5)
             started = time.monotonic()
             if failing:
                 failed = self.stack.up_failing()
