@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from standin import __version__
 from standin.config import Config
+from standin.http_metrics import HttpRequests
 from standin.metrics import VllmMetrics
 from standin.prefix_cache import (
     Lookup,
@@ -155,6 +156,8 @@ class StandinServer:
         # Latency histograms and KV-cache use, measured from what is really served.
         self.latency_metrics = LatencyMetrics(config.served_model_name)
         self.created = int(time.time())
+        self.http_requests: HttpRequests | None = None
+        self.generations = 0
 
     def build(self) -> ASGIApp:
         """The ASGI app uvicorn serves."""
@@ -176,9 +179,9 @@ class StandinServer:
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             ]
-        return ReplicaHeaderAndKey(
-            Starlette(routes=routes), self.config.replica_id, self.config.api_key
-        )
+        # Behind the key check: a refused request is not counted.
+        self.http_requests = HttpRequests(Starlette(routes=routes), [r.path for r in routes])
+        return ReplicaHeaderAndKey(self.http_requests, self.config.replica_id, self.config.api_key)
 
     async def health(self, request: Request) -> Response:
         return Response(status_code=200)
@@ -296,6 +299,8 @@ class StandinServer:
         text = self.vllm_metrics.render()
         # Families the first set already exposes (prefix cache, running, ...) are skipped.
         text += self.latency_metrics.render(skip=text)
+        if self.http_requests is not None:
+            text += self.http_requests.render()
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def tokenize(self, request: Request) -> Response:
@@ -354,6 +359,12 @@ class StandinServer:
         except BadRequest as exc:
             return openai_error(400, str(exc), "BadRequestError")
 
+        self.generations += 1
+        every = self.config.fail_every
+        if every and self.generations % every == 0:
+            # A stand-in for a broken build or argument: vLLM's own answer to an
+            # error inside the engine (`InternalServerError`, 500).
+            return openai_error(500, "stand-in failure (STANDIN_FAIL_EVERY)", "InternalServerError")
         n_prompt = count_tokens(body.get("messages") if chat else body.get("prompt"))
         rejected = self.engine.stopping.is_set()
         if rejected:

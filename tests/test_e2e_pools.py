@@ -7,9 +7,10 @@ replicas serving one LoRA adapter, and an embedding pool of one (vLLM's
 pooling runner). The official `openai` client, through nginx, reaches each
 pool by the model it names, and the adapter by its own name. Then an update
 of the chat pool alone (its `extraEnv`) under streaming load on the chat
-model, the adapter and the embedding pool: nothing fails, and the embedding
-pool's container and its commands are not touched (the engine's event log has
-no operation on them).
+model, the adapter and the embedding pool: nothing fails, the chat pool's
+canary step watches its first replica against its second before that one is
+replaced, and the embedding pool's container and its commands are not touched
+(the engine's event log has no operation on them; it has no canary step).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def stack(revision: str) -> dict[str, Any]:
         basePort=LB_PORT + 1,
         shutdownTimeoutSeconds=10,
         stopGraceSeconds=20,
+        # A short canary: the chat pool's (two replicas, two waves); the embedding
+        # pool's one replica has nothing to compare with, so it has none.
+        rollout={"canarySeconds": 2, "canaryMinRequests": 2},
         extraEnv={
             # The stand-in hub's catalog (standin/hubshim.py): the models and the adapter.
             "STANDIN_HUB_MODELS": "standin-org/tiny-chat,standin-org/tiny-embed,"
@@ -227,6 +231,19 @@ def test_update_of_one_pool_under_load_on_both_fails_nothing(deployment: Deploym
     drained = [update.index(f"vllm-{n}-rotation", "pre", "delete-replaced") for n in CHAT]
     back = update.index(f"vllm-{CHAT[0]}-rotation", "outputs", "create-replacement")
     assert drained[1] > back, "the second chat replica went before the first was back"
+    # The chat pool's canary judged its first wave against its second, and only
+    # then did the second wave's drain begin; the embedding pool has none.
+    said = update.logged("vllm-chat-canary")
+    watching = f"canary: watching {CHAT[0]} (the first wave, updated) against {CHAT[1]}"
+    assert any(line.startswith(watching) for line in said), said
+    assert any(line.startswith(f"canary: {CHAT[0]} no worse than") for line in said), said
+    verdict = max(
+        i
+        for i, s in enumerate(update.steps)
+        if s.name == "vllm-chat-canary" and s.kind == "outputs"
+    )
+    assert drained[1] > verdict
+    assert {n for n in deployment.stack.resources() if "canary" in n} == {"vllm-chat-canary"}
     deployment.stack.preview(expect_no_changes=True)
 
 
