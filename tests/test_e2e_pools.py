@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import httpx
 import openai
 import pytest
 
@@ -174,14 +175,33 @@ def test_requests_route_by_model_to_their_pool(deployment: Deployment) -> None:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
 
 
-def _embed_forever(stop: threading.Event, results: list[str | None]) -> None:
+def _closed_while_idle(err: Exception) -> bool:
+    """nginx's reload closes the old workers' idle keep-alive connections; a request
+    written onto one just then meets "Server disconnected without sending a
+    response" and never reached nginx, let alone a replica. The official client
+    retries exactly this by default (`max_retries` 2); the loop retries it once,
+    and counts it, so that everything else still fails the test."""
+    cause = err.__cause__
+    return (
+        isinstance(err, openai.APIConnectionError)
+        and isinstance(cause, httpx.RemoteProtocolError)
+        and "without sending a response" in str(cause)
+    )
+
+
+def _embed_forever(stop: threading.Event, results: list[str | None], retried: list[str]) -> None:
     client = openai_client()
     while not stop.is_set():
-        try:
-            got = client.embeddings.create(model="tiny-embed", input="load")
-            results.append(None if got.data and got.model == "tiny-embed" else repr(got))
-        except Exception as err:  # any failure counts
-            results.append(f"{type(err).__name__}: {err}")
+        for attempt in (1, 2):
+            try:
+                got = client.embeddings.create(model="tiny-embed", input="load")
+                results.append(None if got.data and got.model == "tiny-embed" else repr(got))
+            except Exception as err:  # any failure counts, but one on a closed idle connection
+                if attempt == 1 and _closed_while_idle(err):
+                    retried.append(f"{type(err).__name__}: {err.__cause__}")
+                    continue
+                results.append(f"{type(err).__name__}: {err}")
+            break
         time.sleep(0.05)
 
 
@@ -191,8 +211,9 @@ def test_update_of_one_pool_under_load_on_both_fails_nothing(deployment: Deploym
     lb_id = client.containers.get(f"{PREFIX}-lb").id
     deployment.stack.write_config(stack("2"))
     embeds: list[str | None] = []
+    retried: list[str] = []
     stop = threading.Event()
-    embedder = threading.Thread(target=_embed_forever, args=(stop, embeds))
+    embedder = threading.Thread(target=_embed_forever, args=(stop, embeds, retried))
     embedder.start()
     try:
         with (
@@ -214,11 +235,13 @@ def test_update_of_one_pool_under_load_on_both_fails_nothing(deployment: Deploym
     print(
         f"\nupdate of the chat pool: `pulumi up` {took:.1f} s; {len(streams)} streams "
         f"({len(during)} overlapping), {len(broken)} failed or cut; {len(embeds)} embedding "
-        f"requests, {len(failed)} failed"
+        f"requests, {len(failed)} failed, {len(retried)} retried once after nginx's reload "
+        "closed their idle connection"
     )
     assert during, "no stream overlapped the update"
     assert not broken, broken[:5]
     assert embeds and not failed, failed[:5]
+    assert len(retried) <= max(1, len(embeds) // 100), retried
     # The chat pool was replaced, in waves of one; the embedding pool not touched.
     after = {n: client.containers.get(n).id for n in CHAT + EMBED}
     assert all(after[n] != before[n] for n in CHAT)
