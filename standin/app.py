@@ -55,10 +55,24 @@ _WORDS = ("Tokens", "from", "a", "stand-in", "for", "vLLM", "behind", "the", "lo
 MAX_MODEL_LEN = 4096
 
 
-def openai_error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+def openai_error(
+    status: int, message: str, kind: str, code: str | int | None = None, param: str | None = None
+) -> JSONResponse:
     """An error body the `openai` client turns into its typed exceptions."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+def unknown_model(model: object, aliases: tuple[str, ...] | None) -> JSONResponse:
+    """vLLM v0.33.0's 404 for a model it does not serve, `code` being the status
+    (`vllm/entrypoints/serve/exception_handling/error_response.py:98-105`): chat and
+    completions name the served names and the parameter
+    (`vllm/entrypoints/serve/engine/serving.py:75-83`); the pooling endpoints say
+    less (`aliases` None; `serving.py:213`, docs/vllm.md)."""
+    if aliases is None:
+        return openai_error(404, f"The model `{model}` does not exist.", "NotFoundError", 404)
+    message = f"The model `{model}` does not exist. Valid aliases: {', '.join(aliases)}."
+    return openai_error(404, message, "NotFoundError", 404, "model")
 
 
 GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
@@ -256,9 +270,7 @@ class StandinServer:
         name = self._answers_to(body.get("model"))
         if name is None:
             model = body.get("model")
-            return openai_error(
-                404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found"
-            )
+            return unknown_model(model, None)
         inputs = body.get("input")
         if isinstance(inputs, str) or (
             isinstance(inputs, list) and inputs and isinstance(inputs[0], int)
@@ -348,9 +360,7 @@ class StandinServer:
             model = body.get("model")
             answer_as = self._answers_to(model)
             if answer_as is None:
-                return openai_error(
-                    404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found"
-                )
+                return unknown_model(model, self.config.served_model_names)
             if chat and not isinstance(body.get("messages"), list):
                 raise BadRequest("messages must be a list")
             if not chat and "prompt" not in body:

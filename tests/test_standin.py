@@ -159,8 +159,15 @@ def test_raw_sse_ends_with_done(fleet):
 
 
 def test_unknown_model_is_404(fleet):
-    with pytest.raises(openai.NotFoundError):
+    """The body vLLM v0.33.0 answers, the one nginx's model routing answers too."""
+    with pytest.raises(openai.NotFoundError) as raised:
         client_for(fleet[0]).completions.create(model="other", prompt="x")
+    assert raised.value.body == {
+        "message": f"The model `other` does not exist. Valid aliases: {SERVED}.",
+        "type": "NotFoundError",
+        "param": "model",
+        "code": 404,
+    }
 
 
 def test_bad_max_tokens_is_400(fleet):
