@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from standin import __version__
 from standin.config import Config
+from standin.http_metrics import HttpRequests
 from standin.metrics import VllmMetrics
 from standin.prefix_cache import (
     Lookup,
@@ -54,10 +55,24 @@ _WORDS = ("Tokens", "from", "a", "stand-in", "for", "vLLM", "behind", "the", "lo
 MAX_MODEL_LEN = 4096
 
 
-def openai_error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+def openai_error(
+    status: int, message: str, kind: str, code: str | int | None = None, param: str | None = None
+) -> JSONResponse:
     """An error body the `openai` client turns into its typed exceptions."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+def unknown_model(model: object, aliases: tuple[str, ...] | None) -> JSONResponse:
+    """vLLM v0.33.0's 404 for a model it does not serve, `code` being the status
+    (`vllm/entrypoints/serve/exception_handling/error_response.py:98-105`): chat and
+    completions name the served names and the parameter
+    (`vllm/entrypoints/serve/engine/serving.py:75-83`); the pooling endpoints say
+    less (`aliases` None; `serving.py:213`, docs/vllm.md)."""
+    if aliases is None:
+        return openai_error(404, f"The model `{model}` does not exist.", "NotFoundError", 404)
+    message = f"The model `{model}` does not exist. Valid aliases: {', '.join(aliases)}."
+    return openai_error(404, message, "NotFoundError", 404, "model")
 
 
 GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
@@ -155,6 +170,8 @@ class StandinServer:
         # Latency histograms and KV-cache use, measured from what is really served.
         self.latency_metrics = LatencyMetrics(config.served_model_name)
         self.created = int(time.time())
+        self.http_requests: HttpRequests | None = None
+        self.generations = 0
 
     def build(self) -> ASGIApp:
         """The ASGI app uvicorn serves."""
@@ -176,9 +193,9 @@ class StandinServer:
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             ]
-        return ReplicaHeaderAndKey(
-            Starlette(routes=routes), self.config.replica_id, self.config.api_key
-        )
+        # Behind the key check: a refused request is not counted.
+        self.http_requests = HttpRequests(Starlette(routes=routes), [r.path for r in routes])
+        return ReplicaHeaderAndKey(self.http_requests, self.config.replica_id, self.config.api_key)
 
     async def health(self, request: Request) -> Response:
         return Response(status_code=200)
@@ -253,9 +270,7 @@ class StandinServer:
         name = self._answers_to(body.get("model"))
         if name is None:
             model = body.get("model")
-            return openai_error(
-                404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found"
-            )
+            return unknown_model(model, None)
         inputs = body.get("input")
         if isinstance(inputs, str) or (
             isinstance(inputs, list) and inputs and isinstance(inputs[0], int)
@@ -296,6 +311,8 @@ class StandinServer:
         text = self.vllm_metrics.render()
         # Families the first set already exposes (prefix cache, running, ...) are skipped.
         text += self.latency_metrics.render(skip=text)
+        if self.http_requests is not None:
+            text += self.http_requests.render()
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def tokenize(self, request: Request) -> Response:
@@ -343,9 +360,7 @@ class StandinServer:
             model = body.get("model")
             answer_as = self._answers_to(model)
             if answer_as is None:
-                return openai_error(
-                    404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found"
-                )
+                return unknown_model(model, self.config.served_model_names)
             if chat and not isinstance(body.get("messages"), list):
                 raise BadRequest("messages must be a list")
             if not chat and "prompt" not in body:
@@ -354,6 +369,12 @@ class StandinServer:
         except BadRequest as exc:
             return openai_error(400, str(exc), "BadRequestError")
 
+        self.generations += 1
+        every = self.config.fail_every
+        if every and self.generations % every == 0:
+            # A stand-in for a broken build or argument: vLLM's own answer to an
+            # error inside the engine (`InternalServerError`, 500).
+            return openai_error(500, "stand-in failure (STANDIN_FAIL_EVERY)", "InternalServerError")
         n_prompt = count_tokens(body.get("messages") if chat else body.get("prompt"))
         rejected = self.engine.stopping.is_set()
         if rejected:

@@ -38,6 +38,8 @@ class Config:
     ttft_ms: float = 50.0
     token_ms: float = 20.0
     tokens: int = 16
+    fail_every: int = 0
+    """Every n-th generation request is answered 500 (0: none)."""
     replica_id: str = "standin"
     download_seconds: float = 0.0
     load_seconds: float = 0.0
@@ -185,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--download-seconds", type=_non_negative_float, help="[STANDIN_DOWNLOAD_SECONDS, 0]"
     )
     knobs.add_argument("--load-seconds", type=_non_negative_float, help="[STANDIN_LOAD_SECONDS, 0]")
+    knobs.add_argument(
+        "--fail-every", type=_non_negative_int, help="[STANDIN_FAIL_EVERY, 0]: n-th request 500"
+    )
     return parser
 
 
@@ -244,6 +249,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> C
         replica_id=replica_id,
         download_seconds=pick(args.download_seconds, "STANDIN_DOWNLOAD_SECONDS", 0.0),
         load_seconds=pick(args.load_seconds, "STANDIN_LOAD_SECONDS", 0.0),
+        fail_every=int(pick(args.fail_every, "STANDIN_FAIL_EVERY", 0)),
         access_log=not args.disable_uvicorn_access_log,
         shutdown_timeout=args.shutdown_timeout,
         ignored_args=tuple(unknown),

@@ -563,12 +563,15 @@ def test_main_turns_config_errors_into_a_plain_pulumi_error() -> None:
     assert declared == []
 
 
-def _deploy_rolling(rolling: bool, replicas_count: int) -> Run:
+def _deploy_rolling(rolling: bool, replicas_count: int, canary: int | None = None) -> Run:
     def program() -> dict[str, Any]:
         cluster = VllmCluster("vllm", VllmClusterArgs(settings=load_settings(), rolling=rolling))
         return {"lb_url": cluster.lb_url}
 
-    return run_program(config(replicas=replicas_count), program=program)
+    values: dict[str, Any] = {"replicas": replicas_count}
+    if canary is not None:
+        values["rollout"] = {"canarySeconds": canary}
+    return run_program(config(**values), program=program)
 
 
 def test_each_replica_has_a_rotation_step_run_around_its_replacement() -> None:
@@ -591,7 +594,7 @@ def test_each_replica_has_a_rotation_step_run_around_its_replacement() -> None:
 
 
 def test_update_waves_keep_half_serving_only_once_replicas_run() -> None:
-    rolling = _deploy_rolling(True, 4)
+    rolling = _deploy_rolling(True, 4, canary=0)
     for index in (2, 3):
         names = dep_names(rolling, rolling.named(f"vllm-vllm{index}"))
         assert {"vllm-vllm0-rotation", "vllm-vllm1-rotation"} <= names
@@ -599,12 +602,12 @@ def test_update_waves_keep_half_serving_only_once_replicas_run() -> None:
         assert not any(
             n.endswith("-rotation") for n in dep_names(rolling, rolling.named(f"vllm-vllm{index}"))
         )
-    first = _deploy_rolling(False, 4)
+    first = _deploy_rolling(False, 4, canary=0)
     for index in range(4):
         assert not any(
             n.endswith("-rotation") for n in dep_names(first, first.named(f"vllm-vllm{index}"))
         )
-    three = _deploy_rolling(True, 3)  # waves of one: never fewer than half serving
+    three = _deploy_rolling(True, 3, canary=0)  # waves of one: never fewer than half serving
     assert "vllm-vllm1-rotation" in dep_names(three, three.named("vllm-vllm2"))
 
 
@@ -619,3 +622,37 @@ def test_config_changes_reach_nginx_by_reload_not_replacement(guide: Run) -> Non
     assert "environment" in reload.secret_inputs, "the API key file is in there"
     assert {"vllm-lb", "vllm-replicas-ready"} <= dep_names(guide, reload)
     assert "vllm-lb-config" in dep_names(guide, guide.named("vllm-verify"))
+
+
+def test_the_second_wave_waits_for_the_canarys_verdict() -> None:
+    """The canary runs after the first wave's resume, before the second wave's drains:
+    the second wave's replicas (whose replacement starts with their rotation's
+    drain) depend on it, and it re-runs only when a first-wave replica is replaced."""
+    rolling = _deploy_rolling(True, 4)
+    watch = rolling.named("vllm-canary")
+    assert watch.type == COMMAND
+    assert {"vllm-vllm0-rotation", "vllm-vllm1-rotation"} <= dep_names(rolling, watch)
+    assert watch.inputs["triggers"] == ["@@vllm-vllm0.id@@", "@@vllm-vllm1.id@@"]
+    create = watch.inputs["create"]
+    assert "-m components.steps.canary --lb nginx-lb" in create
+    assert "--canary vllm0=http://127.0.0.1:8081/metrics=vllm0:8000" in create
+    assert "--baseline vllm3=http://127.0.0.1:8084/metrics=vllm3:8000" in create
+    assert create.endswith(
+        "--seconds 60 --max-ttft-ratio 1.5 --max-error-rate-increase 0.02 --min-requests 20 "
+        "--without-traffic proceed --max-wait 600"
+    )
+    assert "delete" not in watch.inputs or not watch.inputs["delete"]
+    # The first wave's container ids (12 characters each; the mocks' ids are names).
+    ids = watch.inputs["environment"]["VLLM_NGINX_CANARY_CONTAINERS"]
+    assert ids == "@@vllm-vllm0,@@vllm-vllm1"
+    for index in (2, 3):
+        names = dep_names(rolling, rolling.named(f"vllm-vllm{index}"))
+        assert "vllm-canary" in names
+        assert not any(n.endswith("-rotation") for n in names), names
+    # nginx after it: on a first deploy it finds no nginx and returns at once.
+    first = _deploy_rolling(False, 4)
+    assert "vllm-canary" in dep_names(first, first.named("vllm-lb"))
+    assert "vllm-canary" not in dep_names(first, first.named("vllm-vllm2"))
+    # No second wave (one replica), or canarySeconds 0: no canary step.
+    assert not [d for d in _deploy_rolling(True, 1).declared if d.name == "vllm-canary"]
+    assert not [d for d in _deploy_rolling(True, 4, canary=0).declared if d.name == "vllm-canary"]

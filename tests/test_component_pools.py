@@ -101,7 +101,7 @@ def test_replicas_wait_for_their_pools_download_and_image_only() -> None:
 
 
 def test_rollout_waves_are_per_pool() -> None:
-    run = deploy()
+    run = deploy(rollout={"canarySeconds": 0})
     # Chat: waves of two; its second wave waits for its first, not for the embed pool.
     for i in (2, 3):
         names = dep_names(run, run.named(f"vllm-vllm-chat-{i}"))
@@ -116,6 +116,42 @@ def test_rollout_waves_are_per_pool() -> None:
     assert "vllm-vllm-embed-0-rotation" in names
     assert not {n for n in names if "chat" in n}, names
     assert not any(n.endswith("-rotation") for n in dep_names(run, run.named("vllm-vllm-embed-0")))
+
+
+def test_each_pool_with_a_second_wave_has_its_own_canary() -> None:
+    """A pool's first wave is watched against that pool's old replicas (another
+    pool serves another model), and only that pool's second wave waits for it."""
+    run = deploy()
+    canaries = {c.name for c in run.of_type(COMMAND) if c.name.endswith("canary")}
+    assert canaries == {"vllm-chat-canary", "vllm-embed-canary"}
+    chat = run.named("vllm-chat-canary")
+    assert {"vllm-vllm-chat-0-rotation", "vllm-vllm-chat-1-rotation"} <= dep_names(run, chat)
+    assert not {n for n in dep_names(run, chat) if "embed" in n or "chat-2" in n}
+    assert chat.inputs["triggers"] == ["@@vllm-vllm-chat-0.id@@", "@@vllm-vllm-chat-1.id@@"]
+    create = chat.inputs["create"]
+    sides = [w for w in create.split() if "=http://" in w]
+    assert [s.split("=")[0] for s in sides] == [f"vllm-chat-{i}" for i in range(4)]
+    assert "--canary vllm-chat-1=" in create and "--baseline vllm-chat-2=" in create
+    embed = run.named("vllm-embed-canary")
+    assert "vllm-vllm-embed-0-rotation" in dep_names(run, embed)
+    assert not {n for n in dep_names(run, embed) if "chat" in n or "embed-1" in n}
+    assert "--canary vllm-embed-0=" in embed.inputs["create"]
+    assert "--baseline vllm-embed-1=" in embed.inputs["create"]
+    assert "chat" not in embed.inputs["create"]
+    # Each second wave waits for its own pool's verdict only.
+    for i in (2, 3):
+        names = dep_names(run, run.named(f"vllm-vllm-chat-{i}"))
+        assert "vllm-chat-canary" in names and "vllm-embed-canary" not in names, names
+    names = dep_names(run, run.named("vllm-vllm-embed-1"))
+    assert "vllm-embed-canary" in names and "vllm-chat-canary" not in names, names
+    for i in (0, 1):
+        assert not {n for n in dep_names(run, run.named(f"vllm-vllm-chat-{i}")) if "canary" in n}
+    # nginx waits for both (on a first deploy they find no nginx and return at once).
+    assert {"vllm-chat-canary", "vllm-embed-canary"} <= dep_names(run, run.named("vllm-lb"))
+    # A pool of one has no second wave, so no canary; the other keeps its own.
+    one = [{**MODELS[0]}, {**MODELS[1], "replicas": 1}]
+    single = {c.name for c in deploy(models=one).of_type(COMMAND) if c.name.endswith("canary")}
+    assert single == {"vllm-chat-canary"}
 
 
 def test_replica_commands_and_nginx_router() -> None:

@@ -58,6 +58,7 @@ def stack_config(**overrides: Any) -> dict[str, Any]:
         # One core each: this machine has two.
         "cpu": {"cpuSets": ["0", "1"]},
         "stopGraceSeconds": 5,
+        "rollout": {"canarySeconds": 0},  # not judged here (tests/test_e2e_canary.py)
         "healthCheck": HEALTH,
         "extraEnv": {"STANDIN_DOWNLOAD_SECONDS": "1", "STANDIN_LOAD_SECONDS": "1"},
         "loadBalancer": {

@@ -97,6 +97,7 @@ def two_host_config(
         "basePort": BASE_PORT,
         "readyTimeoutSeconds": 120,
         "verifyTimeoutSeconds": 60,
+        "rollout": {"canarySeconds": 0},  # not judged here (tests/test_e2e_canary.py)
         "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 2, "retries": 3},
         "extraEnv": {
             "STANDIN_DOWNLOAD_SECONDS": "2",

@@ -175,6 +175,26 @@ BAD = [
         "less than or equal to 15",
     ),
     (raw(gpus="[[0], [1]"), "vllm-nginx:gpus", "not valid JSON"),
+    (
+        raw(rollout={"canarySeconds": -1}),
+        "vllm-nginx:rollout.canarySeconds",
+        "greater than or equal to 0",
+    ),
+    (
+        raw(rollout={"canaryMaxTtftRatio": 0.9}),
+        "vllm-nginx:rollout.canaryMaxTtftRatio",
+        "greater than or equal to 1",
+    ),
+    (
+        raw(rollout={"canaryMaxErrorRateIncrease": 2}),
+        "vllm-nginx:rollout.canaryMaxErrorRateIncrease",
+        "less than or equal to 1",
+    ),
+    (
+        raw(rollout={"canaryWithoutTraffic": "skip"}),
+        "vllm-nginx:rollout.canaryWithoutTraffic",
+        "'proceed' or 'wait'",
+    ),
 ]
 
 

@@ -159,8 +159,15 @@ def test_raw_sse_ends_with_done(fleet):
 
 
 def test_unknown_model_is_404(fleet):
-    with pytest.raises(openai.NotFoundError):
+    """The body vLLM v0.33.0 answers, the one nginx's model routing answers too."""
+    with pytest.raises(openai.NotFoundError) as raised:
         client_for(fleet[0]).completions.create(model="other", prompt="x")
+    assert raised.value.body == {
+        "message": f"The model `other` does not exist. Valid aliases: {SERVED}.",
+        "type": "NotFoundError",
+        "param": "model",
+        "code": 404,
+    }
 
 
 def test_bad_max_tokens_is_400(fleet):
@@ -228,6 +235,38 @@ def test_first_token_and_pace_follow_the_knobs(tmp_path):
     assert 0.49 <= arrivals[-1] < 1.2, arrivals
     assert all(t >= 0.29 + i * 0.05 for i, t in enumerate(arrivals)), arrivals
     assert 0.49 <= whole < 1.2, whole
+
+
+def test_http_requests_counted_as_vllms_instrumentation_counts_them(tmp_path):
+    """`http_requests_total{handler,method,status}` (standin/http_metrics.py): the
+    route's path, the status by class, excluded paths not counted; with
+    STANDIN_FAIL_EVERY every n-th generation is a 500."""
+    fleet = make_stubs(1, tmp_path, tokens=2, token_ms=1)
+    stub = fleet[0]
+    stub.env = {"STANDIN_FAIL_EVERY": "2"}
+    try:
+        stub.start()
+        client = client_for(stub, key="unused")
+        failed = 0
+        for _ in range(4):
+            try:
+                client.chat.completions.create(
+                    model=stub.model, messages=[{"role": "user", "content": "hi"}], stream=True
+                ).close()
+            except openai.InternalServerError:
+                failed += 1
+        httpx.get(f"{stub.url}/health")
+        httpx.get(f"{stub.url}/nowhere")
+        text = httpx.get(f"{stub.url}/metrics").text
+    finally:
+        fleet.stop_all()
+    assert failed == 2
+    lines = sorted(line for line in text.splitlines() if line.startswith("http_requests_total"))
+    assert lines == [
+        'http_requests_total{handler="/v1/chat/completions",method="POST",status="2xx"} 2.0',
+        'http_requests_total{handler="/v1/chat/completions",method="POST",status="5xx"} 2.0',
+        'http_requests_total{handler="none",method="GET",status="4xx"} 1.0',
+    ]
 
 
 # --- start-up like vLLM ----------------------------------------------------------------

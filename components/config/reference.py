@@ -115,6 +115,18 @@ DESCRIPTIONS: dict[str, str] = {
     "finishes the requests it runs for up to this long, then exits (0: aborts them at once)",
     "stopGraceSeconds": "on replace or destroy, how long a replica or nginx may take to stop "
     "before it is killed; at least `shutdownTimeoutSeconds` + 10",
+    "rollout.canarySeconds": "an update watches its first wave (the canary) this long under "
+    "live traffic against the replicas not yet replaced before it goes on; with `models`, "
+    "each pool's first wave against that pool's (the same settings for every pool); "
+    "0 = no canary (docs/rolling-updates.md)",
+    "rollout.canaryMaxTtftRatio": "the update stops when the canary's TTFT p90 is more than "
+    "this many times the old replicas'",
+    "rollout.canaryMaxErrorRateIncrease": "the update stops when the canary's share of failed "
+    "(5xx) requests exceeds the old replicas' by more than this (0.02 = 2 points)",
+    "rollout.canaryMinRequests": "requests each side must serve in the window to be judged",
+    "rollout.canaryWithoutTraffic": "too little traffic: `proceed` (say so, go on) or `wait` "
+    "(watch on, up to `canaryMaxWaitSeconds`, then stop the update)",
+    "rollout.canaryMaxWaitSeconds": "`canaryWithoutTraffic: wait`: how long to wait for traffic",
     "loadBalancer.port": "host port of the load balancer",
     "loadBalancer.bindAddress": "host address the load balancer is published on",
     "loadBalancer.policy": "`least_conn`, `round_robin`, `power_of_two`, `session_affinity`, "

@@ -8,7 +8,7 @@ reported at once.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -207,6 +207,17 @@ class HealthCheckSettings(ConfigModel):
     interval_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 10
     timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 5
     retries: Annotated[Int, Field(ge=1, le=100)] = 3
+
+
+class RolloutSettings(ConfigModel):
+    """How an update judges its first wave (the canary) before it replaces the rest."""
+
+    canary_seconds: Annotated[Int, Field(ge=0, le=DAY)] = 60
+    canary_max_ttft_ratio: Annotated[float, Field(ge=1.0, le=1000.0)] = 1.5
+    canary_max_error_rate_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    canary_min_requests: Annotated[Int, Field(ge=1, le=1_000_000)] = 20
+    canary_without_traffic: Literal["proceed", "wait"] = "proceed"
+    canary_max_wait_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 600
 
 
 class PrometheusSettings(ConfigModel):

@@ -36,6 +36,7 @@ from components.config.sections import (
     LoadBalancerSettings,
     MonitoringSettings,
     ProxySettings,
+    RolloutSettings,
     RoutingPolicy,
 )
 from components.config.values import (
@@ -124,6 +125,7 @@ class Settings(ConfigModel):
     shutdown_timeout_seconds: Annotated[Int, Field(ge=0, le=3600 - SHUTDOWN_MARGIN_SECONDS)] = 60
     stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 90
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
+    rollout: RolloutSettings = RolloutSettings()
     hosts: Annotated[tuple[HostSettings, ...], AfterValidator(_some_hosts)] | None = None
     monitoring: MonitoringSettings = MonitoringSettings()
     hf_token: SafeSecret | None = None

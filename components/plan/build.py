@@ -11,7 +11,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from components.config.sections import Backend, HostSettings, ImageSettings, Upstream
+from components.config.sections import (
+    Backend,
+    HostSettings,
+    ImageSettings,
+    RolloutSettings,
+    Upstream,
+)
 from components.config.settings import Placement, Pool, Settings
 from components.config.values import format_cpu_set
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
@@ -32,6 +38,7 @@ from components.plan.model import (
     TLS_KEY_SECRET,
     VLLM_PORT,
     CachePlan,
+    CanaryPlan,
     CheckPlan,
     CompileCachePlan,
     DownloadPlan,
@@ -402,6 +409,78 @@ def _rollouts(
     )
 
 
+def canary_plan(
+    rollout: RolloutSettings,
+    replicas: Sequence[ReplicaPlan],
+    rollouts: Sequence[RolloutPlan],
+    lb_name: str,
+    python: str,
+    pool: str | None = None,
+) -> CanaryPlan | None:
+    """The canary step of one rollout: its first wave against the rest.
+
+    None when `rollout.canarySeconds` is 0 or the rollout has a single wave
+    (one replica): there is nothing left on the old version to compare with.
+    Per rollout (its replicas and their waves): each model pool's rollout has
+    its own waves, so each gets its own step, named like the pool's other
+    resources (`<pool>-canary`); a single-model stack's is `canary`.
+    """
+    first = [r for r, w in zip(replicas, rollouts, strict=True) if w.wave == 0]
+    rest = [r for r, w in zip(replicas, rollouts, strict=True) if w.wave > 0]
+    if rollout.canary_seconds == 0 or not first or not rest:
+        return None
+
+    def side(flag: str, group: Sequence[ReplicaPlan]) -> list[str]:
+        return [w for r in group for w in (flag, f"{r.name}={r.url}/metrics={r.upstream}")]
+
+    return CanaryPlan(
+        name="canary" if pool is None else f"{pool}-canary",
+        pool=pool,
+        canary=tuple(r.name for r in first),
+        baseline=tuple(r.name for r in rest),
+        argv=(
+            python,
+            "-m",
+            "components.steps.canary",
+            "--lb",
+            lb_name,
+            *side("--canary", first),
+            *side("--baseline", rest),
+            "--seconds",
+            str(rollout.canary_seconds),
+            "--max-ttft-ratio",
+            f"{rollout.canary_max_ttft_ratio:g}",
+            "--max-error-rate-increase",
+            f"{rollout.canary_max_error_rate_increase:g}",
+            "--min-requests",
+            str(rollout.canary_min_requests),
+            "--without-traffic",
+            rollout.canary_without_traffic,
+            "--max-wait",
+            str(rollout.canary_max_wait_seconds),
+        ),
+    )
+
+
+def _canaries(
+    rollout: RolloutSettings,
+    replicas: Sequence[ReplicaPlan],
+    rollouts: Sequence[RolloutPlan],
+    lb_name: str,
+    python: str,
+) -> tuple[CanaryPlan, ...]:
+    """A canary per pool: a pool's first wave is compared with that pool's own
+    old replicas (another pool serves another model, so its figures say nothing)."""
+    in_pool: dict[str | None, list[tuple[ReplicaPlan, RolloutPlan]]] = {}
+    for replica, wave in zip(replicas, rollouts, strict=True):
+        in_pool.setdefault(replica.pool, []).append((replica, wave))
+    plans = (
+        canary_plan(rollout, [r for r, _ in mine], [w for _, w in mine], lb_name, python, pool=pool)
+        for pool, mine in in_pool.items()
+    )
+    return tuple(p for p in plans if p is not None)
+
+
 def engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
     """What docker-py's `from_env` (and our TLS-material reader) need to reach an engine."""
     env = {"DOCKER_HOST": host.docker_host}
@@ -578,6 +657,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     public_host = lb_host.address if lb_host is not None else settings.public_host
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
     hosts = _hosts(settings, replicas, python)
+    rollouts = _rollouts(settings, replicas, lb.name, python)
     cache = settings.hf_cache
     compile_cache = settings.compile_cache
     return Plan(
@@ -597,7 +677,8 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         replicas=replicas,
         ready=hosts[0].ready,
         hosts=hosts,
-        rollouts=_rollouts(settings, replicas, lb.name, python),
+        rollouts=rollouts,
+        canaries=_canaries(settings.rollout, replicas, rollouts, lb.name, python),
         load_balancer=LoadBalancerPlan(
             name=lb.name,
             image=ImagePlan(

@@ -423,6 +423,27 @@ class PoolPlan:
 
 
 @dataclass(frozen=True)
+class CanaryPlan:
+    """The first wave of a rollout watched against the replicas not yet replaced.
+
+    A step between the first wave's resume and the second wave's drains
+    (components.steps.canary); only a rollout with a second wave has one.
+    """
+
+    name: str
+    canary: tuple[str, ...]
+    """The first wave's replicas."""
+    baseline: tuple[str, ...]
+    argv: tuple[str, ...]
+    pool: str | None = None
+    """The model pool whose rollout it watches; None for a single-model stack."""
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
 class Plan:
     network: str
     cache: CachePlan
@@ -442,3 +463,6 @@ class Plan:
     hosts: tuple[HostPlan, ...] = ()
     """Every engine with its replicas, download and readiness steps; `download`
     and `ready` above are the first one's (the only one without 'hosts')."""
+    canaries: tuple[CanaryPlan, ...] = ()
+    """One canary step per rollout with a second wave (each pool's own); none
+    with `rollout.canarySeconds` 0."""

@@ -31,6 +31,7 @@ from components.plan.model import (
     LB_CERTIFICATE_ENV,
     TLS_CERTIFICATE_SECRET,
     TLS_KEY_SECRET,
+    CanaryPlan,
     CheckPlan,
     HostPlan,
     ImagePlan,
@@ -43,6 +44,7 @@ from components.plan.model import (
 )
 from components.plan.monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET
 from components.shell.monitoring import Monitoring, MonitoringArgs
+from components.steps.canary import CONTAINERS_ENV as CANARY_CONTAINERS_ENV
 from components.steps.lb_reload import FILES_ENV as LB_FILES_ENV
 
 TYPE_TOKEN = "vllm-nginx:index:VllmCluster"
@@ -176,9 +178,13 @@ class VllmCluster(pulumi.ComponentResource):
         # another's. On a first deploy no wave waits (components.shell.serving).
         self.replicas = []
         self.rotations: list[command.local.Command] = []
+        # One canary per pool with a second wave, keyed by pool (None: no 'models').
+        self.canaries: dict[str | None, command.local.Command] = {}
+        canary_of = {c.pool: c for c in plan.canaries}
         previous_wave: dict[str | None, list[pulumi.Resource]] = {}
         for wave in sorted({r.wave for r in plan.rollouts}):
             this_wave: dict[str | None, list[pulumi.Resource]] = {}
+            containers: dict[str | None, list[docker.Container]] = {}
             for replica, rollout in zip(plan.replicas, plan.rollouts, strict=True):
                 if rollout.wave != wave:
                     continue
@@ -193,7 +199,15 @@ class VllmCluster(pulumi.ComponentResource):
                 rotation = self._rotation(name, rollout, container, lb_host.plan)
                 self.rotations.append(rotation)
                 this_wave.setdefault(rollout.pool, []).append(rotation)
+                containers.setdefault(rollout.pool, []).append(container)
             previous_wave.update(this_wave)
+            if wave == 0:
+                # A pool's next wave waits for its canary's verdict, not only its resume.
+                for pool, resumed in this_wave.items():
+                    if (canary := canary_of.get(pool)) is not None:
+                        watch = self._canary(name, canary, containers[pool], resumed, lb_host.plan)
+                        self.canaries[pool] = watch
+                        previous_wave[pool] = [watch]
         # nginx waits for every host's readiness (of every pool).
         for host in self.hosts:
             host.checks = self._readiness(name, host)
@@ -205,6 +219,8 @@ class VllmCluster(pulumi.ComponentResource):
         lb_after: list[pulumi.Resource] = [
             *self.replicas,
             *(check for h in self.hosts for check in h.checks),
+            # On a first deploy the canaries then find no nginx and return at once.
+            *self.canaries.values(),
         ]
 
         self.monitoring: Monitoring | None = None
@@ -663,6 +679,35 @@ class VllmCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[replica], delete_before_replace=True
             ),
+        )
+
+    def _canary(
+        self,
+        name: str,
+        canary: CanaryPlan,
+        first: Sequence[docker.Container],
+        resumed: Sequence[pulumi.Resource],
+        lb_host: HostPlan,
+    ) -> command.local.Command:
+        """The first wave watched under traffic once its rotations resumed it.
+
+        Its triggers are the first wave's container ids: replacing one of them
+        runs it again; nothing else does, so an unchanged stack shows no diff.
+        """
+        return command.local.Command(
+            f"{name}-{canary.name}",
+            create=canary.command,
+            dir=str(self._args.project_dir),
+            environment={
+                **self._engine_environment(lb_host),
+                # Which containers it watched: a run that finds them done does not
+                # watch again (only a rollout.canary* setting changed).
+                CANARY_CONTAINERS_ENV: pulumi.Output.all(*[c.id for c in first]).apply(
+                    lambda ids: ",".join(str(i)[:12] for i in ids)
+                ),
+            },
+            triggers=[c.id for c in first],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(resumed)),
         )
 
     def _check(

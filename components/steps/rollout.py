@@ -182,6 +182,12 @@ def _edit_upstream(lb: Container, upstream: str, down: bool, settle: float = 10.
     return True
 
 
+# What the canary step (components.steps.canary) reuses: the same live edit takes
+# a worse canary out of nginx, and puts a re-watched one back.
+get_running = _get
+edit_upstream = _edit_upstream
+
+
 def requests_running(replica: Container, port: int) -> float | None:
     """What the replica's own metrics say is running; None if it cannot tell."""
     argv = [*METRICS_PROBE[:2], METRICS_PROBE[2].replace("{port}", str(port))]

@@ -1,0 +1,292 @@
+"""Watch the first wave of an update under live traffic; stop the update if it is worse.
+
+A rolling update puts a replica back into rotation as soon as its `/health`
+answers, and `/health` says nothing of how it serves: a new image or new
+arguments that make time to first token three times slower, or that fail one
+request in five, would reach every replica. So once the first wave is back in
+rotation (its rotation steps have resumed it) and before the second wave's
+drains begin, this step watches it for `rollout.canarySeconds` next to the
+replicas not yet replaced, which serve the same traffic through the same
+nginx: each replica's own `/metrics` is read at its published address at the
+start and at the end, and the increases are compared
+(`components.steps.canary_compare`: TTFT p90 and the error rate).
+
+If the canary is worse beyond the thresholds, its replicas are taken out of
+nginx (the drain's live edit of nginx.conf, `components.steps.rollout`), the
+old replicas keep serving, and the step fails `pulumi up` with both figures
+per metric and what to do. Nothing else is replaced: the second wave waits for
+this step.
+
+It runs again whenever a replica of the first wave is replaced (its trigger),
+so a revert and `pulumi up` replaces the canary again, resumes it, and
+watches again; an `up` without a revert watches the same canary again, first
+putting it back into rotation (a failed canary left it out). On a first
+deploy there is no load balancer yet when it runs (nginx waits for it), so it
+says so and returns at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import docker
+
+from components.steps.canary_compare import (
+    Scrape,
+    Thresholds,
+    Verdict,
+    Window,
+    compare,
+    parse,
+    progress_line,
+    window,
+)
+from components.steps.engine import engine_client
+from components.steps.rollout import RolloutError, edit_upstream, get_running
+
+PROCEED = "proceed"
+WAIT = "wait"
+WHAT_TO_DO = (
+    "What to do: revert the change (or raise rollout.canaryMaxTtftRatio if this is expected), "
+    "then `pulumi up` again."
+)
+
+
+CONTAINERS_ENV = "VLLM_NGINX_CANARY_CONTAINERS"
+"""The first wave's container ids, comma-separated (set by the Pulumi shell)."""
+PREVIOUS_OUTPUT_ENV = "PULUMI_COMMAND_STDOUT"
+"""pulumi-command's previous stdout, given to a command run on an update
+(`addPreviousOutputInEnv`, on by default)."""
+DONE = "canary: done for containers "
+
+
+class CanaryFailed(RuntimeError):
+    """The canary was judged (worse, or never enough traffic); the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    name: str
+    metrics_url: str
+    upstream: str
+
+
+def _replica(text: str) -> Replica:
+    """`NAME=METRICS_URL=UPSTREAM` (a URL and host:port hold no '=')."""
+    name, url, upstream = text.split("=", 2)
+    return Replica(name, url, upstream)
+
+
+def scrape(url: str, timeout: float = 5.0) -> Scrape:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return parse(response.read().decode("utf-8", "replace"))
+
+
+Scraper = Callable[[str], Scrape]
+
+
+def _round(replicas: Sequence[Replica], fetch: Scraper) -> list[Scrape]:
+    found = []
+    for replica in replicas:
+        try:
+            found.append(fetch(replica.metrics_url))
+        except (OSError, urllib.error.URLError, ValueError) as err:
+            where = f"{replica.name}: its metrics at {replica.metrics_url}"
+            raise CanaryFailed(f"{where}: {err}") from None
+    return found
+
+
+def _windows(
+    canary: Sequence[Replica],
+    baseline: Sequence[Replica],
+    start: Sequence[Scrape],
+    fetch: Scraper,
+) -> tuple[Window, Window]:
+    now = _round([*canary, *baseline], fetch)
+    n = len(canary)
+    return window(start[:n], now[:n]), window(start[n:], now[n:])
+
+
+@dataclass(frozen=True)
+class Watch:
+    """How long to watch, and what makes a verdict (`rollout.canary*`)."""
+
+    seconds: float
+    limits: Thresholds
+    without_traffic: str = PROCEED
+    max_wait: float = 600.0
+    progress: float = 5.0
+
+
+def watch(
+    canary: Sequence[Replica],
+    baseline: Sequence[Replica],
+    how: Watch,
+    *,
+    fetch: Scraper = scrape,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    say: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> Verdict:
+    """Watch both sides from now for `how.seconds` (longer, up to `how.max_wait`,
+    when waiting for traffic); the verdict of the whole window."""
+    start = _round([*canary, *baseline], fetch)
+    began = clock()
+    total = how.seconds
+    # At least one line on the way, however short the window.
+    every = min(how.progress, max(how.seconds / 2, 0.5))
+    while True:
+        elapsed = clock() - began
+        if elapsed >= total:
+            verdict = compare(*_windows(canary, baseline, start, fetch), how.limits)
+            if verdict.enough_traffic or how.without_traffic != WAIT or total >= how.max_wait:
+                return verdict
+            # Not enough traffic yet: watch on, the window growing, until the bound.
+            say(f"canary: {verdict.lines[0]}; watching on (up to {how.max_wait:.0f} s)")
+            total = min(total + how.seconds, how.max_wait)
+            continue
+        sleep(min(every, total - elapsed))
+        elapsed = clock() - began
+        if elapsed < total:
+            say(progress_line(elapsed, total, *_windows(canary, baseline, start, fetch)))
+
+
+def run(
+    client: docker.DockerClient,
+    lb_name: str,
+    canary: Sequence[Replica],
+    baseline: Sequence[Replica],
+    how: Watch,
+    *,
+    fetch: Scraper = scrape,
+    containers: str = "",
+    previous_output: str = "",
+) -> str:
+    """The step: what to print on success; `CanaryFailed` when the update must stop.
+
+    `containers` are the first wave's container ids (`CONTAINERS_ENV`), and
+    `previous_output` what this step printed last time it passed (pulumi-command
+    hands it over on an update). Replacing a first-wave replica replaces the step,
+    which then has no previous output; an update of the step alone (a changed
+    `rollout.canary*` setting) finds these same containers done and does not
+    watch them again: nothing was updated.
+    """
+    done = f"{DONE}{containers}"
+    names = ", ".join(r.name for r in canary)
+    if containers and done in previous_output.splitlines():
+        return (
+            f"canary: {names} unchanged since the canary passed them: not watched again "
+            f"(only the step's settings changed)\n{done}"
+        )
+    message = _judge(client, lb_name, canary, baseline, how, fetch)
+    return f"{message}\n{done}" if containers else message
+
+
+def _judge(
+    client: docker.DockerClient,
+    lb_name: str,
+    canary: Sequence[Replica],
+    baseline: Sequence[Replica],
+    how: Watch,
+    fetch: Scraper,
+) -> str:
+    seconds, without_traffic, max_wait = how.seconds, how.without_traffic, how.max_wait
+    names = ", ".join(r.name for r in canary)
+    old = ", ".join(r.name for r in baseline)
+    lb = get_running(client, lb_name)
+    if lb is None:
+        return f"canary: no load balancer yet (first deploy): {names} not watched"
+    if not baseline:
+        return f"canary: no replica left on the old version to compare {names} with: not watched"
+    for replica in canary:
+        # A canary that failed before was taken out; watching it needs its traffic.
+        if edit_upstream(lb, replica.upstream, down=False):
+            print(f"canary: {replica.name} back in rotation to be watched again", flush=True)
+    print(
+        f"canary: watching {names} (the first wave, updated) against {old} (not yet "
+        f"replaced) for {seconds:.0f} s under live traffic",
+        flush=True,
+    )
+    verdict = watch(canary, baseline, how, fetch=fetch)
+    figures = "\n".join(f"  {line}" for line in verdict.lines)
+    if not verdict.enough_traffic:
+        if without_traffic == WAIT:
+            raise CanaryFailed(
+                f"canary: not enough traffic to judge {names} within {max_wait:.0f} s:\n"
+                f"{figures}\n{names} {'stays' if len(canary) == 1 else 'stay'} in rotation; "
+                f"{old} not replaced. What to do: "
+                "`pulumi up` again under traffic, or set rollout.canaryWithoutTraffic: proceed."
+            )
+        return (
+            f"canary: not enough traffic to judge {names}:\n{figures}\n"
+            "proceeding without a verdict (rollout.canaryWithoutTraffic: proceed)"
+        )
+    if verdict.passed:
+        return f"canary: {names} no worse than {old}, the update goes on:\n{figures}"
+    for replica in canary:
+        edit_upstream(lb, replica.upstream, down=True)
+    raise CanaryFailed(
+        f"canary failed: {names} (the first wave, updated) is worse than {old} (not yet "
+        f"replaced) over {seconds:.0f} s of live traffic:\n{figures}\n"
+        f"{names} taken out of rotation; {old} {'keeps' if len(baseline) == 1 else 'keep'} "
+        f"serving, not replaced.\n{WHAT_TO_DO}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--lb", required=True, help="load balancer container")
+    parser.add_argument(
+        "--canary", action="append", default=[], help="NAME=METRICS_URL=UPSTREAM (first wave)"
+    )
+    parser.add_argument(
+        "--baseline", action="append", default=[], help="NAME=METRICS_URL=UPSTREAM (not replaced)"
+    )
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--max-ttft-ratio", type=float, required=True)
+    parser.add_argument("--max-error-rate-increase", type=float, required=True)
+    parser.add_argument("--min-requests", type=int, required=True)
+    parser.add_argument("--without-traffic", choices=(PROCEED, WAIT), default=PROCEED)
+    parser.add_argument("--max-wait", type=float, default=600.0, help="seconds (wait only)")
+    parser.add_argument("--progress-seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    how = Watch(
+        seconds=args.seconds,
+        limits=Thresholds(
+            max_ttft_ratio=args.max_ttft_ratio,
+            max_error_rate_increase=args.max_error_rate_increase,
+            min_requests=args.min_requests,
+        ),
+        without_traffic=args.without_traffic,
+        max_wait=args.max_wait,
+        progress=args.progress_seconds,
+    )
+    try:
+        message = run(
+            engine_client(),
+            args.lb,
+            [_replica(text) for text in args.canary],
+            [_replica(text) for text in args.baseline],
+            how,
+            containers=os.environ.get(CONTAINERS_ENV, ""),
+            previous_output=os.environ.get(PREVIOUS_OUTPUT_ENV, ""),
+        )
+    except CanaryFailed as failed:
+        print(failed, file=sys.stderr, flush=True)
+        return 1
+    except (RolloutError, docker.errors.DockerException, OSError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    print(message, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
