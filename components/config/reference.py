@@ -90,8 +90,8 @@ DESCRIPTIONS: dict[str, str] = {
     "proxy.https": "`https_proxy` for builds and replicas",
     "proxy.no": "`no_proxy` for builds and replicas",
     "fitCheck.enabled": "before the download and any replica, check that the model fits each "
-    "replica's GPUs (CPU: the host's memory); a model that does not stops `pulumi up` "
-    "([fit-check.md](fit-check.md))",
+    "replica's GPUs (CPU: the host's memory), with model pools each pool's before its own; "
+    "a model that does not stops `pulumi up` ([fit-check.md](fit-check.md))",
     "fitCheck.warnAbovePercent": "warn when the weights and one sequence's KV cache take more "
     "than this share of what vLLM may use (GPU memory x `--gpu-memory-utilization`)",
     "cpu.kvcacheSpaceGb": "`VLLM_CPU_KVCACHE_SPACE` (GiB), CPU backend",
