@@ -54,6 +54,19 @@ def ci_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
+def loopback_balancer(name: str, port: int, **options: Any) -> dict[str, Any]:
+    """A `loadBalancer` of a test's own: the offline base image's nginx (1.22, so
+    no `resolve`), published on loopback at `port` only; `options` add keys."""
+    return {
+        "name": name,
+        "port": port,
+        "bindAddress": "127.0.0.1",
+        "image": "vllm-nginx/base:bookworm",
+        "dynamicResolve": False,
+        **options,
+    }
+
+
 def remove_deployment(client: docker.DockerClient) -> None:
     remove_named(client, containers=(LB_NAME, *REPLICAS), networks=[NETWORK], volumes=[VOLUME])
 

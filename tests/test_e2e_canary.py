@@ -33,7 +33,7 @@ import pytest
 from tests.support.docker_engine import STANDIN_TAG, remove_named
 from tests.support.pulumi_engine import Result, Stack
 from tests.support.streaming_load import Stream, streaming_load
-from tests.test_e2e import API_KEY, ci_config
+from tests.test_e2e import API_KEY, ci_config, loopback_balancer
 
 pytestmark = pytest.mark.docker
 
@@ -65,14 +65,7 @@ def stack(image: str) -> dict[str, Any]:
             "STANDIN_TOKEN_MS": "10",
         },
         rollout={"canarySeconds": 3, "canaryMinRequests": 8},
-        loadBalancer={
-            "name": f"{PREFIX}-lb",
-            "port": LB_PORT,
-            "bindAddress": "127.0.0.1",
-            "image": "vllm-nginx/base:bookworm",
-            "dynamicResolve": False,
-            "failWindowSeconds": 5,
-        },
+        loadBalancer=loopback_balancer(f"{PREFIX}-lb", LB_PORT, failWindowSeconds=5),
     )
 
 

@@ -37,7 +37,7 @@ from docker.errors import APIError, NotFound
 
 from tests.support.docker_engine import remove_named
 from tests.support.pulumi_engine import PulumiFailed, Result, Stack, is_secret, names, reveal
-from tests.test_e2e import ci_config
+from tests.test_e2e import ci_config, loopback_balancer
 
 pytestmark = pytest.mark.docker
 
@@ -57,13 +57,7 @@ def stack(prefix: str, port: int, **overrides: Any) -> dict[str, Any]:
         "replicas": 2,
         "progressIntervalSeconds": 1,
         "extraEnv": {"STANDIN_DOWNLOAD_SECONDS": "4", "STANDIN_LOAD_SECONDS": "1"},
-        "loadBalancer": {
-            "name": f"{prefix}-lb",
-            "port": port,
-            "bindAddress": "127.0.0.1",
-            "image": "vllm-nginx/base:bookworm",
-            "dynamicResolve": False,
-        },
+        "loadBalancer": loopback_balancer(f"{prefix}-lb", port),
     }
     values.update(overrides)
     return ci_config(**values)

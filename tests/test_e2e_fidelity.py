@@ -36,7 +36,7 @@ import pytest
 
 from tests.support.docker_engine import remove_named
 from tests.support.pulumi_engine import Result, Stack
-from tests.test_e2e import ci_config
+from tests.test_e2e import ci_config, loopback_balancer
 
 pytestmark = pytest.mark.docker
 
@@ -61,13 +61,7 @@ def stack_config(**overrides: Any) -> dict[str, Any]:
         "rollout": {"canarySeconds": 0},  # not judged here (tests/test_e2e_canary.py)
         "healthCheck": HEALTH,
         "extraEnv": {"STANDIN_DOWNLOAD_SECONDS": "1", "STANDIN_LOAD_SECONDS": "1"},
-        "loadBalancer": {
-            "name": LB_NAME,
-            "port": 18600,
-            "bindAddress": "127.0.0.1",
-            "image": "vllm-nginx/base:bookworm",
-            "dynamicResolve": False,
-        },
+        "loadBalancer": loopback_balancer(LB_NAME, 18600),
     }
     values.update(overrides)
     return ci_config(**values)

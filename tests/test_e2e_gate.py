@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.docker_engine import remove_named
 from tests.support.pulumi_engine import PulumiFailed, Stack, names
-from tests.test_e2e import ci_config
+from tests.test_e2e import ci_config, loopback_balancer
 
 pytestmark = pytest.mark.docker
 
@@ -37,13 +37,7 @@ def failing_stack(prefix: str, port: int, **overrides: Any) -> dict[str, Any]:
         hfCache={"volume": f"{prefix}-cache", "keepOnDestroy": False},
         basePort=port + 1,
         replicas=2,
-        loadBalancer={
-            "name": f"{prefix}-lb",
-            "port": port,
-            "bindAddress": "127.0.0.1",
-            "image": "vllm-nginx/base:bookworm",
-            "dynamicResolve": False,
-        },
+        loadBalancer=loopback_balancer(f"{prefix}-lb", port),
         **overrides,
     )
 

@@ -30,7 +30,7 @@ import pytest
 from tests.support.docker_engine import remove_named
 from tests.support.pulumi_engine import Result, Stack
 from tests.support.streaming_load import Stream, streaming_load
-from tests.test_e2e import API_KEY, ci_config
+from tests.test_e2e import API_KEY, ci_config, loopback_balancer
 
 pytestmark = pytest.mark.docker
 
@@ -84,14 +84,7 @@ def stack(revision: str) -> dict[str, Any]:
             "STANDIN_TTFT_MS": "30",
             "STANDIN_TOKEN_MS": "40",
         },
-        loadBalancer={
-            "name": f"{PREFIX}-lb",
-            "port": LB_PORT,
-            "bindAddress": "127.0.0.1",
-            "image": "vllm-nginx/base:bookworm",
-            "dynamicResolve": False,
-            "failWindowSeconds": 5,
-        },
+        loadBalancer=loopback_balancer(f"{PREFIX}-lb", LB_PORT, failWindowSeconds=5),
     )
     del config["model"], config["servedModelName"], config["replicas"]
     return config

@@ -40,7 +40,7 @@ import pytest
 from tests.support.docker_engine import remove_named
 from tests.support.pulumi_engine import Result, Stack
 from tests.support.streaming_load import streaming_load
-from tests.test_e2e import API_KEY, ci_config
+from tests.test_e2e import API_KEY, ci_config, loopback_balancer
 
 pytestmark = pytest.mark.docker
 
@@ -73,14 +73,7 @@ def stack(
             "STANDIN_TOKEN_MS": str(token_ms),
             "STANDIN_REVISION": revision,
         },
-        loadBalancer={
-            "name": f"{PREFIX}-lb",
-            "port": LB_PORT,
-            "bindAddress": "127.0.0.1",
-            "image": "vllm-nginx/base:bookworm",
-            "dynamicResolve": False,
-            "failWindowSeconds": 5,
-        },
+        loadBalancer=loopback_balancer(f"{PREFIX}-lb", LB_PORT, failWindowSeconds=5),
     )
 
 
