@@ -116,7 +116,7 @@ def test_a_failing_canary_is_worse_beyond_the_error_increase() -> None:
     assert verdict.worse == ("canaryMaxErrorRateIncrease",)
     assert verdict.lines[1] == (
         "error rate: 20.0% (10 of 50) on the canary, 0.0% (0 of 50) on the old replicas: "
-        "+20.0 points (rollout.canaryMaxErrorRateIncrease 0.02) WORSE"
+        "+20.0 points (rollout.canaryMaxErrorRateIncrease 0.02, +2.0 points) WORSE"
     )
     # Within the thresholds: 1 more in 100 is +1 point, under 2.
     assert compare(_side(100, 1, 0.2), _side(100, 0, 0.2), LIMITS).passed

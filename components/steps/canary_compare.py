@@ -212,7 +212,8 @@ def compare(canary: Window, baseline: Window, limits: Thresholds) -> Verdict:
         + (" WORSE" if over else ""),
         f"error rate: {_rate(canary)} on the canary, {_rate(baseline)} on the old replicas: "
         f"{100 * increase:+.1f} points "
-        f"(rollout.canaryMaxErrorRateIncrease {limits.max_error_rate_increase:g})"
+        f"(rollout.canaryMaxErrorRateIncrease {limits.max_error_rate_increase:g}, "
+        f"{100 * limits.max_error_rate_increase:+.1f} points)"
         + (" WORSE" if "canaryMaxErrorRateIncrease" in worse else ""),
     )
     return Verdict(enough_traffic=True, worse=tuple(worse), lines=lines)
