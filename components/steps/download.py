@@ -247,22 +247,22 @@ def run_job(
     )
 
 
-def _volume(spec: str) -> tuple[str, dict[str, str]]:
-    """`SOURCE:TARGET` (a volume name or an absolute host path)."""
+def volume_arg(spec: str, mode: str = "rw") -> tuple[str, dict[str, str]]:
+    """`SOURCE:TARGET` (a volume name or an absolute host path), as docker-py mounts it."""
     source, _, target = spec.rpartition(":")
     if not source or not target.startswith("/"):
         raise argparse.ArgumentTypeError(f"{spec}: expected SOURCE:/container/path")
-    return source, {"bind": target, "mode": "rw"}
+    return source, {"bind": target, "mode": mode}
 
 
-def _env(spec: str) -> tuple[str, str]:
+def env_arg(spec: str) -> tuple[str, str]:
     key, sep, value = spec.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{spec}: expected KEY=VALUE")
     return key, value
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
+def stop_on_signal(signum: int, frame: FrameType | None) -> None:
     # `pulumi cancel` or Ctrl-C: unwind so the job container (and token) is removed.
     raise SystemExit(128 + signum)
 
@@ -277,18 +277,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a repository to fetch; again for more (a pool's LoRA adapters), by one job",
     )
     parser.add_argument("--name", required=True, help="name of the job container")
-    parser.add_argument("--volume", type=_volume, action="append", default=[])
+    parser.add_argument("--volume", type=volume_arg, action="append", default=[])
     parser.add_argument(
         "--network",
         default="host",
         help="the job only reaches the hub: the engine's own network is enough, and a "
         "container on it starts without a bridge endpoint to set up",
     )
-    parser.add_argument("--env", type=_env, action="append", default=[])
+    parser.add_argument("--env", type=env_arg, action="append", default=[])
     parser.add_argument("--timeout", type=float, required=True, help="seconds")
     parser.add_argument("--progress-seconds", type=float, default=15.0)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, stop_on_signal)
     client = reachable_engine(timeout=300)
     if client is None:
         return 1

@@ -30,7 +30,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
+from functools import partial
 from typing import Any
 
 import docker
@@ -39,7 +39,15 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from components.containers.vllm.download_job import ERROR_PREFIX, FACTS_PREFIX
-from components.steps.download import LABEL, DownloadFailed, job_container, remove_leftover
+from components.steps.download import (
+    LABEL,
+    DownloadFailed,
+    env_arg,
+    job_container,
+    remove_leftover,
+    stop_on_signal,
+    volume_arg,
+)
 from components.steps.engine import reachable_engine
 from components.steps.memory_fit import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -262,24 +270,6 @@ def check(
     ]
 
 
-def _pair(spec: str) -> tuple[str, str]:
-    key, sep, value = spec.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{spec}: expected KEY=VALUE")
-    return key, value
-
-
-def _volume(spec: str) -> tuple[str, dict[str, str]]:
-    source, _, target = spec.rpartition(":")
-    if not source or not target.startswith("/"):
-        raise argparse.ArgumentTypeError(f"{spec}: expected SOURCE:/container/path")
-    return source, {"bind": target, "mode": "ro"}
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--image", required=True)
@@ -290,8 +280,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replica", type=_replica, action="append", required=True)
     p.add_argument("--warn-above-percent", type=float, default=90.0)
     p.add_argument("--cpu-kvcache-gb", type=int, default=4)
-    p.add_argument("--env", type=_pair, action="append", default=[])
-    p.add_argument("--volume", type=_volume, action="append", default=[])
+    p.add_argument("--env", type=env_arg, action="append", default=[])
+    p.add_argument("--volume", type=partial(volume_arg, mode="ro"), action="append", default=[])
     p.add_argument(
         "--extra-arg",
         action="append",
@@ -303,7 +293,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, stop_on_signal)
     client = reachable_engine(timeout=300)
     if client is None:
         return 1
