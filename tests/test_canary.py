@@ -353,3 +353,16 @@ def test_without_traffic_it_says_so_and_proceeds_or_waits_then_stops(nginx: Fake
     )
     # Not judged worse: never taken out.
     assert rollout.DRAINED not in nginx.config.read_text()
+
+
+def test_the_metrics_are_asked_directly_past_any_http_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the readiness step asks `/health`: a proxy of the deploying machine (here
+    one that refuses every connection) must not stand between it and the replicas."""
+    with standins(tmp_path, {}) as stubs:
+        monkeypatch.setenv("http_proxy", "http://127.0.0.1:1")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        scraped = canary.scrape(f"{stubs[0].url}/metrics")
+    assert scraped.ttft_buckets, scraped

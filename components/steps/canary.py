@@ -32,7 +32,6 @@ import os
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +48,7 @@ from components.steps.canary_compare import (
     window,
 )
 from components.steps.engine import engine_client
+from components.steps.readiness import DIRECT
 from components.steps.rollout import RolloutError, edit_upstream, get_running
 
 PROCEED = "proceed"
@@ -85,7 +85,7 @@ def _replica(text: str) -> Replica:
 
 
 def scrape(url: str, timeout: float = 5.0) -> Scrape:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    with DIRECT.open(url, timeout=timeout) as response:
         return parse(response.read().decode("utf-8", "replace"))
 
 

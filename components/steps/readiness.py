@@ -53,16 +53,16 @@ def redact(text: str, environ: Mapping[str, str]) -> str:
     return text
 
 
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """The replicas' published ports are asked directly: an `http_proxy` of the
-deploying machine must not stand between it and them."""
+deploying machine must not stand between it and them (here and in the canary)."""
 
 
 def serves(url: str, timeout: float = 1.0) -> bool | None:
     """Whether `url` (a replica's `/health`) answers 200 now; None if nothing
     answered within `timeout` (an address this machine cannot reach)."""
     try:
-        with _DIRECT.open(url, timeout=timeout) as response:
+        with DIRECT.open(url, timeout=timeout) as response:
             return bool(response.status == 200)
     except urllib.error.URLError as err:
         return None if isinstance(err.reason, TimeoutError) else False
