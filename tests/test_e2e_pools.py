@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import httpx
 import openai
 import pytest
 
+from tests.support.closed_connection import closed_while_idle
 from tests.support.docker_engine import remove_named
 from tests.support.pulumi_engine import Result, Stack
 from tests.support.streaming_load import Stream, streaming_load
@@ -168,20 +168,6 @@ def test_requests_route_by_model_to_their_pool(deployment: Deployment) -> None:
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
 
 
-def _closed_while_idle(err: Exception) -> bool:
-    """nginx's reload closes the old workers' idle keep-alive connections; a request
-    written onto one just then meets "Server disconnected without sending a
-    response" and never reached nginx, let alone a replica. The official client
-    retries exactly this by default (`max_retries` 2); the loop retries it once,
-    and counts it, so that everything else still fails the test."""
-    cause = err.__cause__
-    return (
-        isinstance(err, openai.APIConnectionError)
-        and isinstance(cause, httpx.RemoteProtocolError)
-        and "without sending a response" in str(cause)
-    )
-
-
 def _embed_forever(stop: threading.Event, results: list[str | None], retried: list[str]) -> None:
     client = openai_client()
     while not stop.is_set():
@@ -190,10 +176,10 @@ def _embed_forever(stop: threading.Event, results: list[str | None], retried: li
                 got = client.embeddings.create(model="tiny-embed", input="load")
                 results.append(None if got.data and got.model == "tiny-embed" else repr(got))
             except Exception as err:  # any failure counts, but one on a closed idle connection
-                if attempt == 1 and _closed_while_idle(err):
+                if attempt == 1 and closed_while_idle(err):
                     retried.append(f"{type(err).__name__}: {err.__cause__}")
                     continue
-                results.append(f"{type(err).__name__}: {err}")
+                results.append(f"{type(err).__name__}: {err} ({err.__cause__!r})")
             break
         time.sleep(0.05)
 

@@ -21,11 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 import pytest
 from openai import OpenAI
 
 from components.config.sections import RoutingPolicy
+from tests.support.closed_connection import closed_while_idle
 from tests.support.nginx import (
     LOOPBACK,
     Pki,
@@ -217,7 +219,7 @@ def test_killing_a_replica_under_load_fails_no_request_that_had_not_reached_it()
                             replica = replica or chunk.system_fingerprint
                     else:
                         replica = complete(api, tokens=15)
-                except (openai.APIError, httpx.HTTPError) as exc:
+                except (openai.APIError, httpx2.HTTPError) as exc:  # openai's transport
                     error = repr(exc)
                 with lock:
                     outcomes.append(("stream" if streaming else "whole", started, replica, error))
@@ -355,6 +357,61 @@ def test_a_replica_answering_502_or_503_is_skipped(fleet, status):
         assert answered == {fleet[0].replica_id: 6}
         # The dead replica did get (and fail) requests: they were resent, not lost.
         assert seen, "the failing replica was never tried"
+
+
+def test_reloads_under_keep_alive_clients_fail_only_requests_on_closed_idle_connections(fleet):
+    """Every drain and resume reloads nginx. Clients that keep connections alive and
+    leave them idle between short requests: with retries off, a request fails only on
+    a connection the reload closed, and none of those reached a replica; the
+    official client with its default retries fails none."""
+    strict: list[BaseException] = []
+    default: list[BaseException] = []
+    served: list[str] = []
+    stop, lock = threading.Event(), threading.Lock()
+
+    def loop(api: OpenAI, failures: list[BaseException]) -> None:
+        while not stop.is_set():
+            try:
+                replica = complete(api, tokens=1)
+                with lock:
+                    served.append(replica)
+            except Exception as exc:  # every failure is kept and judged below
+                with lock:
+                    failures.append(exc)
+            time.sleep(0.02)  # idle on the kept-alive connection, as a chat client is
+
+    with balancer(fleet.ports) as nginx:
+        strict_api = client(nginx)
+        default_api = OpenAI(base_url=nginx.url + "/v1", api_key="unused", timeout=30)
+        threads = [
+            threading.Thread(target=loop, args=(api, failures))
+            for api, failures in [(strict_api, strict)] * 2 + [(default_api, default)] * 2
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for _ in range(100):
+                time.sleep(0.05)
+                nginx.process.send_signal(signal.SIGHUP)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+        time.sleep(0.5)  # the last old workers finish and write their log lines
+        logged = [
+            line for line in nginx.access_log.read_text().splitlines() if "/v1/completions" in line
+        ]
+
+    print(
+        f"100 reloads: {len(served)} served, {len(strict)} failed with retries off, "
+        f"{len(default)} with the client's default retries"
+    )
+    assert len(served) > 400
+    assert default == [], default
+    assert all(closed_while_idle(exc) for exc in strict), strict
+    # Not one of them reached nginx's handling: it logged exactly the served requests.
+    assert len(logged) == len(served), (len(logged), len(served))
+    assert all(re.search(r'" 200 ', line) for line in logged), logged
 
 
 # --- TLS -------------------------------------------------------------------------
