@@ -19,7 +19,7 @@ from typing import Any
 
 from components.config.loading import parse_settings
 from components.plan.build import build_plan
-from components.steps.fit import Replica, parser
+from components.steps.fit import Replica, next_steps, parser
 from tests.support.pulumi_capture import Run, run_program
 from tests.test_component import (
     COMMAND,
@@ -117,6 +117,9 @@ def test_the_step_reads_back_what_the_plan_says() -> None:
     # The hub the download job asks is the one the facts come from.
     assert ("HF_ENDPOINT", "http://hub.lan") in args.env
     assert args.volume == []
+    # A stack without 'models': the keys are the stack's own, and the command as before.
+    assert args.config_key == "" and "--config-key" not in fit.command("img", ())
+    assert "(tensorParallelSize and gpus, extraArgs --max-model-len," in next_steps("")
     assert (
         build_plan(settings(fitCheck={"enabled": False}), project_dir=Path(".")).hosts[0].fit
         is None
@@ -160,12 +163,18 @@ def test_one_fit_step_per_pool_before_its_own_download_and_replicas() -> None:
     assert " --image @@vllm-embed-vllm-image.imageId@@ " in embed
     read = parser().parse_args(shlex.split(chat)[3:])
     assert (read.model, read.name, read.tensor_parallel_size) == ("org/chat", "vllm-chat-fit", 2)
+    # Its advice names the pool's keys: models[0].tensorParallelSize, not the stack's.
+    assert read.config_key == "models[0]."
+    assert "(models[0].tensorParallelSize and models[0].gpus, models[0].extraArgs " in (
+        next_steps(read.config_key)
+    )
     assert read.replica == [Replica("vllm-chat-0", ("0", "1")), Replica("vllm-chat-1", ("2", "3"))]
     # The stack's extraArgs, then the pool's, as its replicas get them; not its adapters.
     assert read.extra_arg == ["--dtype", "half", "--max-model-len", "4096"]
     assert "sql-lora" not in chat
     read = parser().parse_args(shlex.split(embed)[3:])
     assert (read.model, read.name, read.tensor_parallel_size) == ("org/embed", "vllm-embed-fit", 1)
+    assert read.config_key == "models[1]."
     assert read.replica == [Replica("vllm-embed-0", ("4",))]
     assert read.extra_arg == ["--dtype", "half", "--runner", "pooling"]
     for pool, other in (("chat", "embed"), ("embed", "chat")):

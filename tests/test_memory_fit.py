@@ -160,6 +160,19 @@ def test_llama_31_8b_does_not_fit_one_24_gb_gpu_at_full_length() -> None:
     )
 
 
+def test_a_pools_ways_out_name_its_own_keys() -> None:
+    """In a stack with 'models', the keys to change are the pool's, as written."""
+    shape = model_shape(LLAMA_31_8B, LLAMA_31_8B_BYTES, ())
+    verdict = check_gpu_replica("vllm-chat-0", [RTX_4090], shape, 1, 0.92, 0.9, 32, "models[1].")
+    assert verdict.text.endswith(
+        "What would fit: models[1].tensorParallelSize 2 (2 such GPUs per replica); a shorter "
+        "max length: models[1].extraArgs --max-model-len 58256 at most; a quantised model "
+        "(4-bit, about a quarter the weight bytes)."
+    )
+    (cpu,) = check_cpu_replicas(["vllm-chat-0"], 64 * GIB, shape, 1, 0.9, "models[0].")
+    assert cpu.stops and "cpu.kvcacheSpaceGb 16, or models[0].extraArgs --max-model-len" in cpu.text
+
+
 def test_llama_31_8b_fits_with_a_shorter_length() -> None:
     shape = model_shape(LLAMA_31_8B, LLAMA_31_8B_BYTES, ("--max-model-len", "8192"))
     verdict = check_gpu_replica("vllm0", [RTX_4090], shape, 1, 0.92, 0.9)

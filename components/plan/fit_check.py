@@ -50,4 +50,5 @@ def fit_plan(
         python=python,
         local_model=pool.model.startswith("/"),
         pool=pool.name,
+        config_key=pool.key,
     )

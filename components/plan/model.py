@@ -226,6 +226,9 @@ class FitPlan(JobPlan):
     cpu_kvcache_gb: int
     local_model: bool
     """A path in the container: read through the model cache's mount, not the hub."""
+    config_key: str = ""
+    """The pool's config key ('models[1]'), so that the step's advice names
+    'models[1].tensorParallelSize'; '' for a stack without 'models'."""
 
     step: ClassVar[str] = "components.steps.fit"
 
@@ -240,6 +243,8 @@ class FitPlan(JobPlan):
             "--cpu-kvcache-gb",
             str(self.cpu_kvcache_gb),
         ]
+        if self.config_key:
+            words += ["--config-key", self.config_key]
         for name, gpus in self.replicas:
             words += ["--replica", f"{name}={','.join(gpus)}"]
         return words

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -66,12 +67,16 @@ from components.steps.memory_fit import (
 from components.steps.readiness import redact
 
 GPU_QUERY = ("--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits")
-NEXT = (
-    "Change the stack (tensorParallelSize and gpus, extraArgs --max-model-len, or a "
-    "quantised model), check it (python -m components.cli.check), then run `pulumi up` "
-    "again; these replicas were not created and nothing was downloaded for them. To "
-    "deploy anyway, set fitCheck.enabled false."
-)
+
+
+def next_steps(key: str) -> str:
+    """What to do, naming the keys as the stack file has them (`key`: 'models[1].')."""
+    return (
+        f"Change the stack ({key}tensorParallelSize and {key}gpus, {key}extraArgs "
+        "--max-model-len, or a quantised model), check it (python -m components.cli.check), "
+        "then run `pulumi up` again; these replicas were not created and nothing was "
+        "downloaded for them. To deploy anyway, set fitCheck.enabled false."
+    )
 
 
 WAIT_SECONDS = 120
@@ -198,6 +203,14 @@ def _replica(spec: str) -> Replica:
     return Replica(name, tuple(i for i in ids.split(",") if i))
 
 
+def _config_key(text: str) -> str:
+    """'models[1]' (the settings' own pool key) as the prefix of a key under it; ''
+    (a stack without 'models', argparse's default) as no prefix."""
+    if text and not re.fullmatch(r"models\[\d+\]", text):
+        raise argparse.ArgumentTypeError(f"not a pool's config key: {text!r}")
+    return f"{text}." if text else ""
+
+
 def _describe(shape: ModelShape, facts: dict[str, Any]) -> str:
     length = f"max length {shape.max_len} ({shape.max_len_from})" if shape.max_len else "auto"
     return (
@@ -251,7 +264,9 @@ def check(
     warn = args.warn_above_percent / 100
     if args.backend != "gpu":
         names = [r.name for r in args.replica]
-        return check_cpu_replicas(names, host_bytes, shape, args.cpu_kvcache_gb, warn)
+        return check_cpu_replicas(
+            names, host_bytes, shape, args.cpu_kvcache_gb, warn, args.config_key
+        )
     utilization = float(
         flag_value(args.extra_arg, "--gpu-memory-utilization") or DEFAULT_GPU_MEMORY_UTILIZATION
     )
@@ -265,6 +280,7 @@ def check(
             utilization,
             warn,
             heads if isinstance(heads, int) else None,
+            args.config_key,
         )
         for r in args.replica
     ]
@@ -279,6 +295,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--replica", type=_replica, action="append", required=True)
     p.add_argument("--warn-above-percent", type=float, default=90.0)
+    p.add_argument(
+        "--config-key",
+        type=_config_key,
+        default="",
+        help="the pool's config key, as in models[1]; its messages then name models[1].…",
+    )
     p.add_argument("--cpu-kvcache-gb", type=int, default=4)
     p.add_argument("--env", type=env_arg, action="append", default=[])
     p.add_argument("--volume", type=partial(volume_arg, mode="ro"), action="append", default=[])
@@ -319,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("error: the model does not fit:", file=sys.stderr)
     for verdict in stops:
         print(f"  {verdict.text}", file=sys.stderr)
-    print(NEXT, file=sys.stderr)
+    print(next_steps(args.config_key), file=sys.stderr)
     return 1
 
 

@@ -328,20 +328,21 @@ def longest_len(shape: ModelShape, tp: int, budget: int, weights: bool = True) -
 
 
 def what_would_fit_gpu(
-    shape: ModelShape, tp: int, budget: int, attention_heads: int | None
+    shape: ModelShape, tp: int, budget: int, attention_heads: int | None, key: str = ""
 ) -> list[str]:
-    """Ways out, each checked against the same budget per GPU."""
+    """Ways out, each checked against the same budget per GPU. `key` is the pool's
+    config key with its dot ('models[1].'), so each way names the key to change."""
     ways: list[str] = []
     for more in (2, 4, 8, 16):
         if more <= tp or (attention_heads and attention_heads % more):
             continue
         if gpu_need(shape, more, shape.max_len).total <= budget:
-            ways.append(f"tensorParallelSize {more} ({more} such GPUs per replica)")
+            ways.append(f"{key}tensorParallelSize {more} ({more} such GPUs per replica)")
             break
     if shape.max_len is not None:
         longest = longest_len(shape, tp, budget)
         if 0 < longest < shape.max_len:
-            ways.append(f"a shorter max length: extraArgs --max-model-len {longest} at most")
+            ways.append(f"a shorter max length: {key}extraArgs --max-model-len {longest} at most")
     if not shape.quantized:
         for share, words in ((2, "8-bit, about half"), (4, "4-bit, about a quarter")):
             smaller = ModelShape(**{**shape.__dict__, "weight_bytes": shape.weight_bytes // share})
@@ -359,6 +360,7 @@ def check_gpu_replica(
     utilization: float,
     warn_share: float,
     attention_heads: int | None = None,
+    key: str = "",
 ) -> Verdict:
     """The replica against the smallest of its GPUs (every rank holds the same share)."""
     gpu = min(gpus, key=lambda g: g.memory_mib)
@@ -375,7 +377,7 @@ def check_gpu_replica(
         f"has {gib(budget)} ({gib(gpu.total_bytes)} x gpu-memory-utilization {utilization:.2f})"
     )
     if need.total > budget:
-        ways = what_would_fit_gpu(shape, tp, budget, attention_heads)
+        ways = what_would_fit_gpu(shape, tp, budget, attention_heads, key)
         fix = "; ".join(ways) if ways else "nothing on GPUs of this size; larger GPUs"
         return Verdict(replica, "too_big", f"{where}: {figures}. What would fit: {fix}.")
     used = need.total / budget
@@ -395,6 +397,7 @@ def check_cpu_replicas(
     shape: ModelShape,
     kv_space_gb: int,
     warn_share: float,
+    key: str = "",
 ) -> list[Verdict]:
     """CPU replicas: each holds the weights and all of `cpu.kvcacheSpaceGb` in host memory."""
     space = kv_space_gb * GIB
@@ -411,7 +414,8 @@ def check_cpu_replicas(
                     "too_big",
                     f"replica {r} (CPU): the KV cache for one {tokens}-token sequence is "
                     f"{gib(one)}, cpu.kvcacheSpaceGb is {kv_space_gb} GiB. What would fit: "
-                    f"cpu.kvcacheSpaceGb {needed}, or extraArgs --max-model-len {longest} at most.",
+                    f"cpu.kvcacheSpaceGb {needed}, or {key}extraArgs --max-model-len {longest} "
+                    "at most.",
                 )
                 for r in replicas
             )
