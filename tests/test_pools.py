@@ -19,6 +19,7 @@ from components.config.loading import deployment_problems, parse_settings
 from components.config.problems import ConfigError
 from components.plan.build import build_plan
 from components.plan.model import Plan
+from tests.support.pulumi_capture import run_program
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "vllm-nginx"
@@ -482,6 +483,28 @@ def test_pool_and_host_names_must_not_join_into_one_replica_name() -> None:
         "models[1].name": "makes the replica name vllm-a-b-c-0, which a replica of pool a has "
         "too; rename one of the pools"
     }
+
+
+def test_host_and_pool_names_must_not_join_into_one_step_name() -> None:
+    """'<host>-<pool>' names each engine's fit, download and readiness resources."""
+    hosts = [
+        {"name": "x", "dockerHost": "unix:///var/run/a.sock", "address": "10.0.0.1"},
+        {"name": "x-y", "dockerHost": "unix:///var/run/b.sock", "address": "10.0.0.2"},
+    ]
+    models = [
+        {"name": "y-z", "model": "o/a", "hosts": [{"host": "x"}]},
+        {"name": "z", "model": "o/b", "hosts": [{"host": "x-y"}]},
+    ]
+    assert problems(hosts=hosts, models=models) == {
+        "models[1].name": "on host x-y makes the step names '<name>-x-y-z-fit' (and -download, "
+        "-replicas-ready), which pool y-z on host x makes too; rename one of the pools"
+    }
+    # Renamed, the program (under mocks) declares no two resources of one type and name;
+    # without the rule it declared vllm-x-y-z-fit, -download and -replicas-ready twice.
+    models[1]["name"] = "w"
+    run = run_program({f"{NS}:{k}": v for k, v in raw(hosts=hosts, models=models).items()})
+    names = [(d.type, d.name) for d in run.declared]
+    assert len(names) == len(set(names)) and ("command:local:Command", "vllm-x-y-w-fit") in names
 
 
 def test_a_misspelt_pool_key_gets_the_pools_own_key_suggested() -> None:

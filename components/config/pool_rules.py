@@ -199,9 +199,13 @@ def _shared_devices(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[R
             )
 
 
-def _replica_name_rules(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
-    """Pool and host names are joined with '-' into replica names, so two pools could
-    make the same one (`a` on host `b-c`, `a-b` on host `c`): a name is a container."""
+def _joined_name_rules(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
+    """Pool and host names are joined with '-' into names, so two pools could make the
+    same one. Replicas are '<prefix>-<pool>-<host>-<i>' (`a` on host `b-c`, `a-b` on
+    host `c`): a name is a container. Each engine's steps for a pool are Pulumi
+    resources '<component>-<host>-<pool>-fit', '-download', '-replicas-ready' (`y-z`
+    on host `x`, `z` on host `x-y`): two resources of one name stop even a preview,
+    with Pulumi's "Duplicate resource URN" and no key to change."""
     index = {pool.name: i for i, pool in enumerate(models)}
     owner: dict[str, str | None] = {}
     for at in s.placements():
@@ -214,6 +218,22 @@ def _replica_name_rules(s: Settings, models: tuple[PoolSettings, ...]) -> Iterat
             )
             return
         owner.setdefault(at.name, at.pool)
+    steps: dict[str, tuple[str, str]] = {}
+    for at in s.placements():
+        if at.host is None or at.pool is None:
+            continue
+        joined = f"{at.host.name}-{at.pool}"
+        first = steps.setdefault(joined, (at.host.name, at.pool))
+        if first != (at.host.name, at.pool):
+            yield rule(
+                f"models[{index[at.pool]}].name",
+                f"on host {at.host.name} makes the step names '<name>-{joined}-fit' (and "
+                f"-download, -replicas-ready), which pool {first[1]} on host {first[0]} "
+                "makes too; rename one of the pools",
+                "models",
+                "hosts",
+            )
+            return
 
 
 def _port_and_name_rules(s: Settings) -> Iterator[Rule]:
@@ -268,5 +288,5 @@ def pool_rules(s: Settings) -> Iterator[Rule]:
     for i, pool in enumerate(models):
         yield from _device_keys(s, i, pool)
     yield from _shared_devices(s, models)
-    yield from _replica_name_rules(s, models)
+    yield from _joined_name_rules(s, models)
     yield from _port_and_name_rules(s)
