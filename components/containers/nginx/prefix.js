@@ -5,9 +5,14 @@
 // characters of the prompt (N from $lb_prefix_chars), puts a digest of them in
 // $lb_prefix_key and redirects internally to @lb_prefix, whose upstream hashes
 // that key on a consistent-hash ring with a per-replica bound (max_conns).
-// Anything it cannot read (no body, not JSON, no prompt, a body nginx spilled
-// to a temp file) goes to @lb_fallback (least_conn) instead. It never answers
-// the client itself, so no error from here can become a 5xx.
+// Anything it cannot read (no body, not JSON, no prompt) goes to @lb_fallback
+// (least_conn) instead, and so does a body nginx spilled to a temp file (over
+// client_body_buffer_size): it is never read here. njs 0.7.9 throws on reading
+// one; njs 0.8.10 (the official nginx:1.28.0 image's) reads the file and this
+// would parse megabytes in the worker, stalling every request it serves
+// (njs CHANGES 0.8.10, "reading r.requestText or r.requestBuffer from a temp
+// file"). $request_body_file names that file, so the two behave alike. It
+// never answers the client itself, so no error from here can become a 5xx.
 //
 // Only what njs 0.7.9 (Debian 12's libnginx-mod-http-js) already has: js_import,
 // js_content, js_var, r.requestText, r.variables, r.internalRedirect, crypto.
@@ -94,10 +99,14 @@ function routingText(body, limit) {
 }
 
 function route(r) {
+    if (r.variables.request_body_file) {
+        r.internalRedirect(FALLBACK_LOCATION);
+        return;
+    }
     let text = '';
     try {
         const limit = Number(r.variables.lb_prefix_chars);
-        const body = r.requestText; // throws when nginx kept the body in a file
+        const body = r.requestText;
         if (typeof body === 'string' && body.length > 0 && limit > 0) {
             text = routingText(JSON.parse(body), limit);
         }

@@ -38,8 +38,10 @@ function notFound(r, message) {
 
 // The body as bytes. The config sizes client_body_buffer_size to the largest
 // body it accepts, so every body is in memory; one nginx kept in a temp file
-// anyway cannot be read here (nginx has already unlinked the file) and counts
-// as naming no model.
+// anyway cannot be read by njs 0.7.9 (it throws) and counts as naming no model;
+// njs 0.8.10 reads it from the file (its CHANGES: "reading r.requestText or
+// r.requestBuffer from a temp file"), and a body over PARSE_LIMIT is only
+// scanned for its model either way.
 function bodyBytes(r) {
     try {
         return r.requestBuffer;
