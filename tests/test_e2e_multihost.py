@@ -18,7 +18,8 @@ replicas by name; host two's engine is stopped under load (as a machine going
 down) and no request fails that had not reached it; started again, its
 containers come back by their restart policy and serve again within the
 failure window. A second `pulumi up` updates every replica on both engines
-under streaming load (waves, drained at nginx) with no failed or cut stream;
+under streaming load (waves, drained at nginx, host one's wave watched as the
+canary against host two's) with no failed or cut stream;
 a third removes a replica of host two, on host two's engine, replacing
 neither nginx nor any replica; destroy leaves only the caches on either
 engine. The event log says what the engine did, each engine's Docker confirms
@@ -97,7 +98,11 @@ def two_host_config(
         "basePort": BASE_PORT,
         "readyTimeoutSeconds": 120,
         "verifyTimeoutSeconds": 60,
-        "rollout": {"canarySeconds": 0},  # not judged here (tests/test_e2e_canary.py)
+        # The update's first wave is host one's replicas: the canary watches them
+        # against host two's, each read at its own host's address, nginx found through
+        # host one's engine. A loose ratio: this test shows it runs across engines;
+        # tests/test_e2e_canary.py shows it judging.
+        "rollout": {"canarySeconds": 2, "canaryMinRequests": 4, "canaryMaxTtftRatio": 3},
         "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 2, "retries": 3},
         "extraEnv": {
             "STANDIN_DOWNLOAD_SECONDS": "2",
@@ -466,6 +471,23 @@ def test_two_hosts_behind_one_load_balancer(tmp_path: Path) -> None:
             for name in second.values():
                 assert update.index(f"vllm-{name}-rotation", "pre", "delete-replaced") > first_back
             assert len(streams) > 20 and not broken, broken[:5]
+            # The canary across engines: host one's replicas (updated) against host
+            # two's (not yet replaced), a verdict from both sides' /metrics, and host
+            # two's drains only after it.
+            canary, old = ", ".join(sorted(first.values())), ", ".join(sorted(second.values()))
+            assert (
+                f"canary: watching {canary} (the first wave, updated) against {old} (not yet "
+                "replaced)"
+            ) in update.output, update.logged("vllm-canary")
+            assert f"canary: {canary} no worse than {old}, the update goes on" in update.output
+            print(*update.logged("vllm-canary"), sep="\n")
+            verdict = max(
+                i
+                for i, s in enumerate(update.steps)
+                if s.name == "vllm-canary" and s.kind == "outputs"
+            )
+            for name in second.values():
+                assert update.index(f"vllm-{name}-rotation", "pre", "delete-replaced") > verdict
             for host in (one, two):
                 for container in host.client().containers.list():
                     if str(container.name).startswith(f"e2e-mh-{host.name}-"):
