@@ -194,6 +194,7 @@ def test_too_big_stops_before_any_replica_and_a_fit_deploys(tmp_path: Path) -> N
             assert message in failed.output, failed.output
             assert "error: the model does not fit:" in failed.output
             assert "these replicas were not created and nothing was downloaded" in failed.output
+            assert "Change the stack (tensorParallelSize and hosts[0].gpus," in failed.output
             assert "Traceback" not in failed.output
             print(f"\n--- too big: `pulumi up` failed after {too_big_seconds:.1f} s; its output:")
             print("\n".join(line for line in failed.output.splitlines() if "vllm-vnh1-fit" in line))
@@ -206,6 +207,12 @@ def test_too_big_stops_before_any_replica_and_a_fit_deploys(tmp_path: Path) -> N
             pools_seconds = time.monotonic() - began
             big, small = (f"vllm-{host.name}-{pool}" for pool in ("big", "small"))
             assert failed.result.index(f"{big}-fit", "failed") >= 0
+            # Its advice names the pool's own keys, as the stack file has them.
+            assert "What would fit: models[0].tensorParallelSize 8 (8 such" in failed.output
+            assert (
+                "Change the stack (models[0].tensorParallelSize and models[0].hosts[0].gpus, "
+                "models[0].extraArgs --max-model-len,"
+            ) in failed.output, failed.output
             assert failed.result.index(f"{small}-fit", "outputs") < failed.result.index(
                 f"{small}-download", "pre"
             )

@@ -90,6 +90,12 @@ def test_one_fit_step_per_engine_with_its_replicas() -> None:
         assert fit.inputs["create"].endswith(f"--replica vllm-{name}-0={gpu}")
         assert fit.inputs["environment"]["DOCKER_HOST"] == f"ssh://ops@{name}"
         assert f"vllm-{name}-fit" in dep_names(run, run.named(f"vllm-{name}-download"))
+    # Each engine's advice names the key that gave its replicas their GPUs.
+    read = parser().parse_args(shlex.split(run.named("vllm-gpu-b-fit").inputs["create"])[3:])
+    assert read.config_key == "" and read.gpus_key == "hosts[1].gpus"
+    assert "(tensorParallelSize and hosts[1].gpus, extraArgs --max-model-len," in (
+        next_steps(read.config_key, read.gpus_key)
+    )
 
 
 def settings(**values: Any) -> Any:
@@ -119,6 +125,7 @@ def test_the_step_reads_back_what_the_plan_says() -> None:
     assert args.volume == []
     # A stack without 'models': the keys are the stack's own, and the command as before.
     assert args.config_key == "" and "--config-key" not in fit.command("img", ())
+    assert args.gpus_key is None and "--gpus-key" not in fit.command("img", ())
     assert "(tensorParallelSize and gpus, extraArgs --max-model-len," in next_steps("")
     assert (
         build_plan(settings(fitCheck={"enabled": False}), project_dir=Path(".")).hosts[0].fit
@@ -241,5 +248,18 @@ def test_pools_on_two_engines_one_fit_step_per_pool_and_engine() -> None:
     for name, fit in fits.items():
         host = name.split("-")[1]
         assert fit.inputs["environment"]["DOCKER_HOST"] == f"unix:///var/run/{host}.sock"
+    # The GPU key each engine's advice names: the pool's entry for that host.
+    keys = {
+        name: parser().parse_args(shlex.split(fit.inputs["create"])[3:]).gpus_key
+        for name, fit in fits.items()
+    }
+    assert keys == {
+        "vllm-a-chat-fit": "models[0].hosts[0].gpus",
+        "vllm-b-chat-fit": "models[0].hosts[1].gpus",
+        "vllm-b-embed-fit": "models[1].hosts[0].gpus",
+    }
+    assert "(models[0].tensorParallelSize and models[0].hosts[1].gpus, models[0].extraArgs" in (
+        next_steps("models[0].", keys["vllm-b-chat-fit"])
+    )
     assert "vllm-b-chat-fit" not in dep_names(run, run.named("vllm-vllm-embed-b-0"))
     assert "vllm-b-embed-fit" in dep_names(run, run.named("vllm-vllm-embed-b-0"))

@@ -229,6 +229,9 @@ class FitPlan(JobPlan):
     config_key: str = ""
     """The pool's config key ('models[1]'), so that the step's advice names
     'models[1].tensorParallelSize'; '' for a stack without 'models'."""
+    gpus_key: str = ""
+    """The key giving these replicas their GPUs where it is not `<config_key>.gpus`
+    (with 'hosts': 'hosts[1].gpus', 'models[0].hosts[1].gpus')."""
 
     step: ClassVar[str] = "components.steps.fit"
 
@@ -245,6 +248,8 @@ class FitPlan(JobPlan):
         ]
         if self.config_key:
             words += ["--config-key", self.config_key]
+        if self.gpus_key:
+            words += ["--gpus-key", self.gpus_key]
         for name, gpus in self.replicas:
             words += ["--replica", f"{name}={','.join(gpus)}"]
         return words

@@ -69,10 +69,11 @@ from components.steps.readiness import redact
 GPU_QUERY = ("--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits")
 
 
-def next_steps(key: str) -> str:
-    """What to do, naming the keys as the stack file has them (`key`: 'models[1].')."""
+def next_steps(key: str, gpus_key: str | None = None) -> str:
+    """What to do, naming the keys as the stack file has them (`key`: 'models[1].';
+    `gpus_key` where it is not `<key>gpus`, as with 'hosts': 'hosts[1].gpus')."""
     return (
-        f"Change the stack ({key}tensorParallelSize and {key}gpus, {key}extraArgs "
+        f"Change the stack ({key}tensorParallelSize and {gpus_key or key + 'gpus'}, {key}extraArgs "
         "--max-model-len, or a quantised model), check it (python -m components.cli.check), "
         "then run `pulumi up` again; these replicas were not created and nothing was "
         "downloaded for them. To deploy anyway, set fitCheck.enabled false."
@@ -211,6 +212,13 @@ def _config_key(text: str) -> str:
     return f"{text}." if text else ""
 
 
+def _gpus_key(text: str) -> str:
+    """A GPU key of the settings ('hosts[1].gpus', 'models[0].hosts[1].gpus')."""
+    if not re.fullmatch(r"(models\[\d+\]\.)?(hosts\[\d+\]\.)?gpus", text):
+        raise argparse.ArgumentTypeError(f"not a GPU key of the stack: {text!r}")
+    return text
+
+
 def _describe(shape: ModelShape, facts: dict[str, Any]) -> str:
     length = f"max length {shape.max_len} ({shape.max_len_from})" if shape.max_len else "auto"
     return (
@@ -301,6 +309,13 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="the pool's config key, as in models[1]; its messages then name models[1].…",
     )
+    p.add_argument(
+        "--gpus-key",
+        type=_gpus_key,
+        default=None,
+        help="the key giving these replicas their GPUs, as in hosts[1].gpus "
+        "(default: gpus under --config-key)",
+    )
     p.add_argument("--cpu-kvcache-gb", type=int, default=4)
     p.add_argument("--env", type=env_arg, action="append", default=[])
     p.add_argument("--volume", type=partial(volume_arg, mode="ro"), action="append", default=[])
@@ -341,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("error: the model does not fit:", file=sys.stderr)
     for verdict in stops:
         print(f"  {verdict.text}", file=sys.stderr)
-    print(next_steps(args.config_key), file=sys.stderr)
+    print(next_steps(args.config_key, args.gpus_key), file=sys.stderr)
     return 1
 
 
