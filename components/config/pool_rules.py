@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from components.config.engine_rules import Wording, one_engine_rules
 from components.config.pool_sections import PoolHostSettings, PoolSettings
 from components.config.rule import Rule, rule
 from components.config.sections import Backend
@@ -236,6 +237,15 @@ def _joined_name_rules(s: Settings, models: tuple[PoolSettings, ...]) -> Iterato
             return
 
 
+POOLS = Wording(
+    names=" ('<prefix>-<pool>-<i>')",
+    count="replicas of all pools",
+    ports="'basePort' + the replicas of all pools",
+    name="'namePrefix'-pool-number",
+    scope="models",
+)
+
+
 def _port_and_name_rules(s: Settings) -> Iterator[Rule]:
     """Without 'hosts' (the hosts rules check each host): the one engine's ports and names."""
     if s.hosts is not None:
@@ -243,37 +253,9 @@ def _port_and_name_rules(s: Settings) -> Iterator[Rule]:
     placements = s.placements()
     if not placements:
         return
-    longest = max((p.name for p in placements), key=len)
-    if len(longest) > 63:
-        yield rule(
-            "namePrefix",
-            f"makes replica names ('<prefix>-<pool>-<i>') of up to {len(longest)} characters; "
-            "container names double as DNS names, at most 63",
-            "models",
-        )
-    first, last = s.base_port, max(p.port for p in placements)
-    if last > 65535:
-        yield rule(
-            "basePort",
-            f"{first} + {len(placements)} replicas of all pools passes port 65535",
-            "models",
-        )
-    lb = s.load_balancer
-    if first <= lb.port <= last:
-        yield rule(
-            "loadBalancer.port",
-            f"{lb.port} collides with the replica ports {first}-{last} "
-            "('basePort' + the replicas of all pools)",
-            "basePort",
-            "models",
-        )
-    if lb.name in {p.name for p in placements}:
-        yield rule(
-            "loadBalancer.name",
-            f"{lb.name} collides with a replica name ('namePrefix'-pool-number)",
-            "namePrefix",
-            "models",
-        )
+    names = [p.name for p in placements]
+    last = max(p.port for p in placements)
+    yield from one_engine_rules(names, s.base_port, last, s.load_balancer, POOLS)
 
 
 def pool_rules(s: Settings) -> Iterator[Rule]:

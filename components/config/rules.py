@@ -18,6 +18,7 @@ import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
+from components.config.engine_rules import Wording, one_engine_rules
 from components.config.host_rules import host_rules
 from components.config.pool_rules import pool_rules
 from components.config.rule import Rule, rule
@@ -78,39 +79,20 @@ def _cpu_rules(s: Settings) -> Iterator[Rule]:
             seen.add(core)
 
 
+SINGLE_MODEL = Wording(
+    names="",
+    count="replicas",
+    ports="'basePort' + 'replicas'",
+    name="'namePrefix' + number",
+    scope="replicas",
+)
+
+
 def _name_and_port_rules(s: Settings) -> Iterator[Rule]:
     if s.hosts is not None or s.models is not None:
         return  # per host: `_host_rules`; per pool: `pool_rules`
-    names = s.replica_names()
-    longest = names[-1]
-    if len(longest) > 63:
-        yield rule(
-            "namePrefix",
-            f"makes replica names of up to {len(longest)} characters; container names "
-            "double as DNS names, at most 63",
-            "replicas",
-        )
-    last_port = s.base_port + s.replicas - 1
-    if last_port > 65535:
-        yield rule(
-            "basePort", f"{s.base_port} + {s.replicas} replicas passes port 65535", "replicas"
-        )
-    lb = s.load_balancer
-    if s.base_port <= lb.port <= last_port:
-        yield rule(
-            "loadBalancer.port",
-            f"{lb.port} collides with the replica ports {s.base_port}-{last_port} "
-            "('basePort' + 'replicas')",
-            "basePort",
-            "replicas",
-        )
-    if lb.name in names:
-        yield rule(
-            "loadBalancer.name",
-            f"{lb.name} collides with a replica name ('namePrefix' + number)",
-            "namePrefix",
-            "replicas",
-        )
+    last = s.base_port + s.replicas - 1
+    yield from one_engine_rules(s.replica_names(), s.base_port, last, s.load_balancer, SINGLE_MODEL)
 
 
 def _tls_rules(s: Settings) -> Iterator[Rule]:

@@ -1,0 +1,63 @@
+"""The rules of one engine's replicas beside its load balancer: name length, the
+port range, and the balancer's port and name, the same for a stack of one model
+and a stack of pools; only the words that say how the names and ports were made
+differ."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from components.config.rule import Rule, rule
+
+if TYPE_CHECKING:
+    from components.config.sections import LoadBalancerSettings
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How the messages name what made the replicas' names and ports."""
+
+    names: str
+    """After 'makes replica names': '' or " ('<prefix>-<pool>-<i>')"."""
+    count: str
+    """After the count in the port message: 'replicas' or 'replicas of all pools'."""
+    ports: str
+    """What the port range comes from: "'basePort' + 'replicas'"."""
+    name: str
+    """How a replica name is made: "'namePrefix' + number"."""
+    scope: str
+    """The key beside the reported one that made them: 'replicas' or 'models'."""
+
+
+def one_engine_rules(
+    names: Sequence[str], first: int, last: int, lb: LoadBalancerSettings, words: Wording
+) -> Iterator[Rule]:
+    """`names` of the engine's replicas, on ports `first` to `last`."""
+    longest = max(names, key=len)
+    if len(longest) > 63:
+        yield rule(
+            "namePrefix",
+            f"makes replica names{words.names} of up to {len(longest)} characters; "
+            "container names double as DNS names, at most 63",
+            words.scope,
+        )
+    if last > 65535:
+        yield rule(
+            "basePort", f"{first} + {len(names)} {words.count} passes port 65535", words.scope
+        )
+    if first <= lb.port <= last:
+        yield rule(
+            "loadBalancer.port",
+            f"{lb.port} collides with the replica ports {first}-{last} ({words.ports})",
+            "basePort",
+            words.scope,
+        )
+    if lb.name in names:
+        yield rule(
+            "loadBalancer.name",
+            f"{lb.name} collides with a replica name ({words.name})",
+            "namePrefix",
+            words.scope,
+        )
