@@ -19,6 +19,8 @@ from components.config.values import (
     EnvName,
     GpuId,
     Int,
+    LoraName,
+    LoraPath,
     ModelId,
     SafeToken,
     ServedName,
@@ -29,8 +31,8 @@ from components.config.vllm_args import extra_args_rule, extra_env_rule
 class AdapterSettings(ConfigModel):
     """A LoRA adapter a pool serves: the name clients send, and where it comes from."""
 
-    name: ServedName
-    model: ModelId
+    name: LoraName
+    model: LoraPath
     """A Hub repo id (fetched by the download step) or an absolute path in the container."""
 
 

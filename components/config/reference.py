@@ -53,9 +53,9 @@ DESCRIPTIONS: dict[str, str] = {
     "models[i].adapters": "LoRA adapters this pool serves (vLLM's `--enable-lora`, "
     "`--lora-modules`)",
     "models[i].adapters[i].name": "the name clients send as `model` for this adapter; unique "
-    "across pools",
+    "across pools; no '=' or ','",
     "models[i].adapters[i].model": "Hub repo id (fetched by the download step) or an absolute "
-    "path in the container",
+    "path in the container; no ','",
     "models[i].hosts": "with `hosts`: where this pool's replicas run, one object per host",
     "models[i].hosts[i].host": "a `hosts[i].name`",
     "models[i].hosts[i].replicas": "this pool's replicas on that host (default: one per "

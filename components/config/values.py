@@ -223,6 +223,37 @@ def served_name(value: str) -> str:
     return value
 
 
+_LORA_ENTRY = (
+    "`vllm serve --lora-modules` reads an entry with ',' as JSON, which 'name=path' "
+    "is not, and refuses to start"
+)
+
+
+def lora_name(value: str) -> str:
+    """An adapter's name, written as `name=path` into `--lora-modules` (docs/vllm.md)."""
+    safe_token(value)
+    if value.startswith("-"):
+        raise ValueError(
+            "must not start with '-': `vllm serve --lora-modules` would read it as an option"
+        )
+    if "=" in value:
+        raise ValueError(
+            "must not contain '=': `vllm serve --lora-modules name=path` splits at the "
+            "first '=', so the adapter would get another name and path"
+        )
+    if "," in value:
+        raise ValueError("must not contain ',': " + _LORA_ENTRY)
+    return value
+
+
+def lora_path(value: str) -> str:
+    """An adapter's Hub id or path, the `path` of `name=path` (an '=' in it is kept)."""
+    model_id(value)
+    if "," in value:
+        raise ValueError("must not contain ',': " + _LORA_ENTRY)
+    return value
+
+
 def local_path(value: str) -> str:
     """A file or directory on the machine that runs `pulumi up` (read, never mounted)."""
     safe_token(value)
@@ -334,6 +365,8 @@ PemPrivateKey = Annotated[SecretStr, AfterValidator(_pem_private_key)]
 SafeToken = Annotated[str, AfterValidator(safe_token)]
 ModelId = Annotated[str, AfterValidator(model_id)]
 ServedName = Annotated[str, AfterValidator(served_name)]
+LoraName = Annotated[str, AfterValidator(lora_name)]
+LoraPath = Annotated[str, AfterValidator(lora_path)]
 DnsLabel = Annotated[str, AfterValidator(dns_label)]
 NamePrefix = Annotated[str, AfterValidator(name_prefix)]
 NetworkName = Annotated[str, AfterValidator(network_name)]
