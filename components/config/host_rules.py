@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from components.config.sections import Backend, HostSettings, is_remote_engine
-
-if TYPE_CHECKING:
-    from components.config.settings import Settings
-
 import ipaddress
 from collections.abc import Iterator
 
 from components.config.rule import Rule, rule
+from components.config.sections import Backend, HostSettings, is_remote_engine
+from components.config.settings import Settings
 
 SINGLE_HOST_KEYS = {
     "replicas": ("replicas", "replicas"),

@@ -34,7 +34,7 @@ from components.config.problems import (
 )
 from components.config.rule import Rule
 from components.config.rules import cross_key_rules, disk_rules, remote_engine_rules
-from components.config.settings import SKIP_CROSS_KEY, Settings
+from components.config.settings import Settings
 
 
 def _decode(value: Any) -> Any:
@@ -49,9 +49,7 @@ def _decode(value: Any) -> Any:
 
 def _validate_by_alias(data: Mapping[str, Any]) -> Settings:
     # By alias only: a snake_case spelling in a stack file is an unknown key.
-    return Settings.model_validate(
-        data, by_alias=True, by_name=False, context={SKIP_CROSS_KEY: True}
-    )
+    return Settings.model_validate(data, by_alias=True, by_name=False)
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,13 @@ devices and ports across pools, each reported on the key as written
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from components.config.engine_rules import Wording, one_engine_rules
 from components.config.pool_sections import PoolHostSettings, PoolSettings
 from components.config.rule import Rule, rule
 from components.config.sections import Backend
+from components.config.settings import Placement, Settings
 from components.config.vllm_args import LORA_FLAGS, managed_flag_problem
-
-if TYPE_CHECKING:
-    from components.config.settings import Placement, Settings
 
 POOL_KEYS = {
     "model": ("model", "model"),

@@ -7,13 +7,6 @@ reported beside the per-key ones.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from components.config.sections import Backend, is_remote_engine
-
-if TYPE_CHECKING:
-    from components.config.settings import Settings
-
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +15,8 @@ from components.config.engine_rules import Wording, one_engine_rules
 from components.config.host_rules import host_rules
 from components.config.pool_rules import pool_rules
 from components.config.rule import Rule, rule
+from components.config.sections import Backend, is_remote_engine
+from components.config.settings import SHUTDOWN_MARGIN_SECONDS, Settings
 from components.config.values import (
     key_matches_certificate,
 )
@@ -187,12 +182,6 @@ def _monitoring_rules(s: Settings) -> Iterator[Rule]:
         if volume in taken_volumes:
             yield rule(key, f"{volume} is also {taken_volumes[volume]}", "hfCache")
         taken_volumes.setdefault(volume, f"'{key}'")
-
-
-SHUTDOWN_MARGIN_SECONDS = 10
-"""What a replica may take to exit after its drain: vLLM kills what still runs
-when `--shutdown-timeout` ends and then closes its HTTP server; its own test
-gives that 10 s (tests/entrypoints/launchers/test_shutdown.py:419-421 at v0.33.0)."""
 
 
 def _shutdown_rules(s: Settings) -> Iterator[Rule]:

@@ -3,8 +3,8 @@
 Everything a user can type is parsed here, before any resource is declared, so
 a bad stack file fails with one message per problem naming the key and the
 rule, and leaves nothing half-created. What a single value may be lives in
-`value_types`; the rules that tie several keys together are `cross_key_rules`,
-kept apart from the models so that every problem is reported at once: pydantic
+`value_types`; the rules that tie several keys together are `rules.cross_key_rules`,
+which only the loader runs, so that every problem is reported at once: pydantic
 runs a model's own validators only when all its fields are valid.
 """
 
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     Field,
-    ValidationInfo,
-    model_validator,
 )
 
 from components.config.pool_sections import AdapterSettings, PoolSettings
-from components.config.rules import SHUTDOWN_MARGIN_SECONDS, cross_key_rules
 from components.config.sections import (
     Backend,
     CacheSettings,
@@ -75,8 +72,9 @@ from components.config.vllm_args import (
 )
 from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
-SKIP_CROSS_KEY = "skip_cross_key_rules"
-"""Validation context flag: the config loader runs `cross_key_rules` itself, per key."""
+SHUTDOWN_MARGIN_SECONDS = 10
+"""What a replica may take to exit after its drain (docs/vllm.md, shutdown): the
+stop grace must cover `shutdownTimeoutSeconds` plus this."""
 
 
 def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -133,15 +131,6 @@ class Settings(ConfigModel):
     tls_certificate: PemCertificate | None = None
     tls_key: PemPrivateKey | None = None
     grafana_password: SafeSecret | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo) -> Self:
-        if isinstance(info.context, dict) and info.context.get(SKIP_CROSS_KEY):
-            return self
-        rules = cross_key_rules(self)
-        if rules:
-            raise ValueError("; ".join(f"'{r.key}' {r.rule}" for r in rules))
-        return self
 
     @property
     def model_name(self) -> str:
