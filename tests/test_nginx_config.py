@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -551,18 +550,6 @@ def test_a_secret_str_is_refused_not_rendered_as_asterisks():
         render_api_key_map(cast(str, SecretStr(KEY)))
 
 
-@pytest.mark.parametrize("value", ["a b", "a;b", "a{b", "$x", "a\nb", ""])
-def test_tls_and_key_file_paths_are_checked(value):
-    for tls, field in (
-        (TlsFiles(certificate=value, key="/k"), "runtime.tls.certificate"),
-        (TlsFiles(certificate="/c", key=value), "runtime.tls.key"),
-    ):
-        with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-            render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(tls=tls))
-    with pytest.raises(ValueError, match=r"runtime\.api_key_map"):
-        render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(api_key_map=value))
-
-
 def test_the_guide_config_refuses_tls_and_key_instead_of_ignoring_them():
     for runtime in (NginxRuntime(tls=TLS), NginxRuntime(api_key_map=CONTAINER_API_KEY_MAP)):
         with pytest.raises(ValueError, match="guide"):
@@ -601,53 +588,10 @@ def test_settings_reject_injection_in_host_path_and_header(value):
         LoadBalancerSettings(resolver=value)
 
 
-@pytest.mark.parametrize("value", NASTY)
-def test_renderer_rejects_injection_that_bypassed_settings(value):
-    """model_construct skips validation: the renderer must still refuse and name the field."""
-    bad_host = Upstream.model_construct(host=value, port=8000)
-    with pytest.raises(ValueError, match=r"upstreams\[1\]\.host"):
-        render_nginx_config(LoadBalancerSettings(), [UPSTREAMS[0], bad_host])
-    if value:
-        with pytest.raises(ValueError, match=r"expose_paths\[0\]"):
-            render_nginx_config(
-                LoadBalancerSettings.model_construct(expose_paths=("/" + value,)), UPSTREAMS
-            )
-    with pytest.raises(ValueError, match="affinity_header"):
-        render_nginx_config(
-            LoadBalancerSettings.model_construct(
-                policy=RoutingPolicy.SESSION_AFFINITY, affinity_header=value
-            ),
-            UPSTREAMS,
-        )
-    with pytest.raises(ValueError, match="resolver"):
-        render_nginx_config(
-            LoadBalancerSettings.model_construct(resolver=value),
-            [Upstream(host="vllm0", port=8000)],
-        )
-    with pytest.raises(ValueError, match=r"runtime\.access_log"):
-        render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(access_log=value))
-    with pytest.raises(ValueError, match=r"runtime\.listen_address"):
-        render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(listen_address=value))
-
-
-def test_renderer_rejects_bad_numbers_that_bypassed_settings():
-    for field, value in (
-        ("max_fails", 0),
-        ("fail_window_seconds", -1),
-        ("keepalive_connections", "32; include x"),
-        ("read_timeout_seconds", True),
-        ("worker_connections", 10),
-    ):
-        lb = LoadBalancerSettings.model_construct(**cast(dict[str, Any], {field: value}))
-        with pytest.raises(ValueError, match=field):
-            render_nginx_config(lb, UPSTREAMS)
-    with pytest.raises(ValueError, match=r"upstreams\[0\]\.port"):
-        render_nginx_config(LoadBalancerSettings(), [Upstream.model_construct(host="a", port=0)])
-
-
 @settings(max_examples=200, deadline=None)
 @given(host=st.text(max_size=30), path=st.text(max_size=30), header=st.text(max_size=30))
-def test_arbitrary_text_either_renders_one_clean_directive_or_is_refused(host, path, header):
+def test_arbitrary_text_cannot_change_the_configs_structure(host, path, header):
+    """The loader refuses such values; were one to get past it, crossplane quotes it."""
     lb = LoadBalancerSettings.model_construct(
         policy=RoutingPolicy.SESSION_AFFINITY, affinity_header=header, expose_paths=("/" + path,)
     )
@@ -659,7 +603,6 @@ def test_arbitrary_text_either_renders_one_clean_directive_or_is_refused(host, p
     # Exactly the structure we asked for: one server line, one extra location.
     assert len(find(upstream_of(parsed), "server")) == 1
     assert len(locations(parsed)) == 4
-    assert find(upstream_of(parsed), "server")[0]["args"][0].startswith(host.strip("[]"))
 
 
 # --- prefix_affinity ------------------------------------------------------------
@@ -718,7 +661,7 @@ def test_other_policies_need_no_module_and_no_extra_file(policy):
     assert render_extra_files(lb) == {}
 
 
-def test_extra_files_follow_the_runtime_and_are_checked():
+def test_extra_files_follow_the_runtime():
     lb = LoadBalancerSettings(policy="prefix_affinity")
     assert render_extra_files(lb) == {CONTAINER_PREFIX_SCRIPT: prefix_script()}
     runtime = NginxRuntime(prefix_script="/srv/lb.js", njs_module="/opt/njs.so")
@@ -726,19 +669,6 @@ def test_extra_files_follow_the_runtime_and_are_checked():
     config = render_nginx_config(lb, UPSTREAMS, runtime)
     assert "load_module /opt/njs.so;" in config
     assert "js_import lb_prefix from /srv/lb.js;" in config
-    for field, bad_runtime in (
-        ("prefix_script", NginxRuntime(prefix_script="/a b.js")),
-        ("njs_module", NginxRuntime(njs_module="/x;y")),
-    ):
-        with pytest.raises(ValueError, match=rf"runtime\.{field}"):
-            render_nginx_config(lb, UPSTREAMS, bad_runtime)
-    with pytest.raises(ValueError, match="prefix_max_conns"):
-        render_nginx_config(
-            LoadBalancerSettings.model_construct(
-                policy=RoutingPolicy.PREFIX_AFFINITY, prefix_max_conns=0
-            ),
-            UPSTREAMS,
-        )
 
 
 def test_the_official_image_and_debian_put_njs_in_the_same_place(nginx_binary, sandbox):
@@ -903,27 +833,3 @@ def test_the_routing_table_is_the_same_text_for_the_same_pools():
         "org/model-2",
         "lora-2",
     ]
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        (
-            {"served_name": "org/model-0"},
-            r"pools\[1\]\.served_name .*already served by pool 'pool-0'",
-        ),
-        ({"adapters": ("lora-0",)}, r"pools\[1\]\.adapters\[0\] .*already served by pool 'pool-0'"),
-        ({"name": "pool-0"}, r"pools\[1\]\.name: pool 'pool-0' is named twice"),
-        ({"name": "Pool_1"}, r"pools\[1\]\.name: 'Pool_1' must be a DNS-safe name"),
-        ({"served_name": 'a"b'}, r"pools\[1\]\.served_name: 'a\"b'"),
-        ({"adapters": ("x;y",)}, r"pools\[1\]\.adapters\[0\]: 'x;y'"),
-        ({"upstreams": ()}, r"pools\[1\] \(pool 'pool-1'\): at least one replica"),
-    ],
-)
-def test_pools_are_checked_once_more(change, message):
-    first, second = make_pools(2, [RoutingPolicy.LEAST_CONN])
-    pools = [first, dataclasses.replace(second, **change)]
-    with pytest.raises(ValueError, match=message):
-        render_nginx_config(LoadBalancerSettings(), every_replica([first]), NginxRuntime(), pools)
-    with pytest.raises(ValueError, match=message):
-        render_extra_files(LoadBalancerSettings(), NginxRuntime(), pools)

@@ -7,10 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from components.config.sections import LoadBalancerSettings
-from components.config.values import (
-    url_path,
-)
-from components.lb.directives import check_positive, checked, d
+from components.lb.directives import d
 from components.lb.model_routing import router_locations
 from components.lb.names import (
     API_PREFIX,
@@ -54,20 +51,20 @@ def proxy_settings(lb: LoadBalancerSettings) -> list[Directive]:
         d("proxy_request_buffering", "on" if lb.buffer_requests else "off"),
         d(
             "proxy_connect_timeout",
-            check_positive("connect_timeout_seconds", lb.connect_timeout_seconds) + "s",
+            str(lb.connect_timeout_seconds) + "s",
         ),
         d(
             "proxy_read_timeout",
-            check_positive("read_timeout_seconds", lb.read_timeout_seconds) + "s",
+            str(lb.read_timeout_seconds) + "s",
         ),
         d(
             "proxy_send_timeout",
-            check_positive("send_timeout_seconds", lb.send_timeout_seconds) + "s",
+            str(lb.send_timeout_seconds) + "s",
         ),
         d("proxy_next_upstream", *retry_on),
         d(
             "proxy_next_upstream_tries",
-            check_positive("next_upstream_tries", lb.next_upstream_tries, minimum=0),
+            str(lb.next_upstream_tries),
         ),
     ]
 
@@ -185,7 +182,6 @@ def locations(
     ]
     seen: set[str] = set()
     for index, path in enumerate(lb.expose_paths):
-        path = checked(f"expose_paths[{index}]", path, url_path)
         if path == HEALTH_PATH:
             raise ValueError(
                 f"expose_paths[{index}]: {HEALTH_PATH} is answered by the load balancer "

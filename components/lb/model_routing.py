@@ -21,8 +21,7 @@ import posixpath
 from collections.abc import Sequence
 
 from components.config.sections import LoadBalancerSettings
-from components.config.values import safe_token
-from components.lb.directives import check_positive, checked, d
+from components.lb.directives import d
 from components.lb.names import API_PREFIX, Directive
 from components.lb.njs import (
     MODELS_HANDLER,
@@ -53,8 +52,7 @@ MODELS_PATH = "/v1/models"
 
 def script_dir(prefix_script_path: str) -> str:
     """The directory of the njs files: the one the runtime puts prefix.js in."""
-    path = checked("runtime.prefix_script", prefix_script_path, safe_token)
-    return posixpath.dirname(path) or "."
+    return posixpath.dirname(prefix_script_path) or "."
 
 
 def pool_upstreams(
@@ -78,7 +76,7 @@ def pool_upstreams(
 def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Directive]:
     """The router module and the variables it shares with the config."""
     router = posixpath.join(script_dir(prefix_script_path), ROUTER_SCRIPT)
-    chars = check_positive("prefix_chars", lb.prefix_chars, minimum=16)
+    chars = str(lb.prefix_chars)
     return [
         d("js_import", ROUTER_MODULE, "from", router),
         d("js_var", PREFIX_KEY_VARIABLE),
@@ -113,7 +111,7 @@ def router_locations(
                 *guard,
                 d(
                     "client_body_buffer_size",
-                    check_positive("max_body_size_mb", lb.max_body_size_mb) + "m",
+                    str(lb.max_body_size_mb) + "m",
                 ),
                 d("js_content", ROUTER_HANDLER),
             ],

@@ -48,10 +48,7 @@ what they need (a certificate, a secret key) only exists at deployment time:
   `render_api_key_map` and uploaded as a secret, which this config `include`s.
 
 The text is produced by crossplane's builder from directive lists rather than
-by string formatting, and every value taken from settings is checked again
-(`directives.checked`, with the validators of `components.config.values`): a
-value that slipped past the settings (say, a model built with
-`model_construct`) must still not be able to end a directive or open a block.
+by string formatting; the values were checked once, by the config loader.
 """
 
 from __future__ import annotations
@@ -64,8 +61,6 @@ import crossplane
 from components.config.sections import LoadBalancerSettings, Upstream
 from components.config.values import (
     SAFE_TOKEN_RULE,
-    host_name,
-    ip_address,
     safe_token,
 )
 from components.containers.exporter.lb_exporter import LOG_FORMAT as METRICS_LOG_FORMAT
@@ -73,7 +68,7 @@ from components.containers.exporter.lb_exporter import (
     POOL_LOG_FORMAT as METRICS_POOL_LOG_FORMAT,
 )
 from components.containers.exporter.lb_exporter import SYSLOG_TAG as METRICS_SYSLOG_TAG
-from components.lb.directives import check_port, check_positive, checked, d, host_port
+from components.lb.directives import d, host_port
 from components.lb.locations import locations, proxy_settings
 from components.lb.model_routing import (
     pool_upstreams,
@@ -98,7 +93,7 @@ from components.lb.njs import (
     PREFIX_MODULE,
     prefix_script,
 )
-from components.lb.pools import ModelPool, check_pools
+from components.lb.pools import ModelPool
 from components.lb.upstreams import (
     affinity_map,
     is_prefix,
@@ -137,66 +132,16 @@ class NginxRuntime:
     request is also sent there as one JSON syslog line. nginx resolves the host
     once, at start, and refuses to start if it cannot."""
 
+    @property
+    def listen(self) -> str:
+        return host_port(self.listen_address, self.listen_port)
 
-@dataclass(frozen=True)
-class _CheckedRuntime:
-    listen: str
-    pid_path: str
-    temp_dir: str
-    error_log: str
-    access_log: str
-    workers: str
-    tls: TlsFiles | None
-    api_key_map: str | None
-    njs_module: str
-    prefix_script: str
-    metrics_syslog: str | None
+    @property
+    def workers(self) -> str:
+        return "auto" if self.worker_processes is None else str(self.worker_processes)
 
 
-def _check_tls(tls: TlsFiles | None) -> TlsFiles | None:
-    if tls is None:
-        return None
-    return TlsFiles(
-        certificate=checked("runtime.tls.certificate", tls.certificate, safe_token),
-        key=checked("runtime.tls.key", tls.key, safe_token),
-    )
-
-
-def check_runtime(runtime: NginxRuntime) -> _CheckedRuntime:
-    listen_address = checked("runtime.listen_address", runtime.listen_address, ip_address)
-    listen_port = check_port("runtime.listen_port", runtime.listen_port)
-    api_key_map = runtime.api_key_map
-    return _CheckedRuntime(
-        listen=host_port(listen_address, listen_port),
-        pid_path=checked("runtime.pid_path", runtime.pid_path, safe_token),
-        temp_dir=checked("runtime.temp_dir", runtime.temp_dir, safe_token),
-        error_log=checked("runtime.error_log", runtime.error_log, safe_token),
-        access_log=checked("runtime.access_log", runtime.access_log, safe_token),
-        workers=(
-            "auto"
-            if runtime.worker_processes is None
-            else check_positive("runtime.worker_processes", runtime.worker_processes)
-        ),
-        tls=_check_tls(runtime.tls),
-        api_key_map=(
-            None if api_key_map is None else checked("runtime.api_key_map", api_key_map, safe_token)
-        ),
-        njs_module=checked("runtime.njs_module", runtime.njs_module, safe_token),
-        prefix_script=checked("runtime.prefix_script", runtime.prefix_script, safe_token),
-        metrics_syslog=_check_syslog(runtime.metrics_syslog),
-    )
-
-
-def _check_syslog(target: str | None) -> str | None:
-    if target is None:
-        return None
-    host, _, port = target.rpartition(":")
-    checked("runtime.metrics_syslog", host, host_name)
-    check_port("runtime.metrics_syslog", int(port) if port.isdigit() else 0)
-    return target
-
-
-def _metrics_log(rt: _CheckedRuntime, pools: bool = False) -> list[Directive]:
+def _metrics_log(rt: NginxRuntime, pools: bool = False) -> list[Directive]:
     """A second access log, for the metrics exporter: UDP, so a missing exporter
     never slows a request; `escape=json` keeps every value a JSON string. With
     model routing each line also names the pool."""
@@ -214,7 +159,7 @@ def _metrics_log(rt: _CheckedRuntime, pools: bool = False) -> list[Directive]:
 
 
 def main_context(
-    rt: _CheckedRuntime, events: list[Directive], modules: Sequence[str] = ()
+    rt: NginxRuntime, events: list[Directive], modules: Sequence[str] = ()
 ) -> list[Directive]:
     return [
         # load_module must come before any block (nginx refuses it later).
@@ -228,7 +173,7 @@ def main_context(
     ]
 
 
-def temp_paths(rt: _CheckedRuntime) -> list[Directive]:
+def temp_paths(rt: NginxRuntime) -> list[Directive]:
     # One directory for both: nginx creates only the last path component, and
     # a container has /tmp but nothing below it.
     return [
@@ -237,7 +182,7 @@ def temp_paths(rt: _CheckedRuntime) -> list[Directive]:
     ]
 
 
-def _listen(rt: _CheckedRuntime) -> list[Directive]:
+def _listen(rt: NginxRuntime) -> list[Directive]:
     if rt.tls is None:
         return [d("listen", rt.listen)]
     # TLS only on the one port: a plain request to it gets nginx's 400, never
@@ -304,11 +249,10 @@ def render_nginx_config(
     set; nginx refuses to start without that file, so the check cannot be
     silently lost.
     """
-    pools = check_pools(pools)
-    rt = check_runtime(runtime)
-    worker_connections = check_positive("worker_connections", lb.worker_connections, minimum=64)
-    keepalive = check_positive("keepalive_connections", lb.keepalive_connections)
-    body_size = check_positive("max_body_size_mb", lb.max_body_size_mb)
+    rt = runtime
+    worker_connections = str(lb.worker_connections)
+    keepalive = str(lb.keepalive_connections)
+    body_size = str(lb.max_body_size_mb)
 
     # With model routing the pools are routed by their own policies; the
     # upstream of every replica only serves the exposed paths (no prompt).
@@ -324,9 +268,7 @@ def render_nginx_config(
     upstream_blocks.extend(pool_upstreams(lb, pools, keepalive))
     resolver: list[Directive] = []
     if uses_resolve(lb, [*upstreams, *(u for pool in pools for u in pool.upstreams)]):
-        resolver = [
-            d("resolver", checked("resolver", lb.resolver, ip_address), "valid=5s", "ipv6=off")
-        ]
+        resolver = [d("resolver", lb.resolver, "valid=5s", "ipv6=off")]
     http_block = [
         d("log_format", "lb", LOG_FORMAT),
         d("access_log", rt.access_log, "lb"),
@@ -369,9 +311,9 @@ def render_nginx_config(
     return str(crossplane.build(config)) + "\n"
 
 
-def _prefix_http(lb: LoadBalancerSettings, rt: _CheckedRuntime) -> list[Directive]:
+def _prefix_http(lb: LoadBalancerSettings, rt: NginxRuntime) -> list[Directive]:
     """The script and the two variables it shares with the config (njs >= 0.5.3 for js_var)."""
-    chars = check_positive("prefix_chars", lb.prefix_chars, minimum=16)
+    chars = str(lb.prefix_chars)
     return [
         d("js_import", PREFIX_MODULE, "from", rt.prefix_script),
         d("js_var", PREFIX_KEY_VARIABLE),
@@ -397,5 +339,5 @@ def render_extra_files(
         return router_files(runtime.prefix_script, pools)
     if not is_prefix(lb):
         return {}
-    path = checked("runtime.prefix_script", runtime.prefix_script, safe_token)
+    path = runtime.prefix_script
     return {path: prefix_script()}

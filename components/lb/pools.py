@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from components.config.sections import RoutingPolicy, Upstream
-from components.config.values import dns_label, model_id, served_name
-from components.lb.directives import checked
 
 
 @dataclass(frozen=True)
@@ -35,35 +33,6 @@ class ModelPool:
     """Its routing policy inside the pool."""
     adapters: tuple[str, ...] = ()
     """LoRA adapter names this pool serves; a request naming one goes to this pool."""
-
-
-def check_pools(pools: Sequence[ModelPool]) -> tuple[ModelPool, ...]:
-    """Check every value once more, and that each pool name and client-facing name
-    has one owner; the config rules check the same, this is defence in depth."""
-    owners: dict[str, str] = {}
-    names: set[str] = set()
-    for index, pool in enumerate(pools):
-        where = f"pools[{index}]"
-        name = checked(f"{where}.name", pool.name, dns_label)
-        if name in names:
-            raise ValueError(f"{where}.name: pool {name!r} is named twice")
-        names.add(name)
-        checked(f"{where}.model", pool.model, model_id)
-        RoutingPolicy(pool.policy)
-        if not pool.upstreams:
-            raise ValueError(f"{where} (pool {name!r}): at least one replica is needed")
-        for field, value in [
-            (f"{where}.served_name", pool.served_name),
-            *((f"{where}.adapters[{i}]", a) for i, a in enumerate(pool.adapters)),
-        ]:
-            checked(field, value, served_name)
-            if value in owners:
-                raise ValueError(
-                    f"{field} (pool {name!r}): the model name {value!r} is already served "
-                    f"by pool {owners[value]!r}; each name must route to one pool"
-                )
-            owners[value] = name
-    return tuple(pools)
 
 
 # Names the rendered config and router.js share. Derived from the pool name,
@@ -87,7 +56,7 @@ def fallback_location_name(pool: ModelPool) -> str:
 
 
 def is_prefix_pool(pool: ModelPool) -> bool:
-    return RoutingPolicy(pool.policy) is RoutingPolicy.PREFIX_AFFINITY
+    return pool.policy == RoutingPolicy.PREFIX_AFFINITY
 
 
 MISSING_MODEL_MESSAGE = (
@@ -106,7 +75,6 @@ def routing_table(pools: Sequence[ModelPool]) -> dict[str, object]:
     served name. An adapter's `root` (its path on the replica) is not known to
     the balancer, so it is null. `created` is added per request by router.js.
     """
-    pools = check_pools(pools)
     names: dict[str, str] = {}
     cards: list[dict[str, str | None]] = []
     table_pools: dict[str, dict[str, object]] = {}

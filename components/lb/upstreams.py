@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
-from components.config.values import (
-    header_name,
-    host_name,
-)
-from components.lb.directives import check_port, check_positive, checked, d, host_port, is_name
+from components.lb.directives import d, host_port, is_name
 from components.lb.names import AFFINITY_KEY_VARIABLE, Directive
 from components.lb.njs import (
     PREFIX_KEY_VARIABLE,
@@ -18,7 +14,7 @@ from components.lb.njs import (
 
 def affinity_variable(header: str) -> str:
     """nginx exposes request header `X-Session-Id` as `$http_x_session_id`."""
-    return "$http_" + checked("affinity_header", header, header_name).lower().replace("-", "_")
+    return "$http_" + header.lower().replace("-", "_")
 
 
 def policy_directives(lb: LoadBalancerSettings) -> list[Directive]:
@@ -27,14 +23,13 @@ def policy_directives(lb: LoadBalancerSettings) -> list[Directive]:
 
 def pool_policy_directives(policy: RoutingPolicy) -> list[Directive]:
     """The balancing directives of one upstream (the single one, or a model pool's)."""
-    policy = RoutingPolicy(policy)
-    if policy is RoutingPolicy.LEAST_CONN:
+    if policy == RoutingPolicy.LEAST_CONN:
         return [d("least_conn")]
-    if policy is RoutingPolicy.ROUND_ROBIN:
+    if policy == RoutingPolicy.ROUND_ROBIN:
         return []
-    if policy is RoutingPolicy.POWER_OF_TWO:
+    if policy == RoutingPolicy.POWER_OF_TWO:
         return [d("random", "two", "least_conn")]
-    if policy is RoutingPolicy.PREFIX_AFFINITY:
+    if policy == RoutingPolicy.PREFIX_AFFINITY:
         return [d("hash", PREFIX_KEY_VARIABLE, "consistent")]
     # Hashing the bare header would send every request without it to one
     # replica (they all hash the empty string); the map in `_affinity_map`
@@ -47,7 +42,7 @@ def affinity_map(
 ) -> list[Directive]:
     """The key map, once, if `lb.policy` (or any of `policies`, the pools') needs it."""
     wanted = [lb.policy] if policies is None else policies
-    if RoutingPolicy.SESSION_AFFINITY not in [RoutingPolicy(p) for p in wanted]:
+    if RoutingPolicy.SESSION_AFFINITY not in wanted:
         return []
     variable = affinity_variable(lb.affinity_header)
     return [
@@ -61,7 +56,7 @@ def affinity_map(
 
 
 def is_prefix(lb: LoadBalancerSettings) -> bool:
-    return RoutingPolicy(lb.policy) is RoutingPolicy.PREFIX_AFFINITY
+    return lb.policy == RoutingPolicy.PREFIX_AFFINITY
 
 
 def server_lines(
@@ -72,15 +67,14 @@ def server_lines(
 ) -> list[Directive]:
     if not upstreams:
         raise ValueError(f"{field}: at least one replica is needed")
-    max_fails = check_positive("max_fails", lb.max_fails)
-    fail_window = check_positive("fail_window_seconds", lb.fail_window_seconds)
+    max_fails = str(lb.max_fails)
+    fail_window = str(lb.fail_window_seconds)
     bound = [] if max_conns is None else [f"max_conns={max_conns}"]
     lines = []
-    for index, upstream in enumerate(upstreams):
-        host = checked(f"{field}[{index}].host", upstream.host, host_name)
-        port = check_port(f"{field}[{index}].port", upstream.port)
+    for upstream in upstreams:
+        host = upstream.host
         args = [
-            host_port(host, port),
+            host_port(host, upstream.port),
             *bound,
             f"max_fails={max_fails}",
             f"fail_timeout={fail_window}s",
@@ -107,7 +101,7 @@ def upstream_blocks(
     """An upstream of `upstreams` with `balancing`; with `fallback` (prefix_affinity)
     its replicas are bounded by `prefixMaxConns` and a second, least_conn upstream
     of the same replicas takes what the bound turns away."""
-    bound = None if fallback is None else check_positive("prefix_max_conns", lb.prefix_max_conns)
+    bound = None if fallback is None else str(lb.prefix_max_conns)
     blocks = [
         d(
             "upstream",
