@@ -3,18 +3,8 @@
     python -m components.cli.check --stack dev       # Pulumi.dev.yaml: the plan, or every problem
     python -m components.cli.check --stack dev --hf-token-status   # set | missing | not-needed
 
-Reads `Pulumi.<stack>.yaml` as the CLI does (keys, namespaces, `secure:`
-values, YAML 1.2 scalars) and runs the same loader and rules `pulumi up`
-runs (`loading.settings_from_config`). On success it prints the plan in
-a few lines and exits 0; otherwise it prints every problem, one line each
-naming the key as written in the file and the rule, and exits 1.
-
-Encrypted (`secure:`) values cannot be decrypted without the CLI: a
-placeholder that passes the value rules stands in for them, and the output
-says so. A rule that compares an encrypted value with another key (the TLS
-key against its certificate, either of them encrypted) means nothing on a
-placeholder: the output names it as unverified, an informational note, and
-`pulumi up` runs it.
+Reads the file as the CLI does, runs the same loader, prints the plan (exit 0) or every
+problem (exit 1); a rule comparing an encrypted value is reported as unverified.
 """
 
 from __future__ import annotations

@@ -3,12 +3,8 @@
     python -m components.cli.render_config --stack dev
     python -m components.cli.render_config --stack dev --upstream 10.0.0.5:8000 --upstream gpu2:8000
 
-With `--upstream`, the stack's load-balancer settings are rendered in front of
-explicit `host:port` replicas (other machines, or a test on loopback) instead
-of the stack's own containers. Reads the stack file directly, with the same
-reading and rules as `pulumi up` (`stack_file.settings_from_stack_file`, as
-`python -m components.cli.check` does): no Pulumi CLI, no secret values needed
-(none ends up in the nginx config).
+With `--upstream`, explicit `host:port` replicas stand in for the stack's own. Reads the
+stack file as `components.cli.check` does: no Pulumi CLI, no secret values needed.
 """
 
 from __future__ import annotations

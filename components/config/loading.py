@@ -1,18 +1,10 @@
 """Stack config in, `Settings` or one `ConfigError` listing every problem out.
 
-Two doors lead here and both go through `load_config`:
-
-- `pulumi up` (`program.load_settings`, through `settings_from_config`): the
-  runtime hands over the config map as flat strings (objects and lists as
-  JSON) plus the set of secret keys;
-- `python -m components.cli.check` and `components.cli.render_config`: the stack file
-  is read the way the Pulumi CLI reads it (`read_stack_file`), with no CLI, so
-  encrypted values are stand-ins; a rule that compares one of them with
-  another key is returned as unverified rather than run on the stand-in.
-
-pydantic's own error text echoes the offending value, which could be a token,
-so this module writes its own messages: one line per problem naming the key
-as the user writes it and the rule, never the value.
+Both doors go through `load_config`: `pulumi up` (flat strings and the secret keys)
+and the command-line tools (the stack file read as the CLI reads it, encrypted
+values as stand-ins, so a rule comparing one is returned as unverified). Only this
+module runs the cross-key rules. pydantic's own text echoes values, which could be
+tokens, so the messages are written here: the key as written and the rule.
 """
 
 from __future__ import annotations
@@ -85,12 +77,9 @@ def _cross_key_problems(
 ) -> tuple[list[Problem], list[Problem]]:
     """The rules between keys, checked on every key that is valid by itself.
 
-    Invalid keys fall back to their defaults for this pass, and a rule that
-    involves one of them is not reported (it would speak of the default).
-    A rule comparing values of which one is sealed is returned apart, as
-    unverified: the stand-ins for the load balancer's PEM key and certificate
-    are throwaway ones, never the user's and never each other's, so the rule
-    always breaks on them and its verdict says nothing about the real values.
+    Invalid keys fall back to their defaults here, and a rule involving one is left
+    out (it would speak of the default). A rule comparing a sealed value is returned
+    apart, as unverified: its stand-in is throwaway, so the verdict means nothing.
     """
     rest = {k: v for k, v in data.items() if k not in invalid}
     try:

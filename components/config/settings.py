@@ -1,11 +1,9 @@
 """Typed, validated settings: the only door from stack config into the program.
 
-Everything a user can type is parsed here, before any resource is declared, so
-a bad stack file fails with one message per problem naming the key and the
-rule, and leaves nothing half-created. What a single value may be lives in
-`value_types`; the rules that tie several keys together are `rules.cross_key_rules`,
-which only the loader runs, so that every problem is reported at once: pydantic
-runs a model's own validators only when all its fields are valid.
+Everything a user can type is parsed here, before any resource is declared. What one
+value may be lives in `values`; the rules that tie keys together are
+`rules.cross_key_rules`, which only the loader runs, so every problem is reported at
+once (pydantic runs a model's own validators only when all its fields are valid).
 """
 
 from __future__ import annotations

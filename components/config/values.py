@@ -1,12 +1,9 @@
 """What one config value may be, each rule in the words the user reads.
 
-Every string that later lands in the nginx config, a container command line or
-an environment variable is restricted to a safe alphabet here, so the renderer
-and the plan never have to escape anything. Names and references follow the
-grammar of the engine that will read them (Docker's image references, DNS
-labels, cpusets), and numbers are bounded by what Docker and nginx accept, so a
-bad value fails before anything is declared rather than halfway through `up`.
-No rule's message contains the value: it could be a token.
+Every string that lands in the nginx config, a command line or an environment variable
+is held to a safe alphabet, and names follow the grammar of what reads them (Docker's
+image references, DNS labels, cpusets, `--lora-modules`), so a bad value fails before
+anything is declared. No rule's message contains the value: it could be a token.
 """
 
 from __future__ import annotations

@@ -67,13 +67,10 @@ LORA_FLAGS = {
 def managed_flags_of(word: str, managed: Mapping[str, str] = MANAGED_FLAGS) -> list[str]:
     """The managed flags vLLM's parser would read `word` as, if it is an option.
 
-    `vllm serve` parses with argparse's `allow_abbrev` on, so any prefix of a
-    long option is taken for it when it is the only option it begins
-    (`--served x` is `--served-model-name x`, `--shutdown 5` is
-    `--shutdown-timeout 5`), and a single-dash one the same way (`-t 2` is
-    `-tp 2`); a prefix of several is refused by vLLM anyway. No full option of
-    vLLM v0.33.0's parser is a prefix of a managed flag, so every such word is
-    one of them or an abbreviation of one.
+    `vllm serve` parses with argparse's `allow_abbrev`, so a unique prefix of a long
+    option is that option (`--served x`, `-t 2`); no full option of vLLM's parser is a
+    prefix of a managed flag, so every such word is one of them or its abbreviation
+    (docs/vllm.md, "Command line").
     """
     if not word.startswith("-") or word in ("-", "--"):
         return []

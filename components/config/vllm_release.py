@@ -17,15 +17,8 @@ DEFAULT_GPU_IMAGE = f"vllm/vllm-openai:{VLLM_RELEASE}"
 at v0.33.0): `v<version>` is a multi-arch tag of x86_64 and aarch64."""
 
 DEFAULT_CPU_IMAGE = f"vllm/vllm-openai-cpu:{VLLM_RELEASE}-x86_64"
-"""vLLM's CPU image on Docker Hub, in the tag form its CPU docs give
-(docs/getting_started/installation/cpu.x86.inc.md:171 at v0.33.0; arm64 hosts:
-`vllm/vllm-openai-cpu:v0.33.0-arm64`, cpu.arm.inc.md:137). The release script
-also pushes a multi-arch `vllm/vllm-openai-cpu:v0.33.0`
-(.buildkite/scripts/publish-release-images.sh:199-203), which the docs never
-name: the per-arch tag is the documented one, and it names one build, the same
-on every host (an arm64 host gets an image it cannot run, not quietly another
-build; it sets the `-arm64` tag). Until v0.17.1 the CPU image was
-`public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:<version>`."""
+"""vLLM's CPU image on Docker Hub, in the per-arch tag form its CPU docs give: it names
+one build, the same on every host (docs/vllm.md, "Images"; arm64 hosts set `-arm64`)."""
 
 OLDEST_SUPPORTED = (0, 18, 0)
 """The first release with `--shutdown-timeout`, which every replica is started

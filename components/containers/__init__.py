@@ -1,11 +1,8 @@
 """Files that run inside containers, never in the `pulumi up` process.
 
-Each subfolder is named for the container its files run in: `vllm` (the
-download job, in the vLLM image's Python), `nginx` (njs), `exporter` (the load
-balancer's exporter, on the base image's python3), `grafana` (the dashboard).
-The program reads them as text and uploads them; Python files here import the
-standard library only (and `huggingface_hub` in the vLLM image), never
-`components`.
+Each subfolder is named for its container: `vllm` (the download job), `nginx` (njs),
+`exporter`, `grafana` (the dashboard). The program uploads them as text; Python here
+imports the standard library only (and `huggingface_hub` in the vLLM image).
 """
 
 from pathlib import Path

@@ -23,13 +23,10 @@ def fit_plan(
 ) -> FitPlan | None:
     """The check of `replicas` (one engine's, of `pool`), or None when off or none.
 
-    The pool's model, tensor-parallel size and vLLM arguments (the stack's
-    extraArgs then the pool's, as its replicas get them). Its LoRA adapters
-    are not counted: vLLM's LoRA memory is not in the figures
-    (docs/fit-check.md). `env` is what the pool's download job sees (proxies,
-    HF_ENDPOINT): the facts come from the same hub. Named like the pool's
-    download (`<prefix>-<pool>-fit`), so two pools' short containers on one
-    engine never share a name.
+    With the pool's model, tensor-parallel size and vLLM arguments as its replicas get
+    them; LoRA memory is not counted (docs/fit-check.md). `env` is the pool's download
+    job's (same hub). Named like the download (`<prefix>-<pool>-fit`), so two pools'
+    short containers on one engine never share a name.
     """
     if not settings.fit_check.enabled or not replicas:
         return None

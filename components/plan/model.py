@@ -39,15 +39,9 @@ TLS_CERTIFICATE_SECRET = "tls_certificate"
 TLS_KEY_SECRET = "tls_key"
 
 VLLM_ENTRYPOINT = ("vllm", "serve")
-"""Declared rather than inherited, so every vLLM image (GPU, CPU, built from a
-checkout) starts the same way and takes the model as its first argument. The
-published images start `vllm serve` themselves now (v0.33.0:
-`docker/Dockerfile:1344`, `docker/Dockerfile.cpu:494`; already v0.17.1's); v0.11.0's ran
-`python3 -m vllm.entrypoints.openai.api_server`, which is deprecated now.
-`vllm serve` refused `--model` at v0.11.0 and accepts it at v0.33.0 with a
-deprecation warning, moved to the front; with `--served-model-name` and no
-model first it refuses to start (`vllm/utils/argparse_utils.py:324-369`), so
-the model is the first word (docs/vllm.md)."""
+"""Declared rather than inherited, so every vLLM image (GPU, CPU, built from a checkout)
+starts the same way and takes the model as its first argument, which `vllm serve`
+requires with `--served-model-name` (docs/vllm.md, "Images" and "Command line")."""
 
 NGINX_COMMAND = ("nginx", "-g", "daemon off;")
 NGINX_STOP_SIGNAL = "SIGQUIT"

@@ -1,27 +1,9 @@
 """Monitoring as plain data: Prometheus, Grafana and the load balancer's exporter.
 
-Computed from validated settings alone, like the rest of the plan, so the
-configs can be printed and tested without Pulumi or Docker. Nothing here
-exists unless `monitoring.enabled`: `build_monitoring_plan` returns None and
-the deployment declares none of it.
-
-What each piece is for:
-
-- Prometheus scrapes every replica's `/metrics` over the deployment's network
-  (labelled `replica=<container name>`, the label every dashboard panel
-  groups by; a replica on another host where nginx reaches it, its host's
-  address and published port) and the exporter;
-- the exporter (`lb_exporter.py`, uploaded into an official Python image)
-  turns nginx's per-request syslog lines into status, retry, per-replica and
-  timing metrics, which nginx open source does not count itself;
-- Grafana gets Prometheus as its data source and the dashboard file from
-  `components/containers/grafana/`, both provisioned from uploaded files.
-
-Secrets stay out of this plan, as in `plan.py`: the Grafana password and the
-API key are named, and the Pulumi shell uploads their values as secrets.
-vLLM v0.33.0 checks the API key on `/v1`, `/v2`, `/inference` and `/cohere`
-only, so `/metrics` answers without it; Prometheus sends it all the same (from
-an uploaded file), so the scrape keeps working on a vLLM that guards more.
+Computed from validated settings alone, like the rest of the plan, so the configs
+can be printed and tested without Pulumi or Docker; None unless `monitoring.enabled`.
+Secrets stay out: the Grafana password and API key are named here and uploaded as
+secrets by the deployment (docs/monitoring.md says what each piece is for).
 """
 
 from __future__ import annotations
@@ -134,12 +116,9 @@ def prometheus_config(
 ) -> str:
     """prometheus.yml: the replicas, labelled by container name, and the exporter.
 
-    `replicas` maps each replica's name to where nginx reaches it (`host:port`,
-    the plan's upstreams): monitoring runs beside nginx and reaches them there
-    too, by name on the deployment's network or by address on another host.
-
-    Valid for Prometheus 2.42 (Debian 12, the offline tests) and 3.x (the
-    pinned image): nothing in it changed between them.
+    `replicas` maps each replica's name to where nginx reaches it (the plan's
+    upstreams); monitoring runs beside nginx and reaches them there too. Valid for
+    Prometheus 2.42 (Debian 12, the offline tests) and 3.x (the pinned image).
     """
     prom = settings.monitoring.prometheus
     interval = f"{prom.scrape_interval_seconds}s"

@@ -1,18 +1,10 @@
 """The Pulumi side of monitoring: maps a `MonitoringPlan` onto pulumi-docker.
 
-A child component of the cluster, so that with monitoring off nothing of it
-is registered, and so that the cluster's own graph changes in two places
-only: the load balancer waits for the exporter (nginx resolves its syslog
-target when it loads its config), and the load balancer's config step has the
-exporter's container id among its triggers. The exporter is replaced whenever
-the replicas change (they are in its command); the step then reloads nginx,
-which resolves the new exporter's address, so nginx itself is never replaced
-for it (that would drop every connection when a replica is added).
-
-Inputs follow docs/provider-inputs.md: uploads with secret content are marked
-`additional_secret_outputs=["uploads"]` (the provider keeps uploads in state
-as given), a delete stops with a grace period (`destroy_grace_seconds`), and
-the volumes are kept on destroy unless `monitoring.keepDataOnDestroy` is false.
+A child component, so that with monitoring off nothing of it is registered. The
+exporter is replaced when the replicas change; the config step then reloads nginx,
+which resolves the new exporter, so nginx is never replaced for it. Secret uploads
+are `additional_secret_outputs`, volumes kept on destroy unless
+`monitoring.keepDataOnDestroy` is false (docs/provider-inputs.md).
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """Whether the deployment's replicas already run: what decides if an update rolls.
 
-A rolling update replaces replicas in waves, each waiting until the one before
-is back in rotation. On the first deploy nothing is serving, and those waits
-would only add to the cold start, so the waves' ordering is declared only when
-replicas of this deployment already run. That is a fact about the engine, not
-about the stack config, so it is read from the engine when the program runs,
-the same way the gate reads health (and through the same `DOCKER_HOST`). The
-ordering is `dependsOn` only, which never changes a resource by itself.
-
-With `hosts`, each host's replicas are asked for on that host's engine: asking
-only the stack's own engine found none there, so an update of a multi-host
-deployment replaced every replica at once and cut every stream in flight.
+On a first deploy nothing serves and the waves' waits would only slow the cold start,
+so their ordering (`dependsOn` only) is declared only when replicas already run. That
+is a fact about the engine, read when the program runs through the same `DOCKER_HOST`;
+with `hosts`, each host's replicas on that host's engine.
 """
 
 from __future__ import annotations

@@ -1,28 +1,10 @@
 """Watch the first wave of an update under live traffic; stop the update if it is worse.
 
-A rolling update puts a replica back into rotation as soon as its `/health`
-answers, and `/health` says nothing of how it serves: a new image or new
-arguments that make time to first token three times slower, or that fail one
-request in five, would reach every replica. So once the first wave is back in
-rotation (its rotation steps have resumed it) and before the second wave's
-drains begin, this step watches it for `rollout.canarySeconds` next to the
-replicas not yet replaced, which serve the same traffic through the same
-nginx: each replica's own `/metrics` is read at its published address at the
-start and at the end, and the increases are compared
-(`components.steps.canary_compare`: TTFT p90 and the error rate).
-
-If the canary is worse beyond the thresholds, its replicas are taken out of
-nginx (the drain's live edit of nginx.conf, `components.steps.rollout`), the
-old replicas keep serving, and the step fails `pulumi up` with both figures
-per metric and what to do. Nothing else is replaced: the second wave waits for
-this step.
-
-It runs again whenever a replica of the first wave is replaced (its trigger),
-so a revert and `pulumi up` replaces the canary again, resumes it, and
-watches again; an `up` without a revert watches the same canary again, first
-putting it back into rotation (a failed canary left it out). On a first
-deploy there is no load balancer yet when it runs (nginx waits for it), so it
-says so and returns at once.
+`/health` says nothing of how a replica serves, so before the second wave drains,
+this reads every replica's `/metrics` at the start and end of `rollout.canarySeconds`
+and compares the canary with the old replicas (`canary_compare`). A worse canary is
+taken out of nginx, the old replicas keep serving, and `pulumi up` fails with the
+figures; a revert and `up` watch again (docs/rolling-updates.md, "Canary").
 """
 
 from __future__ import annotations
@@ -171,12 +153,10 @@ def run(
 ) -> str:
     """The step: what to print on success; `CanaryFailed` when the update must stop.
 
-    `containers` are the first wave's container ids (`CONTAINERS_ENV`), and
-    `previous_output` what this step printed last time it passed (pulumi-command
-    hands it over on an update). Replacing a first-wave replica replaces the step,
-    which then has no previous output; an update of the step alone (a changed
-    `rollout.canary*` setting) finds these same containers done and does not
-    watch them again: nothing was updated.
+    `containers` are the first wave's ids, `previous_output` what it printed when it
+    last passed. A replaced first-wave replica replaces the step (no previous output);
+    a changed `rollout.canary*` alone finds the same containers done and does not
+    watch again: nothing was updated.
     """
     done = f"{DONE}{containers}"
     names = ", ".join(r.name for r in canary)

@@ -1,22 +1,10 @@
 """Whether a canary is worse: two scrapes of each replica's /metrics in, a verdict out.
 
-Pure (no engine, no HTTP), so every figure the canary step prints is checked on
-plain text. What is read is what vLLM v0.33.0 exports (docs/vllm.md,
-"Metrics the canary compares"):
-
-- `vllm:time_to_first_token_seconds`, a histogram: the p90 of the window is
-  taken from the buckets' increase between the two scrapes, interpolated
-  linearly inside the bucket it falls in, as Prometheus' `histogram_quantile`
-  does (a quantile in the `+Inf` bucket is the highest finite bound);
-- `http_requests_total{handler,method,status}` of the HTTP server's
-  instrumentation (prometheus-fastapi-instrumentator, status grouped as `2xx`,
-  `5xx`): the requests of the OpenAI routes (`handler` under `/v1/`) and,
-  of them, the failed ones (`5xx`). A 4xx is the client's doing, not the
-  replica's, so it counts as a request but not as a failure.
-
-Counters only go up while a process lives; a replica restarted in the window
-starts again from zero, so a negative increase is taken as the whole of the
-later value (Prometheus' `increase` does the same on a counter reset).
+Pure (no engine, no HTTP), so every figure the canary step prints is checked on plain
+text. TTFT p90 comes from the increase of `vllm:time_to_first_token_seconds`' buckets
+(as `histogram_quantile`), the error rate from `http_requests_total` of `/v1/` routes
+(5xx fail, 4xx are the client's); a counter that went down was reset by a restart, so
+its later value is the increase (docs/rolling-updates.md, docs/vllm.md).
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """The download step: fill the shared model cache once, before any replica exists.
 
-Run by a `command.local.Command` where `pulumi up` runs, it talks to the same
-engine as the docker provider (`DOCKER_HOST`, so `ssh://` works) and runs a
-one-shot container from the vLLM image itself, so the files are fetched by the
-`huggingface_hub` the replicas will read them with. It runs on the engine's
-host network: it only reaches the hub, and a container there starts without a
-bridge endpoint to set up (a quarter of a second on a small machine, on the
-path of every cold start). With a token, the job script
-(`components/containers/vllm/download_job.py`) and the token are copied into the container
-before it starts: the token is a file named by `HF_TOKEN_PATH`, never an
-environment variable (`docker inspect` shows those to anyone on the host), and
-the container, token file included, is removed when the job ends, whatever the
-outcome. Without one, the script is simply the container's command.
-
-While the job runs, its progress lines are passed on; when it is quiet for
-longer than the interval a heartbeat line says so, so a 30-minute first deploy
-never looks hung. A failure stops `pulumi up` with the model, the cause and the
-end of the job's log, with the token redacted.
+Runs a one-shot container of the vLLM image on the provider's engine (`DOCKER_HOST`),
+so the files are fetched by the `huggingface_hub` the replicas read them with; on the
+host network, which starts faster than a bridge endpoint. The token is copied in as a
+file, never an environment variable, and the container is removed whatever the
+outcome. Progress comes with a heartbeat; a failure names the model, cause and log tail.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """The Docker client of a step that `pulumi up` runs: the same engine as its provider.
 
-docker-py's `from_env` reads `DOCKER_HOST`, and for TLS `DOCKER_TLS_VERIFY`
-with a certificate directory (`DOCKER_CERT_PATH`), which covers every host
-except one whose TLS material is given as PEM text in the stack (pulumi-docker's
-`ca_material`, `cert_material`, `key_material`). For those the deployment hands
-the three PEMs to the step as secret environment variables; docker-py only
-takes files, so they are written to a private temporary directory that lives
-as long as the process.
+docker-py's `from_env` reads `DOCKER_HOST` and a TLS certificate directory; a host
+whose TLS material is PEM text in the stack gets the three PEMs as secret environment
+variables, written to a private temporary directory for the life of the process.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """The fit check step: does the model fit each replica's GPUs, before the long wait?
 
-Run by a `command.local.Command` after the vLLM image is on the engine and
-before the download step and every replica, it asks that engine two things,
-each in a short container of the vLLM image:
-
-- the GPUs of each replica, requested as the replica requests them (a device
-  request of the `nvidia` driver with its GPU ids), running `nvidia-smi`
-  (the NVIDIA Container Toolkit puts the host's into the container); on the
-  CPU backend, the engine's memory (`docker info`);
-- the model's facts, without its weights: `config.json` and the weights'
-  bytes (the safetensors index, else the files' sizes), by the download
-  job's own script (`--facts`), with the token as a file, as the download
-  step passes it.
-
-`components.steps.memory_fit` turns them into a verdict per replica. A model that
-does not fit stops `pulumi up` here, before gigabytes are downloaded, naming
-the replica, the GPU, both figures and what would fit; one close to the limit
-is a warning. A check that cannot run (an engine without the NVIDIA runtime,
-a model without the metadata) says why and lets `pulumi up` go on.
+Run after the vLLM image is on the engine and before the download and every replica,
+it asks that engine, in short containers of the vLLM image, for each replica's GPUs
+(`nvidia-smi` under the replica's device request; `docker info` on CPU) and the
+model's facts (the download job's `--facts`). `memory_fit` gives the verdict: a model
+that does not fit stops `pulumi up` before the download; one that cannot run says why.
 """
 
 from __future__ import annotations

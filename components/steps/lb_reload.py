@@ -1,15 +1,9 @@
 """Put a new config into the running load balancer and reload it, instead of replacing it.
 
-pulumi-docker's `uploads` is force-new (docs/provider-inputs.md): a config
-change (a replica added or removed, a new policy, a rotated API key or TLS
-certificate) would replace the nginx container and drop every connection.
-The container ignores later changes to its uploads; this step, re-run by
-Pulumi whenever the files or the container change, writes them into the
-container, checks them with `nginx -t`, and reloads: nginx starts new workers
-with the new config and lets the old ones finish their requests.
-
-The files arrive as JSON in `VLLM_NGINX_LB_FILES` (a Pulumi secret when any of
-them is one, e.g. the API key file), never on the command line.
+pulumi-docker's `uploads` is force-new (docs/provider-inputs.md): a config change
+would replace nginx and drop every connection. This step, re-run whenever the files or
+the container change, writes them in, checks them with `nginx -t` and reloads. The
+files arrive as JSON in `VLLM_NGINX_LB_FILES` (a secret when one of them is).
 """
 
 from __future__ import annotations

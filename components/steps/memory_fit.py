@@ -1,17 +1,10 @@
 """Does a replica fit its GPUs (or its host's memory)? Figures from `config.json`, no I/O.
 
-vLLM v0.33.0 finds out that a model does not fit only after the image pull,
-the download and the load, when it exits with a memory error. The same
-figures are known before any of that: the weights' bytes (from the
-safetensors index or the files' sizes) and the KV cache of one sequence of
-the maximum length (from `config.json`), against each GPU's memory times
-`--gpu-memory-utilization`. This module computes them as vLLM does (every
-rule cited in docs/vllm.md, "What the fit check computes"); the fit step
-(`components.steps.fit`) asks the engine for the facts and prints the verdict.
-
-What it computes is a lower bound of what vLLM needs: activations, CUDA
-graphs and the CUDA context come on top, which is why a need close to the
-limit is a warning.
+vLLM finds out only after the pull, the download and the load; the weights' bytes
+and one full-length sequence's KV cache against GPU memory times
+`--gpu-memory-utilization` are known before. Computed as vLLM does (docs/vllm.md,
+"What the fit check computes"); a lower bound (activations, CUDA graphs and the
+context come on top), which is why a need close to the limit is a warning.
 """
 
 from __future__ import annotations

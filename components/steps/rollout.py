@@ -1,35 +1,10 @@
 """Take one replica out of the load balancer before it stops, and back in once it serves.
 
-Two halves make an update lose nothing (docs/rolling-updates.md). nginx must
-stop sending the replica new requests first: the replica's `server` lines are
-taken out of the config, nginx reloads, and this waits until nginx's old
-workers have stopped accepting connections (they finish the ones they have,
-which may still be streaming from the replica; new requests go to the other
-replicas). Then the replica's own requests must end before it is killed:
-
-- with `shutdownTimeoutSeconds` > 0 (`--shutdown-timeout`, vLLM v0.18.0 and
-  later) vLLM does it itself: on SIGTERM it finishes what it runs, for up to
-  that long, while it keeps serving HTTP, and exits once done; Pulumi stops the
-  container with `stopGraceSeconds`, which covers it. So the drain returns as
-  soon as nginx has let go (`--vllm-drains`), and the streams end inside
-  vLLM. nginx is still needed first: a draining vLLM accepts new requests
-  and answers them 200 with `finish_reason: "abort"`, which nginx would not
-  retry (docs/vllm.md).
-- with 0, vLLM's default, SIGTERM aborts what runs (as every release before
-  v0.18.0 did), so this waits until the replica reports no request running
-  (`vllm:num_requests_running`, read inside its container, so a remote
-  engine works the same) or `stopGraceSeconds` ends; only then does Pulumi
-  stop the container.
-
-`resume` is the other half, run once the new container exists: on an update
-it waits until the replica is healthy and puts it back in rotation. On a first
-deploy there is no load balancer yet and nothing is serving, so it returns at
-once and the cold start is not slowed (the readiness check before nginx waits).
-
-Run by `pulumi up` as the `create` and `delete` of one `local.Command` per
-replica, whose trigger is the replica's container id: when the replica is
-replaced, Pulumi deletes that command first (a delete-before-replace condemns
-its dependents), which drains, and creates it again afterwards, which resumes.
+The drain edits the replica's `server` lines out of nginx.conf, reloads, and waits
+until the old workers let go; then the replica's own requests end inside vLLM
+(`--shutdown-timeout`) or, without it, this waits for `vllm:num_requests_running`
+to reach 0. `resume` puts the new replica back once healthy (at once on a first
+deploy). One `local.Command` per replica, triggered by its container id (docs/rolling-updates.md).
 """
 
 from __future__ import annotations

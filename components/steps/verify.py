@@ -1,14 +1,9 @@
 """The guide's verify step, automated: the LB answers `/v1/models` with our model.
 
-Run by `pulumi up` after nginx starts, with the official `openai` client, so a
-deployment that looks fine to Docker but cannot serve (wrong served name, API
-key mismatch, nginx not routing) fails the update instead of the first user.
-The API key comes from the environment (a Pulumi secret), never from argv.
-
-With model pools (`--probe`) the load balancer answers `/v1/models` itself,
-which proves no replica answers: each name is then asked for one token (or,
-for an embedding pool, one embedding) through the load balancer, so every
-pool and adapter is shown to route to replicas that serve it.
+Run after nginx starts, with the official `openai` client, so a deployment that cannot
+serve fails the update instead of the first user; the API key comes from the
+environment. With pools (`--probe`) nginx answers `/v1/models` itself, so each name is
+asked for one token (or embedding) through it, proving every pool and adapter routes.
 """
 
 from __future__ import annotations

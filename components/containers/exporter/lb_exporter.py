@@ -1,22 +1,10 @@
 """The load balancer's Prometheus metrics, made from nginx's per-request log lines.
 
-Why an exporter of our own: nginx open source counts only connections and a
-request total (`stub_status`); what an operator of several replicas needs
-(responses by status, which replica took each attempt, retries, upstream
-timings) is only in nginx's per-request variables. nginx sends one JSON line
-per request over syslog (UDP) to this process, which keeps counters and
-histograms and serves them on `/metrics`. The reasons against the
-alternatives (stub_status, njs, the vts module) are in docs/monitoring.md.
-
-This file is uploaded as is into its container and run with `python3`: it
-must only use the standard library and run on Debian 12's Python 3.11 (the
-offline tests) as well as on the official Python image.
-
-nginx's `$upstream_addr` holds addresses, not the names in its config, and a
-replica recreated by `pulumi up` may get a new address; the exporter resolves
-the replica names it is given (Docker's DNS) and labels by name. A replica on
-another host is given as `NAME=ADDRESS:PORT` (where nginx reaches it) and
-labelled by that name all the same.
+nginx open source counts no statuses, retries or upstream timings, so nginx sends one
+JSON line per request over syslog (UDP) here, and this keeps the counters and serves
+`/metrics` (docs/monitoring.md). Uploaded as is and run with `python3`: standard
+library only. `$upstream_addr` holds addresses, so replica names are resolved and
+metrics labelled by name (`NAME=ADDRESS:PORT` for a replica on another host).
 """
 
 from __future__ import annotations

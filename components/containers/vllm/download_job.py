@@ -1,52 +1,10 @@
-"""The download job: runs inside the vLLM image, fills the shared Hugging Face cache.
+"""The download job: runs inside the vLLM image and fills the shared Hugging Face cache.
 
-This file is uploaded into a one-shot container by `components.steps.download` and run
-with the image's own Python and `huggingface_hub`, so the files land in the cache
-exactly where and how the replicas' `huggingface_hub` will look for them (blobs,
-snapshots, `refs/main`) when they start with `HF_HUB_OFFLINE=1`. It must
-therefore use nothing but the standard library and `huggingface_hub`.
-
-It takes the files vLLM loads and nothing else, as vLLM v0.33.0's own
-download does with `--load-format auto` (PyPI sdist of 0.33.0,
-`vllm/model_executor/model_loader/default_loader.py:147-263`,
-`weight_utils.py:437-541`, :590-630):
-
-- a repository with `consolidated*.safetensors` at its top is loaded in
-  Mistral's format (default_loader.py:170-181): those files, filtered by
-  `consolidated.safetensors.index.json` when there are several, and not the
-  Hugging Face shards beside them. Its config then comes from `params.json`
-  (`vllm/transformers_utils/config.py:889-907`) and its tokenizer from
-  `tekken.json` or `tokenizer.model.v*` (`vllm/tokenizers/registry.py:145-163`),
-  so those come along. v0.11.0 had no such rule (it loaded the shards and
-  skipped `consolidated.safetensors`); the rule is in every release this
-  deployment supports (v0.18.0 on). Offline, a replica decides from the files
-  in the snapshot (`vllm/transformers_utils/repo_utils.py:137-151`), so taking
-  what vLLM would take online keeps it on the same format and tokenizer;
-- otherwise the first weight format the repository has at its top (vLLM
-  globs there) among safetensors, then `.bin`, then `.pt`
-  (default_loader.py:185-186, :207-208, :229-234); for
-  sharded safetensors only the shards `model.safetensors.index.json` lists;
-  `.bin`/`.pt` without training leftovers (weight_utils.py:619-630);
-- never `original/` (vLLM's default `ignore_patterns`, `vllm/config/load.py:102`).
-
-Config, tokenizer and chat-template files come along because transformers
-loads them from the same snapshot. (Online, vLLM v0.33.0 also snapshots every
-other non-weight file, repo_utils.py:307-378; the suffixes below are those
-the loaders read.)
-
-The token is read by `huggingface_hub` from the file named by `HF_TOKEN_PATH`;
-it never is an environment variable of this container. After a download, a
-manifest records what was fetched, so a later run finds the model complete
-without any network access and exits in well under a second.
-
-With `--facts` it downloads nothing: it prints one line, `vllm-nginx-facts: `
-and JSON with `config.json` and the weights' bytes (the index's
-`metadata.total_size`, else the files' sizes) of the first `--model` (a
-pool's model; its LoRA adapters are not counted), for the fit check
-(`components.steps.fit`), which runs it in the same way before the download.
-
-Exit codes tell `components.steps.download` the cause; the last line of output is a
-human sentence for it.
+Run in a one-shot container with the image's own Python (standard library and
+`huggingface_hub` only), so files land where the replicas look for them offline. It takes
+the files vLLM loads and nothing else (docs/vllm.md, "Model files and caches"); the
+token comes as a file. `--facts` prints a model's config and weight bytes for the fit
+check instead; exit codes and the last line tell the step the cause.
 """
 
 from __future__ import annotations
