@@ -114,8 +114,7 @@ def test_the_step_reads_back_what_the_plan_says() -> None:
         ),
         project_dir=Path("."),
     )
-    fit = plan.hosts[0].fit
-    assert fit is not None
+    (fit,) = plan.hosts[0].fits
     args = parser().parse_args(list(fit.argv("img", ("cache:/root/.cache/huggingface",))[3:]))
     assert args.backend == "cpu" and args.cpu_kvcache_gb == 12
     assert args.replica == [Replica("vllm0", ()), Replica("vllm1", ())]
@@ -128,8 +127,7 @@ def test_the_step_reads_back_what_the_plan_says() -> None:
     assert args.gpus_key is None and "--gpus-key" not in fit.command("img", ())
     assert "(tensorParallelSize and gpus, extraArgs --max-model-len," in next_steps("")
     assert (
-        build_plan(settings(fitCheck={"enabled": False}), project_dir=Path(".")).hosts[0].fit
-        is None
+        build_plan(settings(fitCheck={"enabled": False}), project_dir=Path(".")).hosts[0].fits == ()
     )
 
 

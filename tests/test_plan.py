@@ -35,14 +35,14 @@ def test_guide_layout() -> None:
 def test_every_replica_is_offline_after_the_download_step() -> None:
     p = plan(replicas=3)
     assert [r.env.get("HF_HUB_OFFLINE") for r in p.replicas] == ["1", "1", "1"]
-    assert p.download is not None
-    assert p.download.model == "org/model"
-    assert p.download.name == "vllm-download"
+    (download,) = p.hosts[0].downloads
+    assert download.model == "org/model"
+    assert download.name == "vllm-download"
 
 
 def test_local_model_path_has_no_download_and_stays_online() -> None:
     p = plan(model="/models/llama")
-    assert p.download is None
+    assert p.hosts[0].downloads == ()
     assert all("HF_HUB_OFFLINE" not in r.env for r in p.replicas)
 
 
@@ -52,10 +52,10 @@ def test_download_job_is_online_and_never_gets_the_token_as_env() -> None:
         # (HF_HUB_OFFLINE and HF_TOKEN cannot be set here: the settings refuse them.)
         extraEnv={"TRANSFORMERS_OFFLINE": "1", "HF_ENDPOINT": "http://mirror:8080"},
     )
-    assert p.download is not None
-    assert dict(p.download.env) == {"HF_ENDPOINT": "http://mirror:8080"}
-    assert p.download.secret_env == (HF_TOKEN_ENV,)
-    argv = p.download.argv("sha256:abc", ("cache:/root/.cache/huggingface",))
+    (download,) = p.hosts[0].downloads
+    assert dict(download.env) == {"HF_ENDPOINT": "http://mirror:8080"}
+    assert download.secret_env == (HF_TOKEN_ENV,)
+    argv = download.argv("sha256:abc", ("cache:/root/.cache/huggingface",))
     assert argv[:5] == (
         "/venv/bin/python",
         "-m",
@@ -69,7 +69,8 @@ def test_download_job_is_online_and_never_gets_the_token_as_env() -> None:
 
 def test_checks_are_argv_run_by_the_deploying_python() -> None:
     p = plan(replicas=3, readyTimeoutSeconds=99, progressIntervalSeconds=7)
-    assert p.ready.argv == (
+    (ready,) = p.hosts[0].ready
+    assert ready.argv == (
         "/venv/bin/python",
         "-m",
         "components.steps.readiness",

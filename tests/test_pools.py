@@ -226,8 +226,8 @@ def test_placements_with_hosts_count_ports_per_host() -> None:
         ("vllm-embed-a-0", "a", 9001, ("3",)),
     ]
     assert [len(h.downloads) for h in p.hosts] == [2, 1], "host b runs no embedding replica"
-    assert set(p.hosts[0].pool_ready) == {"chat", "embed"}
-    assert p.hosts[1].pool_ready["chat"].name == "b-chat-replicas-ready"
+    assert [c.name for c in p.hosts[0].ready] == ["a-chat-replicas-ready", "a-embed-replicas-ready"]
+    assert [c.name for c in p.hosts[1].ready] == ["b-chat-replicas-ready"]
 
 
 # --- the plan -------------------------------------------------------------------
@@ -316,11 +316,8 @@ def test_one_download_per_repository_with_its_adapters() -> None:
 
 def test_readiness_and_rollout_waves_are_per_pool() -> None:
     p = plan(models=[{**CHAT, "replicas": 4}, {**EMBED, "replicas": 1}])
-    assert {pool: c.name for pool, c in p.hosts[0].pool_ready.items()} == {
-        "chat": "chat-replicas-ready",
-        "embed": "embed-replicas-ready",
-    }
-    chat_ready = p.hosts[0].pool_ready["chat"].argv
+    assert [c.name for c in p.hosts[0].ready] == ["chat-replicas-ready", "embed-replicas-ready"]
+    chat_ready = p.hosts[0].ready[0].argv
     assert "vllm-embed-0" not in chat_ready and chat_ready[-1] == "vllm-chat-3"
     # Waves of at most half of a pool, counted in each pool.
     assert [(r.replica, r.pool, r.wave) for r in p.rollouts] == [
@@ -377,7 +374,7 @@ def test_a_stack_without_models_plans_as_before() -> None:
     p = plan(model="org/m", replicas=2)
     assert [r.name for r in p.replicas] == ["vllm0", "vllm1"] and not p.pools
     assert [d.name for d in p.hosts[0].downloads] == ["vllm-download"]
-    assert p.ready.name == "replicas-ready" and not p.hosts[0].pool_ready
+    assert [c.name for c in p.hosts[0].ready] == ["replicas-ready"]
     assert p.verify.argv[-4:] == ("--model", "org/m", "--timeout", "120")
 
 

@@ -177,6 +177,7 @@ class Settings(ConfigModel):
                 Pool(
                     name=None,
                     key="",
+                    prefix="",
                     model=self.model or "",
                     served_name=self.model_name,
                     tensor_parallel_size=self.tensor_parallel_size,
@@ -193,6 +194,7 @@ class Settings(ConfigModel):
             Pool(
                 name=pool.name,
                 key=f"models[{i}]",
+                prefix=f"{pool.name}-",
                 model=pool.model,
                 served_name=pool.model_name,
                 tensor_parallel_size=pool.tensor_parallel_size,
@@ -378,6 +380,8 @@ class Pool:
     name: str | None
     key: str
     """Its config key as written ('models[1]'); '' for the top-level keys."""
+    prefix: str
+    """What its resources' names carry: '<name>-', or '' for the top-level keys."""
     model: str
     served_name: str
     tensor_parallel_size: int

@@ -273,9 +273,9 @@ def _download(
     pools: tuple[str | None, ...],
     python: str,
 ) -> DownloadPlan:
-    infix = f"-{pool.name}" if pool.name is not None else ""
     return DownloadPlan(
-        name=f"{settings.name_prefix}{infix}-download",
+        name=f"{settings.name_prefix}-{pool.prefix}download",
+        step_name=f"{pool.prefix}download",
         model=repos[0],
         more_models=repos[1:],
         env=_job_env(settings, pool),
@@ -327,6 +327,7 @@ def _ready_check(
     probes = [("--probe", f"{r.name}={r.url}/health") for r in replicas]
     return CheckPlan(
         name=name,
+        waits_for=tuple(r.name for r in replicas),
         argv=(
             python,
             "-m",
@@ -496,77 +497,56 @@ def engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
     return env, secret_env
 
 
-def _pool_ready(
-    settings: Settings, replicas: tuple[ReplicaPlan, ...], host: str | None, python: str
-) -> dict[str, CheckPlan]:
-    """With 'models': a readiness check per pool (on this engine), so each pool's
+def _ready_checks(
+    settings: Settings, replicas: tuple[ReplicaPlan, ...], prefix: str, python: str
+) -> tuple[CheckPlan, ...]:
+    """One readiness check per pool with replicas on this engine, so each pool's
     replicas are checked, and their logs shown, apart from another pool's."""
-    if settings.models is None:
-        return {}
-    where = f"{host}-" if host is not None else ""
-    checks = {}
-    for pool in settings.models:
+    checks = []
+    for pool in settings.pools():
         mine = tuple(r for r in replicas if r.pool == pool.name)
         if mine:
-            checks[pool.name] = _ready_check(
-                f"{where}{pool.name}-replicas-ready", mine, settings, python
+            checks.append(
+                _ready_check(f"{prefix}{pool.prefix}replicas-ready", mine, settings, python)
             )
-    return checks
+    return tuple(checks)
 
 
 def _hosts(
     settings: Settings, replicas: tuple[ReplicaPlan, ...], python: str
 ) -> tuple[HostPlan, ...]:
     downloads = _downloads(settings, python)
-    download = downloads[0] if downloads else None
     if settings.hosts is None:
-        pool_ready = _pool_ready(settings, replicas, None, python)
-        fits = _fits(settings, replicas, python)
         return (
             HostPlan(
                 name=None,
                 docker_host=None,
                 replicas=replicas,
-                download=download,
-                ready=next(
-                    iter(pool_ready.values()),
-                    _ready_check("replicas-ready", replicas, settings, python),
-                ),
+                ready=_ready_checks(settings, replicas, "", python),
                 runs_load_balancer=True,
-                fit=fits[0] if fits else None,
                 downloads=downloads,
-                pool_ready=pool_ready,
-                fits=fits,
+                fits=_fits(settings, replicas, python),
             ),
         )
     plans = []
     for host in settings.hosts:
         mine = tuple(r for r in replicas if r.host == host.name)
         env, secret_env = engine_env(host)
-        pool_ready = _pool_ready(settings, mine, host.name, python)
-        fits = _fits(settings, mine, python)
         # A pool with no replica on this engine needs none of its repositories here.
         here = {r.pool for r in mine}
-        on_host = tuple(d for d in downloads if settings.models is None or here & set(d.pools))
         plans.append(
             HostPlan(
                 name=host.name,
                 docker_host=host.docker_host,
                 replicas=mine,
-                download=on_host[0] if on_host else None,
-                ready=next(
-                    iter(pool_ready.values()),
-                    _ready_check(f"{host.name}-replicas-ready", mine, settings, python),
-                ),
+                ready=_ready_checks(settings, mine, f"{host.name}-", python),
                 runs_load_balancer=host is settings.load_balancer_host,
-                fit=fits[0] if fits else None,
                 engine_env=env,
                 engine_secret_env=secret_env,
                 tls_cert_path=env.get("DOCKER_CERT_PATH"),
                 tls_materials=bool(secret_env),
-                downloads=on_host,
-                pool_ready=pool_ready,
-                fits=fits,
+                downloads=tuple(d for d in downloads if here & {d.pool, *d.pools}),
+                fits=_fits(settings, mine, python),
             )
         )
     return tuple(plans)
@@ -673,9 +653,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             else None
         ),
         vllm_image=_vllm_image(settings, project_dir),
-        download=hosts[0].download,
         replicas=replicas,
-        ready=hosts[0].ready,
         hosts=hosts,
         rollouts=rollouts,
         canaries=_canaries(settings.rollout, replicas, rollouts, lb.name, python),

@@ -32,9 +32,9 @@ def fit_plan(
         return None
     gpu = settings.backend is Backend.GPU
     gpus_key = _gpus_key(settings, pool, replicas[0].host) if gpu else ""
-    infix = f"-{pool.name}" if pool.name is not None else ""
     return FitPlan(
-        name=f"{settings.name_prefix}{infix}-fit",
+        name=f"{settings.name_prefix}-{pool.prefix}fit",
+        step_name=f"{pool.prefix}fit",
         model=pool.model,
         backend=str(settings.backend),
         tensor_parallel_size=pool.tensor_parallel_size,

@@ -135,6 +135,8 @@ class JobPlan:
     python: str
     pool: str | None = field(default=None, kw_only=True)
     """The pool whose image runs it and whose name it takes; None without 'models'."""
+    step_name: str = field(default="", kw_only=True)
+    """Its resource's name after the engine's prefix: '<pool>-download', 'fit'."""
 
     step: ClassVar[str]
 
@@ -316,6 +318,8 @@ class CheckPlan:
     name: str
     argv: tuple[str, ...]
     secret_env: tuple[str, ...] = ()
+    waits_for: tuple[str, ...] = ()
+    """The replicas (by name) it checks, which it waits for."""
 
     @property
     def command(self) -> str:
@@ -365,12 +369,9 @@ class HostPlan:
     name: str | None
     docker_host: str | None
     replicas: tuple[ReplicaPlan, ...]
-    download: DownloadPlan | None
-    ready: CheckPlan
+    ready: tuple[CheckPlan, ...]
+    """One readiness check per pool with replicas here."""
     runs_load_balancer: bool
-    fit: FitPlan | None = None
-    """The first of `fits` (the only one without 'models'); None: `fitCheck.enabled`
-    false or no replica here."""
     engine_env: Mapping[str, str] = field(default_factory=dict)
     """`DOCKER_HOST` and, for a certificate directory, Docker's TLS variables."""
     engine_secret_env: Mapping[str, str] = field(default_factory=dict)
@@ -378,10 +379,7 @@ class HostPlan:
     tls_cert_path: str | None = None
     tls_materials: bool = False
     downloads: tuple[DownloadPlan, ...] = ()
-    """Every download job on this engine: one per repository, a pool's adapters with
-    it (without 'models', `download` alone)."""
-    pool_ready: Mapping[str, CheckPlan] = field(default_factory=dict)
-    """With 'models': each pool's readiness check on this engine (`ready` is the first)."""
+    """Every download job on this engine: a repository is fetched once."""
     fits: tuple[FitPlan, ...] = ()
     """One fit check per pool with replicas on this engine, before that pool's
     download and replicas."""
@@ -453,9 +451,7 @@ class Plan:
     cache: CachePlan
     compile_cache: CompileCachePlan | None
     vllm_image: ImagePlan
-    download: DownloadPlan | None
     replicas: tuple[ReplicaPlan, ...]
-    ready: CheckPlan
     rollouts: tuple[RolloutPlan, ...]
     load_balancer: LoadBalancerPlan
     verify: CheckPlan
@@ -465,8 +461,7 @@ class Plan:
     pools: tuple[PoolPlan, ...] = ()
     """With 'models', every pool; empty for a single-model stack."""
     hosts: tuple[HostPlan, ...] = ()
-    """Every engine with its replicas, download and readiness steps; `download`
-    and `ready` above are the first one's (the only one without 'hosts')."""
+    """Every engine with its replicas, downloads, fit and readiness checks."""
     canaries: tuple[CanaryPlan, ...] = ()
     """One canary step per rollout with a second wave (each pool's own); none
     with `rollout.canarySeconds` 0."""

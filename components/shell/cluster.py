@@ -60,20 +60,15 @@ class HostResources:
     cache_volume: docker.Volume | None
     compile_volume: docker.Volume | None
     image: pulumi.Output[str]
-    fit: command.local.Command | None = None
-    """The first of `fits` (the only one without 'models')."""
-    download: command.local.Command | None = None
     replicas: list[docker.Container] = field(default_factory=list)
-    ready: command.local.Command | None = None
     downloads: dict[str | None, list[command.local.Command]] = field(default_factory=dict)
     """Pool (None without 'models') -> the download jobs its replicas wait for."""
     pool_images: dict[str, pulumi.Output[str]] = field(default_factory=dict)
     """Pool -> its own image, when it has one other than the stack's."""
     fits: dict[str | None, command.local.Command] = field(default_factory=dict)
     """Pool (None without 'models') -> its fit check on this engine."""
-    members: list[tuple[ReplicaPlan, docker.Container]] = field(default_factory=list)
     checks: list[command.local.Command] = field(default_factory=list)
-    """Every readiness check on this engine (one per pool with 'models')."""
+    """Every readiness check on this engine (one per pool)."""
 
 
 @dataclass(frozen=True)
@@ -170,13 +165,13 @@ class VllmCluster(pulumi.ComponentResource):
         self.hosts = [self._host(name, host) for host in plan.hosts]
         lb_host = next(h for h in self.hosts if h.plan.runs_load_balancer)
         self.network = lb_host.network
-        self.download = self.hosts[0].download
         host_of = {r.name: h for h in self.hosts for r in h.plan.replicas}
         # Replicas, in waves across all hosts: a wave's replicas wait for the
         # previous wave of their pool to be back in rotation, so an update keeps
         # at least half of each pool serving and one pool's update never waits on
         # another's. On a first deploy no wave waits (components.shell.serving).
         self.replicas = []
+        self.containers: dict[str, docker.Container] = {}
         self.rotations: list[command.local.Command] = []
         # One canary per pool with a second wave, keyed by pool (None: no 'models').
         self.canaries: dict[str | None, command.local.Command] = {}
@@ -194,7 +189,7 @@ class VllmCluster(pulumi.ComponentResource):
                 waits = previous_wave.get(rollout.pool, []) if args.rolling else []
                 container = self._replica(name, replica, host, [*after, *waits])
                 host.replicas.append(container)
-                host.members.append((replica, container))
+                self.containers[replica.name] = container
                 self.replicas.append(container)
                 rotation = self._rotation(name, rollout, container, lb_host.plan)
                 self.rotations.append(rotation)
@@ -211,8 +206,6 @@ class VllmCluster(pulumi.ComponentResource):
         # nginx waits for every host's readiness (of every pool).
         for host in self.hosts:
             host.checks = self._readiness(name, host)
-            host.ready = host.checks[0]
-        self.ready = self.hosts[0].ready
         nginx_image_ref = self._image(
             f"{name}-nginx-image", plan.load_balancer.image, lb_host.provider
         )
@@ -402,41 +395,26 @@ class VllmCluster(pulumi.ComponentResource):
         # (docs/design.md, start-up order). The replicas and the readiness check
         # come after, in waves across hosts.
         for fit in host.fits:
-            resources.fits[fit.pool] = self._job_step(
-                f"{prefix}{fit.pool}-fit" if fit.pool else f"{prefix}fit", fit, resources
-            )
-        resources.fit = next(iter(resources.fits.values()), None)
+            resources.fits[fit.pool] = self._job_step(f"{prefix}{fit.step_name}", fit, resources)
         for download in host.downloads:
             # A job waits for the fit check of the pool that owns it (the same
             # repositories), not for another pool's that shares them.
             owner = resources.fits.get(download.pool)
             job = self._job_step(
-                f"{prefix}{download.pool}-download" if download.pool else f"{prefix}download",
+                f"{prefix}{download.step_name}",
                 download,
                 resources,
                 [owner] if owner is not None else [],
             )
-            if resources.download is None:
-                resources.download = job
             for pool in download.pools or (None,):
                 resources.downloads.setdefault(pool, []).append(job)
         return resources
 
     def _readiness(self, name: str, host: HostResources) -> list[command.local.Command]:
-        """The engine's readiness check, or with 'models' one per pool on it."""
-        if not host.plan.pool_ready:
-            return [
-                self._check(
-                    name,
-                    host.plan.ready,
-                    host.replicas,
-                    [c.id for c in host.replicas],
-                    engine=host.plan,
-                )
-            ]
+        """One readiness check per pool on this engine, after that pool's replicas."""
         checks = []
-        for pool, check in host.plan.pool_ready.items():
-            mine = [c for r, c in host.members if r.pool == pool]
+        for check in host.plan.ready:
+            mine = [self.containers[replica] for replica in check.waits_for]
             checks.append(self._check(name, check, mine, [c.id for c in mine], engine=host.plan))
         return checks
 
