@@ -130,7 +130,7 @@ def _pool_lines(settings: Settings, plan: Plan) -> list[str]:
         kind = ", embeddings" if pool.embedding else ""
         lines.append(
             f"  pool {pool.name:<9} {pool.model}{alias}{kind}, tensor parallel size "
-            f"{own.tensor_parallel_size}, policy {pool.policy}"
+            f"{own.tensor_parallel_size}, policy {own.policy}"
         )
         if pool.image != plan.vllm_image:
             lines.append(f"    image        {pool.image.name}")

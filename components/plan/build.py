@@ -284,7 +284,7 @@ def _download(
         secret_env=(HF_TOKEN_ENV,) if settings.hf_token is not None else (),
         python=python,
         pool=pool.name,
-        pools=tuple(name for name in pools if name is not None),
+        pools=pools,
     )
 
 
@@ -417,6 +417,7 @@ def canary_plan(
     lb_name: str,
     python: str,
     pool: str | None = None,
+    prefix: str = "",
 ) -> CanaryPlan | None:
     """The canary step of one rollout: its first wave against the rest.
 
@@ -435,7 +436,7 @@ def canary_plan(
         return [w for r in group for w in (flag, f"{r.name}={r.url}/metrics={r.upstream}")]
 
     return CanaryPlan(
-        name="canary" if pool is None else f"{pool}-canary",
+        name=f"{prefix}canary",
         pool=pool,
         canary=tuple(r.name for r in first),
         baseline=tuple(r.name for r in rest),
@@ -464,7 +465,7 @@ def canary_plan(
 
 
 def _canaries(
-    rollout: RolloutSettings,
+    settings: Settings,
     replicas: Sequence[ReplicaPlan],
     rollouts: Sequence[RolloutPlan],
     lb_name: str,
@@ -472,13 +473,13 @@ def _canaries(
 ) -> tuple[CanaryPlan, ...]:
     """A canary per pool: a pool's first wave is compared with that pool's own
     old replicas (another pool serves another model, so its figures say nothing)."""
-    in_pool: dict[str | None, list[tuple[ReplicaPlan, RolloutPlan]]] = {}
-    for replica, wave in zip(replicas, rollouts, strict=True):
-        in_pool.setdefault(replica.pool, []).append((replica, wave))
-    plans = (
-        canary_plan(rollout, [r for r, _ in mine], [w for _, w in mine], lb_name, python, pool=pool)
-        for pool, mine in in_pool.items()
-    )
+    plans = []
+    for pool in settings.pools():
+        mine = [(r, w) for r, w in zip(replicas, rollouts, strict=True) if r.pool == pool.name]
+        first, waves = [r for r, _ in mine], [w for _, w in mine]
+        plans.append(
+            canary_plan(settings.rollout, first, waves, lb_name, python, pool.name, pool.prefix)
+        )
     return tuple(p for p in plans if p is not None)
 
 
@@ -545,7 +546,7 @@ def _hosts(
                 engine_secret_env=secret_env,
                 tls_cert_path=env.get("DOCKER_CERT_PATH"),
                 tls_materials=bool(secret_env),
-                downloads=tuple(d for d in downloads if here & {d.pool, *d.pools}),
+                downloads=tuple(d for d in downloads if here & set(d.pools)),
                 fits=_fits(settings, mine, python),
             )
         )
@@ -581,7 +582,6 @@ def _pool_plans(
             served_name=pool.served_name,
             adapters=tuple((a.name, a.model) for a in pool.adapters),
             replicas=tuple(r.name for r in replicas if r.pool == pool.name),
-            policy=str(pool.policy),
             embedding=is_embedding(pool.extra_args),
             image=_vllm_image(settings, project_dir, pool.image),
         )
@@ -656,7 +656,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         replicas=replicas,
         hosts=hosts,
         rollouts=rollouts,
-        canaries=_canaries(settings.rollout, replicas, rollouts, lb.name, python),
+        canaries=_canaries(settings, replicas, rollouts, lb.name, python),
         load_balancer=LoadBalancerPlan(
             name=lb.name,
             image=ImagePlan(

@@ -187,7 +187,7 @@ class DownloadPlan(JobPlan):
     more_models: tuple[str, ...] = ()
     """Further repositories the same job fetches after `model`: a pool's adapters
     (and its model when another pool fetched it first, it is not here)."""
-    pools: tuple[str, ...] = ()
+    pools: tuple[str | None, ...] = ()
     """Every pool whose replicas wait for it (a repository is fetched once)."""
 
     step: ClassVar[str] = "components.steps.download"
@@ -418,7 +418,6 @@ class PoolPlan:
     adapters: tuple[tuple[str, str], ...]
     """(name clients send, Hub id or path) of each LoRA adapter."""
     replicas: tuple[str, ...]
-    policy: str
     embedding: bool
     """Served with vLLM's pooling runner: the verify step asks it for an embedding."""
     image: ImagePlan

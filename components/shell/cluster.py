@@ -406,7 +406,7 @@ class VllmCluster(pulumi.ComponentResource):
                 resources,
                 [owner] if owner is not None else [],
             )
-            for pool in download.pools or (None,):
+            for pool in download.pools:
                 resources.downloads.setdefault(pool, []).append(job)
         return resources
 
