@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from components.config.sections import (
@@ -42,6 +43,7 @@ from components.plan.model import (
     CheckPlan,
     CompileCachePlan,
     DownloadPlan,
+    EngineImage,
     FitPlan,
     HealthCheckPlan,
     HostPlan,
@@ -513,8 +515,28 @@ def _ready_checks(
     return tuple(checks)
 
 
+def _engine_images(
+    settings: Settings, project_dir: Path, here: set[str | None]
+) -> tuple[EngineImage, ...]:
+    """Each image the pools with replicas on one engine run, pulled there once: the
+    stack's as `vllm-image`, another as its first pool's (`<pool>-vllm-image`)."""
+    stack = _vllm_image(settings, project_dir)
+    found: list[EngineImage] = []
+    for pool in settings.pools():
+        if pool.name not in here:
+            continue
+        image = _vllm_image(settings, project_dir, pool.image)
+        same = next((i for i, e in enumerate(found) if e.image == image), None)
+        if same is not None:
+            found[same] = replace(found[same], pools=(*found[same].pools, pool.name))
+        else:
+            resource = "vllm-image" if image == stack else f"{pool.prefix}vllm-image"
+            found.append(EngineImage(resource, image, (pool.name,)))
+    return tuple(found)
+
+
 def _hosts(
-    settings: Settings, replicas: tuple[ReplicaPlan, ...], python: str
+    settings: Settings, replicas: tuple[ReplicaPlan, ...], project_dir: Path, python: str
 ) -> tuple[HostPlan, ...]:
     downloads = _downloads(settings, python)
     if settings.hosts is None:
@@ -524,6 +546,7 @@ def _hosts(
                 docker_host=None,
                 replicas=replicas,
                 ready=_ready_checks(settings, replicas, "", python),
+                images=_engine_images(settings, project_dir, {r.pool for r in replicas}),
                 runs_load_balancer=True,
                 downloads=downloads,
                 fits=_fits(settings, replicas, python),
@@ -541,6 +564,7 @@ def _hosts(
                 docker_host=host.docker_host,
                 replicas=mine,
                 ready=_ready_checks(settings, mine, f"{host.name}-", python),
+                images=_engine_images(settings, project_dir, here),
                 runs_load_balancer=host is settings.load_balancer_host,
                 engine_env=env,
                 engine_secret_env=secret_env,
@@ -636,7 +660,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     lb_host = settings.load_balancer_host
     public_host = lb_host.address if lb_host is not None else settings.public_host
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
-    hosts = _hosts(settings, replicas, python)
+    hosts = _hosts(settings, replicas, project_dir, python)
     rollouts = _rollouts(settings, replicas, lb.name, python)
     cache = settings.hf_cache
     compile_cache = settings.compile_cache

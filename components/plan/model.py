@@ -359,6 +359,16 @@ def host_tls_secret(host: str, part: str) -> str:
 
 
 @dataclass(frozen=True)
+class EngineImage:
+    """A vLLM image pulled (or built) on one engine once, for the pools that run it."""
+
+    resource: str
+    """Its resource's name after the engine's prefix: 'vllm-image', '<pool>-vllm-image'."""
+    image: ImagePlan
+    pools: tuple[str | None, ...]
+
+
+@dataclass(frozen=True)
 class HostPlan:
     """One Docker engine and what runs on it; the steps that talk to it get its env.
 
@@ -371,6 +381,8 @@ class HostPlan:
     replicas: tuple[ReplicaPlan, ...]
     ready: tuple[CheckPlan, ...]
     """One readiness check per pool with replicas here."""
+    images: tuple[EngineImage, ...]
+    """The vLLM images its replicas run: the stack's, then the pools' own."""
     runs_load_balancer: bool
     engine_env: Mapping[str, str] = field(default_factory=dict)
     """`DOCKER_HOST` and, for a certificate directory, Docker's TLS variables."""

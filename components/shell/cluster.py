@@ -59,12 +59,11 @@ class HostResources:
     network: docker.Network
     cache_volume: docker.Volume | None
     compile_volume: docker.Volume | None
-    image: pulumi.Output[str]
+    images: dict[str | None, pulumi.Output[str]]
+    """Pool (None: the one pool of a single-model stack) -> the image it runs here."""
     replicas: list[docker.Container] = field(default_factory=list)
     downloads: dict[str | None, list[command.local.Command]] = field(default_factory=dict)
     """Pool (None without 'models') -> the download jobs its replicas wait for."""
-    pool_images: dict[str, pulumi.Output[str]] = field(default_factory=dict)
-    """Pool -> its own image, when it has one other than the stack's."""
     fits: dict[str | None, command.local.Command] = field(default_factory=dict)
     """Pool (None without 'models') -> its fit check on this engine."""
     checks: list[command.local.Command] = field(default_factory=list)
@@ -358,35 +357,18 @@ class VllmCluster(pulumi.ComponentResource):
                 name=plan.compile_cache.volume,
                 opts=opts(retain_on_delete=plan.compile_cache.keep_on_destroy),
             )
-        # A pool with an image of its own pulls (or builds) it on this engine once;
-        # the stack's image only if a replica here runs it.
-        here = {r.pool for r in host.replicas}
-        pool_images: dict[str, pulumi.Output[str]] = {}
-        for own in plan.pools:
-            if own.image == plan.vllm_image or own.name not in here:
-                continue
-            # An image plan holds mappings (build args): compared, not hashed.
-            first = next(p for p in plan.pools if p.image == own.image and p.name in here)
-            if first.name not in pool_images:
-                pool_images[first.name] = self._image(
-                    f"{prefix}{first.name}-vllm-image", own.image, provider
-                )
-            pool_images[own.name] = pool_images[first.name]
-        stack_image = not plan.pools or any(
-            p.image == plan.vllm_image and p.name in here for p in plan.pools
-        )
+        # Each image once on this engine, for the pools that run it (the plan groups them).
+        images: dict[str | None, pulumi.Output[str]] = {}
+        for engine_image in host.images:
+            ref = self._image(f"{prefix}{engine_image.resource}", engine_image.image, provider)
+            images.update(dict.fromkeys(engine_image.pools, ref))
         resources = HostResources(
             plan=host,
             provider=provider,
             network=network,
             cache_volume=cache_volume,
             compile_volume=compile_volume,
-            image=(
-                self._image(f"{prefix}vllm-image", plan.vllm_image, provider)
-                if stack_image
-                else next(iter(pool_images.values()))
-            ),
-            pool_images=pool_images,
+            images=images,
         )
         # Each pool's fit check, once its image is here: a model that cannot fit
         # stops `pulumi up` before its download and its replicas. Then one
@@ -514,7 +496,7 @@ class VllmCluster(pulumi.ComponentResource):
         return docker.Container(
             f"{name}-{replica.name}",
             name=replica.name,
-            image=host.pool_images.get(str(replica.pool), host.image),
+            image=host.images[replica.pool],
             entrypoints=list(replica.entrypoint),
             command=list(replica.command),
             envs=envs,
@@ -577,7 +559,7 @@ class VllmCluster(pulumi.ComponentResource):
         volume_source: pulumi.Input[str] = (
             host.cache_volume.name if host.cache_volume is not None else str(cache.host_path)
         )
-        image = host.pool_images.get(str(job.pool), host.image)
+        image = host.images[job.pool]
         create = pulumi.Output.all(image, volume_source).apply(
             lambda values: job.command(str(values[0]), (f"{values[1]}:{cache.mount_path}",))
         )
