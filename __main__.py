@@ -3,7 +3,7 @@
 import pulumi
 
 from components.config.problems import ConfigError
-from components.shell.program import deploy
+from components.deployment.program import deploy
 
 try:
     outputs = deploy()

@@ -18,8 +18,8 @@ import pulumi_docker as docker
 import pytest
 
 from components.config.problems import ConfigError
-from components.shell.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
-from components.shell.program import load_settings
+from components.deployment.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
+from components.deployment.program import load_settings
 from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
 

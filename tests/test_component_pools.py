@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from components.shell.cluster import VllmCluster, VllmClusterArgs
-from components.shell.program import load_settings
+from components.deployment.cluster import VllmCluster, VllmClusterArgs
+from components.deployment.program import load_settings
 from tests.support.pulumi_capture import Run, run_program
 from tests.test_component import COMMAND, CONTAINER, dep_names
 

@@ -5,7 +5,7 @@ reaches a file, and its `#anchor` a heading of that file (slugged as GitHub
 slugs headings); every repository path (`components/...`, `tests/...`, ...) and
 every module (`components.x.y`, `bench.x`, ...) named in backticks exists. A
 module name may end in one attribute its file defines
-(`components.shell.program.deploy`).
+(`components.deployment.program.deploy`).
 """
 
 from __future__ import annotations
@@ -195,9 +195,10 @@ def test_a_stale_path_or_module_is_caught() -> None:
         [
             "`components/config/settings.py`, `components/steps/`",
             "`python -m components.cli.check`",
-            "`components.shell.program.deploy`, `bench.cold_start`, `standin.hubshim`",
+            "`components.deployment.program.deploy`, `bench.cold_start`, `standin.hubshim`",
             "`components/gate.py`, `python -m components.check --stack dev`",
-            "`components.shell.program.nothing`, `components.shell.program.deploy.too_deep`",
+            "`components.deployment.program.nothing`, "
+            "`components.deployment.program.deploy.too_deep`",
             "```bash",
             ".venv/bin/python -m components.render_config --stack dev",
             "```",
@@ -207,6 +208,6 @@ def test_a_stale_path_or_module_is_caught() -> None:
         "`components.render_config`: no such module",
         "`components/gate.py`: no such path",
         "`components.check`: no such module",
-        "`components.shell.program.nothing`: no such module",
-        "`components.shell.program.deploy.too_deep`: no such module",
+        "`components.deployment.program.nothing`: no such module",
+        "`components.deployment.program.deploy.too_deep`: no such module",
     ]

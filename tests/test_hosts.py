@@ -16,8 +16,8 @@ import yaml
 from components.cli.check import main as check_main
 from components.config.loading import parse_settings, settings_from_config
 from components.config.problems import ConfigError
+from components.deployment import serving
 from components.plan.build import build_plan
-from components.shell import serving
 from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
 

@@ -25,7 +25,7 @@ PULUMI = ("pulumi", "pulumi_docker", "pulumi_command")
 
 # Rules a table row cannot loosen: (package, forbidden imports, why).
 FIXED_RULES = [
-    (package, PULUMI, "only components.shell may import Pulumi")
+    (package, PULUMI, "only components.deployment may import Pulumi")
     for package in (
         "components.config",
         "components.plan",
@@ -39,7 +39,9 @@ FIXED_RULES = [
     ("components.containers", ("components",), "container files run without `components`"),
     (
         "components.config",
-        tuple(f"components.{p}" for p in ("plan", "lb", "shell", "steps", "containers", "cli")),
+        tuple(
+            f"components.{p}" for p in ("plan", "lb", "deployment", "steps", "containers", "cli")
+        ),
         "config is the bottom layer",
     ),
     ("standin", ("components",), "the stand-in is not part of the program"),
@@ -197,7 +199,7 @@ def test_an_import_outside_the_row_is_caught() -> None:
     assert violations(module, {**rules, "components.config": ["pydantic"]}) != []
     # `components` alone allows the root package, not what is under it.
     assert covers("components", "components")
-    assert not covers("components", "components.shell.cluster")
+    assert not covers("components", "components.deployment.cluster")
     assert covers("components.steps.engine", "components.steps.engine")
     assert not covers("components.steps.engine", "components.steps.engineering")
 

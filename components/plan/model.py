@@ -3,7 +3,7 @@
 The plan is computed from validated settings alone, so it can be printed,
 compared and tested without Pulumi, and the same plan could drive another
 engine than pulumi-docker. Secret values never enter the plan: a replica lists
-the *names* of the secret environment variables it needs, and the Pulumi shell
+the *names* of the secret environment variables it needs, and the deployment
 joins them with the secret values.
 """
 
@@ -33,7 +33,7 @@ LB_CERTIFICATE_ENV = "VLLM_NGINX_LB_CERTIFICATE"
 """The verify step trusts the load balancer's own certificate (it may be self-signed)."""
 NGINX_TLS_PORT = 443
 
-# Names of the secret values the shell joins with the plan.
+# Names of the secret values the deployment joins with the plan.
 API_KEY_MAP_SECRET = "api_key_map"
 TLS_CERTIFICATE_SECRET = "tls_certificate"
 TLS_KEY_SECRET = "tls_key"
@@ -329,7 +329,7 @@ class CheckPlan:
 @dataclass(frozen=True)
 class SecretUpload:
     """A file put into a container whose content is a secret: the plan names the
-    secret, the Pulumi shell supplies the value (and keeps it a Pulumi secret)."""
+    secret, the deployment supplies the value (and keeps it a Pulumi secret)."""
 
     path: str
     secret: str
@@ -354,7 +354,7 @@ class LoadBalancerPlan:
 
 
 def host_tls_secret(host: str, part: str) -> str:
-    """The name of one host's TLS material among the secrets the shell supplies."""
+    """The name of one host's TLS material among the secrets the deployment supplies."""
     return f"docker_tls_{part}:{host}"
 
 

@@ -43,7 +43,7 @@ GRAFANA_PASSWORD_FILE = "/etc/grafana/secrets/admin-password"
 
 EXPORTER_PATH = "/opt/vllm-nginx/lb_exporter.py"
 
-# Names of the secret values the Pulumi shell supplies.
+# Names of the secret values the deployment supplies.
 GRAFANA_PASSWORD_SECRET = "grafana_password"
 PROMETHEUS_API_KEY_SECRET = "prometheus_api_key"
 
@@ -56,7 +56,7 @@ class FileUpload:
 
 @dataclass(frozen=True)
 class SecretFile:
-    """A file whose content is a secret, named here and supplied by the shell."""
+    """A file whose content is a secret, named here and supplied by the deployment."""
 
     path: str
     secret: str

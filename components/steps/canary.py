@@ -42,7 +42,7 @@ WHAT_TO_DO = (
 
 
 CONTAINERS_ENV = "VLLM_NGINX_CANARY_CONTAINERS"
-"""The first wave's container ids, comma-separated (set by the Pulumi shell)."""
+"""The first wave's container ids, comma-separated (set by the deployment)."""
 PREVIOUS_OUTPUT_ENV = "PULUMI_COMMAND_STDOUT"
 """pulumi-command's previous stdout, given to a command run on an update
 (`addPreviousOutputInEnv`, on by default)."""

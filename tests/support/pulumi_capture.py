@@ -190,11 +190,11 @@ def run_program(
     program: Callable[[], Mapping[str, Any]] | None = None,
     declared: list[Declared] | None = None,
 ) -> Run:
-    """Run `components.shell.program.deploy` (or `program`) under mocks; resolve outputs.
+    """Run `components.deployment.program.deploy` (or `program`) under mocks; resolve outputs.
 
     Pass `declared` to see what was registered even when the program raises.
     """
-    from components.shell.program import deploy
+    from components.deployment.program import deploy
 
     record: list[Declared] = [] if declared is None else declared
     with _mocked(config, secret_keys or [], record) as monitor:

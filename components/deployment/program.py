@@ -20,8 +20,8 @@ from components.config.loading import deployment_problems, settings_from_config,
 from components.config.problems import NAMESPACE, ConfigError
 from components.config.settings import Settings
 from components.config.vllm_release import old_release_warning
-from components.shell.cluster import VllmCluster, VllmClusterArgs
-from components.shell.serving import deployment_running
+from components.deployment.cluster import VllmCluster, VllmClusterArgs
+from components.deployment.serving import deployment_running
 
 
 def stack_config() -> dict[str, Any]:

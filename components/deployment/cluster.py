@@ -22,6 +22,7 @@ import pulumi_docker as docker
 
 from components import PROJECT_DIR
 from components.config.settings import Settings
+from components.deployment.monitoring import Monitoring, MonitoringArgs
 from components.lb.nginx_conf import render_api_key_map
 from components.plan.build import build_plan
 from components.plan.model import (
@@ -43,7 +44,6 @@ from components.plan.model import (
     host_tls_secret,
 )
 from components.plan.monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET
-from components.shell.monitoring import Monitoring, MonitoringArgs
 from components.steps.canary import CONTAINERS_ENV as CANARY_CONTAINERS_ENV
 from components.steps.lb_reload import FILES_ENV as LB_FILES_ENV
 
@@ -80,7 +80,7 @@ class VllmClusterArgs:
     project_dir: Path = PROJECT_DIR
     python: str = sys.executable
     rolling: bool = True
-    """Declare the update waves (components.shell.serving decides: only when replicas run)."""
+    """Declare the update waves (components.deployment.serving decides: only when replicas run)."""
 
 
 def _env_entry(key: str, value: pulumi.Output[str]) -> pulumi.Output[str]:
@@ -168,7 +168,7 @@ class VllmCluster(pulumi.ComponentResource):
         # Replicas, in waves across all hosts: a wave's replicas wait for the
         # previous wave of their pool to be back in rotation, so an update keeps
         # at least half of each pool serving and one pool's update never waits on
-        # another's. On a first deploy no wave waits (components.shell.serving).
+        # another's. On a first deploy no wave waits (components.deployment.serving).
         self.replicas = []
         self.containers: dict[str, docker.Container] = {}
         self.rotations: list[command.local.Command] = []
