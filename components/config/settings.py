@@ -307,6 +307,18 @@ class Settings(ConfigModel):
                     place(pool, hosts[entry.host], entry.replica_count, entry.gpus, entry.cpu_sets)
         return tuple(found)
 
+    def gpus_key(self, pool: Pool, host: str | None) -> str:
+        """The key that gives one engine's replicas of `pool` their GPUs, as written:
+        'gpus', 'hosts[1].gpus', 'models[0].gpus' or 'models[0].hosts[1].gpus'."""
+        if host is None:
+            return f"{pool.key}.gpus".lstrip(".")
+        if self.models is None:
+            names = [h.name for h in self.hosts or ()]
+            return f"hosts[{names.index(host)}].gpus"
+        (entry,) = [p for p in self.models if p.name == pool.name]
+        places = [h.host for h in entry.hosts or ()]
+        return f"{pool.key}.hosts[{places.index(host)}].gpus"
+
     def replica_count_on(self, host: HostSettings) -> int:
         """How many replicas run on a host: its own count, or its pools' replicas there."""
         if self.models is None:

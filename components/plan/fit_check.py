@@ -31,7 +31,7 @@ def fit_plan(
     if not settings.fit_check.enabled or not replicas:
         return None
     gpu = settings.backend is Backend.GPU
-    gpus_key = _gpus_key(settings, pool, replicas[0].host) if gpu else ""
+    gpus_key = settings.gpus_key(pool, replicas[0].host) if gpu else ""
     return FitPlan(
         name=f"{settings.name_prefix}-{pool.prefix}fit",
         step_name=f"{pool.prefix}fit",
@@ -52,16 +52,3 @@ def fit_plan(
         config_key=pool.key,
         gpus_key="" if gpus_key == f"{pool.key}.gpus".lstrip(".") else gpus_key,
     )
-
-
-def _gpus_key(settings: Settings, pool: Pool, host: str | None) -> str:
-    """The key that gives this engine's replicas of `pool` their GPUs, as written:
-    'gpus', 'hosts[1].gpus', 'models[0].gpus' or 'models[0].hosts[1].gpus'."""
-    if host is None:
-        return f"{pool.key}.gpus".lstrip(".")
-    if settings.models is None:
-        names = [h.name for h in settings.hosts or ()]
-        return f"hosts[{names.index(host)}].gpus"
-    (entry,) = [p for p in settings.models if p.name == pool.name]
-    places = [h.host for h in entry.hosts or ()]
-    return f"{pool.key}.hosts[{places.index(host)}].gpus"
