@@ -18,7 +18,9 @@ import pulumi_docker as docker
 import pytest
 
 from components.config.problems import ConfigError
+from components.deployment.balancer import TYPE_TOKEN as BALANCER_TYPE
 from components.deployment.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
+from components.deployment.engine import TYPE_TOKEN as ENGINE_TYPE
 from components.deployment.program import load_settings
 from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
@@ -66,6 +68,12 @@ def guide() -> Run:
 def test_component_and_children(guide: Run) -> None:
     (component,) = guide.of_type(TYPE_TOKEN)
     assert TYPE_TOKEN == "vllm-nginx:index:VllmCluster"
+    (balancer,) = guide.of_type(BALANCER_TYPE)
+    (engine,) = guide.of_type(ENGINE_TYPE)
+    assert (BALANCER_TYPE, ENGINE_TYPE) == (
+        "vllm-nginx:index:LoadBalancer",
+        "vllm-nginx:index:Engine",
+    )
     children = [d for d in guide.declared if d is not component]
     assert {d.type for d in children} == {
         "docker:index/network:Network",
@@ -73,8 +81,20 @@ def test_component_and_children(guide: Run) -> None:
         "docker:index/remoteImage:RemoteImage",
         CONTAINER,
         COMMAND,
+        BALANCER_TYPE,
+        ENGINE_TYPE,
     }
-    assert all(d.parent == component.urn for d in children)
+    parts = {
+        balancer.urn: {"vllm-nginx-image", "vllm-lb", "vllm-lb-config", "vllm-verify"},
+        engine.urn: {"vllm-network", "vllm-hf-cache", "vllm-compile-cache", "vllm-vllm-image"},
+    }
+    for urn, names in parts.items():
+        assert {d.name for d in children if d.parent == urn} == names
+    rest = [d for d in children if d.parent not in parts]
+    assert all(d.parent == component.urn for d in rest)
+    # A running stack keeps what moved into a part: each names its former parent.
+    moved = [d for d in children if d.parent in parts]
+    assert all(d.alias_parents == [component.urn] for d in moved), moved
 
 
 def test_replicas_as_in_the_guide(guide: Run) -> None:

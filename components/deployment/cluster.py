@@ -22,7 +22,10 @@ import pulumi_docker as docker
 
 from components import PROJECT_DIR
 from components.config.settings import Settings
+from components.deployment.balancer import LoadBalancer, LoadBalancerArgs
+from components.deployment.engine import Engine, EngineArgs
 from components.deployment.monitoring import Monitoring, MonitoringArgs
+from components.deployment.parts import check_command
 from components.lb.nginx_conf import render_api_key_map
 from components.plan.build import build_plan
 from components.plan.model import (
@@ -35,9 +38,7 @@ from components.plan.model import (
     CanaryPlan,
     CheckPlan,
     HostPlan,
-    ImagePlan,
     JobPlan,
-    LoadBalancerPlan,
     Plan,
     ReplicaPlan,
     RolloutPlan,
@@ -45,7 +46,6 @@ from components.plan.model import (
 )
 from components.plan.monitoring import GRAFANA_PASSWORD_SECRET, PROMETHEUS_API_KEY_SECRET
 from components.steps.canary import CONTAINERS_ENV as CANARY_CONTAINERS_ENV
-from components.steps.lb_reload import FILES_ENV as LB_FILES_ENV
 
 TYPE_TOKEN = "vllm-nginx:index:VllmCluster"
 
@@ -205,9 +205,6 @@ class VllmCluster(pulumi.ComponentResource):
         # nginx waits for every host's readiness (of every pool).
         for host in self.hosts:
             host.checks = self._readiness(name, host)
-        nginx_image_ref = self._image(
-            f"{name}-nginx-image", plan.load_balancer.image, lb_host.provider
-        )
         lb_after: list[pulumi.Resource] = [
             *self.replicas,
             *(check for h in self.hosts for check in h.checks),
@@ -225,55 +222,34 @@ class VllmCluster(pulumi.ComponentResource):
             lb_after.append(self.monitoring.lb_exporter)
 
         lb = plan.load_balancer
-        self.load_balancer = docker.Container(
-            f"{name}-lb",
-            name=lb.name,
-            image=nginx_image_ref,
-            command=list(lb.command),
-            stop_signal=lb.stop_signal,
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=self.network.name)],
-            ports=[
-                docker.ContainerPortArgs(
-                    internal=lb.container_port, external=lb.host_port, ip=lb.bind_address
-                )
-            ],
-            uploads=[
-                docker.ContainerUploadArgs(file=lb.config_path, content=lb.config),
-                *[
-                    docker.ContainerUploadArgs(file=path, content=text)
-                    for path, text in lb.files.items()
-                ],
-                *[
-                    docker.ContainerUploadArgs(file=up.path, content=self._secrets[up.secret])
-                    for up in lb.secret_uploads
-                ],
-            ],
-            restart=plan.restart_policy,
-            destroy_grace_seconds=lb.stop_grace_seconds,
-            opts=pulumi.ResourceOptions(
-                parent=self,
+        self.balancer = LoadBalancer(
+            f"{name}-balancer",
+            LoadBalancerArgs(
+                plan=lb,
+                verify=plan.verify,
+                restart_policy=plan.restart_policy,
+                network=self.network,
                 provider=lb_host.provider,
-                depends_on=lb_after,
-                delete_before_replace=True,
-                # The provider keeps uploads in state as given (never read back).
-                additional_secret_outputs=["uploads"] if lb.secret_uploads else None,
-                # Uploads are force-new: a changed config would replace nginx and
-                # drop its connections. `lb_config` puts it in and reloads instead.
-                ignore_changes=["uploads"],
+                engine_environment=self._engine_environment(lb_host.plan),
+                verify_environment={
+                    **{key: self._secrets[key] for key in plan.verify.secret_env},
+                    **self._engine_environment(None),
+                },
+                secrets=self._secrets,
+                starts_after=lb_after,
+                reloads_after=[*self.rotations, *(c for h in self.hosts for c in h.checks)],
+                replica_ids=[c.id for c in self.replicas],
+                exporter=self.monitoring.lb_exporter if self.monitoring is not None else None,
+                project_dir=self._args.project_dir,
+                python=self._args.python,
+                moved_from=self,
+                names=name,
             ),
+            opts=child,
         )
-        self.lb_config = self._lb_config(
-            name,
-            lb,
-            [*self.rotations, *(check for h in self.hosts for check in h.checks)],
-            lb_host.plan,
-        )
-        self.verify = self._check(
-            name,
-            plan.verify,
-            [self.load_balancer, self.lb_config],
-            [self.load_balancer.id, *[c.id for c in self.replicas]],
-        )
+        self.load_balancer = self.balancer.container
+        self.lb_config = self.balancer.config
+        self.verify = self.balancer.verify
 
         self.lb_url = pulumi.Output.from_input(lb.url)
         self.replica_urls = pulumi.Output.from_input([r.url for r in plan.replicas])
@@ -338,37 +314,26 @@ class VllmCluster(pulumi.ComponentResource):
         plan = self.plan
         provider = self._engine_provider(name, host)
         prefix = f"{name}-{host.resource_prefix}"
-
-        def opts(**more: Any) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions(parent=self, provider=provider, **more)
-
-        network = docker.Network(f"{prefix}network", name=plan.network, opts=opts())
-        cache_volume: docker.Volume | None = None
-        if plan.cache.volume is not None:
-            cache_volume = docker.Volume(
-                f"{prefix}hf-cache",
-                name=plan.cache.volume,
-                opts=opts(retain_on_delete=plan.cache.keep_on_destroy),
-            )
-        compile_volume: docker.Volume | None = None
-        if plan.compile_cache is not None:
-            compile_volume = docker.Volume(
-                f"{prefix}compile-cache",
-                name=plan.compile_cache.volume,
-                opts=opts(retain_on_delete=plan.compile_cache.keep_on_destroy),
-            )
-        # Each image once on this engine, for the pools that run it (the plan groups them).
-        images: dict[str | None, pulumi.Output[str]] = {}
-        for engine_image in host.images:
-            ref = self._image(f"{prefix}{engine_image.resource}", engine_image.image, provider)
-            images.update(dict.fromkeys(engine_image.pools, ref))
+        engine = Engine(
+            f"{prefix}engine",
+            EngineArgs(
+                plan=host,
+                network=plan.network,
+                cache=plan.cache,
+                compile_cache=plan.compile_cache,
+                provider=provider,
+                names=prefix,
+                moved_from=self,
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         resources = HostResources(
             plan=host,
             provider=provider,
-            network=network,
-            cache_volume=cache_volume,
-            compile_volume=compile_volume,
-            images=images,
+            network=engine.network,
+            cache_volume=engine.cache_volume,
+            compile_volume=engine.compile_volume,
+            images=engine.images,
         )
         # Each pool's fit check, once its image is here: a model that cannot fit
         # stops `pulumi up` before its download and its replicas. Then one
@@ -428,38 +393,6 @@ class VllmCluster(pulumi.ComponentResource):
             "prometheus_url": self.monitoring.prometheus_url,
             "grafana_url": self.monitoring.grafana_url,
         }
-
-    def _image(
-        self, resource_name: str, image: ImagePlan, provider: docker.Provider | None = None
-    ) -> pulumi.Output[str]:
-        """A reference that changes with the image, so containers follow a rebuild."""
-        if image.build is None:
-            pull = f"{image.pull_timeout_minutes}m"
-            remote = docker.RemoteImage(
-                resource_name,
-                name=image.name,
-                keep_locally=image.keep_locally,
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    provider=provider,
-                    custom_timeouts=pulumi.CustomTimeouts(create=pull, update=pull),
-                ),
-            )
-            return remote.image_id
-        build = image.build
-        built = docker.Image(
-            resource_name,
-            image_name=image.name,
-            build=docker.DockerBuildArgs(
-                context=build.context,
-                dockerfile=str(Path(build.context) / build.dockerfile),
-                target=build.target,
-                args=dict(build.args),
-            ),
-            skip_push=True,
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
-        )
-        return built.repo_digest
 
     def _replica(
         self,
@@ -586,38 +519,6 @@ class VllmCluster(pulumi.ComponentResource):
             ),
         )
 
-    def _lb_config(
-        self,
-        name: str,
-        lb: LoadBalancerPlan,
-        after: Sequence[pulumi.Resource],
-        lb_host: HostPlan,
-    ) -> command.local.Command:
-        """Every file of the load balancer, written into the running container and
-        reloaded whenever one changes (or the container is new)."""
-        files: dict[str, pulumi.Input[str]] = {lb.config_path: lb.config, **lb.files}
-        files.update({up.path: self._secrets[up.secret] for up in lb.secret_uploads})
-        environment: dict[str, pulumi.Input[str]] = {
-            LB_FILES_ENV: pulumi.Output.json_dumps(files),
-            **self._engine_environment(lb_host),
-        }
-        return command.local.Command(
-            f"{name}-lb-config",
-            create=shlex.join(
-                (self._args.python, "-m", "components.steps.lb_reload", "--lb", lb.name)
-            ),
-            dir=str(self._args.project_dir),
-            environment=environment,
-            # A reload also resolves nginx's syslog target again: a replaced exporter
-            # (new replicas to label) may have a new address, and nginx follows it
-            # without being replaced itself.
-            triggers=[
-                self.load_balancer.id,
-                *([self.monitoring.lb_exporter.id] if self.monitoring is not None else []),
-            ],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.load_balancer, *after]),
-        )
-
     def _rotation(
         self, name: str, rollout: RolloutPlan, replica: docker.Container, lb_host: HostPlan
     ) -> command.local.Command:
@@ -682,13 +583,13 @@ class VllmCluster(pulumi.ComponentResource):
             key: self._secrets[key] for key in check.secret_env
         }
         environment.update(self._engine_environment(engine))
-        return command.local.Command(
+        return check_command(
             f"{name}-{check.name}",
-            create=check.command,
-            dir=str(self._args.project_dir),
-            environment=environment,
-            triggers=list(triggers),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
+            check,
+            environment,
+            triggers,
+            self._args.project_dir,
+            pulumi.ResourceOptions(parent=self, depends_on=list(after)),
         )
 
     def _engine_environment(self, host: HostPlan | None) -> dict[str, pulumi.Input[str]]:

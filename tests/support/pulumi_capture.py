@@ -51,6 +51,8 @@ class Declared:
     replace_on_changes: list[str] = field(default_factory=list)
     ignore_changes: list[str] = field(default_factory=list)
     custom_timeouts: dict[str, str] = field(default_factory=dict)
+    alias_parents: list[str] = field(default_factory=list)
+    """The parents its aliases name: where it was registered before a move."""
 
 
 class _Mocks(pulumi.runtime.Mocks):
@@ -117,6 +119,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     for key in ("create", "update", "delete")
                     if (value := getattr(request.customTimeouts, key, ""))
                 },
+                alias_parents=[a.spec.parentUrn for a in request.aliases if a.HasField("spec")],
             )
         )
         return response
