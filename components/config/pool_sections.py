@@ -31,18 +31,36 @@ from components.config.vllm_args import extra_args_rule, extra_env_rule
 class AdapterSettings(ConfigModel):
     """A LoRA adapter a pool serves: the name clients send, and where it comes from."""
 
-    name: LoraName
-    model: LoraPath
+    name: LoraName = Field(
+        description=(
+            "the name clients send as `model` for this adapter; unique across pools; no '=' or ','"
+        )
+    )
+    model: LoraPath = Field(
+        description=(
+            "Hub repo id (fetched by the download step) or an absolute path in the container; no "
+            "','"
+        )
+    )
     """A Hub repo id (fetched by the download step) or an absolute path in the container."""
 
 
 class PoolHostSettings(ConfigModel):
     """With the stack's 'hosts': how many of a pool's replicas run on one host, on what."""
 
-    host: DnsLabel
-    replicas: Annotated[Int, Field(ge=1, le=64)] | None = None
-    gpus: tuple[tuple[GpuId, ...], ...] | None = None
-    cpu_sets: tuple[CpuSet, ...] | None = None
+    host: DnsLabel = Field(description="a `hosts[i].name`")
+    replicas: Annotated[Int, Field(ge=1, le=64)] | None = Field(
+        None,
+        description=(
+            "this pool's replicas on that host (default: one per `gpus` / `cpuSets` entry, else 1)"
+        ),
+    )
+    gpus: tuple[tuple[GpuId, ...], ...] | None = Field(
+        None, description=("GPU ids per replica on that host; default: the next free ones")
+    )
+    cpu_sets: tuple[CpuSet, ...] | None = Field(
+        None, description="CPU backend: cores per replica on that host"
+    )
 
     @property
     def replica_count(self) -> int:
@@ -53,22 +71,68 @@ class PoolHostSettings(ConfigModel):
 class PoolSettings(ConfigModel):
     """One model pool: its model, its replicas and their devices, its routing."""
 
-    name: DnsLabel
-    """Names its replicas (`<namePrefix>-<name>-<i>`) and its nginx upstream."""
-    model: ModelId
-    served_model_name: ServedName | None = None
-    replicas: Annotated[Int, Field(ge=1, le=64)] | None = None
-    tensor_parallel_size: Annotated[Int, Field(ge=1, le=64)] = 1
-    gpus: tuple[tuple[GpuId, ...], ...] | None = None
-    cpu_sets: tuple[CpuSet, ...] | None = None
-    image: ImageSettings | None = None
-    extra_args: Annotated[tuple[SafeToken, ...], AfterValidator(extra_args_rule)] = ()
-    extra_env: Annotated[dict[EnvName, SafeToken], AfterValidator(extra_env_rule)] = Field(
-        default_factory=dict
+    name: DnsLabel = Field(
+        description=(
+            "the pool's name (DNS-safe): replicas `<namePrefix>-<name>-<i>`, its upstream, its "
+            "download and readiness steps"
+        )
     )
-    policy: RoutingPolicy | None = None
-    adapters: tuple[AdapterSettings, ...] = ()
-    hosts: tuple[PoolHostSettings, ...] | None = None
+    """Names its replicas (`<namePrefix>-<name>-<i>`) and its nginx upstream."""
+    model: ModelId = Field(
+        description=("Hugging Face repo id (`org/name`) or an absolute path in the container")
+    )
+    served_model_name: ServedName | None = Field(
+        None,
+        description=(
+            "name clients send as `model` to reach this pool (default: `model`); unique across "
+            "pools and adapters"
+        ),
+    )
+    replicas: Annotated[Int, Field(ge=1, le=64)] | None = Field(
+        None,
+        description=("replicas of this pool (default: one per `gpus` / `cpuSets` entry, else 1)"),
+    )
+    tensor_parallel_size: Annotated[Int, Field(ge=1, le=64)] = Field(
+        1, description="GPUs (or CPU ranks) per replica of this pool"
+    )
+    gpus: tuple[tuple[GpuId, ...], ...] | None = Field(
+        None,
+        description=(
+            "GPU ids per replica, e.g. `[[0],[1]]`; default: the next ones after the pools before "
+            "it; never shared across pools"
+        ),
+    )
+    cpu_sets: tuple[CpuSet, ...] | None = Field(
+        None,
+        description=(
+            'CPU backend: cores per replica, e.g. `["0-3"]`; default: the next '
+            "`cpu.coresPerReplica` blocks; never shared across pools"
+        ),
+    )
+    image: ImageSettings | None = None
+    extra_args: Annotated[tuple[SafeToken, ...], AfterValidator(extra_args_rule)] = Field(
+        (),
+        description=(
+            "more `vllm serve` arguments, after the stack's `extraArgs` (its LoRA options come "
+            "from `adapters`)"
+        ),
+    )
+    extra_env: Annotated[dict[EnvName, SafeToken], AfterValidator(extra_env_rule)] = Field(
+        default_factory=dict, description="more environment variables, over the stack's `extraEnv`"
+    )
+    policy: RoutingPolicy | None = Field(
+        None,
+        description=(
+            "routing inside the pool (a `loadBalancer.policy` value; default `loadBalancer.policy`)"
+        ),
+    )
+    adapters: tuple[AdapterSettings, ...] = Field(
+        (),
+        description=("LoRA adapters this pool serves (vLLM's `--enable-lora`, `--lora-modules`)"),
+    )
+    hosts: tuple[PoolHostSettings, ...] | None = Field(
+        None, description=("with `hosts`: where this pool's replicas run, one object per host")
+    )
 
     @property
     def replica_count(self) -> int:

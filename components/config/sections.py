@@ -92,33 +92,99 @@ class Upstream(ConfigModel):
 class LoadBalancerSettings(ConfigModel):
     """What the nginx in front of the replicas does; defaults fit LLM traffic."""
 
-    port: Port = 8000
-    bind_address: IpAddress = "0.0.0.0"
-    policy: RoutingPolicy = RoutingPolicy.LEAST_CONN
-    affinity_header: HeaderName = "X-Session-Id"
+    port: Port = Field(8000, description="host port of the load balancer")
+    bind_address: IpAddress = Field(
+        "0.0.0.0", description="host address the load balancer is published on"
+    )
+    policy: RoutingPolicy = Field(
+        RoutingPolicy.LEAST_CONN,
+        description=(
+            "`least_conn`, `round_robin`, `power_of_two`, `session_affinity`, `prefix_affinity` "
+            "(needs nginx's njs module >= 0.7.9)"
+        ),
+    )
+    affinity_header: HeaderName = Field(
+        "X-Session-Id", description="request header hashed by `session_affinity`"
+    )
     # prefix_affinity: how much of the prompt's start is the routing key, and
     # how many requests one replica takes on its prefixes before others help.
-    prefix_chars: Annotated[Int, Field(ge=16, le=65536)] = 1024
-    prefix_max_conns: Annotated[Int, Field(ge=1, le=100000)] = 32
-    read_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 3600
-    send_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 3600
+    prefix_chars: Annotated[Int, Field(ge=16, le=65536)] = Field(
+        1024,
+        description=(
+            "`prefix_affinity`: leading characters of the prompt (chat: system prompt and "
+            "earliest messages) that pick the replica"
+        ),
+    )
+    prefix_max_conns: Annotated[Int, Field(ge=1, le=100000)] = Field(
+        32,
+        description=(
+            "`prefix_affinity`: requests in flight a replica takes through its prefixes (nginx "
+            "`max_conns`); beyond it the next replica on the ring, and when all are at it, the "
+            "least busy"
+        ),
+    )
+    read_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = Field(
+        3600, description="longest silence from a replica (long generations)"
+    )
+    send_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = Field(
+        3600, description="longest stall sending to a replica or client"
+    )
     # nginx: "this timeout cannot usually exceed 75 seconds" (proxy_connect_timeout).
-    connect_timeout_seconds: Annotated[Int, Field(ge=1, le=75)] = 5
-    max_fails: Annotated[Int, Field(ge=1, le=1000)] = 3
-    fail_window_seconds: Annotated[Int, Field(ge=1, le=15)] = 10
-    next_upstream_tries: Annotated[Int, Field(ge=0, le=64)] = 2
-    retry_non_idempotent: bool = True
-    buffer_requests: bool = True
-    keepalive_connections: Annotated[Int, Field(ge=1, le=4096)] = 32
-    max_body_size_mb: Annotated[Int, Field(ge=1, le=100 * 1024)] = 100
-    worker_connections: Annotated[Int, Field(ge=64, le=65535)] = 4096
-    expose_paths: Annotated[tuple[UrlPath, ...], AfterValidator(_paths_of_its_own)] = ()
-    dynamic_resolve: bool = True
-    resolver: IpAddress = "127.0.0.11"
-    image: ImageRef = "nginx:1.28.0"
-    name: DnsLabel = "nginx-lb"
-    tls: bool = False
-    host: DnsLabel | None = None
+    connect_timeout_seconds: Annotated[Int, Field(ge=1, le=75)] = Field(
+        5, description="connect timeout before trying another replica"
+    )
+    max_fails: Annotated[Int, Field(ge=1, le=1000)] = Field(
+        3, description="failures within the window that take a replica out"
+    )
+    fail_window_seconds: Annotated[Int, Field(ge=1, le=15)] = Field(
+        10, description="failure window and time out of rotation (<= 15)"
+    )
+    next_upstream_tries: Annotated[Int, Field(ge=0, le=64)] = Field(
+        2,
+        description=(
+            "replicas tried per request (0 = all; capped so a request that kills replicas is not "
+            "replayed on every one)"
+        ),
+    )
+    retry_non_idempotent: bool = Field(
+        True, description="retry POSTs that got no response on another replica"
+    )
+    buffer_requests: bool = Field(
+        True,
+        description=(
+            "read the request body before passing it on, so a request whose replica fails before "
+            "answering can be resent (responses always stream)"
+        ),
+    )
+    keepalive_connections: Annotated[Int, Field(ge=1, le=4096)] = Field(
+        32, description="idle keepalive connections to replicas per worker"
+    )
+    max_body_size_mb: Annotated[Int, Field(ge=1, le=100 * 1024)] = Field(
+        100, description="largest request body (long prompts, images)"
+    )
+    worker_connections: Annotated[Int, Field(ge=64, le=65535)] = Field(
+        4096, description="nginx `worker_connections`"
+    )
+    expose_paths: Annotated[tuple[UrlPath, ...], AfterValidator(_paths_of_its_own)] = Field(
+        (), description="vLLM paths besides `/v1/` to expose, e.g. `[/metrics]`"
+    )
+    dynamic_resolve: bool = Field(
+        True, description="re-resolve replica names (`resolve`, nginx >= 1.27.3)"
+    )
+    resolver: IpAddress = Field(
+        "127.0.0.11", description="DNS server for `dynamicResolve` (docker's embedded DNS)"
+    )
+    image: ImageRef = Field(
+        "nginx:1.28.0",
+        description=("nginx image, run as published (the config is uploaded into it)"),
+    )
+    name: DnsLabel = Field("nginx-lb", description="nginx container name")
+    tls: bool = Field(
+        False, description=("serve HTTPS with `tlsCertificate` and `tlsKey` (container port 443)")
+    )
+    host: DnsLabel | None = Field(
+        None, description=("with `hosts`: the host (its `name`) nginx runs on; default the first")
+    )
     """With 'hosts': the host (by name) nginx runs on; the first host by default."""
 
 
@@ -130,9 +196,23 @@ class CpuSettings(ConfigModel):
     the matching bind list keeps them apart.
     """
 
-    kvcache_space_gb: Annotated[Int, Field(ge=1, le=4096)] = 4
-    cores_per_replica: Annotated[Int, Field(ge=0, le=1024)] = 4
-    cpu_sets: tuple[CpuSet, ...] | None = None
+    kvcache_space_gb: Annotated[Int, Field(ge=1, le=4096)] = Field(
+        4, description="`VLLM_CPU_KVCACHE_SPACE` (GiB), CPU backend"
+    )
+    cores_per_replica: Annotated[Int, Field(ge=0, le=1024)] = Field(
+        4,
+        description=(
+            "CPU backend: replica i runs on cores `i*k .. i*k+k-1` (docker cpuset and "
+            "`VLLM_CPU_OMP_THREADS_BIND`); 0 = no pinning"
+        ),
+    )
+    cpu_sets: tuple[CpuSet, ...] | None = Field(
+        None,
+        description=(
+            'CPU backend: cores per replica instead, e.g. `["0-3", "4-7"]` (disjoint; split '
+            "evenly over tensor-parallel ranks)"
+        ),
+    )
 
 
 class FitCheckSettings(ConfigModel):
@@ -144,36 +224,63 @@ class FitCheckSettings(ConfigModel):
     see docs/fit-check.md.
     """
 
-    enabled: bool = True
-    warn_above_percent: Annotated[Int, Field(ge=1, le=100)] = 90
+    enabled: bool = Field(
+        True,
+        description=(
+            "before the download and any replica, check that the model fits each replica's GPUs "
+            "(CPU: the host's memory), with model pools each pool's before its own; a model that "
+            "does not stops `pulumi up` ([fit-check.md](fit-check.md))"
+        ),
+    )
+    warn_above_percent: Annotated[Int, Field(ge=1, le=100)] = Field(
+        90,
+        description=(
+            "warn when the weights and one sequence's KV cache take more than this share of what "
+            "vLLM may use (GPU memory x `--gpu-memory-utilization`)"
+        ),
+    )
     """A need above this share of what vLLM may use warns (activations come on top)."""
 
 
 class ProxySettings(ConfigModel):
-    http: SafeToken | None = None
-    https: SafeToken | None = None
-    no: SafeToken | None = None
+    http: SafeToken | None = Field(None, description="`http_proxy` for builds and replicas")
+    https: SafeToken | None = Field(None, description="`https_proxy` for builds and replicas")
+    no: SafeToken | None = Field(None, description="`no_proxy` for builds and replicas")
 
 
 class BuildSettings(ConfigModel):
     """A vLLM source checkout built with its own Dockerfile."""
 
-    context: SafeToken
-    dockerfile: SafeToken = "docker/Dockerfile"
-    target: SafeToken = "vllm-openai"
-    tag: ImageRef = "vllm-local:latest"
-    args: dict[BuildArgName, SafeToken] = Field(default_factory=dict)
+    context: SafeToken = Field(
+        description=("vLLM source checkout to build instead (relative to this project)")
+    )
+    dockerfile: SafeToken = Field("docker/Dockerfile", description="Dockerfile inside the checkout")
+    target: SafeToken = Field("vllm-openai", description="build target")
+    tag: ImageRef = Field("vllm-local:latest", description="local tag of the built image")
+    args: dict[BuildArgName, SafeToken] = Field(
+        default_factory=dict, description="extra build args (proxy args are added from `proxy`)"
+    )
 
 
 class ImageSettings(ConfigModel):
     """The vLLM image: a published one (pulled) or one built from a checkout."""
 
-    prebuilt: ImageRef | None = None
+    prebuilt: ImageRef | None = Field(
+        None,
+        description=(
+            "published vLLM image to run (default `vllm/vllm-openai:v0.33.0`, with backend `cpu` "
+            "`vllm/vllm-openai-cpu:v0.33.0-x86_64`)"
+        ),
+    )
     build: BuildSettings | None = None
     # pulumi-docker's RemoteImage gives a pull 20 minutes by default; a
     # vllm/vllm-openai image is about 10 GB.
-    pull_timeout_minutes: Annotated[Int, Field(ge=1, le=24 * 60)] = 90
-    keep_on_destroy: bool = True
+    pull_timeout_minutes: Annotated[Int, Field(ge=1, le=24 * 60)] = Field(
+        90, description="how long pulling an image may take (vLLM's are ~10 GB)"
+    )
+    keep_on_destroy: bool = Field(
+        True, description="keep pulled images on the engine after `pulumi destroy`"
+    )
 
     @model_validator(mode="after")
     def _at_most_one(self) -> Self:
@@ -185,9 +292,13 @@ class ImageSettings(ConfigModel):
 class CacheSettings(ConfigModel):
     """The HuggingFace cache all replicas share: a named volume or a host path."""
 
-    volume: DnsLabel | None = None
-    host_path: HostPath | None = None
-    keep_on_destroy: bool = True
+    volume: DnsLabel | None = Field(
+        None, description="named docker volume for the Hugging Face cache"
+    )
+    host_path: HostPath | None = Field(
+        None, description=("host directory instead of a volume (`~` = deploying user's home)")
+    )
+    keep_on_destroy: bool = Field(True, description="keep the cache volume on `pulumi destroy`")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
@@ -199,54 +310,122 @@ class CacheSettings(ConfigModel):
 class CompileCacheSettings(ConfigModel):
     """vLLM's compile cache (`VLLM_CACHE_ROOT`), shared so a replica reuses another's work."""
 
-    enabled: bool = True
-    volume: DnsLabel = "vllm-compile-cache"
+    enabled: bool = Field(
+        True,
+        description=(
+            "mount vLLM's compile cache (`/root/.cache/vllm`) from a shared volume, so later "
+            "starts reuse compiled graphs"
+        ),
+    )
+    volume: DnsLabel = Field(
+        "vllm-compile-cache",
+        description=(
+            "named docker volume for vLLM's compile cache (kept on destroy like `hfCache`)"
+        ),
+    )
 
 
 class HealthCheckSettings(ConfigModel):
-    interval_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 10
-    timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 5
-    retries: Annotated[Int, Field(ge=1, le=100)] = 3
+    interval_seconds: Annotated[Int, Field(ge=1, le=DAY)] = Field(
+        10, description="docker health check interval (`GET /health`)"
+    )
+    timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = Field(
+        5, description="docker health check timeout"
+    )
+    retries: Annotated[Int, Field(ge=1, le=100)] = Field(
+        3, description="failed checks before a replica is unhealthy"
+    )
 
 
 class RolloutSettings(ConfigModel):
     """How an update judges its first wave (the canary) before it replaces the rest."""
 
-    canary_seconds: Annotated[Int, Field(ge=0, le=DAY)] = 60
-    canary_max_ttft_ratio: Annotated[float, Field(ge=1.0, le=1000.0)] = 1.5
-    canary_max_error_rate_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
-    canary_min_requests: Annotated[Int, Field(ge=1, le=1_000_000)] = 20
-    canary_without_traffic: Literal["proceed", "wait"] = "proceed"
-    canary_max_wait_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 600
+    canary_seconds: Annotated[Int, Field(ge=0, le=DAY)] = Field(
+        60,
+        description=(
+            "an update watches its first wave (the canary) this long under live traffic against "
+            "the replicas not yet replaced before it goes on; with `models`, each pool's first "
+            "wave against that pool's (the same settings for every pool); 0 = no canary "
+            "(docs/rolling-updates.md)"
+        ),
+    )
+    canary_max_ttft_ratio: Annotated[float, Field(ge=1.0, le=1000.0)] = Field(
+        1.5,
+        description=(
+            "the update stops when the canary's TTFT p90 is more than this many times the old "
+            "replicas'"
+        ),
+    )
+    canary_max_error_rate_increase: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.02,
+        description=(
+            "the update stops when the canary's share of failed (5xx) requests exceeds the old "
+            "replicas' by more than this (0.02 = 2 points)"
+        ),
+    )
+    canary_min_requests: Annotated[Int, Field(ge=1, le=1_000_000)] = Field(
+        20, description="requests each side must serve in the window to be judged"
+    )
+    canary_without_traffic: Literal["proceed", "wait"] = Field(
+        "proceed",
+        description=(
+            "too little traffic: `proceed` (say so, go on) or `wait` (watch on, up to "
+            "`canaryMaxWaitSeconds`, then stop the update)"
+        ),
+    )
+    canary_max_wait_seconds: Annotated[Int, Field(ge=1, le=DAY)] = Field(
+        600, description="`canaryWithoutTraffic: wait`: how long to wait for traffic"
+    )
 
 
 class PrometheusSettings(ConfigModel):
     """Prometheus as published (`prom/prometheus`), its TSDB on a named volume."""
 
     # v3.5 is Prometheus' long-term-support release of 2025.
-    image: ImageRef = "prom/prometheus:v3.5.0"
-    port: Port = 9090
-    name: DnsLabel = "vllm-prometheus"
-    volume: DnsLabel = "vllm-prometheus-data"
-    scrape_interval_seconds: Annotated[Int, Field(ge=1, le=300)] = 10
-    retention_days: Annotated[Int, Field(ge=1, le=3650)] = 15
+    image: ImageRef = Field(
+        "prom/prometheus:v3.5.0",
+        description="Prometheus image, run as published (its config is uploaded)",
+    )
+    port: Port = Field(9090, description="host port of Prometheus (`prometheus_url`)")
+    name: DnsLabel = Field("vllm-prometheus", description="Prometheus container name")
+    volume: DnsLabel = Field(
+        "vllm-prometheus-data", description="named volume of Prometheus' time series"
+    )
+    scrape_interval_seconds: Annotated[Int, Field(ge=1, le=300)] = Field(
+        10, description="how often every replica and the load balancer are scraped"
+    )
+    retention_days: Annotated[Int, Field(ge=1, le=3650)] = Field(
+        15, description="how long Prometheus keeps samples"
+    )
 
 
 class GrafanaSettings(ConfigModel):
     """Grafana as published (`grafana/grafana`), its database on a named volume."""
 
     # The dashboard file's schemaVersion (41) is the one this release writes.
-    image: ImageRef = "grafana/grafana:12.1.1"
-    port: Port = 3000
-    name: DnsLabel = "vllm-grafana"
-    volume: DnsLabel = "vllm-grafana-data"
+    image: ImageRef = Field(
+        "grafana/grafana:12.1.1",
+        description=(
+            "Grafana image, run as published (data source, dashboard and admin password are "
+            "uploaded)"
+        ),
+    )
+    port: Port = Field(3000, description="host port of Grafana (`grafana_url`)")
+    name: DnsLabel = Field("vllm-grafana", description="Grafana container name")
+    volume: DnsLabel = Field("vllm-grafana-data", description="named volume of Grafana's database")
 
 
 class LbExporterSettings(ConfigModel):
     """The load balancer's metrics exporter: our stdlib-only script on the official Python image."""
 
-    image: ImageRef = "python:3.12.11-slim-bookworm"
-    name: DnsLabel = "vllm-lb-exporter"
+    image: ImageRef = Field(
+        "python:3.12.11-slim-bookworm",
+        description="Python image the load balancer's exporter script runs on",
+    )
+    name: DnsLabel = Field(
+        "vllm-lb-exporter",
+        description=("exporter container name (nginx sends it one syslog line per request)"),
+    )
 
 
 def docker_endpoint(value: str) -> str:
@@ -277,10 +456,26 @@ class HostTlsSettings(ConfigModel):
     machine, Docker's own layout.
     """
 
-    ca_material: PemCertificate | None = None
-    cert_material: PemCertificate | None = None
-    key_material: PemPrivateKey | None = None
-    cert_path: LocalPath | None = None
+    ca_material: PemCertificate | None = Field(
+        None, description="PEM CA of a `tcp://` engine (pulumi-docker `ca_material`)"
+    )
+    cert_material: PemCertificate | None = Field(
+        None, description="PEM client certificate (`cert_material`)"
+    )
+    key_material: PemPrivateKey | None = Field(
+        None,
+        description=(
+            "PEM client key (`key_material`), **secret** (`pulumi config set --secret --path "
+            "'hosts[0].tls.keyMaterial' < key.pem`)"
+        ),
+    )
+    cert_path: LocalPath | None = Field(
+        None,
+        description=(
+            "or a directory with `ca.pem`, `cert.pem`, `key.pem` where `pulumi up` runs "
+            "(`cert_path`)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_way(self) -> Self:
@@ -320,14 +515,44 @@ class HostSettings(ConfigModel):
     that address unless said otherwise: never every interface by default.
     """
 
-    name: DnsLabel
-    docker_host: DockerEndpoint
-    address: HostName
-    bind_address: IpAddress | None = None
-    replicas: Annotated[Int, Field(ge=1, le=64)] | None = None
-    gpus: tuple[tuple[GpuId, ...], ...] | None = None
-    cpu_sets: tuple[CpuSet, ...] | None = None
-    base_port: Port | None = None
+    name: DnsLabel = Field(
+        description=(
+            "the host's name (DNS-safe): in replica names `<prefix>-<name>-<i>`, resource names "
+            "and outputs"
+        )
+    )
+    docker_host: DockerEndpoint = Field(
+        description=(
+            "its engine: `unix:///var/run/docker.sock` (this machine), `ssh://user@host`, or "
+            "`tcp://host:2376` with `tls`"
+        )
+    )
+    address: HostName = Field(
+        description=(
+            "IP or name the load balancer reaches this host's replicas on (and the host in their "
+            "URLs)"
+        )
+    )
+    bind_address: IpAddress | None = Field(
+        None,
+        description=(
+            "address its replica ports are published on (default: `address`; required if "
+            "`address` is a name); never `0.0.0.0` by default"
+        ),
+    )
+    replicas: Annotated[Int, Field(ge=1, le=64)] | None = Field(
+        None, description=("replicas on this host (default: one per `gpus` / `cpuSets` entry)")
+    )
+    gpus: tuple[tuple[GpuId, ...], ...] | None = Field(
+        None,
+        description=("GPU ids per replica on this host, e.g. `[[0],[1]]`; default consecutive"),
+    )
+    cpu_sets: tuple[CpuSet, ...] | None = Field(
+        None, description='CPU backend: cores per replica on this host, e.g. `["0-3"]`'
+    )
+    base_port: Port | None = Field(
+        None, description=("its replica i is published on `basePort + i` (default: `basePort`)")
+    )
     tls: HostTlsSettings | None = None
 
     @property
@@ -344,9 +569,19 @@ class HostSettings(ConfigModel):
 class MonitoringSettings(ConfigModel):
     """Prometheus, Grafana and the load balancer's exporter; nothing of it unless enabled."""
 
-    enabled: bool = False
-    bind_address: IpAddress = "127.0.0.1"
-    keep_data_on_destroy: bool = True
+    enabled: bool = Field(
+        False,
+        description=(
+            "deploy Prometheus, Grafana and the load balancer's metrics exporter (see "
+            "[monitoring.md](monitoring.md))"
+        ),
+    )
+    bind_address: IpAddress = Field(
+        "127.0.0.1", description=("host address Prometheus' and Grafana's ports are published on")
+    )
+    keep_data_on_destroy: bool = Field(
+        True, description="keep the Prometheus and Grafana volumes on `pulumi destroy`"
+    )
     prometheus: PrometheusSettings = PrometheusSettings()
     grafana: GrafanaSettings = GrafanaSettings()
     lb_exporter: LbExporterSettings = LbExporterSettings()

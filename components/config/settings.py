@@ -90,45 +90,133 @@ def _some_models(models: tuple[Any, ...]) -> tuple[Any, ...]:
 class Settings(ConfigModel):
     """The whole stack config, validated."""
 
-    model: ModelId | None = None
+    model: ModelId | None = Field(
+        None,
+        description=(
+            "Hugging Face repo id (`org/name`) or an absolute path in the container; required "
+            "unless `models` lists the models"
+        ),
+    )
     """The one model of a single-model stack; with 'models' each pool names its own."""
-    models: Annotated[tuple[PoolSettings, ...], AfterValidator(_some_models)] | None = None
-    served_model_name: ServedName | None = None
-    backend: Backend = Backend.GPU
-    replicas: Annotated[Int, Field(ge=1, le=64)] = 2
-    tensor_parallel_size: Annotated[Int, Field(ge=1, le=64)] = 1
-    gpus: tuple[tuple[GpuId, ...], ...] | None = None
-    name_prefix: NamePrefix = "vllm"
-    network_name: NetworkName = "vllm-nginx"
+    models: Annotated[tuple[PoolSettings, ...], AfterValidator(_some_models)] | None = Field(
+        None,
+        description=(
+            "model pools, one object per pool, instead of `model` (see "
+            "[model-pools.md](model-pools.md)); without it, one model"
+        ),
+    )
+    served_model_name: ServedName | None = Field(
+        None, description=("name clients use; identical on every replica (default: `model`)")
+    )
+    backend: Backend = Field(
+        Backend.GPU, description=("`gpu` or `cpu` (vLLM's CPU backend: no GPUs, `VLLM_CPU_*` env)")
+    )
+    replicas: Annotated[Int, Field(ge=1, le=64)] = Field(
+        2, description="number of vLLM containers (1-64)"
+    )
+    tensor_parallel_size: Annotated[Int, Field(ge=1, le=64)] = Field(
+        1, description="GPUs per replica (`--tensor-parallel-size`)"
+    )
+    gpus: tuple[tuple[GpuId, ...], ...] | None = Field(
+        None, description=("GPU ids per replica, e.g. `[[0,1],[2,3]]`; default consecutive ids")
+    )
+    name_prefix: NamePrefix = Field(
+        "vllm", description=("replica containers are `<prefix>0`, `<prefix>1`, ... (DNS-safe)")
+    )
+    network_name: NetworkName = Field(
+        "vllm-nginx", description="docker network shared by the replicas and nginx"
+    )
     image: ImageSettings | None = None
     hf_cache: CacheSettings = CacheSettings(volume="vllm-hf-cache")
-    base_port: Port = 8081
-    bind_address: IpAddress = "127.0.0.1"
-    public_host: HostName = "localhost"
-    extra_args: Annotated[tuple[SafeToken, ...], AfterValidator(extra_args_rule)] = ()
+    base_port: Port = Field(8081, description="replica i is published on `basePort + i`")
+    bind_address: IpAddress = Field(
+        "127.0.0.1", description="host address replica ports are published on"
+    )
+    public_host: HostName = Field(
+        "localhost", description="host name used in the output URLs for non-loopback binds"
+    )
+    extra_args: Annotated[tuple[SafeToken, ...], AfterValidator(extra_args_rule)] = Field(
+        (), description="extra vLLM arguments, one token per item"
+    )
     extra_env: Annotated[dict[EnvName, SafeToken], AfterValidator(extra_env_rule)] = Field(
-        default_factory=dict
+        default_factory=dict, description="extra environment for every replica"
     )
     proxy: ProxySettings = ProxySettings()
     cpu: CpuSettings = CpuSettings()
     fit_check: FitCheckSettings = FitCheckSettings()
-    ready_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = 1800
-    progress_interval_seconds: Annotated[Int, Field(ge=1, le=30)] = 15
+    ready_timeout_seconds: Annotated[Int, Field(ge=1, le=7 * DAY)] = Field(
+        1800, description=("how long the download step, and then the replicas' load, may take")
+    )
+    progress_interval_seconds: Annotated[Int, Field(ge=1, le=30)] = Field(
+        15,
+        description=(
+            "how often the download and readiness steps report while `pulumi up` waits (at most 30)"
+        ),
+    )
     compile_cache: CompileCacheSettings = CompileCacheSettings()
-    verify_timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = 120
+    verify_timeout_seconds: Annotated[Int, Field(ge=1, le=DAY)] = Field(
+        120, description="how long the verify step waits for the LB to list the model"
+    )
     health_check: HealthCheckSettings = HealthCheckSettings()
-    restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
-    shutdown_timeout_seconds: Annotated[Int, Field(ge=0, le=3600 - SHUTDOWN_MARGIN_SECONDS)] = 60
-    stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = 90
+    restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = Field(
+        "unless-stopped", description="docker restart policy of replicas and nginx"
+    )
+    shutdown_timeout_seconds: Annotated[Int, Field(ge=0, le=3600 - SHUTDOWN_MARGIN_SECONDS)] = (
+        Field(
+            60,
+            description=(
+                "vLLM's `--shutdown-timeout` on every replica: on SIGTERM it finishes "
+                "the requests it runs for up to this long, then exits (0: aborts them at once)"
+            ),
+        )
+    )
+    stop_grace_seconds: Annotated[Int, Field(ge=0, le=3600)] = Field(
+        90,
+        description=(
+            "on replace or destroy, how long a replica or nginx may take to stop before it is "
+            "killed; at least `shutdownTimeoutSeconds` + 10"
+        ),
+    )
     load_balancer: LoadBalancerSettings = LoadBalancerSettings()
     rollout: RolloutSettings = RolloutSettings()
-    hosts: Annotated[tuple[HostSettings, ...], AfterValidator(_some_hosts)] | None = None
+    hosts: Annotated[tuple[HostSettings, ...], AfterValidator(_some_hosts)] | None = Field(
+        None,
+        description=(
+            "Docker engines to spread replicas over, one object per host (see "
+            "[multi-host.md](multi-host.md)); without it, one engine (`docker:host`)"
+        ),
+    )
     monitoring: MonitoringSettings = MonitoringSettings()
-    hf_token: SafeSecret | None = None
-    api_key: SafeSecret | None = None
-    tls_certificate: PemCertificate | None = None
-    tls_key: PemPrivateKey | None = None
-    grafana_password: SafeSecret | None = None
+    hf_token: SafeSecret | None = Field(
+        None,
+        description=(
+            "Hugging Face token, **secret** (`pulumi config set --secret`); only the download "
+            "step gets it, as a file"
+        ),
+    )
+    api_key: SafeSecret | None = Field(
+        None,
+        description=(
+            "API key required on `/v1` (checked by the load balancer and by vLLM), **secret**"
+        ),
+    )
+    tls_certificate: PemCertificate | None = Field(
+        None, description=("PEM certificate (chain) of the load balancer, with `loadBalancer.tls`")
+    )
+    tls_key: PemPrivateKey | None = Field(
+        None,
+        description=(
+            "PEM private key of `tlsCertificate`, **secret** (`pulumi config set --secret tlsKey "
+            "< server.key`)"
+        ),
+    )
+    grafana_password: SafeSecret | None = Field(
+        None,
+        description=(
+            "Grafana's admin password, **secret**, with `monitoring.enabled` (`pulumi config set "
+            "--secret grafanaPassword`)"
+        ),
+    )
 
     @property
     def model_name(self) -> str:
