@@ -76,8 +76,16 @@ start() {
         log "starting dockerd (log: $LOG_FILE)"
         # setsid: the engine must outlive the shell (and the test session) that started
         # it. dockerd writes its own pid to our pid file, so `stop` signals dockerd itself
-        # and not a wrapper (sudo, setsid).
-        setsid dockerd --pidfile "$PID_FILE" >>"$LOG_FILE" 2>&1 </dev/null &
+        # and not a wrapper (sudo, setsid). It keeps only the standard streams: under
+        # `flock FILE cmd` the lock's descriptor is inherited, and an engine holding it
+        # would keep the lock taken for as long as it runs.
+        (
+            for fd in /proc/self/fd/*; do
+                fd="${fd##*/}"
+                if ((fd > 2)); then eval "exec ${fd}>&-"; fi
+            done
+            exec setsid dockerd --pidfile "$PID_FILE"
+        ) >>"$LOG_FILE" 2>&1 </dev/null &
         pid=$!
     fi
     local waited=0
