@@ -131,29 +131,127 @@ def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
-def test_secure_secrets_pass_with_a_note(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    text = GOOD + f"  vllm-nginx:hfToken:\n    {SECURE}\n  vllm-nginx:apiKey:\n    {SECURE}\n"
-    code, out, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 0, err
-    assert "  apiKey         set: clients must send it" in out
-    assert "  hfToken        set" in out
-    assert "note: secret values were not checked (vllm-nginx:apiKey, vllm-nginx:hfToken)" in out
+# Stack files that differ from GOOD in one way: (id, the file's text, exit code,
+# lines the output must hold, text it must not hold). On failure nothing is printed
+# to stdout; problems go to stderr, one per line.
+CASES = [
+    (
+        "secure secrets pass with a note",
+        GOOD + f"  vllm-nginx:hfToken:\n    {SECURE}\n  vllm-nginx:apiKey:\n    {SECURE}\n",
+        0,
+        [
+            "  apiKey         set: clients must send it",
+            "  hfToken        set",
+            "note: secret values were not checked (vllm-nginx:apiKey, vllm-nginx:hfToken)",
+        ],
+        [],
+    ),
+    (
+        "a plain secret is refused without echo",
+        GOOD + "  vllm-nginx:hfToken: hf_PLAINVALUE\n",
+        1,
+        [
+            "  config key 'vllm-nginx:hfToken': must be set with "
+            "`pulumi config set --secret hfToken ...` (it is stored in plain text)"
+        ],
+        ["PLAINVALUE"],
+    ),
+    (
+        # Pulumi's stack-file loader prefixes a key without ':' with the project name.
+        "a key without namespace is read as Pulumi does",
+        "config:\n  model: org/model\n  replicas: 3\n",
+        0,
+        ["vllm2", "note: keys without a namespace (model, replicas)"],
+        [],
+    ),
+    (
+        "a key without namespace is named as written",
+        "config:\n  model: org/model\n  loadBalancer:\n    port: 0\n",
+        1,
+        ["  config key 'loadBalancer.port': Input should be greater than or equal to 1"],
+        [],
+    ),
+    (
+        "a key Pulumi cannot parse",
+        GOOD + "  vllm-nginx:lb:port: 9000\n",
+        1,
+        [
+            "  config key 'vllm-nginx:lb:port': Pulumi cannot parse this as a configuration "
+            "key: keys are `<namespace>:<name>`, here `vllm-nginx:<name>`"
+        ],
+        [],
+    ),
+    ("the old config-module form", "config:\n  vllm-nginx:config:model: org/model\n", 0, [], []),
+    (
+        "a dotted key gets the nesting hint",
+        GOOD + "  vllm-nginx:loadBalancer.port: 9000\n",
+        1,
+        [
+            "config key 'vllm-nginx:loadBalancer.port': unknown key; nested keys",
+            "under `vllm-nginx:loadBalancer:`",
+            "`pulumi config set --path 'loadBalancer.port' <value>`",
+        ],
+        [],
+    ),
+    (
+        # PyYAML keeps the last value; Pulumi's yaml.v3 refuses the file.
+        "a duplicate key is refused as Pulumi does",
+        GOOD + "  vllm-nginx:replicas: 2\n  vllm-nginx:replicas: 3\n",
+        1,
+        ['Pulumi.s.yaml:4:3: invalid YAML: mapping key "vllm-nginx:replicas" already'],
+        [],
+    ),
+    (
+        "the same key with and without namespace",
+        GOOD + "  model: other/model\n",
+        1,
+        ["config key 'model': is set twice (as 'vllm-nginx:model' and as 'model')"],
+        [],
+    ),
+    (
+        "config outside the config section",
+        GOOD + "vllm-nginx:replicas: 4\n",
+        1,
+        ["key 'vllm-nginx:replicas' is at the top level of Pulumi.s.yaml"],
+        [],
+    ),
+    (
+        "an encrypted value of another key cannot be checked",
+        GOOD + f"  vllm-nginx:replicas:\n    {SECURE}\n",
+        1,
+        ["config key 'vllm-nginx:replicas': is encrypted (secure:), so it cannot be"],
+        [],
+    ),
+    (
+        "another namespace is noted",
+        GOOD + "  vllm_nginx:replicas: 4\n  docker:host: ssh://gpu\n  vllm-nginx:publicHost: gpu\n",
+        0,
+        ["note: 'vllm_nginx:replicas' is in namespace 'vllm_nginx'"],
+        ["docker:host"],
+    ),
+]
 
 
-def test_plain_secret_is_refused_without_echo(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("text", "code", "holds", "lacks"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_one_difference_from_a_good_stack(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    code: int,
+    holds: list[str],
+    lacks: list[str],
 ) -> None:
-    text = GOOD + "  vllm-nginx:hfToken: hf_PLAINVALUE\n"
-    code, out, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 1
-    assert out == ""
-    assert (
-        "  config key 'vllm-nginx:hfToken': must be set with "
-        "`pulumi config set --secret hfToken ...` (it is stored in plain text)"
-    ) in err
-    assert "PLAINVALUE" not in err
+    found, out, err = run(capsys, project(tmp_path, s=text), "s")
+    assert found == code, err
+    shown = out if code == 0 else err
+    if code:
+        assert out == ""
+    for line in holds:
+        assert line in shown
+    for text_ in lacks:
+        assert text_ not in shown
 
 
 def test_every_problem_reported_once_each(
@@ -172,55 +270,6 @@ def test_every_problem_reported_once_each(
         assert sum(f"'vllm-nginx:{key}'" in line for line in lines) == 1, (key, lines)
 
 
-def test_key_without_namespace_is_read_as_pulumi_does(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Pulumi's stack-file loader prefixes a key without ':' with the project name.
-    text = "config:\n  model: org/model\n  replicas: 3\n"
-    code, out, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 0, err
-    assert "vllm2" in out
-    assert "note: keys without a namespace (model, replicas)" in out
-
-
-def test_key_without_namespace_named_as_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    text = "config:\n  model: org/model\n  loadBalancer:\n    port: 0\n"
-    code, _, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 1
-    assert "  config key 'loadBalancer.port': Input should be greater than or equal to 1" in err
-
-
-def test_key_pulumi_cannot_parse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = GOOD + "  vllm-nginx:lb:port: 9000\n"
-    code, _, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 1
-    assert (
-        "  config key 'vllm-nginx:lb:port': Pulumi cannot parse this as a configuration key: "
-        "keys are `<namespace>:<name>`, here `vllm-nginx:<name>`"
-    ) in err
-
-
-def test_old_config_module_form_is_accepted(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    text = "config:\n  vllm-nginx:config:model: org/model\n"
-    code, _, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 0, err
-
-
-def test_dotted_key_gets_the_nesting_hint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    text = GOOD + "  vllm-nginx:loadBalancer.port: 9000\n"
-    code, _, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 1
-    assert "config key 'vllm-nginx:loadBalancer.port': unknown key; nested keys" in err
-    assert "under `vllm-nginx:loadBalancer:`" in err
-    assert "`pulumi config set --path 'loadBalancer.port' <value>`" in err
-
-
 def test_yaml_syntax_error_gives_file_line_column(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -231,25 +280,6 @@ def test_yaml_syntax_error_gives_file_line_column(
     assert err.startswith("Pulumi.s.yaml:5:4: invalid YAML: ")
     assert len(err.splitlines()) == 1
     assert "Traceback" not in err
-
-
-def test_duplicate_key_is_refused_like_pulumi(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # PyYAML keeps the last value; Pulumi's yaml.v3 refuses the file.
-    text = GOOD + "  vllm-nginx:replicas: 2\n  vllm-nginx:replicas: 3\n"
-    code, _, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 1
-    assert 'Pulumi.s.yaml:4:3: invalid YAML: mapping key "vllm-nginx:replicas" already' in err
-
-
-def test_same_key_with_and_without_namespace(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    text = GOOD + "  model: other/model\n"
-    code, _, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 1
-    assert "config key 'model': is set twice (as 'vllm-nginx:model' and as 'model')" in err
 
 
 def test_yaml_12_scalars_as_pulumi_reads_them(
@@ -276,34 +306,6 @@ def test_top_level_values_become_strings_as_in_pulumi(tmp_path: Path) -> None:
     assert stack.config["vllm-nginx:loadBalancer"] == '{"port":9000,"bufferRequests":false}'
     assert stack.config["vllm-nginx:extraEnv"] == f'{{"A":"{SECRET_PLACEHOLDER}"}}'
     assert stack.secret == {"vllm-nginx:extraEnv"}
-
-
-def test_config_outside_the_config_section(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    text = GOOD + "vllm-nginx:replicas: 4\n"
-    code, _, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 1
-    assert "key 'vllm-nginx:replicas' is at the top level of Pulumi.s.yaml" in err
-
-
-def test_encrypted_value_of_another_key_is_uncheckable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    text = GOOD + f"  vllm-nginx:replicas:\n    {SECURE}\n"
-    code, _, err = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 1
-    assert "config key 'vllm-nginx:replicas': is encrypted (secure:), so it cannot be" in err
-
-
-def test_other_namespace_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = (
-        GOOD + "  vllm_nginx:replicas: 4\n  docker:host: ssh://gpu\n  vllm-nginx:publicHost: gpu\n"
-    )
-    code, out, _ = run(capsys, project(tmp_path, s=text), "s")
-    assert code == 0
-    assert "note: 'vllm_nginx:replicas' is in namespace 'vllm_nginx'" in out
-    assert "docker:host" not in out
 
 
 def test_missing_stack_file_lists_the_others(
