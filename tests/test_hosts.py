@@ -279,6 +279,13 @@ def test_each_host_its_provider_network_cache_download_replicas_and_check() -> N
         "load_balancer": False,
     }
     assert run.outputs["lb_url"] == "http://10.0.0.11:8000"
+    # Each engine's network, caches and image moved under its Engine component, nginx
+    # under the LoadBalancer: each names the cluster, its parent before, as its alias.
+    (cluster,) = run.of_type("vllm-nginx:index:VllmCluster")
+    parts = {d.urn: d.name for d in run.declared if d.type.endswith((":Engine", ":LoadBalancer"))}
+    assert sorted(parts.values()) == ["vllm-balancer", "vllm-gpu-a-engine", "vllm-gpu-b-engine"]
+    moved = [d for d in run.declared if d.parent in parts]
+    assert len(moved) == 12 and all(d.alias_parents == [cluster.urn] for d in moved)
 
 
 def test_tls_material_reaches_provider_and_steps_as_secrets(pki: dict[str, str]) -> None:
