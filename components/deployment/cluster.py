@@ -1,4 +1,4 @@
-"""The thin Pulumi shell: maps a `Plan` onto pulumi-docker and pulumi-command.
+"""The cluster component: maps a `Plan` onto pulumi-docker and pulumi-command.
 
 Nothing here decides anything; names, ports, GPUs, env and the nginx config
 all come from `plan.build_plan`. What this module owns is the resource graph:
