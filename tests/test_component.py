@@ -21,6 +21,7 @@ from components.config.problems import ConfigError
 from components.deployment.balancer import TYPE_TOKEN as BALANCER_TYPE
 from components.deployment.cluster import TYPE_TOKEN, VllmCluster, VllmClusterArgs
 from components.deployment.engine import TYPE_TOKEN as ENGINE_TYPE
+from components.deployment.pool import TYPE_TOKEN as POOL_TYPE
 from components.deployment.program import load_settings
 from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
@@ -70,9 +71,11 @@ def test_component_and_children(guide: Run) -> None:
     assert TYPE_TOKEN == "vllm-nginx:index:VllmCluster"
     (balancer,) = guide.of_type(BALANCER_TYPE)
     (engine,) = guide.of_type(ENGINE_TYPE)
-    assert (BALANCER_TYPE, ENGINE_TYPE) == (
+    (pool,) = guide.of_type(POOL_TYPE)
+    assert (BALANCER_TYPE, ENGINE_TYPE, POOL_TYPE) == (
         "vllm-nginx:index:LoadBalancer",
         "vllm-nginx:index:Engine",
+        "vllm-nginx:index:Pool",
     )
     children = [d for d in guide.declared if d is not component]
     assert {d.type for d in children} == {
@@ -83,14 +86,26 @@ def test_component_and_children(guide: Run) -> None:
         COMMAND,
         BALANCER_TYPE,
         ENGINE_TYPE,
+        POOL_TYPE,
     }
     parts = {
         balancer.urn: {"vllm-nginx-image", "vllm-lb", "vllm-lb-config", "vllm-verify"},
         engine.urn: {"vllm-network", "vllm-hf-cache", "vllm-compile-cache", "vllm-vllm-image"},
+        pool.urn: {
+            "vllm-fit",
+            "vllm-download",
+            "vllm-vllm0",
+            "vllm-vllm1",
+            "vllm-vllm0-rotation",
+            "vllm-vllm1-rotation",
+            "vllm-canary",
+            "vllm-replicas-ready",
+        },
     }
     for urn, names in parts.items():
         assert {d.name for d in children if d.parent == urn} == names
     rest = [d for d in children if d.parent not in parts]
+    assert {d.name for d in rest} == {"vllm-balancer", "vllm-engine", "vllm-pool"}
     assert all(d.parent == component.urn for d in rest)
     # A running stack keeps what moved into a part: each names its former parent.
     moved = [d for d in children if d.parent in parts]

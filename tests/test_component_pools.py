@@ -266,3 +266,53 @@ def test_only_the_images_in_use_are_pulled_or_built(tmp_path: Path) -> None:
     two = run.named("vllm-vllm-two-0")
     assert two.inputs["image"] == "@@vllm-one-vllm-image.repoDigest@@"
     assert run.named("vllm-vllm-three-0").inputs["image"] == "@@vllm-three-vllm-image.imageId@@"
+
+
+def test_each_pool_is_a_component_whose_children_keep_their_names_and_alias() -> None:
+    """One Pool per pool across engines; what moved into it names the cluster, its
+    parent before, as its alias, so a running stack keeps its replicas. A pool whose
+    repository an earlier pool fetches waits for that pool's download."""
+    hosts = [
+        {"name": "a", "dockerHost": "unix:///var/run/a.sock", "address": "10.0.0.1"},
+        {"name": "b", "dockerHost": "unix:///var/run/b.sock", "address": "10.0.0.2"},
+    ]
+    models = [
+        {"name": "chat", "model": "o/chat", "hosts": [{"host": "a"}, {"host": "b"}]},
+        {"name": "again", "model": "o/chat", "servedModelName": "again", "hosts": [{"host": "b"}]},
+    ]
+    run = run_program(
+        {f"{NS}:hosts": json.dumps(hosts), f"{NS}:models": json.dumps(models)},
+        program=lambda: {
+            "lb_url": VllmCluster("vllm", VllmClusterArgs(settings=load_settings())).lb_url
+        },
+    )
+    (cluster,) = run.of_type("vllm-nginx:index:VllmCluster")
+    pools = {d.name: d for d in run.of_type("vllm-nginx:index:Pool")}
+    assert set(pools) == {"vllm-chat-pool", "vllm-again-pool"}
+    assert all(p.parent == cluster.urn for p in pools.values())
+    children = {
+        name: {d.name for d in run.declared if d.parent == pool.urn} for name, pool in pools.items()
+    }
+    assert children["vllm-chat-pool"] == {
+        "vllm-a-chat-fit",
+        "vllm-b-chat-fit",
+        "vllm-a-chat-download",
+        "vllm-b-chat-download",
+        "vllm-vllm-chat-a-0",
+        "vllm-vllm-chat-b-0",
+        "vllm-vllm-chat-a-0-rotation",
+        "vllm-vllm-chat-b-0-rotation",
+        "vllm-a-chat-replicas-ready",
+        "vllm-b-chat-replicas-ready",
+        "vllm-chat-canary",
+    }
+    assert children["vllm-again-pool"] == {
+        "vllm-b-again-fit",
+        "vllm-vllm-again-b-0",
+        "vllm-vllm-again-b-0-rotation",
+        "vllm-b-again-replicas-ready",
+    }
+    moved = [d for d in run.declared if d.parent in {p.urn for p in pools.values()}]
+    assert len(moved) == 15 and all(d.alias_parents == [cluster.urn] for d in moved)
+    assert "vllm-b-chat-download" in dep_names(run, run.named("vllm-vllm-again-b-0"))
+    assert "vllm-a-chat-download" not in dep_names(run, run.named("vllm-vllm-again-b-0"))

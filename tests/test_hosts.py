@@ -280,12 +280,23 @@ def test_each_host_its_provider_network_cache_download_replicas_and_check() -> N
     }
     assert run.outputs["lb_url"] == "http://10.0.0.11:8000"
     # Each engine's network, caches and image moved under its Engine component, nginx
-    # under the LoadBalancer: each names the cluster, its parent before, as its alias.
+    # under the LoadBalancer, the pool's fit checks, downloads, replicas, rotations,
+    # canary and readiness checks (on both engines) under its Pool: each names the
+    # cluster, its parent before, as its alias.
     (cluster,) = run.of_type("vllm-nginx:index:VllmCluster")
-    parts = {d.urn: d.name for d in run.declared if d.type.endswith((":Engine", ":LoadBalancer"))}
-    assert sorted(parts.values()) == ["vllm-balancer", "vllm-gpu-a-engine", "vllm-gpu-b-engine"]
+    kinds = (":Engine", ":LoadBalancer", ":Pool")
+    parts = {d.urn: d.name for d in run.declared if d.type.endswith(kinds)}
+    assert sorted(parts.values()) == [
+        "vllm-balancer",
+        "vllm-gpu-a-engine",
+        "vllm-gpu-b-engine",
+        "vllm-pool",
+    ]
     moved = [d for d in run.declared if d.parent in parts]
-    assert len(moved) == 12 and all(d.alias_parents == [cluster.urn] for d in moved)
+    assert len(moved) == 27 and all(d.alias_parents == [cluster.urn] for d in moved)
+    in_pool = {d.name for d in moved if run.by_urn(d.parent).name == "vllm-pool"}
+    assert {"vllm-vllm-gpu-a-0", "vllm-vllm-gpu-b-1", "vllm-gpu-b-replicas-ready"} <= in_pool
+    assert all(d.parent in parts for d in run.declared if d.name in deps["vllm-lb"])
 
 
 def test_tls_material_reaches_provider_and_steps_as_secrets(pki: dict[str, str]) -> None:
