@@ -121,10 +121,9 @@ class VllmCluster(pulumi.ComponentResource):
         steps = list(zip(plan.replicas, plan.rollouts, strict=True))
         downloads: dict[DownloadKey, list[command.local.Command]] = {}
         self.pools: list[Pool] = []
-        keys: list[str | None] = [p.name for p in plan.pools]
-        for pool in keys or [None]:
+        for pool, prefix in plan.pool_keys:
             component = Pool(
-                f"{name}-{pool}-pool" if pool is not None else f"{name}-pool",
+                f"{name}-{prefix}pool",
                 PoolArgs(
                     pool=pool,
                     replicas=[(r, rollout) for r, rollout in steps if rollout.pool == pool],

@@ -722,4 +722,5 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         restart_policy=settings.restart_policy,
         monitoring=monitoring,
         pools=pools,
+        pool_keys=tuple((pool.name, pool.prefix) for pool in settings.pools()),
     )

@@ -473,6 +473,9 @@ class Plan:
     """With 'models', every pool; empty for a single-model stack."""
     hosts: tuple[HostPlan, ...] = ()
     """Every engine with its replicas, downloads, fit and readiness checks."""
+    pool_keys: tuple[tuple[str | None, str], ...] = ((None, ""),)
+    """Every pool (None: the one of a single-model stack) and its name prefix, in
+    the loader's order: a pool may wait for an earlier one's download."""
     canaries: tuple[CanaryPlan, ...] = ()
     """One canary step per rollout with a second wave (each pool's own); none
     with `rollout.canarySeconds` 0."""
