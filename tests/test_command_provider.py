@@ -600,7 +600,7 @@ def test_engine_failing_create_fails_up_with_the_commands_output(engine_for, tmp
 def test_engine_secret_environment_keeps_stdout_plain_unless_the_program_says(engine_for, tmp_path):
     """pulumi-command 1.2.1: secretness flows only to the output of the same name,
     so `environment` stays secret and `stdout` does not; the project's steps
-    that see secrets add `additional_secret_outputs` (components/deployment/cluster.py)."""
+    that see secrets add `additional_secret_outputs` (components/deployment/pool.py)."""
 
     def program(spec: dict[str, Any]) -> None:
         token = pulumi.Output.secret(SECRET)

@@ -88,7 +88,7 @@ def test_go_duration_rejects_what_go_rejects(text):
 
 
 def replica(**overrides: Any) -> dict[str, Any]:
-    """A replica container as the program declares it (components/cluster.py)."""
+    """A replica container as the program declares it (components/deployment/pool.py)."""
     inputs: dict[str, Any] = {
         "name": "r0",
         "image": "sha256:" + "a" * 64,
