@@ -110,7 +110,8 @@ def test_replicas_as_in_the_guide(guide: Run) -> None:
         assert health["interval"] == "10s"
         assert health["timeout"] == "5s"
         assert health["startInterval"] == "0s"
-        assert replica.replace_on_changes == ["healthcheck"]
+        # A start the daemon refused is retried by replacement (docs/failed-up.md).
+        assert replica.replace_on_changes == ["healthcheck", "#initerror"]
         assert replica.delete_before_replace
     assert "HF_HUB_OFFLINE=1" in r0.inputs["envs"]
     assert "HF_HUB_OFFLINE=1" in r1.inputs["envs"]
@@ -614,6 +615,7 @@ def test_update_waves_keep_half_serving_only_once_replicas_run() -> None:
 def test_config_changes_reach_nginx_by_reload_not_replacement(guide: Run) -> None:
     lb = guide.named("vllm-lb")
     assert lb.ignore_changes == ["uploads"]
+    assert lb.replace_on_changes == ["#initerror"]
     reload = guide.named("vllm-lb-config")
     assert reload.inputs["triggers"] == ["@@vllm-lb.id@@"]
     assert reload.inputs["create"].endswith("-m components.steps.lb_reload --lb nginx-lb")

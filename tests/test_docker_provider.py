@@ -980,3 +980,88 @@ def test_the_real_engine_applies_the_programs_resource_options(
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(image_name)  # docker.Image's delete leaves it (PD:490-496)
     stack.workspace.remove_stack("options")
+
+
+@pytest.mark.docker
+def test_a_refused_start_is_kept_with_its_init_error(client, names, offline, tmp_path):
+    """The container stays, `created`, and in the engine's state with the daemon's
+    error as an init error (CF:456-460, 584-588; BR:1361-1376, 2073-2081). The
+    next `up` only updates it, which never starts it (CF:997-1012): the real
+    provider's behaviour users met. With `#initerror` in `replace_on_changes`
+    (what the program declares) the engine replaces it instead, and it runs."""
+    cli = auto.PulumiCommand(root=str(toolchain_bin().parent))
+    port = _free_port()
+    image = base_image(client)
+
+    def program() -> None:
+        import pulumi_docker as pd
+
+        retry = pulumi.Config().get_bool("retry") or False
+        pd.Container(
+            "web",
+            name=names["container"],
+            image=image,
+            command=["sleep", "infinity"],
+            ports=[pd.ContainerPortArgs(internal=8000, external=port, ip="127.0.0.1")],
+            opts=pulumi.ResourceOptions(replace_on_changes=["#initerror"] if retry else None),
+        )
+
+    stack = auto.create_stack(
+        "test",
+        project_name="provider-retry",
+        program=program,
+        opts=auto.LocalWorkspaceOptions(pulumi_command=cli),
+    )
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        with pytest.raises(auto.CommandError) as failed:
+            stack.up()
+        said = str(failed.value)
+        assert "Unable to start container: Error response from daemon:" in said, said
+        assert "address already in use" in said
+        assert "Traceback" not in said and "Unexpected <class" not in said, said
+        live = client.containers.get(names["container"])
+        assert live.status == "created"
+        (state_file,) = (tmp_path / "state").glob(".pulumi/stacks/provider-retry/test.json")
+        web = next(
+            r
+            for r in json.loads(state_file.read_text())["checkpoint"]["latest"]["resources"]
+            if r["urn"].endswith("::web")
+        )
+        assert web["id"] == live.id
+        assert "Unable to start container" in web["initErrors"][0]
+
+        holder.close()
+        # Without `#initerror`: an update that leaves it `created`.
+        up = stack.up()
+        assert up.summary.resource_changes == {"same": 1, "update": 1}, up.summary
+        assert client.containers.get(names["container"]).status == "created"
+        # With it, from the start: replaced, and running.
+        stack.destroy()
+        stack.set_config("retry", auto.ConfigValue("true"))
+        events: list[str] = []
+
+        def record(event: auto.EngineEvent) -> None:
+            if event.res_outputs_event is not None:
+                meta = event.res_outputs_event.metadata
+                if meta.urn.endswith("::web"):
+                    events.append(meta.op.value)
+
+        holder = socket.socket()
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(auto.CommandError):
+            stack.up()
+        holder.close()
+        stack.up(on_event=record)
+        assert events == ["delete-replaced", "replace", "create-replacement"], events
+        assert client.containers.get(names["container"]).status == "running"
+        stack.preview(expect_no_changes=True)
+    finally:
+        holder.close()
+        stack.destroy()
+        stack.workspace.remove_stack("test")

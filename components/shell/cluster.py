@@ -48,6 +48,10 @@ from components.steps.canary import CONTAINERS_ENV as CANARY_CONTAINERS_ENV
 from components.steps.lb_reload import FILES_ENV as LB_FILES_ENV
 
 TYPE_TOKEN = "vllm-nginx:index:VllmCluster"
+RETRY_FAILED_START = "#initerror"
+"""A container whose start failed is kept in state with its init error, and the
+next `up` would only update it, which never starts it; with this path in
+`replace_on_changes` the engine replaces it instead (docs/failed-up.md)."""
 
 
 @dataclass
@@ -268,6 +272,7 @@ class VllmCluster(pulumi.ComponentResource):
                 # Uploads are force-new: a changed config would replace nginx and
                 # drop its connections. `lb_config` puts it in and reloads instead.
                 ignore_changes=["uploads"],
+                replace_on_changes=[RETRY_FAILED_START],
             ),
         )
         self.lb_config = self._lb_config(
@@ -580,7 +585,7 @@ class VllmCluster(pulumi.ComponentResource):
                 additional_secret_outputs=["envs"],
                 # The provider neither replaces nor updates a container whose
                 # health check changed; replacing is the only way it takes effect.
-                replace_on_changes=["healthcheck"],
+                replace_on_changes=["healthcheck", RETRY_FAILED_START],
             ),
         )
 

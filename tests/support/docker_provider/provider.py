@@ -43,7 +43,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 import docker
+import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
+from google.rpc import status_pb2  # type: ignore[import-untyped]
 from pulumi.provider.experimental import provider as px
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi.provider.experimental.server import ProviderServicer
@@ -72,6 +74,17 @@ OUTPUT_ONLY = {
 """Computed-only attributes: unknown in a preview of a create."""
 
 T = TypeVar("T")
+
+
+class InitError(Exception):
+    """A create that left a resource behind: the bridge's `initializationError`
+    (BR:2073-2081), its ID, its partial state and why."""
+
+    def __init__(self, resource_id: str, state: Mapping[str, Any], reason: str) -> None:
+        super().__init__(reason)
+        self.resource_id = resource_id
+        self.state = dict(state)
+        self.reason = reason
 
 
 # -- values ----------------------------------------------------------------------
@@ -236,7 +249,14 @@ class DockerProvider(px.Provider):
             return px.CreateResponse(resource_id, self._image_state(inputs, outputs))
         if request.preview:
             return px.CreateResponse(None, wrap_map(_preview_state(type_, inputs)))
-        state = await asyncio.wait_for(self._run(self._create, type_, inputs, timeout), timeout)
+        try:
+            state = await asyncio.wait_for(self._run(self._create, type_, inputs, timeout), timeout)
+        except engine.InitFailed as err:
+            # What Terraform keeps of a create that failed after it set the ID: the
+            # planned attributes and the ID, nothing read back (the Read at CF:673
+            # never ran). The reason as BR:1375 words it.
+            partial = {**inputs, "id": err.container_id}
+            raise InitError(err.container_id, partial, f"creating {request.urn}: {err}") from err
         return px.CreateResponse(str(state["id"]), wrap_map(state))
 
     def _create(self, type_: str, inputs: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -350,7 +370,41 @@ class DockerProvider(px.Provider):
 
 
 class _Servicer(ProviderServicer):
-    """The SDK's servicer with a DiffConfig that marshals like its Diff does."""
+    """The SDK's servicer with a DiffConfig that marshals like its Diff does, and a
+    Create that fails as the bridge does: a provider error is its message alone
+    (the SDK's servicer would add a Python traceback), a create that left the
+    container behind an `ErrorResourceInitFailed` detail (BR:2073-2081)."""
+
+    async def Create(self, request: Any, context: Any) -> Any:
+        try:
+            resp = await self._provider.create(
+                px.CreateRequest(
+                    request.urn,
+                    PropertyValue.unmarshal_map(request.properties),
+                    request.timeout,
+                    request.preview,
+                )
+            )
+        except InitError as err:
+            detail = proto.ErrorResourceInitFailed(
+                id=err.resource_id,
+                properties=PropertyValue.marshal_map(wrap_map(err.state)),
+                reasons=[err.reason],
+            )
+            status = status_pb2.Status(code=grpc.StatusCode.UNKNOWN.value[0], message=err.reason)
+            status.details.add().Pack(detail)
+            await context.abort(
+                grpc.StatusCode.UNKNOWN,
+                err.reason,
+                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+            )
+            raise  # abort raises; this is never reached
+        except engine.ProviderError as err:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(err))
+            raise
+        return proto.CreateResponse(
+            id=resp.resource_id or "", properties=PropertyValue.marshal_map(resp.properties)
+        )
 
     async def DiffConfig(self, request: Any, context: Any) -> Any:
         resp = await self._provider.diff_config(
