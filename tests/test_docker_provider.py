@@ -236,7 +236,8 @@ def test_a_non_canonical_duration_is_a_change_on_every_up_but_not_a_replacement(
     )
     result = diffing.diff(CONTAINER_T, state, news)
     assert result.diffs == ["healthcheck"]
-    assert result.detailed == {"healthcheck": Kind.UPDATE}
+    # The detailed diff names the field (BR diff.go:60-170; a one-item block).
+    assert result.detailed == {"healthcheck.startPeriod": Kind.UPDATE}
     assert result.replaces == [] and result.delete_before_replace is False
 
 
@@ -244,8 +245,51 @@ def test_a_changed_env_replaces_the_container_deleting_first():
     state = read_back(checked(CONTAINER_T, replica()))
     result = diffing.diff(CONTAINER_T, state, checked(CONTAINER_T, replica(envs=["A=2"])))
     assert result.replaces == ["envs"]
-    assert result.detailed == {"envs": Kind.UPDATE_REPLACE}
+    # By element (BR diff.go:360-420): the state's elements the config lacks by
+    # their index there, then the config's new one at an index already named (an
+    # update), and the set whole since its length changed (provider.go's
+    # collectionDiffs).
+    assert result.detailed == {
+        "envs[0]": Kind.UPDATE_REPLACE,
+        "envs[1]": Kind.DELETE_REPLACE,
+        "envs": Kind.UPDATE,
+    }
     assert result.delete_before_replace is True  # pulumi-docker resources.go:112-114
+
+
+def test_the_detailed_diff_names_elements_and_fields():
+    """An env added to a set of three is `envs[3]`; a changed published port
+    `ports[0].external`; the engine's replaceOnChanges still sees them under
+    their top-level key (`diffs`)."""
+    state = read_back(checked(CONTAINER_T, replica(envs=["A=1", "B=2", "C=3"])))
+    added = diffing.diff(
+        CONTAINER_T, state, checked(CONTAINER_T, replica(envs=["A=1", "B=2", "C=3", "D=4"]))
+    )
+    assert added.detailed == {"envs[3]": Kind.ADD_REPLACE, "envs": Kind.UPDATE}
+    assert added.diffs == ["envs"]
+    moved = replica(
+        envs=["A=1", "B=2", "C=3"],
+        ports=[{"internal": 8000, "external": 18002, "ip": "127.0.0.1"}],
+    )
+    result = diffing.diff(CONTAINER_T, state, checked(CONTAINER_T, moved))
+    assert result.detailed == {"ports[0].external": Kind.UPDATE_REPLACE}
+    assert result.replaces == ["ports"]
+
+
+def test_a_refresh_of_a_stopped_container_rewrites_its_inputs():
+    """BR Read stores the inputs it had, each with the read state's value
+    (schema.go:1718-1800, 2012-2022): `mustRun` false, `ports` empty; what the
+    state lacks is dropped; what Read does not read (envs) stays."""
+    inputs = checked(CONTAINER_T, replica())
+    stopped = {**read_back(inputs), "mustRun": False, "ports": []}
+    stopped.pop("destroyGraceSeconds")
+    refreshed = diffing.refreshed_inputs(CONTAINER_T, inputs, stopped)
+    assert inputs["mustRun"] is True and inputs["ports"]
+    assert refreshed["mustRun"] is False
+    assert refreshed["ports"] == []
+    assert "destroyGraceSeconds" not in refreshed
+    assert refreshed["envs"] == inputs["envs"]
+    assert set(refreshed) <= set(inputs)
 
 
 def test_sets_ignore_order_and_lists_do_not():

@@ -268,6 +268,58 @@ def _forces_new(prop: Prop) -> bool:
     return prop.force_new or any(_forces_new(sub) for sub in prop.fields.values())
 
 
+def _kind(base: Kind, replace: bool) -> Kind:
+    return _REPLACE[base] if replace else base
+
+
+def _element_diffs(key: str, prop: Prop, old: Any, new: Any) -> dict[str, Kind]:
+    """Where inside `key` a change is, as the bridge's detailed diff names it
+    (BR pkg/tfbridge/diff.go:60-170 `visitPropertyValue`, 169-260
+    `makePropertyDiff`, 360-420 `makeDetailedDiffExtra`): the state is visited
+    first, then the config. A one-item block (`healthcheck`, `capabilities`)
+    names its fields (`healthcheck.interval`); a list its elements by
+    position; a set the elements of the state the config lacks, by their index
+    in the state (a delete), then the config's new ones by their index there
+    (an update where the state's pass named that index, else an add); a list
+    or set whose length changed is also named whole, as an update
+    (provider.go's `collectionDiffs`). Empty when there is nothing finer than
+    `key` itself (a scalar or map)."""
+    replace = _forces_new(prop)
+    out: dict[str, Kind] = {}
+    if prop.kind == "object" and isinstance(old, Mapping) and isinstance(new, Mapping):
+        for name, field_ in prop.fields.items():
+            o, n = old.get(name), new.get(name)
+            if same(field_, o, n):
+                continue
+            base = Kind.DELETE if _absent(field_, n) else Kind.ADD if is_zero(o) else Kind.UPDATE
+            out[f"{key}.{name}"] = _kind(base, replace or _forces_new(field_))
+        return out
+    if prop.kind not in ("list", "set") or not isinstance(old, list) or not isinstance(new, list):
+        return out
+    element = Prop(kind="object", fields=prop.fields) if prop.fields else Prop()
+    if prop.kind == "list":
+        for index in range(max(len(old), len(new))):
+            path = f"{key}[{index}]"
+            if index >= len(new):
+                out[path] = _kind(Kind.DELETE, replace)
+            elif index >= len(old):
+                out[path] = _kind(Kind.ADD, replace)
+            elif not _same_element(prop, old[index], new[index]):
+                finer = _element_diffs(path, element, old[index], new[index]) if prop.fields else {}
+                out.update(finer or {path: _kind(Kind.UPDATE, replace)})
+    else:
+        for index, item in enumerate(old):
+            if not any(_same_element(prop, item, n) for n in new):
+                out[f"{key}[{index}]"] = _kind(Kind.DELETE, replace)
+        for index, item in enumerate(new):
+            if not any(_same_element(prop, o, item) for o in old):
+                path = f"{key}[{index}]"
+                out[path] = _kind(Kind.UPDATE if path in out else Kind.ADD, replace)
+    if len(old) != len(new):
+        out[key] = Kind.UPDATE
+    return out
+
+
 def diff(
     type_: str,
     olds: Mapping[str, Any],
@@ -293,7 +345,10 @@ def diff(
         if _forces_new(prop):
             kind = _REPLACE[kind]
             result.replaces.append(key)
-        result.detailed[key] = kind
+        if kind in (Kind.UPDATE, Kind.UPDATE_REPLACE):
+            result.detailed.update(_element_diffs(key, prop, old, new) or {key: kind})
+        else:
+            result.detailed[key] = kind
         result.diffs.append(key)
     result.changes = bool(result.diffs)
     result.replaces.sort()
@@ -316,3 +371,49 @@ def planned_state(type_: str, olds: Mapping[str, Any], news: Mapping[str, Any]) 
         elif not prop.computed:
             state.pop(key, None)
     return state
+
+
+# -- Read's inputs -----------------------------------------------------------------
+
+
+def refreshed_inputs(
+    type_: str, old_inputs: Mapping[str, Any], state: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The inputs a refresh stores (BR Read: `ExtractInputsFromOutputs` with
+    isRefresh, pkg/tfbridge/schema.go:2012-2022): only the inputs already there,
+    each given the read state's value (`extractInputs`, schema.go:1718-1800), so a
+    stopped container's `mustRun: true` becomes false and its `ports` []."""
+    props = SCHEMAS[type_]
+    out: dict[str, Any] = {}
+    for key, old in old_inputs.items():
+        if key not in state:
+            continue  # schema.go:1779-1780: a key the state lacks is dropped
+        out[key] = _extract(props.get(key), old, state[key])
+    return out
+
+
+def _extract(prop: Prop | None, old: Any, new: Any) -> Any:
+    if isinstance(old, list) and isinstance(new, list):
+        fields = prop.fields if prop is not None else {}
+        element = Prop(kind="object", fields=fields) if fields else None
+        result = []
+        if prop is not None and prop.kind == "set":
+            # Set elements matched by content (matchSetElements); an old one the
+            # state no longer has is dropped.
+            for item in old:
+                if item in new:
+                    result.append(_extract(element, item, item))
+            return result
+        for index, item in enumerate(old):
+            if index >= len(new):
+                break  # schema.go:1745-1748
+            result.append(_extract(element, item, new[index]))
+        return result
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        fields = prop.fields if prop is not None else {}
+        return {
+            key: _extract(fields.get(key), value, new[key])
+            for key, value in old.items()
+            if key in new
+        }
+    return new

@@ -18,9 +18,10 @@ pulumi-terraform-bridge v3.136.0 pkg/tfbridge/provider.go, "BR"; pulumi-docker
   changed `host` re-configures the provider and replaces none of its resources.
 - A missing resource is reported by Read with an empty ID, which drops it from
   the state on refresh.
-- Read returns the stored inputs unchanged: returned inputs replace the
-  state's (pkg/resource/deploy/step.go, RefreshStep.Apply), and
-  `ignoreChanges` copies from them.
+- Read returns the stored inputs with the read state's values
+  (`diffing.refreshed_inputs`, as BR's `ExtractInputsFromOutputs`): returned
+  inputs replace the state's (pkg/resource/deploy/step.go, RefreshStep.Apply),
+  and `ignoreChanges` copies from them.
 
 `pulumi.provider.experimental` (SDK 3.272.0) covers all of it except two
 things, handled here: its DiffConfig marshals `changes` and the detailed diff
@@ -45,12 +46,11 @@ from typing import Any, TypeVar, cast
 import docker
 import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
-from google.rpc import status_pb2  # type: ignore[import-untyped]
 from pulumi.provider.experimental import provider as px
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi.provider.experimental.server import ProviderServicer
 from pulumi.runtime import proto
-from pulumi.runtime.proto import provider_pb2_grpc
+from pulumi.runtime.proto import provider_pb2_grpc, status_pb2
 
 from tests.support.docker_provider import diffing, engine, native_image
 from tests.support.docker_provider.schema import SCHEMAS
@@ -297,7 +297,8 @@ class DockerProvider(px.Provider):
         if read is None:
             return px.ReadResponse(resource_id=None)
         resource_id = str(read.get("id") or request.resource_id)
-        return px.ReadResponse(resource_id, wrap_map(read), request.inputs)
+        inputs = diffing.refreshed_inputs(type_, plain_map(request.inputs), read)
+        return px.ReadResponse(resource_id, wrap_map(read), wrap_map(inputs))
 
     def _read(self, type_: str, resource_id: str, state: dict[str, Any]) -> dict[str, Any] | None:
         api = self.api()
