@@ -40,7 +40,14 @@ from pulumi.provider.experimental import provider as px
 from tests.support.docker_engine import REPO_ROOT, base_image
 from tests.support.docker_provider import diffing, engine, godur, native_image
 from tests.support.docker_provider.diffing import UNKNOWN, Kind
-from tests.support.docker_provider.provider import DockerProvider, plain_map, wrap_map
+from tests.support.docker_provider.provider import (
+    REMOTE_IMAGE,
+    TIMEOUT_KEY,
+    DockerProvider,
+    meta,
+    plain_map,
+    wrap_map,
+)
 from tests.support.docker_provider.schema import CONTAINER
 from tests.support.pulumi_engine import toolchain_bin
 
@@ -290,6 +297,18 @@ def test_a_refresh_of_a_stopped_container_rewrites_its_inputs():
     assert "destroyGraceSeconds" not in refreshed
     assert refreshed["envs"] == inputs["envs"]
     assert set(refreshed) <= set(inputs)
+
+
+def test_the_state_carries_the_timeouts_the_engine_gave():
+    """A RemoteImage created with the program's 90 min pull timeout: `__meta` has
+    it for create, the 20 min defaults for the rest (BR:1340-1352; I:10-12),
+    written as Go's json.Marshal writes a map."""
+    written = meta(REMOTE_IMAGE, "create", 90 * 60)["__meta"]
+    assert written == (
+        '{"e2bfb730-ecaa-11e6-8f88-34363bc7c4c0":{"create":5400000000000,'
+        '"delete":1200000000000,"update":1200000000000},"schema_version":"0"}'
+    )
+    assert meta(NETWORK_T, "create", 0) == {}
 
 
 def test_sets_ignore_order_and_lists_do_not():
@@ -673,6 +692,11 @@ def test_provider_create_reads_back_to_no_change_and_deletes(client, names):
         "stopSignal": "SIGTERM",
     }
     container_id, inputs, state = create(CONTAINER_T, declared)
+    # The state's shape: the timeouts and schema version in `__meta` (C:12-14, 26).
+    assert json.loads(state["__meta"]) == {
+        TIMEOUT_KEY: {"create": 1200000000000, "delete": 1200000000000, "update": 1200000000000},
+        "schema_version": "2",
+    }
     assert state["healthcheck"]["interval"] == "1m30s"  # read back as Go prints it
     assert state["image"] == image["imageId"]  # sha256: IDs read back as container.Image
     live = client.containers.get(names["container"])

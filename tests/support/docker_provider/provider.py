@@ -75,6 +75,28 @@ OUTPUT_ONLY = {
 
 T = TypeVar("T")
 
+TIMEOUT_KEY = "e2bfb730-ecaa-11e6-8f88-34363bc7c4c0"
+"""terraform-plugin-sdk helper/schema/resource_timeout.go:14, `TimeoutKey`."""
+SCHEMA_VERSION = {CONTAINER: "2", REMOTE_IMAGE: "0"}
+"""C:26 `SchemaVersion: 2`; the image sets none (I:16-28)."""
+
+
+def meta(type_: str, operation: str, timeout: float) -> dict[str, Any]:
+    """The `__meta` output of a Container or RemoteImage (BR schema.go:1102-1111,
+    `MakeTerraformResult`): the instance's private data as Go's json.Marshal
+    writes it (keys sorted): the resource's timeouts in nanoseconds, 20 min
+    each (C:12-14, 30-34; I:10-12, 24-28), the one of this operation replaced
+    by the engine's (BR:1340-1352 for a create, 1700-1718 for an update), and
+    the schema version. Network and Volume have neither, and a payload of only
+    `{"schema_version":"0"}` is left out (BR schema.go:1107-1109)."""
+    if type_ not in SCHEMA_VERSION:
+        return {}
+    default = int(DEFAULT_TIMEOUT * 1e9)
+    timeouts = {"create": default, "delete": default, "update": default}
+    timeouts[operation] = int((timeout or DEFAULT_TIMEOUT) * 1e9)
+    payload = {TIMEOUT_KEY: timeouts, "schema_version": SCHEMA_VERSION[type_]}
+    return {"__meta": json.dumps(payload, sort_keys=True, separators=(",", ":"))}
+
 
 class InitError(Exception):
     """A create that left a resource behind: the bridge's `initializationError`
@@ -255,8 +277,9 @@ class DockerProvider(px.Provider):
             # What Terraform keeps of a create that failed after it set the ID: the
             # planned attributes and the ID, nothing read back (the Read at CF:673
             # never ran). The reason as BR:1375 words it.
-            partial = {**inputs, "id": err.container_id}
+            partial = {**inputs, "id": err.container_id, **meta(type_, "create", timeout)}
             raise InitError(err.container_id, partial, f"creating {request.urn}: {err}") from err
+        state.update(meta(type_, "create", timeout))
         return px.CreateResponse(str(state["id"]), wrap_map(state))
 
     def _create(self, type_: str, inputs: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -328,6 +351,7 @@ class DockerProvider(px.Provider):
         state = await asyncio.wait_for(
             self._run(self._update, type_, request.resource_id, olds, planned, changed), timeout
         )
+        state.update(meta(type_, "update", timeout))
         return px.UpdateResponse(wrap_map(state))
 
     def _update(
