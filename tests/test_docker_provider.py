@@ -134,11 +134,20 @@ def test_check_fills_in_the_schema_defaults():
     inputs = checked(CONTAINER_T, {"name": "c", "image": "i", "ports": [{"internal": 80}]})
     assert inputs["restart"] == "no"  # C:230-236
     assert inputs["mustRun"] is True  # C:122-127
-    assert inputs["wait"] is False and inputs["waitTimeout"] == 60  # C:79-91
+    assert inputs["waitTimeout"] == 60  # C:79-91
     assert inputs["start"] is True and inputs["removeVolumes"] is True
     assert inputs["networkMode"] == "bridge"
-    assert inputs["ports"] == [{"internal": 80, "ip": "0.0.0.0", "protocol": "tcp"}]
+    assert inputs["ports"] == [
+        {"internal": 80, "ip": "0.0.0.0", "protocol": "tcp", "__defaults": ["ip", "protocol"]}
+    ]
     assert "destroyGraceSeconds" not in inputs  # no default: a 0 s stop (CF:1085-1097)
+    # A falsy default is left out (BR schema.go:956-967, 991-1006); the names
+    # filled are listed in `__defaults` (schema.go:982-986).
+    for falsy in ("wait", "attach", "rm", "tty", "logs", "privileged"):
+        assert falsy not in inputs, falsy
+    assert {"mustRun", "restart", "start", "waitTimeout"} <= set(inputs["__defaults"])
+    assert inputs["__defaults"] == sorted(inputs["__defaults"])
+    assert not set(inputs["__defaults"]) & {"name", "image", "ports"}
 
 
 def test_check_fills_in_nested_defaults_of_the_health_check_and_uploads():
@@ -157,9 +166,9 @@ def test_check_fills_in_nested_defaults_of_the_health_check_and_uploads():
         "timeout": "0s",
         "startPeriod": "0s",
         "startInterval": "0s",
-        "retries": 0,
-    }
-    assert inputs["uploads"] == [{"file": "/a", "content": "x", "executable": False}]
+        "__defaults": ["interval", "startInterval", "startPeriod", "timeout"],
+    }  # `retries` (default 0) left out
+    assert inputs["uploads"] == [{"file": "/a", "content": "x", "__defaults": []}]
 
 
 def test_check_refuses_what_it_does_not_model_and_invalid_values():

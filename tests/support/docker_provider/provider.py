@@ -165,7 +165,7 @@ def _diff_response(result: diffing.Diff) -> px.DiffResponse:
 
 def _preview_state(type_: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """A planned create: the inputs; computed attributes not given are unknown."""
-    state = dict(inputs)
+    state: dict[str, Any] = diffing.without_defaults(dict(inputs))
     for key, prop in SCHEMAS[type_].items():
         if prop.computed and diffing.is_zero(state.get(key)):
             state[key] = diffing.UNKNOWN
@@ -263,6 +263,9 @@ class DockerProvider(px.Provider):
 
     async def create(self, request: px.CreateRequest) -> px.CreateResponse:
         type_, inputs = _type(request), plain_map(request.properties)
+        if type_ != IMAGE:
+            # The provider works on Terraform's config, which has no `__defaults`.
+            inputs = diffing.without_defaults(inputs)
         timeout = request.timeout or DEFAULT_TIMEOUT
         if type_ == IMAGE:
             if request.preview and not inputs.get("buildOnPreview"):
