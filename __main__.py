@@ -1,11 +1,13 @@
 """`pulumi up` entry point: validated config -> VllmCluster -> stack outputs."""
 
+import atexit
 import os
 import signal
 import sys
 from types import FrameType
 
 import pulumi
+from pulumi.runtime.settings import _get_rpc_manager
 
 from components.config.problems import ConfigError
 from components.shell.program import deploy
@@ -27,7 +29,20 @@ def _stop_quietly(signum: int, frame: FrameType | None) -> None:
     os._exit(1)
 
 
+def _said_next() -> None:
+    """When the program ended before the engine's SIGINT: the SDK raised "Resource
+    monitor has terminated" (pulumi 3.272.0 runtime/settings.py:342-345), which the
+    language host logs as one line; say what to do next after it."""
+    try:
+        failure = _get_rpc_manager().unhandled_exception
+    except AttributeError:
+        return
+    if isinstance(failure, pulumi.RunError) and "monitor has terminated" in str(failure):
+        print(STOPPED, file=sys.stderr, flush=True)
+
+
 signal.signal(signal.SIGINT, _stop_quietly)
+atexit.register(_said_next)
 
 try:
     outputs = deploy()
