@@ -1080,7 +1080,12 @@ def test_a_refused_start_is_kept_with_its_init_error(client, names, offline, tmp
             image=image,
             command=["sleep", "infinity"],
             ports=[pd.ContainerPortArgs(internal=8000, external=port, ip="127.0.0.1")],
-            opts=pulumi.ResourceOptions(replace_on_changes=["#initerror"] if retry else None),
+            # The provider's Diff finds no change, so only the program's flag makes
+            # the engine's replacement delete first (BR:1275-1276); the name is taken.
+            opts=pulumi.ResourceOptions(
+                replace_on_changes=["#initerror"] if retry else None,
+                delete_before_replace=True,
+            ),
         )
 
     stack = auto.create_stack(

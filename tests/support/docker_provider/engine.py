@@ -413,7 +413,10 @@ def create_container(api: docker.APIClient, inputs: Mapping[str, Any], timeout: 
     find_image(api, str(inputs["image"]), "")
     body = container_body(inputs, _api_at_least(api, "1.44"))
     raw: Any = api  # docker-py leaves create_container_from_config untyped
-    created = raw.create_container_from_config(body, name=str(inputs["name"]))
+    try:
+        created = raw.create_container_from_config(body, name=str(inputs["name"]))
+    except docker.errors.APIError as exc:  # CF:456-458
+        raise ProviderError(f"Unable to create container: {daemon_error(exc)}") from exc
     container_id = str(created["Id"])
     try:
         networks = list(inputs.get("networksAdvanced") or [])
