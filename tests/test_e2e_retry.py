@@ -125,6 +125,8 @@ def test_a_replica_port_held_then_freed(
             "Unable to start container: Error response from daemon:",
             "address already in use",
         )
+        said = [x.strip() for x in failed.output.splitlines() if "error" in x or NEXT in x]
+        print("\n--- what the failed `up` said:\n" + "\n".join(dict.fromkeys(said)))
         # Kept, as the real provider keeps it: created, never started.
         assert client.containers.get(f"{prefix}0").status == "created"
         held_port.close()
