@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from components.config.sections import LoadBalancerSettings
 from components.config.values import safe_token
 from components.lb.directives import check_positive, checked, d
+from components.lb.errors import error_pages
 from components.lb.names import API_PREFIX, Directive
 from components.lb.njs import (
     MODELS_HANDLER,
@@ -33,7 +34,6 @@ from components.lb.njs import (
     ROUTER_HANDLER,
     ROUTER_MODULE,
     ROUTER_SCRIPT,
-    ROUTING_TABLE_SCRIPT,
     prefix_script,
     router_script,
 )
@@ -43,7 +43,6 @@ from components.lb.pools import (
     fallback_upstream_name,
     is_prefix_pool,
     location_name,
-    routing_table_script,
     upstream_name,
 )
 from components.lb.upstreams import pool_policy_directives, upstream_blocks
@@ -124,6 +123,7 @@ def router_locations(
         main = [d("proxy_request_buffering", "on")]
         if is_prefix_pool(pool):
             main.append(d("error_page", "502", "=", fallback_location_name(pool)))
+            main.extend(error_pages(lb, except_=(502,)))
         main.append(d("proxy_pass", f"http://{upstream_name(pool)}"))
         out.append(d("location", location_name(pool), block=main))
         if is_prefix_pool(pool):
@@ -141,10 +141,10 @@ def router_locations(
 
 
 def router_files(prefix_script_path: str, pools: Sequence[ModelPool]) -> dict[str, str]:
-    """router.js, prefix.js (it imports it) and the generated models.js, side by side."""
+    """router.js and prefix.js (it imports it), beside the generated models.js
+    (`health.models_script`, which also carries the routing table)."""
     directory = script_dir(prefix_script_path)
     return {
         posixpath.join(directory, ROUTER_SCRIPT): router_script(),
         posixpath.join(directory, PREFIX_SCRIPT): prefix_script(),
-        posixpath.join(directory, ROUTING_TABLE_SCRIPT): routing_table_script(pools),
     }

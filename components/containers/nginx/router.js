@@ -233,7 +233,7 @@ function route(r) {
 function models(r) {
     if (r.method !== 'GET' && r.method !== 'HEAD') {
         r.headersOut['Allow'] = 'GET';
-        sendJson(r, 405, { detail: 'Method Not Allowed' });
+        sendJson(r, 405, { error: { message: 'Method not allowed: use GET for /v1/models.', type: 'MethodNotAllowedError', param: null, code: 405 } });
         return;
     }
     const created = Math.floor(Date.now() / 1000);
