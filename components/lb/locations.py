@@ -83,7 +83,9 @@ def api_key_maps() -> list[Directive]:
     any case and compares the rest byte for byte with the key
     (`authenticate.py`, `verify_token`). The regex map does the same: the
     scheme case-insensitively, followed by one space, and the rest captured
-    as it is; the result is `Bearer <rest>`, compared byte for byte with
+    as it is (trailing tabs dropped, which nginx keeps and the replica's HTTP
+    parser strips, as it does spaces); the result is `Bearer <rest>`, compared
+    byte for byte with
     `Bearer <key>` from the key file. A regex, never a string key: nginx
     matches a map's string keys ignoring case, which would accept the key
     in any case. vLLM never asks OPTIONS for the key (CORS preflights), so
@@ -94,7 +96,7 @@ def api_key_maps() -> list[Directive]:
             "map",
             "$http_authorization",
             AUTHORIZATION_VARIABLE,
-            block=[d("default", ""), d("~*^bearer (.*)$", "Bearer $1")],
+            block=[d("default", ""), d("~*^bearer (.*?)[ \t]*$", "Bearer $1")],
         ),
         d(
             "map",

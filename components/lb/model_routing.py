@@ -24,7 +24,7 @@ from components.config.sections import LoadBalancerSettings
 from components.config.values import safe_token
 from components.lb.directives import check_positive, checked, d
 from components.lb.errors import error_pages
-from components.lb.names import API_PREFIX, Directive
+from components.lb.names import API_PREFIX, BODY_BUFFER, Directive
 from components.lb.njs import (
     MODELS_HANDLER,
     POOL_VARIABLE,
@@ -74,6 +74,12 @@ def pool_upstreams(
     ]
 
 
+# A body announced at 1,000,000 bytes or more is routed from its temp file.
+BODY_TO_FILE_VARIABLE = "$lb_body_to_file"
+BODY_TO_FILE_STATUS = "418"
+BODY_FILE_LOCATION = "@lb_router_file"
+
+
 def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Directive]:
     """The router module and the variables it shares with the config."""
     router = posixpath.join(script_dir(prefix_script_path), ROUTER_SCRIPT)
@@ -84,6 +90,12 @@ def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Direc
         d("js_var", PREFIX_CHARS_VARIABLE, chars),
         # The pool that took the request, for the metrics log; empty on a 404.
         d("js_var", POOL_VARIABLE),
+        d(
+            "map",
+            "$http_content_length",
+            BODY_TO_FILE_VARIABLE,
+            block=[d("default", ""), d("~^[0-9]{7,}$", "1")],
+        ),
     ]
 
 
@@ -92,12 +104,18 @@ def router_locations(
 ) -> list[Directive]:
     """`/v1/` runs the router, `= /v1/models` lists the models; a named location per pool.
 
-    The router can only read a body nginx kept in memory (nginx unlinks its
-    temp files at once), so the body buffer of `/v1/` is as large as the
-    largest body accepted (`maxBodySizeMb`): an image or audio upload is
-    routed as well as a short chat. nginx allocates it only as large as each
-    body whose length is announced; the memory a body takes is what its
-    temp file would have taken on disk.
+    The body buffer of `/v1/` is 1 MB (`names.BODY_BUFFER`), not the largest
+    body accepted, so a slow or stalled upload holds at most that in memory
+    however large it announces itself (bench/capacity measures 1,000 of
+    them). A larger body (an image or audio upload) must then be read from
+    its temp file, and nginx unlinks a body's temp file as soon as it is
+    created unless `client_body_in_file_only` keeps it; njs 0.7.9 cannot read
+    an unlinked one (0.8.10 can). So a request announcing a body of 1,000,000
+    bytes or more (`Content-Length` of seven digits or more) is handed, in the
+    rewrite phase, to a named location that keeps the file until the request
+    ends (`client_body_in_file_only clean`), where the router reads it by
+    `$request_body_file`. A chunked body over the buffer is read by njs 0.8.10
+    (the image's) and names no model on 0.7.9.
 
     The API key guard runs in the rewrite phase of both, before the content
     handler reads a body. The body the router read stays the request's body
@@ -110,10 +128,20 @@ def router_locations(
             API_PREFIX,
             block=[
                 *guard,
-                d(
-                    "client_body_buffer_size",
-                    check_positive("max_body_size_mb", lb.max_body_size_mb) + "m",
-                ),
+                d("if", BODY_TO_FILE_VARIABLE, block=[d("return", BODY_TO_FILE_STATUS)]),
+                d("error_page", BODY_TO_FILE_STATUS, "=", BODY_FILE_LOCATION),
+                # Its own error_page cancels the server's JSON ones: repeated.
+                *error_pages(lb),
+                d("client_body_buffer_size", BODY_BUFFER),
+                d("js_content", ROUTER_HANDLER),
+            ],
+        ),
+        d(
+            "location",
+            BODY_FILE_LOCATION,
+            block=[
+                d("client_body_buffer_size", BODY_BUFFER),
+                d("client_body_in_file_only", "clean"),
                 d("js_content", ROUTER_HANDLER),
             ],
         ),
