@@ -230,7 +230,7 @@ def test_tls_on_the_load_balancer(tmp_path: Path) -> None:
     uploads = {u["file"]: u["content"] for u in lb.inputs["uploads"]}
     assert uploads["/etc/nginx/tls/server.crt"] == certificate
     assert uploads["/etc/nginx/tls/server.key"] == key
-    assert "listen 0.0.0.0:443 ssl;" in uploads["/etc/nginx/nginx.conf"]
+    assert "listen 0.0.0.0:443 ssl backlog=4096;" in uploads["/etc/nginx/nginx.conf"]
     assert "PRIVATE KEY" not in uploads["/etc/nginx/nginx.conf"]
     assert "uploads" in lb.secret_inputs and "uploads" in lb.additional_secret_outputs
     assert run.outputs["lb_url"] == "https://localhost:8000"

@@ -373,7 +373,7 @@ def test_defaults_fit_llm_traffic():
     http = http_of(parsed)
     assert args_of(http, "client_max_body_size") == ["100m"]
     assert args_of(find(parsed, "events")[0]["block"], "worker_connections") == ["4096"]
-    assert args_of(server, "listen") == ["0.0.0.0:80"]
+    assert args_of(server, "listen") == ["0.0.0.0:80", "backlog=4096"]
     assert args_of(parsed, "pid") == ["/tmp/nginx.pid"]
 
 
@@ -480,13 +480,13 @@ def test_no_tls_and_no_key_check_unless_asked():
     assert not names & {"include", "if"}
     # add_header only for the Retry-After of nginx's own 5xx.
     assert {d["args"][0] for d in walk(parsed) if d["directive"] == "add_header"} == {"Retry-After"}
-    assert args_of(server_of(parsed), "listen") == ["0.0.0.0:80"]
+    assert args_of(server_of(parsed), "listen") == ["0.0.0.0:80", "backlog=4096"]
 
 
 def test_tls_listens_with_ssl_modern_protocols_and_a_shared_session_cache():
     parsed = parse(render_nginx_config(LoadBalancerSettings(), UPSTREAMS, NginxRuntime(tls=TLS)))
     server = server_of(parsed)
-    assert [d["args"] for d in find(server, "listen")] == [["0.0.0.0:80", "ssl"]]
+    assert [d["args"] for d in find(server, "listen")] == [["0.0.0.0:80", "ssl", "backlog=4096"]]
     assert args_of(server, "ssl_certificate") == [TLS.certificate]
     assert args_of(server, "ssl_certificate_key") == [TLS.key]
     assert args_of(server, "ssl_protocols") == ["TLSv1.2", "TLSv1.3"]

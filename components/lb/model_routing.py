@@ -78,6 +78,7 @@ def pool_upstreams(
 BODY_TO_FILE_VARIABLE = "$lb_body_to_file"
 BODY_TO_FILE_STATUS = "418"
 BODY_FILE_LOCATION = "@lb_router_file"
+FILE_BODY_BUFFER = "64k"
 
 
 def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Directive]:
@@ -140,7 +141,9 @@ def router_locations(
             "location",
             BODY_FILE_LOCATION,
             block=[
-                d("client_body_buffer_size", BODY_BUFFER),
+                # The whole body goes to the file here: the buffer is only the
+                # unit of writing, and what a stalled upload holds in memory.
+                d("client_body_buffer_size", FILE_BODY_BUFFER),
                 d("client_body_in_file_only", "clean"),
                 d("js_content", ROUTER_HANDLER),
             ],
