@@ -85,10 +85,9 @@ def api_key_maps() -> list[Directive]:
     scheme case-insensitively, followed by one space, and the rest captured
     as it is (trailing tabs dropped, which nginx keeps and the replica's HTTP
     parser strips, as it does spaces); the result is `Bearer <rest>`, compared
-    byte for byte with
-    `Bearer <key>` from the key file. A regex, never a string key: nginx
-    matches a map's string keys ignoring case, which would accept the key
-    in any case. vLLM never asks OPTIONS for the key (CORS preflights), so
+    byte for byte with `Bearer <key>` from the key file. A regex, never a
+    string key: nginx matches a map's string keys ignoring case, which would
+    accept the key in any case. vLLM never asks OPTIONS for the key (CORS preflights), so
     neither does the balancer.
     """
     return [
@@ -211,8 +210,9 @@ def locations(
         path = checked(f"expose_paths[{index}]", path, url_path)
         if path == HEALTH_PATH or path.startswith((HEALTH_PATH + "/", INTERNAL_PREFIX)):
             raise ValueError(
-                f"expose_paths[{index}]: {HEALTH_PATH} is answered by the load balancer "
-                "itself (it reports the balancer's health, not one replica's)"
+                f"expose_paths[{index}]: {path} is answered by the load balancer itself "
+                f"({HEALTH_PATH} reports the balancer's health, not one replica's; "
+                f"{INTERNAL_PREFIX} is its internal paths)"
             )
         if path in seen:
             continue
