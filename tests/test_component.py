@@ -179,8 +179,23 @@ def test_load_balancer_after_replicas_with_rendered_config(guide: Run) -> None:
     assert lb.inputs["image"] == "@@vllm-nginx-image.imageId@@"
     assert lb.inputs["command"] == ["nginx", "-g", "daemon off;"]
     assert lb.inputs["stopSignal"] == "SIGQUIT"
-    config, _key_file = lb.inputs["uploads"]
+    config, _health, _table, _key_file = lb.inputs["uploads"]
     assert config["file"] == "/etc/nginx/nginx.conf"
+    # The balancer's /health (njs) checks the replicas, and Docker asks it.
+    assert [u["file"] for u in (_health, _table)] == [
+        "/etc/nginx/lb/health.js",
+        "/etc/nginx/lb/models.js",
+    ]
+    assert lb.inputs["healthcheck"]["tests"] == [
+        "CMD",
+        "curl",
+        "-fsS",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "9",
+        "http://127.0.0.1:80/health",
+    ]
     assert "server vllm0:8000" in config["content"]
     assert "server vllm1:8000" in config["content"]
     assert "least_conn;" in config["content"]
@@ -191,7 +206,7 @@ def test_load_balancer_after_replicas_with_rendered_config(guide: Run) -> None:
 def test_load_balancer_checks_the_api_key_itself(guide: Run) -> None:
     """The key file is uploaded as a secret; the main config only includes it."""
     lb = guide.named("vllm-lb")
-    config, key_file = lb.inputs["uploads"]
+    config, _health, _table, key_file = lb.inputs["uploads"]
     assert "include /etc/nginx/api-key.conf;" in config["content"]
     assert "APIKEY" not in config["content"]
     assert key_file["file"] == "/etc/nginx/api-key.conf"
@@ -199,7 +214,7 @@ def test_load_balancer_checks_the_api_key_itself(guide: Run) -> None:
     assert "uploads" in lb.secret_inputs
     assert "uploads" in lb.additional_secret_outputs
     plain = deploy().named("vllm-lb")
-    assert len(plain.inputs["uploads"]) == 1
+    assert len(plain.inputs["uploads"]) == 3
     assert "api-key" not in plain.inputs["uploads"][0]["content"]
 
 
@@ -216,7 +231,7 @@ def test_tls_on_the_load_balancer(tmp_path: Path) -> None:
     uploads = {u["file"]: u["content"] for u in lb.inputs["uploads"]}
     assert uploads["/etc/nginx/tls/server.crt"] == certificate
     assert uploads["/etc/nginx/tls/server.key"] == key
-    assert "listen 0.0.0.0:443 ssl;" in uploads["/etc/nginx/nginx.conf"]
+    assert "listen 0.0.0.0:443 ssl backlog=4096;" in uploads["/etc/nginx/nginx.conf"]
     assert "PRIVATE KEY" not in uploads["/etc/nginx/nginx.conf"]
     assert "uploads" in lb.secret_inputs and "uploads" in lb.additional_secret_outputs
     assert run.outputs["lb_url"] == "https://localhost:8000"
@@ -620,7 +635,12 @@ def test_config_changes_reach_nginx_by_reload_not_replacement(guide: Run) -> Non
     assert reload.inputs["triggers"] == ["@@vllm-lb.id@@"]
     assert reload.inputs["create"].endswith("-m components.steps.lb_reload --lb nginx-lb")
     files = json.loads(reload.inputs["environment"]["VLLM_NGINX_LB_FILES"])
-    assert set(files) == {"/etc/nginx/nginx.conf", "/etc/nginx/api-key.conf"}
+    assert set(files) == {
+        "/etc/nginx/nginx.conf",
+        "/etc/nginx/api-key.conf",
+        "/etc/nginx/lb/health.js",
+        "/etc/nginx/lb/models.js",
+    }
     assert "environment" in reload.secret_inputs, "the API key file is in there"
     assert {"vllm-lb", "vllm-replicas-ready"} <= dep_names(guide, reload)
     assert "vllm-lb-config" in dep_names(guide, guide.named("vllm-verify"))

@@ -22,6 +22,7 @@ import pulumi_docker as docker
 
 from components import PROJECT_DIR
 from components.config.settings import Settings
+from components.lb.health import docker_health_test
 from components.lb.nginx_conf import render_api_key_map
 from components.plan.build import build_plan
 from components.plan.model import (
@@ -261,6 +262,13 @@ class VllmCluster(pulumi.ComponentResource):
                 ],
             ],
             restart=plan.restart_policy,
+            # The balancer's /health: unhealthy while a pool has no replica that serves.
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=docker_health_test(lb.container_port, lb.url.startswith("https:")),
+                interval="10s",
+                timeout="10s",
+                retries=3,
+            ),
             destroy_grace_seconds=lb.stop_grace_seconds,
             opts=pulumi.ResourceOptions(
                 parent=self,

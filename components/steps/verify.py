@@ -9,6 +9,11 @@ With model pools (`--probe`) the load balancer answers `/v1/models` itself,
 which proves no replica answers: each name is then asked for one token (or,
 for an embedding pool, one embedding) through the load balancer, so every
 pool and adapter is shown to route to replicas that serve it.
+
+First of all it waits for the balancer's `/health` to answer 200, which it
+does only while every pool has a replica that can serve
+(components/lb/health.py); until then its 503 body names the pools that
+cannot, and that is what a failing step shows.
 """
 
 from __future__ import annotations
@@ -22,9 +27,46 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import httpx
 import openai
 
 T = TypeVar("T")
+
+
+class NotHealthyError(RuntimeError):
+    """/health never answered 200 in time; the message is its last answer."""
+
+
+def wait_healthy(
+    url: str,
+    timeout: float,
+    certificate: str | None = None,
+    progress_every: float = 15,
+) -> None:
+    """GET `<url>/health` until it answers 200, with a progress line now and then."""
+    started = time.monotonic()
+    shown = started
+    last = "no answer"
+    with _trusting(certificate) or httpx.Client() as http:
+        while True:
+            try:
+                response = http.get(f"{url.rstrip('/')}/health", timeout=10)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text.strip()[:500]}"
+            except httpx.HTTPError as err:
+                last = f"{type(err).__name__}: {err}"
+            now = time.monotonic()
+            if now - started > timeout:
+                raise NotHealthyError(last)
+            if now - shown >= progress_every:
+                shown = now
+                print(
+                    f"verify: waiting for {url}/health ({now - started:.0f}s): {last}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(1)
 
 
 def _trusting(certificate: str | None) -> openai.DefaultHttpxClient | None:
@@ -107,6 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = os.environ.get("VLLM_API_KEY")
     certificate = os.environ.get("VLLM_NGINX_LB_CERTIFICATE")
+    try:
+        wait_healthy(args.url, args.timeout, certificate)
+    except NotHealthyError as err:
+        print(
+            f"error: {args.url}/health did not answer 200 within {args.timeout:.0f}s; "
+            f"its last answer: {err}. The pools it names have no replica that can serve: "
+            "read those replicas' logs (docker logs <replica>).",
+            file=sys.stderr,
+        )
+        return 1
     try:
         models = served_models(args.url, api_key, args.timeout, certificate)
     except openai.APIError as err:
