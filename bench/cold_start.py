@@ -142,20 +142,34 @@ def _all_serving(urls: list[str], stop: threading.Event, seen: list[float]) -> N
         seen.append(time.time())
 
 
-def _container_events(
-    client: docker.DockerClient, since: float, until: float
-) -> dict[tuple[str, str], float]:
-    """(container name, action) -> when Docker did it first (its own clock, ns precision)."""
-    found: dict[tuple[str, str], float] = {}
-    for event in client.events(
-        since=int(since), until=int(until) + 1, decode=True, filters={"type": "container"}
-    ):
-        name = event.get("Actor", {}).get("Attributes", {}).get("name", "")
-        key = (name, str(event.get("Action", event.get("status", ""))))
-        when = int(event["timeNano"]) / 1e9
-        if when >= since and key not in found:
-            found[key] = when
-    return found
+class _ContainerEvents:
+    """(container name, action) -> when Docker did it first, heard live from `up`'s start.
+
+    Not asked afterwards with since/until: dockerd replays only its last 256 events
+    (docs/benchmarks.md), and the replicas' health-check execs push the job's out.
+    """
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.first: dict[tuple[str, str], float] = {}
+        self._stream = client.events(
+            decode=True, filters={"type": "container", "event": ["create", "die"]}
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._stream:
+                name = event.get("Actor", {}).get("Attributes", {}).get("name", "")
+                key = (name, str(event.get("Action", event.get("status", ""))))
+                self.first.setdefault(key, int(event["timeNano"]) / 1e9)
+        except Exception:  # the stream closed under the reader: the run is over
+            return
+
+    def close(self) -> dict[tuple[str, str], float]:
+        self._stream.close()
+        self._thread.join(timeout=5)
+        return dict(self.first)
 
 
 def ours(
@@ -169,6 +183,7 @@ def ours(
             seen: list[float] = []
             stop = threading.Event()
             watcher = threading.Thread(target=_all_serving, args=(urls, stop, seen))
+            heard = _ContainerEvents(client)
             started = time.time()
             watcher.start()
             try:
@@ -176,11 +191,11 @@ def ours(
             finally:
                 stop.set()
                 watcher.join()
+                events = heard.close()
             finished = time.time()
             assert seen, "`pulumi up` ended before every replica served"
             ready = seen[0]
             downloads = _downloads(client)
-            events = _container_events(client, started, finished)
         finally:
             stack.destroy()
     job_created, job_died = events[(JOB, "create")], events[(JOB, "die")]
@@ -261,7 +276,7 @@ def update(client: docker.DockerClient, replicas: int) -> dict[str, Any]:
         try:
             deployed = deploy(directory, replicas)
             # The replicas run now, so the program declares the waves
-            # (components.shell.serving).
+            # (components.deployment.serving).
             deployed.write_config(stack(replicas, "2"))
             with streaming_load(LB_URL, API_KEY, workers=2 * replicas, tokens=TOKENS) as streams:
                 time.sleep(2)

@@ -145,7 +145,8 @@ def test_replicas_as_in_the_guide(guide: Run) -> None:
         assert health["interval"] == "10s"
         assert health["timeout"] == "5s"
         assert health["startInterval"] == "0s"
-        assert replica.replace_on_changes == ["healthcheck"]
+        # A start the daemon refused is retried by replacement (docs/failed-up.md).
+        assert replica.replace_on_changes == ["healthcheck", "#initerror"]
         assert replica.delete_before_replace
     assert "HF_HUB_OFFLINE=1" in r0.inputs["envs"]
     assert "HF_HUB_OFFLINE=1" in r1.inputs["envs"]
@@ -213,8 +214,23 @@ def test_load_balancer_after_replicas_with_rendered_config(guide: Run) -> None:
     assert lb.inputs["image"] == "@@vllm-nginx-image.imageId@@"
     assert lb.inputs["command"] == ["nginx", "-g", "daemon off;"]
     assert lb.inputs["stopSignal"] == "SIGQUIT"
-    config, _key_file = lb.inputs["uploads"]
+    config, _health, _table, _key_file = lb.inputs["uploads"]
     assert config["file"] == "/etc/nginx/nginx.conf"
+    # The balancer's /health (njs) checks the replicas, and Docker asks it.
+    assert [u["file"] for u in (_health, _table)] == [
+        "/etc/nginx/lb/health.js",
+        "/etc/nginx/lb/models.js",
+    ]
+    assert lb.inputs["healthcheck"]["tests"] == [
+        "CMD",
+        "curl",
+        "-fsS",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "9",
+        "http://127.0.0.1:80/health",
+    ]
     assert "server vllm0:8000" in config["content"]
     assert "server vllm1:8000" in config["content"]
     assert "least_conn;" in config["content"]
@@ -225,7 +241,7 @@ def test_load_balancer_after_replicas_with_rendered_config(guide: Run) -> None:
 def test_load_balancer_checks_the_api_key_itself(guide: Run) -> None:
     """The key file is uploaded as a secret; the main config only includes it."""
     lb = guide.named("vllm-lb")
-    config, key_file = lb.inputs["uploads"]
+    config, _health, _table, key_file = lb.inputs["uploads"]
     assert "include /etc/nginx/api-key.conf;" in config["content"]
     assert "APIKEY" not in config["content"]
     assert key_file["file"] == "/etc/nginx/api-key.conf"
@@ -233,7 +249,7 @@ def test_load_balancer_checks_the_api_key_itself(guide: Run) -> None:
     assert "uploads" in lb.secret_inputs
     assert "uploads" in lb.additional_secret_outputs
     plain = deploy().named("vllm-lb")
-    assert len(plain.inputs["uploads"]) == 1
+    assert len(plain.inputs["uploads"]) == 3
     assert "api-key" not in plain.inputs["uploads"][0]["content"]
 
 
@@ -250,7 +266,7 @@ def test_tls_on_the_load_balancer(tmp_path: Path) -> None:
     uploads = {u["file"]: u["content"] for u in lb.inputs["uploads"]}
     assert uploads["/etc/nginx/tls/server.crt"] == certificate
     assert uploads["/etc/nginx/tls/server.key"] == key
-    assert "listen 0.0.0.0:443 ssl;" in uploads["/etc/nginx/nginx.conf"]
+    assert "listen 0.0.0.0:443 ssl backlog=4096;" in uploads["/etc/nginx/nginx.conf"]
     assert "PRIVATE KEY" not in uploads["/etc/nginx/nginx.conf"]
     assert "uploads" in lb.secret_inputs and "uploads" in lb.additional_secret_outputs
     assert run.outputs["lb_url"] == "https://localhost:8000"
@@ -649,11 +665,17 @@ def test_update_waves_keep_half_serving_only_once_replicas_run() -> None:
 def test_config_changes_reach_nginx_by_reload_not_replacement(guide: Run) -> None:
     lb = guide.named("vllm-lb")
     assert lb.ignore_changes == ["uploads"]
+    assert lb.replace_on_changes == ["#initerror"]
     reload = guide.named("vllm-lb-config")
     assert reload.inputs["triggers"] == ["@@vllm-lb.id@@"]
     assert reload.inputs["create"].endswith("-m components.steps.lb_reload --lb nginx-lb")
     files = json.loads(reload.inputs["environment"]["VLLM_NGINX_LB_FILES"])
-    assert set(files) == {"/etc/nginx/nginx.conf", "/etc/nginx/api-key.conf"}
+    assert set(files) == {
+        "/etc/nginx/nginx.conf",
+        "/etc/nginx/api-key.conf",
+        "/etc/nginx/lb/health.js",
+        "/etc/nginx/lb/models.js",
+    }
     assert "environment" in reload.secret_inputs, "the API key file is in there"
     assert {"vllm-lb", "vllm-replicas-ready"} <= dep_names(guide, reload)
     assert "vllm-lb-config" in dep_names(guide, guide.named("vllm-verify"))

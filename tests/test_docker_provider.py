@@ -40,7 +40,14 @@ from pulumi.provider.experimental import provider as px
 from tests.support.docker_engine import REPO_ROOT, base_image
 from tests.support.docker_provider import diffing, engine, godur, native_image
 from tests.support.docker_provider.diffing import UNKNOWN, Kind
-from tests.support.docker_provider.provider import DockerProvider, plain_map, wrap_map
+from tests.support.docker_provider.provider import (
+    REMOTE_IMAGE,
+    TIMEOUT_KEY,
+    DockerProvider,
+    meta,
+    plain_map,
+    wrap_map,
+)
 from tests.support.docker_provider.schema import CONTAINER
 from tests.support.pulumi_engine import toolchain_bin
 
@@ -127,11 +134,20 @@ def test_check_fills_in_the_schema_defaults():
     inputs = checked(CONTAINER_T, {"name": "c", "image": "i", "ports": [{"internal": 80}]})
     assert inputs["restart"] == "no"  # C:230-236
     assert inputs["mustRun"] is True  # C:122-127
-    assert inputs["wait"] is False and inputs["waitTimeout"] == 60  # C:79-91
+    assert inputs["waitTimeout"] == 60  # C:79-91
     assert inputs["start"] is True and inputs["removeVolumes"] is True
     assert inputs["networkMode"] == "bridge"
-    assert inputs["ports"] == [{"internal": 80, "ip": "0.0.0.0", "protocol": "tcp"}]
+    assert inputs["ports"] == [
+        {"internal": 80, "ip": "0.0.0.0", "protocol": "tcp", "__defaults": ["ip", "protocol"]}
+    ]
     assert "destroyGraceSeconds" not in inputs  # no default: a 0 s stop (CF:1085-1097)
+    # A falsy default is left out (BR schema.go:956-967, 991-1006); the names
+    # filled are listed in `__defaults` (schema.go:982-986).
+    for falsy in ("wait", "attach", "rm", "tty", "logs", "privileged"):
+        assert falsy not in inputs, falsy
+    assert {"mustRun", "restart", "start", "waitTimeout"} <= set(inputs["__defaults"])
+    assert inputs["__defaults"] == sorted(inputs["__defaults"])
+    assert not set(inputs["__defaults"]) & {"name", "image", "ports"}
 
 
 def test_check_fills_in_nested_defaults_of_the_health_check_and_uploads():
@@ -150,9 +166,9 @@ def test_check_fills_in_nested_defaults_of_the_health_check_and_uploads():
         "timeout": "0s",
         "startPeriod": "0s",
         "startInterval": "0s",
-        "retries": 0,
-    }
-    assert inputs["uploads"] == [{"file": "/a", "content": "x", "executable": False}]
+        "__defaults": ["interval", "startInterval", "startPeriod", "timeout"],
+    }  # `retries` (default 0) left out
+    assert inputs["uploads"] == [{"file": "/a", "content": "x", "__defaults": []}]
 
 
 def test_check_refuses_what_it_does_not_model_and_invalid_values():
@@ -236,7 +252,8 @@ def test_a_non_canonical_duration_is_a_change_on_every_up_but_not_a_replacement(
     )
     result = diffing.diff(CONTAINER_T, state, news)
     assert result.diffs == ["healthcheck"]
-    assert result.detailed == {"healthcheck": Kind.UPDATE}
+    # The detailed diff names the field (BR diff.go:60-170; a one-item block).
+    assert result.detailed == {"healthcheck.startPeriod": Kind.UPDATE}
     assert result.replaces == [] and result.delete_before_replace is False
 
 
@@ -244,8 +261,63 @@ def test_a_changed_env_replaces_the_container_deleting_first():
     state = read_back(checked(CONTAINER_T, replica()))
     result = diffing.diff(CONTAINER_T, state, checked(CONTAINER_T, replica(envs=["A=2"])))
     assert result.replaces == ["envs"]
-    assert result.detailed == {"envs": Kind.UPDATE_REPLACE}
+    # By element (BR diff.go:360-420): the state's elements the config lacks by
+    # their index there, then the config's new one at an index already named (an
+    # update), and the set whole since its length changed (provider.go's
+    # collectionDiffs).
+    assert result.detailed == {
+        "envs[0]": Kind.UPDATE_REPLACE,
+        "envs[1]": Kind.DELETE_REPLACE,
+        "envs": Kind.UPDATE,
+    }
     assert result.delete_before_replace is True  # pulumi-docker resources.go:112-114
+
+
+def test_the_detailed_diff_names_elements_and_fields():
+    """An env added to a set of three is `envs[3]`; a changed published port
+    `ports[0].external`; the engine's replaceOnChanges still sees them under
+    their top-level key (`diffs`)."""
+    state = read_back(checked(CONTAINER_T, replica(envs=["A=1", "B=2", "C=3"])))
+    added = diffing.diff(
+        CONTAINER_T, state, checked(CONTAINER_T, replica(envs=["A=1", "B=2", "C=3", "D=4"]))
+    )
+    assert added.detailed == {"envs[3]": Kind.ADD_REPLACE, "envs": Kind.UPDATE}
+    assert added.diffs == ["envs"]
+    moved = replica(
+        envs=["A=1", "B=2", "C=3"],
+        ports=[{"internal": 8000, "external": 18002, "ip": "127.0.0.1"}],
+    )
+    result = diffing.diff(CONTAINER_T, state, checked(CONTAINER_T, moved))
+    assert result.detailed == {"ports[0].external": Kind.UPDATE_REPLACE}
+    assert result.replaces == ["ports"]
+
+
+def test_a_refresh_of_a_stopped_container_rewrites_its_inputs():
+    """BR Read stores the inputs it had, each with the read state's value
+    (schema.go:1718-1800, 2012-2022): `mustRun` false, `ports` empty; what the
+    state lacks is dropped; what Read does not read (envs) stays."""
+    inputs = checked(CONTAINER_T, replica())
+    stopped = {**read_back(inputs), "mustRun": False, "ports": []}
+    stopped.pop("destroyGraceSeconds")
+    refreshed = diffing.refreshed_inputs(CONTAINER_T, inputs, stopped)
+    assert inputs["mustRun"] is True and inputs["ports"]
+    assert refreshed["mustRun"] is False
+    assert refreshed["ports"] == []
+    assert "destroyGraceSeconds" not in refreshed
+    assert refreshed["envs"] == inputs["envs"]
+    assert set(refreshed) <= set(inputs)
+
+
+def test_the_state_carries_the_timeouts_the_engine_gave():
+    """A RemoteImage created with the program's 90 min pull timeout: `__meta` has
+    it for create, the 20 min defaults for the rest (BR:1340-1352; I:10-12),
+    written as Go's json.Marshal writes a map."""
+    written = meta(REMOTE_IMAGE, "create", 90 * 60)["__meta"]
+    assert written == (
+        '{"e2bfb730-ecaa-11e6-8f88-34363bc7c4c0":{"create":5400000000000,'
+        '"delete":1200000000000,"update":1200000000000},"schema_version":"0"}'
+    )
+    assert meta(NETWORK_T, "create", 0) == {}
 
 
 def test_sets_ignore_order_and_lists_do_not():
@@ -629,6 +701,11 @@ def test_provider_create_reads_back_to_no_change_and_deletes(client, names):
         "stopSignal": "SIGTERM",
     }
     container_id, inputs, state = create(CONTAINER_T, declared)
+    # The state's shape: the timeouts and schema version in `__meta` (C:12-14, 26).
+    assert json.loads(state["__meta"]) == {
+        TIMEOUT_KEY: {"create": 1200000000000, "delete": 1200000000000, "update": 1200000000000},
+        "schema_version": "2",
+    }
     assert state["healthcheck"]["interval"] == "1m30s"  # read back as Go prints it
     assert state["image"] == image["imageId"]  # sha256: IDs read back as container.Image
     live = client.containers.get(names["container"])
@@ -980,3 +1057,93 @@ def test_the_real_engine_applies_the_programs_resource_options(
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(image_name)  # docker.Image's delete leaves it (PD:490-496)
     stack.workspace.remove_stack("options")
+
+
+@pytest.mark.docker
+def test_a_refused_start_is_kept_with_its_init_error(client, names, offline, tmp_path):
+    """The container stays, `created`, and in the engine's state with the daemon's
+    error as an init error (CF:456-460, 584-588; BR:1361-1376, 2073-2081). The
+    next `up` only updates it, which never starts it (CF:997-1012): the real
+    provider's behaviour users met. With `#initerror` in `replace_on_changes`
+    (what the program declares) the engine replaces it instead, and it runs."""
+    cli = auto.PulumiCommand(root=str(toolchain_bin().parent))
+    port = _free_port()
+    image = base_image(client)
+
+    def program() -> None:
+        import pulumi_docker as pd
+
+        retry = pulumi.Config().get_bool("retry") or False
+        pd.Container(
+            "web",
+            name=names["container"],
+            image=image,
+            command=["sleep", "infinity"],
+            ports=[pd.ContainerPortArgs(internal=8000, external=port, ip="127.0.0.1")],
+            # The provider's Diff finds no change, so only the program's flag makes
+            # the engine's replacement delete first (BR:1275-1276); the name is taken.
+            opts=pulumi.ResourceOptions(
+                replace_on_changes=["#initerror"] if retry else None,
+                delete_before_replace=True,
+            ),
+        )
+
+    stack = auto.create_stack(
+        "test",
+        project_name="provider-retry",
+        program=program,
+        opts=auto.LocalWorkspaceOptions(pulumi_command=cli),
+    )
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    try:
+        with pytest.raises(auto.CommandError) as failed:
+            stack.up()
+        said = str(failed.value)
+        assert "Unable to start container: Error response from daemon:" in said, said
+        assert "address already in use" in said
+        assert "Traceback" not in said and "Unexpected <class" not in said, said
+        live = client.containers.get(names["container"])
+        assert live.status == "created"
+        (state_file,) = (tmp_path / "state").glob(".pulumi/stacks/provider-retry/test.json")
+        web = next(
+            r
+            for r in json.loads(state_file.read_text())["checkpoint"]["latest"]["resources"]
+            if r["urn"].endswith("::web")
+        )
+        assert web["id"] == live.id
+        assert "Unable to start container" in web["initErrors"][0]
+
+        holder.close()
+        # Without `#initerror`: an update that leaves it `created`.
+        up = stack.up()
+        assert up.summary.resource_changes == {"same": 1, "update": 1}, up.summary
+        assert client.containers.get(names["container"]).status == "created"
+        # With it, from the start: replaced, and running.
+        stack.destroy()
+        stack.set_config("retry", auto.ConfigValue("true"))
+        events: list[str] = []
+
+        def record(event: auto.EngineEvent) -> None:
+            if event.res_outputs_event is not None:
+                meta = event.res_outputs_event.metadata
+                if meta.urn.endswith("::web"):
+                    events.append(meta.op.value)
+
+        holder = socket.socket()
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(auto.CommandError):
+            stack.up()
+        holder.close()
+        stack.up(on_event=record)
+        assert events == ["delete-replaced", "replace", "create-replacement"], events
+        assert client.containers.get(names["container"]).status == "running"
+        stack.preview(expect_no_changes=True)
+    finally:
+        holder.close()
+        stack.destroy()
+        stack.workspace.remove_stack("test")

@@ -202,6 +202,18 @@ def _load(stop_at: float, outcomes: list[Outcome], lock: threading.Lock) -> None
             outcomes.append(outcome)
 
 
+def test_lb_health_is_the_balancers_and_docker_checks_it(deployment: Deployment) -> None:
+    """/health derived from the replicas (components/lb/health.py); Docker asks it."""
+    assert httpx.get(f"{LB}/health").json() == {"status": "ok", "pools": {"default": "up"}}
+    unknown = httpx.get(f"{LB}/nowhere.html")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == 404
+    deadline = time.monotonic() + 40
+    while deployment.container(LB_NAME).attrs["State"].get("Health", {}).get("Status") != "healthy":
+        assert time.monotonic() < deadline, "the balancer's container never became healthy"
+        time.sleep(1)
+
+
 def test_replica_dies_under_load_and_comes_back(deployment: Deployment) -> None:
     names = deployment.replica_of()
     victim = deployment.container("e2e-vllm1")

@@ -450,8 +450,11 @@ GOLDEN_CASES = {
 def test_without_pools_the_config_is_byte_for_byte_the_single_model_one(case):
     """tests/golden/single_model/ holds what the renderer produced before model
     routing existed (commit 50f4751): a stack without pools deploys exactly that.
-    One change since, on purpose: prefix.js sends a body nginx kept in a temp file
-    to the fallback without reading it, on njs 0.8.10 as on 0.7.9."""
+    Changes since, on purpose: prefix.js sends a body nginx kept in a temp file
+    to the fallback without reading it, on njs 0.8.10 as on 0.7.9; and (issue 27)
+    /health is njs with a probe per pool (health.js, models.js in every config),
+    every error nginx makes is a JSON error object (`error_page` to internal
+    locations), and the API key check reads the scheme in any case."""
     lb, runtime = GOLDEN_CASES[case]
     assert (
         render_nginx_config(lb, GOLDEN_UPSTREAMS, runtime) == (GOLDEN / f"{case}.conf").read_text()

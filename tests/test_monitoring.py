@@ -191,22 +191,24 @@ def test_prometheus_config_labels_replicas_and_sends_the_key_from_a_file() -> No
 def test_lb_config_with_the_metrics_log_passes_nginx_t() -> None:
     from components.config.sections import LoadBalancerSettings, Upstream
     from components.lb.nginx_conf import NginxRuntime, render_nginx_config
+    from tests.support.nginx import require_njs, write_extra_files
 
     binary = require_nginx()
+    require_njs()
     sandbox = make_sandbox()
-    config = render_nginx_config(
-        LoadBalancerSettings(dynamic_resolve=False),
-        [Upstream(host="127.0.0.1", port=9)],
-        NginxRuntime(
-            listen_address="127.0.0.1",
-            listen_port=18799,
-            pid_path=str(sandbox / "nginx.pid"),
-            temp_dir=str(sandbox / "tmp"),
-            error_log=str(sandbox / "error.log"),
-            access_log=str(sandbox / "access.log"),
-            metrics_syslog="127.0.0.1:18798",
-        ),
+    lb = LoadBalancerSettings(dynamic_resolve=False)
+    runtime = NginxRuntime(
+        listen_address="127.0.0.1",
+        listen_port=18799,
+        pid_path=str(sandbox / "nginx.pid"),
+        temp_dir=str(sandbox / "tmp"),
+        error_log=str(sandbox / "error.log"),
+        access_log=str(sandbox / "access.log"),
+        metrics_syslog="127.0.0.1:18798",
+        prefix_script=str(sandbox / "lb" / "prefix.js"),
     )
+    config = render_nginx_config(lb, [Upstream(host="127.0.0.1", port=9)], runtime)
+    write_extra_files(lb, runtime)
     result = check_config(binary, config, sandbox)
     assert result.returncode == 0, result.stderr
 

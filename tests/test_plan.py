@@ -104,7 +104,7 @@ def test_nginx_config_targets_replica_names() -> None:
     config = plan(replicas=3).load_balancer.config
     for name in ("vllm0", "vllm1", "vllm2"):
         assert f"server {name}:8000 " in config
-    assert "listen 0.0.0.0:80;" in config
+    assert "listen 0.0.0.0:80 backlog=4096;" in config
 
 
 def test_relative_build_context_is_resolved_against_the_project() -> None:

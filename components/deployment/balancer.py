@@ -16,7 +16,8 @@ import pulumi
 import pulumi_command as command
 import pulumi_docker as docker
 
-from components.deployment.parts import check_command, image_ref
+from components.deployment.parts import RETRY_FAILED_START, check_command, image_ref
+from components.lb.health import docker_health_test
 from components.plan.model import CheckPlan, LoadBalancerPlan
 from components.steps.lb_reload import FILES_ENV as LB_FILES_ENV
 
@@ -89,6 +90,13 @@ class LoadBalancer(pulumi.ComponentResource):
                 *secret_uploads,
             ],
             restart=args.restart_policy,
+            # The balancer's /health: unhealthy while a pool has no replica that serves.
+            healthcheck=docker.ContainerHealthcheckArgs(
+                tests=docker_health_test(lb.container_port, lb.url.startswith("https:")),
+                interval="10s",
+                timeout="10s",
+                retries=3,
+            ),
             destroy_grace_seconds=lb.stop_grace_seconds,
             opts=child(
                 provider=args.provider,
@@ -99,6 +107,7 @@ class LoadBalancer(pulumi.ComponentResource):
                 # Uploads are force-new: a changed config would replace nginx and
                 # drop its connections; `config` puts it in and reloads instead.
                 ignore_changes=["uploads"],
+                replace_on_changes=[RETRY_FAILED_START],
             ),
         )
         files: dict[str, pulumi.Input[str]] = {lb.config_path: lb.config, **lb.files}

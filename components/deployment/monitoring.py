@@ -117,6 +117,8 @@ class Monitoring(pulumi.ComponentResource):
                     depends_on=after,
                     delete_before_replace=True,
                     additional_secret_outputs=["uploads"] if spec.secret_uploads else None,
+                    # A failed start is retried by replacement (parts.RETRY_FAILED_START).
+                    replace_on_changes=["#initerror"],
                 ),
             ),
         )

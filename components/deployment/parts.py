@@ -12,6 +12,11 @@ import pulumi_docker as docker
 
 from components.plan.model import CheckPlan, ImagePlan
 
+RETRY_FAILED_START = "#initerror"
+"""A container whose start failed is kept in state with its init error, and the
+next `up` would only update it, which never starts it; with this path in
+`replace_on_changes` the engine replaces it instead (docs/failed-up.md)."""
+
 
 def image_ref(
     resource_name: str, image: ImagePlan, opts: pulumi.ResourceOptions

@@ -19,7 +19,7 @@ import pulumi_command as command
 import pulumi_docker as docker
 
 from components.deployment.engine import Engine
-from components.deployment.parts import check_command
+from components.deployment.parts import RETRY_FAILED_START, check_command
 from components.plan.model import (
     CachePlan,
     CanaryPlan,
@@ -266,7 +266,7 @@ class Pool(pulumi.ComponentResource):
                 additional_secret_outputs=["envs"],
                 # The provider neither replaces nor updates a container whose
                 # health check changed; replacing is the only way it takes effect.
-                replace_on_changes=["healthcheck"],
+                replace_on_changes=["healthcheck", RETRY_FAILED_START],
             ),
         )
 

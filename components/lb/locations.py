@@ -8,13 +8,17 @@ from collections.abc import Sequence
 
 from components.config.sections import LoadBalancerSettings
 from components.lb.directives import d
+from components.lb.errors import error_locations, error_pages
+from components.lb.health import INTERNAL_PREFIX, health_locations
 from components.lb.model_routing import router_locations
 from components.lb.names import (
     API_PREFIX,
+    AUTHORIZATION_VARIABLE,
     EXPECTED_AUTHORIZATION_VARIABLE,
     FALLBACK_UPSTREAM_NAME,
     HEALTH_PATH,
     PREFIX_BODY_BUFFER,
+    PRESENTED_AUTHORIZATION_VARIABLE,
     UNAUTHORIZED_BODY,
     UPSTREAM_NAME,
     Directive,
@@ -69,29 +73,56 @@ def proxy_settings(lb: LoadBalancerSettings) -> list[Directive]:
     ]
 
 
+def api_key_maps() -> list[Directive]:
+    """The `Authorization` header read as vLLM reads it (docs/vllm.md).
+
+    vLLM splits the value at its first space, takes the scheme `bearer` in
+    any case and compares the rest byte for byte with the key
+    (`authenticate.py`, `verify_token`). The regex map does the same: the
+    scheme case-insensitively, followed by one space, and the rest captured
+    as it is (trailing tabs dropped, which nginx keeps and the replica's HTTP
+    parser strips, as it does spaces); the result is `Bearer <rest>`, compared
+    byte for byte with `Bearer <key>` from the key file. A regex, never a
+    string key: nginx matches a map's string keys ignoring case, which would
+    accept the key in any case. vLLM never asks OPTIONS for the key (CORS preflights), so
+    neither does the balancer.
+    """
+    return [
+        d(
+            "map",
+            "$http_authorization",
+            AUTHORIZATION_VARIABLE,
+            block=[d("default", ""), d("~*^bearer (.*?)[ \t]*$", "Bearer $1")],
+        ),
+        d(
+            "map",
+            "$request_method",
+            PRESENTED_AUTHORIZATION_VARIABLE,
+            block=[
+                d("default", AUTHORIZATION_VARIABLE),
+                d("OPTIONS", EXPECTED_AUTHORIZATION_VARIABLE),
+            ],
+        ),
+    ]
+
+
 def api_key_guard() -> list[Directive]:
     """Answer 401 in the rewrite phase, before an upstream is even chosen.
 
-    A byte-exact `if ... !=` and not a `map` lookup on the header: nginx
-    matches a map's string keys ignoring case, which would accept
-    `bearer <KEY>` for `Bearer <key>`, so a key in any case. An `if` in a
-    location that ends the request with `return` is one of the uses nginx
-    documents as safe (the `add_header` beside it only shapes that 401).
+    A byte-exact `if ... !=` of the header as vLLM reads it (`api_key_maps`)
+    against the expected value. An `if` in a location that ends the request
+    with `return` is one of the uses nginx documents as safe (the
+    `add_header` beside it only shapes that 401).
 
     Only `Authorization: Bearer <key>` counts (what the OpenAI clients send
     and vLLM's `--api-key` checks): no `x-api-key`, no query parameter.
     nginx answers 400 to a request with two Authorization headers, so no
     client can make the balancer and the replica read different ones.
-
-    The empty `types` makes the 401 `application/json` even for a path with an
-    extension nginx knows (`.html`); proxied responses keep the replica's type.
     """
     return [
-        d("types", block=[]),
-        d("default_type", "application/json"),
         d(
             "if",
-            "$http_authorization",
+            PRESENTED_AUTHORIZATION_VARIABLE,
             "!=",
             EXPECTED_AUTHORIZATION_VARIABLE,
             block=[
@@ -103,7 +134,7 @@ def api_key_guard() -> list[Directive]:
     ]
 
 
-def prefix_locations(guard: list[Directive]) -> list[Directive]:
+def prefix_locations(lb: LoadBalancerSettings, guard: list[Directive]) -> list[Directive]:
     """`/v1/` runs the njs router; it redirects to one of two named locations.
 
     The API key check runs in the rewrite phase, before `js_content` (content
@@ -123,6 +154,8 @@ def prefix_locations(guard: list[Directive]) -> list[Directive]:
     sends that request to the least_conn upstream, where it queues at the
     least busy replica instead. A 502 from a replica is passed through as is
     (no `proxy_intercept_errors`), after `proxy_next_upstream` tried others.
+    The location's own `error_page` cancels the server's, so it repeats the
+    JSON ones for every other status.
     """
     fallback_pass = d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")
     return [
@@ -141,6 +174,7 @@ def prefix_locations(guard: list[Directive]) -> list[Directive]:
             block=[
                 d("proxy_request_buffering", "on"),
                 d("error_page", "502", "=", FALLBACK_LOCATION),
+                *error_pages(lb, except_=(502,)),
                 d("proxy_pass", f"http://{UPSTREAM_NAME}"),
             ],
         ),
@@ -163,33 +197,40 @@ def locations(
     elif is_prefix(lb):
         # Exposed paths (GET /metrics ...) carry no prompt: least_conn.
         proxied = [*guard, d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")]
-        api_locations = prefix_locations(guard)
+        api_locations = prefix_locations(lb, guard)
     else:
         proxied = [*guard, d("proxy_pass", f"http://{UPSTREAM_NAME}")]
         api_locations = [d("location", API_PREFIX, block=list(proxied))]
-    locations = [
-        *api_locations,
-        d(
-            "location",
-            "=",
-            HEALTH_PATH,
-            block=[
-                d("access_log", "off"),
-                d("default_type", "text/plain"),
-                d("return", "200", "ok\n"),
-            ],
-        ),
-    ]
+    locations = [*api_locations, *health_locations(lb, pools)]
     seen: set[str] = set()
     for index, path in enumerate(lb.expose_paths):
-        if path == HEALTH_PATH:
+        if path == HEALTH_PATH or path.startswith((HEALTH_PATH + "/", INTERNAL_PREFIX)):
             raise ValueError(
-                f"expose_paths[{index}]: {HEALTH_PATH} is answered by the load balancer "
-                "itself (it reports the balancer's health, not one replica's)"
+                f"expose_paths[{index}]: {path} is answered by the load balancer itself "
+                f"({HEALTH_PATH} reports the balancer's health, not one replica's; "
+                f"{INTERNAL_PREFIX} is its internal paths)"
             )
         if path in seen:
             continue
         seen.add(path)
         locations.append(d("location", "=", path, block=list(proxied)))
+    # The server's error_page makes this 404 the API's JSON error.
     locations.append(d("location", "/", block=[d("return", "404")]))
     return locations
+
+
+def server_errors(lb: LoadBalancerSettings) -> list[Directive]:
+    """Server-level: every response nginx makes itself is JSON (components/lb/errors.py).
+
+    The empty `types` makes it `application/json` even for a path with an
+    extension nginx knows (`.html`); proxied responses keep the replica's type.
+    `recursive_error_pages` lets a 502 of prefix_affinity's fallback, reached
+    through an `error_page` itself, still become JSON.
+    """
+    return [
+        d("types", block=[]),
+        d("default_type", "application/json"),
+        d("recursive_error_pages", "on"),
+        *error_pages(lb),
+        *error_locations(lb),
+    ]

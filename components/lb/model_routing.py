@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 from components.config.sections import LoadBalancerSettings
 from components.lb.directives import d
-from components.lb.names import API_PREFIX, Directive
+from components.lb.errors import error_pages
+from components.lb.names import API_PREFIX, BODY_BUFFER, Directive
 from components.lb.njs import (
     MODELS_HANDLER,
     POOL_VARIABLE,
@@ -32,7 +33,6 @@ from components.lb.njs import (
     ROUTER_HANDLER,
     ROUTER_MODULE,
     ROUTER_SCRIPT,
-    ROUTING_TABLE_SCRIPT,
     prefix_script,
     router_script,
 )
@@ -42,7 +42,6 @@ from components.lb.pools import (
     fallback_upstream_name,
     is_prefix_pool,
     location_name,
-    routing_table_script,
     upstream_name,
 )
 from components.lb.upstreams import pool_policy_directives, upstream_blocks
@@ -73,6 +72,13 @@ def pool_upstreams(
     ]
 
 
+# A body announced at 1,000,000 bytes or more is routed from its temp file.
+BODY_TO_FILE_VARIABLE = "$lb_body_to_file"
+BODY_TO_FILE_STATUS = "418"
+BODY_FILE_LOCATION = "@lb_router_file"
+FILE_BODY_BUFFER = "64k"
+
+
 def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Directive]:
     """The router module and the variables it shares with the config."""
     router = posixpath.join(script_dir(prefix_script_path), ROUTER_SCRIPT)
@@ -83,6 +89,12 @@ def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Direc
         d("js_var", PREFIX_CHARS_VARIABLE, chars),
         # The pool that took the request, for the metrics log; empty on a 404.
         d("js_var", POOL_VARIABLE),
+        d(
+            "map",
+            "$http_content_length",
+            BODY_TO_FILE_VARIABLE,
+            block=[d("default", ""), d("~^[0-9]{7,}$", "1")],
+        ),
     ]
 
 
@@ -91,12 +103,18 @@ def router_locations(
 ) -> list[Directive]:
     """`/v1/` runs the router, `= /v1/models` lists the models; a named location per pool.
 
-    The router can only read a body nginx kept in memory (nginx unlinks its
-    temp files at once), so the body buffer of `/v1/` is as large as the
-    largest body accepted (`maxBodySizeMb`): an image or audio upload is
-    routed as well as a short chat. nginx allocates it only as large as each
-    body whose length is announced; the memory a body takes is what its
-    temp file would have taken on disk.
+    The body buffer of `/v1/` is 1 MB (`names.BODY_BUFFER`), not the largest
+    body accepted, so a slow or stalled upload holds at most that in memory
+    however large it announces itself (bench/capacity measures 1,000 of
+    them). A larger body (an image or audio upload) must then be read from
+    its temp file, and nginx unlinks a body's temp file as soon as it is
+    created unless `client_body_in_file_only` keeps it; njs 0.7.9 cannot read
+    an unlinked one (0.8.10 can). So a request announcing a body of 1,000,000
+    bytes or more (`Content-Length` of seven digits or more) is handed, in the
+    rewrite phase, to a named location that keeps the file until the request
+    ends (`client_body_in_file_only clean`), where the router reads it by
+    `$request_body_file`. A chunked body over the buffer is read by njs 0.8.10
+    (the image's) and names no model on 0.7.9.
 
     The API key guard runs in the rewrite phase of both, before the content
     handler reads a body. The body the router read stays the request's body
@@ -109,10 +127,22 @@ def router_locations(
             API_PREFIX,
             block=[
                 *guard,
-                d(
-                    "client_body_buffer_size",
-                    str(lb.max_body_size_mb) + "m",
-                ),
+                d("if", BODY_TO_FILE_VARIABLE, block=[d("return", BODY_TO_FILE_STATUS)]),
+                d("error_page", BODY_TO_FILE_STATUS, "=", BODY_FILE_LOCATION),
+                # Its own error_page cancels the server's JSON ones: repeated.
+                *error_pages(lb),
+                d("client_body_buffer_size", BODY_BUFFER),
+                d("js_content", ROUTER_HANDLER),
+            ],
+        ),
+        d(
+            "location",
+            BODY_FILE_LOCATION,
+            block=[
+                # The whole body goes to the file here: the buffer is only the
+                # unit of writing, and what a stalled upload holds in memory.
+                d("client_body_buffer_size", FILE_BODY_BUFFER),
+                d("client_body_in_file_only", "clean"),
                 d("js_content", ROUTER_HANDLER),
             ],
         ),
@@ -122,6 +152,7 @@ def router_locations(
         main = [d("proxy_request_buffering", "on")]
         if is_prefix_pool(pool):
             main.append(d("error_page", "502", "=", fallback_location_name(pool)))
+            main.extend(error_pages(lb, except_=(502,)))
         main.append(d("proxy_pass", f"http://{upstream_name(pool)}"))
         out.append(d("location", location_name(pool), block=main))
         if is_prefix_pool(pool):
@@ -139,10 +170,10 @@ def router_locations(
 
 
 def router_files(prefix_script_path: str, pools: Sequence[ModelPool]) -> dict[str, str]:
-    """router.js, prefix.js (it imports it) and the generated models.js, side by side."""
+    """router.js and prefix.js (it imports it), beside the generated models.js
+    (`health.models_script`, which also carries the routing table)."""
     directory = script_dir(prefix_script_path)
     return {
         posixpath.join(directory, ROUTER_SCRIPT): router_script(),
         posixpath.join(directory, PREFIX_SCRIPT): prefix_script(),
-        posixpath.join(directory, ROUTING_TABLE_SCRIPT): routing_table_script(pools),
     }

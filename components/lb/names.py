@@ -33,6 +33,10 @@ LOG_FORMAT = (
 
 # The variable the API key file defines; see `render_api_key_map`.
 EXPECTED_AUTHORIZATION_VARIABLE = "$lb_expected_authorization"
+# The Authorization header as vLLM reads it, and what the guard compares
+# (the expected value itself for OPTIONS); see `locations.api_key_maps`.
+AUTHORIZATION_VARIABLE = "$lb_authorization"
+PRESENTED_AUTHORIZATION_VARIABLE = "$lb_presented_authorization"
 # Modern protocols only: TLS 1.0 and 1.1 are deprecated (RFC 8996) and every
 # OpenAI client library speaks 1.2 or 1.3.
 TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")

@@ -53,6 +53,7 @@ by string formatting; the values were checked once, by the config loader.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,11 +70,13 @@ from components.containers.exporter.lb_exporter import (
 )
 from components.containers.exporter.lb_exporter import SYSLOG_TAG as METRICS_SYSLOG_TAG
 from components.lb.directives import d, host_port
-from components.lb.locations import locations, proxy_settings
+from components.lb.health import health_http, models_script
+from components.lb.locations import api_key_maps, locations, proxy_settings, server_errors
 from components.lb.model_routing import (
     pool_upstreams,
     router_files,
     router_http,
+    script_dir,
 )
 from components.lb.names import (
     BODY_BUFFER,
@@ -88,9 +91,12 @@ from components.lb.names import (
     TlsFiles,
 )
 from components.lb.njs import (
+    HEALTH_SCRIPT,
     PREFIX_CHARS_VARIABLE,
     PREFIX_KEY_VARIABLE,
     PREFIX_MODULE,
+    ROUTING_TABLE_SCRIPT,
+    health_script,
     prefix_script,
 )
 from components.lb.pools import ModelPool
@@ -159,12 +165,16 @@ def _metrics_log(rt: NginxRuntime, pools: bool = False) -> list[Directive]:
 
 
 def main_context(
-    rt: NginxRuntime, events: list[Directive], modules: Sequence[str] = ()
+    rt: NginxRuntime,
+    events: list[Directive],
+    modules: Sequence[str] = (),
+    open_files: str | None = None,
 ) -> list[Directive]:
     return [
         # load_module must come before any block (nginx refuses it later).
         *[d("load_module", module) for module in modules],
         d("worker_processes", rt.workers),
+        *([] if open_files is None else [d("worker_rlimit_nofile", open_files)]),
         d("pid", rt.pid_path),
         # Not `info`: at that level nginx logs both values of a duplicated
         # Authorization header, i.e. the API key.
@@ -182,13 +192,20 @@ def temp_paths(rt: NginxRuntime) -> list[Directive]:
     ]
 
 
+# nginx's default accept queue on Linux is 511: a burst of new streams (10,000
+# opened over 8 s in bench/capacity) overflowed it, and every dropped SYN costs
+# its client a retransmission (1 s, then 3 s...): TTFT p50 through nginx went
+# from 54 ms to 1.2 s. The kernel caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = "backlog=4096"
+
+
 def _listen(rt: NginxRuntime) -> list[Directive]:
     if rt.tls is None:
-        return [d("listen", rt.listen)]
+        return [d("listen", rt.listen, LISTEN_BACKLOG)]
     # TLS only on the one port: a plain request to it gets nginx's 400, never
     # a redirect, since a redirect would come after the key was sent in clear.
     return [
-        d("listen", rt.listen, "ssl"),
+        d("listen", rt.listen, "ssl", LISTEN_BACKLOG),
         d("ssl_certificate", rt.tls.certificate),
         d("ssl_certificate_key", rt.tls.key),
         d("ssl_protocols", *TLS_PROTOCOLS),
@@ -285,12 +302,14 @@ def render_nginx_config(
         *(affinity_map(lb) if not pools else affinity_map(lb, [p.policy for p in pools])),
         *(_prefix_http(lb, rt) if prefix else []),
         *(router_http(lb, rt.prefix_script) if pools else []),
-        *([] if rt.api_key_map is None else [d("include", rt.api_key_map)]),
+        *health_http(rt.temp_dir, script_dir(rt.prefix_script)),
+        *([] if rt.api_key_map is None else [d("include", rt.api_key_map), *api_key_maps()]),
         *upstream_blocks,
         d(
             "server",
             block=[
                 *_listen(rt),
+                *server_errors(lb),
                 *proxy_settings(lb),
                 *locations(
                     lb,
@@ -304,7 +323,12 @@ def render_nginx_config(
         *main_context(
             rt,
             [d("worker_connections", worker_connections)],
-            modules=[rt.njs_module] if prefix or pools else (),
+            # Every connection is a file, and so are temp files and logs: without
+            # this a container's soft limit (1024 by default) caps a worker well
+            # below worker_connections (bench/capacity: 10,000 streams).
+            open_files=str(2 * int(worker_connections)),
+            # Always: /health is answered by njs (components/lb/health.py).
+            modules=[rt.njs_module],
         ),
         d("http", block=http_block),
     ]
@@ -328,16 +352,21 @@ def render_extra_files(
 ) -> dict[str, str]:
     """Files the rendered config reads besides itself: {path in the container: text}.
 
-    With `pools`, the router's njs files (router.js, prefix.js and the
-    generated models.js) in the directory of `runtime.prefix_script`.
-    Without, empty unless the policy is `prefix_affinity`, which imports its
-    njs script from `runtime.prefix_script`. The deployment uploads these next to
-    nginx.conf (they hold no secret); the module itself
-    (`runtime.njs_module`) must already be in the image.
+    Always health.js and the generated models.js (its table of pools and
+    probes; with `pools` also the router's table), in the directory of
+    `runtime.prefix_script`. With `pools`, the router's njs files (router.js,
+    prefix.js) beside them; without, prefix_affinity's script at
+    `runtime.prefix_script`. The deployment uploads these next to nginx.conf
+    (they hold no secret); the module itself (`runtime.njs_module`) must
+    already be in the image.
     """
+    directory = script_dir(runtime.prefix_script)
+    files = {
+        posixpath.join(directory, HEALTH_SCRIPT): health_script(),
+        posixpath.join(directory, ROUTING_TABLE_SCRIPT): models_script(lb, pools),
+    }
     if pools:
-        return router_files(runtime.prefix_script, pools)
-    if not is_prefix(lb):
-        return {}
-    path = runtime.prefix_script
-    return {path: prefix_script()}
+        files.update(router_files(runtime.prefix_script, pools))
+    elif is_prefix(lb):
+        files[runtime.prefix_script] = prefix_script()
+    return files

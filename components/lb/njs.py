@@ -36,3 +36,15 @@ POOL_VARIABLE = "$lb_pool"
 def router_script() -> str:
     """The text of `router.js`, as it must reach the nginx container."""
     return (CONTAINERS_DIR / "nginx" / ROUTER_SCRIPT).read_text(encoding="utf-8")
+
+
+# The balancer's /health (components/lb/health.py): health.js imports models.js,
+# which carries the health table in every config, with or without pools.
+HEALTH_SCRIPT = "health.js"
+HEALTH_MODULE = "lb_health"
+HEALTH_HANDLER = f"{HEALTH_MODULE}.health"
+
+
+def health_script() -> str:
+    """The text of `health.js`, as it must reach the nginx container."""
+    return (CONTAINERS_DIR / "nginx" / HEALTH_SCRIPT).read_text(encoding="utf-8")

@@ -58,6 +58,13 @@ def reload(client: docker.DockerClient, lb_name: str, files: Mapping[str, str]) 
         lb = client.containers.get(lb_name)
     except NotFound:
         raise ReloadError(f"load balancer {lb_name} does not exist") from None
+    if lb.status != "running":
+        # A start the daemon refused is reported on the container itself; the
+        # next `up` replaces it (docs/failed-up.md).
+        raise ReloadError(
+            f"load balancer {lb_name} is {lb.status}, not running; "
+            "fix the cause its error above names and run `pulumi up` again"
+        )
     current = {path: _read(lb, path) for path in files}
     changed = {path: text for path, text in files.items() if current[path] != text}
     if not changed:

@@ -14,6 +14,13 @@ names it and shows the end of its log: that is where vLLM says what went wrong
 (out of memory, bad argument, a file missing from the cache). While it waits
 it prints which replicas are loading, healthy or restarting, at a fixed
 interval, so a long load never looks hung.
+
+A replica that is not running when the step first looks at it was left so by
+an earlier `up` (a start the daemon refused, a crash the step reported): it is
+started once more, since the user ran `up` again after fixing the cause. A
+start the daemon refuses again fails the step at once with the daemon's words;
+nothing waits out the timeout on a container that does not run
+(docs/failed-up.md).
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 
 import docker
-from docker.errors import NotFound
+from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
 from components.steps.engine import reachable_engine
@@ -86,6 +93,26 @@ def _state(container: Container) -> tuple[str, str, int]:
     return str(state.get("Status", "unknown")), str(health), restarts
 
 
+NEXT = "fix that cause and run `pulumi up` again"
+
+
+def _start_again(container: Container, status: str, restarts: int) -> str | None:
+    """Start a replica found stopped; the daemon's refusal, or None once started.
+
+    `restart` (not `start`) for one in a restart loop: a manual start resets
+    its restart count, so a crash before this step is not counted again."""
+    try:
+        if status == "restarting":
+            container.restart(timeout=0)
+        else:
+            container.start()
+    except APIError as err:
+        explanation = err.explanation or str(err)
+        return f"Error response from daemon: {explanation}"
+    container.reload()
+    return None
+
+
 def _describe(states: Mapping[str, str]) -> str:
     """`loading: a, b; healthy: c` in a stable order."""
     groups: dict[str, list[str]] = {}
@@ -125,6 +152,7 @@ def wait_healthy(
     if progress is not None:
         progress(f"waiting for {len(names)} replica(s): {_describe(states)}")
     inspected: dict[str, float] = {}
+    seen: set[str] = set()
     while pending:
         for name in list(pending):
             answer = serves(probes[name]) if name in probes else False
@@ -142,6 +170,20 @@ def wait_healthy(
             except NotFound:
                 raise NotReady(f"replica {name}: container does not exist") from None
             status, health, restarts = _state(container)
+            if name not in seen:
+                seen.add(name)
+                if status in ("created", "exited", "restarting", "dead") or (
+                    status != "running" and restarts
+                ):
+                    refused = _start_again(container, status, restarts)
+                    if refused is not None:
+                        raise NotReady(
+                            f"replica {name} exists but is not running ({status}) and "
+                            f"could not be started: {refused}; {NEXT}"
+                        )
+                    if progress is not None:
+                        progress(f"{name} was {status} (left by an earlier `up`); started again")
+                    status, health, restarts = _state(container)
             if (answer and status == "running") or health == "healthy":
                 ready[name] = clock() - start
                 pending.remove(name)
@@ -157,10 +199,13 @@ def wait_healthy(
                 problem = f"{status} (exited {restarts + (status != 'running')} time(s))"
             elif health == "unhealthy":
                 problem = "unhealthy"
+            elif status == "created":
+                problem = "created but never started"
             if problem is not None:
                 raise NotReady(
                     f"replica {name} is {problem} before becoming ready; "
-                    f"last {log_lines} log lines:\n" + _log_tail(container, log_lines)
+                    f"last {log_lines} log lines (the cause is there; {NEXT}):\n"
+                    + _log_tail(container, log_lines)
                 )
         if not pending:
             break

@@ -1,9 +1,10 @@
 """The guide's verify step, automated: the LB answers `/v1/models` with our model.
 
-Run after nginx starts, with the official `openai` client, so a deployment that cannot
-serve fails the update instead of the first user; the API key comes from the
-environment. With pools (`--probe`) nginx answers `/v1/models` itself, so each name is
-asked for one token (or embedding) through it, proving every pool and adapter routes.
+Run after nginx starts, with the official `openai` client (the API key from the
+environment), so a deployment that cannot serve fails the update, not the first user.
+It first waits for the balancer's `/health` (200 once every pool has a replica that
+serves; the 503 body names those that do not). With pools (`--probe`) nginx answers
+`/v1/models` itself, so each name is asked for one token (or embedding) through it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,46 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import httpx
 import openai
 
 T = TypeVar("T")
+
+
+class NotHealthyError(RuntimeError):
+    """/health never answered 200 in time; the message is its last answer."""
+
+
+def wait_healthy(
+    url: str,
+    timeout: float,
+    certificate: str | None = None,
+    progress_every: float = 15,
+) -> None:
+    """GET `<url>/health` until it answers 200, with a progress line now and then."""
+    started = time.monotonic()
+    shown = started
+    last = "no answer"
+    with _trusting(certificate) or httpx.Client() as http:
+        while True:
+            try:
+                response = http.get(f"{url.rstrip('/')}/health", timeout=10)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text.strip()[:500]}"
+            except httpx.HTTPError as err:
+                last = f"{type(err).__name__}: {err}"
+            now = time.monotonic()
+            if now - started > timeout:
+                raise NotHealthyError(last)
+            if now - shown >= progress_every:
+                shown = now
+                print(
+                    f"verify: waiting for {url}/health ({now - started:.0f}s): {last}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(1)
 
 
 def _trusting(certificate: str | None) -> openai.DefaultHttpxClient | None:
@@ -102,6 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     api_key = os.environ.get("VLLM_API_KEY")
     certificate = os.environ.get("VLLM_NGINX_LB_CERTIFICATE")
+    try:
+        wait_healthy(args.url, args.timeout, certificate)
+    except NotHealthyError as err:
+        print(
+            f"error: {args.url}/health did not answer 200 within {args.timeout:.0f}s; "
+            f"its last answer: {err}. The pools it names have no replica that can serve: "
+            "read those replicas' logs (docker logs <replica>).",
+            file=sys.stderr,
+        )
+        return 1
     try:
         models = served_models(args.url, api_key, args.timeout, certificate)
     except openai.APIError as err:

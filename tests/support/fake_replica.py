@@ -63,6 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.replica.record(self.path, None)
+        if self.path == "/health":
+            # vLLM: 200, or 503 once its engine is dead; an empty body either way.
+            self.send_response(self.server.replica.health_status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self._send(200, {"replica": self.server.replica.name, "path": self.path})
 
     def do_POST(self) -> None:
@@ -131,6 +137,8 @@ class FakeReplica:
     name: str
     port: int = 0
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    health_status: int = 200
+    """What GET /health answers (503: an engine that died)."""
     _server: _Server | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -11,6 +11,7 @@ closed" into every `pulumi up`.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -31,13 +32,23 @@ def serve_plugin(
         add_servicer(server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        sys.stdout.write(f"{port}\n")
-        sys.stdout.flush()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        # The port last: the engine may signal as soon as it has read it.
+        sys.stdout.write(f"{port}\n")
+        sys.stdout.flush()
         await stop.wait()
         await server.stop(grace=1)
+        # A Go plugin is gone within milliseconds of the engine's SIGINT
+        # (pulumi sdk go/pulumi/provider/main.go:109-113, a graceful stop of a
+        # server with nothing in flight). Python's own exit (asyncio teardown,
+        # worker threads, grpc's shutdown) took 0.2-0.4 s more, which let a
+        # failed program finish before the engine interrupted it and hid the
+        # traceback users saw (docs/failed-up.md).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     asyncio.run(run())

@@ -18,9 +18,10 @@
 //
 // Only what njs 0.7.9 (Debian 12's libnginx-mod-http-js) already has:
 // js_import, js_content, js_var, relative module imports, r.requestBuffer,
-// r.variables, r.internalRedirect, Buffer, crypto.
+// r.variables, r.internalRedirect, Buffer, crypto, fs.readFileSync.
 
 import crypto from 'crypto';
+import fs from 'fs';
 import prefix from 'prefix.js';
 import table from 'models.js';
 
@@ -36,45 +37,70 @@ function notFound(r, message) {
     sendJson(r, 404, { error: { message: message, type: 'NotFoundError', param: 'model', code: 404 } });
 }
 
-// The body as bytes. The config sizes client_body_buffer_size to the largest
-// body it accepts, so every body is in memory; one nginx kept in a temp file
-// anyway cannot be read by njs 0.7.9 (it throws) and counts as naming no model;
-// njs 0.8.10 reads it from the file (its CHANGES: "reading r.requestText or
-// r.requestBuffer from a temp file"), and a body over PARSE_LIMIT is only
-// scanned for its model either way.
+// The body as bytes. A body over client_body_buffer_size (1m) is in a temp
+// file. One announced at 1,000,000 bytes or more reaches the router in the
+// location that keeps that file until the request ends, and is read from it
+// by $request_body_file (fs, on both versions). Any other (a chunked one)
+// has had its file unlinked: njs 0.8.10 reads it through r.requestBuffer (its
+// CHANGES: "reading r.requestText or r.requestBuffer from a temp file"),
+// 0.7.9 throws and the request names no model. A body over PARSE_LIMIT is
+// only scanned for its model.
 function bodyBytes(r) {
+    const file = r.variables.request_body_file;
+    if (file) {
+        try {
+            return fs.readFileSync(file);
+        } catch (e) {
+            // unlinked: below
+        }
+    }
     try {
         return r.requestBuffer;
     } catch (e) {
+        r.warn('lb_router: the request body cannot be read: ' + e);
         return undefined;
     }
 }
 
-// The value of the form field `model` in a multipart/form-data body.
+// The value of the form field `model` in a multipart/form-data body, as
+// Starlette reads a form (python-multipart): the part whose Content-Disposition
+// names `model` (quoted or not, header and parameter names in any case), the
+// last one when several do (FormData.get keeps the last).
 function multipartModel(body, contentType) {
     const found = /boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(contentType);
     if (!found) {
         return undefined;
     }
     const delimiter = '--' + (found[1] || found[2]);
+    let model;
     let at = body.indexOf(delimiter);
     while (at >= 0) {
         const headStart = at + delimiter.length + 2;
         const headEnd = body.indexOf('\r\n\r\n', headStart);
         if (headEnd < 0) {
-            return undefined;
+            return model;
         }
         const next = body.indexOf('\r\n' + delimiter, headEnd + 4);
         if (next < 0) {
-            return undefined;
+            return model;
         }
         const head = body.slice(headStart, headEnd).toString();
-        if (/^content-disposition:[ \t]*form-data;[ \t]*name="model"[ \t]*(;|$)/im.test(head)) {
-            return body.slice(headEnd + 4, next).toString();
+        const disposition = /^content-disposition:[ \t]*form-data[ \t]*;(.*)$/im.exec(head);
+        if (disposition && formName(disposition[1]) === 'model' && !/;[ \t]*filename\*?=/i.test(disposition[1])) {
+            model = body.slice(headEnd + 4, next).toString();
         }
         at = next + 2;
     }
-    return undefined;
+    return model;
+}
+
+// The `name` parameter of a Content-Disposition's parameters, quoted or not.
+function formName(params) {
+    const name = /(?:^|;)[ \t]*name[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))/i.exec(params);
+    if (!name) {
+        return undefined;
+    }
+    return name[1] !== undefined ? name[1].replace(/\\(.)/g, '$1') : name[2];
 }
 
 // Bodies up to this size are parsed whole (the prefix key needs the parsed
@@ -167,21 +193,126 @@ function scanModel(body) {
     return found;
 }
 
+// The encoding Python's json.loads(bytes) reads a body in (json.detect_encoding),
+// which is how the replica (Starlette's Request.json) decodes it.
+function detectEncoding(b) {
+    if (b.length >= 4 && ((b[0] === 0 && b[1] === 0 && b[2] === 0xfe && b[3] === 0xff) ||
+        (b[0] === 0xff && b[1] === 0xfe && b[2] === 0 && b[3] === 0))) {
+        return b[0] === 0 ? 'utf-32-be' : 'utf-32-le';
+    }
+    if (b.length >= 2 && b[0] === 0xfe && b[1] === 0xff) {
+        return 'utf-16-be';
+    }
+    if (b.length >= 2 && b[0] === 0xff && b[1] === 0xfe) {
+        return 'utf-16-le';
+    }
+    if (b.length >= 3 && b[0] === 0xef && b[1] === 0xbb && b[2] === 0xbf) {
+        return 'utf-8-sig';
+    }
+    if (b.length >= 4) {
+        if (!b[0]) {
+            return b[1] ? 'utf-16-be' : 'utf-32-be';
+        }
+        if (!b[1]) {
+            return b[2] || b[3] ? 'utf-16-le' : 'utf-32-le';
+        }
+    } else if (b.length === 2) {
+        if (!b[0]) {
+            return 'utf-16-be';
+        }
+        if (!b[1]) {
+            return 'utf-16-le';
+        }
+    }
+    return 'utf-8';
+}
+
+// UTF-16 or UTF-32 bytes as a string (a BOM, if any, dropped).
+function decodeWide(b, width, bigEndian) {
+    let start = 0;
+    const units = [];
+    for (let i = 0; i + width <= b.length; i += width) {
+        let unit;
+        if (width === 2) {
+            unit = bigEndian ? (b[i] << 8) | b[i + 1] : b[i] | (b[i + 1] << 8);
+        } else {
+            unit = bigEndian
+                ? ((b[i] << 24) | (b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]) >>> 0
+                : ((b[i + 3] << 24) | (b[i + 2] << 16) | (b[i + 1] << 8) | b[i]) >>> 0;
+        }
+        if (i === 0 && unit === 0xfeff) {
+            start = 1;
+        }
+        units.push(unit);
+    }
+    let out = '';
+    for (let i = start; i < units.length; i += 4096) {
+        const chunk = units.slice(i, i + 4096);
+        out += width === 2 ? String.fromCharCode.apply(null, chunk) : String.fromCodePoint.apply(null, chunk);
+    }
+    return out;
+}
+
+// JSON.parse, and where it refuses what Python's json accepts (NaN, Infinity,
+// -Infinity outside strings), once more with those read as null: they cannot
+// change which model is named.
+function parsePythonJson(text) {
+    try {
+        return JSON.parse(text);
+    } catch (e) {
+        let out = '';
+        let at = 0;
+        while (at < text.length) {
+            const c = text[at];
+            if (c === '"') {
+                let end = at + 1;
+                while (end < text.length && text[end] !== '"') {
+                    end += text[end] === '\\' ? 2 : 1;
+                }
+                out += text.slice(at, end + 1);
+                at = end + 1;
+            } else if (text.startsWith('NaN', at)) {
+                out += 'null';
+                at += 3;
+            } else if (text.startsWith('-Infinity', at)) {
+                out += 'null';
+                at += 9;
+            } else if (text.startsWith('Infinity', at)) {
+                out += 'null';
+                at += 8;
+            } else {
+                out += c;
+                at++;
+            }
+        }
+        return JSON.parse(out);
+    }
+}
+
 // {model, parsed}: the model named (undefined if none) and, for a JSON body
-// up to PARSE_LIMIT, the parsed body.
+// up to PARSE_LIMIT, the parsed body. A JSON body is read as the replica reads
+// it: Python's json on the bytes (encoding detected, a UTF-8 BOM skipped).
 function readRequest(r) {
     const body = bodyBytes(r);
     if (body === undefined || body === null || body.length === 0) {
         return {};
     }
     const contentType = r.headersIn['Content-Type'] || '';
-    if (/^multipart\/form-data/i.test(contentType)) {
+    if (/^[ \t]*multipart\/form-data/i.test(contentType)) {
         return { model: multipartModel(body, contentType) };
     }
-    if (body.length > PARSE_LIMIT) {
-        return { model: scanModel(body) };
+    const encoding = detectEncoding(body);
+    let text;
+    if (encoding === 'utf-8' || encoding === 'utf-8-sig') {
+        const bytes = encoding === 'utf-8' ? body : body.slice(3);
+        if (bytes.length > PARSE_LIMIT) {
+            return { model: scanModel(bytes) };
+        }
+        text = bytes.toString();
+    } else {
+        text = decodeWide(body, encoding.startsWith('utf-16') ? 2 : 4, encoding.endsWith('be'));
     }
-    const parsed = JSON.parse(body.toString());
+    const parsed = parsePythonJson(text);
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
         return {};
     }
@@ -233,7 +364,7 @@ function route(r) {
 function models(r) {
     if (r.method !== 'GET' && r.method !== 'HEAD') {
         r.headersOut['Allow'] = 'GET';
-        sendJson(r, 405, { detail: 'Method Not Allowed' });
+        sendJson(r, 405, { error: { message: 'Method not allowed: use GET for /v1/models.', type: 'MethodNotAllowedError', param: null, code: 405 } });
         return;
     }
     const created = Math.floor(Date.now() / 1000);
@@ -250,4 +381,4 @@ function models(r) {
     sendJson(r, 200, { object: 'list', data: data });
 }
 
-export default { route, models, multipartModel, scanModel };
+export default { route, models, multipartModel, scanModel, detectEncoding, parsePythonJson };

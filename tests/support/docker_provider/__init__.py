@@ -22,7 +22,7 @@ makes is appended to it as a JSON line (`provider._Trace`).
 
 Not modelled (a Check failure or an error, never a silent difference):
 inputs outside `schema` (`accepted=False` ones included), `gpus`, `attach`,
-`gwPriority`, the provider's `context` and `sshOpts`, image push and BuildKit;
-the partial-failure state of a container whose start failed (it is removed
-instead, see `engine.create_container`).
+`gwPriority`, the provider's `context` and `sshOpts`, image push and BuildKit.
+A container whose start failed is kept, in Docker and in the engine's state
+with its init error (`engine.InitFailed`), as the bridge reports it.
 """

@@ -108,6 +108,30 @@ _RESTART = re.compile(r"^(no|on-failure|always|unless-stopped)$")  # C:235
 _CPU_SET = re.compile(r"^\d+([,-]\d+)*$")  # C:883
 
 
+DEFAULTS = "__defaults"
+"""The bridge's list, in each object of the checked inputs, of the names it filled
+from a default (BR pkg/tfbridge/schema.go:133-136, `applyDefaults` 742-986;
+`reservedkeys.Defaults`)."""
+
+
+def _falsy(value: Any) -> bool:
+    """`shouldSuppressTFSchemaDefaultValue` (schema.go:991-1006): false, 0, ""."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value == 0
+    return bool(value == "")
+
+
+def without_defaults(value: Any) -> Any:
+    """`value` without the `__defaults` lists: what the provider itself works on."""
+    if isinstance(value, Mapping):
+        return {k: without_defaults(v) for k, v in value.items() if k != DEFAULTS}
+    if isinstance(value, list):
+        return [without_defaults(v) for v in value]
+    return value
+
+
 def _with_defaults(prop: Prop, value: Any) -> Any:
     """Fill nested `Default`s into an object, or into each object of a list/set."""
     if not prop.fields or not isinstance(value, Mapping | list):
@@ -120,12 +144,24 @@ def _with_defaults(prop: Prop, value: Any) -> Any:
 
 
 def _object_defaults(fields: Mapping[str, Prop], value: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in value.items() if v is not None}
+    """An object's defaults as the bridge fills them: an absent attribute gets its
+    schema `Default` unless that is falsy (left out: schema.go:956-967), and the
+    names filled are listed, sorted, in `__defaults` (schema.go:982-986)."""
+    out = {k: v for k, v in value.items() if v is not None and k != DEFAULTS}
+    filled = []
     for name, sub in fields.items():
-        if is_zero(out.get(name)) and sub.default is not None:
-            out[name] = sub.default
-        elif name in out:
+        if sub.default is None:
+            if name in out:
+                out[name] = _with_defaults(sub, out[name])
+        elif name not in out:
+            if not _falsy(sub.default):
+                out[name] = sub.default
+                filled.append(name)
+        elif out[name] == "" and not _falsy(sub.default):
+            out[name] = sub.default  # "" read as the default (`ip`'s StateFunc, C:515-522)
+        else:
             out[name] = _with_defaults(sub, out[name])
+    out[DEFAULTS] = sorted(filled)
     return out
 
 
@@ -164,18 +200,13 @@ def _validate(type_: str, inputs: Mapping[str, Any]) -> list[Failure]:
 def check(type_: str, news: Mapping[str, Any]) -> tuple[dict[str, Any], list[Failure]]:
     """The checked inputs (program inputs plus the schema's defaults) and failures."""
     props = SCHEMAS[type_]
-    inputs = {k: v for k, v in news.items() if v is not None}
+    given = {k: v for k, v in news.items() if v is not None and k != DEFAULTS}
     failures = [
         Failure(key, f"{type_} input {key!r} is not modelled by the test provider")
-        for key in inputs
+        for key in given
         if key not in props or not props[key].accepted
     ]
-    for key, prop in props.items():
-        if key not in inputs:
-            if prop.default is not None:
-                inputs[key] = prop.default
-        else:
-            inputs[key] = _with_defaults(prop, inputs[key])
+    inputs = _object_defaults(props, given)
     failures += _validate(type_, inputs)
     return inputs, failures
 
@@ -268,6 +299,58 @@ def _forces_new(prop: Prop) -> bool:
     return prop.force_new or any(_forces_new(sub) for sub in prop.fields.values())
 
 
+def _kind(base: Kind, replace: bool) -> Kind:
+    return _REPLACE[base] if replace else base
+
+
+def _element_diffs(key: str, prop: Prop, old: Any, new: Any) -> dict[str, Kind]:
+    """Where inside `key` a change is, as the bridge's detailed diff names it
+    (BR pkg/tfbridge/diff.go:60-170 `visitPropertyValue`, 169-260
+    `makePropertyDiff`, 360-420 `makeDetailedDiffExtra`): the state is visited
+    first, then the config. A one-item block (`healthcheck`, `capabilities`)
+    names its fields (`healthcheck.interval`); a list its elements by
+    position; a set the elements of the state the config lacks, by their index
+    in the state (a delete), then the config's new ones by their index there
+    (an update where the state's pass named that index, else an add); a list
+    or set whose length changed is also named whole, as an update
+    (provider.go's `collectionDiffs`). Empty when there is nothing finer than
+    `key` itself (a scalar or map)."""
+    replace = _forces_new(prop)
+    out: dict[str, Kind] = {}
+    if prop.kind == "object" and isinstance(old, Mapping) and isinstance(new, Mapping):
+        for name, field_ in prop.fields.items():
+            o, n = old.get(name), new.get(name)
+            if same(field_, o, n):
+                continue
+            base = Kind.DELETE if _absent(field_, n) else Kind.ADD if is_zero(o) else Kind.UPDATE
+            out[f"{key}.{name}"] = _kind(base, replace or _forces_new(field_))
+        return out
+    if prop.kind not in ("list", "set") or not isinstance(old, list) or not isinstance(new, list):
+        return out
+    element = Prop(kind="object", fields=prop.fields) if prop.fields else Prop()
+    if prop.kind == "list":
+        for index in range(max(len(old), len(new))):
+            path = f"{key}[{index}]"
+            if index >= len(new):
+                out[path] = _kind(Kind.DELETE, replace)
+            elif index >= len(old):
+                out[path] = _kind(Kind.ADD, replace)
+            elif not _same_element(prop, old[index], new[index]):
+                finer = _element_diffs(path, element, old[index], new[index]) if prop.fields else {}
+                out.update(finer or {path: _kind(Kind.UPDATE, replace)})
+    else:
+        for index, item in enumerate(old):
+            if not any(_same_element(prop, item, n) for n in new):
+                out[f"{key}[{index}]"] = _kind(Kind.DELETE, replace)
+        for index, item in enumerate(new):
+            if not any(_same_element(prop, o, item) for o in old):
+                path = f"{key}[{index}]"
+                out[path] = _kind(Kind.UPDATE if path in out else Kind.ADD, replace)
+    if len(old) != len(new):
+        out[key] = Kind.UPDATE
+    return out
+
+
 def diff(
     type_: str,
     olds: Mapping[str, Any],
@@ -276,6 +359,7 @@ def diff(
 ) -> Diff:
     """The bridge's Diff of state `olds` against checked inputs `news`."""
     props = SCHEMAS[type_]
+    news = without_defaults(news)
     ignored = {path.split(".", 1)[0].split("[", 1)[0] for path in ignore_changes}
     result = Diff(changes=False)
     for key, prop in props.items():
@@ -293,7 +377,10 @@ def diff(
         if _forces_new(prop):
             kind = _REPLACE[kind]
             result.replaces.append(key)
-        result.detailed[key] = kind
+        if kind in (Kind.UPDATE, Kind.UPDATE_REPLACE):
+            result.detailed.update(_element_diffs(key, prop, old, new) or {key: kind})
+        else:
+            result.detailed[key] = kind
         result.diffs.append(key)
     result.changes = bool(result.diffs)
     result.replaces.sort()
@@ -308,6 +395,7 @@ def planned_state(type_: str, olds: Mapping[str, Any], news: Mapping[str, Any]) 
     new inputs, the old value of a `Computed` attribute left out, nothing for
     any other attribute left out; outputs-only keys (`bridge`, ...) unchanged."""
     props = SCHEMAS[type_]
+    news = without_defaults(news)
     state = dict(olds)
     for key, prop in props.items():
         new = news.get(key)
@@ -316,3 +404,57 @@ def planned_state(type_: str, olds: Mapping[str, Any], news: Mapping[str, Any]) 
         elif not prop.computed:
             state.pop(key, None)
     return state
+
+
+# -- Read's inputs -----------------------------------------------------------------
+
+
+def refreshed_inputs(
+    type_: str, old_inputs: Mapping[str, Any], state: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The inputs a refresh stores (BR Read: `ExtractInputsFromOutputs` with
+    isRefresh, pkg/tfbridge/schema.go:2012-2022): only the inputs already there,
+    each given the read state's value (`extractInputs`, schema.go:1718-1800), so a
+    stopped container's `mustRun: true` becomes false and its `ports` []."""
+    return _extract_object(SCHEMAS[type_], old_inputs, state)
+
+
+def _extract_object(
+    fields: Mapping[str, Prop], old: Mapping[str, Any], new: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`extractInputsObject` (schema.go:1802-1845): a key the state lacks is
+    dropped; `__defaults` keeps the names whose value the state did not change,
+    and a refresh drops it when that leaves it empty (`deleteDefaultsKey`,
+    pkg/tfbridge/defaults.go; provider.go Read)."""
+    out: dict[str, Any] = {}
+    for key, value in old.items():
+        if key != DEFAULTS and key in new:
+            out[key] = _extract(fields.get(key), value, new[key])
+    if isinstance(old.get(DEFAULTS), list):
+        kept = sorted(k for k in old[DEFAULTS] if k in out and out[k] == old.get(k))
+        if kept:
+            out[DEFAULTS] = kept
+    return out
+
+
+def _extract(prop: Prop | None, old: Any, new: Any) -> Any:
+    if isinstance(old, list) and isinstance(new, list):
+        fields = prop.fields if prop is not None else {}
+        element = Prop(kind="object", fields=fields) if fields else None
+        result = []
+        if prop is not None and prop.kind == "set":
+            # Set elements matched by content (matchSetElements); an old one the
+            # state no longer has is dropped.
+            for item in old:
+                match = next((n for n in new if without_defaults(item) == n), None)
+                if match is not None:
+                    result.append(_extract(element, item, match))
+            return result
+        for index, item in enumerate(old):
+            if index >= len(new):
+                break  # schema.go:1745-1748
+            result.append(_extract(element, item, new[index]))
+        return result
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return _extract_object(prop.fields if prop is not None else {}, old, new)
+    return new

@@ -45,6 +45,25 @@ class ProviderError(RuntimeError):
     """An error the provider reports as a failed operation."""
 
 
+class InitFailed(ProviderError):
+    """A create that failed after ContainerCreate: the container exists and is kept.
+
+    The provider sets the ID right after ContainerCreate (CF:456-460) and returns
+    the start's error after it (CF:584-588); Terraform keeps such a resource, and
+    the bridge answers with the partial state and the error as an init error
+    (BR:1361-1376, 1412-1414, 2073-2081), which the engine keeps in its state."""
+
+    def __init__(self, container_id: str, message: str) -> None:
+        super().__init__(message)
+        self.container_id = container_id
+
+
+def daemon_error(exc: docker.errors.APIError) -> str:
+    """How the Go client words an error answer: `Error response from daemon: <message>`
+    (moby client/request.go, `checkResponseErr`)."""
+    return f"Error response from daemon: {exc.explanation or exc}"
+
+
 def _ignorable(error: Exception, *fragments: str) -> bool:
     """containsIgnorableErrorMessage (internal/provider/helpers.go)."""
     return any(fragment in str(error) for fragment in fragments)
@@ -388,14 +407,16 @@ def create_container(api: docker.APIClient, inputs: Mapping[str, Any], timeout: 
     (CF:505-583); start (CF:584-588); `wait` polls the health status every
     second up to `wait_timeout` (CF:590-629).
 
-    Differs: when a step after ContainerCreate fails, the provider leaves the
-    container and reports a partial failure (the engine keeps it in its state,
-    to be replaced next time); this removes the container and fails the create.
+    When a step after ContainerCreate fails, the container stays and the
+    failure is an `InitFailed` (the engine keeps it in its state with the error).
     """
     find_image(api, str(inputs["image"]), "")
     body = container_body(inputs, _api_at_least(api, "1.44"))
     raw: Any = api  # docker-py leaves create_container_from_config untyped
-    created = raw.create_container_from_config(body, name=str(inputs["name"]))
+    try:
+        created = raw.create_container_from_config(body, name=str(inputs["name"]))
+    except docker.errors.APIError as exc:  # CF:456-458
+        raise ProviderError(f"Unable to create container: {daemon_error(exc)}") from exc
     container_id = str(created["Id"])
     try:
         networks = list(inputs.get("networksAdvanced") or [])
@@ -423,13 +444,15 @@ def create_container(api: docker.APIClient, inputs: Mapping[str, Any], timeout: 
         for upload in inputs.get("uploads") or []:
             api.put_archive(container_id, "/", _upload_tar(upload))
         if inputs.get("start", True):
-            api.start(container_id)
+            try:
+                api.start(container_id)
+            except docker.errors.APIError as exc:
+                raise ProviderError(f"Unable to start container: {daemon_error(exc)}") from exc
             if inputs.get("wait"):
                 wait_timeout = float(inputs.get("waitTimeout") or 60)
                 _wait_healthy(api, container_id, min(wait_timeout, timeout))
-    except Exception:
-        api.remove_container(container_id, v=True, force=True)
-        raise
+    except Exception as exc:
+        raise InitFailed(container_id, str(exc)) from exc
     return container_id
 
 
@@ -636,7 +659,10 @@ def update_container(
     Nothing else is applied (healthcheck, wait, destroy_grace_seconds, init, ...)."""
     started = not olds.get("mustRun") and news.get("mustRun")
     if "mustRun" in changed and started and news.get("start", True):
-        api.start(container_id)
+        try:
+            api.start(container_id)
+        except docker.errors.APIError as exc:  # CF:1004-1009
+            raise ProviderError(f"Unable to start container: {daemon_error(exc)}") from exc
     if changed & UPDATED:
         swap = int(news.get("memorySwap") or 0)
         api.update_container(

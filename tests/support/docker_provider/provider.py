@@ -18,9 +18,10 @@ pulumi-terraform-bridge v3.136.0 pkg/tfbridge/provider.go, "BR"; pulumi-docker
   changed `host` re-configures the provider and replaces none of its resources.
 - A missing resource is reported by Read with an empty ID, which drops it from
   the state on refresh.
-- Read returns the stored inputs unchanged: returned inputs replace the
-  state's (pkg/resource/deploy/step.go, RefreshStep.Apply), and
-  `ignoreChanges` copies from them.
+- Read returns the stored inputs with the read state's values
+  (`diffing.refreshed_inputs`, as BR's `ExtractInputsFromOutputs`): returned
+  inputs replace the state's (pkg/resource/deploy/step.go, RefreshStep.Apply),
+  and `ignoreChanges` copies from them.
 
 `pulumi.provider.experimental` (SDK 3.272.0) covers all of it except two
 things, handled here: its DiffConfig marshals `changes` and the detailed diff
@@ -43,12 +44,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 import docker
+import grpc  # type: ignore[import-untyped]
 import grpc.aio  # type: ignore[import-untyped]
 from pulumi.provider.experimental import provider as px
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi.provider.experimental.server import ProviderServicer
 from pulumi.runtime import proto
-from pulumi.runtime.proto import provider_pb2_grpc
+from pulumi.runtime.proto import provider_pb2_grpc, status_pb2
 
 from tests.support.docker_provider import diffing, engine, native_image
 from tests.support.docker_provider.schema import SCHEMAS
@@ -72,6 +74,39 @@ OUTPUT_ONLY = {
 """Computed-only attributes: unknown in a preview of a create."""
 
 T = TypeVar("T")
+
+TIMEOUT_KEY = "e2bfb730-ecaa-11e6-8f88-34363bc7c4c0"
+"""terraform-plugin-sdk helper/schema/resource_timeout.go:14, `TimeoutKey`."""
+SCHEMA_VERSION = {CONTAINER: "2", REMOTE_IMAGE: "0"}
+"""C:26 `SchemaVersion: 2`; the image sets none (I:16-28)."""
+
+
+def meta(type_: str, operation: str, timeout: float) -> dict[str, Any]:
+    """The `__meta` output of a Container or RemoteImage (BR schema.go:1102-1111,
+    `MakeTerraformResult`): the instance's private data as Go's json.Marshal
+    writes it (keys sorted): the resource's timeouts in nanoseconds, 20 min
+    each (C:12-14, 30-34; I:10-12, 24-28), the one of this operation replaced
+    by the engine's (BR:1340-1352 for a create, 1700-1718 for an update), and
+    the schema version. Network and Volume have neither, and a payload of only
+    `{"schema_version":"0"}` is left out (BR schema.go:1107-1109)."""
+    if type_ not in SCHEMA_VERSION:
+        return {}
+    default = int(DEFAULT_TIMEOUT * 1e9)
+    timeouts = {"create": default, "delete": default, "update": default}
+    timeouts[operation] = int((timeout or DEFAULT_TIMEOUT) * 1e9)
+    payload = {TIMEOUT_KEY: timeouts, "schema_version": SCHEMA_VERSION[type_]}
+    return {"__meta": json.dumps(payload, sort_keys=True, separators=(",", ":"))}
+
+
+class InitError(Exception):
+    """A create that left a resource behind: the bridge's `initializationError`
+    (BR:2073-2081), its ID, its partial state and why."""
+
+    def __init__(self, resource_id: str, state: Mapping[str, Any], reason: str) -> None:
+        super().__init__(reason)
+        self.resource_id = resource_id
+        self.state = dict(state)
+        self.reason = reason
 
 
 # -- values ----------------------------------------------------------------------
@@ -130,7 +165,7 @@ def _diff_response(result: diffing.Diff) -> px.DiffResponse:
 
 def _preview_state(type_: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     """A planned create: the inputs; computed attributes not given are unknown."""
-    state = dict(inputs)
+    state: dict[str, Any] = diffing.without_defaults(dict(inputs))
     for key, prop in SCHEMAS[type_].items():
         if prop.computed and diffing.is_zero(state.get(key)):
             state[key] = diffing.UNKNOWN
@@ -228,6 +263,9 @@ class DockerProvider(px.Provider):
 
     async def create(self, request: px.CreateRequest) -> px.CreateResponse:
         type_, inputs = _type(request), plain_map(request.properties)
+        if type_ != IMAGE:
+            # The provider works on Terraform's config, which has no `__defaults`.
+            inputs = diffing.without_defaults(inputs)
         timeout = request.timeout or DEFAULT_TIMEOUT
         if type_ == IMAGE:
             if request.preview and not inputs.get("buildOnPreview"):
@@ -236,7 +274,15 @@ class DockerProvider(px.Provider):
             return px.CreateResponse(resource_id, self._image_state(inputs, outputs))
         if request.preview:
             return px.CreateResponse(None, wrap_map(_preview_state(type_, inputs)))
-        state = await asyncio.wait_for(self._run(self._create, type_, inputs, timeout), timeout)
+        try:
+            state = await asyncio.wait_for(self._run(self._create, type_, inputs, timeout), timeout)
+        except engine.InitFailed as err:
+            # What Terraform keeps of a create that failed after it set the ID: the
+            # planned attributes and the ID, nothing read back (the Read at CF:673
+            # never ran). The reason as BR:1375 words it.
+            partial = {**inputs, "id": err.container_id, **meta(type_, "create", timeout)}
+            raise InitError(err.container_id, partial, f"creating {request.urn}: {err}") from err
+        state.update(meta(type_, "create", timeout))
         return px.CreateResponse(str(state["id"]), wrap_map(state))
 
     def _create(self, type_: str, inputs: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -277,7 +323,8 @@ class DockerProvider(px.Provider):
         if read is None:
             return px.ReadResponse(resource_id=None)
         resource_id = str(read.get("id") or request.resource_id)
-        return px.ReadResponse(resource_id, wrap_map(read), request.inputs)
+        inputs = diffing.refreshed_inputs(type_, plain_map(request.inputs), read)
+        return px.ReadResponse(resource_id, wrap_map(read), wrap_map(inputs))
 
     def _read(self, type_: str, resource_id: str, state: dict[str, Any]) -> dict[str, Any] | None:
         api = self.api()
@@ -307,6 +354,7 @@ class DockerProvider(px.Provider):
         state = await asyncio.wait_for(
             self._run(self._update, type_, request.resource_id, olds, planned, changed), timeout
         )
+        state.update(meta(type_, "update", timeout))
         return px.UpdateResponse(wrap_map(state))
 
     def _update(
@@ -350,7 +398,41 @@ class DockerProvider(px.Provider):
 
 
 class _Servicer(ProviderServicer):
-    """The SDK's servicer with a DiffConfig that marshals like its Diff does."""
+    """The SDK's servicer with a DiffConfig that marshals like its Diff does, and a
+    Create that fails as the bridge does: a provider error is its message alone
+    (the SDK's servicer would add a Python traceback), a create that left the
+    container behind an `ErrorResourceInitFailed` detail (BR:2073-2081)."""
+
+    async def Create(self, request: Any, context: Any) -> Any:
+        try:
+            resp = await self._provider.create(
+                px.CreateRequest(
+                    request.urn,
+                    PropertyValue.unmarshal_map(request.properties),
+                    request.timeout,
+                    request.preview,
+                )
+            )
+        except InitError as err:
+            detail = proto.ErrorResourceInitFailed(
+                id=err.resource_id,
+                properties=PropertyValue.marshal_map(wrap_map(err.state)),
+                reasons=[err.reason],
+            )
+            status = status_pb2.Status(code=grpc.StatusCode.UNKNOWN.value[0], message=err.reason)
+            status.details.add().Pack(detail)
+            await context.abort(
+                grpc.StatusCode.UNKNOWN,
+                err.reason,
+                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+            )
+            raise  # abort raises; this is never reached
+        except engine.ProviderError as err:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(err))
+            raise
+        return proto.CreateResponse(
+            id=resp.resource_id or "", properties=PropertyValue.marshal_map(resp.properties)
+        )
 
     async def DiffConfig(self, request: Any, context: Any) -> Any:
         resp = await self._provider.diff_config(

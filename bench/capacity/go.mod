@@ -1,0 +1,3 @@
+module vllm-nginx/bench/capacity
+
+go 1.22
