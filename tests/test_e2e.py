@@ -26,6 +26,7 @@ import httpx
 import openai
 import pytest
 
+from tests.support.deployed import Deployed, deployed_stack
 from tests.support.docker_engine import (
     STANDIN_TAG,
     base_image,
@@ -33,7 +34,7 @@ from tests.support.docker_engine import (
     remove_named,
     standin_image,
 )
-from tests.support.pulumi_engine import Result, Stack, stack_config_of
+from tests.support.pulumi_engine import Stack, stack_config_of
 
 pytestmark = pytest.mark.docker
 
@@ -71,12 +72,7 @@ def remove_deployment(client: docker.DockerClient) -> None:
     remove_named(client, containers=(LB_NAME, *REPLICAS), networks=[NETWORK], volumes=[VOLUME])
 
 
-@dataclass
-class Deployment:
-    client: docker.DockerClient
-    stack: Stack
-    first: Result
-
+class Deployment(Deployed):
     def container(self, name: str) -> Any:
         return self.client.containers.get(name)
 
@@ -90,15 +86,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     client = docker_client()
     base_image(client)
     standin_image(client)
-    remove_deployment(client)
-    stack = Stack(tmp_path_factory.mktemp("e2e"), "ci", ci_config(), secrets={"apiKey": API_KEY})
-    try:
-        yield Deployment(client, stack, stack.up())
-    finally:
-        try:
-            stack.destroy()
-        finally:
-            remove_deployment(client)
+    with deployed_stack(
+        client,
+        tmp_path_factory.mktemp("e2e"),
+        "ci",
+        ci_config(),
+        clean=remove_deployment,
+        secrets={"apiKey": API_KEY},
+        kind=Deployment,
+    ) as deployed:
+        yield deployed
 
 
 def openai_client(**kwargs: Any) -> openai.OpenAI:

@@ -23,15 +23,15 @@ import contextlib
 import io
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import docker
 import httpx
 import pytest
 
+from tests.support.deployed import Deployed, deployed_stack
 from tests.support.docker_engine import STANDIN_TAG, remove_named
-from tests.support.pulumi_engine import Result, Stack
+from tests.support.pulumi_engine import Result
 from tests.support.streaming_load import Stream, streaming_load
 from tests.test_e2e import API_KEY, ci_config, loopback_balancer
 
@@ -83,12 +83,7 @@ def _clean(client: docker.DockerClient) -> None:
     )
 
 
-@dataclass
-class Deployment:
-    client: docker.DockerClient
-    stack: Stack
-    first: Result
-
+class Deployment(Deployed):
     def ids(self) -> dict[str, str]:
         return {n: str(self.client.containers.get(n).id) for n in NAMES}
 
@@ -124,26 +119,21 @@ def deployment(
 ) -> Iterator[Deployment]:
     _image(client, SLOW, "ENV STANDIN_TTFT_MS=400")
     _image(client, EQUAL, 'LABEL vllm-nginx.test.canary="equal"')
-    _clean(client)
-    deployed: Stack | None = None
     try:
-        deployed = Stack(
+        with deployed_stack(
+            client,
             tmp_path_factory.mktemp("canary"),
             "canary",
             stack(STANDIN_TAG),
+            clean=_clean,
             secrets={"apiKey": API_KEY},
-        )
-        first = deployed.up()
-        yield Deployment(client, deployed, first)
+            kind=Deployment,
+        ) as deployed:
+            yield deployed
     finally:
-        try:
-            if deployed is not None:
-                deployed.destroy()
-        finally:
-            _clean(client)
-            for tag in (SLOW, EQUAL):
-                with contextlib.suppress(docker.errors.ImageNotFound):
-                    client.images.remove(tag, force=True)
+        for tag in (SLOW, EQUAL):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.remove(tag, force=True)
 
 
 def canary_message(result: Result) -> str:

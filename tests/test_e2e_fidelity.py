@@ -28,14 +28,13 @@ docs/provider-inputs.md.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import docker
 import pytest
 
+from tests.support.deployed import Deployed, deployed_stack
 from tests.support.docker_engine import remove_named
-from tests.support.pulumi_engine import Result, Stack
 from tests.test_e2e import ci_config, loopback_balancer
 
 pytestmark = pytest.mark.docker
@@ -76,26 +75,13 @@ def _clean(client: docker.DockerClient) -> None:
     )
 
 
-@dataclass
-class Deployed:
-    client: docker.DockerClient
-    stack: Stack
-    first: Result
-
-
 @pytest.fixture(scope="module")
 def deployed(
     client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployed]:
-    _clean(client)
-    stack = Stack(tmp_path_factory.mktemp("fid"), "fid", stack_config())
-    try:
-        yield Deployed(client, stack, stack.up())
-    finally:
-        try:
-            stack.destroy()
-        finally:
-            _clean(client)
+    directory = tmp_path_factory.mktemp("fid")
+    with deployed_stack(client, directory, "fid", stack_config(), clean=_clean, kind=Deployed) as d:
+        yield d
 
 
 def _ids(client: docker.DockerClient) -> dict[str, str]:

@@ -31,7 +31,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from components.plan.monitoring import DASHBOARD_FILE, REPLICA_LABEL
+from tests.support.deployed import Deployed, deployed_stack
 from tests.support.docker_engine import (
     BASE_IMAGE_TAG,
     GRAFANA_STANDIN_TAG,
@@ -54,7 +54,7 @@ from tests.support.docker_engine import (
     remove_named,
     standin_image,
 )
-from tests.support.pulumi_engine import Result, Stack, is_secret, reveal, stack_config_of
+from tests.support.pulumi_engine import is_secret, reveal, stack_config_of
 
 pytestmark = pytest.mark.docker
 
@@ -118,12 +118,7 @@ def remove_deployment(client: docker.DockerClient) -> None:
     )
 
 
-@dataclass
-class Deployment:
-    client: docker.DockerClient
-    stack: Stack
-    first: Result
-
+class Deployment(Deployed):
     def container_id(self, name: str) -> str:
         return str(self.client.containers.get(name).id)
 
@@ -134,21 +129,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     base = base_image(client)
     standin_image(client)
     monitoring = (monitoring_image(client), grafana_standin_image(client))
-    remove_deployment(client)
-    stack = Stack(
+    # Whatever a test changed, the stack's state is what is destroyed.
+    with deployed_stack(
+        client,
         tmp_path_factory.mktemp("e2e-mon"),
         "ci",
         monitoring_config(base, monitoring),
+        clean=remove_deployment,
         secrets={"apiKey": API_KEY, "grafanaPassword": GRAFANA_PASSWORD},
-    )
-    try:
-        yield Deployment(client, stack, stack.up())
-    finally:
-        try:
-            # Whatever a test changed, the stack's state is what is destroyed.
-            stack.destroy()
-        finally:
-            remove_deployment(client)
+        kind=Deployment,
+    ) as deployed:
+        yield deployed
 
 
 def _load(stop_at: float, errors: list[str]) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ import openai
 import pytest
 
 from tests.support.closed_connection import closed_while_idle
+from tests.support.deployed import Deployed as Deployment
+from tests.support.deployed import deployed_stack
 from tests.support.docker_engine import remove_named
-from tests.support.pulumi_engine import Result, Stack
 from tests.support.streaming_load import Stream, streaming_load
 from tests.test_e2e import API_KEY, ci_config, loopback_balancer
 
@@ -99,28 +99,20 @@ def _clean(client: docker.DockerClient) -> None:
     )
 
 
-@dataclass
-class Deployment:
-    client: docker.DockerClient
-    stack: Stack
-    first: Result
-
-
 @pytest.fixture(scope="module")
 def deployment(
     client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    _clean(client)
-    deployed = Stack(
-        tmp_path_factory.mktemp("pools"), "pools", stack("1"), secrets={"apiKey": API_KEY}
-    )
-    try:
-        yield Deployment(client, deployed, deployed.up())
-    finally:
-        try:
-            deployed.destroy()
-        finally:
-            _clean(client)
+    with deployed_stack(
+        client,
+        tmp_path_factory.mktemp("pools"),
+        "pools",
+        stack("1"),
+        clean=_clean,
+        secrets={"apiKey": API_KEY},
+        kind=Deployment,
+    ) as deployed:
+        yield deployed
 
 
 def openai_client() -> openai.OpenAI:
