@@ -336,7 +336,8 @@ def chart(
     import matplotlib.pyplot as plt
 
     ns = sorted({row["replicas"] for row in rows})
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2 if updates else 1, figsize=(10 if updates else 5.5, 4))
+    left = axes[0] if updates else axes
     width = 0.35
     for offset, way in ((-width / 2, "ours"), (width / 2, "guide")):
         mine = [next(r for r in rows if r["replicas"] == n and r["way"] == way) for n in ns]
@@ -359,6 +360,14 @@ def chart(
     left.set_ylabel("all replicas ready (s)")
     left.set_title(f"cold start, D = {d:g} s, L = {l_:g} s (median, min to max)")
     left.legend()
+    if updates:
+        _update_panel(axes[1], updates)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+
+
+def _update_panel(right: Any, updates: list[dict[str, Any]]) -> None:
+    """How long `pulumi up` took to replace every replica, and the streams it cost."""
     right.bar(
         [f"N = {u['replicas']}" for u in updates],
         [u["seconds"] for u in updates],
@@ -374,8 +383,6 @@ def chart(
     right.set_ylim(0, 1.3 * max((u["seconds"] for u in updates), default=1))
     right.set_ylabel("`pulumi up` replacing every replica (s)")
     right.set_title("update under streaming load")
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=110)
 
 
 def _machine(client: docker.DockerClient) -> str:
