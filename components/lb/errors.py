@@ -1,17 +1,10 @@
 """Every error nginx itself answers, as the OpenAI API's JSON error object.
 
-Clients of an OpenAI API parse `{"error": {"message", "type", "param",
-"code"}}`; nginx's own error pages are HTML. `error_page` sends each status
-nginx produces to a named location that answers the JSON object instead,
-with the same status (nginx's private 494 and 497 become the 400 it would
-have sent) and `Retry-After` where retrying is the right reaction.
-
-Only errors nginx makes are replaced: a replica's own error passes through
-as the replica sent it (`proxy_intercept_errors` stays off), so vLLM's
-messages reach the client unchanged. `type` and `code` follow vLLM's error
-objects (`"type": "BadRequestError", "code": 400`), which is what clients
-of these replicas already see; the 401 of the API key check keeps the
-`invalid_api_key` code the OpenAI clients know (`names.UNAUTHORIZED_BODY`).
+Clients of an OpenAI API parse `{"error": {...}}`, not nginx's HTML pages, so
+`error_page` sends each status nginx makes to an internal location answering
+that JSON object with the same status (`Retry-After` where retrying helps).
+A replica's own errors pass through unchanged; `type` and `code` follow
+vLLM's (docs/load-balancer.md#errors).
 """
 
 from __future__ import annotations

@@ -1,35 +1,10 @@
 """The balancer's `/health`: 200 only while every pool has a replica that can serve.
 
-An outside monitor, a cloud load balancer's target check, Docker's health
-check and the verify step ask the balancer, not a replica. A constant
-`200 ok` told them nothing; this answer is derived from the replicas:
-
-- each pool is probed through its own upstream (`GET /health` of a replica,
-  vLLM's 200 / 503-once-the-engine-is-dead), so nginx's view of the replicas
-  as real traffic left it applies: a replica real traffic found failing
-  (`max_fails` within `failWindowSeconds`) is skipped, and with every replica
-  of a pool taken out nginx answers the probe 502 at once, without a
-  connection. A probe nginx sends counts for that view too, so real traffic
-  and probes agree. Any replica answering 200 makes the pool up; the probe
-  tries the others (`proxy_next_upstream`) before calling it down.
-- a probe's answer is cached for one second in a shared cache zone (all
-  workers) with `proxy_cache_lock`, so however often `/health` is asked,
-  each pool costs its replicas at most about one `GET /health` a second
-  (measured: tests/test_health.py); nginx caches its own 502 too, so a
-  pool that is down costs nothing either.
-- njs (`health.js`) asks every pool's probe as a subrequest at once and
-  answers JSON: 200 `{"status": "ok", "pools": {...}}`, or 503 with the
-  API's error object naming the pools that cannot serve and `Retry-After`.
-
-A prefix_affinity pool is probed through its least_conn fallback upstream,
-which has the same replicas without the `max_conns` bound: a pool whose
-replicas are all busy at their bound still serves (overflow goes there).
-
-Only what njs 0.7.9 has (Debian 12): no shared dictionary, no js_periodic;
-the cache is nginx's proxy cache, which both versions have.
-
-`/health/<model>` (or `/health?model=<model>`) asks only the pool serving
-that served name or adapter, for monitors that care about one model.
+Monitors, target checks, Docker's health check and the verify step ask the
+balancer, so the answer comes from the replicas: each pool is probed through
+its own upstream (a prefix_affinity pool's unbounded fallback), so nginx's
+view from real traffic applies, and answers are cached for a second, so
+`/health` costs each pool about one probe a second. docs/load-balancer.md.
 """
 
 from __future__ import annotations

@@ -74,18 +74,13 @@ def proxy_settings(lb: LoadBalancerSettings) -> list[Directive]:
 
 
 def api_key_maps() -> list[Directive]:
-    """The `Authorization` header read as vLLM reads it (docs/vllm.md).
+    """The `Authorization` header read as vLLM reads it (`authenticate.py` `verify_token`).
 
-    vLLM splits the value at its first space, takes the scheme `bearer` in
-    any case and compares the rest byte for byte with the key
-    (`authenticate.py`, `verify_token`). The regex map does the same: the
-    scheme case-insensitively, followed by one space, and the rest captured
-    as it is (trailing tabs dropped, which nginx keeps and the replica's HTTP
-    parser strips, as it does spaces); the result is `Bearer <rest>`, compared
-    byte for byte with `Bearer <key>` from the key file. A regex, never a
-    string key: nginx matches a map's string keys ignoring case, which would
-    accept the key in any case. vLLM never asks OPTIONS for the key (CORS preflights), so
-    neither does the balancer.
+    The scheme `bearer` in any case, one space, the rest as it is (trailing spaces
+    and tabs dropped, as the replica's HTTP parser drops them), giving `Bearer
+    <rest>` to compare byte for byte with the key file's value. A regex, never a
+    string key: a map matches string keys ignoring case. OPTIONS (CORS
+    preflights) is not asked for the key, as in vLLM (docs/load-balancer.md).
     """
     return [
         d(
@@ -107,17 +102,11 @@ def api_key_maps() -> list[Directive]:
 
 
 def api_key_guard() -> list[Directive]:
-    """Answer 401 in the rewrite phase, before an upstream is even chosen.
+    """Answer 401 in the rewrite phase, before an upstream is chosen or a body read.
 
-    A byte-exact `if ... !=` of the header as vLLM reads it (`api_key_maps`)
-    against the expected value. An `if` in a location that ends the request
-    with `return` is one of the uses nginx documents as safe (the
-    `add_header` beside it only shapes that 401).
-
-    Only `Authorization: Bearer <key>` counts (what the OpenAI clients send
-    and vLLM's `--api-key` checks): no `x-api-key`, no query parameter.
-    nginx answers 400 to a request with two Authorization headers, so no
-    client can make the balancer and the replica read different ones.
+    A byte-exact `if ... !=` of `api_key_maps`'s value against the expected one;
+    an `if` ending in `return` is a use nginx documents as safe. Only
+    `Authorization: Bearer <key>` counts, as in vLLM (docs/load-balancer.md).
     """
     return [
         d(
@@ -137,25 +126,11 @@ def api_key_guard() -> list[Directive]:
 def prefix_locations(lb: LoadBalancerSettings, guard: list[Directive]) -> list[Directive]:
     """`/v1/` runs the njs router; it redirects to one of two named locations.
 
-    The API key check runs in the rewrite phase, before `js_content` (content
-    phase) reads the body, so a refused request never reaches the router or
-    a replica. Named locations cannot be requested by clients.
-
-    The body njs read stays the request's body: after `internalRedirect` the
-    proxy module finds it already read and sends it (nginx's
-    `ngx_http_read_client_request_body` returns at once when a body exists).
-    `proxy_request_buffering on` in both: the body is complete in memory by
-    then anyway, and the proxy's unbuffered path expects to read it itself.
-
-    `hash ... consistent` skips a replica at `max_conns` (or failed, or tried)
-    and takes the next point of the ring, up to 20 points, then any replica
-    under its bound (ngx_http_upstream_hash_module.c). With every replica at
-    its bound nginx has no peer and answers 502 itself; `error_page 502 =`
-    sends that request to the least_conn upstream, where it queues at the
-    least busy replica instead. A 502 from a replica is passed through as is
-    (no `proxy_intercept_errors`), after `proxy_next_upstream` tried others.
-    The location's own `error_page` cancels the server's, so it repeats the
-    JSON ones for every other status.
+    The key check runs in the rewrite phase, before `js_content` reads the body,
+    so a refused request reaches neither the router nor a replica. With every
+    replica at `max_conns` nginx answers 502 itself, and `error_page 502 =`
+    queues the request on the least_conn upstream instead; that `error_page`
+    cancels the server's, so the JSON ones are repeated (docs/load-balancer.md).
     """
     fallback_pass = d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")
     return [

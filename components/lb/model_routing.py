@@ -1,18 +1,10 @@
-"""The nginx side of model routing: a pool's upstreams, its named locations,
+"""The nginx side of model routing: the pools' upstreams and named locations,
 the njs router on `/v1/` and `GET /v1/models` answered by the balancer.
 
-Why njs and not a `map` on the model: the model is in the body, which nginx
-variables cannot read, and nginx matches a map's string keys ignoring case,
-while vLLM's names are case-sensitive (`Qwen/Qwen2.5` is not `qwen/qwen2.5`).
-The router (router.js) reads the buffered body once, finds the pool by an
-exact match in a table generated from the pools (models.js), computes the
-prefix key when that pool's policy is prefix_affinity, and redirects to the
-pool's named location, which clients cannot request themselves.
-
-Each pool gets the upstream a single-model deployment gets, with its own
-policy; a prefix_affinity pool also gets its least_conn fallback upstream
-and location, as the single upstream has (see `locations.prefix_locations`
-for why the 502 goes there).
+njs, not a `map` on the model: the model is in the body, which nginx
+variables cannot read, and a map matches names ignoring case where vLLM's are
+case-sensitive. Each pool gets a single-model deployment's upstream with its
+own policy (a prefix_affinity pool also its fallback): docs/load-balancer.md.
 """
 
 from __future__ import annotations
@@ -103,23 +95,11 @@ def router_locations(
 ) -> list[Directive]:
     """`/v1/` runs the router, `= /v1/models` lists the models; a named location per pool.
 
-    The body buffer of `/v1/` is 1 MB (`names.BODY_BUFFER`), not the largest
-    body accepted, so a slow or stalled upload holds at most that in memory
-    however large it announces itself (bench/capacity measures 1,000 of
-    them). A larger body (an image or audio upload) must then be read from
-    its temp file, and nginx unlinks a body's temp file as soon as it is
-    created unless `client_body_in_file_only` keeps it; njs 0.7.9 cannot read
-    an unlinked one (0.8.10 can). So a request announcing a body of 1,000,000
-    bytes or more (`Content-Length` of seven digits or more) is handed, in the
-    rewrite phase, to a named location that keeps the file until the request
-    ends (`client_body_in_file_only clean`), where the router reads it by
-    `$request_body_file`. A chunked body over the buffer is read by njs 0.8.10
-    (the image's) and names no model on 0.7.9.
-
-    The API key guard runs in the rewrite phase of both, before the content
-    handler reads a body. The body the router read stays the request's body
-    and is what the pool's location proxies (see `locations.prefix_locations`),
-    so `proxy_request_buffering on` there whatever `bufferRequests` says.
+    `/v1/`'s body buffer is 1 MB, not the largest body accepted, so a stalled
+    upload holds at most that; a request announcing 1,000,000 bytes or more goes,
+    in the rewrite phase, to a location that keeps the body's temp file, which
+    njs 0.7.9 can only read while it exists. The key guard runs before the
+    router reads a body (docs/load-balancer.md, "Costs and limits").
     """
     out = [
         d(

@@ -1,54 +1,11 @@
 """The load balancer's complete nginx.conf, rendered from typed settings.
 
-The guide's config is nginx defaults plus `least_conn` and
-`max_fails=3 fail_timeout=10000s`. Measured against stub LLM servers that is
-wrong for this traffic in four ways, and each directive below answers one:
-
-- `proxy_buffering on` holds back small SSE chunks (time to first token went
-  from 53 ms to 781 ms), so buffering is off in both directions;
-- `proxy_read_timeout 60s` cuts off any generation that is silent for a minute
-  (every non-streaming one longer than that), so the read/send timeouts come
-  from settings (an hour by default) and only connecting stays short;
-- `fail_timeout=10000s` keeps a replica that failed three times out of the pool
-  for about 2.8 hours, so the window is bounded (at most 15 s by the settings)
-  and shared by all workers through the upstream `zone`;
-- HTTP/1.0 to the upstream opens a connection per request, so the upstream
-  gets HTTP/1.1 with `Connection ""` and a `keepalive` pool.
-
-Only `/v1/`, the load balancer's own `/health` and the paths the settings
-expose are served: vLLM's `--api-key` guards `/v1` only, so `/metrics`,
-`/tokenize`, `/version` and the rest would otherwise be open to anyone who
-reaches the balancer.
-
-Which nginx runs this matters for one feature. The pinned base image
-`nginx:1.28.0` supports `server <name> resolve;` with a `resolver` and a `zone`
-(open source nginx since 1.27.3), so a replica container that is recreated with
-a new address is found again without reloading nginx. Debian 12's nginx 1.22
-rejects that parameter: with it, set `dynamic_resolve` to false (names are then
-resolved once, at start, and nginx refuses to start if one is unknown).
-
-The `prefix_affinity` policy needs more than nginx.conf: njs, nginx's
-JavaScript module, reads the request body and picks the routing key (see
-`locations.prefix_locations`). The config loads the module from `NginxRuntime.njs_module`
-(`/usr/lib/nginx/modules/ngx_http_js_module.so` both in the official image and
-in Debian's `libnginx-mod-http-js`), and imports the script from
-`NginxRuntime.prefix_script`; `render_extra_files` returns that script's text
-under that path, for the deployment to upload beside the config. Other
-policies load no module and need no extra file.
-
-Two security options are driven by the caller through `NginxRuntime`, because
-what they need (a certificate, a secret key) only exists at deployment time:
-
-- `tls` makes the one server speak TLS only, so the API key and the prompts
-  are not sent in the clear when the balancer is reachable beyond loopback;
-- `api_key_map` makes the balancer itself refuse requests without the API key,
-  so unauthenticated traffic never reaches (and never queues on) a replica.
-  The key stays out of this text, which is printed for review and stored in
-  Pulumi state as plain data: it lives in a separate file rendered by
-  `render_api_key_map` and uploaded as a secret, which this config `include`s.
-
-The text is produced by crossplane's builder from directive lists rather than
-by string formatting; the values were checked once, by the config loader.
+The guide's config (nginx defaults plus `least_conn`, `max_fails=3
+fail_timeout=10000s`) holds back streamed tokens, cuts generations silent for
+60 s, keeps a failed replica out for hours and opens a connection per request;
+each directive here answers one of those, and only `/v1/`, `/health` and the
+exposed paths are served. Why each, the njs policies, TLS and the API key file:
+docs/load-balancer.md.
 """
 
 from __future__ import annotations
@@ -115,11 +72,9 @@ class NginxRuntime:
 
     The container's nginx listens on port 80 on every interface (docker
     publishes it); tests and benchmarks run a private nginx on a loopback port
-    with its own pid file, temp directory and log files.
-
-    `tls` and `api_key_map` are paths to files holding secrets, which is why
-    they live here and not in `LoadBalancerSettings`: the settings say whether
-    the features are on, the deployment decides where the secrets are put.
+    with its own pid file, temp directory and logs. `tls` and `api_key_map` are
+    paths to files holding secrets: the settings say whether a feature is on,
+    the deployment decides where its secret is put.
     """
 
     listen_address: str = "0.0.0.0"
@@ -222,14 +177,12 @@ def _listen(rt: NginxRuntime) -> list[Directive]:
 
 
 def render_api_key_map(key: str) -> str:
-    """The file that `NginxRuntime.api_key_map` points at, holding the API key.
+    """The file that `NginxRuntime.api_key_map` points at: the expected `Authorization`.
 
-    It defines the exact `Authorization` value a request must carry. Kept out
-    of the main config so the key is only ever in this file, which the
-    deployment uploads as a secret; the main config only compares against the
-    variable. The key must use the same safe alphabet as every other value, so
-    it can neither end the quoted string nor expand a variable; the error
-    never repeats the key, since it may be printed or logged.
+    Kept out of the main config so the key is only in this file, uploaded as a
+    secret. The key must use the safe alphabet of every other value, so it can
+    neither end the quoted string nor expand a variable; the error never repeats
+    the key, since it may be printed or logged (docs/load-balancer.md).
     """
     if not isinstance(key, str):
         raise ValueError("api_key: must be a str (a SecretStr's get_secret_value())")
@@ -259,12 +212,10 @@ def render_nginx_config(
 ) -> str:
     """The whole main config: no `user`, no mime.types, no stock includes.
 
-    It must work unchanged on the official image and on Debian's package, whose
-    stock files and worker users differ; `daemon` and `master_process` stay on
-    the command line so the same file serves a container and a test. The one
-    `include` is the caller's API key file, only when `runtime.api_key_map` is
-    set; nginx refuses to start without that file, so the check cannot be
-    silently lost.
+    So it works unchanged on the official image and on Debian's package; `daemon`
+    and `master_process` stay on the command line so one file serves a container
+    and a test. The one `include` is the API key file (`runtime.api_key_map`),
+    which nginx refuses to start without, so the check cannot be silently lost.
     """
     rt = runtime
     worker_connections = str(lb.worker_connections)
@@ -352,13 +303,11 @@ def render_extra_files(
 ) -> dict[str, str]:
     """Files the rendered config reads besides itself: {path in the container: text}.
 
-    Always health.js and the generated models.js (its table of pools and
-    probes; with `pools` also the router's table), in the directory of
-    `runtime.prefix_script`. With `pools`, the router's njs files (router.js,
-    prefix.js) beside them; without, prefix_affinity's script at
-    `runtime.prefix_script`. The deployment uploads these next to nginx.conf
-    (they hold no secret); the module itself (`runtime.njs_module`) must
-    already be in the image.
+    All in the directory of `runtime.prefix_script`: health.js and models.js (its
+    pools and probes; with `pools` also the router's table) always; with `pools`
+    router.js and prefix.js, without, prefix_affinity's script. The deployment
+    uploads them next to nginx.conf (they hold no secret); the njs module
+    (`runtime.njs_module`) must already be in the image.
     """
     directory = script_dir(runtime.prefix_script)
     files = {

@@ -1,11 +1,8 @@
 """Model pools as the load balancer sees them, and the names derived from them.
 
-Several models behind one endpoint: each pool is a set of replicas serving
-one model (and its LoRA adapters), with its own routing policy. The balancer
-reads the request's `model` and sends it to the pool that serves that name;
-the pool's name only names nginx objects (upstreams, named locations), so it
-is checked as a DNS label, while served and adapter names are what clients
-send and must be unique across pools, or one name would have two homes.
+A pool's name only names nginx objects, so it is checked as a DNS label;
+served and adapter names are what clients send, so they must be unique
+across pools, or one name would have two homes (docs/model-pools.md).
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """The readiness check: wait until replicas are healthy, or fail showing why.
 
-The download step filled the cache; every replica then loads from it at once,
-offline, and the load balancer is only created once all of them serve.
-"Serves" means its `/health` answers 200, asked at its published address the
-moment it can answer: Docker's health probe runs only every `interval`
-seconds, and waiting for its next round would add up to that much to every
-cold start. Where the published address is not reachable from the deploying
-machine (a remote engine behind a firewall), Docker's own health status is the
-signal, read through the Docker API so it works the same against a remote
-engine (`DOCKER_HOST=ssh://...`). Either way the container's state is watched
-through the Docker API: when a replica exits or runs out of time, the error
-names it and shows the end of its log: that is where vLLM says what went wrong
-(out of memory, bad argument, a file missing from the cache). While it waits
-it prints which replicas are loading, healthy or restarting, at a fixed
-interval, so a long load never looks hung.
-
-A replica that is not running when the step first looks at it was left so by
-an earlier `up` (a start the daemon refused, a crash the step reported): it is
-started once more, since the user ran `up` again after fixing the cause. A
-start the daemon refuses again fails the step at once with the daemon's words;
-nothing waits out the timeout on a container that does not run
-(docs/failed-up.md).
+The load balancer is created only once every replica serves: its `/health`
+answers 200 at its published address (Docker's health status where that is
+unreachable), asked at once, not at Docker's next probe. An exit or a timeout
+names the replica with its log tail; a replica an earlier `up` left stopped is
+started once more. Progress is printed at a fixed interval (docs/design.md,
+docs/failed-up.md).
 """
 
 from __future__ import annotations
