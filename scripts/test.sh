@@ -37,6 +37,8 @@ command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
 # njs (nginx's JavaScript module, 0.7.9 in Debian 12) for the prefix_affinity policy.
 [[ -e /usr/lib/nginx/modules/ngx_http_js_module.so ]] || missing+=(libnginx-mod-http-js)
+# The test cluster's pod network (bridge, host-local, loopback, portmap).
+[[ -e /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
 if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
@@ -63,6 +65,9 @@ bash scripts/base-image.sh
 
 log "the Pulumi CLI (built from Go modules once, then cached)"
 PULUMI_TOOLCHAIN_JOBS="${PULUMI_TOOLCHAIN_JOBS:-2}" bash scripts/pulumi-toolchain.sh >/dev/null
+
+log "Kubernetes and the pulumi-kubernetes provider (built from Go modules once, then cached)"
+K8S_TOOLCHAIN_JOBS="${K8S_TOOLCHAIN_JOBS:-2}" bash scripts/k8s-toolchain.sh >/dev/null
 
 log "ruff and mypy"
 .venv/bin/ruff check .
