@@ -56,11 +56,12 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Stack:
         program=PROGRAM,
     )
     # The real provider, where `pulumi plugin install` puts it, at the SDK's version.
-    plugins = toolchain()["plugins"]
-    for folder in plugins.iterdir():
-        link = created.home / "plugins" / folder.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(folder)
+    # (a folder of its own, the binary linked: the CLI skips a linked folder)
+    for folder in toolchain()["plugins"].iterdir():
+        target = created.home / "plugins" / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for binary in folder.iterdir():
+            (target / binary.name).symlink_to(binary)
     return created
 
 

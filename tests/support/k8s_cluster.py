@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import io
 import ipaddress
@@ -79,6 +80,7 @@ REQUIRED_TOOLS = (
     "ctr",
 )
 CNI_BIN = Path("/usr/lib/cni")
+LOCK = Path("/tmp/vllm-nginx-k8s.lock")
 CTR = ("ctr", "--address", str(RUN_DIR / "containerd.sock"), "-n", "k8s.io")
 
 
@@ -383,6 +385,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [{cri}]
   sandbox_image = "{PAUSE_IMAGE}"
   netns_mounts_under_state_dir = true
+  # No CAP_SYS_RESOURCE here (CapEff lacks bit 24), so runc cannot lower a sandbox's
+  # oom_score_adj to the kubelet's -998 ("failed to update /proc/self/oom_score_adj:
+  # Permission denied"): keep it at containerd's own, as kind does unprivileged.
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 
@@ -670,6 +676,8 @@ class Cluster:
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",
+            # The node's name is not in any DNS here; its InternalIP is (logs, exec).
+            "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false",
             f"--cert-dir={pki_dir / 'apiserver-generated'}",
         )
@@ -842,7 +850,7 @@ def _cgroup_controllers() -> list[str]:
 def _our_processes() -> list[int]:
     """Processes left by a cluster: containers (in the cgroups under CGROUP_ROOT) and
     our containerd's shims (their command line names our socket)."""
-    found = set()
+    found: set[int] = set()
     for controller in _cgroup_controllers():
         top = Path("/sys/fs/cgroup") / controller / CGROUP_ROOT
         for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
@@ -918,10 +926,13 @@ def k8s_cluster(images: Sequence[str] = ()) -> Iterator[Cluster]:
     """A running cluster with `images` imported; removed however the test ends."""
     require_cluster_support()
     bins = toolchain()
-    cleanup()
-    cluster = Cluster(bins)
-    try:
-        cluster.start(images)
-        yield cluster
-    finally:
-        cluster.stop()
+    # One cluster at a time on this machine: the names, addresses and dirs are fixed.
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cleanup()
+        cluster = Cluster(bins)
+        try:
+            cluster.start(images)
+            yield cluster
+        finally:
+            cluster.stop()
