@@ -31,6 +31,10 @@
 # Cache root: $K8S_TOOLCHAIN_CACHE (default /var/cache/vllm-nginx/k8s-toolchain).
 # GOMODCACHE and GOPATH stay under it; GOCACHE too, removed after a build.
 # `rm -rf` of the root undoes everything. K8S_TOOLCHAIN_JOBS sets `go build -p`.
+# Measured on 2 cores shared with other builds (load 7 to 12), 2026-12-07: Kubernetes
+# and etcd 1244 s, the provider 1031 s (19 CPU-minutes) plus ~80 s of downloads and
+# schema generation, the helpers seconds; 2.4 GB (1.7 GB of it module downloads,
+# 540 MB Kubernetes, 170 MB the provider). A cached run or --check: 0.02 s.
 set -euo pipefail
 
 kube_version=v1.37.2
@@ -119,7 +123,7 @@ if [[ ! -f "$kube_dir/complete" ]]; then
     kube_module "$kube_dir/src"
     step=$SECONDS
     v=k8s.io/component-base/version
-    log "building ${commands[*]} and etcd (one go build -p $jobs; about 25 min on 2 shared cores)"
+    log "building ${commands[*]} and etcd (one go build -p $jobs; about 21 min on 2 busy cores)"
     "$go" build -p "$jobs" -trimpath -o "$kube_dir/bin/" \
         -ldflags "-s -w -X $v.gitVersion=$kube_version -X $v.gitMajor=1 -X $v.gitMinor=37 -X $v.gitTreeState=clean" \
         "${commands[@]/#/k8s.io/kubernetes/cmd/}" go.etcd.io/etcd/server/v3
@@ -131,7 +135,7 @@ if [[ ! -f "$kube_dir/complete" ]]; then
 fi
 
 if [[ ! -f "$helpers_dir/complete" ]]; then
-    rm -rf "$helpers_dir"
+    rm -rf "$root"/helpers-* # older sources' builds
     mkdir -p "$helpers_dir/bin"
     kube_module "$kube_dir/src"
     step=$SECONDS
