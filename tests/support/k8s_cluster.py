@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tarfile
 import time
@@ -596,11 +597,10 @@ class Cluster:
 
     def _api(self) -> httpx.Client:
         pki = STATE_DIR / "pki"
+        context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         return httpx.Client(
-            base_url=f"https://{NODE_ADDRESS}:{API_PORT}",
-            verify=str(pki / "ca.crt"),
-            cert=(str(pki / "admin.crt"), str(pki / "admin.key")),
-            timeout=5,
+            base_url=f"https://{NODE_ADDRESS}:{API_PORT}", verify=context, timeout=5
         )
 
     # -- bring-up
