@@ -70,6 +70,8 @@ GPUS = 4
 PAUSE_IMAGE = "vllm-nginx.invalid/pause:1"
 """The sandbox image, made here from our pause program; `.invalid` can never be pulled."""
 KUBELET_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
+KUBELET_PLUGIN_FILES = ("kubelet.sock", "kubelet_internal_checkpoint", "vllm-nginx-fake-gpu.sock")
+"""What the kubelet (its socket, its device manager's checkpoint) and our plugin put there."""
 TOOLCHAIN_SCRIPT = REPO_ROOT / "scripts" / "k8s-toolchain.sh"
 REQUIRED_TOOLS = (
     "ip",
@@ -897,8 +899,8 @@ def cleanup(remove_kubelet_dir: bool = True) -> None:
                 top.rmdir()
     shutil.rmtree(STATE_DIR, ignore_errors=True)
     shutil.rmtree(RUN_DIR, ignore_errors=True)
-    (KUBELET_PLUGIN_DIR / "kubelet.sock").unlink(missing_ok=True)
-    (KUBELET_PLUGIN_DIR / "vllm-nginx-fake-gpu.sock").unlink(missing_ok=True)
+    for name in KUBELET_PLUGIN_FILES:
+        (KUBELET_PLUGIN_DIR / name).unlink(missing_ok=True)
     if remove_kubelet_dir:
         with contextlib.suppress(OSError):
             KUBELET_PLUGIN_DIR.rmdir()
@@ -913,6 +915,11 @@ def leftovers() -> list[str]:
     if _run("ip", "link", "show", HOST_LINK, check=False).returncode == 0:
         found.append(f"link {HOST_LINK}")
     found += [f"process {pid}" for pid in _our_processes()]
+    found += [
+        str(KUBELET_PLUGIN_DIR / name)
+        for name in KUBELET_PLUGIN_FILES
+        if (KUBELET_PLUGIN_DIR / name).exists()
+    ]
     for controller in _cgroup_controllers():
         if (Path("/sys/fs/cgroup") / controller / CGROUP_ROOT).exists():
             found.append(f"cgroup {controller}/{CGROUP_ROOT}")
