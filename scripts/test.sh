@@ -7,7 +7,9 @@
 # Needs: Debian 12 (bookworm) with a working apt mirror (the Debian packages below,
 # and debootstrap of the offline base image from that same mirror); Go 1.26 and the
 # Go module proxy (the Pulumi CLI is built from Go modules: about 11 minutes and
-# 1.6 GB the first time, cached in /var/cache/vllm-nginx/pulumi-toolchain); Python 3.11+
+# 1.6 GB the first time, cached in /var/cache/vllm-nginx/pulumi-toolchain; Kubernetes
+# and the pulumi-kubernetes provider too, for the test cluster: about 40 minutes on 2
+# busy cores and 2.4 GB, cached in /var/cache/vllm-nginx/k8s-toolchain); Python 3.11+
 # with venv; root, or a user with sudo (the root-only steps, apt-get, dockerd and
 # debootstrap, go through sudo; that user also needs access to the Docker socket,
 # i.e. membership of the `docker` group). No container registry is used.
@@ -37,6 +39,8 @@ command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 command -v debootstrap >/dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
 # njs (nginx's JavaScript module, 0.7.9 in Debian 12) for the prefix_affinity policy.
 [[ -e /usr/lib/nginx/modules/ngx_http_js_module.so ]] || missing+=(libnginx-mod-http-js)
+# The test cluster's pod network (bridge, host-local, loopback, portmap).
+[[ -e /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
 if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
@@ -63,6 +67,9 @@ bash scripts/base-image.sh
 
 log "the Pulumi CLI (built from Go modules once, then cached)"
 PULUMI_TOOLCHAIN_JOBS="${PULUMI_TOOLCHAIN_JOBS:-2}" bash scripts/pulumi-toolchain.sh >/dev/null
+
+log "Kubernetes and the pulumi-kubernetes provider (built from Go modules once, then cached)"
+K8S_TOOLCHAIN_JOBS="${K8S_TOOLCHAIN_JOBS:-2}" bash scripts/k8s-toolchain.sh >/dev/null
 
 log "ruff and mypy"
 .venv/bin/ruff check .

@@ -122,21 +122,26 @@ def engine_env(home: Path, backend: Path) -> dict[str, str]:
     }
 
 
-def project_copy(directory: Path) -> dict[str, str]:
+def project_copy(directory: Path, program: Path | None = None) -> dict[str, str]:
     """This project under `directory/project` as a user has it, and the environment to run it.
 
     The program, `.venv` and scripts are symlinks to the repository; state
     (`directory/state`) and `PULUMI_HOME` (`directory/home`, with the stand-in
-    plugins installed) are the copy's own.
+    plugins installed) are the copy's own. `program`: another project directory
+    (its `Pulumi.yaml` and `__main__.py`) run on this repository's `.venv`.
     """
     project, home, backend = directory / "project", directory / "home", directory / "state"
     for path in (project, home, backend):
         path.mkdir(parents=True, exist_ok=True)
-    for entry in PROJECT_ENTRIES:
+    source = program or REPO_ROOT
+    links = {entry: source / entry for entry in PROJECT_ENTRIES}
+    if program is not None:
+        links = {"__main__.py": program / "__main__.py", ".venv": REPO_ROOT / ".venv"}
+    for entry, target in links.items():
         link = project / entry
         if not link.exists():
-            link.symlink_to(REPO_ROOT / entry)
-    (project / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
+            link.symlink_to(target)
+    (project / "Pulumi.yaml").write_text((source / "Pulumi.yaml").read_text())
     install_plugins(home)
     return engine_env(home, backend)
 
@@ -268,6 +273,7 @@ class Stack:
         config: Mapping[str, Any],
         secrets: Mapping[str, str] | None = None,
         env: Mapping[str, str] | None = None,
+        program: Path | None = None,
     ) -> None:
         self.name = name
         self.root = directory
@@ -276,7 +282,7 @@ class Stack:
         self.backend = directory / "state"
         self.logs = directory / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.env = {**project_copy(directory), **(env or {})}
+        self.env = {**project_copy(directory, program), **(env or {})}
         self._count = 0
         # `--stack NAME` is added by `run`; a positional name as well is refused.
         self.run("stack", "init", "--non-interactive")
