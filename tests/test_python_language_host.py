@@ -271,7 +271,13 @@ def test_rpcs_as_the_engine_calls_them(language_host, tmp_path):
 
     required = host.GetRequiredPackages(language_pb2.GetRequiredPackagesRequest(info=info))
     found = {(p.name, p.kind, p.version) for p in required.packages}
-    assert found == {("docker", "resource", "v5.2.0"), ("command", "resource", "v1.2.1")}
+    # The program's two providers (requirements.txt), and the test cluster's
+    # pulumi-kubernetes that requirements-dev.txt adds to this venv.
+    assert found == {
+        ("docker", "resource", "v5.2.0"),
+        ("command", "resource", "v1.2.1"),
+        ("kubernetes", "resource", "v4.25.0"),
+    }
 
     with pytest.raises(grpc.RpcError) as refused:
         host.GetRequiredPlugins(language_pb2.GetRequiredPluginsRequest(info=info))
