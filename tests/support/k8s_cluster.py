@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.docker_engine import REPO_ROOT, unavailable
+from tests.support.processes import stop_group
 
 NETNS = "vllm-nginx-k8s"
 STATE_DIR = Path("/var/lib/vllm-nginx-k8s")
@@ -812,7 +813,7 @@ class Cluster:
         every process, then what they left."""
         for name in ("kube-controller-manager", "kube-scheduler"):
             if name in self.processes:
-                _terminate(self.processes[name])
+                stop_group(self.processes[name], 20)
         kubelet = self.processes.get("kubelet")
         if kubelet is not None and kubelet.poll() is None:
             with contextlib.suppress(Exception):
@@ -820,23 +821,10 @@ class Cluster:
                     "delete", "pods", "--all", "--all-namespaces", "--wait=true", timeout=120
                 )
         for name in reversed(list(self.processes)):
-            _terminate(self.processes[name])
+            stop_group(self.processes[name], 20)
         for log in self._logs.values():
             log.close()
         cleanup(self._created_kubelet_dir)
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 def _cgroup_controllers() -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -30,6 +29,7 @@ from components.lb.nginx_conf import (
     render_nginx_config,
 )
 from components.lb.pools import ModelPool
+from tests.support.processes import stop_group
 
 LOOPBACK = "127.0.0.1"
 _NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -264,19 +264,6 @@ class RunningNginx:
         return self.sandbox / "error.log"
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
-
-
 @contextlib.contextmanager
 def running_nginx(
     binary: str,
@@ -314,7 +301,7 @@ def running_nginx(
         wait_for_port(LOOPBACK, port, start_timeout, proc)
         yield RunningNginx(port=port, sandbox=sandbox, process=proc, scheme=scheme)
     finally:
-        _stop(proc)
+        stop_group(proc, 5)
 
 
 @contextlib.contextmanager
