@@ -601,6 +601,7 @@ NASTY = [
     "a\\b",
     "a;\ninclude /etc/passwd;",
     "x } server { listen 81; }",
+    "\ud800",  # a lone surrogate: no UTF-8 file can hold it
     "",
 ]
 
@@ -620,8 +621,9 @@ def test_settings_reject_injection_in_host_path_and_header(value):
 
 # Any text but a backslash: crossplane quotes `'$http_\'` with the closing quote
 # escaped, so a trailing one breaks the config. The loader refuses it in every key
-# (NASTY's "a\\b" above), and only the loader checks now.
-NO_BACKSLASH = st.characters(blacklist_characters="\\")
+# (NASTY's "a\\b" above), and only the loader checks now. Nor a lone surrogate
+# (category Cs): no UTF-8 file can hold one, and the loader refuses it too.
+NO_BACKSLASH = st.characters(blacklist_characters="\\", blacklist_categories=("Cs",))
 
 
 @settings(max_examples=200, deadline=None)
