@@ -25,7 +25,7 @@ import pytest
 from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
 from components.lb.nginx_conf import render_nginx_config
 from components.lb.pools import ModelPool
-from components.steps import canary, rollout
+from components.steps import canary, nginx_edit
 from components.steps.canary_compare import (
     Scrape,
     Thresholds,
@@ -252,18 +252,18 @@ def test_a_worse_canary_is_taken_out_and_stops_the_update(
     assert len(worse) == 1 and broken in worse[0], message
     assert message.endswith(canary.WHAT_TO_DO)
     config = nginx.config.read_text()
-    assert f"{rollout.DRAINED}server vllm0:8000" in config
+    assert f"{nginx_edit.DRAINED}server vllm0:8000" in config
     assert "\n    server vllm1:8000" in config, "the old replica keeps serving"
 
 
 def test_an_equal_canary_passes_and_is_put_back_first(tmp_path: Path, nginx: FakeNginx) -> None:
     # A canary a previous `up` took out: watched again, it must get traffic.
-    rollout.edit_upstream(nginx, "vllm0:8000", down=True)  # type: ignore[arg-type]
+    nginx_edit.edit_upstream(nginx, "vllm0:8000", down=True)  # type: ignore[arg-type]
     nginx.lingering_looks = 0  # the old workers stop at once after the next reload too
     with standins(tmp_path, {}, {}) as stubs:
         message = _run(nginx, stubs)
     assert message.startswith("canary: vllm0 no worse than vllm1, the update goes on:"), message
-    assert rollout.DRAINED not in nginx.config.read_text()
+    assert nginx_edit.DRAINED not in nginx.config.read_text()
 
 
 def test_with_model_pools_a_canary_leaves_every_block_it_is_in(nginx: FakeNginx) -> None:
@@ -282,12 +282,12 @@ def test_with_model_pools_a_canary_leaves_every_block_it_is_in(nginx: FakeNginx)
     nginx.config.write_text(config)
     lines = [line for line in config.splitlines() if "server vllm-chat-0:8000" in line]
     assert len(lines) == 3, config
-    assert rollout.edit_upstream(nginx, "vllm-chat-0:8000", down=True)  # type: ignore[arg-type]
+    assert nginx_edit.edit_upstream(nginx, "vllm-chat-0:8000", down=True)  # type: ignore[arg-type]
     edited = nginx.config.read_text().splitlines()
     out = [line for line in edited if "server vllm-chat-0:8000" in line]
-    assert len(out) == 3 and all(f"{rollout.DRAINED}server" in line for line in out), out
-    assert [line for line in edited if rollout.DRAINED in line] == out, "no other replica"
-    assert rollout.edit_upstream(nginx, "vllm-chat-0:8000", down=False)  # type: ignore[arg-type]
+    assert len(out) == 3 and all(f"{nginx_edit.DRAINED}server" in line for line in out), out
+    assert [line for line in edited if nginx_edit.DRAINED in line] == out, "no other replica"
+    assert nginx_edit.edit_upstream(nginx, "vllm-chat-0:8000", down=False)  # type: ignore[arg-type]
     assert nginx.config.read_text() == config
 
 
@@ -352,7 +352,7 @@ def test_without_traffic_it_says_so_and_proceeds_or_waits_then_stops(nginx: Fake
         "traffic, or set rollout.canaryWithoutTraffic: proceed."
     )
     # Not judged worse: never taken out.
-    assert rollout.DRAINED not in nginx.config.read_text()
+    assert nginx_edit.DRAINED not in nginx.config.read_text()
 
 
 def test_the_metrics_are_asked_directly_past_any_http_proxy(

@@ -184,7 +184,6 @@ class VllmCluster(pulumi.ComponentResource):
                 replica_ids=[c.id for c in self.replicas],
                 exporter=self.monitoring.lb_exporter if self.monitoring is not None else None,
                 project_dir=self._args.project_dir,
-                python=self._args.python,
                 moved_from=self,
                 names=name,
             ),

@@ -55,9 +55,20 @@ from components.plan.model import (
     ReplicaPlan,
     RolloutPlan,
     SecretUpload,
+    StepCall,
     host_tls_secret,
+    step_argv,
 )
 from components.plan.monitoring import build_monitoring_plan
+from components.plan.specs import (
+    CanarySpec,
+    DownloadSpec,
+    ReadinessSpec,
+    ReloadSpec,
+    RolloutSpec,
+    VerifySpec,
+    WatchedReplica,
+)
 from components.steps.engine import DOCKER_TLS_SECRET_ENV
 
 
@@ -276,15 +287,16 @@ def _download(
     python: str,
 ) -> DownloadPlan:
     return DownloadPlan(
-        name=f"{settings.name_prefix}-{pool.prefix}download",
+        argv=step_argv(python, "download"),
         step_name=f"{pool.prefix}download",
-        model=repos[0],
-        more_models=repos[1:],
-        env=_job_env(settings, pool),
-        timeout_seconds=settings.ready_timeout_seconds,
-        progress_seconds=settings.progress_interval_seconds,
+        spec=DownloadSpec(
+            name=f"{settings.name_prefix}-{pool.prefix}download",
+            models=repos,
+            env=_job_env(settings, pool),
+            timeout_seconds=settings.ready_timeout_seconds,
+            progress_seconds=settings.progress_interval_seconds,
+        ),
         secret_env=(HF_TOKEN_ENV,) if settings.hf_token is not None else (),
-        python=python,
         pool=pool.name,
         pools=pools,
     )
@@ -325,21 +337,16 @@ def _ready_check(
     name: str, replicas: tuple[ReplicaPlan, ...], settings: Settings, python: str
 ) -> CheckPlan:
     # Each replica's /health where it is published, asked as soon as it can
-    # answer; its name alone falls back on Docker's health status (components.steps.readiness).
-    probes = [("--probe", f"{r.name}={r.url}/health") for r in replicas]
+    # answer; unreachable, Docker's health status (components.steps.readiness).
     return CheckPlan(
         name=name,
         waits_for=tuple(r.name for r in replicas),
-        argv=(
-            python,
-            "-m",
-            "components.steps.readiness",
-            "--timeout",
-            str(settings.ready_timeout_seconds),
-            "--progress-seconds",
-            str(settings.progress_interval_seconds),
-            *(word for probe in probes for word in probe),
-            *(r.name for r in replicas),
+        argv=step_argv(python, "readiness"),
+        spec=ReadinessSpec(
+            replicas=tuple(r.name for r in replicas),
+            probes={r.name: f"{r.url}/health" for r in replicas},
+            timeout_seconds=settings.ready_timeout_seconds,
+            progress_seconds=settings.progress_interval_seconds,
         ),
         # Not used by the check, only redacted from the replica logs it prints.
         secret_env=_secret_env(settings),
@@ -361,50 +368,34 @@ def _rollouts(
     engines = {h.name: h for h in settings.hosts or ()}
     lb_host = settings.load_balancer_host if settings.hosts is not None else None
 
-    def elsewhere(replica: ReplicaPlan) -> tuple[str, ...]:
+    def elsewhere(replica: ReplicaPlan) -> str | None:
         """A replica on another engine than nginx's: the steps ask that engine."""
         host = engines.get(replica.host) if replica.host is not None else None
         if host is None or lb_host is None or host is lb_host:
-            return ()
+            return None
         if host.tls is not None:
-            return ()  # TLS material stays in the provider; the drain waits the grace period
-        return ("--replica-engine", host.docker_host)
-
-    def argv(action: str, replica: ReplicaPlan, timeout: int, *options: str) -> tuple[str, ...]:
-        return (
-            python,
-            "-m",
-            "components.steps.rollout",
-            action,
-            "--lb",
-            lb_name,
-            "--replica",
-            replica.name,
-            "--port",
-            str(replica.container_port),
-            "--upstream",
-            str(replica.upstream),
-            "--timeout",
-            str(timeout),
-            *(options or elsewhere(replica)),
-        )
-
-    def drain(replica: ReplicaPlan) -> tuple[str, ...]:
-        if settings.shutdown_timeout_seconds > 0:
-            # vLLM finishes its requests on SIGTERM (components.steps.rollout): the
-            # drain only takes the replica out of nginx and asks nothing of it.
-            return argv("drain", replica, settings.stop_grace_seconds, "--vllm-drains")
-        return argv("drain", replica, settings.stop_grace_seconds)
+            return None  # TLS material stays in the provider; the drain waits the grace period
+        return host.docker_host
 
     return tuple(
         RolloutPlan(
             replica=r.name,
             wave=wave_of[r.name],
-            drain=drain(r),
-            resume=(
-                *argv("resume", r, settings.ready_timeout_seconds),
-                "--probe",
-                f"{r.url}/health",
+            step=StepCall(
+                argv=step_argv(python, "rollout"),
+                spec=RolloutSpec(
+                    lb=lb_name,
+                    replica=r.name,
+                    port=r.container_port,
+                    upstream=str(r.upstream),
+                    drain_seconds=settings.stop_grace_seconds,
+                    resume_seconds=settings.ready_timeout_seconds,
+                    probe=f"{r.url}/health",
+                    # vLLM finishes its requests on SIGTERM (components.steps.rollout):
+                    # the drain only takes the replica out of nginx.
+                    vllm_drains=settings.shutdown_timeout_seconds > 0,
+                    replica_engine=elsewhere(r),
+                ),
             ),
             pool=r.pool,
         )
@@ -434,34 +425,25 @@ def canary_plan(
     if rollout.canary_seconds == 0 or not first or not rest:
         return None
 
-    def side(flag: str, group: Sequence[ReplicaPlan]) -> list[str]:
-        return [w for r in group for w in (flag, f"{r.name}={r.url}/metrics={r.upstream}")]
+    def side(group: Sequence[ReplicaPlan]) -> tuple[WatchedReplica, ...]:
+        return tuple(WatchedReplica(r.name, f"{r.url}/metrics", str(r.upstream)) for r in group)
 
     return CanaryPlan(
         name=f"{prefix}canary",
         pool=pool,
         canary=tuple(r.name for r in first),
         baseline=tuple(r.name for r in rest),
-        argv=(
-            python,
-            "-m",
-            "components.steps.canary",
-            "--lb",
-            lb_name,
-            *side("--canary", first),
-            *side("--baseline", rest),
-            "--seconds",
-            str(rollout.canary_seconds),
-            "--max-ttft-ratio",
-            f"{rollout.canary_max_ttft_ratio:g}",
-            "--max-error-rate-increase",
-            f"{rollout.canary_max_error_rate_increase:g}",
-            "--min-requests",
-            str(rollout.canary_min_requests),
-            "--without-traffic",
-            rollout.canary_without_traffic,
-            "--max-wait",
-            str(rollout.canary_max_wait_seconds),
+        argv=step_argv(python, "canary"),
+        spec=CanarySpec(
+            lb=lb_name,
+            canary=side(first),
+            baseline=side(rest),
+            seconds=rollout.canary_seconds,
+            max_ttft_ratio=rollout.canary_max_ttft_ratio,
+            max_error_rate_increase=rollout.canary_max_error_rate_increase,
+            min_requests=rollout.canary_min_requests,
+            without_traffic=rollout.canary_without_traffic,
+            max_wait_seconds=rollout.canary_max_wait_seconds,
         ),
     )
 
@@ -613,18 +595,20 @@ def _pool_plans(
     )
 
 
-def _verify_argv(settings: Settings, pools: tuple[PoolPlan, ...], lb_url: str) -> tuple[str, ...]:
-    """Today's `--model` for one model; with pools, every name clients may send,
-    each probed through the load balancer (`--probe`), embedding pools as such."""
+def _verify(settings: Settings, pools: tuple[PoolPlan, ...], url: str) -> VerifySpec:
+    """The one model's name; with pools, every name clients may send, each probed
+    through the load balancer, embedding pools as such."""
+    timeout = settings.verify_timeout_seconds
     if not pools:
-        return ("--model", settings.model_name)
-    words: list[str] = []
-    for pool in pools:
-        for name in (pool.served_name, *(a for a, _ in pool.adapters)):
-            words += ["--model", name]
-            if pool.embedding:
-                words += ["--embedding", name]
-    return (*words, "--probe")
+        return VerifySpec(url=url, models=(settings.model_name,), timeout_seconds=timeout)
+    names = [(n, p.embedding) for p in pools for n in (p.served_name, *(a for a, _ in p.adapters))]
+    return VerifySpec(
+        url=url,
+        models=tuple(n for n, _ in names),
+        embeddings=tuple(n for n, embedding in names if embedding),
+        probe=True,
+        timeout_seconds=timeout,
+    )
 
 
 def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3") -> Plan:
@@ -692,6 +676,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             host_port=lb.port,
             config=nginx_config,
             url=lb_url,
+            reload=StepCall(step_argv(python, "lb_reload"), ReloadSpec(lb.name)),
             secret_uploads=tuple(uploads),
             files=render_extra_files(lb, runtime, pools=model_pools),
             container_port=listen_port,
@@ -699,16 +684,8 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         ),
         verify=CheckPlan(
             name="verify",
-            argv=(
-                python,
-                "-m",
-                "components.steps.verify",
-                "--url",
-                lb_url,
-                *_verify_argv(settings, pools, lb_url),
-                "--timeout",
-                str(settings.verify_timeout_seconds),
-            ),
+            argv=step_argv(python, "verify"),
+            spec=_verify(settings, pools, lb_url),
             secret_env=tuple(
                 name
                 for name, value in (
