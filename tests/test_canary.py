@@ -25,6 +25,7 @@ import pytest
 from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
 from components.lb.nginx_conf import render_nginx_config
 from components.lb.pools import ModelPool
+from components.plan.specs import WatchedReplica
 from components.steps import canary, nginx_edit
 from components.steps.canary_compare import (
     Scrape,
@@ -152,7 +153,7 @@ def test_waiting_for_traffic_watches_on_up_to_its_bound() -> None:
         return Scrape({0.1: n, INF: n}, requests=n, failed=0)
 
     said: list[str] = []
-    replicas = (canary.Replica("c", "canary", "c:8000"), canary.Replica("o", "old", "o:8000"))
+    replicas = (WatchedReplica("c", "canary", "c:8000"), WatchedReplica("o", "old", "o:8000"))
     verdict = canary.watch(
         replicas[:1],
         replicas[1:],
@@ -217,9 +218,9 @@ def load(stubs: Sequence[Stub], per_stub: int = 2) -> Iterator[None]:
             thread.join(timeout=15)
 
 
-def _replicas(stubs: Sequence[Stub]) -> list[canary.Replica]:
+def _replicas(stubs: Sequence[Stub]) -> list[WatchedReplica]:
     return [
-        canary.Replica(f"vllm{i}", f"{s.url}/metrics", f"vllm{i}:8000") for i, s in enumerate(stubs)
+        WatchedReplica(f"vllm{i}", f"{s.url}/metrics", f"vllm{i}:8000") for i, s in enumerate(stubs)
     ]
 
 
@@ -295,7 +296,7 @@ def test_containers_the_canary_passed_are_not_watched_again() -> None:
     """pulumi-command gives a command run on an update its previous stdout: a
     changed `rollout.canary*` setting alone updates the step, and the same first
     wave, already through it, is not watched (nor judged) again."""
-    replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
+    replicas = [WatchedReplica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
 
     def step(containers: str, previous_output: str = "") -> str:
         return canary.run(
@@ -318,7 +319,7 @@ def test_containers_the_canary_passed_are_not_watched_again() -> None:
 
 
 def test_no_load_balancer_yet_is_a_first_deploy() -> None:
-    replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
+    replicas = [WatchedReplica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
     said = canary.run(FakeClient({}), "nginx-lb", replicas, replicas, canary.Watch(60, LIMITS))  # type: ignore[arg-type]
     assert said == "canary: no load balancer yet (first deploy): vllm0 not watched"
 
@@ -330,8 +331,8 @@ def _idle(url: str) -> Scrape:
 
 def test_without_traffic_it_says_so_and_proceeds_or_waits_then_stops(nginx: FakeNginx) -> None:
     replicas = [
-        canary.Replica("vllm0", "http://vllm0/metrics", "vllm0:8000"),
-        canary.Replica("vllm1", "http://vllm1/metrics", "vllm1:8000"),
+        WatchedReplica("vllm0", "http://vllm0/metrics", "vllm0:8000"),
+        WatchedReplica("vllm1", "http://vllm1/metrics", "vllm1:8000"),
     ]
     client = FakeClient({"nginx-lb": nginx})
     proceed, wait = (
