@@ -198,16 +198,17 @@ class VllmCluster(pulumi.ComponentResource):
         self.replica_names = pulumi.Output.all(*[c.name for c in self.replicas]).apply(list)
         self.served_model_name = pulumi.Output.from_input(plan.served_model_name)
         self.host_outputs: pulumi.Output[dict[str, dict[str, object]]] | None = None
-        if plan.hosts[0].name is not None:
+        named = [host for host in plan.hosts if host.own_provider]
+        if named:
             self.host_outputs = pulumi.Output.from_input(
                 {
-                    str(host.name): {
+                    host.name: {
                         "docker_host": host.docker_host,
                         "replica_names": [r.name for r in host.replicas],
                         "replica_urls": [r.url for r in host.replicas],
                         "load_balancer": host.runs_load_balancer,
                     }
-                    for host in plan.hosts
+                    for host in named
                 }
             )
         # The verify step prints no secret. pulumi-command 1.2.1 keeps stdout
@@ -271,12 +272,11 @@ class VllmCluster(pulumi.ComponentResource):
         return EngineParts(host, engine, provider, self._engine_environment(host))
 
     def _engine_provider(self, name: str, host: HostPlan) -> docker.Provider | None:
-        """An explicit provider per named host; the unnamed one uses the default."""
-        if host.name is None:
+        """An explicit provider per host; `local` uses the default one (`docker:host`)."""
+        if not host.own_provider:
             return None
 
         def material(part: str) -> pulumi.Output[str] | None:
-            assert host.name is not None
             return self._secrets[host_tls_secret(host.name, part)] if host.tls_materials else None
 
         return docker.Provider(
@@ -302,7 +302,7 @@ class VllmCluster(pulumi.ComponentResource):
     def _engine_environment(self, host: HostPlan | None) -> dict[str, pulumi.Input[str]]:
         """How a step reaches an engine: `docker:host` without 'hosts', else the
         host's endpoint, its TLS variables and (as secrets) its TLS material."""
-        if host is None or host.name is None:
+        if host is None or not host.own_provider:
             return {"DOCKER_HOST": self._args.docker_host} if self._args.docker_host else {}
         environment: dict[str, pulumi.Input[str]] = dict(host.engine_env)
         for variable, secret in host.engine_secret_env.items():

@@ -33,7 +33,7 @@ from components.steps.canary import CONTAINERS_ENV as CANARY_CONTAINERS_ENV
 
 TYPE_TOKEN = "vllm-nginx:index:Pool"
 
-DownloadKey = tuple[int, str | None]
+DownloadKey = tuple[int, str]
 """(engine index, pool): the download jobs a pool's replicas wait for there."""
 
 
@@ -52,8 +52,8 @@ class EngineParts:
 class PoolArgs:
     """The pool's share of the plan and the engines it runs on."""
 
-    pool: str | None
-    """The pool (None: the one pool of a single-model stack)."""
+    pool: str
+    """The pool (`default` for a stack without 'models')."""
     replicas: Sequence[tuple[ReplicaPlan, RolloutPlan]]
     canary: CanaryPlan | None
     engines: Sequence[EngineParts]

@@ -14,12 +14,11 @@ from pathlib import Path
 
 from components.config.sections import (
     Backend,
-    HostSettings,
     ImageSettings,
     RolloutSettings,
     Upstream,
 )
-from components.config.settings import Placement, Pool, Settings
+from components.config.settings import DEFAULT_POOL, Engine, Placement, Pool, Settings
 from components.config.values import format_cpu_set
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
 from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
@@ -168,7 +167,9 @@ def _repos(pool: Pool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m for m in found if not is_local_model(m)))
 
 
-def _replica(settings: Settings, pool: Pool, index: int, at: Placement) -> ReplicaPlan:
+def _replica(
+    settings: Settings, pool: Pool, index: int, at: Placement, engine: Engine
+) -> ReplicaPlan:
     gpus, cores = at.gpus, at.cores
     command = (
         pool.model,
@@ -212,16 +213,13 @@ def _replica(settings: Settings, pool: Pool, index: int, at: Placement) -> Repli
     secret_env = tuple(name for name in _secret_env(settings) if name != HF_TOKEN_ENV)
     host_port = at.port
     hc = settings.health_check
-    bind_address, public_host, route = settings.bind_address, settings.public_host, None
-    if at.host is not None:
-        bind_address, public_host = at.host.publish_address, at.host.address
-        if at.host is not settings.load_balancer_host:
-            # Another engine: nginx reaches it where it is published, not by name.
-            route = Upstream(host=at.host.address, port=host_port)
+    bind_address, public_host = engine.publish_address, engine.address
+    # Another engine than nginx's: nginx reaches it where it is published, not by name.
+    route = None if engine.runs_load_balancer else Upstream(host=public_host, port=host_port)
     return ReplicaPlan(
         index=index,
         name=at.name,
-        host=at.host.name if at.host is not None else None,
+        host=engine.name,
         route=route,
         bind_address=bind_address,
         host_port=host_port,
@@ -263,7 +261,7 @@ def _downloads(settings: Settings, python: str) -> tuple[DownloadPlan, ...]:
     Without 'models' this is today's one `<prefix>-download` of the model. A
     pool whose model and adapters an earlier pool fetched has none of its own
     and waits for that one."""
-    jobs: list[tuple[Pool, list[str], list[str | None]]] = []
+    jobs: list[tuple[Pool, list[str], list[str]]] = []
     owner: dict[str, int] = {}
     """Repository -> the job that fetches it."""
     for pool in settings.pools():
@@ -283,7 +281,7 @@ def _download(
     settings: Settings,
     pool: Pool,
     repos: tuple[str, ...],
-    pools: tuple[str | None, ...],
+    pools: tuple[str, ...],
     python: str,
 ) -> DownloadPlan:
     return DownloadPlan(
@@ -357,7 +355,7 @@ def _rollouts(
     settings: Settings, replicas: Sequence[ReplicaPlan], lb_name: str, python: str
 ) -> tuple[RolloutPlan, ...]:
     """Waves of at most half of a pool, counted in each pool on its own."""
-    in_pool: dict[str | None, list[ReplicaPlan]] = {}
+    in_pool: dict[str, list[ReplicaPlan]] = {}
     for r in replicas:
         in_pool.setdefault(r.pool, []).append(r)
     wave_of = {
@@ -365,17 +363,14 @@ def _rollouts(
         for mine in in_pool.values()
         for index, r in enumerate(mine)
     }
-    engines = {h.name: h for h in settings.hosts or ()}
-    lb_host = settings.load_balancer_host if settings.hosts is not None else None
+    engines = {e.name: e for e in settings.engines()}
 
     def elsewhere(replica: ReplicaPlan) -> str | None:
         """A replica on another engine than nginx's: the steps ask that engine."""
-        host = engines.get(replica.host) if replica.host is not None else None
-        if host is None or lb_host is None or host is lb_host:
-            return None
-        if host.tls is not None:
+        engine = engines[replica.host]
+        if engine.runs_load_balancer or engine.tls is not None:
             return None  # TLS material stays in the provider; the drain waits the grace period
-        return host.docker_host
+        return engine.docker_host
 
     return tuple(
         RolloutPlan(
@@ -409,7 +404,7 @@ def canary_plan(
     rollouts: Sequence[RolloutPlan],
     lb_name: str,
     python: str,
-    pool: str | None = None,
+    pool: str = DEFAULT_POOL,
     prefix: str = "",
 ) -> CanaryPlan | None:
     """The canary step of one rollout: its first wave against the rest.
@@ -467,17 +462,18 @@ def _canaries(
     return tuple(p for p in plans if p is not None)
 
 
-def engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
-    """What docker-py's `from_env` (and our TLS-material reader) need to reach an engine."""
-    env = {"DOCKER_HOST": host.docker_host}
+def engine_env(engine: Engine) -> tuple[dict[str, str], dict[str, str]]:
+    """What docker-py's `from_env` (and our TLS-material reader) need to reach an
+    engine; nothing for `local`, which the deployment reaches by `docker:host`."""
+    env = {"DOCKER_HOST": engine.docker_host} if engine.docker_host else {}
     secret_env: dict[str, str] = {}
-    tls = host.tls
+    tls = engine.tls
     if tls is not None and tls.cert_path is not None:
         env["DOCKER_TLS_VERIFY"] = "1"
         env["DOCKER_CERT_PATH"] = os.path.expanduser(tls.cert_path)
     elif tls is not None:
         secret_env = {
-            var: host_tls_secret(host.name, part) for part, var in DOCKER_TLS_SECRET_ENV.items()
+            var: host_tls_secret(engine.name, part) for part, var in DOCKER_TLS_SECRET_ENV.items()
         }
     return env, secret_env
 
@@ -498,7 +494,7 @@ def _ready_checks(
 
 
 def _engine_images(
-    settings: Settings, project_dir: Path, here: set[str | None]
+    settings: Settings, project_dir: Path, here: set[str]
 ) -> tuple[EngineImage, ...]:
     """Each image the pools with replicas on one engine run, pulled there once: the
     stack's as `vllm-image`, another as its first pool's (`<pool>-vllm-image`)."""
@@ -521,33 +517,22 @@ def _hosts(
     settings: Settings, replicas: tuple[ReplicaPlan, ...], project_dir: Path, python: str
 ) -> tuple[HostPlan, ...]:
     downloads = _downloads(settings, python)
-    if settings.hosts is None:
-        return (
-            HostPlan(
-                name=None,
-                docker_host=None,
-                replicas=replicas,
-                ready=_ready_checks(settings, replicas, "", python),
-                images=_engine_images(settings, project_dir, {r.pool for r in replicas}),
-                runs_load_balancer=True,
-                downloads=downloads,
-                fits=_fits(settings, replicas, python),
-            ),
-        )
     plans = []
-    for host in settings.hosts:
-        mine = tuple(r for r in replicas if r.host == host.name)
-        env, secret_env = engine_env(host)
+    for engine in settings.engines():
+        mine = tuple(r for r in replicas if r.host == engine.name)
+        env, secret_env = engine_env(engine)
         # A pool with no replica on this engine needs none of its repositories here.
         here = {r.pool for r in mine}
         plans.append(
             HostPlan(
-                name=host.name,
-                docker_host=host.docker_host,
+                name=engine.name,
+                resource_prefix=engine.prefix,
+                own_provider=engine.own_provider,
+                docker_host=engine.docker_host,
                 replicas=mine,
-                ready=_ready_checks(settings, mine, f"{host.name}-", python),
+                ready=_ready_checks(settings, mine, engine.prefix, python),
                 images=_engine_images(settings, project_dir, here),
-                runs_load_balancer=host is settings.load_balancer_host,
+                runs_load_balancer=engine.runs_load_balancer,
                 engine_env=env,
                 engine_secret_env=secret_env,
                 tls_cert_path=env.get("DOCKER_CERT_PATH"),
@@ -561,29 +546,25 @@ def _hosts(
 
 def _model_pools(settings: Settings, replicas: tuple[ReplicaPlan, ...]) -> list[ModelPool]:
     """The pools as nginx routes them; none for a single-model stack (today's config)."""
-    if settings.models is None:
-        return []
     return [
         ModelPool(
-            name=str(pool.name),
+            name=pool.name,
             served_name=pool.served_name,
             model=pool.model,
             upstreams=tuple(r.upstream for r in replicas if r.pool == pool.name),
             policy=pool.policy,
             adapters=tuple(a.name for a in pool.adapters),
         )
-        for pool in settings.pools()
+        for pool in settings.routed_pools()
     ]
 
 
 def _pool_plans(
     settings: Settings, replicas: tuple[ReplicaPlan, ...], project_dir: Path
 ) -> tuple[PoolPlan, ...]:
-    if settings.models is None:
-        return ()
     return tuple(
         PoolPlan(
-            name=str(pool.name),
+            name=pool.name,
             model=pool.model,
             served_name=pool.served_name,
             adapters=tuple((a.name, a.model) for a in pool.adapters),
@@ -591,7 +572,7 @@ def _pool_plans(
             embedding=is_embedding(pool.extra_args),
             image=_vllm_image(settings, project_dir, pool.image),
         )
-        for pool in settings.pools()
+        for pool in settings.routed_pools()
     )
 
 
@@ -613,8 +594,9 @@ def _verify(settings: Settings, pools: tuple[PoolPlan, ...], url: str) -> Verify
 
 def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3") -> Plan:
     """Turn settings into the deployment: names, ports, GPUs, env, nginx config."""
+    engines = {e.name: e for e in settings.engines()}
     replicas = tuple(
-        _replica(settings, pool, i, at)
+        _replica(settings, pool, i, at, engines[at.engine])
         for pool in settings.pools()
         for i, at in enumerate(pool.placements)
     )
@@ -641,8 +623,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     )
     pools = _pool_plans(settings, replicas, project_dir)
     scheme = "https" if lb.tls else "http"
-    lb_host = settings.load_balancer_host
-    public_host = lb_host.address if lb_host is not None else settings.public_host
+    public_host = next(e.address for e in engines.values() if e.runs_load_balancer)
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
     hosts = _hosts(settings, replicas, project_dir, python)
     rollouts = _rollouts(settings, replicas, lb.name, python)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from components.config.sections import Upstream
+from components.config.settings import DEFAULT_POOL, LOCAL_ENGINE
 from components.plan.monitoring import MonitoringPlan
 from components.plan.specs import SPEC_ENV, DownloadSpec, FitSpec, encode
 
@@ -128,8 +129,8 @@ class JobPlan:
     argv: tuple[str, ...]
     spec: DownloadSpec | FitSpec
     secret_env: tuple[str, ...]
-    pool: str | None
-    """The pool whose image runs it and whose name it takes; None without 'models'."""
+    pool: str
+    """The pool whose image runs it and whose name it takes."""
     step_name: str
     """Its resource's name after the engine's prefix: '<pool>-download', 'fit'."""
     mounts_cache: bool = True
@@ -150,7 +151,7 @@ class DownloadPlan(JobPlan):
     the token goes into the job container as a file."""
 
     spec: DownloadSpec
-    pools: tuple[str | None, ...] = ()
+    pools: tuple[str, ...] = ()
     """Every pool whose replicas wait for it (a repository is fetched once)."""
 
 
@@ -205,12 +206,12 @@ class ReplicaPlan:
     # The guide's `--ipc host`: tensor-parallel workers share memory through the
     # host's /dev/shm. With it docker ignores `--shm-size`, so none is declared.
     ipc_mode: str = "host"
-    host: str | None = None
-    """The 'hosts' entry it runs on (None: the one engine of a stack without 'hosts')."""
+    host: str = LOCAL_ENGINE
+    """The engine it runs on (`local` for a stack without 'hosts')."""
     route: Upstream | None = None
     """How nginx reaches it from another engine: its host's address and published port."""
-    pool: str | None = None
-    """The 'models' entry it serves (None without 'models')."""
+    pool: str = DEFAULT_POOL
+    """The pool it serves (`default` for a stack without 'models')."""
 
     @property
     def upstream(self) -> Upstream:
@@ -291,18 +292,22 @@ class EngineImage:
     resource: str
     """Its resource's name after the engine's prefix: 'vllm-image', '<pool>-vllm-image'."""
     image: ImagePlan
-    pools: tuple[str | None, ...]
+    pools: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class HostPlan:
     """One Docker engine and what runs on it; the steps that talk to it get its env.
 
-    A stack without 'hosts' has one, unnamed: the engine of the default
+    A stack without 'hosts' has one, `local`: the engine of the default
     provider (`docker:host`), and resources named as they always were.
     """
 
-    name: str | None
+    name: str
+    resource_prefix: str
+    """What goes between the component's name and a resource's own name."""
+    own_provider: bool
+    """A provider of its own; `local` uses Pulumi's default one (`docker:host`)."""
     docker_host: str | None
     replicas: tuple[ReplicaPlan, ...]
     ready: tuple[CheckPlan, ...]
@@ -322,11 +327,6 @@ class HostPlan:
     """One fit check per pool with replicas on this engine, before that pool's
     download and replicas."""
 
-    @property
-    def resource_prefix(self) -> str:
-        """What goes between the component's name and a resource's own name."""
-        return f"{self.name}-" if self.name is not None else ""
-
 
 @dataclass(frozen=True)
 class RolloutPlan:
@@ -342,7 +342,7 @@ class RolloutPlan:
     wave: int
     step: StepCall
     """`components.steps.rollout` with the replica's `RolloutSpec`."""
-    pool: str | None = None
+    pool: str = DEFAULT_POOL
     """Waves are counted per pool: a pool's update waits on none of another's."""
 
     @property
@@ -381,8 +381,8 @@ class CanaryPlan(StepCall):
     canary: tuple[str, ...]
     """The first wave's replicas."""
     baseline: tuple[str, ...]
-    pool: str | None = None
-    """The model pool whose rollout it watches; None for a single-model stack."""
+    pool: str = DEFAULT_POOL
+    """The pool whose rollout it watches."""
 
 
 @dataclass(frozen=True)
@@ -402,9 +402,9 @@ class Plan:
     """With 'models', every pool; empty for a single-model stack."""
     hosts: tuple[HostPlan, ...] = ()
     """Every engine with its replicas, downloads, fit and readiness checks."""
-    pool_keys: tuple[tuple[str | None, str], ...] = ((None, ""),)
-    """Every pool (None: the one of a single-model stack) and its name prefix, in
-    the loader's order: a pool may wait for an earlier one's download."""
+    pool_keys: tuple[tuple[str, str], ...] = ((DEFAULT_POOL, ""),)
+    """Every pool and its resources' name prefix ('' for `default`), in the
+    loader's order: a pool may wait for an earlier one's download."""
     canaries: tuple[CanaryPlan, ...] = ()
     """One canary step per rollout with a second wave (each pool's own); none
     with `rollout.canarySeconds` 0."""
