@@ -277,12 +277,15 @@ class VllmCluster(pulumi.ComponentResource):
             return None
 
         def material(part: str) -> pulumi.Output[str] | None:
-            return self._secrets[host_tls_secret(host.name, part)] if host.tls_materials else None
+            # The material only when the stack holds it as secrets (not a cert directory).
+            if not host.engine_secret_env:
+                return None
+            return self._secrets[host_tls_secret(host.name, part)]
 
         return docker.Provider(
             f"{name}-{host.name}-docker",
             host=host.docker_host,
-            cert_path=host.tls_cert_path,
+            cert_path=host.engine_env.get("DOCKER_CERT_PATH"),
             ca_material=material("ca"),
             cert_material=material("cert"),
             # A Pulumi secret, so the key stays encrypted in the provider's state.

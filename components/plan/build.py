@@ -535,8 +535,6 @@ def _hosts(
                 runs_load_balancer=engine.runs_load_balancer,
                 engine_env=env,
                 engine_secret_env=secret_env,
-                tls_cert_path=env.get("DOCKER_CERT_PATH"),
-                tls_materials=bool(secret_env),
                 downloads=tuple(d for d in downloads if here & set(d.pools)),
                 fits=_fits(settings, mine, python),
             )

@@ -319,8 +319,6 @@ class HostPlan:
     """`DOCKER_HOST` and, for a certificate directory, Docker's TLS variables."""
     engine_secret_env: Mapping[str, str] = field(default_factory=dict)
     """Variable -> name of the secret: the TLS material the steps' client reads."""
-    tls_cert_path: str | None = None
-    tls_materials: bool = False
     downloads: tuple[DownloadPlan, ...] = ()
     """Every download job on this engine: a repository is fetched once."""
     fits: tuple[FitPlan, ...] = ()
