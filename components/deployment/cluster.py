@@ -176,7 +176,7 @@ class VllmCluster(pulumi.ComponentResource):
                 engine_environment=lb_environment,
                 verify_environment={
                     **{key: self._secrets[key] for key in plan.verify.secret_env},
-                    **self._engine_environment(None),
+                    **self._default_environment(),
                 },
                 secrets=self._secrets,
                 starts_after=lb_after,
@@ -302,11 +302,15 @@ class VllmCluster(pulumi.ComponentResource):
             "grafana_url": self.monitoring.grafana_url,
         }
 
-    def _engine_environment(self, host: HostPlan | None) -> dict[str, pulumi.Input[str]]:
-        """How a step reaches an engine: `docker:host` without 'hosts', else the
-        host's endpoint, its TLS variables and (as secrets) its TLS material."""
-        if host is None or not host.own_provider:
-            return {"DOCKER_HOST": self._args.docker_host} if self._args.docker_host else {}
+    def _default_environment(self) -> dict[str, pulumi.Input[str]]:
+        """`docker:host`, the default provider's engine (`local`'s; the verify step's)."""
+        return {"DOCKER_HOST": self._args.docker_host} if self._args.docker_host else {}
+
+    def _engine_environment(self, host: HostPlan) -> dict[str, pulumi.Input[str]]:
+        """How a step reaches an engine: `local` by `docker:host`, a host by its
+        endpoint, its TLS variables and (as secrets) its TLS material."""
+        if not host.own_provider:
+            return self._default_environment()
         environment: dict[str, pulumi.Input[str]] = dict(host.engine_env)
         for variable, secret in host.engine_secret_env.items():
             environment[variable] = self._secrets[secret]
