@@ -25,7 +25,8 @@ import pytest
 from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
 from components.lb.nginx_conf import render_nginx_config
 from components.lb.pools import ModelPool
-from components.steps import canary, rollout
+from components.plan.specs import WatchedReplica
+from components.steps import canary, nginx_edit
 from components.steps.canary_compare import (
     Scrape,
     Thresholds,
@@ -152,7 +153,7 @@ def test_waiting_for_traffic_watches_on_up_to_its_bound() -> None:
         return Scrape({0.1: n, INF: n}, requests=n, failed=0)
 
     said: list[str] = []
-    replicas = (canary.Replica("c", "canary", "c:8000"), canary.Replica("o", "old", "o:8000"))
+    replicas = (WatchedReplica("c", "canary", "c:8000"), WatchedReplica("o", "old", "o:8000"))
     verdict = canary.watch(
         replicas[:1],
         replicas[1:],
@@ -217,9 +218,9 @@ def load(stubs: Sequence[Stub], per_stub: int = 2) -> Iterator[None]:
             thread.join(timeout=15)
 
 
-def _replicas(stubs: Sequence[Stub]) -> list[canary.Replica]:
+def _replicas(stubs: Sequence[Stub]) -> list[WatchedReplica]:
     return [
-        canary.Replica(f"vllm{i}", f"{s.url}/metrics", f"vllm{i}:8000") for i, s in enumerate(stubs)
+        WatchedReplica(f"vllm{i}", f"{s.url}/metrics", f"vllm{i}:8000") for i, s in enumerate(stubs)
     ]
 
 
@@ -252,18 +253,18 @@ def test_a_worse_canary_is_taken_out_and_stops_the_update(
     assert len(worse) == 1 and broken in worse[0], message
     assert message.endswith(canary.WHAT_TO_DO)
     config = nginx.config.read_text()
-    assert f"{rollout.DRAINED}server vllm0:8000" in config
+    assert f"{nginx_edit.DRAINED}server vllm0:8000" in config
     assert "\n    server vllm1:8000" in config, "the old replica keeps serving"
 
 
 def test_an_equal_canary_passes_and_is_put_back_first(tmp_path: Path, nginx: FakeNginx) -> None:
     # A canary a previous `up` took out: watched again, it must get traffic.
-    rollout.edit_upstream(nginx, "vllm0:8000", down=True)  # type: ignore[arg-type]
+    nginx_edit.edit_upstream(nginx, "vllm0:8000", down=True)  # type: ignore[arg-type]
     nginx.lingering_looks = 0  # the old workers stop at once after the next reload too
     with standins(tmp_path, {}, {}) as stubs:
         message = _run(nginx, stubs)
     assert message.startswith("canary: vllm0 no worse than vllm1, the update goes on:"), message
-    assert rollout.DRAINED not in nginx.config.read_text()
+    assert nginx_edit.DRAINED not in nginx.config.read_text()
 
 
 def test_with_model_pools_a_canary_leaves_every_block_it_is_in(nginx: FakeNginx) -> None:
@@ -282,12 +283,12 @@ def test_with_model_pools_a_canary_leaves_every_block_it_is_in(nginx: FakeNginx)
     nginx.config.write_text(config)
     lines = [line for line in config.splitlines() if "server vllm-chat-0:8000" in line]
     assert len(lines) == 3, config
-    assert rollout.edit_upstream(nginx, "vllm-chat-0:8000", down=True)  # type: ignore[arg-type]
+    assert nginx_edit.edit_upstream(nginx, "vllm-chat-0:8000", down=True)  # type: ignore[arg-type]
     edited = nginx.config.read_text().splitlines()
     out = [line for line in edited if "server vllm-chat-0:8000" in line]
-    assert len(out) == 3 and all(f"{rollout.DRAINED}server" in line for line in out), out
-    assert [line for line in edited if rollout.DRAINED in line] == out, "no other replica"
-    assert rollout.edit_upstream(nginx, "vllm-chat-0:8000", down=False)  # type: ignore[arg-type]
+    assert len(out) == 3 and all(f"{nginx_edit.DRAINED}server" in line for line in out), out
+    assert [line for line in edited if nginx_edit.DRAINED in line] == out, "no other replica"
+    assert nginx_edit.edit_upstream(nginx, "vllm-chat-0:8000", down=False)  # type: ignore[arg-type]
     assert nginx.config.read_text() == config
 
 
@@ -295,7 +296,7 @@ def test_containers_the_canary_passed_are_not_watched_again() -> None:
     """pulumi-command gives a command run on an update its previous stdout: a
     changed `rollout.canary*` setting alone updates the step, and the same first
     wave, already through it, is not watched (nor judged) again."""
-    replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
+    replicas = [WatchedReplica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
 
     def step(containers: str, previous_output: str = "") -> str:
         return canary.run(
@@ -318,7 +319,7 @@ def test_containers_the_canary_passed_are_not_watched_again() -> None:
 
 
 def test_no_load_balancer_yet_is_a_first_deploy() -> None:
-    replicas = [canary.Replica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
+    replicas = [WatchedReplica("vllm0", "http://127.0.0.1:9/metrics", "vllm0:8000")]
     said = canary.run(FakeClient({}), "nginx-lb", replicas, replicas, canary.Watch(60, LIMITS))  # type: ignore[arg-type]
     assert said == "canary: no load balancer yet (first deploy): vllm0 not watched"
 
@@ -330,8 +331,8 @@ def _idle(url: str) -> Scrape:
 
 def test_without_traffic_it_says_so_and_proceeds_or_waits_then_stops(nginx: FakeNginx) -> None:
     replicas = [
-        canary.Replica("vllm0", "http://vllm0/metrics", "vllm0:8000"),
-        canary.Replica("vllm1", "http://vllm1/metrics", "vllm1:8000"),
+        WatchedReplica("vllm0", "http://vllm0/metrics", "vllm0:8000"),
+        WatchedReplica("vllm1", "http://vllm1/metrics", "vllm1:8000"),
     ]
     client = FakeClient({"nginx-lb": nginx})
     proceed, wait = (
@@ -352,7 +353,7 @@ def test_without_traffic_it_says_so_and_proceeds_or_waits_then_stops(nginx: Fake
         "traffic, or set rollout.canaryWithoutTraffic: proceed."
     )
     # Not judged worse: never taken out.
-    assert rollout.DRAINED not in nginx.config.read_text()
+    assert nginx_edit.DRAINED not in nginx.config.read_text()
 
 
 def test_the_metrics_are_asked_directly_past_any_http_proxy(

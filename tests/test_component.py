@@ -23,6 +23,18 @@ from components.deployment.cluster import TYPE_TOKEN, VllmCluster, VllmClusterAr
 from components.deployment.engine import TYPE_TOKEN as ENGINE_TYPE
 from components.deployment.pool import TYPE_TOKEN as POOL_TYPE
 from components.deployment.program import load_settings
+from components.plan.specs import (
+    SPEC_ENV,
+    CanarySpec,
+    DownloadSpec,
+    ReadinessSpec,
+    ReloadSpec,
+    RolloutSpec,
+    Spec,
+    VerifySpec,
+    WatchedReplica,
+    decode,
+)
 from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
 
@@ -53,6 +65,11 @@ def deploy_with_secrets(**values: Any) -> Run:
 
 def dep_names(run: Run, declared: Declared) -> set[str]:
     return {run.by_urn(urn).name for urn in declared.dependencies}
+
+
+def step_spec(declared: Declared, kind: type[Spec]) -> Spec:
+    """The spec a step command passes its process (components.plan.specs)."""
+    return decode(kind, declared.inputs["environment"][SPEC_ENV])
 
 
 def replicas(run: Run) -> list[Declared]:
@@ -158,16 +175,19 @@ def test_download_step_comes_before_every_replica(guide: Run) -> None:
     # The job runs on the engine's host network: it does not wait for ours.
     assert dep_names(guide, download) >= {"vllm-hf-cache"}
     assert "vllm-network" not in dep_names(guide, download)
-    create = download.inputs["create"]
-    assert " -m components.steps.download --image @@vllm-vllm-image.imageId@@ " in create
-    assert "--model meta-llama/Llama-2-7b-chat-hf" in create
-    assert "--volume vllm-hf-cache:/root/.cache/huggingface" in create
-    assert "--network" not in create
-    assert "--name vllm-download" in create
-    assert "--timeout 1800 --progress-seconds 15" in create
-    # The token travels as a secret of the local command, never on its command line.
-    assert "TOPSECRET" not in create
-    assert download.inputs["environment"] == {"HF_TOKEN": "hf_TOPSECRET123"}
+    assert download.inputs["create"].endswith(" -m components.steps.download")
+    assert step_spec(download, DownloadSpec) == DownloadSpec(
+        models=("meta-llama/Llama-2-7b-chat-hf",),
+        name="vllm-download",
+        env={},
+        timeout_seconds=1800,
+        progress_seconds=15,
+        image="@@vllm-vllm-image.imageId@@",
+        volumes={"vllm-hf-cache": "/root/.cache/huggingface"},
+    )
+    # The token travels as a secret of the local command, never in its spec.
+    assert "TOPSECRET" not in download.inputs["environment"][SPEC_ENV]
+    assert download.inputs["environment"]["HF_TOKEN"] == "hf_TOPSECRET123"
     assert "environment" in download.secret_inputs
     assert set(download.additional_secret_outputs) >= {"stdout", "stderr"}
     for replica in replicas(guide):
@@ -182,10 +202,11 @@ def test_all_replicas_start_together_after_the_download() -> None:
         assert not names & {f"vllm-vllm{i}" for i in range(4)}
         assert not names & {"vllm-replicas-ready"}
     ready = run.named("vllm-replicas-ready")
-    assert ready.inputs["create"].endswith(
-        "--timeout 1800 --progress-seconds 15 "
-        + " ".join(f"--probe vllm{i}=http://127.0.0.1:{8081 + i}/health" for i in range(4))
-        + " vllm0 vllm1 vllm2 vllm3"
+    assert step_spec(ready, ReadinessSpec) == ReadinessSpec(
+        replicas=tuple(f"vllm{i}" for i in range(4)),
+        probes={f"vllm{i}": f"http://127.0.0.1:{8081 + i}/health" for i in range(4)},
+        timeout_seconds=1800,
+        progress_seconds=15,
     )
     assert ready.inputs["triggers"] == [f"@@vllm-vllm{i}.id@@" for i in range(4)]
     assert not [d for d in run.declared if d.name.endswith("vllm0-ready")]
@@ -271,7 +292,7 @@ def test_tls_on_the_load_balancer(tmp_path: Path) -> None:
     assert "uploads" in lb.secret_inputs and "uploads" in lb.additional_secret_outputs
     assert run.outputs["lb_url"] == "https://localhost:8000"
     verify = run.named("vllm-verify")
-    assert "--url https://localhost:8000" in verify.inputs["create"]
+    assert step_spec(verify, VerifySpec).url == "https://localhost:8000"
     assert verify.inputs["environment"]["VLLM_NGINX_LB_CERTIFICATE"] == certificate
     assert "environment" in verify.secret_inputs
     for declared in run.declared:
@@ -453,17 +474,18 @@ def test_cache_on_host_path() -> None:
             "hostPath": "/data/hf",
             "containerPath": "/root/.cache/huggingface",
         }
-    assert (
-        "--volume /data/hf:/root/.cache/huggingface" in run.named("vllm-download").inputs["create"]
-    )
+    download = step_spec(run.named("vllm-download"), DownloadSpec)
+    assert download.volumes == {"/data/hf": "/root/.cache/huggingface"}
 
 
 def test_verify_step_is_an_output(guide: Run) -> None:
     verify = guide.named("vllm-verify")
     assert verify.type == COMMAND
     assert "vllm-lb" in dep_names(guide, verify)
-    assert "-m components.steps.verify --url http://localhost:8000" in verify.inputs["create"]
-    assert "--model meta-llama/Llama-2-7b-chat-hf" in verify.inputs["create"]
+    assert verify.inputs["create"].endswith("-m components.steps.verify")
+    assert step_spec(verify, VerifySpec) == VerifySpec(
+        url="http://localhost:8000", models=("meta-llama/Llama-2-7b-chat-hf",), timeout_seconds=120
+    )
     assert guide.outputs["verified_models"] == "@@vllm-verify.stdout@@"
     # The step's environment (the API key) is secret; the model list is not.
     assert "verified_models" not in guide.secret_outputs
@@ -488,7 +510,7 @@ def test_secrets_stay_secret(guide: Run) -> None:
         assert "VLLM_API_KEY=sk-APIKEY456" in replica.inputs["envs"]
     verify = guide.named("vllm-verify")
     assert "environment" in verify.secret_inputs
-    assert verify.inputs["environment"] == {"VLLM_API_KEY": "sk-APIKEY456"}
+    assert verify.inputs["environment"]["VLLM_API_KEY"] == "sk-APIKEY456"
     for declared in guide.declared:
         visible = {k: v for k, v in declared.inputs.items() if k not in declared.secret_inputs}
         assert "TOPSECRET" not in _flatten(visible), declared.name
@@ -507,15 +529,17 @@ def test_without_secrets_env_is_plain() -> None:
 def test_single_replica_has_one_readiness_check() -> None:
     run = deploy(replicas=1, gpus=[[3]])
     assert [r.inputs["deviceRequests"][0]["deviceIds"] for r in replicas(run)] == [["3"]]
-    assert run.named("vllm-replicas-ready").inputs["create"].endswith(" vllm0")
+    assert step_spec(run.named("vllm-replicas-ready"), ReadinessSpec).replicas == ("vllm0",)
     assert dep_names(run, run.named("vllm-lb")) >= {"vllm-vllm0", "vllm-replicas-ready"}
 
 
 def test_docker_host_reaches_the_checks() -> None:
     run = run_program({**config(publicHost="gpu-box"), "docker:host": "ssh://ops@gpu-box"})
     for name in ("vllm-download", "vllm-replicas-ready"):
-        assert run.named(name).inputs["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-box"}
-    assert "--url http://gpu-box:8000" in run.named("vllm-verify").inputs["create"]
+        environment = run.named(name).inputs["environment"]
+        assert set(environment) == {"DOCKER_HOST", SPEC_ENV}
+        assert environment["DOCKER_HOST"] == "ssh://ops@gpu-box"
+    assert step_spec(run.named("vllm-verify"), VerifySpec).url == "http://gpu-box:8000"
 
 
 @pytest.mark.parametrize(
@@ -589,7 +613,8 @@ def test_gates_get_secrets_only_to_redact_them(guide: Run) -> None:
     for name in ("vllm-replicas-ready",):
         gate = guide.named(name)
         assert "environment" in gate.secret_inputs
-        assert gate.inputs["environment"] == {
+        environment = dict(gate.inputs["environment"])
+        assert environment.pop(SPEC_ENV) and environment == {
             "HF_TOKEN": "hf_TOPSECRET123",
             "VLLM_API_KEY": "sk-APIKEY456",
         }
@@ -631,15 +656,20 @@ def test_each_replica_has_a_rotation_step_run_around_its_replacement() -> None:
         rotation = run.named(f"vllm-vllm{index}-rotation")
         assert rotation.type == COMMAND
         assert rotation.inputs["triggers"] == [f"@@vllm-vllm{index}.id@@"]
-        assert (
-            "components.steps.rollout resume --lb nginx-lb --replica" in rotation.inputs["create"]
+        assert rotation.inputs["create"].endswith("-m components.steps.rollout resume")
+        assert rotation.inputs["delete"].endswith("-m components.steps.rollout drain")
+        assert step_spec(rotation, RolloutSpec) == RolloutSpec(
+            lb="nginx-lb",
+            replica=f"vllm{index}",
+            port=8000,
+            upstream=f"vllm{index}:8000",
+            drain_seconds=90,  # the drain bounded by stopGraceSeconds
+            resume_seconds=1800,
+            # Back in rotation once its /health answers, not at Docker's next probe.
+            probe=f"http://127.0.0.1:{8081 + index}/health",
+            # vLLM finishes its requests on SIGTERM (--shutdown-timeout): nginx only.
+            vllm_drains=True,
         )
-        # Back in rotation once its /health answers, not at Docker's next probe.
-        assert rotation.inputs["create"].endswith(f"--probe http://127.0.0.1:{8081 + index}/health")
-        assert "components.steps.rollout drain --lb nginx-lb --replica" in rotation.inputs["delete"]
-        assert "--timeout 90" in rotation.inputs["delete"], "drain bounded by stopGraceSeconds"
-        # vLLM finishes its requests on SIGTERM (--shutdown-timeout): nginx only.
-        assert rotation.inputs["delete"].endswith(" --vllm-drains")
         assert rotation.delete_before_replace
         assert f"vllm-vllm{index}" in dep_names(run, rotation)
 
@@ -668,7 +698,8 @@ def test_config_changes_reach_nginx_by_reload_not_replacement(guide: Run) -> Non
     assert lb.replace_on_changes == ["#initerror"]
     reload = guide.named("vllm-lb-config")
     assert reload.inputs["triggers"] == ["@@vllm-lb.id@@"]
-    assert reload.inputs["create"].endswith("-m components.steps.lb_reload --lb nginx-lb")
+    assert reload.inputs["create"].endswith("-m components.steps.lb_reload")
+    assert step_spec(reload, ReloadSpec) == ReloadSpec("nginx-lb")
     files = json.loads(reload.inputs["environment"]["VLLM_NGINX_LB_FILES"])
     assert set(files) == {
         "/etc/nginx/nginx.conf",
@@ -690,14 +721,15 @@ def test_the_second_wave_waits_for_the_canarys_verdict() -> None:
     assert watch.type == COMMAND
     assert {"vllm-vllm0-rotation", "vllm-vllm1-rotation"} <= dep_names(rolling, watch)
     assert watch.inputs["triggers"] == ["@@vllm-vllm0.id@@", "@@vllm-vllm1.id@@"]
-    create = watch.inputs["create"]
-    assert "-m components.steps.canary --lb nginx-lb" in create
-    assert "--canary vllm0=http://127.0.0.1:8081/metrics=vllm0:8000" in create
-    assert "--baseline vllm3=http://127.0.0.1:8084/metrics=vllm3:8000" in create
-    assert create.endswith(
-        "--seconds 60 --max-ttft-ratio 1.5 --max-error-rate-increase 0.02 --min-requests 20 "
-        "--without-traffic proceed --max-wait 600"
+    assert watch.inputs["create"].endswith("-m components.steps.canary")
+    spec = step_spec(watch, CanarySpec)
+    assert spec.lb == "nginx-lb"
+    assert spec.canary[0] == WatchedReplica("vllm0", "http://127.0.0.1:8081/metrics", "vllm0:8000")
+    assert spec.baseline[-1] == WatchedReplica(
+        "vllm3", "http://127.0.0.1:8084/metrics", "vllm3:8000"
     )
+    assert (spec.seconds, spec.max_ttft_ratio, spec.max_error_rate_increase) == (60, 1.5, 0.02)
+    assert (spec.min_requests, spec.without_traffic, spec.max_wait_seconds) == (20, "proceed", 600)
     assert "delete" not in watch.inputs or not watch.inputs["delete"]
     # The first wave's container ids (12 characters each; the mocks' ids are names).
     ids = watch.inputs["environment"]["VLLM_NGINX_CANARY_CONTAINERS"]

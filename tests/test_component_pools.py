@@ -13,8 +13,9 @@ import pytest
 
 from components.deployment.cluster import VllmCluster, VllmClusterArgs
 from components.deployment.program import load_settings
+from components.plan.specs import CanarySpec, DownloadSpec, VerifySpec
 from tests.support.pulumi_capture import Run, run_program
-from tests.test_component import COMMAND, CONTAINER, dep_names
+from tests.test_component import COMMAND, CONTAINER, dep_names, step_spec
 
 NS = "vllm-nginx"
 MODELS: list[dict[str, Any]] = [
@@ -71,13 +72,13 @@ def test_resources_per_pool() -> None:
         "vllm-lb-config",
     } <= commands
     assert "vllm-download" not in commands and "vllm-replicas-ready" not in commands
-    chat = run.named("vllm-chat-download").inputs["create"]
-    assert "--model Qwen/Qwen2.5-1.5B-Instruct --model org/sql-lora --name vllm-chat-download" in (
-        chat
-    )
-    embed = run.named("vllm-embed-download").inputs["create"]
+    chat = step_spec(run.named("vllm-chat-download"), DownloadSpec)
+    assert chat.models == ("Qwen/Qwen2.5-1.5B-Instruct", "org/sql-lora")
+    assert chat.name == "vllm-chat-download"
+    embed = step_spec(run.named("vllm-embed-download"), DownloadSpec)
     # Its pool's image fetches it (the image's own huggingface_hub).
-    assert "--image @@vllm-embed-vllm-image.imageId@@ --model BAAI/bge-base-en-v1.5 " in embed
+    assert embed.image == "@@vllm-embed-vllm-image.imageId@@"
+    assert embed.models == ("BAAI/bge-base-en-v1.5",)
 
 
 def test_replicas_wait_for_their_pools_download_and_image_only() -> None:
@@ -128,16 +129,14 @@ def test_each_pool_with_a_second_wave_has_its_own_canary() -> None:
     assert {"vllm-vllm-chat-0-rotation", "vllm-vllm-chat-1-rotation"} <= dep_names(run, chat)
     assert not {n for n in dep_names(run, chat) if "embed" in n or "chat-2" in n}
     assert chat.inputs["triggers"] == ["@@vllm-vllm-chat-0.id@@", "@@vllm-vllm-chat-1.id@@"]
-    create = chat.inputs["create"]
-    sides = [w for w in create.split() if "=http://" in w]
-    assert [s.split("=")[0] for s in sides] == [f"vllm-chat-{i}" for i in range(4)]
-    assert "--canary vllm-chat-1=" in create and "--baseline vllm-chat-2=" in create
+    spec = step_spec(chat, CanarySpec)
+    assert [r.name for r in spec.canary] == ["vllm-chat-0", "vllm-chat-1"]
+    assert [r.name for r in spec.baseline] == ["vllm-chat-2", "vllm-chat-3"]
     embed = run.named("vllm-embed-canary")
     assert "vllm-vllm-embed-0-rotation" in dep_names(run, embed)
     assert not {n for n in dep_names(run, embed) if "chat" in n or "embed-1" in n}
-    assert "--canary vllm-embed-0=" in embed.inputs["create"]
-    assert "--baseline vllm-embed-1=" in embed.inputs["create"]
-    assert "chat" not in embed.inputs["create"]
+    spec = step_spec(embed, CanarySpec)
+    assert [r.name for r in (*spec.canary, *spec.baseline)] == ["vllm-embed-0", "vllm-embed-1"]
     # Each second wave waits for its own pool's verdict only.
     for i in (2, 3):
         names = dep_names(run, run.named(f"vllm-vllm-chat-{i}"))
@@ -171,8 +170,9 @@ def test_replica_commands_and_nginx_router() -> None:
     for i in range(4):
         assert f"server vllm-chat-{i}:8000" in conf
     assert "server vllm-embed-1:8000" in conf
-    verify = run.named("vllm-verify").inputs["create"]
-    assert "--model chat --model sql --model embed --embedding embed --probe" in verify
+    verify = step_spec(run.named("vllm-verify"), VerifySpec)
+    assert verify.models == ("chat", "sql", "embed") and verify.embeddings == ("embed",)
+    assert verify.probe
 
 
 def test_pools_output_and_a_pools_old_image_warns(caplog: pytest.LogCaptureFixture) -> None:

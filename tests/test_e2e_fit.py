@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from components.plan.specs import SPEC_ENV, FitReplica, FitSpec, encode
 from tests.support.docker_engine import base_image, docker_client, standin_image
 from tests.support.fake_gpus import INVENTORY_ENV, install_hook, inventory
 from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
@@ -48,24 +49,26 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = "e2e-fit-probe"
 
 
-def run_step(standin: str, model: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_step(
+    standin: str, model: str, backend: str, *replicas: FitReplica
+) -> subprocess.CompletedProcess[str]:
     """`python -m components.steps.fit` as the local command runs it, on this machine's engine."""
+    spec = FitSpec(
+        model=model,
+        name=PROBE,
+        env={"STANDIN_HUB_MODELS": f"{TOO_BIG},{FITS}"},
+        backend=backend,
+        tensor_parallel_size=1,
+        replicas=replicas,
+        extra_args=(),
+        warn_above_percent=90,
+        cpu_kvcache_gb=4,
+        image=standin,
+    )
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.steps.fit",
-            "--image",
-            standin,
-            "--model",
-            model,
-            "--name",
-            PROBE,
-            "--env",
-            f"STANDIN_HUB_MODELS={TOO_BIG},{FITS}",
-            *args,
-        ],
+        [sys.executable, "-m", "components.steps.fit"],
         cwd=ROOT,
+        env={**os.environ, SPEC_ENV: encode(spec)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -75,7 +78,7 @@ def run_step(standin: str, model: str, *args: str) -> subprocess.CompletedProces
 
 def test_an_engine_without_the_nvidia_runtime_skips_the_check() -> None:
     machine = docker_client()
-    done = run_step(standin_image(machine), TOO_BIG, "--replica", "r0=0")
+    done = run_step(standin_image(machine), TOO_BIG, "gpu", FitReplica("r0", ("0",)))
     assert done.returncode == 0, done.stderr
     assert (
         "[fit] fit check skipped: the engine has no NVIDIA runtime (docker: could not select "
@@ -88,14 +91,14 @@ def test_cpu_replicas_against_the_hosts_memory() -> None:
     machine = docker_client()
     standin = standin_image(machine)
     host = int(machine.info()["MemTotal"])
-    fits = run_step(standin, FITS, "--backend", "cpu", "--replica", "c0=")
+    fits = run_step(standin, FITS, "cpu", FitReplica("c0", ()))
     assert fits.returncode == 0, fits.stderr
     # 988065536 B (the index's total_size) = 0.9 GiB, + 4 GiB of KV cache space.
     assert (
         "replicas c0 (CPU): 1 replica(s) x (weights 0.9 GiB + cpu.kvcacheSpaceGb 4 GiB) = "
         f"4.9 GiB, the engine's host has {host / 1024**3:.1f} GiB: fits"
     ) in fits.stdout
-    too_big = run_step(standin, TOO_BIG, "--backend", "cpu", "--replica", "c0=", "--replica", "c1=")
+    too_big = run_step(standin, TOO_BIG, "cpu", FitReplica("c0", ()), FitReplica("c1", ()))
     assert too_big.returncode == 1
     # 2 x (141107412992 B + 4 GiB) = 290804760576 B = 270.8 GiB; one 131072-token
     # sequence: 80 x 8 x 128 x 2 x 2 B x 131072 = 40 GiB > 4 GiB.

@@ -13,6 +13,7 @@ import pytest
 from docker.errors import APIError
 from requests.exceptions import ReadTimeout
 
+from components.plan.specs import SPEC_ENV, FitReplica, FitSpec, encode
 from components.steps import fit
 
 
@@ -49,7 +50,23 @@ class Engine:
         self.containers = Containers(refuse)
 
 
-ARGS = ["--image", "img", "--model", "org/m", "--name", "n", "--replica", "r0=0"]
+SPEC = FitSpec(
+    model="org/m",
+    name="n",
+    env={},
+    backend="gpu",
+    tensor_parallel_size=1,
+    replicas=(FitReplica("r0", ("0",)),),
+    extra_args=(),
+    warn_above_percent=90,
+    cpu_kvcache_gb=4,
+    image="img",
+)
+
+
+@pytest.fixture(autouse=True)
+def spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SPEC_ENV, encode(SPEC))
 
 
 def test_a_hanging_container_skips_the_check(
@@ -57,7 +74,7 @@ def test_a_hanging_container_skips_the_check(
 ) -> None:
     monkeypatch.setattr(fit, "reachable_engine", lambda timeout: Engine())
     monkeypatch.setattr(fit, "WAIT_SECONDS", 1)
-    assert fit.main(ARGS) == 0
+    assert fit.main() == 0
     out = capsys.readouterr().out
     assert "[fit] fit check skipped: nvidia-smi did not end within 1 s; going on" in out
     assert HangingContainer.removed
@@ -68,7 +85,7 @@ def test_an_engine_error_skips_the_check(
 ) -> None:
     monkeypatch.setattr(fit, "reachable_engine", lambda timeout: Engine(refuse=True))
     monkeypatch.setenv("HF_TOKEN", "hf_SECRET_VALUE")
-    assert fit.main(ARGS) == 0
+    assert fit.main() == 0
     out = capsys.readouterr().out
     assert "fit check skipped: the GPU query could not run on the engine: 409 Conflict" in out
     assert "hf_SECRET_VALUE" not in out
@@ -76,4 +93,4 @@ def test_an_engine_error_skips_the_check(
 
 def test_no_engine_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fit, "reachable_engine", lambda timeout: None)
-    assert fit.main(ARGS) == 1
+    assert fit.main() == 1

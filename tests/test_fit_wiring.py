@@ -1,25 +1,25 @@
 """The fit check's place in the plan and the graph, under Pulumi's mocks (no engine).
 
 What it proves: one fit step per engine, before that engine's download and
-every replica on it, after the image; its command line carries each replica's
-GPUs, the tensor-parallel size, vLLM's arguments and the settings, and the
-step's own parser reads it back as planned; the token reaches it as a secret,
-never on its command line; `fitCheck.enabled: false` declares none. With
-model pools: one per pool and engine, with that pool's model, tensor-parallel
-size, GPUs, vLLM arguments and image, before that pool's download and
-replicas only. The step itself on a real engine: tests/test_e2e_fit.py.
+every replica on it, after the image; its spec carries each replica's
+GPUs, the tensor-parallel size, vLLM's arguments and the settings, read back
+as planned; the token reaches it as a secret variable, never in its spec;
+`fitCheck.enabled: false` declares none. With model pools: one per pool and
+engine, with that pool's model, tensor-parallel size, GPUs, vLLM arguments and
+image, before that pool's download and replicas only. The step itself on a real
+engine: tests/test_e2e_fit.py.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Any
 
 from components.config.loading import parse_settings
 from components.plan.build import build_plan
-from components.steps.fit import Replica, next_steps, parser
+from components.plan.specs import SPEC_ENV, FitReplica, FitSpec, decode
+from components.steps.fit import next_steps
 from tests.support.pulumi_capture import Run, run_program
 from tests.test_component import (
     COMMAND,
@@ -29,6 +29,7 @@ from tests.test_component import (
     deploy,
     deploy_with_secrets,
     replicas,
+    step_spec,
 )
 
 FIT = "vllm-fit"
@@ -39,14 +40,16 @@ def test_fit_comes_after_the_image_and_before_the_download_and_every_replica() -
     run = deploy_with_secrets()
     fit = run.named(FIT)
     assert fit.type == COMMAND
-    create = fit.inputs["create"]
-    assert f" -m components.steps.fit --image {IMAGE} " in create  # waits for the image
-    assert "--model meta-llama/Llama-2-7b-chat-hf --name vllm-fit --backend gpu " in create
-    assert "--tensor-parallel-size 1 --warn-above-percent 90 --cpu-kvcache-gb 4" in create
-    assert create.endswith("--replica vllm0=0 --replica vllm1=1")
-    assert "--volume" not in create  # a hub model: its small files only, no cache
-    assert SECRETS["hfToken"] not in create
-    assert fit.inputs["environment"] == {"HF_TOKEN": SECRETS["hfToken"]}
+    assert fit.inputs["create"].endswith(" -m components.steps.fit")
+    spec = step_spec(fit, FitSpec)
+    assert spec.image == IMAGE  # waits for the image
+    assert (spec.model, spec.name, spec.backend) == ("meta-llama/Llama-2-7b-chat-hf", FIT, "gpu")
+    assert (spec.tensor_parallel_size, spec.warn_above_percent, spec.cpu_kvcache_gb) == (1, 90, 4)
+    assert spec.replicas == (FitReplica("vllm0", ("0",)), FitReplica("vllm1", ("1",)))
+    assert spec.volumes == {}  # a hub model: its small files only, no cache
+    env = fit.inputs["environment"]
+    assert SECRETS["hfToken"] not in env[SPEC_ENV]
+    assert env["HF_TOKEN"] == SECRETS["hfToken"] and set(env) == {"HF_TOKEN", SPEC_ENV}
     assert "environment" in fit.secret_inputs
     assert FIT in dep_names(run, run.named("vllm-download"))
     for replica in replicas(run):
@@ -67,14 +70,12 @@ def test_groups_arguments_and_a_local_model() -> None:
         extraArgs=["--max-model-len", "8192", "--gpu-memory-utilization=0.8"],
         fitCheck={"warnAbovePercent": 80},
     )
-    create = run.named(FIT).inputs["create"]
-    assert "--replica vllm0=0,1 --replica vllm1=2,3" in create
+    spec = step_spec(run.named(FIT), FitSpec)
+    assert spec.replicas == (FitReplica("vllm0", ("0", "1")), FitReplica("vllm1", ("2", "3")))
     # A path in the container: read through the model cache's mount.
-    assert "--volume vllm-hf-cache:/root/.cache/huggingface" in create
-    assert "--warn-above-percent 80" in create
-    assert create.endswith(
-        "--extra-arg=--max-model-len --extra-arg=8192 --extra-arg=--gpu-memory-utilization=0.8"
-    )
+    assert spec.volumes == {"vllm-hf-cache": "/root/.cache/huggingface"}
+    assert spec.warn_above_percent == 80
+    assert spec.extra_args == ("--max-model-len", "8192", "--gpu-memory-utilization=0.8")
     for replica in replicas(run):  # no download step: the replicas wait for the check
         assert FIT in dep_names(run, replica)
 
@@ -87,11 +88,11 @@ def test_one_fit_step_per_engine_with_its_replicas() -> None:
     run = deploy(hosts=hosts)
     for name, gpu in (("gpu-a", 0), ("gpu-b", 1)):
         fit = run.named(f"vllm-{name}-fit")
-        assert fit.inputs["create"].endswith(f"--replica vllm-{name}-0={gpu}")
+        assert step_spec(fit, FitSpec).replicas == (FitReplica(f"vllm-{name}-0", (str(gpu),)),)
         assert fit.inputs["environment"]["DOCKER_HOST"] == f"ssh://ops@{name}"
         assert f"vllm-{name}-fit" in dep_names(run, run.named(f"vllm-{name}-download"))
     # Each engine's advice names the key that gave its replicas their GPUs.
-    read = parser().parse_args(shlex.split(run.named("vllm-gpu-b-fit").inputs["create"])[3:])
+    read = step_spec(run.named("vllm-gpu-b-fit"), FitSpec)
     assert read.config_key == "" and read.gpus_key == "hosts[1].gpus"
     assert "(tensorParallelSize and hosts[1].gpus, extraArgs --max-model-len," in (
         next_steps(read.config_key, read.gpus_key)
@@ -115,16 +116,15 @@ def test_the_step_reads_back_what_the_plan_says() -> None:
         project_dir=Path("."),
     )
     (fit,) = plan.hosts[0].fits
-    args = parser().parse_args(list(fit.argv("img", ("cache:/root/.cache/huggingface",))[3:]))
+    args = decode(FitSpec, fit.environment("img", "cache")[SPEC_ENV])
     assert args.backend == "cpu" and args.cpu_kvcache_gb == 12
-    assert args.replica == [Replica("vllm0", ()), Replica("vllm1", ())]
-    assert args.extra_arg == ["--max-model-len", "-1", "--dtype", "float16"]
+    assert args.replicas == (FitReplica("vllm0", ()), FitReplica("vllm1", ()))
+    assert args.extra_args == ("--max-model-len", "-1", "--dtype", "float16")
     # The hub the download job asks is the one the facts come from.
-    assert ("HF_ENDPOINT", "http://hub.lan") in args.env
-    assert args.volume == []
-    # A stack without 'models': the keys are the stack's own, and the command as before.
-    assert args.config_key == "" and "--config-key" not in fit.command("img", ())
-    assert args.gpus_key is None and "--gpus-key" not in fit.command("img", ())
+    assert args.env["HF_ENDPOINT"] == "http://hub.lan"
+    assert args.volumes == {} and args.image == "img"
+    # A stack without 'models': the keys are the stack's own.
+    assert args.config_key == "" and args.gpus_key is None
     assert "(tensorParallelSize and gpus, extraArgs --max-model-len," in next_steps("")
     assert (
         build_plan(settings(fitCheck={"enabled": False}), project_dir=Path(".")).hosts[0].fits == ()
@@ -161,27 +161,30 @@ def test_one_fit_step_per_pool_before_its_own_download_and_replicas() -> None:
     )
     fits = {c.name for c in run.of_type(COMMAND) if c.name.endswith("-fit")}
     assert fits == {"vllm-chat-fit", "vllm-embed-fit"}
-    chat = run.named("vllm-chat-fit").inputs["create"]
-    embed = run.named("vllm-embed-fit").inputs["create"]
-    # Each on its own pool's image, read back by the step's own parser.
-    assert " --image @@vllm-vllm-image.imageId@@ " in chat
-    assert " --image @@vllm-embed-vllm-image.imageId@@ " in embed
-    read = parser().parse_args(shlex.split(chat)[3:])
+    chat = step_spec(run.named("vllm-chat-fit"), FitSpec)
+    embed = step_spec(run.named("vllm-embed-fit"), FitSpec)
+    # Each on its own pool's image.
+    assert chat.image == "@@vllm-vllm-image.imageId@@"
+    assert embed.image == "@@vllm-embed-vllm-image.imageId@@"
+    read = chat
     assert (read.model, read.name, read.tensor_parallel_size) == ("org/chat", "vllm-chat-fit", 2)
     # Its advice names the pool's keys: models[0].tensorParallelSize, not the stack's.
     assert read.config_key == "models[0]."
     assert "(models[0].tensorParallelSize and models[0].gpus, models[0].extraArgs " in (
         next_steps(read.config_key)
     )
-    assert read.replica == [Replica("vllm-chat-0", ("0", "1")), Replica("vllm-chat-1", ("2", "3"))]
+    assert read.replicas == (
+        FitReplica("vllm-chat-0", ("0", "1")),
+        FitReplica("vllm-chat-1", ("2", "3")),
+    )
     # The stack's extraArgs, then the pool's, as its replicas get them; not its adapters.
-    assert read.extra_arg == ["--dtype", "half", "--max-model-len", "4096"]
-    assert "sql-lora" not in chat
-    read = parser().parse_args(shlex.split(embed)[3:])
+    assert read.extra_args == ("--dtype", "half", "--max-model-len", "4096")
+    assert "sql-lora" not in str(chat)
+    read = embed
     assert (read.model, read.name, read.tensor_parallel_size) == ("org/embed", "vllm-embed-fit", 1)
     assert read.config_key == "models[1]."
-    assert read.replica == [Replica("vllm-embed-0", ("4",))]
-    assert read.extra_arg == ["--dtype", "half", "--runner", "pooling"]
+    assert read.replicas == (FitReplica("vllm-embed-0", ("4",)),)
+    assert read.extra_args == ("--dtype", "half", "--runner", "pooling")
     for pool, other in (("chat", "embed"), ("embed", "chat")):
         assert dep_names(run, run.named(f"vllm-{pool}-download")) >= {f"vllm-{pool}-fit"}
         assert f"vllm-{other}-fit" not in dep_names(run, run.named(f"vllm-{pool}-download"))
@@ -213,11 +216,9 @@ def test_a_shared_download_waits_for_its_owners_fit_only() -> None:
     long = dep_names(run, run.named("vllm-vllm-long-0"))
     assert {"vllm-long-fit", "vllm-short-download"} <= long
     assert "vllm-short-fit" not in long
-    assert (
-        run.named("vllm-long-fit")
-        .inputs["create"]
-        .endswith("--replica vllm-long-0=1 --extra-arg=--max-model-len=32768")
-    )
+    long_fit = step_spec(run.named("vllm-long-fit"), FitSpec)
+    assert long_fit.replicas == (FitReplica("vllm-long-0", ("1",)),)
+    assert long_fit.extra_args == ("--max-model-len=32768",)
 
 
 def test_pools_on_two_engines_one_fit_step_per_pool_and_engine() -> None:
@@ -236,21 +237,20 @@ def test_pools_on_two_engines_one_fit_step_per_pool_and_engine() -> None:
     run = deploy_pools(models, hosts=hosts)
     fits = {c.name: c for c in run.of_type(COMMAND) if c.name.endswith("-fit")}
     assert set(fits) == {"vllm-a-chat-fit", "vllm-b-chat-fit", "vllm-b-embed-fit"}
-    assert (
-        fits["vllm-a-chat-fit"]
-        .inputs["create"]
-        .endswith("--replica vllm-chat-a-0=0 --replica vllm-chat-a-1=1")
-    )
-    assert fits["vllm-b-chat-fit"].inputs["create"].endswith("--replica vllm-chat-b-0=0")
-    assert fits["vllm-b-embed-fit"].inputs["create"].endswith("--replica vllm-embed-b-0=1")
+    replicas_of = {name: step_spec(fit, FitSpec).replicas for name, fit in fits.items()}
+    assert replicas_of == {
+        "vllm-a-chat-fit": (
+            FitReplica("vllm-chat-a-0", ("0",)),
+            FitReplica("vllm-chat-a-1", ("1",)),
+        ),
+        "vllm-b-chat-fit": (FitReplica("vllm-chat-b-0", ("0",)),),
+        "vllm-b-embed-fit": (FitReplica("vllm-embed-b-0", ("1",)),),
+    }
     for name, fit in fits.items():
         host = name.split("-")[1]
         assert fit.inputs["environment"]["DOCKER_HOST"] == f"unix:///var/run/{host}.sock"
     # The GPU key each engine's advice names: the pool's entry for that host.
-    keys = {
-        name: parser().parse_args(shlex.split(fit.inputs["create"])[3:]).gpus_key
-        for name, fit in fits.items()
-    }
+    keys = {name: step_spec(fit, FitSpec).gpus_key for name, fit in fits.items()}
     assert keys == {
         "vllm-a-chat-fit": "models[0].hosts[0].gpus",
         "vllm-b-chat-fit": "models[0].hosts[1].gpus",

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from components.plan.model import API_KEY_ENV, HF_TOKEN_ENV
+from components.plan.specs import SPEC_ENV, ReadinessSpec, encode
 from components.steps.readiness import SECRET_ENV, main, redact, serves
 
 
@@ -33,7 +34,8 @@ def test_an_ssh_engine_is_reached_over_ssh(monkeypatch, capsys) -> None:
     for it (without it: "Install paramiko package to enable ssh:// support"). Port 1 on
     loopback refuses, so the gate fails on the connection, not on a missing package."""
     monkeypatch.setenv("DOCKER_HOST", "ssh://nobody@127.0.0.1:1")
-    assert main(["--timeout", "1", "vllm0"]) == 1
+    monkeypatch.setenv(SPEC_ENV, encode(ReadinessSpec(("vllm0",), {}, 1, 1)))
+    assert main() == 1
     err = capsys.readouterr().err
     assert "cannot reach the Docker engine at ssh://nobody@127.0.0.1:1" in err
     assert "paramiko" not in err.lower()
@@ -91,8 +93,11 @@ def test_an_address_that_never_answers_is_unreachable() -> None:
         assert serves(f"http://127.0.0.1:{port}/health", timeout=0.3) is None
 
 
-def test_probe_arguments_name_a_container_and_a_url(capsys) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["--timeout", "1", "--probe", "vllm0", "vllm0"])
-    assert exited.value.code == 2
-    assert "expected CONTAINER=http://host:port/health" in capsys.readouterr().err
+def test_a_missing_or_foreign_spec_is_refused(monkeypatch, capsys) -> None:
+    monkeypatch.delenv(SPEC_ENV, raising=False)
+    assert main() == 2
+    monkeypatch.setenv(SPEC_ENV, '{"replicas": ["vllm0"], "timeout": 1}')
+    assert main() == 2
+    err = capsys.readouterr().err
+    assert f"error: {SPEC_ENV} is not set" in err
+    assert f"error: {SPEC_ENV} is not a ReadinessSpec" in err and "timeout_seconds" in err

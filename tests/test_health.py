@@ -185,14 +185,17 @@ def test_health_is_json_for_the_single_model_stack_and_refuses_other_methods():
         assert_down(health(nginx), {"default": "down"})
 
 
-def test_the_verify_step_waits_for_health_and_names_the_pool_that_cannot(capsys):
+def test_the_verify_step_waits_for_health_and_names_the_pool_that_cannot(capsys, monkeypatch):
+    from components.plan.specs import SPEC_ENV, VerifySpec, encode
     from components.steps import verify
 
     with fake_replicas("c0", "c1", "e0") as replicas, routed(replicas) as nginx:
-        assert verify.main(["--url", nginx.url, "--model", CHAT, "--timeout", "5"]) == 0
+        monkeypatch.setenv(SPEC_ENV, encode(VerifySpec(nginx.url, (CHAT,), 5)))
+        assert verify.main() == 0
         replicas["e0"].stop()
         wait_for(nginx, 503, bound=3)
-        assert verify.main(["--url", nginx.url, "--model", CHAT, "--timeout", "3"]) == 1
+        monkeypatch.setenv(SPEC_ENV, encode(VerifySpec(nginx.url, (CHAT,), 3)))
+        assert verify.main() == 1
     error = capsys.readouterr().err
     assert f"{nginx.url}/health did not answer 200" in error
     assert "pool embed" in error

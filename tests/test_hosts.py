@@ -18,6 +18,7 @@ from components.config.loading import parse_settings, settings_from_config
 from components.config.problems import ConfigError
 from components.deployment import serving
 from components.plan.build import build_plan
+from components.plan.specs import SPEC_ENV, DownloadSpec, ReadinessSpec, decode
 from tests.support.nginx import make_test_pki
 from tests.support.pulumi_capture import Declared, Run, run_program
 
@@ -266,12 +267,13 @@ def test_each_host_its_provider_network_cache_download_replicas_and_check() -> N
     assert "vllm-gpu-a-download" not in deps["vllm-vllm-gpu-b-0"]
     assert {"vllm-gpu-a-replicas-ready", "vllm-gpu-b-replicas-ready"} <= deps["vllm-lb"]
     commands = {d.name: d.inputs for d in run.of_type("command:local:Command")}
-    assert commands["vllm-gpu-b-download"]["environment"] == {"DOCKER_HOST": "ssh://ops@gpu-b"}
-    assert commands["vllm-gpu-b-replicas-ready"]["environment"] == {
-        "DOCKER_HOST": "ssh://ops@gpu-b"
-    }
-    assert commands["vllm-gpu-b-replicas-ready"]["create"].endswith("vllm-gpu-b-0 vllm-gpu-b-1")
-    assert "@@vllm-gpu-b-vllm-image.imageId@@" in commands["vllm-gpu-b-download"]["create"]
+    for name in ("vllm-gpu-b-download", "vllm-gpu-b-replicas-ready"):
+        assert commands[name]["environment"]["DOCKER_HOST"] == "ssh://ops@gpu-b"
+        assert set(commands[name]["environment"]) == {"DOCKER_HOST", SPEC_ENV}
+    ready = decode(ReadinessSpec, commands["vllm-gpu-b-replicas-ready"]["environment"][SPEC_ENV])
+    assert ready.replicas == ("vllm-gpu-b-0", "vllm-gpu-b-1")
+    download = decode(DownloadSpec, commands["vllm-gpu-b-download"]["environment"][SPEC_ENV])
+    assert download.image == "@@vllm-gpu-b-vllm-image.imageId@@"
     assert run.outputs["hosts"]["gpu-b"] == {
         "docker_host": "ssh://ops@gpu-b",
         "replica_names": ["vllm-gpu-b-0", "vllm-gpu-b-1"],
@@ -441,6 +443,7 @@ def test_steps_reach_the_load_balancers_engine_as_the_download_does(
     also reads TLS material handed over as secrets (docker-py's `from_env` does not)."""
     from docker.errors import DockerException
 
+    from components.plan.specs import SPEC_ENV, ReloadSpec, RolloutSpec, encode
     from components.steps import lb_reload as reload
     from components.steps import rollout
 
@@ -450,6 +453,11 @@ def test_steps_reach_the_load_balancers_engine_as_the_download_does(
     monkeypatch.setattr(rollout, "engine_client", engine_client)
     monkeypatch.setattr(reload, "engine_client", engine_client)
     monkeypatch.setenv(reload.FILES_ENV, "{}")
+    spec = RolloutSpec("lb", "r", 8000, "r:8000", 1, 1, "http://r/health", False)
+    monkeypatch.setenv(SPEC_ENV, encode(spec))
+    assert rollout.main(["drain"]) == 1
+    # The drain a rotation declared before specs kept in state (for one release).
     assert rollout.main(["drain", "--lb", "lb", "--replica", "r", "--timeout", "1"]) == 1
-    assert reload.main(["--lb", "lb"]) == 1
-    assert capsys.readouterr().err.count("asked through engine_client") == 2
+    monkeypatch.setenv(SPEC_ENV, encode(ReloadSpec("lb")))
+    assert reload.main() == 1
+    assert capsys.readouterr().err.count("asked through engine_client") == 3

@@ -10,6 +10,14 @@ import pytest
 from components.config.settings import Settings
 from components.plan.build import build_plan
 from components.plan.model import API_KEY_ENV, HF_TOKEN_ENV, Plan, go_duration
+from components.plan.specs import (
+    SPEC_ENV,
+    DownloadSpec,
+    ReadinessSpec,
+    RolloutSpec,
+    VerifySpec,
+    decode,
+)
 
 PROJECT = Path("/srv/project")
 
@@ -36,8 +44,8 @@ def test_every_replica_is_offline_after_the_download_step() -> None:
     p = plan(replicas=3)
     assert [r.env.get("HF_HUB_OFFLINE") for r in p.replicas] == ["1", "1", "1"]
     (download,) = p.hosts[0].downloads
-    assert download.model == "org/model"
-    assert download.name == "vllm-download"
+    assert download.spec.models == ("org/model",)
+    assert download.spec.name == "vllm-download"
 
 
 def test_local_model_path_has_no_download_and_stays_online() -> None:
@@ -53,42 +61,30 @@ def test_download_job_is_online_and_never_gets_the_token_as_env() -> None:
         extraEnv={"TRANSFORMERS_OFFLINE": "1", "HF_ENDPOINT": "http://mirror:8080"},
     )
     (download,) = p.hosts[0].downloads
-    assert dict(download.env) == {"HF_ENDPOINT": "http://mirror:8080"}
+    assert dict(download.spec.env) == {"HF_ENDPOINT": "http://mirror:8080"}
     assert download.secret_env == (HF_TOKEN_ENV,)
-    argv = download.argv("sha256:abc", ("cache:/root/.cache/huggingface",))
-    assert argv[:5] == (
-        "/venv/bin/python",
-        "-m",
-        "components.steps.download",
-        "--image",
-        "sha256:abc",
-    )
-    assert "SECRET" not in " ".join(argv)
-    assert argv[-2:] == ("--env", "HF_ENDPOINT=http://mirror:8080")
+    assert download.command == "/venv/bin/python -m components.steps.download"
+    environment = download.environment("sha256:abc", "cache")
+    assert "SECRET" not in str(environment)
+    spec = decode(DownloadSpec, environment[SPEC_ENV])
+    assert spec.image == "sha256:abc" and spec.volumes == {"cache": "/root/.cache/huggingface"}
+    assert spec.env == {"HF_ENDPOINT": "http://mirror:8080"}
 
 
-def test_checks_are_argv_run_by_the_deploying_python() -> None:
+def test_checks_are_specs_run_by_the_deploying_python() -> None:
     p = plan(replicas=3, readyTimeoutSeconds=99, progressIntervalSeconds=7)
     (ready,) = p.hosts[0].ready
-    assert ready.argv == (
-        "/venv/bin/python",
-        "-m",
-        "components.steps.readiness",
-        "--timeout",
-        "99",
-        "--progress-seconds",
-        "7",
-        "--probe",
-        "vllm0=http://127.0.0.1:8081/health",
-        "--probe",
-        "vllm1=http://127.0.0.1:8082/health",
-        "--probe",
-        "vllm2=http://127.0.0.1:8083/health",
-        "vllm0",
-        "vllm1",
-        "vllm2",
+    assert ready.command == "/venv/bin/python -m components.steps.readiness"
+    assert decode(ReadinessSpec, ready.environment[SPEC_ENV]) == ReadinessSpec(
+        replicas=("vllm0", "vllm1", "vllm2"),
+        probes={f"vllm{i}": f"http://127.0.0.1:{8081 + i}/health" for i in range(3)},
+        timeout_seconds=99,
+        progress_seconds=7,
     )
-    assert p.verify.command.startswith("/venv/bin/python -m components.steps.verify --url ")
+    assert p.verify.command == "/venv/bin/python -m components.steps.verify"
+    assert p.verify.spec == VerifySpec(
+        url="http://localhost:8000", models=("org/model",), timeout_seconds=120
+    )
 
 
 def test_secrets_are_named_not_carried() -> None:
@@ -172,13 +168,14 @@ def test_replicas_drain_on_sigterm_and_wait_as_long_as_the_readiness_step() -> N
 
 def test_the_drain_leaves_the_requests_to_vllm_unless_it_aborts_them() -> None:
     (drained,) = plan(replicas=1).rollouts
-    assert drained.drain[-1] == "--vllm-drains"
-    assert drained.drain[drained.drain.index("--timeout") + 1] == "90"
-    assert "--vllm-drains" not in drained.resume
+    assert drained.drain.endswith("-m components.steps.rollout drain")
+    assert drained.resume.endswith("-m components.steps.rollout resume")
+    spec = drained.step.spec
+    assert isinstance(spec, RolloutSpec) and spec.vllm_drains and spec.drain_seconds == 90
     # vLLM's default: SIGTERM aborts, so the drain waits at nginx as before.
     (waiting,) = plan(replicas=1, shutdownTimeoutSeconds=0, stopGraceSeconds=30).rollouts
-    assert "--vllm-drains" not in waiting.drain
-    assert waiting.drain[-2:] == ("--timeout", "30")
+    spec = waiting.step.spec
+    assert isinstance(spec, RolloutSpec) and not spec.vllm_drains and spec.drain_seconds == 30
 
 
 def test_cpu_replicas_get_disjoint_cores_and_matching_omp_binds() -> None:

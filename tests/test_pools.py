@@ -19,6 +19,7 @@ from components.config.loading import deployment_problems, parse_settings
 from components.config.problems import ConfigError
 from components.plan.build import build_plan
 from components.plan.model import Plan
+from components.plan.specs import ReadinessSpec, VerifySpec
 from tests.support.pulumi_capture import run_program
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,17 +300,10 @@ def test_one_download_per_repository_with_its_adapters() -> None:
         ]
     )
     downloads = p.hosts[0].downloads
-    assert [(d.name, d.models, d.pools) for d in downloads] == [
+    assert [(d.spec.name, d.spec.models, d.pools) for d in downloads] == [
         ("vllm-chat-download", (CHAT["model"], "org/sql"), ("chat", "other", "again")),
         ("vllm-other-download", ("o/b",), ("other",)),
     ]
-    argv = downloads[0].argv("image", ())
-    assert argv[argv.index("--model") : argv.index("--name")] == (
-        "--model",
-        CHAT["model"],
-        "--model",
-        "org/sql",
-    )
     local = next(r for r in p.replicas if r.pool == "local")
     assert "HF_HUB_OFFLINE" not in local.env, "a local model is not downloaded"
 
@@ -317,8 +311,9 @@ def test_one_download_per_repository_with_its_adapters() -> None:
 def test_readiness_and_rollout_waves_are_per_pool() -> None:
     p = plan(models=[{**CHAT, "replicas": 4}, {**EMBED, "replicas": 1}])
     assert [c.name for c in p.hosts[0].ready] == ["chat-replicas-ready", "embed-replicas-ready"]
-    chat_ready = p.hosts[0].ready[0].argv
-    assert "vllm-embed-0" not in chat_ready and chat_ready[-1] == "vllm-chat-3"
+    chat_ready = p.hosts[0].ready[0].spec
+    assert isinstance(chat_ready, ReadinessSpec)
+    assert chat_ready.replicas == tuple(f"vllm-chat-{i}" for i in range(4))
     # Waves of at most half of a pool, counted in each pool.
     assert [(r.replica, r.pool, r.wave) for r in p.rollouts] == [
         ("vllm-chat-0", "chat", 0),
@@ -341,19 +336,12 @@ def test_nginx_routes_by_model_and_verify_probes_each_name() -> None:
         assert f"server {replica}" in config
     served = "\n".join(p.load_balancer.files.values())
     assert '"sql"' in served and '"embed"' in served
-    argv = p.verify.argv
-    assert argv[argv.index("--url") + 2 :] == (
-        "--model",
-        "chat",
-        "--model",
-        "sql",
-        "--model",
-        "embed",
-        "--embedding",
-        "embed",
-        "--probe",
-        "--timeout",
-        "120",
+    verify = p.verify.spec
+    assert isinstance(verify, VerifySpec)
+    assert (verify.models, verify.embeddings, verify.probe) == (
+        ("chat", "sql", "embed"),
+        ("embed",),
+        True,
     )
     assert p.served_model_name == "chat, embed"
 
@@ -373,9 +361,11 @@ def test_monitoring_labels_each_replica_with_its_pool_and_model() -> None:
 def test_a_stack_without_models_plans_as_before() -> None:
     p = plan(model="org/m", replicas=2)
     assert [r.name for r in p.replicas] == ["vllm0", "vllm1"] and not p.pools
-    assert [d.name for d in p.hosts[0].downloads] == ["vllm-download"]
+    assert [d.spec.name for d in p.hosts[0].downloads] == ["vllm-download"]
     assert [c.name for c in p.hosts[0].ready] == ["replicas-ready"]
-    assert p.verify.argv[-4:] == ("--model", "org/m", "--timeout", "120")
+    assert p.verify.spec == VerifySpec(
+        url=p.load_balancer.url, models=("org/m",), timeout_seconds=120
+    )
 
 
 # --- the check CLI and the example stack ------------------------------------------

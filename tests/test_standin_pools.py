@@ -137,18 +137,23 @@ def test_offline_without_the_adapter_in_the_cache_fails_to_start(tmp_path):
     assert "Uvicorn running" not in result.stderr
 
 
-def test_verify_step_probes_each_name_by_its_kind(lora, embedder, capsys) -> None:
+def test_verify_step_probes_each_name_by_its_kind(lora, embedder, capsys, monkeypatch) -> None:
+    from components.plan.specs import SPEC_ENV, VerifySpec, encode
     from components.steps import verify
 
-    assert verify.main(["--url", lora.url, "--model", "tiny", "--model", "sql", "--probe"]) == 0
+    def run(spec: VerifySpec) -> int:
+        monkeypatch.setenv(SPEC_ENV, encode(spec))
+        return verify.main()
+
+    assert run(VerifySpec(lora.url, ("tiny", "sql"), 120, probe=True)) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["answered"] == {"tiny": "tiny", "sql": "sql"}
-    args = ["--url", embedder.url, "--model", "embed", "--timeout", "5"]
-    assert verify.main([*args, "--embedding", "embed", "--probe"]) == 0
+    embed = VerifySpec(embedder.url, ("embed",), 5, embeddings=("embed",), probe=True)
+    assert run(embed) == 0
     assert json.loads(capsys.readouterr().out)["answered"] == {"embed": "embed"}
     # Asked for a completion, an embedding model has no such route: the step fails.
-    assert verify.main([*args, "--probe"]) == 1
+    assert run(VerifySpec(embedder.url, ("embed",), 5, probe=True)) == 1
     assert "a completion request for 'embed'" in capsys.readouterr().err
-    # Without --probe, today's check of /v1/models alone.
-    assert verify.main(["--url", lora.url, "--model", "sql"]) == 0
+    # Without probe, today's check of /v1/models alone.
+    assert run(VerifySpec(lora.url, ("sql",), 120)) == 0
     assert json.loads(capsys.readouterr().out) == {"url": lora.url, "models": ["tiny", "sql"]}

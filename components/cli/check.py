@@ -111,14 +111,15 @@ def _replica_lines(replicas: Sequence[ReplicaPlan], indent: str) -> list[str]:
     return lines
 
 
-def _fit_line(settings: Settings, plan: Plan, pool: str | None) -> str:
-    """Whether the fit check runs for a pool (None: the stack without 'models'), and where."""
+def _fit_line(settings: Settings, plan: Plan, pool: str) -> str:
+    """Whether the fit check runs for a pool, and where (named when on 'hosts')."""
     if not settings.fit_check.enabled:
         return "off (fitCheck.enabled false)"
-    engines = [h.name for h in plan.hosts for fit in h.fits if fit.pool == pool]
+    engines = [h for h in plan.hosts for fit in h.fits if fit.pool == pool]
     if not engines:
         return "none (no replica)"
-    where = f" on {', '.join(str(e) for e in engines)}" if engines[0] is not None else ""
+    named = [h.name for h in engines if h.own_provider]
+    where = f" on {', '.join(named)}" if named else ""
     return f"runs{where} before the download and the replicas"
 
 
@@ -161,7 +162,7 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
             f"  replicas       {len(plan.replicas)}, tensor parallel size "
             f"{settings.tensor_parallel_size}, on network {plan.network}",
         ]
-    for host in plan.hosts if plan.hosts[0].name is not None else ():
+    for host in (h for h in plan.hosts if h.own_provider):
         where = ", load balancer" if host.runs_load_balancer else ""
         lines.append(
             f"  host           {host.name}: {host.docker_host}, "
@@ -172,7 +173,7 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
     if not plan.pools or any(p.image == plan.vllm_image for p in plan.pools):
         lines.append(f"  image          {_image_line(plan)}")
     if not plan.pools:
-        lines.append(f"  fit check      {_fit_line(settings, plan, None)}")
+        lines.append(f"  fit check      {_fit_line(settings, plan, plan.pool_keys[0][0])}")
     lines += [
         f"  cache          {_cache_line(plan)}",
         f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "

@@ -27,6 +27,7 @@ from components.config.sections import (
     FitCheckSettings,
     HealthCheckSettings,
     HostSettings,
+    HostTlsSettings,
     ImageSettings,
     LoadBalancerSettings,
     MonitoringSettings,
@@ -70,6 +71,12 @@ from components.config.vllm_args import (
 )
 from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
+DEFAULT_POOL = "default"
+"""The one pool of a stack without 'models' (the balancer names it so too); its
+resources carry no pool prefix, so their names are what they always were."""
+LOCAL_ENGINE = "local"
+"""The one engine of a stack without 'hosts': Pulumi's default provider
+(`docker:host`); its resources carry no engine prefix."""
 SHUTDOWN_MARGIN_SECONDS = 10
 """What a replica may take to exit after its drain (docs/vllm.md, shutdown): the
 stop grace must cover `shutdownTimeoutSeconds` plus this."""
@@ -257,13 +264,13 @@ class Settings(ConfigModel):
     def pools(self) -> tuple[Pool, ...]:
         """Every model pool with its replicas; a stack without 'models' is one pool.
 
-        That one pool is today's stack exactly (its name is None): replicas,
+        That one pool is today's stack exactly (`default`, no prefix): replicas,
         ports, commands and every resource name stay what they were.
         """
         if self.models is None:
             return (
                 Pool(
-                    name=None,
+                    name=DEFAULT_POOL,
                     key="",
                     prefix="",
                     model=self.model or "",
@@ -298,13 +305,49 @@ class Settings(ConfigModel):
             for i, pool in enumerate(self.models)
         )
 
+    def routed_pools(self) -> tuple[Pool, ...]:
+        """The pools nginx routes to by the request's model: every pool with
+        'models'; none without (one upstream, the config as it always was)."""
+        return self.pools() if self.models is not None else ()
+
     @property
     def load_balancer_host(self) -> HostSettings | None:
-        """The host nginx runs on: 'loadBalancer.host', else the first (None: one host)."""
+        """The 'hosts' entry nginx runs on: 'loadBalancer.host', else the first (None
+        without 'hosts'; see `engines`)."""
         if self.hosts is None:
             return None
         wanted = self.load_balancer.host or self.hosts[0].name
         return next((h for h in self.hosts if h.name == wanted), self.hosts[0])
+
+    def engines(self) -> tuple[Engine, ...]:
+        """Every engine replicas run on: each 'hosts' entry, or the one `local` engine."""
+        if self.hosts is None:
+            return (
+                Engine(
+                    LOCAL_ENGINE,
+                    "",
+                    docker_host=None,
+                    address=self.public_host,
+                    publish_address=self.bind_address,
+                    tls=None,
+                    own_provider=False,
+                    runs_load_balancer=True,
+                ),
+            )
+        lb = self.load_balancer_host
+        return tuple(
+            Engine(
+                h.name,
+                f"{h.name}-",
+                docker_host=h.docker_host,
+                address=h.address,
+                publish_address=h.publish_address,
+                tls=h.tls,
+                own_provider=True,
+                runs_load_balancer=h is lb,
+            )
+            for h in self.hosts
+        )
 
     def placements(self) -> tuple[Placement, ...]:
         """Every replica with its host, name, port and devices, in a stable order.
@@ -327,7 +370,15 @@ class Settings(ConfigModel):
             base = host.base_port if host.base_port is not None else self.base_port
             gpus, cores = self._host_groups(host)
             found.extend(
-                Placement(host, i, self.host_replica_name(host, i), base + i, gpus[i], cores[i])
+                Placement(
+                    host,
+                    i,
+                    self.host_replica_name(host, i),
+                    base + i,
+                    gpus[i],
+                    cores[i],
+                    engine=host.name,
+                )
                 for i in range(host.replica_count)
             )
         return tuple(found)
@@ -384,7 +435,8 @@ class Settings(ConfigModel):
                     if host is not None
                     else f"{self.name_prefix}-{pool.name}-{i}"
                 )
-                found.append(Placement(host, i, name, port, ids, cores, pool.name))
+                engine = host.name if host is not None else LOCAL_ENGINE
+                found.append(Placement(host, i, name, port, ids, cores, pool.name, engine))
 
         for pool in models:
             if self.hosts is None:
@@ -395,10 +447,10 @@ class Settings(ConfigModel):
                     place(pool, hosts[entry.host], entry.replica_count, entry.gpus, entry.cpu_sets)
         return tuple(found)
 
-    def gpus_key(self, pool: Pool, host: str | None) -> str:
+    def gpus_key(self, pool: Pool, host: str) -> str:
         """The key that gives one engine's replicas of `pool` their GPUs, as written:
         'gpus', 'hosts[1].gpus', 'models[0].gpus' or 'models[0].hosts[1].gpus'."""
-        if host is None:
+        if self.hosts is None:
             return f"{pool.key}.gpus".lstrip(".")
         if self.models is None:
             names = [h.name for h in self.hosts or ()]
@@ -467,17 +519,37 @@ class Placement:
     cores: tuple[int, ...]
     pool: str | None = None
     """The 'models' entry (by name) it serves; None without 'models'."""
+    engine: str = LOCAL_ENGINE
+    """The engine it runs on: its host's name, or `local` without 'hosts'."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One Docker engine, normalised: a 'hosts' entry, or the `local` engine of a
+    stack without 'hosts' (Pulumi's default provider, resources named as before)."""
+
+    name: str
+    prefix: str
+    """What its resources' names carry after the cluster's: '<name>-', or ''."""
+    docker_host: str | None
+    """Its endpoint; None: `docker:host` (the program's default provider)."""
+    address: str
+    """Where clients and nginx on another engine reach its published ports."""
+    publish_address: str
+    tls: HostTlsSettings | None
+    own_provider: bool
+    runs_load_balancer: bool
 
 
 @dataclass(frozen=True)
 class Pool:
     """One model pool as the plan reads it: its model, how it runs, its replicas.
 
-    A stack without 'models' is one pool named None, from the top-level keys;
+    A stack without 'models' is one pool, `default`, from the top-level keys;
     with 'models', a pool's `extraArgs` and `extraEnv` come after the stack's.
     """
 
-    name: str | None
+    name: str
     key: str
     """Its config key as written ('models[1]'); '' for the top-level keys."""
     prefix: str

@@ -7,7 +7,6 @@ alias to that parent, so a running stack keeps its nginx (docs/architecture.md).
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,6 @@ class LoadBalancerArgs:
     replica_ids: Sequence[pulumi.Output[str]]
     exporter: docker.Container | None
     project_dir: Path
-    python: str
     moved_from: pulumi.Resource
     """The cluster, these resources' parent before this component: their alias."""
     names: str
@@ -117,9 +115,10 @@ class LoadBalancer(pulumi.ComponentResource):
         exporter = [args.exporter.id] if args.exporter is not None else []
         self.config = command.local.Command(
             f"{prefix}-lb-config",
-            create=shlex.join((args.python, "-m", "components.steps.lb_reload", "--lb", lb.name)),
+            create=lb.reload.command,
             dir=str(args.project_dir),
             environment={
+                **lb.reload.environment,
                 LB_FILES_ENV: pulumi.Output.json_dumps(files),
                 **args.engine_environment,
             },

@@ -176,7 +176,7 @@ class VllmCluster(pulumi.ComponentResource):
                 engine_environment=lb_environment,
                 verify_environment={
                     **{key: self._secrets[key] for key in plan.verify.secret_env},
-                    **self._engine_environment(None),
+                    **self._default_environment(),
                 },
                 secrets=self._secrets,
                 starts_after=lb_after,
@@ -184,7 +184,6 @@ class VllmCluster(pulumi.ComponentResource):
                 replica_ids=[c.id for c in self.replicas],
                 exporter=self.monitoring.lb_exporter if self.monitoring is not None else None,
                 project_dir=self._args.project_dir,
-                python=self._args.python,
                 moved_from=self,
                 names=name,
             ),
@@ -199,16 +198,17 @@ class VllmCluster(pulumi.ComponentResource):
         self.replica_names = pulumi.Output.all(*[c.name for c in self.replicas]).apply(list)
         self.served_model_name = pulumi.Output.from_input(plan.served_model_name)
         self.host_outputs: pulumi.Output[dict[str, dict[str, object]]] | None = None
-        if plan.hosts[0].name is not None:
+        named = [host for host in plan.hosts if host.own_provider]
+        if named:
             self.host_outputs = pulumi.Output.from_input(
                 {
-                    str(host.name): {
+                    host.name: {
                         "docker_host": host.docker_host,
                         "replica_names": [r.name for r in host.replicas],
                         "replica_urls": [r.url for r in host.replicas],
                         "load_balancer": host.runs_load_balancer,
                     }
-                    for host in plan.hosts
+                    for host in named
                 }
             )
         # The verify step prints no secret. pulumi-command 1.2.1 keeps stdout
@@ -272,18 +272,20 @@ class VllmCluster(pulumi.ComponentResource):
         return EngineParts(host, engine, provider, self._engine_environment(host))
 
     def _engine_provider(self, name: str, host: HostPlan) -> docker.Provider | None:
-        """An explicit provider per named host; the unnamed one uses the default."""
-        if host.name is None:
+        """An explicit provider per host; `local` uses the default one (`docker:host`)."""
+        if not host.own_provider:
             return None
 
         def material(part: str) -> pulumi.Output[str] | None:
-            assert host.name is not None
-            return self._secrets[host_tls_secret(host.name, part)] if host.tls_materials else None
+            # The material only when the stack holds it as secrets (not a cert directory).
+            if not host.engine_secret_env:
+                return None
+            return self._secrets[host_tls_secret(host.name, part)]
 
         return docker.Provider(
             f"{name}-{host.name}-docker",
             host=host.docker_host,
-            cert_path=host.tls_cert_path,
+            cert_path=host.engine_env.get("DOCKER_CERT_PATH"),
             ca_material=material("ca"),
             cert_material=material("cert"),
             # A Pulumi secret, so the key stays encrypted in the provider's state.
@@ -300,11 +302,15 @@ class VllmCluster(pulumi.ComponentResource):
             "grafana_url": self.monitoring.grafana_url,
         }
 
-    def _engine_environment(self, host: HostPlan | None) -> dict[str, pulumi.Input[str]]:
-        """How a step reaches an engine: `docker:host` without 'hosts', else the
-        host's endpoint, its TLS variables and (as secrets) its TLS material."""
-        if host is None or host.name is None:
-            return {"DOCKER_HOST": self._args.docker_host} if self._args.docker_host else {}
+    def _default_environment(self) -> dict[str, pulumi.Input[str]]:
+        """`docker:host`, the default provider's engine (`local`'s; the verify step's)."""
+        return {"DOCKER_HOST": self._args.docker_host} if self._args.docker_host else {}
+
+    def _engine_environment(self, host: HostPlan) -> dict[str, pulumi.Input[str]]:
+        """How a step reaches an engine: `local` by `docker:host`, a host by its
+        endpoint, its TLS variables and (as secrets) its TLS material."""
+        if not host.own_provider:
+            return self._default_environment()
         environment: dict[str, pulumi.Input[str]] = dict(host.engine_env)
         for variable, secret in host.engine_secret_env.items():
             environment[variable] = self._secrets[secret]

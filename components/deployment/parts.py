@@ -65,7 +65,7 @@ def check_command(
         resource_name,
         create=check.command,
         dir=str(project_dir),
-        environment=dict(environment),
+        environment={**check.environment, **environment},
         triggers=list(triggers),
         opts=opts,
     )

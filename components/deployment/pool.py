@@ -9,7 +9,6 @@ carries an alias to that parent, so a running stack keeps its replicas.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +28,12 @@ from components.plan.model import (
     ReplicaPlan,
     RolloutPlan,
 )
+from components.plan.specs import SPEC_ENV
 from components.steps.canary import CONTAINERS_ENV as CANARY_CONTAINERS_ENV
 
 TYPE_TOKEN = "vllm-nginx:index:Pool"
 
-DownloadKey = tuple[int, str | None]
+DownloadKey = tuple[int, str]
 """(engine index, pool): the download jobs a pool's replicas wait for there."""
 
 
@@ -52,8 +52,8 @@ class EngineParts:
 class PoolArgs:
     """The pool's share of the plan and the engines it runs on."""
 
-    pool: str | None
-    """The pool (None: the one pool of a single-model stack)."""
+    pool: str
+    """The pool (`default` for a stack without 'models')."""
     replicas: Sequence[tuple[ReplicaPlan, RolloutPlan]]
     canary: CanaryPlan | None
     engines: Sequence[EngineParts]
@@ -279,7 +279,7 @@ class Pool(pulumi.ComponentResource):
     ) -> command.local.Command:
         """A step that runs short containers of the pool's image (download, fit
         check): a local command, so it streams their output and fails `pulumi up`
-        before any replica exists. It waits for the image through its command line
+        before any replica exists. It waits for the image through its spec
         and runs on the engine's host network, so not for the replicas' network."""
         args = self._args
         parts = engine.engine
@@ -287,17 +287,18 @@ class Pool(pulumi.ComponentResource):
         source: pulumi.Input[str] = (
             parts.cache_volume.name if parts.cache_volume is not None else str(cache.host_path)
         )
-        create = pulumi.Output.all(parts.images[job.pool], source).apply(
-            lambda values: job.command(str(values[0]), (f"{values[1]}:{cache.mount_path}",))
+        spec = pulumi.Output.all(parts.images[job.pool], source).apply(
+            lambda values: job.environment(str(values[0]), str(values[1]))[SPEC_ENV]
         )
         environment: dict[str, pulumi.Input[str]] = {
             key: args.secrets[key] for key in job.secret_env
         }
         environment.update(engine.environment)
+        environment[SPEC_ENV] = spec
         volume = [parts.cache_volume] if parts.cache_volume is not None else []
         return command.local.Command(
             resource_name,
-            create=create,
+            create=job.command,
             dir=str(args.project_dir),
             environment=environment,
             opts=self._child(
@@ -318,10 +319,10 @@ class Pool(pulumi.ComponentResource):
         args = self._args
         return command.local.Command(
             f"{args.names}-{rollout.replica}-rotation",
-            create=shlex.join(rollout.resume),
-            delete=shlex.join(rollout.drain),
+            create=rollout.resume,
+            delete=rollout.drain,
             dir=str(args.project_dir),
-            environment=dict(args.balancer_environment),
+            environment={**rollout.step.environment, **args.balancer_environment},
             triggers=[replica.id],
             opts=self._child(depends_on=[replica], delete_before_replace=True),
         )
@@ -343,6 +344,7 @@ class Pool(pulumi.ComponentResource):
             create=canary.command,
             dir=str(args.project_dir),
             environment={
+                **canary.environment,
                 **args.balancer_environment,
                 # Which containers it watched: a run that finds them done does not
                 # watch again (only a rollout.canary* setting changed).

@@ -61,8 +61,8 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
             "`pulumi config set --secret apiKey <key>`, or bind it to 127.0.0.1 "
             "(`pulumi config set --path loadBalancer.bindAddress 127.0.0.1`)."
         )
-    if settings.hosts is not None and settings.api_key is None:
-        remote = [h.name for h in settings.hosts if h is not settings.load_balancer_host]
+    if settings.api_key is None:
+        remote = [e.name for e in settings.engines() if not e.runs_load_balancer]
         if remote:
             pulumi.log.warn(
                 f"replicas on {', '.join(remote)} are published on their hosts' addresses "

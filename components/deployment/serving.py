@@ -20,19 +20,18 @@ from components.plan.build import engine_env
 
 def deployment_running(settings: Settings, docker_host: str | None) -> bool:
     """True if any replica of the deployment runs, on whichever engine it is placed."""
-    if settings.hosts is None:
-        environment = {"DOCKER_HOST": docker_host} if docker_host else dict(os.environ)
-        return replicas_running(settings.replica_names(), environment)
     placements = settings.placements()
-    for host in settings.hosts:
-        # The same variables the host's steps get (plan.engine_env).
-        environment, secret_environment = engine_env(host)
+    local = {"DOCKER_HOST": docker_host} if docker_host else dict(os.environ)
+    for engine in settings.engines():
+        # The same variables the engine's steps get (plan.engine_env); `local`'s
+        # are those of the default provider (`docker:host`).
+        environment, secret_environment = engine_env(engine)
         if secret_environment:
             # Its TLS key is a Pulumi secret this check does not hold: it cannot ask,
             # and assumes replicas run (waves cost a first deploy time, never requests).
             return True
-        names = [p.name for p in placements if p.host is host]
-        if replicas_running(names, environment):
+        names = [p.name for p in placements if p.engine == engine.name]
+        if replicas_running(names, environment if engine.own_provider else local):
             return True
     return False
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 from components.config.sections import (
     Backend,
-    HostSettings,
     ImageSettings,
     RolloutSettings,
     Upstream,
 )
-from components.config.settings import Placement, Pool, Settings
+from components.config.settings import DEFAULT_POOL, Engine, Placement, Pool, Settings
 from components.config.values import format_cpu_set
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
 from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
@@ -55,9 +54,20 @@ from components.plan.model import (
     ReplicaPlan,
     RolloutPlan,
     SecretUpload,
+    StepCall,
     host_tls_secret,
+    step_argv,
 )
 from components.plan.monitoring import build_monitoring_plan
+from components.plan.specs import (
+    CanarySpec,
+    DownloadSpec,
+    ReadinessSpec,
+    ReloadSpec,
+    RolloutSpec,
+    VerifySpec,
+    WatchedReplica,
+)
 from components.steps.engine import DOCKER_TLS_SECRET_ENV
 
 
@@ -157,7 +167,9 @@ def _repos(pool: Pool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(m for m in found if not is_local_model(m)))
 
 
-def _replica(settings: Settings, pool: Pool, index: int, at: Placement) -> ReplicaPlan:
+def _replica(
+    settings: Settings, pool: Pool, index: int, at: Placement, engine: Engine
+) -> ReplicaPlan:
     gpus, cores = at.gpus, at.cores
     command = (
         pool.model,
@@ -201,16 +213,13 @@ def _replica(settings: Settings, pool: Pool, index: int, at: Placement) -> Repli
     secret_env = tuple(name for name in _secret_env(settings) if name != HF_TOKEN_ENV)
     host_port = at.port
     hc = settings.health_check
-    bind_address, public_host, route = settings.bind_address, settings.public_host, None
-    if at.host is not None:
-        bind_address, public_host = at.host.publish_address, at.host.address
-        if at.host is not settings.load_balancer_host:
-            # Another engine: nginx reaches it where it is published, not by name.
-            route = Upstream(host=at.host.address, port=host_port)
+    bind_address, public_host = engine.publish_address, engine.address
+    # Another engine than nginx's: nginx reaches it where it is published, not by name.
+    route = None if engine.runs_load_balancer else Upstream(host=public_host, port=host_port)
     return ReplicaPlan(
         index=index,
         name=at.name,
-        host=at.host.name if at.host is not None else None,
+        host=engine.name,
         route=route,
         bind_address=bind_address,
         host_port=host_port,
@@ -252,7 +261,7 @@ def _downloads(settings: Settings, python: str) -> tuple[DownloadPlan, ...]:
     Without 'models' this is today's one `<prefix>-download` of the model. A
     pool whose model and adapters an earlier pool fetched has none of its own
     and waits for that one."""
-    jobs: list[tuple[Pool, list[str], list[str | None]]] = []
+    jobs: list[tuple[Pool, list[str], list[str]]] = []
     owner: dict[str, int] = {}
     """Repository -> the job that fetches it."""
     for pool in settings.pools():
@@ -272,19 +281,20 @@ def _download(
     settings: Settings,
     pool: Pool,
     repos: tuple[str, ...],
-    pools: tuple[str | None, ...],
+    pools: tuple[str, ...],
     python: str,
 ) -> DownloadPlan:
     return DownloadPlan(
-        name=f"{settings.name_prefix}-{pool.prefix}download",
+        argv=step_argv(python, "download"),
         step_name=f"{pool.prefix}download",
-        model=repos[0],
-        more_models=repos[1:],
-        env=_job_env(settings, pool),
-        timeout_seconds=settings.ready_timeout_seconds,
-        progress_seconds=settings.progress_interval_seconds,
+        spec=DownloadSpec(
+            name=f"{settings.name_prefix}-{pool.prefix}download",
+            models=repos,
+            env=_job_env(settings, pool),
+            timeout_seconds=settings.ready_timeout_seconds,
+            progress_seconds=settings.progress_interval_seconds,
+        ),
         secret_env=(HF_TOKEN_ENV,) if settings.hf_token is not None else (),
-        python=python,
         pool=pool.name,
         pools=pools,
     )
@@ -325,21 +335,16 @@ def _ready_check(
     name: str, replicas: tuple[ReplicaPlan, ...], settings: Settings, python: str
 ) -> CheckPlan:
     # Each replica's /health where it is published, asked as soon as it can
-    # answer; its name alone falls back on Docker's health status (components.steps.readiness).
-    probes = [("--probe", f"{r.name}={r.url}/health") for r in replicas]
+    # answer; unreachable, Docker's health status (components.steps.readiness).
     return CheckPlan(
         name=name,
         waits_for=tuple(r.name for r in replicas),
-        argv=(
-            python,
-            "-m",
-            "components.steps.readiness",
-            "--timeout",
-            str(settings.ready_timeout_seconds),
-            "--progress-seconds",
-            str(settings.progress_interval_seconds),
-            *(word for probe in probes for word in probe),
-            *(r.name for r in replicas),
+        argv=step_argv(python, "readiness"),
+        spec=ReadinessSpec(
+            replicas=tuple(r.name for r in replicas),
+            probes={r.name: f"{r.url}/health" for r in replicas},
+            timeout_seconds=settings.ready_timeout_seconds,
+            progress_seconds=settings.progress_interval_seconds,
         ),
         # Not used by the check, only redacted from the replica logs it prints.
         secret_env=_secret_env(settings),
@@ -350,7 +355,7 @@ def _rollouts(
     settings: Settings, replicas: Sequence[ReplicaPlan], lb_name: str, python: str
 ) -> tuple[RolloutPlan, ...]:
     """Waves of at most half of a pool, counted in each pool on its own."""
-    in_pool: dict[str | None, list[ReplicaPlan]] = {}
+    in_pool: dict[str, list[ReplicaPlan]] = {}
     for r in replicas:
         in_pool.setdefault(r.pool, []).append(r)
     wave_of = {
@@ -358,53 +363,34 @@ def _rollouts(
         for mine in in_pool.values()
         for index, r in enumerate(mine)
     }
-    engines = {h.name: h for h in settings.hosts or ()}
-    lb_host = settings.load_balancer_host if settings.hosts is not None else None
+    engines = {e.name: e for e in settings.engines()}
 
-    def elsewhere(replica: ReplicaPlan) -> tuple[str, ...]:
+    def elsewhere(replica: ReplicaPlan) -> str | None:
         """A replica on another engine than nginx's: the steps ask that engine."""
-        host = engines.get(replica.host) if replica.host is not None else None
-        if host is None or lb_host is None or host is lb_host:
-            return ()
-        if host.tls is not None:
-            return ()  # TLS material stays in the provider; the drain waits the grace period
-        return ("--replica-engine", host.docker_host)
-
-    def argv(action: str, replica: ReplicaPlan, timeout: int, *options: str) -> tuple[str, ...]:
-        return (
-            python,
-            "-m",
-            "components.steps.rollout",
-            action,
-            "--lb",
-            lb_name,
-            "--replica",
-            replica.name,
-            "--port",
-            str(replica.container_port),
-            "--upstream",
-            str(replica.upstream),
-            "--timeout",
-            str(timeout),
-            *(options or elsewhere(replica)),
-        )
-
-    def drain(replica: ReplicaPlan) -> tuple[str, ...]:
-        if settings.shutdown_timeout_seconds > 0:
-            # vLLM finishes its requests on SIGTERM (components.steps.rollout): the
-            # drain only takes the replica out of nginx and asks nothing of it.
-            return argv("drain", replica, settings.stop_grace_seconds, "--vllm-drains")
-        return argv("drain", replica, settings.stop_grace_seconds)
+        engine = engines[replica.host]
+        if engine.runs_load_balancer or engine.tls is not None:
+            return None  # TLS material stays in the provider; the drain waits the grace period
+        return engine.docker_host
 
     return tuple(
         RolloutPlan(
             replica=r.name,
             wave=wave_of[r.name],
-            drain=drain(r),
-            resume=(
-                *argv("resume", r, settings.ready_timeout_seconds),
-                "--probe",
-                f"{r.url}/health",
+            step=StepCall(
+                argv=step_argv(python, "rollout"),
+                spec=RolloutSpec(
+                    lb=lb_name,
+                    replica=r.name,
+                    port=r.container_port,
+                    upstream=str(r.upstream),
+                    drain_seconds=settings.stop_grace_seconds,
+                    resume_seconds=settings.ready_timeout_seconds,
+                    probe=f"{r.url}/health",
+                    # vLLM finishes its requests on SIGTERM (components.steps.rollout):
+                    # the drain only takes the replica out of nginx.
+                    vllm_drains=settings.shutdown_timeout_seconds > 0,
+                    replica_engine=elsewhere(r),
+                ),
             ),
             pool=r.pool,
         )
@@ -418,7 +404,7 @@ def canary_plan(
     rollouts: Sequence[RolloutPlan],
     lb_name: str,
     python: str,
-    pool: str | None = None,
+    pool: str = DEFAULT_POOL,
     prefix: str = "",
 ) -> CanaryPlan | None:
     """The canary step of one rollout: its first wave against the rest.
@@ -434,34 +420,25 @@ def canary_plan(
     if rollout.canary_seconds == 0 or not first or not rest:
         return None
 
-    def side(flag: str, group: Sequence[ReplicaPlan]) -> list[str]:
-        return [w for r in group for w in (flag, f"{r.name}={r.url}/metrics={r.upstream}")]
+    def side(group: Sequence[ReplicaPlan]) -> tuple[WatchedReplica, ...]:
+        return tuple(WatchedReplica(r.name, f"{r.url}/metrics", str(r.upstream)) for r in group)
 
     return CanaryPlan(
         name=f"{prefix}canary",
         pool=pool,
         canary=tuple(r.name for r in first),
         baseline=tuple(r.name for r in rest),
-        argv=(
-            python,
-            "-m",
-            "components.steps.canary",
-            "--lb",
-            lb_name,
-            *side("--canary", first),
-            *side("--baseline", rest),
-            "--seconds",
-            str(rollout.canary_seconds),
-            "--max-ttft-ratio",
-            f"{rollout.canary_max_ttft_ratio:g}",
-            "--max-error-rate-increase",
-            f"{rollout.canary_max_error_rate_increase:g}",
-            "--min-requests",
-            str(rollout.canary_min_requests),
-            "--without-traffic",
-            rollout.canary_without_traffic,
-            "--max-wait",
-            str(rollout.canary_max_wait_seconds),
+        argv=step_argv(python, "canary"),
+        spec=CanarySpec(
+            lb=lb_name,
+            canary=side(first),
+            baseline=side(rest),
+            seconds=rollout.canary_seconds,
+            max_ttft_ratio=rollout.canary_max_ttft_ratio,
+            max_error_rate_increase=rollout.canary_max_error_rate_increase,
+            min_requests=rollout.canary_min_requests,
+            without_traffic=rollout.canary_without_traffic,
+            max_wait_seconds=rollout.canary_max_wait_seconds,
         ),
     )
 
@@ -485,17 +462,18 @@ def _canaries(
     return tuple(p for p in plans if p is not None)
 
 
-def engine_env(host: HostSettings) -> tuple[dict[str, str], dict[str, str]]:
-    """What docker-py's `from_env` (and our TLS-material reader) need to reach an engine."""
-    env = {"DOCKER_HOST": host.docker_host}
+def engine_env(engine: Engine) -> tuple[dict[str, str], dict[str, str]]:
+    """What docker-py's `from_env` (and our TLS-material reader) need to reach an
+    engine; nothing for `local`, which the deployment reaches by `docker:host`."""
+    env = {"DOCKER_HOST": engine.docker_host} if engine.docker_host else {}
     secret_env: dict[str, str] = {}
-    tls = host.tls
+    tls = engine.tls
     if tls is not None and tls.cert_path is not None:
         env["DOCKER_TLS_VERIFY"] = "1"
         env["DOCKER_CERT_PATH"] = os.path.expanduser(tls.cert_path)
     elif tls is not None:
         secret_env = {
-            var: host_tls_secret(host.name, part) for part, var in DOCKER_TLS_SECRET_ENV.items()
+            var: host_tls_secret(engine.name, part) for part, var in DOCKER_TLS_SECRET_ENV.items()
         }
     return env, secret_env
 
@@ -516,7 +494,7 @@ def _ready_checks(
 
 
 def _engine_images(
-    settings: Settings, project_dir: Path, here: set[str | None]
+    settings: Settings, project_dir: Path, here: set[str]
 ) -> tuple[EngineImage, ...]:
     """Each image the pools with replicas on one engine run, pulled there once: the
     stack's as `vllm-image`, another as its first pool's (`<pool>-vllm-image`)."""
@@ -539,37 +517,24 @@ def _hosts(
     settings: Settings, replicas: tuple[ReplicaPlan, ...], project_dir: Path, python: str
 ) -> tuple[HostPlan, ...]:
     downloads = _downloads(settings, python)
-    if settings.hosts is None:
-        return (
-            HostPlan(
-                name=None,
-                docker_host=None,
-                replicas=replicas,
-                ready=_ready_checks(settings, replicas, "", python),
-                images=_engine_images(settings, project_dir, {r.pool for r in replicas}),
-                runs_load_balancer=True,
-                downloads=downloads,
-                fits=_fits(settings, replicas, python),
-            ),
-        )
     plans = []
-    for host in settings.hosts:
-        mine = tuple(r for r in replicas if r.host == host.name)
-        env, secret_env = engine_env(host)
+    for engine in settings.engines():
+        mine = tuple(r for r in replicas if r.host == engine.name)
+        env, secret_env = engine_env(engine)
         # A pool with no replica on this engine needs none of its repositories here.
         here = {r.pool for r in mine}
         plans.append(
             HostPlan(
-                name=host.name,
-                docker_host=host.docker_host,
+                name=engine.name,
+                resource_prefix=engine.prefix,
+                own_provider=engine.own_provider,
+                docker_host=engine.docker_host,
                 replicas=mine,
-                ready=_ready_checks(settings, mine, f"{host.name}-", python),
+                ready=_ready_checks(settings, mine, engine.prefix, python),
                 images=_engine_images(settings, project_dir, here),
-                runs_load_balancer=host is settings.load_balancer_host,
+                runs_load_balancer=engine.runs_load_balancer,
                 engine_env=env,
                 engine_secret_env=secret_env,
-                tls_cert_path=env.get("DOCKER_CERT_PATH"),
-                tls_materials=bool(secret_env),
                 downloads=tuple(d for d in downloads if here & set(d.pools)),
                 fits=_fits(settings, mine, python),
             )
@@ -579,29 +544,25 @@ def _hosts(
 
 def _model_pools(settings: Settings, replicas: tuple[ReplicaPlan, ...]) -> list[ModelPool]:
     """The pools as nginx routes them; none for a single-model stack (today's config)."""
-    if settings.models is None:
-        return []
     return [
         ModelPool(
-            name=str(pool.name),
+            name=pool.name,
             served_name=pool.served_name,
             model=pool.model,
             upstreams=tuple(r.upstream for r in replicas if r.pool == pool.name),
             policy=pool.policy,
             adapters=tuple(a.name for a in pool.adapters),
         )
-        for pool in settings.pools()
+        for pool in settings.routed_pools()
     ]
 
 
 def _pool_plans(
     settings: Settings, replicas: tuple[ReplicaPlan, ...], project_dir: Path
 ) -> tuple[PoolPlan, ...]:
-    if settings.models is None:
-        return ()
     return tuple(
         PoolPlan(
-            name=str(pool.name),
+            name=pool.name,
             model=pool.model,
             served_name=pool.served_name,
             adapters=tuple((a.name, a.model) for a in pool.adapters),
@@ -609,28 +570,31 @@ def _pool_plans(
             embedding=is_embedding(pool.extra_args),
             image=_vllm_image(settings, project_dir, pool.image),
         )
-        for pool in settings.pools()
+        for pool in settings.routed_pools()
     )
 
 
-def _verify_argv(settings: Settings, pools: tuple[PoolPlan, ...], lb_url: str) -> tuple[str, ...]:
-    """Today's `--model` for one model; with pools, every name clients may send,
-    each probed through the load balancer (`--probe`), embedding pools as such."""
+def _verify(settings: Settings, pools: tuple[PoolPlan, ...], url: str) -> VerifySpec:
+    """The one model's name; with pools, every name clients may send, each probed
+    through the load balancer, embedding pools as such."""
+    timeout = settings.verify_timeout_seconds
     if not pools:
-        return ("--model", settings.model_name)
-    words: list[str] = []
-    for pool in pools:
-        for name in (pool.served_name, *(a for a, _ in pool.adapters)):
-            words += ["--model", name]
-            if pool.embedding:
-                words += ["--embedding", name]
-    return (*words, "--probe")
+        return VerifySpec(url=url, models=(settings.model_name,), timeout_seconds=timeout)
+    names = [(n, p.embedding) for p in pools for n in (p.served_name, *(a for a, _ in p.adapters))]
+    return VerifySpec(
+        url=url,
+        models=tuple(n for n, _ in names),
+        embeddings=tuple(n for n, embedding in names if embedding),
+        probe=True,
+        timeout_seconds=timeout,
+    )
 
 
 def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3") -> Plan:
     """Turn settings into the deployment: names, ports, GPUs, env, nginx config."""
+    engines = {e.name: e for e in settings.engines()}
     replicas = tuple(
-        _replica(settings, pool, i, at)
+        _replica(settings, pool, i, at, engines[at.engine])
         for pool in settings.pools()
         for i, at in enumerate(pool.placements)
     )
@@ -657,8 +621,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     )
     pools = _pool_plans(settings, replicas, project_dir)
     scheme = "https" if lb.tls else "http"
-    lb_host = settings.load_balancer_host
-    public_host = lb_host.address if lb_host is not None else settings.public_host
+    public_host = next(e.address for e in engines.values() if e.runs_load_balancer)
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
     hosts = _hosts(settings, replicas, project_dir, python)
     rollouts = _rollouts(settings, replicas, lb.name, python)
@@ -692,6 +655,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             host_port=lb.port,
             config=nginx_config,
             url=lb_url,
+            reload=StepCall(step_argv(python, "lb_reload"), ReloadSpec(lb.name)),
             secret_uploads=tuple(uploads),
             files=render_extra_files(lb, runtime, pools=model_pools),
             container_port=listen_port,
@@ -699,16 +663,8 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         ),
         verify=CheckPlan(
             name="verify",
-            argv=(
-                python,
-                "-m",
-                "components.steps.verify",
-                "--url",
-                lb_url,
-                *_verify_argv(settings, pools, lb_url),
-                "--timeout",
-                str(settings.verify_timeout_seconds),
-            ),
+            argv=step_argv(python, "verify"),
+            spec=_verify(settings, pools, lb_url),
             secret_env=tuple(
                 name
                 for name, value in (

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 from components.config.sections import Backend
 from components.config.settings import Pool, Settings
-from components.plan.model import HF_TOKEN_ENV, FitPlan, ReplicaPlan
+from components.plan.model import HF_TOKEN_ENV, FitPlan, ReplicaPlan, step_argv
+from components.plan.specs import FitReplica, FitSpec
 
 
 def fit_plan(
@@ -32,23 +33,25 @@ def fit_plan(
         return None
     gpu = settings.backend is Backend.GPU
     gpus_key = settings.gpus_key(pool, replicas[0].host) if gpu else ""
+    gpus_key = "" if gpus_key == f"{pool.key}.gpus".lstrip(".") else gpus_key
     return FitPlan(
-        name=f"{settings.name_prefix}-{pool.prefix}fit",
+        argv=step_argv(python, "fit"),
         step_name=f"{pool.prefix}fit",
-        model=pool.model,
-        backend=str(settings.backend),
-        tensor_parallel_size=pool.tensor_parallel_size,
-        replicas=tuple(
-            (r.name, r.gpu_ids if settings.backend is Backend.GPU else ()) for r in replicas
+        spec=FitSpec(
+            name=f"{settings.name_prefix}-{pool.prefix}fit",
+            model=pool.model,
+            backend=str(settings.backend),
+            tensor_parallel_size=pool.tensor_parallel_size,
+            replicas=tuple(FitReplica(r.name, r.gpu_ids if gpu else ()) for r in replicas),
+            extra_args=pool.extra_args,
+            env=dict(env),
+            warn_above_percent=settings.fit_check.warn_above_percent,
+            cpu_kvcache_gb=settings.cpu.kvcache_space_gb,
+            config_key=f"{pool.key}." if pool.key else "",
+            gpus_key=gpus_key or None,
         ),
-        extra_args=pool.extra_args,
-        env=dict(env),
-        warn_above_percent=settings.fit_check.warn_above_percent,
-        cpu_kvcache_gb=settings.cpu.kvcache_space_gb,
         secret_env=(HF_TOKEN_ENV,) if settings.hf_token is not None else (),
-        python=python,
-        local_model=pool.model.startswith("/"),
+        # A path in the container: read through the model cache's mount, not the hub.
+        mounts_cache=pool.model.startswith("/"),
         pool=pool.name,
-        config_key=pool.key,
-        gpus_key="" if gpus_key == f"{pool.key}.gpus".lstrip(".") else gpus_key,
     )

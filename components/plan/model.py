@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, replace
 
 from components.config.sections import Upstream
+from components.config.settings import DEFAULT_POOL, LOCAL_ENGINE
 from components.plan.monitoring import MonitoringPlan
+from components.plan.specs import SPEC_ENV, DownloadSpec, FitSpec, encode
 
 VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
@@ -120,61 +121,28 @@ class CompileCachePlan:
 
 @dataclass(frozen=True)
 class JobPlan:
-    """A step that runs short containers of the vLLM image on an engine (the
-    download, the fit check): `python -m <step> --image ... --model ... --name ...`.
+    """A step that runs short containers of a pool's image on an engine (the
+    download, the fit check). Its spec lacks the image and the cache's name,
+    which only Pulumi knows: `environment(image, cache)` adds them. The token
+    reaches it as a secret environment variable of the local command."""
 
-    Its argv lacks the image, which only Pulumi knows (an image id or digest):
-    `argv(image, volumes)` adds it and the model cache's mount. The token
-    reaches it as a secret environment variable of the local command.
-    """
-
-    name: str
-    model: str
-    env: Mapping[str, str]
+    argv: tuple[str, ...]
+    spec: DownloadSpec | FitSpec
     secret_env: tuple[str, ...]
-    python: str
-    pool: str | None = field(default=None, kw_only=True)
-    """The pool whose image runs it and whose name it takes; None without 'models'."""
-    step_name: str = field(default="", kw_only=True)
+    pool: str
+    """The pool whose image runs it and whose name it takes."""
+    step_name: str
     """Its resource's name after the engine's prefix: '<pool>-download', 'fit'."""
-
-    step: ClassVar[str]
+    mounts_cache: bool = True
+    """The fit check reads the cache only for a model that is a path in it."""
 
     @property
-    def models(self) -> tuple[str, ...]:
-        return (self.model,)
+    def command(self) -> str:
+        return shlex.join(self.argv)
 
-    def options(self) -> list[str]:
-        """The step's own options, after `--name`."""
-        return []
-
-    def mounts(self, volumes: tuple[str, ...]) -> tuple[str, ...]:
-        return volumes
-
-    def trailing(self) -> list[str]:
-        """Words after the environment (the fit check's vLLM arguments)."""
-        return []
-
-    def argv(self, image: str, volumes: tuple[str, ...]) -> tuple[str, ...]:
-        words = [
-            self.python,
-            "-m",
-            self.step,
-            "--image",
-            image,
-            *(word for model in self.models for word in ("--model", model)),
-            "--name",
-            self.name,
-            *self.options(),
-        ]
-        for volume in self.mounts(volumes):
-            words += ["--volume", volume]
-        for key, value in self.env.items():
-            words += ["--env", f"{key}={value}"]
-        return (*words, *self.trailing())
-
-    def command(self, image: str, volumes: tuple[str, ...]) -> str:
-        return shlex.join(self.argv(image, volumes))
+    def environment(self, image: str, cache: str) -> dict[str, str]:
+        volumes = {cache: HF_CACHE_MOUNT} if self.mounts_cache else {}
+        return {SPEC_ENV: encode(replace(self.spec, image=image, volumes=volumes))}
 
 
 @dataclass(frozen=True)
@@ -182,27 +150,9 @@ class DownloadPlan(JobPlan):
     """The one-shot job that fills the model cache before any replica starts;
     the token goes into the job container as a file."""
 
-    timeout_seconds: int
-    progress_seconds: int
-    more_models: tuple[str, ...] = ()
-    """Further repositories the same job fetches after `model`: a pool's adapters
-    (and its model when another pool fetched it first, it is not here)."""
-    pools: tuple[str | None, ...] = ()
+    spec: DownloadSpec
+    pools: tuple[str, ...] = ()
     """Every pool whose replicas wait for it (a repository is fetched once)."""
-
-    step: ClassVar[str] = "components.steps.download"
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return (self.model, *self.more_models)
-
-    def options(self) -> list[str]:
-        return [
-            "--timeout",
-            str(self.timeout_seconds),
-            "--progress-seconds",
-            str(self.progress_seconds),
-        ]
 
 
 @dataclass(frozen=True)
@@ -213,49 +163,7 @@ class FitPlan(JobPlan):
     size, vLLM arguments and image; each replica's GPUs are named in it.
     """
 
-    backend: str
-    tensor_parallel_size: int
-    replicas: tuple[tuple[str, tuple[str, ...]], ...]
-    """Each replica's name and GPU ids (none on the CPU backend)."""
-    extra_args: tuple[str, ...]
-    warn_above_percent: int
-    cpu_kvcache_gb: int
-    local_model: bool
-    """A path in the container: read through the model cache's mount, not the hub."""
-    config_key: str = ""
-    """The pool's config key ('models[1]'), so that the step's advice names
-    'models[1].tensorParallelSize'; '' for a stack without 'models'."""
-    gpus_key: str = ""
-    """The key giving these replicas their GPUs where it is not `<config_key>.gpus`
-    (with 'hosts': 'hosts[1].gpus', 'models[0].hosts[1].gpus')."""
-
-    step: ClassVar[str] = "components.steps.fit"
-
-    def options(self) -> list[str]:
-        words = [
-            "--backend",
-            self.backend,
-            "--tensor-parallel-size",
-            str(self.tensor_parallel_size),
-            "--warn-above-percent",
-            str(self.warn_above_percent),
-            "--cpu-kvcache-gb",
-            str(self.cpu_kvcache_gb),
-        ]
-        if self.config_key:
-            words += ["--config-key", self.config_key]
-        if self.gpus_key:
-            words += ["--gpus-key", self.gpus_key]
-        for name, gpus in self.replicas:
-            words += ["--replica", f"{name}={','.join(gpus)}"]
-        return words
-
-    def mounts(self, volumes: tuple[str, ...]) -> tuple[str, ...]:
-        return volumes if self.local_model else ()
-
-    def trailing(self) -> list[str]:
-        # `=`: a word that begins with `-` is the value, not an option of the step.
-        return [f"--extra-arg={arg}" for arg in self.extra_args]
+    spec: FitSpec
 
 
 @dataclass(frozen=True)
@@ -298,12 +206,12 @@ class ReplicaPlan:
     # The guide's `--ipc host`: tensor-parallel workers share memory through the
     # host's /dev/shm. With it docker ignores `--shm-size`, so none is declared.
     ipc_mode: str = "host"
-    host: str | None = None
-    """The 'hosts' entry it runs on (None: the one engine of a stack without 'hosts')."""
+    host: str = LOCAL_ENGINE
+    """The engine it runs on (`local` for a stack without 'hosts')."""
     route: Upstream | None = None
     """How nginx reaches it from another engine: its host's address and published port."""
-    pool: str | None = None
-    """The 'models' entry it serves (None without 'models')."""
+    pool: str = DEFAULT_POOL
+    """The pool it serves (`default` for a stack without 'models')."""
 
     @property
     def upstream(self) -> Upstream:
@@ -312,18 +220,34 @@ class ReplicaPlan:
 
 
 @dataclass(frozen=True)
-class CheckPlan:
-    """A command run where `pulumi up` runs; a non-zero exit fails the update."""
+class StepCall:
+    """A step process run where `pulumi up` runs: `python -m <module>` and its spec."""
 
-    name: str
     argv: tuple[str, ...]
-    secret_env: tuple[str, ...] = ()
-    waits_for: tuple[str, ...] = ()
-    """The replicas (by name) it checks, which it waits for."""
+    spec: object
 
     @property
     def command(self) -> str:
         return shlex.join(self.argv)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The spec in its variable (no secret is in it)."""
+        return {SPEC_ENV: encode(self.spec)}
+
+
+def step_argv(python: str, step: str, *words: str) -> tuple[str, ...]:
+    return (python, "-m", f"components.steps.{step}", *words)
+
+
+@dataclass(frozen=True)
+class CheckPlan(StepCall):
+    """A check (readiness, verify); a non-zero exit fails the update."""
+
+    name: str
+    secret_env: tuple[str, ...] = ()
+    waits_for: tuple[str, ...] = ()
+    """The replicas (by name) it checks, which it waits for."""
 
 
 @dataclass(frozen=True)
@@ -343,6 +267,9 @@ class LoadBalancerPlan:
     host_port: int
     config: str
     url: str
+    reload: StepCall
+    """`components.steps.lb_reload`: new files into the running nginx (they come
+    in their own variable, a secret when one of them is)."""
     secret_uploads: tuple[SecretUpload, ...] = ()
     files: Mapping[str, str] = field(default_factory=dict)
     """Other plain files the config reads (the njs router of `prefix_affinity`)."""
@@ -365,18 +292,22 @@ class EngineImage:
     resource: str
     """Its resource's name after the engine's prefix: 'vllm-image', '<pool>-vllm-image'."""
     image: ImagePlan
-    pools: tuple[str | None, ...]
+    pools: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class HostPlan:
     """One Docker engine and what runs on it; the steps that talk to it get its env.
 
-    A stack without 'hosts' has one, unnamed: the engine of the default
+    A stack without 'hosts' has one, `local`: the engine of the default
     provider (`docker:host`), and resources named as they always were.
     """
 
-    name: str | None
+    name: str
+    resource_prefix: str
+    """What goes between the component's name and a resource's own name."""
+    own_provider: bool
+    """A provider of its own; `local` uses Pulumi's default one (`docker:host`)."""
     docker_host: str | None
     replicas: tuple[ReplicaPlan, ...]
     ready: tuple[CheckPlan, ...]
@@ -388,18 +319,11 @@ class HostPlan:
     """`DOCKER_HOST` and, for a certificate directory, Docker's TLS variables."""
     engine_secret_env: Mapping[str, str] = field(default_factory=dict)
     """Variable -> name of the secret: the TLS material the steps' client reads."""
-    tls_cert_path: str | None = None
-    tls_materials: bool = False
     downloads: tuple[DownloadPlan, ...] = ()
     """Every download job on this engine: a repository is fetched once."""
     fits: tuple[FitPlan, ...] = ()
     """One fit check per pool with replicas on this engine, before that pool's
     download and replicas."""
-
-    @property
-    def resource_prefix(self) -> str:
-        """What goes between the component's name and a resource's own name."""
-        return f"{self.name}-" if self.name is not None else ""
 
 
 @dataclass(frozen=True)
@@ -414,10 +338,18 @@ class RolloutPlan:
 
     replica: str
     wave: int
-    drain: tuple[str, ...]
-    resume: tuple[str, ...]
-    pool: str | None = None
+    step: StepCall
+    """`components.steps.rollout` with the replica's `RolloutSpec`."""
+    pool: str = DEFAULT_POOL
     """Waves are counted per pool: a pool's update waits on none of another's."""
+
+    @property
+    def drain(self) -> str:
+        return shlex.join((*self.step.argv, "drain"))
+
+    @property
+    def resume(self) -> str:
+        return shlex.join((*self.step.argv, "resume"))
 
 
 @dataclass(frozen=True)
@@ -436,7 +368,7 @@ class PoolPlan:
 
 
 @dataclass(frozen=True)
-class CanaryPlan:
+class CanaryPlan(StepCall):
     """The first wave of a rollout watched against the replicas not yet replaced.
 
     A step between the first wave's resume and the second wave's drains
@@ -447,13 +379,8 @@ class CanaryPlan:
     canary: tuple[str, ...]
     """The first wave's replicas."""
     baseline: tuple[str, ...]
-    argv: tuple[str, ...]
-    pool: str | None = None
-    """The model pool whose rollout it watches; None for a single-model stack."""
-
-    @property
-    def command(self) -> str:
-        return shlex.join(self.argv)
+    pool: str = DEFAULT_POOL
+    """The pool whose rollout it watches."""
 
 
 @dataclass(frozen=True)
@@ -473,9 +400,9 @@ class Plan:
     """With 'models', every pool; empty for a single-model stack."""
     hosts: tuple[HostPlan, ...] = ()
     """Every engine with its replicas, downloads, fit and readiness checks."""
-    pool_keys: tuple[tuple[str | None, str], ...] = ((None, ""),)
-    """Every pool (None: the one of a single-model stack) and its name prefix, in
-    the loader's order: a pool may wait for an earlier one's download."""
+    pool_keys: tuple[tuple[str, str], ...] = ((DEFAULT_POOL, ""),)
+    """Every pool and its resources' name prefix ('' for `default`), in the
+    loader's order: a pool may wait for an earlier one's download."""
     canaries: tuple[CanaryPlan, ...] = ()
     """One canary step per rollout with a second wave (each pool's own); none
     with `rollout.canarySeconds` 0."""

@@ -102,13 +102,12 @@ def _pool_labels(settings: Settings, replica: str) -> dict[str, str]:
 
     vLLM labels its own series `model_name` already; these label every series of
     the target, so a panel can split by pool even for series without it."""
-    if settings.models is None:
-        return {}
-    served = {pool.name: pool.model_name for pool in settings.models}
-    pool = next((p.pool for p in settings.placements() if p.name == replica), None)
-    if pool is None:
-        return {}
-    return {POOL_LABEL: pool, MODEL_LABEL: served[pool]}
+    labels = {
+        at.name: {POOL_LABEL: pool.name, MODEL_LABEL: pool.served_name}
+        for pool in settings.routed_pools()
+        for at in pool.placements
+    }
+    return labels.get(replica, {})
 
 
 def prometheus_config(

@@ -9,7 +9,6 @@ figures; a revert and `up` watch again (docs/rolling-updates.md, "Canary").
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 
 import docker
 
+from components.plan.specs import CanarySpec
+from components.plan.specs import WatchedReplica as Replica
 from components.steps.canary_compare import (
     Scrape,
     Thresholds,
@@ -30,8 +31,9 @@ from components.steps.canary_compare import (
     window,
 )
 from components.steps.engine import engine_client
+from components.steps.nginx_edit import edit_upstream, get_running
 from components.steps.readiness import DIRECT
-from components.steps.rollout import RolloutError, edit_upstream, get_running
+from components.steps.runner import Refused, run_step
 
 PROCEED = "proceed"
 WAIT = "wait"
@@ -49,21 +51,8 @@ PREVIOUS_OUTPUT_ENV = "PULUMI_COMMAND_STDOUT"
 DONE = "canary: done for containers "
 
 
-class CanaryFailed(RuntimeError):
+class CanaryFailed(Refused):
     """The canary was judged (worse, or never enough traffic); the message is for the user."""
-
-
-@dataclass(frozen=True)
-class Replica:
-    name: str
-    metrics_url: str
-    upstream: str
-
-
-def _replica(text: str) -> Replica:
-    """`NAME=METRICS_URL=UPSTREAM` (a URL and host:port hold no '=')."""
-    name, url, upstream = text.split("=", 2)
-    return Replica(name, url, upstream)
 
 
 def scrape(url: str, timeout: float = 5.0) -> Scrape:
@@ -220,52 +209,32 @@ def _judge(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--lb", required=True, help="load balancer container")
-    parser.add_argument(
-        "--canary", action="append", default=[], help="NAME=METRICS_URL=UPSTREAM (first wave)"
-    )
-    parser.add_argument(
-        "--baseline", action="append", default=[], help="NAME=METRICS_URL=UPSTREAM (not replaced)"
-    )
-    parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("--max-ttft-ratio", type=float, required=True)
-    parser.add_argument("--max-error-rate-increase", type=float, required=True)
-    parser.add_argument("--min-requests", type=int, required=True)
-    parser.add_argument("--without-traffic", choices=(PROCEED, WAIT), default=PROCEED)
-    parser.add_argument("--max-wait", type=float, default=600.0, help="seconds (wait only)")
-    parser.add_argument("--progress-seconds", type=float, default=5.0)
-    args = parser.parse_args(argv)
+def watched(spec: CanarySpec) -> str:
+    """The step as `pulumi up` runs it: the spec's replicas, the ids it is given."""
     how = Watch(
-        seconds=args.seconds,
+        seconds=spec.seconds,
         limits=Thresholds(
-            max_ttft_ratio=args.max_ttft_ratio,
-            max_error_rate_increase=args.max_error_rate_increase,
-            min_requests=args.min_requests,
+            max_ttft_ratio=spec.max_ttft_ratio,
+            max_error_rate_increase=spec.max_error_rate_increase,
+            min_requests=spec.min_requests,
         ),
-        without_traffic=args.without_traffic,
-        max_wait=args.max_wait,
-        progress=args.progress_seconds,
+        without_traffic=spec.without_traffic,
+        max_wait=spec.max_wait_seconds,
+        progress=spec.progress_seconds,
     )
-    try:
-        message = run(
-            engine_client(),
-            args.lb,
-            [_replica(text) for text in args.canary],
-            [_replica(text) for text in args.baseline],
-            how,
-            containers=os.environ.get(CONTAINERS_ENV, ""),
-            previous_output=os.environ.get(PREVIOUS_OUTPUT_ENV, ""),
-        )
-    except CanaryFailed as failed:
-        print(failed, file=sys.stderr, flush=True)
-        return 1
-    except (RolloutError, docker.errors.DockerException, OSError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 1
-    print(message, flush=True)
-    return 0
+    return run(
+        engine_client(),
+        spec.lb,
+        spec.canary,
+        spec.baseline,
+        how,
+        containers=os.environ.get(CONTAINERS_ENV, ""),
+        previous_output=os.environ.get(PREVIOUS_OUTPUT_ENV, ""),
+    )
+
+
+def main() -> int:
+    return run_step(CanarySpec, watched)
 
 
 if __name__ == "__main__":

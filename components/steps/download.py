@@ -9,7 +9,6 @@ outcome. Progress comes with a heartbeat; a failure names the model, cause and l
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -19,7 +18,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -35,8 +34,10 @@ from components.containers.vllm.download_job import (
     EXIT_NETWORK,
     EXIT_NOT_FOUND,
 )
+from components.plan.specs import DownloadSpec
 from components.steps.engine import reachable_engine
 from components.steps.readiness import redact
+from components.steps.runner import spec_of
 
 JOB_DIR = "/tmp/vllm-nginx-download"
 JOB_SCRIPT = "job.py"
@@ -235,19 +236,9 @@ def run_job(
     )
 
 
-def volume_arg(spec: str, mode: str = "rw") -> tuple[str, dict[str, str]]:
-    """`SOURCE:TARGET` (a volume name or an absolute host path), as docker-py mounts it."""
-    source, _, target = spec.rpartition(":")
-    if not source or not target.startswith("/"):
-        raise argparse.ArgumentTypeError(f"{spec}: expected SOURCE:/container/path")
-    return source, {"bind": target, "mode": mode}
-
-
-def env_arg(spec: str) -> tuple[str, str]:
-    key, sep, value = spec.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{spec}: expected KEY=VALUE")
-    return key, value
+def mounts(volumes: Mapping[str, str], mode: str = "rw") -> dict[str, dict[str, str]]:
+    """Source (a volume or a host path) -> mount path, as docker-py mounts it."""
+    return {source: {"bind": target, "mode": mode} for source, target in volumes.items()}
 
 
 def stop_on_signal(signum: int, frame: FrameType | None) -> None:
@@ -255,27 +246,10 @@ def stop_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--image", required=True)
-    parser.add_argument(
-        "--model",
-        required=True,
-        action="append",
-        help="a repository to fetch; again for more (a pool's LoRA adapters), by one job",
-    )
-    parser.add_argument("--name", required=True, help="name of the job container")
-    parser.add_argument("--volume", type=volume_arg, action="append", default=[])
-    parser.add_argument(
-        "--network",
-        default="host",
-        help="the job only reaches the hub: the engine's own network is enough, and a "
-        "container on it starts without a bridge endpoint to set up",
-    )
-    parser.add_argument("--env", type=env_arg, action="append", default=[])
-    parser.add_argument("--timeout", type=float, required=True, help="seconds")
-    parser.add_argument("--progress-seconds", type=float, default=15.0)
-    args = parser.parse_args(argv)
+def main() -> int:
+    spec = spec_of(DownloadSpec)
+    if spec is None:
+        return 2
     signal.signal(signal.SIGTERM, stop_on_signal)
     client = reachable_engine(timeout=300)
     if client is None:
@@ -284,21 +258,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_job(
             client,
-            image=args.image,
-            model=args.model[0],
-            more_models=args.model[1:],
-            name=args.name,
-            volumes=dict(args.volume),
-            network=args.network,
-            env=dict(args.env),
+            image=spec.image,
+            model=spec.models[0],
+            more_models=spec.models[1:],
+            name=spec.name,
+            volumes=mounts(spec.volumes),
+            # The job only reaches the hub: the engine's own network is enough, and
+            # a container on it starts without a bridge endpoint to set up.
+            network="host",
+            env=dict(spec.env),
             token=os.environ.get("HF_TOKEN") or None,
-            timeout=args.timeout,
-            interval=args.progress_seconds,
+            timeout=spec.timeout_seconds,
+            interval=spec.progress_seconds,
         )
     except DownloadFailed as err:
         print(f"error: {redact(str(err), os.environ)}", file=sys.stderr)
         return 1
-    _say(f"download step for {', '.join(args.model)} done in {time.monotonic() - started:.1f} s")
+    _say(f"download step for {', '.join(spec.models)} done in {time.monotonic() - started:.1f} s")
     return 0
 
 

@@ -9,16 +9,12 @@ that does not fit stops `pulumi up` before the download; one that cannot run say
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import docker
@@ -27,14 +23,14 @@ from docker.models.containers import Container
 from docker.types import DeviceRequest
 
 from components.containers.vllm.download_job import ERROR_PREFIX, FACTS_PREFIX
+from components.plan.specs import FitSpec
 from components.steps.download import (
     LABEL,
     DownloadFailed,
-    env_arg,
     job_container,
+    mounts,
     remove_leftover,
     stop_on_signal,
-    volume_arg,
 )
 from components.steps.engine import reachable_engine
 from components.steps.memory_fit import (
@@ -52,6 +48,7 @@ from components.steps.memory_fit import (
     text_config,
 )
 from components.steps.readiness import redact
+from components.steps.runner import spec_of
 
 GPU_QUERY = ("--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits")
 
@@ -177,35 +174,6 @@ def model_facts(
     raise Skipped(f"cannot read {model}'s metadata: {cause}")
 
 
-@dataclass(frozen=True)
-class Replica:
-    name: str
-    gpus: tuple[str, ...]
-
-
-def _replica(spec: str) -> Replica:
-    """`NAME=ID,ID` (its GPUs) or `NAME=` (CPU)."""
-    name, sep, ids = spec.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{spec}: expected NAME=GPU,GPU or NAME=")
-    return Replica(name, tuple(i for i in ids.split(",") if i))
-
-
-def _config_key(text: str) -> str:
-    """'models[1]' (the settings' own pool key) as the prefix of a key under it; ''
-    (a stack without 'models', argparse's default) as no prefix."""
-    if text and not re.fullmatch(r"models\[\d+\]", text):
-        raise argparse.ArgumentTypeError(f"not a pool's config key: {text!r}")
-    return f"{text}." if text else ""
-
-
-def _gpus_key(text: str) -> str:
-    """A GPU key of the settings ('hosts[1].gpus', 'models[0].hosts[1].gpus')."""
-    if not re.fullmatch(r"(models\[\d+\]\.)?(hosts\[\d+\]\.)?gpus", text):
-        raise argparse.ArgumentTypeError(f"not a GPU key of the stack: {text!r}")
-    return text
-
-
 def _describe(shape: ModelShape, facts: dict[str, Any]) -> str:
     length = f"max length {shape.max_len} ({shape.max_len_from})" if shape.max_len else "auto"
     return (
@@ -215,17 +183,15 @@ def _describe(shape: ModelShape, facts: dict[str, Any]) -> str:
     )
 
 
-def check(
-    client: docker.DockerClient, args: argparse.Namespace, token: str | None
-) -> list[Verdict]:
+def check(client: docker.DockerClient, args: FitSpec, token: str | None) -> list[Verdict]:
     """Every replica's verdict; `Skipped` when the check cannot run."""
     gpu_of: dict[str, list[Gpu]] = {}
     host_bytes = 0
     if args.backend == "gpu":
-        groups = {r.gpus for r in args.replica}
+        groups = {r.gpus for r in args.replicas}
         for n, group in enumerate(sorted(groups)):
             found = gpu_inventory(client, args.image, f"{args.name}-gpus{n}", group)
-            for replica in args.replica:
+            for replica in args.replicas:
                 if replica.gpus == group:
                     # nvidia-smi numbers a container's GPUs from 0: name them as the replica does.
                     gpu_of[replica.name] = [
@@ -242,7 +208,7 @@ def check(
         model=args.model,
         name=f"{args.name}-facts",
         env=dict(args.env),
-        volumes=dict(args.volume),
+        volumes=mounts(args.volumes, "ro"),
         token=token,
     )
     if not facts.get("config"):
@@ -251,19 +217,19 @@ def check(
         shape = model_shape(
             facts["config"],
             int(facts["weight_bytes"]),
-            args.extra_arg,
+            args.extra_args,
         )
     except (FactsMissing, ValueError) as err:
         raise Skipped(f"{args.model}: {err}") from None
     _say(_describe(shape, facts))
     warn = args.warn_above_percent / 100
     if args.backend != "gpu":
-        names = [r.name for r in args.replica]
+        names = [r.name for r in args.replicas]
         return check_cpu_replicas(
             names, host_bytes, shape, args.cpu_kvcache_gb, warn, args.config_key
         )
     utilization = float(
-        flag_value(args.extra_arg, "--gpu-memory-utilization") or DEFAULT_GPU_MEMORY_UTILIZATION
+        flag_value(args.extra_args, "--gpu-memory-utilization") or DEFAULT_GPU_MEMORY_UTILIZATION
     )
     heads = text_config(facts["config"]).get("num_attention_heads")
     return [
@@ -277,46 +243,14 @@ def check(
             heads if isinstance(heads, int) else None,
             args.config_key,
         )
-        for r in args.replica
+        for r in args.replicas
     ]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--image", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--name", required=True, help="prefix of the short containers' names")
-    p.add_argument("--backend", choices=("gpu", "cpu"), default="gpu")
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--replica", type=_replica, action="append", required=True)
-    p.add_argument("--warn-above-percent", type=float, default=90.0)
-    p.add_argument(
-        "--config-key",
-        type=_config_key,
-        default="",
-        help="the pool's config key, as in models[1]; its messages then name models[1].…",
-    )
-    p.add_argument(
-        "--gpus-key",
-        type=_gpus_key,
-        default=None,
-        help="the key giving these replicas their GPUs, as in hosts[1].gpus "
-        "(default: gpus under --config-key)",
-    )
-    p.add_argument("--cpu-kvcache-gb", type=int, default=4)
-    p.add_argument("--env", type=env_arg, action="append", default=[])
-    p.add_argument("--volume", type=partial(volume_arg, mode="ro"), action="append", default=[])
-    p.add_argument(
-        "--extra-arg",
-        action="append",
-        default=[],
-        help="one of vLLM's arguments (extraArgs), as --extra-arg=WORD",
-    )
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main() -> int:
+    args = spec_of(FitSpec)
+    if args is None:
+        return 2
     signal.signal(signal.SIGTERM, stop_on_signal)
     client = reachable_engine(timeout=300)
     if client is None:

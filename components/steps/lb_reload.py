@@ -8,27 +8,24 @@ files arrive as JSON in `VLLM_NGINX_LB_FILES` (a secret when one of them is).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import sys
 import tarfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 
 import docker
 from docker.errors import NotFound
 from docker.models.containers import Container
 
+from components.plan.specs import ReloadSpec
 from components.steps.engine import engine_client
+from components.steps.runner import StepError, run_step
 
 FILES_ENV = "VLLM_NGINX_LB_FILES"
-
-
-class ReloadError(RuntimeError):
-    """The new config could not be put in place; the message is for the user."""
 
 
 def _archive(files: Mapping[str, str]) -> bytes:
@@ -57,11 +54,11 @@ def reload(client: docker.DockerClient, lb_name: str, files: Mapping[str, str]) 
     try:
         lb = client.containers.get(lb_name)
     except NotFound:
-        raise ReloadError(f"load balancer {lb_name} does not exist") from None
+        raise StepError(f"load balancer {lb_name} does not exist") from None
     if lb.status != "running":
         # A start the daemon refused is reported on the container itself; the
         # next `up` replaces it (docs/failed-up.md).
-        raise ReloadError(
+        raise StepError(
             f"load balancer {lb_name} is {lb.status}, not running; "
             "fix the cause its error above names and run `pulumi up` again"
         )
@@ -70,7 +67,7 @@ def reload(client: docker.DockerClient, lb_name: str, files: Mapping[str, str]) 
     if not changed:
         return f"{lb_name}: config unchanged"
     if not lb.put_archive("/", _archive(changed)):
-        raise ReloadError(f"writing the config into {lb_name} failed")
+        raise StepError(f"writing the config into {lb_name} failed")
     code, output = lb.exec_run(["nginx", "-t", "-q"])
     if code != 0:
         # Put the old files back so a restart of the container still works.
@@ -78,30 +75,22 @@ def reload(client: docker.DockerClient, lb_name: str, files: Mapping[str, str]) 
         if previous:
             lb.put_archive("/", _archive(previous))
         text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
-        raise ReloadError(f"nginx in {lb_name} refused the new config: {text.strip()}")
+        raise StepError(f"nginx in {lb_name} refused the new config: {text.strip()}")
     code, output = lb.exec_run(["nginx", "-s", "reload"])
     if code != 0:
         text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
-        raise ReloadError(f"nginx in {lb_name} did not reload: {text.strip()}")
+        raise StepError(f"nginx in {lb_name} did not reload: {text.strip()}")
     return f"{lb_name}: reloaded with {len(changed)} changed file(s): " + ", ".join(sorted(changed))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--lb", required=True, help="load balancer container")
-    args = parser.parse_args(argv)
-    try:
-        files = json.loads(os.environ[FILES_ENV])
-        client = engine_client()
-        message = reload(client, args.lb, files)
-    except KeyError:
-        print(f"error: {FILES_ENV} is not set", file=sys.stderr)
-        return 2
-    except (ReloadError, docker.errors.DockerException, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(message)
-    return 0
+def main() -> int:
+    def body(spec: ReloadSpec) -> str:
+        files = os.environ.get(FILES_ENV)
+        if files is None:
+            raise StepError(f"{FILES_ENV} is not set: this step runs under `pulumi up`")
+        return reload(engine_client(), spec.lb, json.loads(files))
+
+    return run_step(ReloadSpec, body)
 
 
 if __name__ == "__main__":

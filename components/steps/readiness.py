@@ -10,7 +10,6 @@ docs/failed-up.md).
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import os
 import sys
@@ -23,7 +22,9 @@ import docker
 from docker.errors import APIError, NotFound
 from docker.models.containers import Container
 
+from components.plan.specs import ReadinessSpec
 from components.steps.engine import reachable_engine
+from components.steps.runner import spec_of
 
 LOG_LINES = 40
 
@@ -208,42 +209,22 @@ def wait_healthy(
     return ready
 
 
-def _probe(spec: str) -> tuple[str, str]:
-    name, sep, url = spec.partition("=")
-    if not sep or not name or not url.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"{spec}: expected CONTAINER=http://host:port/health")
-    return name, url
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--timeout", type=float, required=True, help="seconds")
-    parser.add_argument("--poll", type=float, default=0.1, help="seconds between checks")
-    parser.add_argument(
-        "--probe",
-        type=_probe,
-        action="append",
-        default=[],
-        metavar="CONTAINER=URL",
-        help="the replica's /health as reached from here",
-    )
-    parser.add_argument(
-        "--progress-seconds", type=float, default=15.0, help="seconds between progress lines"
-    )
-    parser.add_argument("containers", nargs="+")
-    args = parser.parse_args(argv)
+def main() -> int:
+    spec = spec_of(ReadinessSpec)
+    if spec is None:
+        return 2
     client = reachable_engine()
     if client is None:
         return 1
     try:
         ready = wait_healthy(
             client,
-            args.containers,
-            args.timeout,
-            poll=args.poll,
+            spec.replicas,
+            spec.timeout_seconds,
+            poll=0.1,
             progress=lambda line: print(f"[ready] {line}", flush=True),
-            interval=args.progress_seconds,
-            probes=dict(args.probe),
+            interval=spec.progress_seconds,
+            probes=spec.probes,
         )
     except NotReady as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,29 +10,21 @@ deploy). One `local.Command` per replica, triggered by its container id (docs/ro
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import sys
 import time
 from collections.abc import Sequence
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import APIError
 from docker.models.containers import Container
 
+from components.plan.specs import RolloutSpec
 from components.steps.engine import engine_client
+from components.steps.nginx_edit import edit_upstream, exec_text, get_running
 from components.steps.readiness import NotReady, wait_healthy
+from components.steps.runner import StepError, finish, run_step
 
-NGINX_CONFIG = "/etc/nginx/nginx.conf"
-DRAINED = "#drained# "
-WORKER = "nginx: worker process"
-"""An nginx worker's title; an old one is retitled "... is shutting down" when it
-stops accepting connections after a reload (nginx's `ngx_worker_process_cycle`)."""
-LIST_PROCESSES = (
-    "sh",
-    "-c",
-    'for p in /proc/[0-9]*; do echo "${p#/proc/} $(tr "\\0" " " < "$p/cmdline" 2>/dev/null)"; done',
-)
 RUNNING = re.compile(r"^vllm:num_requests_running\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
 METRICS_PROBE = (
     "python3",
@@ -40,134 +32,14 @@ METRICS_PROBE = (
     "import urllib.request;"
     "print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=4).read().decode())",
 )
-
-
-class RolloutError(RuntimeError):
-    """The load balancer could not be changed; the message is for the user."""
-
-
-def _get(client: docker.DockerClient, name: str) -> Container | None:
-    try:
-        container = client.containers.get(name)
-    except NotFound:
-        return None
-    return container if container.status == "running" else None
-
-
-def _exec(container: Container, argv: list[str]) -> tuple[int, str]:
-    """`docker exec`, its exit code and its output as text."""
-    code, output = container.exec_run(argv)
-    text = output.decode("utf-8", "replace") if isinstance(output, bytes) else ""
-    return int(code or 0), text
-
-
-EDIT_LOCK = "/tmp/vllm-nginx-upstream.lock"
-
-
-def _sed(script: str) -> list[str]:
-    """`sed -i` on the config, one at a time: the replicas of a wave are drained
-    at once, and two `sed -i` at the same moment would lose one's edit (each
-    writes the file it read), leaving a stopping replica in rotation. `flock`
-    (util-linux, in Debian-based images such as nginx's) serializes them."""
-    return [
-        "sh",
-        "-c",
-        'if command -v flock >/dev/null 2>&1; then exec flock "$0" sed "$@"; fi; exec sed "$@"',
-        EDIT_LOCK,
-        "-E",
-        "-i",
-        "-e",
-        script,
-        NGINX_CONFIG,
-    ]
-
-
-def accepting_workers(lb: Container) -> set[int]:
-    """The pids of nginx's workers that still accept connections."""
-    try:
-        code, output = _exec(lb, list(LIST_PROCESSES))
-    except APIError:
-        return set()
-    if code != 0:
-        return set()
-    found = set()
-    for line in output.splitlines():
-        pid, _, title = line.partition(" ")
-        if title.strip() == WORKER and pid.isdigit():
-            found.add(int(pid))
-    return found
-
-
-def _until_old_workers_stop_accepting(
-    lb: Container, old: set[int], timeout: float, poll: float = 0.05
-) -> float | None:
-    """After a reload: seconds until none of `old` accepts connections (None: timed out).
-
-    `nginx -s reload` only signals the master, which starts new workers and then
-    tells the old ones to quit; until they have, an old worker may still hand a
-    new request to the replica being drained.
-    """
-    start = time.monotonic()
-    while old & accepting_workers(lb):
-        if time.monotonic() - start >= timeout:
-            return None
-        time.sleep(poll)
-    return time.monotonic() - start
-
-
-def _edit_upstream(lb: Container, upstream: str, down: bool, settle: float = 10.0) -> bool:
-    """Take the replica's `server` lines out of the config (or put them back); reload.
-
-    Out means commented out rather than marked `down`: without `resolve`
-    (nginx < 1.27.3) nginx resolves every `server` name when it loads the
-    config, and a replica of the same wave may be gone by then.
-    """
-    # A DNS label or an IP address and a port: only '.', '[' and ']' need escaping.
-    escaped = upstream.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")
-    server = f"server {escaped}[ ;].*"
-    take_out = rf"s/^([[:space:]]*)({server})$/\1{DRAINED}\2/"
-    put_back = rf"s/^([[:space:]]*){DRAINED}({server})$/\1\2/"
-    script, undo = (take_out, put_back) if down else (put_back, take_out)
-    _, before = _exec(lb, ["cat", NGINX_CONFIG])
-    code, output = _exec(lb, _sed(script))
-    if code != 0:
-        raise RolloutError(f"editing {NGINX_CONFIG} in {lb.name}: {output.strip()}")
-    if _exec(lb, ["cat", NGINX_CONFIG])[1] == before:
-        return False
-    code, output = _exec(lb, ["nginx", "-t", "-q"])
-    if code != 0:
-        # The replica was the last one (one replica: an update cannot keep serving).
-        _exec(lb, _sed(undo))
-        print(
-            f"note: {upstream} stays in rotation: nginx refused the config without it "
-            f"({output.strip()})",
-            flush=True,
-        )
-        return False
-    old = accepting_workers(lb)
-    code, output = _exec(lb, ["nginx", "-s", "reload"])
-    if code != 0:
-        raise RolloutError(f"nginx in {lb.name} did not reload: {output.strip()}")
-    if _until_old_workers_stop_accepting(lb, old, settle) is None:
-        print(
-            f"note: nginx's old workers in {lb.name} still accept connections "
-            f"{settle:.0f} s after the reload",
-            flush=True,
-        )
-    return True
-
-
-# What the canary step (components.steps.canary) reuses: the same live edit takes
-# a worse canary out of nginx, and puts a re-watched one back.
-get_running = _get
-edit_upstream = _edit_upstream
+ACTIONS = ("drain", "resume")
 
 
 def requests_running(replica: Container, port: int) -> float | None:
     """What the replica's own metrics say is running; None if it cannot tell."""
     argv = [*METRICS_PROBE[:2], METRICS_PROBE[2].replace("{port}", str(port))]
     try:
-        code, output = _exec(replica, argv)
+        code, output = exec_text(replica, argv)
     except APIError:
         return None
     if code != 0:
@@ -189,7 +61,7 @@ def drain(
     poll: float = 0.5,
     progress: float = 10.0,
 ) -> str:
-    lb = _get(client, lb_name)
+    lb = get_running(client, lb_name)
     if lb is None:
         # No balancer (first deploy, destroy) routes to it.
         return f"{replica_name}: nothing to drain"
@@ -197,15 +69,15 @@ def drain(
         # Its engine may be another; it need not be asked: vLLM finishes its
         # requests itself once Pulumi stops it.
         start = time.monotonic()
-        _edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
+        edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
         return (
             f"{replica_name}: out of rotation after {time.monotonic() - start:.1f} s; vLLM "
             "finishes its requests in flight when it is stopped (--shutdown-timeout)"
         )
-    replica = _get(replica_client or client, replica_name)
+    replica = get_running(replica_client or client, replica_name)
     if replica is None:
         return f"{replica_name}: nothing to drain"
-    _edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
+    edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
     start = time.monotonic()
     last_report = start
     while True:
@@ -237,7 +109,7 @@ def resume(
     probe: str | None = None,
     progress: float = 15.0,
 ) -> str:
-    lb = _get(client, lb_name)
+    lb = get_running(client, lb_name)
     engine = replica_client or client
     if lb is None:
         return f"{replica_name}: no load balancer yet (first deploy); the readiness check waits"
@@ -254,58 +126,76 @@ def resume(
             interval=progress,
         )[replica_name]
     except NotReady as err:
-        raise RolloutError(str(err)) from None
-    _edit_upstream(lb, upstream or f"{replica_name}:{port}", down=False)
+        raise StepError(str(err)) from None
+    edit_upstream(lb, upstream or f"{replica_name}:{port}", down=False)
     return f"{replica_name}: healthy, back in rotation after {took:.1f} s"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("action", choices=("drain", "resume"))
-    parser.add_argument("--lb", required=True, help="load balancer container")
-    parser.add_argument("--replica", required=True, help="replica container (upstream name)")
-    parser.add_argument("--port", type=int, default=8000, help="replica port in nginx's config")
-    parser.add_argument("--timeout", type=float, required=True, help="seconds")
-    parser.add_argument(
-        "--upstream", default=None, help="host:port of its `server` lines (default replica:port)"
-    )
-    parser.add_argument(
-        "--replica-engine", default=None, help="the replica's engine, if not nginx's (DOCKER_HOST)"
-    )
-    parser.add_argument("--probe", default=None, help="resume: its /health as reached from here")
-    parser.add_argument(
-        "--vllm-drains",
-        action="store_true",
-        help="drain: vLLM finishes its requests on SIGTERM (--shutdown-timeout > 0); "
-        "only take it out of nginx",
-    )
-    args = parser.parse_args(argv)
-    try:
-        client = engine_client()
-        other = (
-            docker.DockerClient(base_url=args.replica_engine, timeout=30)
-            if args.replica_engine
-            else None
-        )
-        step = (
-            functools.partial(drain, vllm_drains=args.vllm_drains)
-            if args.action == "drain"
-            else functools.partial(resume, probe=args.probe)
-        )
-        message = step(
+def act(action: str, spec: RolloutSpec) -> str:
+    """Drain or resume the spec's replica; the message to print."""
+    client = engine_client()
+    # A drain that vLLM finishes asks nothing of the replica's engine.
+    needs_other = spec.replica_engine and not (action == "drain" and spec.vllm_drains)
+    other = docker.DockerClient(base_url=spec.replica_engine, timeout=30) if needs_other else None
+    upstream = spec.upstream
+    if action == "drain":
+        return drain(
             client,
-            args.lb,
-            args.replica,
-            args.port,
-            args.timeout,
-            upstream=args.upstream,
+            spec.lb,
+            spec.replica,
+            spec.port,
+            spec.drain_seconds,
+            upstream=upstream,
             replica_client=other,
+            vllm_drains=spec.vllm_drains,
         )
-    except (RolloutError, docker.errors.DockerException, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(message)
-    return 0
+    return resume(
+        client,
+        spec.lb,
+        spec.replica,
+        spec.port,
+        spec.resume_seconds,
+        upstream=upstream,
+        replica_client=other,
+        probe=spec.probe or None,
+    )
+
+
+def legacy_spec(argv: Sequence[str]) -> tuple[str, RolloutSpec]:
+    """The command line of a rotation declared before specs: a replace after the
+    upgrade runs the drain kept in state (docs/architecture.md). For one release."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("action", choices=ACTIONS)
+    for flag in ("--lb", "--replica", "--timeout"):
+        parser.add_argument(flag, required=True)
+    for flag in ("--upstream", "--replica-engine", "--probe"):
+        parser.add_argument(flag, default=None)
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--vllm-drains", action="store_true")
+    args = parser.parse_args(argv)
+    seconds = int(float(args.timeout))
+    return args.action, RolloutSpec(
+        lb=args.lb,
+        replica=args.replica,
+        port=args.port,
+        upstream=args.upstream or f"{args.replica}:{args.port}",
+        drain_seconds=seconds,
+        resume_seconds=seconds,
+        probe=args.probe or "",
+        vllm_drains=args.vllm_drains,
+        replica_engine=args.replica_engine,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if len(words) > 1:
+        action, spec = legacy_spec(words)
+        return finish(lambda: act(action, spec))
+    if len(words) != 1 or words[0] not in ACTIONS:
+        print("usage: python -m components.steps.rollout drain|resume", file=sys.stderr)
+        return 2
+    return run_step(RolloutSpec, lambda spec: act(words[0], spec))
 
 
 if __name__ == "__main__":

@@ -9,17 +9,19 @@ serves; the 503 body names those that do not). With pools (`--probe`) nginx answ
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import ssl
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 import httpx
 import openai
+
+from components.plan.specs import VerifySpec
+from components.steps.runner import spec_of
 
 T = TypeVar("T")
 
@@ -126,53 +128,45 @@ def probe(
     return _until_answered(ask, timeout)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="check that the LB serves the model")
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--model", required=True, action="append")
-    parser.add_argument(
-        "--embedding", action="append", default=[], help="a --model served by a pooling runner"
-    )
-    parser.add_argument(
-        "--probe", action="store_true", help="ask each --model for one token through the LB"
-    )
-    parser.add_argument("--timeout", type=float, default=120)
-    args = parser.parse_args(argv)
+def main() -> int:
+    args = spec_of(VerifySpec)
+    if args is None:
+        return 2
     api_key = os.environ.get("VLLM_API_KEY")
     certificate = os.environ.get("VLLM_NGINX_LB_CERTIFICATE")
     try:
-        wait_healthy(args.url, args.timeout, certificate)
+        wait_healthy(args.url, args.timeout_seconds, certificate)
     except NotHealthyError as err:
         print(
-            f"error: {args.url}/health did not answer 200 within {args.timeout:.0f}s; "
+            f"error: {args.url}/health did not answer 200 within {args.timeout_seconds:.0f}s; "
             f"its last answer: {err}. The pools it names have no replica that can serve: "
             "read those replicas' logs (docker logs <replica>).",
             file=sys.stderr,
         )
         return 1
     try:
-        models = served_models(args.url, api_key, args.timeout, certificate)
+        models = served_models(args.url, api_key, args.timeout_seconds, certificate)
     except openai.APIError as err:
         print(f"error: {args.url}/v1/models failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    missing = [m for m in args.model if m not in models]
+    missing = [m for m in args.models if m not in models]
     if missing:
-        wanted = missing[0] if len(args.model) == 1 else missing
+        wanted = missing[0] if len(args.models) == 1 else missing
         print(f"error: {args.url}/v1/models lists {models}, not {wanted!r}", file=sys.stderr)
         return 1
     if not args.probe:
         print(json.dumps({"url": args.url, "models": models}))
         return 0
     answered: dict[str, str] = {}
-    for model in args.model:
-        kind = "embedding" if model in args.embedding else "completion"
+    for model in args.models:
+        kind = "embedding" if model in args.embeddings else "completion"
         try:
             answered[model] = probe(
                 args.url,
                 model,
-                embedding=model in args.embedding,
+                embedding=model in args.embeddings,
                 api_key=api_key,
-                timeout=args.timeout,
+                timeout=args.timeout_seconds,
                 certificate=certificate,
             )
         except openai.APIError as err:
