@@ -505,3 +505,52 @@ def test_a_wrong_key_file_is_refused_without_repeating_a_key():
     assert "sk with space" not in str(bad.value) and "api_keys.team-a" in str(bad.value)
     # The operator's key is there once, as itself: nginx sends it to the replicas.
     assert render_key_file(OPERATOR, KEYS).count(OPERATOR) == 1
+
+
+@pytest.mark.parametrize("policy", ["least_conn", "prefix_affinity"])
+def test_a_single_model_stack_checks_named_keys_and_their_limits(policy):
+    """Without model pools there is no router: keys, limits and usage still hold."""
+    nginx_binary = require_nginx()
+    require_njs()
+    keys = {"team-a": KEYS["team-a"], "slow": "sk-slow-0000000000"}
+    policies = (KeyPolicy("team-a"), KeyPolicy("slow", requests_per_minute=2))
+    receiver = Receiver()
+    try:
+        with (
+            stub_backends(2, ttft_ms=5, token_ms=2, api_key=OPERATOR) as stubs,
+            nginx_balancer(
+                nginx_binary,
+                stubs.ports,
+                api_key=OPERATOR,
+                keys=policies,
+                named_keys=keys,
+                metrics_syslog=receiver.address,
+                policy=policy,
+            ) as nginx,
+        ):
+            api = client(nginx, keys["team-a"])
+            answer = api.completions.create(model=STANDIN, prompt="one two three", max_tokens=7)
+            assert answer.usage is not None
+            with pytest.raises(openai.AuthenticationError):
+                use(client(nginx, "sk-nobody-000000"), STANDIN)
+            slow = client(nginx, keys["slow"])
+            use(slow, STANDIN)
+            use(slow, STANDIN)
+            with pytest.raises(openai.RateLimitError) as limited:
+                use(slow, STANDIN)
+            assert limited.value.response.headers["retry-after"] == "30"
+            chat = api.chat.completions.create(
+                model=STANDIN, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+            )
+            assert chat.usage is not None
+            receiver.wait_for(6)
+    finally:
+        receiver.close()
+    text = receiver.metrics.render()
+    assert series(text, "vllm_lb_key_completion_tokens_total")['{key="team-a"}'] == 7 + 2
+    assert series(text, "vllm_lb_key_prompt_tokens_total")['{key="team-a"}'] == (
+        answer.usage.prompt_tokens + chat.usage.prompt_tokens
+    )
+    assert series(text, "vllm_lb_key_rate_limited_requests_total") == {
+        '{key="slow",limit="requests_per_minute"}': 1
+    }

@@ -124,7 +124,7 @@ def api_key_rules(settings: Settings) -> Iterator[Rule]:
                 f"is the same key as '{values[secret]}': each key must be its own, so the "
                 "balancer knows whose request it is",
                 "apiKey",
-                secret_check="is a key no other entry has",
+                secret_check="whether it is a key no other entry has",
             )
         values.setdefault(secret, where)
         if settings.models is None:

@@ -198,7 +198,8 @@ class Settings(ConfigModel):
     api_key: SafeSecret | None = Field(
         None,
         description=(
-            "API key required on `/v1` (checked by the load balancer and by vLLM), **secret**"
+            "API key required on `/v1` (checked by the load balancer and by vLLM), **secret**; "
+            "with `apiKeys`, the operator's key: no limits, the one the replicas get"
         ),
     )
     api_keys: ApiKeys | None = Field(
