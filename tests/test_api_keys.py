@@ -10,6 +10,8 @@ stand-in reported), and a rotation under streaming load (docs/api-keys.md).
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import signal
 import socket
 import threading
@@ -28,6 +30,7 @@ from components.config.sections import RoutingPolicy, Upstream
 from components.containers.exporter.lb_exporter import LbMetrics, ReplicaNames
 from components.lb.keys import KeyPolicy, digest, render_key_file
 from components.lb.pools import ModelPool
+from components.plan.monitoring import DASHBOARD_FILE
 from tests.support.fake_replica import FakeReplica, fake_replicas
 from tests.support.nginx import LOOPBACK, RunningNginx, require_nginx, require_njs
 from tests.support.nginx import balancer as nginx_balancer
@@ -554,3 +557,27 @@ def test_a_single_model_stack_checks_named_keys_and_their_limits(policy):
     assert series(text, "vllm_lb_key_rate_limited_requests_total") == {
         '{key="slow",limit="requests_per_minute"}': 1
     }
+
+
+def test_the_dashboards_key_panels_query_what_the_exporter_serves():
+    """Every `vllm_lb_key_*` name a panel queries is one the exporter renders after
+    a request of each kind (metered, unmetered, refused)."""
+    metrics = LbMetrics(ReplicaNames([]))
+    base = {"status": "200", "request_time": "0.1", "upstream_addr": "", "pool": "chat"}
+    for record in (
+        {**base, "key": "a", "model": "m", "prompt_tokens": "3", "completion_tokens": "4"},
+        {**base, "key": "a", "model": "m", "prompt_tokens": "", "completion_tokens": ""},
+        {**base, "status": "429", "key": "b", "model": "", "limit_req": "REJECTED"},
+    ):
+        metrics.record_line("<190>vllm_lb: " + json.dumps(record))
+    served = {line.split("{")[0] for line in metrics.render().splitlines() if line[:1] != "#"}
+    panels = json.loads(DASHBOARD_FILE.read_text())["panels"]
+    keyed = [p for p in panels if p["type"] != "row" and "key" in p["title"].lower()]
+    assert len(keyed) == 5
+    queried = {
+        name
+        for panel in keyed
+        for target in panel["targets"]
+        for name in re.findall(r"vllm_lb_key_\w+", target["expr"])
+    }
+    assert queried == {name for name in served if name.startswith("vllm_lb_key_")}
