@@ -197,3 +197,28 @@ def test_the_check_finds_a_named_key_in_plain_text_beside_encrypted_ones(tmp_pat
         "vllm-nginx:apiKeys.team-a.key",
         "vllm-nginx:apiKeys.team-b.key",
     ]
+
+
+def test_the_check_prints_each_key_by_name_and_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from components import PROJECT_DIR
+    from components.cli.check import main
+
+    (tmp_path / "Pulumi.yaml").write_text((PROJECT_DIR / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.keys.yaml").write_text(
+        "config:\n"
+        "  vllm-nginx:backend: cpu\n"
+        "  vllm-nginx:models:\n    - name: chat\n      model: org/chat\n"
+        "      servedModelName: chat\n"
+        "  vllm-nginx:apiKey:\n    secure: AAABAxyz\n"
+        "  vllm-nginx:apiKeys:\n"
+        "    team-a:\n      key:\n        secure: AAABAabc\n      models: [chat]\n"
+        "      requestsPerMinute: 60\n      maxTokens: 512\n"
+        "    team-b:\n      secure: AAABAdef\n"
+    )
+    assert main(["--stack", "keys", "--project-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "  apiKeys        team-a: models chat; 60/min; max_tokens <= 512\n" in out
+    assert "                 team-b: every model\n" in out
+    assert "AAABA" not in out
