@@ -36,6 +36,21 @@ from components.plan.model import Plan, ReplicaPlan
 from components.plan.monitoring import GRAFANA_ADMIN_USER
 
 
+def _api_key_lines(settings: Settings) -> list[str]:
+    """One line per named key: its name and limits, never the key (docs/api-keys.md)."""
+    lines = []
+    for index, (name, entry) in enumerate((settings.api_keys or {}).items()):
+        rules = [
+            f"models {', '.join(entry.models)}" if entry.models is not None else "every model",
+            *([f"{entry.requests_per_minute}/min"] if entry.requests_per_minute else []),
+            *([f"{entry.concurrent_requests} at once"] if entry.concurrent_requests else []),
+            *([f"max_tokens <= {entry.max_tokens}"] if entry.max_tokens else []),
+        ]
+        head = "  apiKeys        " if index == 0 else "                 "
+        lines.append(f"{head}{name}: {'; '.join(rules)}")
+    return lines
+
+
 def needs_hf_token(settings: Settings) -> bool:
     """A model id (not a local path) is downloaded from Hugging Face; gated ones need a token."""
     return any(
@@ -191,6 +206,7 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
         )
     else:
         lines.append("  apiKey         not set (the load balancer listens on loopback only)")
+    lines += _api_key_lines(settings)
     status = hf_token_status(settings)
     if status == "set":
         lines.append("  hfToken        set")

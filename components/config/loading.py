@@ -134,10 +134,12 @@ def deployment_problems(
 
 def _plain_secrets(raw: Mapping[str, Any], secret: Set[str], namespace: str) -> list[Problem]:
     """A token typed in plain text would sit unencrypted in the stack file."""
+    how = {"apiKeys": "--path 'apiKeys.<name>.key' <key>"}
     return [
         Problem(
             f"{namespace}:{key}",
-            f"must be set with `pulumi config set --secret {key} ...` (it is stored in plain text)",
+            f"must be set with `pulumi config set --secret {how.get(key, key + ' ...')}` "
+            "(it is stored in plain text)",
         )
         for key in SECRET_KEYS
         if key in raw and key not in secret

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from components.config.settings import Settings
 
 NAMESPACE = "vllm-nginx"
-SECRET_KEYS = ("hfToken", "apiKey", "tlsKey", "grafanaPassword")
+SECRET_KEYS = ("hfToken", "apiKey", "apiKeys", "tlsKey", "grafanaPassword")
 # Namespaces whose keys a stack of this project may legitimately hold besides its own.
 OTHER_NAMESPACES = frozenset({"docker", "command", "pulumi"})
 # What the check uses for an encrypted value it cannot decrypt: passes the value
@@ -51,7 +51,7 @@ def _written_path(loc: Iterable[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part.startswith(("function-after", "function-", "tagged-union")):
+        elif part.startswith(("function-after", "function-", "tagged-union")) or part == "[key]":
             continue
         else:
             path += f".{part}" if path else part

@@ -81,6 +81,17 @@ def _list_item_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _map_item_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a map-of-objects key ('apiKeys', through `| None`), else None."""
+    if get_origin(annotation) is dict:
+        value = get_args(annotation)[1]
+        return value if isinstance(value, type) and issubclass(value, BaseModel) else None
+    for arg in get_args(annotation):
+        if arg is not type(None) and (found := _map_item_model(arg)) is not None:
+            return found
+    return None
+
+
 def config_rows(
     model: type[BaseModel], prefix: str = "", parent: BaseModel | None = None
 ) -> list[tuple[str, str, str, str]]:
@@ -98,6 +109,13 @@ def config_rows(
             kind = f"list of objects ({item.__name__.removesuffix('Settings')})"
             rows.append((key, kind, "-", field.description or ""))
             rows.extend(config_rows(item, key + "[i]."))
+            continue
+        entry = _map_item_model(annotation)
+        if entry is not None:
+            # A map of objects ('apiKeys'): one row per key of an entry, `key.<name>.field`.
+            kind = f"map of objects ({entry.__name__.removesuffix('Settings')})"
+            rows.append((key, kind, "-", field.description or ""))
+            rows.extend(config_rows(entry, key + ".<name>."))
             continue
         if sub is not None:
             default = getattr(parent, name) if parent is not None else field.default

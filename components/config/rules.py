@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
+from components.config.api_keys import api_key_rules
 from components.config.engine_rules import Wording, one_engine_rules
 from components.config.host_rules import host_rules
 from components.config.pool_rules import pool_rules
@@ -208,6 +209,7 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
         *_tls_rules(settings),
         *_monitoring_rules(settings),
         *_shutdown_rules(settings),
+        *api_key_rules(settings),
     ]
 
 

@@ -17,6 +17,7 @@ from pydantic import (
     Field,
 )
 
+from components.config.api_keys import ApiKeys
 from components.config.pool_sections import AdapterSettings, PoolSettings
 from components.config.sections import (
     Backend,
@@ -204,7 +205,16 @@ class Settings(ConfigModel):
     api_key: SafeSecret | None = Field(
         None,
         description=(
-            "API key required on `/v1` (checked by the load balancer and by vLLM), **secret**"
+            "API key required on `/v1` (checked by the load balancer and by vLLM), **secret**; "
+            "with `apiKeys`, the operator's key: no limits, the one the replicas get"
+        ),
+    )
+    api_keys: ApiKeys | None = Field(
+        None,
+        description=(
+            "named API keys, **secret**: a map from a key's name (a team, a user) to its key, "
+            "or to an object with the key and its limits (see [api-keys.md](api-keys.md)); "
+            "needs `apiKey`"
         ),
     )
     tls_certificate: PemCertificate | None = Field(

@@ -392,6 +392,34 @@ class CheckedStack:
     """Rules left to `pulumi up` because they compare an encrypted value (keys as written)."""
 
 
+def _plain_named_keys(raw: Mapping[str, Any], stack: StackFile, namespace: str) -> list[Problem]:
+    """A named key in plain text beside encrypted ones: Pulumi marks all of 'apiKeys'
+    secret when one leaf is, so only the file shows it (a wholly plain one is the
+    loader's)."""
+    if f"{namespace}:apiKeys" not in stack.secret:
+        return []
+    try:
+        entries = json.loads(raw.get("apiKeys", "{}"))
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(entries, dict):
+        return []
+    problems = []
+    for name, entry in entries.items():
+        where = f"{namespace}:apiKeys.{name}"
+        leaf = where if not isinstance(entry, dict) else f"{where}.key"
+        if leaf not in stack.secure_leaves and (not isinstance(entry, dict) or "key" in entry):
+            written = leaf.split(":", 1)[1]
+            problems.append(
+                Problem(
+                    leaf,
+                    f"must be set with `pulumi config set --secret --path '{written}' <key>` "
+                    "(it is stored in plain text)",
+                )
+            )
+    return problems
+
+
 def check_stack_file(path: Path, namespace: str = NAMESPACE) -> CheckedStack:
     """`read_stack_file`, then the same loader `pulumi up` runs; every problem at once.
 
@@ -423,6 +451,7 @@ def check_stack_file(path: Path, namespace: str = NAMESPACE) -> CheckedStack:
                 "`pulumi up` checks it",
             )
         problems.append(_as_written(problem, stack.written))
+    problems += _plain_named_keys(raw, stack, namespace)
     unverified = tuple(_as_written(p, stack.written) for p in loaded.unverified)
     return CheckedStack(stack, None if problems else loaded.settings, tuple(problems), unverified)
 

@@ -22,6 +22,7 @@ from components.deployment.balancer import LoadBalancer, LoadBalancerArgs
 from components.deployment.engine import Engine, EngineArgs
 from components.deployment.monitoring import Monitoring, MonitoringArgs
 from components.deployment.pool import DownloadKey, EngineParts, Pool, PoolArgs
+from components.lb.keys import render_key_file
 from components.lb.nginx_conf import render_api_key_map
 from components.plan.build import build_plan
 from components.plan.model import (
@@ -61,7 +62,13 @@ def _secret_values(settings: Settings) -> dict[str, pulumi.Output[str]]:
     if settings.api_key is not None:
         key = settings.api_key.get_secret_value()
         values[API_KEY_ENV] = key
-        values[API_KEY_MAP_SECRET] = render_api_key_map(key)
+        named = {
+            name: entry.key.get_secret_value() for name, entry in (settings.api_keys or {}).items()
+        }
+        # With named keys the file holds their digests (components/lb/keys.py).
+        values[API_KEY_MAP_SECRET] = (
+            render_key_file(key, named) if named else render_api_key_map(key)
+        )
         values[PROMETHEUS_API_KEY_SECRET] = key
     if settings.grafana_password is not None:
         values[GRAFANA_PASSWORD_SECRET] = settings.grafana_password.get_secret_value()

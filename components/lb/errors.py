@@ -120,18 +120,27 @@ def retry_after_seconds(lb: LoadBalancerSettings) -> str:
     return str(lb.fail_window_seconds)
 
 
-def error_pages(lb: LoadBalancerSettings, except_: tuple[int, ...] = ()) -> list[Directive]:
+TOO_MANY_LOCATION = f"{ERROR_PREFIX}429"
+"""Named API keys' limits (components/lb/keys.py answers it)."""
+
+
+def error_pages(
+    lb: LoadBalancerSettings, except_: tuple[int, ...] = (), limited: bool = False
+) -> list[Directive]:
     """The `error_page` lines of a block: nginx's statuses to the JSON locations.
 
     A block with an `error_page` of its own inherits none from the server, so
     a location that sends some status elsewhere (prefix_affinity's 502 to its
-    fallback) repeats the rest with `except_`.
+    fallback) repeats the rest with `except_`. `limited`: named API keys' 429.
     """
-    return [
+    pages = [
         d("error_page", str(e.caught), "=" + str(e.status), _location(e.caught))
         for e in _errors(lb)
         if e.caught not in except_
     ]
+    if limited:
+        pages.append(d("error_page", "429", "=429", TOO_MANY_LOCATION))
+    return pages
 
 
 def error_locations(lb: LoadBalancerSettings) -> list[Directive]:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from components.config.sections import LoadBalancerSettings
 from components.lb.directives import d
 from components.lb.errors import retry_after_seconds
+from components.lb.keys import KeyPolicy, key_table
 from components.lb.names import FALLBACK_UPSTREAM_NAME, HEALTH_PATH, UPSTREAM_NAME, Directive
 from components.lb.njs import HEALTH_HANDLER, HEALTH_MODULE, HEALTH_SCRIPT
 from components.lb.pools import (
@@ -65,7 +66,9 @@ def health_table(lb: LoadBalancerSettings, pools: Sequence[ModelPool]) -> dict[s
     }
 
 
-def models_script(lb: LoadBalancerSettings, pools: Sequence[ModelPool]) -> str:
+def models_script(
+    lb: LoadBalancerSettings, pools: Sequence[ModelPool], keys: Sequence[KeyPolicy] = ()
+) -> str:
     """models.js: the router's table (with pools) and the health table, as an ES
     module njs loads with the config.
 
@@ -74,6 +77,8 @@ def models_script(lb: LoadBalancerSettings, pools: Sequence[ModelPool]) -> str:
     `pulumi up` shows a change only when the pools change.
     """
     table = dict(routing_table(pools)) if pools else {}
+    if pools and keys:
+        table["keys"] = key_table(keys, [pool.served_name for pool in pools])
     table["health"] = health_table(lb, pools)
     return (
         "// Generated from the model pools when nginx.conf is rendered "

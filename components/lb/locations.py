@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from components.config.sections import LoadBalancerSettings
 from components.lb.directives import d
-from components.lb.errors import error_locations, error_pages
+from components.lb.errors import TOO_MANY_LOCATION, error_locations, error_pages
 from components.lb.health import INTERNAL_PREFIX, health_locations
+from components.lb.keys import KeyPolicy, keys_guard, too_many_location
 from components.lb.model_routing import router_locations
 from components.lb.names import (
     API_PREFIX,
@@ -123,7 +124,12 @@ def api_key_guard() -> list[Directive]:
     ]
 
 
-def prefix_locations(lb: LoadBalancerSettings, guard: list[Directive]) -> list[Directive]:
+def prefix_locations(
+    lb: LoadBalancerSettings,
+    guard: list[Directive],
+    limited: bool = False,
+    accounting: Sequence[Directive] = (),
+) -> list[Directive]:
     """`/v1/` runs the njs router; it redirects to one of two named locations.
 
     The key check runs in the rewrite phase, before `js_content` reads the body,
@@ -148,34 +154,44 @@ def prefix_locations(lb: LoadBalancerSettings, guard: list[Directive]) -> list[D
             PREFIX_LOCATION,
             block=[
                 d("proxy_request_buffering", "on"),
+                *accounting,
                 d("error_page", "502", "=", FALLBACK_LOCATION),
-                *error_pages(lb, except_=(502,)),
+                *error_pages(lb, except_=(502,), limited=limited),
                 d("proxy_pass", f"http://{UPSTREAM_NAME}"),
             ],
         ),
         d(
             "location",
             FALLBACK_LOCATION,
-            block=[d("proxy_request_buffering", "on"), fallback_pass],
+            block=[d("proxy_request_buffering", "on"), *accounting, fallback_pass],
         ),
     ]
 
 
 def locations(
-    lb: LoadBalancerSettings, require_api_key: bool, pools: Sequence[ModelPool] = ()
+    lb: LoadBalancerSettings,
+    require_api_key: bool,
+    pools: Sequence[ModelPool] = (),
+    keys: Sequence[KeyPolicy] = (),
+    accounting: Sequence[Directive] = (),
 ) -> list[Directive]:
-    guard = api_key_guard() if require_api_key else []
+    """Every location; with named `keys` their guard and 429, and `accounting`
+    (the usage filter) where a replica answers a request of the API."""
+    guard = keys_guard() if keys else api_key_guard() if require_api_key else []
+    limited = bool(keys)
     if pools:
         # Model routing: exposed paths carry no model, any replica answers them.
         proxied = [*guard, d("proxy_pass", f"http://{UPSTREAM_NAME}")]
-        api_locations = router_locations(lb, pools, guard)
+        api_locations = router_locations(lb, pools, guard, limited, accounting)
     elif is_prefix(lb):
         # Exposed paths (GET /metrics ...) carry no prompt: least_conn.
         proxied = [*guard, d("proxy_pass", f"http://{FALLBACK_UPSTREAM_NAME}")]
-        api_locations = prefix_locations(lb, guard)
+        api_locations = prefix_locations(lb, guard, limited, accounting)
     else:
         proxied = [*guard, d("proxy_pass", f"http://{UPSTREAM_NAME}")]
-        api_locations = [d("location", API_PREFIX, block=list(proxied))]
+        api_locations = [
+            d("location", API_PREFIX, block=[*guard, *accounting, *proxied[len(guard) :]])
+        ]
     locations = [*api_locations, *health_locations(lb, pools)]
     seen: set[str] = set()
     for index, path in enumerate(lb.expose_paths):
@@ -194,7 +210,7 @@ def locations(
     return locations
 
 
-def server_errors(lb: LoadBalancerSettings) -> list[Directive]:
+def server_errors(lb: LoadBalancerSettings, limited: bool = False) -> list[Directive]:
     """Server-level: every response nginx makes itself is JSON (components/lb/errors.py).
 
     The empty `types` makes it `application/json` even for a path with an
@@ -206,6 +222,7 @@ def server_errors(lb: LoadBalancerSettings) -> list[Directive]:
         d("types", block=[]),
         d("default_type", "application/json"),
         d("recursive_error_pages", "on"),
-        *error_pages(lb),
+        *error_pages(lb, limited=limited),
         *error_locations(lb),
+        *([too_many_location(TOO_MANY_LOCATION)] if limited else []),
     ]

@@ -91,7 +91,11 @@ def router_http(lb: LoadBalancerSettings, prefix_script_path: str) -> list[Direc
 
 
 def router_locations(
-    lb: LoadBalancerSettings, pools: Sequence[ModelPool], guard: list[Directive]
+    lb: LoadBalancerSettings,
+    pools: Sequence[ModelPool],
+    guard: list[Directive],
+    limited: bool = False,
+    accounting: Sequence[Directive] = (),
 ) -> list[Directive]:
     """`/v1/` runs the router, `= /v1/models` lists the models; a named location per pool.
 
@@ -99,7 +103,8 @@ def router_locations(
     upload holds at most that; a request announcing 1,000,000 bytes or more goes,
     in the rewrite phase, to a location that keeps the body's temp file, which
     njs 0.7.9 can only read while it exists. The key guard runs before the
-    router reads a body (docs/load-balancer.md, "Costs and limits").
+    router reads a body (docs/load-balancer.md, "Costs and limits"). `limited`
+    and `accounting`: named API keys' 429 and usage filter (components/lb/keys.py).
     """
     out = [
         d(
@@ -110,7 +115,7 @@ def router_locations(
                 d("if", BODY_TO_FILE_VARIABLE, block=[d("return", BODY_TO_FILE_STATUS)]),
                 d("error_page", BODY_TO_FILE_STATUS, "=", BODY_FILE_LOCATION),
                 # Its own error_page cancels the server's JSON ones: repeated.
-                *error_pages(lb),
+                *error_pages(lb, limited=limited),
                 d("client_body_buffer_size", BODY_BUFFER),
                 d("js_content", ROUTER_HANDLER),
             ],
@@ -129,10 +134,10 @@ def router_locations(
         d("location", "=", MODELS_PATH, block=[*guard, d("js_content", MODELS_HANDLER)]),
     ]
     for pool in pools:
-        main = [d("proxy_request_buffering", "on")]
+        main = [d("proxy_request_buffering", "on"), *accounting]
         if is_prefix_pool(pool):
             main.append(d("error_page", "502", "=", fallback_location_name(pool)))
-            main.extend(error_pages(lb, except_=(502,)))
+            main.extend(error_pages(lb, except_=(502,), limited=limited))
         main.append(d("proxy_pass", f"http://{upstream_name(pool)}"))
         out.append(d("location", location_name(pool), block=main))
         if is_prefix_pool(pool):
@@ -142,6 +147,7 @@ def router_locations(
                     fallback_location_name(pool),
                     block=[
                         d("proxy_request_buffering", "on"),
+                        *accounting,
                         d("proxy_pass", f"http://{fallback_upstream_name(pool)}"),
                     ],
                 )

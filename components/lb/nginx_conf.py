@@ -21,13 +21,19 @@ from components.config.values import (
     SAFE_TOKEN_RULE,
     safe_token,
 )
-from components.containers.exporter.lb_exporter import LOG_FORMAT as METRICS_LOG_FORMAT
-from components.containers.exporter.lb_exporter import (
-    POOL_LOG_FORMAT as METRICS_POOL_LOG_FORMAT,
-)
 from components.containers.exporter.lb_exporter import SYSLOG_TAG as METRICS_SYSLOG_TAG
+from components.containers.exporter.lb_exporter import log_format as metrics_log_format
 from components.lb.directives import d, host_port
 from components.lb.health import health_http, models_script
+from components.lb.keys import (
+    KEYS_SCRIPT,
+    KeyPolicy,
+    keys_http,
+    keys_script,
+    keys_server,
+    map_hash_sizes,
+    usage_filter,
+)
 from components.lb.locations import api_key_maps, locations, proxy_settings, server_errors
 from components.lb.model_routing import (
     pool_upstreams,
@@ -102,13 +108,13 @@ class NginxRuntime:
         return "auto" if self.worker_processes is None else str(self.worker_processes)
 
 
-def _metrics_log(rt: NginxRuntime, pools: bool = False) -> list[Directive]:
+def _metrics_log(rt: NginxRuntime, pools: bool = False, keys: bool = False) -> list[Directive]:
     """A second access log, for the metrics exporter: UDP, so a missing exporter
     never slows a request; `escape=json` keeps every value a JSON string. With
-    model routing each line also names the pool."""
+    model routing each line also names the pool, with named keys the key's name."""
     if rt.metrics_syslog is None:
         return []
-    log_format = METRICS_POOL_LOG_FORMAT if pools else METRICS_LOG_FORMAT
+    log_format = metrics_log_format(pools, keys)
     return [
         d("log_format", "lb_metrics", "escape=json", log_format),
         d(
@@ -209,6 +215,7 @@ def render_nginx_config(
     upstreams: Sequence[Upstream],
     runtime: NginxRuntime = NginxRuntime(),
     pools: Sequence[ModelPool] = (),
+    keys: Sequence[KeyPolicy] = (),
 ) -> str:
     """The whole main config: no `user`, no mime.types, no stock includes.
 
@@ -216,8 +223,11 @@ def render_nginx_config(
     and `master_process` stay on the command line so one file serves a container
     and a test. The one `include` is the API key file (`runtime.api_key_map`),
     which nginx refuses to start without, so the check cannot be silently lost.
+    With named `keys` that file maps key digests to names (`render_key_file`).
     """
     rt = runtime
+    if keys and rt.api_key_map is None:
+        raise ValueError("named API keys need the key file (runtime.api_key_map)")
     worker_connections = str(lb.worker_connections)
     keepalive = str(lb.keepalive_connections)
     body_size = str(lb.max_body_size_mb)
@@ -237,10 +247,12 @@ def render_nginx_config(
     resolver: list[Directive] = []
     if uses_resolve(lb, [*upstreams, *(u for pool in pools for u in pool.upstreams)]):
         resolver = [d("resolver", lb.resolver, "valid=5s", "ipv6=off")]
+    accounting = usage_filter() if keys and rt.metrics_syslog is not None else []
     http_block = [
+        *(map_hash_sizes(keys) if keys else []),
         d("log_format", "lb", LOG_FORMAT),
         d("access_log", rt.access_log, "lb"),
-        *_metrics_log(rt, pools=bool(pools)),
+        *_metrics_log(rt, pools=bool(pools), keys=bool(keys)),
         d("default_type", "application/octet-stream"),
         d("server_tokens", "off"),
         d("client_max_body_size", f"{body_size}m"),
@@ -254,18 +266,27 @@ def render_nginx_config(
         *(_prefix_http(lb, rt) if prefix else []),
         *(router_http(lb, rt.prefix_script) if pools else []),
         *health_http(rt.temp_dir, script_dir(rt.prefix_script)),
-        *([] if rt.api_key_map is None else [d("include", rt.api_key_map), *api_key_maps()]),
+        *(
+            []
+            if rt.api_key_map is None
+            else [*api_key_maps(), *keys_http(keys, script_dir(rt.prefix_script), rt.api_key_map)]
+            if keys
+            else [d("include", rt.api_key_map), *api_key_maps()]
+        ),
         *upstream_blocks,
         d(
             "server",
             block=[
                 *_listen(rt),
-                *server_errors(lb),
+                *server_errors(lb, limited=bool(keys)),
                 *proxy_settings(lb),
+                *keys_server(keys),
                 *locations(
                     lb,
                     require_api_key=rt.api_key_map is not None,
                     pools=pools,
+                    keys=keys,
+                    accounting=accounting,
                 ),
             ],
         ),
@@ -300,6 +321,7 @@ def render_extra_files(
     lb: LoadBalancerSettings,
     runtime: NginxRuntime = NginxRuntime(),
     pools: Sequence[ModelPool] = (),
+    keys: Sequence[KeyPolicy] = (),
 ) -> dict[str, str]:
     """Files the rendered config reads besides itself: {path in the container: text}.
 
@@ -307,13 +329,16 @@ def render_extra_files(
     pools and probes; with `pools` also the router's table) always; with `pools`
     router.js and prefix.js, without, prefix_affinity's script. The deployment
     uploads them next to nginx.conf (they hold no secret); the njs module
-    (`runtime.njs_module`) must already be in the image.
+    (`runtime.njs_module`) must already be in the image. With named `keys`,
+    keys.js, and models.js carries their model lists.
     """
     directory = script_dir(runtime.prefix_script)
     files = {
         posixpath.join(directory, HEALTH_SCRIPT): health_script(),
-        posixpath.join(directory, ROUTING_TABLE_SCRIPT): models_script(lb, pools),
+        posixpath.join(directory, ROUTING_TABLE_SCRIPT): models_script(lb, pools, keys),
     }
+    if keys:
+        files[posixpath.join(directory, KEYS_SCRIPT)] = keys_script()
     if pools:
         files.update(router_files(runtime.prefix_script, pools))
     elif is_prefix(lb):

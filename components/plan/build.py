@@ -20,6 +20,7 @@ from components.config.sections import (
 )
 from components.config.settings import DEFAULT_POOL, Engine, Placement, Pool, Settings
 from components.config.values import format_cpu_set
+from components.lb.keys import KeyPolicy
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
 from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
 from components.lb.pools import ModelPool
@@ -542,6 +543,20 @@ def _hosts(
     return tuple(plans)
 
 
+def _key_policies(settings: Settings) -> tuple[KeyPolicy, ...]:
+    """The named keys as the balancer sees them: names and limits, never a key."""
+    return tuple(
+        KeyPolicy(
+            name=name,
+            models=entry.models,
+            requests_per_minute=entry.requests_per_minute,
+            concurrent_requests=entry.concurrent_requests,
+            max_tokens=entry.max_tokens,
+        )
+        for name, entry in (settings.api_keys or {}).items()
+    )
+
+
 def _model_pools(settings: Settings, replicas: tuple[ReplicaPlan, ...]) -> list[ModelPool]:
     """The pools as nginx routes them; none for a single-model stack (today's config)."""
     return [
@@ -616,8 +631,9 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         metrics_syslog=monitoring.lb_syslog if monitoring is not None else None,
     )
     model_pools = _model_pools(settings, replicas)
+    keys = _key_policies(settings)
     nginx_config = render_nginx_config(
-        lb, [r.upstream for r in replicas], runtime, pools=model_pools
+        lb, [r.upstream for r in replicas], runtime, pools=model_pools, keys=keys
     )
     pools = _pool_plans(settings, replicas, project_dir)
     scheme = "https" if lb.tls else "http"
@@ -657,7 +673,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
             url=lb_url,
             reload=StepCall(step_argv(python, "lb_reload"), ReloadSpec(lb.name)),
             secret_uploads=tuple(uploads),
-            files=render_extra_files(lb, runtime, pools=model_pools),
+            files=render_extra_files(lb, runtime, pools=model_pools, keys=keys),
             container_port=listen_port,
             stop_grace_seconds=settings.stop_grace_seconds,
         ),

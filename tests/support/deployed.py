@@ -41,12 +41,16 @@ def deployed_stack(
     clean: Callable[[docker.DockerClient], None],
     secrets: Mapping[str, str] | None = None,
     kind: type[D],
+    before_up: Callable[[Stack], object] | None = None,
 ) -> Iterator[D]:
-    """`pulumi up` of a new stack in `directory`; destroyed and cleaned on the way out."""
+    """`pulumi up` of a new stack in `directory`; destroyed and cleaned on the way out.
+    `before_up` sets what `config` and `secrets` cannot (a secret with `--path`)."""
     clean(client)
     stack: Stack | None = None
     try:
         stack = Stack(directory, name, dict(config), secrets=dict(secrets or {}))
+        if before_up is not None:
+            before_up(stack)
         yield kind(client, stack, stack.up())
     finally:
         try:

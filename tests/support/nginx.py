@@ -14,13 +14,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components.config.sections import LoadBalancerSettings, Upstream
 from components.lb.guide import render_guide_config
+from components.lb.keys import KeyPolicy, render_key_file
 from components.lb.names import NJS_MODULE_PATH, TlsFiles
 from components.lb.nginx_conf import (
     NginxRuntime,
@@ -89,10 +90,13 @@ def require_njs() -> str:
 
 
 def write_extra_files(
-    lb: LoadBalancerSettings, runtime: NginxRuntime, pools: Sequence[ModelPool] = ()
+    lb: LoadBalancerSettings,
+    runtime: NginxRuntime,
+    pools: Sequence[ModelPool] = (),
+    keys: Sequence[KeyPolicy] = (),
 ) -> None:
     """The files the config reads (the njs scripts), where the runtime says, as deployed."""
-    for path, text in render_extra_files(lb, runtime, pools).items():
+    for path, text in render_extra_files(lb, runtime, pools, keys).items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text)
         Path(path).chmod(0o644)
@@ -128,8 +132,10 @@ def loopback_runtime(
     *,
     tls: TlsFiles | None = None,
     api_key_map: str | None = None,
+    metrics_syslog: str | None = None,
 ) -> NginxRuntime:
     return NginxRuntime(
+        metrics_syslog=metrics_syslog,
         listen_address=LOOPBACK,
         listen_port=port,
         pid_path=str(sandbox / "nginx.pid"),
@@ -147,6 +153,14 @@ def write_api_key_map(sandbox: Path, key: str) -> str:
     """The key file as the deployment would upload it: readable by the master only."""
     path = sandbox / "api-key.conf"
     path.write_text(render_api_key_map(key))
+    path.chmod(0o600)
+    return str(path)
+
+
+def write_key_file(sandbox: Path, operator_key: str, keys: Mapping[str, str]) -> str:
+    """The key file with named keys (digests only, and the operator's key), as deployed."""
+    path = sandbox / "api-key.conf"
+    path.write_text(render_key_file(operator_key, keys))
     path.chmod(0o600)
     return str(path)
 
@@ -315,6 +329,9 @@ def balancer(
     tls: TlsFiles | None = None,
     api_key: str | None = None,
     pools: Sequence[ModelPool] = (),
+    keys: Sequence[KeyPolicy] = (),
+    named_keys: Mapping[str, str] | None = None,
+    metrics_syslog: str | None = None,
     **lb_fields: Any,
 ) -> Iterator[RunningNginx]:
     """A real nginx on loopback in front of replicas on `ports`.
@@ -323,20 +340,29 @@ def balancer(
     IP addresses, so no `resolve`), or the guide's config with `guide=True`.
     `tls` serves https with those files; `api_key` writes the key file into
     the sandbox and makes the balancer require the key. With `pools` the
-    balancer routes by model (`ports` then only serve the exposed paths).
+    balancer routes by model (`ports` then only serve the exposed paths). With
+    `keys` (their policies) and `named_keys` (name -> key) it checks named keys,
+    `api_key` being the operator's; `metrics_syslog` sends the metrics log there.
     """
     sandbox = make_sandbox(sandbox_prefix)
     port = free_port()
     try:
-        key_map = None if api_key is None else write_api_key_map(sandbox, api_key)
-        runtime = loopback_runtime(sandbox, port, tls=tls, api_key_map=key_map)
+        if api_key is None:
+            key_map = None
+        elif keys:
+            key_map = write_key_file(sandbox, api_key, named_keys or {})
+        else:
+            key_map = write_api_key_map(sandbox, api_key)
+        runtime = loopback_runtime(
+            sandbox, port, tls=tls, api_key_map=key_map, metrics_syslog=metrics_syslog
+        )
         upstreams = [Upstream(host=LOOPBACK, port=p) for p in ports]
         if guide:
             config = render_guide_config(upstreams, runtime, guide_read_timeout)
         else:
             lb = LoadBalancerSettings(dynamic_resolve=False, **lb_fields)
-            config = render_nginx_config(lb, upstreams, runtime, pools)
-            write_extra_files(lb, runtime, pools)
+            config = render_nginx_config(lb, upstreams, runtime, pools, keys)
+            write_extra_files(lb, runtime, pools, keys)
         scheme = "http" if tls is None else "https"
         with running_nginx(binary, config, sandbox, port, scheme=scheme) as nginx:
             yield nginx

@@ -38,6 +38,25 @@ LOG_FORMAT = "{" + ",".join(f'"{key}":"{var}"' for key, var in LOG_FIELDS) + "}"
 # series then carries as the label `pool`.
 POOL_LOG_FIELDS = (*LOG_FIELDS, ("pool", "$lb_pool"))
 POOL_LOG_FORMAT = "{" + ",".join(f'"{key}":"{var}"' for key, var in POOL_LOG_FIELDS) + "}"
+# With named API keys nginx also sends the key's name (never the key), the
+# model asked for (with model routing), the usage the replica reported and
+# which limit refused a 429: the per-key series (docs/api-keys.md).
+KEY_LOG_FIELDS = (
+    ("key", "$lb_key_name"),
+    ("model", "$lb_model"),
+    ("prompt_tokens", "$lb_prompt_tokens"),
+    ("completion_tokens", "$lb_completion_tokens"),
+    ("limit_req", "$limit_req_status"),
+)
+
+
+def log_format(pools: bool, keys: bool) -> str:
+    """The JSON line nginx sends for the metrics: the base fields, the pool with
+    model routing, the key's fields with named keys."""
+    fields = (*(POOL_LOG_FIELDS if pools else LOG_FIELDS), *(KEY_LOG_FIELDS if keys else ()))
+    return "{" + ",".join(f'"{key}":"{var}"' for key, var in fields) + "}"
+
+
 SYSLOG_TAG = "vllm_lb"
 SYSLOG_PORT = 5514
 METRICS_PORT = 9113
@@ -213,7 +232,39 @@ class LbMetrics:
             RESPONSE_BUCKETS,
             ["replica", "pool"],
         )
+        # Named API keys: labelled by the key's name and the model asked for.
+        self.key_requests = Counter(
+            "vllm_lb_key_requests",
+            "Requests of a named API key, by model and status class (2xx, 4xx, 5xx).",
+            ["key", "model", "code"],
+        )
+        self.prompt_tokens = Counter(
+            "vllm_lb_key_prompt_tokens",
+            "Prompt tokens of a named key's requests, as the replica's `usage` reported them.",
+            ["key", "model"],
+        )
+        self.completion_tokens = Counter(
+            "vllm_lb_key_completion_tokens",
+            "Completion tokens of a named key's requests, as the replica's `usage` reported them.",
+            ["key", "model"],
+        )
+        self.unmetered = Counter(
+            "vllm_lb_key_unmetered_requests",
+            "Successful requests of a named key whose response carried no `usage` (a stream "
+            "without stream_options.include_usage): counted, their tokens not.",
+            ["key", "model"],
+        )
+        self.rate_limited = Counter(
+            "vllm_lb_key_rate_limited_requests",
+            "Requests of a named key refused with 429, by the limit that refused them.",
+            ["key", "limit"],
+        )
         self.families = (
+            self.key_requests,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.unmetered,
+            self.rate_limited,
             self.requests,
             self.attempts,
             self.retries,
@@ -251,6 +302,8 @@ class LbMetrics:
         responses = _split(str(record.get("upstream_response_time", "")))
         if len(addresses) > 1:
             self.retries.inc(amount=len(addresses) - 1)
+        if record.get("key"):
+            self._record_key(record, status)
         for index, address in enumerate(addresses):
             replica = self.names.name(address)
             attempt_status = statuses[index] if index < len(statuses) else "-"
@@ -261,6 +314,21 @@ class LbMetrics:
             response = _seconds(responses[index]) if index < len(responses) else None
             if response is not None:
                 self.response.observe(response, [replica, pool])
+
+    def _record_key(self, record: dict[str, object], status: str) -> None:
+        key, model = str(record["key"]), str(record.get("model", ""))
+        self.key_requests.inc([key, model, status[0] + "xx"])
+        if status == "429":
+            rpm = str(record.get("limit_req", "")) == "REJECTED"
+            limit = "requests_per_minute" if rpm else "concurrent_requests"
+            self.rate_limited.inc([key, limit])
+        prompt = str(record.get("prompt_tokens", ""))
+        completion = str(record.get("completion_tokens", ""))
+        if prompt.isdigit() and completion.isdigit():
+            self.prompt_tokens.inc([key, model], int(prompt))
+            self.completion_tokens.inc([key, model], int(completion))
+        elif status.startswith("2"):
+            self.unmetered.inc([key, model])
 
     def render(self) -> str:
         with self.lock:

@@ -13,6 +13,13 @@
 //
 // GET /v1/models is answered here too, from the generated table.
 //
+// With named API keys (keys.js, docs/api-keys.md) a key with a model list
+// reaches only those models: any other is answered exactly as an unknown
+// model, with only its own names as the valid aliases, and /v1/models lists
+// only its own. A key with a `max_tokens` cap gets 400 for a generation that
+// asks for more, or that does not say (a chat then generates to the end of
+// the context). The table's `keys` holds only the keys with such a rule.
+//
 // The table (models.js) is generated from the pools when the config is
 // rendered and sits beside this file; njs loads it once with the config.
 //
@@ -133,11 +140,13 @@ function stringEnd(body, open) {
     }
 }
 
-// The value of the top-level key "model" of a JSON object (the last one, as
-// JSON.parse keeps), without decoding the rest: strings are skipped with the
-// native Buffer.indexOf, only the bytes between them are looked at.
-// undefined when there is none or the body is not an object.
-function scanModel(body) {
+// The value of the top-level key `name` ("model" by default) of a JSON object
+// (the last one, as JSON.parse keeps), without decoding the rest: strings are
+// skipped with the native Buffer.indexOf, only the bytes between them are
+// looked at. A string or a number; null for any other value; undefined when
+// there is none or the body is not an object.
+function scanModel(body, name) {
+    const wanted = name === undefined ? 'model' : name;
     let at = 0;
     while (isSpace(body[at])) {
         at++;
@@ -173,7 +182,7 @@ function scanModel(body) {
         while (isSpace(body[next])) {
             next++;
         }
-        if (body[next] !== 58 || JSON.parse(body.slice(quote, close + 1).toString()) !== 'model') {
+        if (body[next] !== 58 || JSON.parse(body.slice(quote, close + 1).toString()) !== wanted) {
             continue;
         }
         next++;
@@ -188,6 +197,13 @@ function scanModel(body) {
             }
             found = JSON.parse(body.slice(next, end + 1).toString());
             at = end + 1;
+        } else if (body[next] === 45 || (body[next] >= 48 && body[next] <= 57)) {
+            let end = next + 1;
+            while (end < body.length && /[0-9.eE+-]/.test(String.fromCharCode(body[end]))) {
+                end++;
+            }
+            found = Number(body.slice(next, end).toString());
+            at = end;
         }
     }
     return found;
@@ -306,7 +322,7 @@ function readRequest(r) {
     if (encoding === 'utf-8' || encoding === 'utf-8-sig') {
         const bytes = encoding === 'utf-8' ? body : body.slice(3);
         if (bytes.length > PARSE_LIMIT) {
-            return { model: scanModel(bytes) };
+            return { model: scanModel(bytes), bytes: bytes };
         }
         text = bytes.toString();
     } else {
@@ -331,13 +347,22 @@ function route(r) {
         notFound(r, table.missing);
         return;
     }
-    if (!HAS.call(table.names, model)) {
-        // vLLM's own message for a model it does not serve, with every served name.
-        notFound(r, 'The model `' + model + '` does not exist. Valid aliases: ' + table.aliases + '.');
+    const policy = keyPolicy(r);
+    if (!HAS.call(table.names, model) || (policy && policy.models && !HAS.call(policy.models, model))) {
+        // vLLM's own message for a model it does not serve, with every served
+        // name (a key's own, for a key with a model list).
+        const aliases = policy && policy.models ? policy.aliases : table.aliases;
+        notFound(r, 'The model `' + model + '` does not exist. Valid aliases: ' + aliases + '.');
+        return;
+    }
+    if (policy && policy.maxTokens && !tokensAllowed(r, request, policy.maxTokens)) {
         return;
     }
     const pool = table.pools[table.names[model]];
     r.variables.lb_pool = pool.name;
+    if (table.keys) {
+        r.variables.lb_model = model;
+    }
     if (!pool.prefix) {
         r.internalRedirect(pool.location);
         return;
@@ -359,6 +384,63 @@ function route(r) {
     r.internalRedirect(pool.location);
 }
 
+// The rules of the request's named key, if it has any (keys.js named it).
+function keyPolicy(r) {
+    if (!table.keys) {
+        return undefined;
+    }
+    const name = r.variables.lb_key_name;
+    return name && HAS.call(table.keys, name) ? table.keys[name] : undefined;
+}
+
+// What a generation asks for at most, as vLLM reads it: a chat's
+// max_completion_tokens, else its max_tokens (none: to the end of the
+// context); a completion's max_tokens (none: 16, vLLM's default); a
+// response's max_output_tokens. Other paths generate nothing.
+const GENERATIONS = {
+    '/v1/chat/completions': { fields: ['max_completion_tokens', 'max_tokens'], missing: Infinity },
+    '/v1/completions': { fields: ['max_tokens'], missing: 16 },
+    '/v1/responses': { fields: ['max_output_tokens'], missing: Infinity },
+};
+
+function askedTokens(request, fields, missing) {
+    for (let i = 0; i < fields.length; i++) {
+        let value;
+        if (request.parsed !== undefined) {
+            value = request.parsed[fields[i]];
+        } else if (request.bytes !== undefined) {
+            value = scanModel(request.bytes, fields[i]);
+        }
+        if (value !== undefined && value !== null) {
+            return value;
+        }
+    }
+    return missing;
+}
+
+function tokensAllowed(r, request, limit) {
+    const generation = GENERATIONS[r.uri];
+    if (!generation) {
+        return true;
+    }
+    const asked = askedTokens(request, generation.fields, generation.missing);
+    if (typeof asked === 'number' && asked <= limit) {
+        return true;
+    }
+    const field = generation.fields[generation.fields.length - 1];
+    const said = asked === Infinity ? 'it does not set ' + field : field + ' is ' + JSON.stringify(asked);
+    sendJson(r, 400, {
+        error: {
+            message: 'This API key may ask for at most ' + limit + ' tokens per request, and ' + said +
+                '. Set ' + field + ' to ' + limit + ' or less.',
+            type: 'BadRequestError',
+            param: field,
+            code: 400,
+        },
+    });
+    return false;
+}
+
 // GET /v1/models: every served name and adapter, as vLLM lists them. `created`
 // is the time of the request, as vLLM fills it (a default_factory per card).
 function models(r) {
@@ -368,7 +450,11 @@ function models(r) {
         return;
     }
     const created = Math.floor(Date.now() / 1000);
-    const data = table.cards.map(function (card) {
+    const policy = keyPolicy(r);
+    const cards = policy && policy.models
+        ? table.cards.filter(function (card) { return HAS.call(policy.models, card.id); })
+        : table.cards;
+    const data = cards.map(function (card) {
         return {
             id: card.id,
             object: 'model',
