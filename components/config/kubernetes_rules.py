@@ -148,6 +148,15 @@ def _refusals(s: Settings) -> Iterator[Rule]:
             "without a verdict between them); set it 0",
             "engine",
         )
+    for key, image in s.images():
+        if image.build is not None:
+            yield rule(
+                f"{key}.build",
+                "an image built on a Docker host does not carry over to Kubernetes: the "
+                f"cluster's nodes pull theirs; push it to a registry and set '{key}.prebuilt'",
+                "engine",
+                "models",
+            )
     for i, pool in enumerate(s.models or ()):
         if pool.gpus is not None:
             yield rule(
