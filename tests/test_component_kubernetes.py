@@ -143,6 +143,8 @@ def test_each_replica_has_a_service_named_as_nginx_conf_names_it() -> None:
     plan = build_plan(cluster_settings(parse_settings(raw_plain())), project_dir=Path("."))
     assert "server vllm-chat-0:8000" in plan.load_balancer.config
     assert " resolve" not in plan.load_balancer.config
+    # A connection per request: a kept one would outlive its pod's removal from the Service.
+    assert "keepalive " not in plan.load_balancer.config
 
 
 def raw_plain() -> dict[str, str]:

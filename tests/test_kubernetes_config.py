@@ -88,6 +88,11 @@ def test_a_whole_kubernetes_section_is_read() -> None:
         ),
         ({"loadBalancer": {"dynamicResolve": True}}, "loadBalancer.dynamicResolve", "/etc/hosts"),
         ({"fitCheck": {"enabled": True}}, "fitCheck.enabled", "leave it out"),
+        (
+            {"loadBalancer": {"keepaliveConnections": 8}},
+            "loadBalancer.keepaliveConnections",
+            "abort",
+        ),
         ({"rollout": {"canarySeconds": 30}}, "rollout.canarySeconds", "set it 0"),
         (
             {"monitoring": {"enabled": True}, "grafanaPassword": None},

@@ -120,6 +120,14 @@ def _refusals(s: Settings) -> Iterator[Rule]:
             "Service's life); leave it out",
             "engine",
         )
+    if _written(s, "load_balancer", "keepalive_connections") and lb.keepalive_connections:
+        yield rule(
+            "loadBalancer.keepaliveConnections",
+            "must be 0 with 'engine' kubernetes: a kept connection to a replica's Service "
+            "outlives the pod's removal from it and reaches vLLM draining, which answers new "
+            "requests with an abort; leave it out",
+            "engine",
+        )
     if _written(s, "cpu", "cores_per_replica") and s.cpu.cores_per_replica:
         yield rule(
             "cpu.coresPerReplica",

@@ -72,7 +72,8 @@ class KubernetesCluster(pulumi.ComponentResource):
             namespace = k8s.core.v1.Namespace(
                 f"{name}-namespace",
                 metadata=k8s.meta.v1.ObjectMetaArgs(name=plan.namespace, labels=labels),
-                opts=child(),
+                # Deleting a namespace deletes its claims: kept with the model cache.
+                opts=child(retain_on_delete=any(p.claim.keep_on_destroy for p in plan.pools)),
             ).metadata.name
 
         def secret(resource: str, data: dict[str, pulumi.Output[str]]) -> pulumi.Output[str]:

@@ -183,8 +183,12 @@ class KubernetesPlan:
 
 def cluster_settings(settings: Settings) -> Settings:
     """The settings `build_plan` runs on for a cluster: nginx resolves the replica names
-    once from /etc/hosts (no `resolve`), and no fit check (it needs a Docker engine)."""
-    lb = settings.load_balancer.model_copy(update={"dynamic_resolve": False})
+    once from /etc/hosts (no `resolve`), opens a connection per request (a kept one
+    would outlive its pod's removal from the Service and reach it draining, where
+    vLLM answers new requests with an abort), and no fit check (it needs Docker)."""
+    lb = settings.load_balancer.model_copy(
+        update={"dynamic_resolve": False, "keepalive_connections": 0}
+    )
     fit = settings.fit_check.model_copy(update={"enabled": False})
     return settings.model_copy(update={"load_balancer": lb, "fit_check": fit})
 
