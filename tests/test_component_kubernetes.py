@@ -118,11 +118,19 @@ def test_replicas_request_gpus_and_carry_probes_grace_and_placement() -> None:
     startup = vllm["startupProbe"]
     assert startup["httpGet"]["path"] == "/health"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
-    assert vllm["readinessProbe"]["httpGet"]["path"] == "/health"
     assert vllm["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert vllm["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    # Readiness: /health, and false at once from the moment preStop marks the pod stopping
+    # (kube-proxy would keep a lone terminating pod that still passes it in its Service).
+    ready = vllm["readinessProbe"]
+    assert ready["failureThreshold"] == 1
+    check = ready["exec"]["command"][-1]
+    assert check.startswith("test ! -e /tmp/vllm-nginx-stopping && python3 -c ")
+    assert "/health" in check
+    stop = vllm["lifecycle"]["preStop"]["exec"]["command"]
+    # The default wait: one readiness period and timeout (10 + 5) and kube-proxy's sync.
+    assert stop == ["sh", "-c", "touch /tmp/vllm-nginx-stopping && sleep 17"]
     # The hook, then vLLM's 30 s drain and its exit, within the grace.
-    assert pod["terminationGracePeriodSeconds"] == 5 + 45
+    assert pod["terminationGracePeriodSeconds"] == 17 + 45
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert pod["nodeSelector"] == {"gpu": "yes", "gpu-type": "a100"}

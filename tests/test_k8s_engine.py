@@ -35,7 +35,7 @@ from tests.support.k8s_cluster import (
     toolchain,
 )
 from tests.support.pulumi_engine import Stack
-from tests.support.streaming_load import Stream, streaming_load
+from tests.support.streaming_load import Stream, _stream_forever, streaming_load
 
 pytestmark = pytest.mark.docker
 
@@ -98,7 +98,6 @@ def stack_config(cluster: Cluster, revision: str = "1", **overrides: Any) -> dic
             "namespace": NAMESPACE,
             "cache": {"storageClass": STORAGE_CLASS, "size": "1Gi"},
             "service": {"type": "NodePort", "nodePort": NODE_PORT},
-            "preStopSeconds": 3,
         },
     }
     config.update(overrides)
@@ -304,9 +303,40 @@ def test_update_of_one_pool_under_streaming_load_fails_nothing(
 
 
 def test_scaling_a_pool_up_and_down(cluster: Cluster, stack: Stack, first_up: Any) -> None:
+    nginx_before = by_name(cluster, NGINX_PODS)
     three = pools("2", chat_replicas=3)
     stack.write_config(stack_config(cluster, revision="2", models=three))
-    stack.up()
+    # A new upstream is a new nginx.conf and /etc/hosts: nginx's pods roll under load.
+    chats: list[Stream] = []
+    stop, lock = threading.Event(), threading.Lock()
+    workers = [
+        threading.Thread(target=_stream_forever, args=(LB_URL, API_KEY, TOKENS, stop, chats, lock))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        stack.up()
+        took = time.monotonic() - started
+        time.sleep(1)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=90)
+    broken = [s for s in chats if not s.whole]
+    retried = [s for s in chats if s.retried]
+    print(
+        f"\nscale-up of the chat pool (nginx rolled): `pulumi up` {took:.1f} s; "
+        f"{len(chats)} streams, {len(broken)} failed or cut, {len(retried)} retried once "
+        "on a closed idle connection"
+    )
+    assert not broken, broken[:5]
+    # A stopping nginx closes its idle client connections (as a reload does on Docker):
+    # at most once per client and old pod, each sent again once as the client would.
+    assert len(retried) <= len(workers) * len(nginx_before), retried
+    assert not set(by_name(cluster, NGINX_PODS)) & set(nginx_before), "nginx pods not rolled"
     assert set(by_name(cluster, CHAT_PODS)) == {"vllm-chat-0", "vllm-chat-1", "vllm-chat-2"}
     seen = set()
     api = client()

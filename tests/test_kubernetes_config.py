@@ -121,6 +121,19 @@ def test_hosts_are_refused_with_node_placement_instead() -> None:
     assert "kubernetes.nodeSelector" in found["hosts"]
 
 
+def test_the_pre_stop_wait_must_cover_a_readiness_probe() -> None:
+    found = problems(
+        k8s(
+            healthCheck={"intervalSeconds": 5, "timeoutSeconds": 3},
+            kubernetes={"preStopSeconds": 4},
+        )
+    )
+    assert (
+        "at least 'healthCheck.intervalSeconds' + 'healthCheck.timeoutSeconds' + 2 = 10"
+        in (found["kubernetes.preStopSeconds"])
+    )
+
+
 def test_docker_only_defaults_are_not_refused() -> None:
     settings(k8s(replicas=3, shutdownTimeoutSeconds=30))
 

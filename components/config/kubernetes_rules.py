@@ -213,12 +213,29 @@ def _section_rules(s: Settings) -> Iterator[Rule]:
         if entry.pool in seen:
             yield rule(key, f"{entry.pool} is listed twice")
         seen.add(entry.pool)
+    need = pre_stop_floor(s)
+    if k8s.pre_stop_seconds is not None and k8s.pre_stop_seconds < need:
+        yield rule(
+            "kubernetes.preStopSeconds",
+            f"is {k8s.pre_stop_seconds} but must be at least 'healthCheck.intervalSeconds' + "
+            f"'healthCheck.timeoutSeconds' + 2 = {need}: a stopping replica's readiness probe "
+            "must fail and kube-proxy drop it before vLLM drains (it would answer new requests "
+            "with an abort)",
+            "healthCheck",
+        )
     service = k8s.service
     if service.node_port is not None and service.type != "NodePort":
         yield rule(
             "kubernetes.service.nodePort",
             f"is set but 'kubernetes.service.type' is {service.type}; set the type NodePort",
         )
+
+
+def pre_stop_floor(settings: Settings) -> int:
+    """How long a stopping replica must stay up, unready, before it drains: one readiness
+    probe (its period and timeout), then kube-proxy's sync (2 s)."""
+    hc = settings.health_check
+    return hc.interval_seconds + hc.timeout_seconds + 2
 
 
 def kubernetes_rules(settings: Settings) -> list[Rule]:

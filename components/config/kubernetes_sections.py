@@ -142,10 +142,11 @@ class KubernetesSettings(ConfigModel):
     balancer_replicas: Annotated[Int, Field(ge=2, le=64)] = Field(
         2, description="nginx pods behind the balancer's Service (at least 2: no single one)"
     )
-    pre_stop_seconds: Annotated[Int, Field(ge=1, le=300)] = Field(
-        5,
+    pre_stop_seconds: Annotated[Int, Field(ge=1, le=600)] | None = Field(
+        None,
         description=(
-            "a stopping replica or nginx pod waits this long (`preStop`) for the Services to "
-            "drop it before it is told to stop"
+            "a stopping replica turns unready and waits this long (`preStop`) for its Service "
+            "to drop it before vLLM is told to stop; at least `healthCheck.intervalSeconds` + "
+            "`healthCheck.timeoutSeconds` + 2 (the default); nginx pods wait it too"
         ),
     )

@@ -33,7 +33,14 @@ meta = k8s.meta.v1
 
 
 def probe(plan: ProbePlan) -> core.ProbeArgs:
-    """An HTTP GET probe on the plan's path, or a TCP one without a path."""
+    """An HTTP GET probe on the plan's path, a command, or a TCP one without a path."""
+    if plan.command is not None:
+        return core.ProbeArgs(
+            exec_=core.ExecActionArgs(command=list(plan.command)),
+            period_seconds=plan.period_seconds,
+            timeout_seconds=plan.timeout_seconds,
+            failure_threshold=plan.failure_threshold,
+        )
     if plan.path is None:
         return core.ProbeArgs(
             tcp_socket=core.TCPSocketActionArgs(port=plan.port),
@@ -254,11 +261,11 @@ class KubernetesPool(pulumi.ComponentResource):
                                 startup_probe=probe(plan.startup),
                                 readiness_probe=probe(plan.readiness),
                                 liveness_probe=probe(plan.liveness),
-                                # The Services drop a terminating pod while it waits here;
+                                # Unready, and dropped by its Service while it waits here;
                                 # then SIGTERM, and vLLM drains (--shutdown-timeout).
                                 lifecycle=core.LifecycleArgs(
                                     pre_stop=core.LifecycleHandlerArgs(
-                                        sleep=core.SleepActionArgs(seconds=plan.pre_stop_seconds)
+                                        exec_=core.ExecActionArgs(command=list(plan.pre_stop))
                                     )
                                 ),
                             )

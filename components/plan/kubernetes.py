@@ -17,16 +17,19 @@ life while pod IPs change on every restart (docs/kubernetes.md).
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.config.kubernetes_rules import pre_stop_floor
 from components.config.kubernetes_sections import KubernetesSettings, TolerationSettings
 from components.config.sections import Backend
 from components.config.settings import Settings
 from components.containers import CONTAINERS_DIR
 from components.plan.build import build_plan
 from components.plan.model import (
+    HEALTH_PROBE,
     HF_TOKEN_ENV,
     NGINX_COMMAND,
     VLLM_ENTRYPOINT,
@@ -46,15 +49,20 @@ POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 """The label the StatefulSet controller puts on each pod: a replica's Service selects it."""
 
 
+STOP_FILE = "/tmp/vllm-nginx-stopping"
+"""Made by a replica's `preStop`: from then on its readiness probe fails."""
+
+
 @dataclass(frozen=True)
 class ProbePlan:
-    """An HTTP probe on vLLM's port (or nginx's TCP port when `path` is None)."""
+    """An HTTP probe on vLLM's port, a TCP one on nginx's (`path` None), or a command."""
 
     port: int
     period_seconds: int
     timeout_seconds: int
     failure_threshold: int
     path: str | None = "/health"
+    command: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,8 @@ class KubePoolPlan:
     startup: ProbePlan
     readiness: ProbePlan
     liveness: ProbePlan
-    pre_stop_seconds: int
+    pre_stop: tuple[str, ...]
+    """The replica's `preStop` command: unready, then wait for the Services to drop it."""
     termination_grace_seconds: int
     compile_cache: bool
     port: int = VLLM_PORT
@@ -249,6 +258,18 @@ def _pool(settings: Settings, base: Plan, pool: str | None, prefix: str) -> Kube
     gpu = settings.backend is Backend.GPU
     volume = settings.hf_cache.volume or "vllm-hf-cache"
     probe = ProbePlan(VLLM_PORT, hc.interval_seconds, hc.timeout_seconds, hc.retries)
+    pre_stop = k8s.pre_stop_seconds or pre_stop_floor(settings)
+    # kube-proxy keeps sending a Service's connections to its only pod while that pod
+    # terminates but still passes its readiness probe ("serving"), and a draining vLLM
+    # answers /health 200: after `preStop` marks it stopping, readiness fails at once.
+    health = shlex.join(HEALTH_PROBE[1:])
+    readiness = ProbePlan(
+        VLLM_PORT,
+        hc.interval_seconds,
+        hc.timeout_seconds,
+        1,
+        command=("sh", "-c", f"test ! -e {STOP_FILE} && {health}"),
+    )
     return KubePoolPlan(
         pool=pool,
         resource_prefix=prefix,
@@ -276,11 +297,11 @@ def _pool(settings: Settings, base: Plan, pool: str | None, prefix: str) -> Kube
             hc.timeout_seconds,
             max(1, math.ceil(settings.ready_timeout_seconds / hc.interval_seconds)),
         ),
-        readiness=probe,
+        readiness=readiness,
         liveness=probe,
-        pre_stop_seconds=k8s.pre_stop_seconds,
+        pre_stop=("sh", "-c", f"touch {STOP_FILE} && sleep {pre_stop}"),
         # The hook, then vLLM's drain (shutdownTimeoutSeconds) within stopGraceSeconds.
-        termination_grace_seconds=k8s.pre_stop_seconds + settings.stop_grace_seconds,
+        termination_grace_seconds=pre_stop + settings.stop_grace_seconds,
         compile_cache=base.compile_cache is not None,
     )
 
@@ -308,6 +329,7 @@ def build_kubernetes_plan(
     k8s = settings.kubernetes
     lb = base.load_balancer
     service = k8s.service
+    pre_stop = k8s.pre_stop_seconds or pre_stop_floor(settings)
     verify = _verify(settings, base)
     lb_url = None
     if verify is not None and verify.host is not None and service.node_port is not None:
@@ -334,8 +356,8 @@ def build_kubernetes_plan(
             service_type=service.type,
             service_port=service.port,
             node_port=service.node_port,
-            pre_stop_seconds=k8s.pre_stop_seconds,
-            termination_grace_seconds=k8s.pre_stop_seconds + lb.stop_grace_seconds,
+            pre_stop_seconds=pre_stop,
+            termination_grace_seconds=pre_stop + lb.stop_grace_seconds,
             readiness=ProbePlan(lb.container_port, 2, 2, 3, path=None),
             upstreams=tuple(r.name for r in base.replicas),
         ),
