@@ -109,6 +109,10 @@ def test_replicas_request_gpus_and_carry_probes_grace_and_placement() -> None:
     sts = by_name(run, STS, "vllm-chat")
     spec = sts.inputs["spec"]
     assert spec["replicas"] == 2 and spec["podManagementPolicy"] == "Parallel"
+    wait_for = json.loads(sts.inputs["metadata"]["annotations"]["pulumi.com/waitFor"])
+    assert "jsonpath={.status.updatedReplicas}=2" in wait_for
+    assert "jsonpath={.status.readyReplicas}=2" in wait_for
+    assert sts.custom_timeouts.get("update") == f"{2 * (600 + 17 + 45) + 60}s"
     pod = spec["template"]["spec"]
     (vllm,) = pod["containers"]
     assert vllm["resources"]["limits"] == {"nvidia.com/gpu": "2"}

@@ -8,6 +8,7 @@ once it completed: a failed download stops the pool before any replica.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from components.plan.kubernetes import (
 from components.plan.model import COMPILE_CACHE_MOUNT, HF_CACHE_MOUNT
 
 TYPE_TOKEN = "vllm-nginx:index:KubernetesPool"
+WAIT_FOR = "pulumi.com/waitFor"
+"""pulumi-kubernetes' annotation: the conditions its await checks instead of its own."""
 
 core = k8s.core.v1
 meta = k8s.meta.v1
@@ -232,7 +235,12 @@ class KubernetesPool(pulumi.ComponentResource):
         )
         self.workload = k8s.apps.v1.StatefulSet(
             f"{prefix}replicas",
-            metadata=metadata(plan.workload),
+            metadata=meta.ObjectMetaArgs(
+                name=plan.workload,
+                namespace=args.namespace,
+                labels=dict(args.labels),
+                annotations={WAIT_FOR: json.dumps(list(plan.wait_for))},
+            ),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 service_name=plan.workload,
                 replicas=len(plan.replicas),
@@ -274,7 +282,13 @@ class KubernetesPool(pulumi.ComponentResource):
                     ),
                 ),
             ),
-            opts=child(depends_on=[*after, headless]),
+            opts=child(
+                depends_on=[*after, headless],
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=f"{plan.create_timeout_seconds}s",
+                    update=f"{plan.update_timeout_seconds}s",
+                ),
+            ),
         )
         self.services = {}
         for replica in plan.replicas:

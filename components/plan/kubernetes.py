@@ -131,8 +131,21 @@ class KubePoolPlan:
     pre_stop: tuple[str, ...]
     """The replica's `preStop` command: unready, then wait for the Services to drop it."""
     termination_grace_seconds: int
+    create_timeout_seconds: int
+    """How long `pulumi up` waits for a new pool's pods to be ready (the load)."""
+    update_timeout_seconds: int
+    """... and for an update, pod after pod: each stops (grace) and loads again."""
     compile_cache: bool
     port: int = VLLM_PORT
+
+    @property
+    def wait_for(self) -> tuple[str, ...]:
+        """When `pulumi up` counts the StatefulSet rolled out (`pulumi.com/waitFor`): every
+        pod ready and of the new revision. The provider checks `observedGeneration` first;
+        its own StatefulSet await (4.25.0) returned on an update before any pod was replaced."""
+        n = len(self.replicas)
+        fields = ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas")
+        return tuple(f"jsonpath={{.status.{field}}}={n}" for field in fields)
 
 
 @dataclass(frozen=True)
@@ -302,6 +315,10 @@ def _pool(settings: Settings, base: Plan, pool: str | None, prefix: str) -> Kube
         pre_stop=("sh", "-c", f"touch {STOP_FILE} && sleep {pre_stop}"),
         # The hook, then vLLM's drain (shutdownTimeoutSeconds) within stopGraceSeconds.
         termination_grace_seconds=pre_stop + settings.stop_grace_seconds,
+        create_timeout_seconds=settings.ready_timeout_seconds + 60,
+        update_timeout_seconds=len(mine)
+        * (settings.ready_timeout_seconds + pre_stop + settings.stop_grace_seconds)
+        + 60,
         compile_cache=base.compile_cache is not None,
     )
 
