@@ -84,7 +84,7 @@ def lb_settings(dynamic_resolve: bool) -> st.SearchStrategy[LoadBalancerSettings
         next_upstream_tries=st.integers(0, 20),
         retry_non_idempotent=st.booleans(),
         buffer_requests=st.booleans(),
-        keepalive_connections=st.integers(1, 4096),
+        keepalive_connections=st.integers(0, 4096),
         max_body_size_mb=st.integers(1, 100 * 1024),
         worker_connections=st.integers(64, 65535),
         expose_paths=st.lists(url_paths, max_size=5).map(tuple),

@@ -271,8 +271,8 @@ def test_rpcs_as_the_engine_calls_them(language_host, tmp_path):
 
     required = host.GetRequiredPackages(language_pb2.GetRequiredPackagesRequest(info=info))
     found = {(p.name, p.kind, p.version) for p in required.packages}
-    # The program's two providers (requirements.txt), and the test cluster's
-    # pulumi-kubernetes that requirements-dev.txt adds to this venv.
+    # The program's three providers (requirements.txt): Docker, command and Kubernetes
+    # (the Kubernetes engine and the test cluster's program).
     assert found == {
         ("docker", "resource", "v5.2.0"),
         ("command", "resource", "v1.2.1"),

@@ -19,6 +19,7 @@ from typing import TextIO
 from pydantic import ValidationError
 
 from components import PROJECT_DIR
+from components.cli.check_kubernetes import describe_kubernetes, kubernetes_plan
 from components.config.loading import deployment_problems
 from components.config.problems import ConfigError
 from components.config.sections import Backend
@@ -264,6 +265,13 @@ def run(stack_name: str, project_dir: Path, out: TextIO, err: TextIO) -> int:
                 project_dir=project_dir,
             )
         ]
+    if checked.settings is not None and not problems and checked.settings.engine == "kubernetes":
+        cluster = kubernetes_plan(checked.settings, project_dir)
+        for line in describe_kubernetes(checked.settings, cluster, path.name):
+            print(line, file=out)
+        for line in notes(checked):
+            print(line, file=out)
+        return 0
     if checked.settings is not None and not problems:
         try:
             plan = build_plan(checked.settings, project_dir=project_dir)

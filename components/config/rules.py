@@ -14,6 +14,7 @@ from pathlib import Path
 from components.config.api_keys import api_key_rules
 from components.config.engine_rules import Wording, one_engine_rules
 from components.config.host_rules import host_rules
+from components.config.kubernetes_rules import kubernetes_rules
 from components.config.pool_rules import pool_rules
 from components.config.rule import Rule, rule
 from components.config.sections import Backend, is_remote_engine
@@ -210,6 +211,7 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
         *_monitoring_rules(settings),
         *_shutdown_rules(settings),
         *api_key_rules(settings),
+        *kubernetes_rules(settings),
     ]
 
 

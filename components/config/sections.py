@@ -156,8 +156,12 @@ class LoadBalancerSettings(ConfigModel):
             "answering can be resent (responses always stream)"
         ),
     )
-    keepalive_connections: Annotated[Int, Field(ge=1, le=4096)] = Field(
-        32, description="idle keepalive connections to replicas per worker"
+    keepalive_connections: Annotated[Int, Field(ge=0, le=4096)] = Field(
+        32,
+        description=(
+            "idle keepalive connections to replicas per worker (0: a new connection per "
+            "request, as `engine: kubernetes` always runs)"
+        ),
     )
     max_body_size_mb: Annotated[Int, Field(ge=1, le=100 * 1024)] = Field(
         100, description="largest request body (long prompts, images)"

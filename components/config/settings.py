@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from components.config.api_keys import ApiKeys
+from components.config.kubernetes_sections import Engine, KubernetesSettings
 from components.config.pool_sections import AdapterSettings, PoolSettings
 from components.config.sections import (
     Backend,
@@ -195,6 +196,14 @@ class Settings(ConfigModel):
         ),
     )
     monitoring: MonitoringSettings = MonitoringSettings()
+    engine: Engine = Field(
+        Engine.DOCKER,
+        description=(
+            "`docker` (Docker engines, as described above) or `kubernetes` (a cluster: "
+            "the `kubernetes` keys, see [kubernetes.md](kubernetes.md))"
+        ),
+    )
+    kubernetes: KubernetesSettings = KubernetesSettings()
     hf_token: SafeSecret | None = Field(
         None,
         description=(

@@ -16,11 +16,13 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components import PROJECT_DIR
+from components.config.kubernetes_sections import Engine
 from components.config.loading import deployment_problems, settings_from_config, split_namespace
 from components.config.problems import NAMESPACE, ConfigError
 from components.config.settings import Settings
 from components.config.vllm_release import old_release_warning
 from components.deployment.cluster import VllmCluster, VllmClusterArgs
+from components.deployment.kubernetes_cluster import KubernetesCluster, KubernetesClusterArgs
 from components.deployment.serving import deployment_running
 
 
@@ -44,6 +46,8 @@ def load_settings(namespace: str = NAMESPACE) -> Settings:
 def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
     """Declare the deployment; returns what the stack exports."""
     settings = load_settings()
+    if settings.engine is Engine.KUBERNETES:
+        return deploy_kubernetes(settings, name)
     docker_host = pulumi.Config("docker").get("host")
     problems = deployment_problems(settings, docker_host=docker_host, project_dir=PROJECT_DIR)
     if problems:
@@ -84,3 +88,30 @@ def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
         **cluster.hosts_outputs(),
         **cluster.pools_outputs(),
     }
+
+
+def deploy_kubernetes(settings: Settings, name: str) -> dict[str, Any]:
+    """`engine: kubernetes`: the same settings onto a cluster (docs/kubernetes.md)."""
+    for key, image in settings.images():
+        release_warning = old_release_warning(image.prebuilt, f"{key}.prebuilt")
+        if release_warning is not None:
+            pulumi.log.warn(release_warning)
+    if settings.fit_check.enabled:
+        pulumi.log.warn(
+            "the fit check is skipped on Kubernetes (it runs containers on a Docker engine): "
+            "a model that does not fit its GPUs fails at its replicas' startup probe instead"
+        )
+    if settings.rollout.canary_seconds:
+        pulumi.log.warn(
+            "no canary on Kubernetes: an update replaces a pool's pods one by one, each "
+            "ready before the next stops, without a verdict between them (set "
+            "`rollout.canarySeconds` 0 to silence this)"
+        )
+    service = settings.kubernetes.service
+    if settings.api_key is None and service.type != "ClusterIP":
+        pulumi.log.warn(
+            f"the balancer's {service.type} Service has no API key in front of it: anyone who "
+            "reaches it can use the models. Set one with `pulumi config set --secret apiKey <key>`."
+        )
+    cluster = KubernetesCluster(name, KubernetesClusterArgs(settings=settings))
+    return cluster.outputs()

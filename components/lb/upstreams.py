@@ -89,6 +89,11 @@ def uses_resolve(lb: LoadBalancerSettings, upstreams: Sequence[Upstream]) -> boo
     return lb.dynamic_resolve and any(is_name(u.host) for u in upstreams)
 
 
+def _keepalive(keepalive: str) -> list[Directive]:
+    """Idle connections kept to the replicas; "0": none, a new connection per request."""
+    return [] if keepalive == "0" else [d("keepalive", keepalive)]
+
+
 def upstream_blocks(
     lb: LoadBalancerSettings,
     name: str,
@@ -112,7 +117,7 @@ def upstream_blocks(
                 # counts (without it least_conn, max_fails and max_conns are per worker).
                 d("zone", name, "256k"),
                 *server_lines(lb, upstreams, bound, field=field),
-                d("keepalive", keepalive),
+                *_keepalive(keepalive),
             ],
         )
     ]
@@ -125,7 +130,7 @@ def upstream_blocks(
                     d("least_conn"),
                     d("zone", fallback, "256k"),
                     *server_lines(lb, upstreams, field=field),
-                    d("keepalive", keepalive),
+                    *_keepalive(keepalive),
                 ],
             )
         )

@@ -415,7 +415,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 
 def cni_config() -> str:
-    """A bridge in the cluster's namespace, addresses from POD_CIDR, portmap for hostPort."""
+    """A bridge in the cluster's namespace, addresses from POD_CIDR (the bridge as the pods'
+    default gateway, so ClusterIPs are reachable from pods), portmap for hostPort."""
     return json.dumps(
         {
             "cniVersion": "1.0.0",
@@ -430,6 +431,9 @@ def cni_config() -> str:
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": POD_CIDR}]],
+                        # The bridge is the pods' gateway: without a default route a
+                        # pod reaches other pods but no Service's ClusterIP.
+                        "routes": [{"dst": "0.0.0.0/0"}],
                         "dataDir": str(STATE_DIR / "cni" / "ipam"),
                     },
                 },
@@ -803,6 +807,8 @@ class Cluster:
         _run(*_inside("ip", "addr", "add", f"{NODE_ADDRESS}/30", "dev", NODE_LINK))
         _run(*_inside("ip", "link", "set", NODE_LINK, "up"))
         _run(*_inside("ip", "link", "set", "lo", "up"))
+        # The node's own way to the ClusterIPs (kube-proxy's OUTPUT rules rewrite them).
+        _run(*_inside("ip", "route", "add", SERVICE_CIDR, "dev", NODE_LINK))
         for key in ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"):
             _run(*_inside("sysctl", "-qw", f"{key}=1"), check=False)
 

@@ -66,6 +66,9 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = placeholder(name, "imageId")
             state["repoDigest"] = placeholder(name, "repoDigest")
+        if args.typ == "kubernetes:core/v1:Service":
+            # The API server assigns a ClusterIP; nginx's /etc/hosts maps names to it.
+            state["spec"] = {**state.get("spec", {}), "clusterIP": placeholder(name, "clusterIP")}
         if args.typ == "command:local:Command":
             state["stdout"] = placeholder(name, "stdout")
             state["stderr"] = ""

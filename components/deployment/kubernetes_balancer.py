@@ -1,0 +1,203 @@
+"""The balancer on a cluster: the rendered nginx.conf in a ConfigMap, its secret files in a
+Secret, nginx as a Deployment of several pods behind one Service, and the verify step.
+
+The ConfigMap is auto-named, so a changed config is a new ConfigMap and a
+rolling update of the Deployment (one new pod ready before an old one stops),
+not an edit under running pods. Each pod's /etc/hosts maps every replica's
+Service name to its ClusterIP (`hostAliases`), which is how nginx.conf's
+upstream names resolve without cluster DNS (components/plan/kubernetes.py).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_command as command
+import pulumi_kubernetes as k8s
+
+from components.deployment.kubernetes_pool import probe
+from components.plan.kubernetes import KubeBalancerPlan
+
+TYPE_TOKEN = "vllm-nginx:index:KubernetesBalancer"
+
+core = k8s.core.v1
+meta = k8s.meta.v1
+
+
+def file_key(path: str) -> str:
+    """A ConfigMap or Secret key for a file's path (keys allow `[-._a-zA-Z0-9]`)."""
+    return re.sub(r"[^-._a-zA-Z0-9]", "_", path.strip("/"))
+
+
+@dataclass(frozen=True)
+class KubernetesBalancerArgs:
+    plan: KubeBalancerPlan
+    namespace: pulumi.Input[str]
+    labels: Mapping[str, str]
+    provider: k8s.Provider
+    secrets: Mapping[str, pulumi.Output[str]]
+    cluster_ips: Mapping[str, pulumi.Output[str]]
+    """Each replica's Service name -> its ClusterIP."""
+    starts_after: Sequence[pulumi.Resource]
+
+
+class KubernetesBalancer(pulumi.ComponentResource):
+    """nginx's ConfigMap, Secret, Deployment and Service."""
+
+    config: core.ConfigMap
+    deployment: k8s.apps.v1.Deployment
+    service: core.Service
+
+    def __init__(
+        self, name: str, args: KubernetesBalancerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        plan = args.plan
+        prefix = f"{name}-"
+
+        def child(**more: object) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, provider=args.provider, **more)  # type: ignore[arg-type]
+
+        files = {plan.config_path: plan.config, **plan.files}
+        self.config = core.ConfigMap(
+            f"{prefix}config",
+            metadata=meta.ObjectMetaArgs(namespace=args.namespace, labels=dict(args.labels)),
+            data={file_key(path): text for path, text in files.items()},
+            opts=child(),
+        )
+        volumes = [
+            core.VolumeArgs(
+                name="config",
+                config_map=core.ConfigMapVolumeSourceArgs(name=self.config.metadata.name),
+            )
+        ]
+        mounts = [
+            core.VolumeMountArgs(
+                name="config", mount_path=path, sub_path=file_key(path), read_only=True
+            )
+            for path in files
+        ]
+        if plan.secret_files:
+            secret = core.Secret(
+                f"{prefix}files",
+                metadata=meta.ObjectMetaArgs(namespace=args.namespace, labels=dict(args.labels)),
+                string_data={file_key(f.path): args.secrets[f.secret] for f in plan.secret_files},
+                opts=child(),
+            )
+            volumes.append(
+                core.VolumeArgs(
+                    name="secret-files",
+                    secret=core.SecretVolumeSourceArgs(
+                        secret_name=secret.metadata.name, default_mode=0o400
+                    ),
+                )
+            )
+            mounts.extend(
+                core.VolumeMountArgs(
+                    name="secret-files",
+                    mount_path=f.path,
+                    sub_path=file_key(f.path),
+                    read_only=True,
+                )
+                for f in plan.secret_files
+            )
+        selector = {**args.labels, "app.kubernetes.io/name": plan.name}
+        # Out of the Service first, then nginx's graceful stop (SIGQUIT, as on Docker):
+        # the kubelet's SIGTERM would be nginx's fast shutdown. The hook lasts until
+        # nginx (PID 1) has finished its requests and exited.
+        stop = (
+            f"sleep {plan.pre_stop_seconds}; nginx -s quit; "
+            "while kill -0 1 2>/dev/null; do sleep 1; done"
+        )
+        self.deployment = k8s.apps.v1.Deployment(
+            f"{prefix}nginx",
+            metadata=meta.ObjectMetaArgs(
+                name=plan.name, namespace=args.namespace, labels=dict(args.labels)
+            ),
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=plan.replicas,
+                selector=meta.LabelSelectorArgs(match_labels=selector),
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                    type="RollingUpdate",
+                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(
+                        max_unavailable=0, max_surge=1
+                    ),
+                ),
+                template=core.PodTemplateSpecArgs(
+                    metadata=meta.ObjectMetaArgs(labels=selector),
+                    spec=core.PodSpecArgs(
+                        host_aliases=[
+                            core.HostAliasArgs(ip=args.cluster_ips[upstream], hostnames=[upstream])
+                            for upstream in plan.upstreams
+                        ],
+                        termination_grace_period_seconds=plan.termination_grace_seconds,
+                        containers=[
+                            core.ContainerArgs(
+                                name="nginx",
+                                image=plan.image,
+                                image_pull_policy="IfNotPresent",
+                                command=list(plan.command),
+                                ports=[
+                                    core.ContainerPortArgs(
+                                        name="http", container_port=plan.container_port
+                                    )
+                                ],
+                                readiness_probe=probe(plan.readiness),
+                                lifecycle=core.LifecycleArgs(
+                                    pre_stop=core.LifecycleHandlerArgs(
+                                        exec_=core.ExecActionArgs(command=["/bin/sh", "-c", stop])
+                                    )
+                                ),
+                                volume_mounts=mounts,
+                            )
+                        ],
+                        volumes=volumes,
+                    ),
+                ),
+            ),
+            opts=child(depends_on=list(args.starts_after)),
+        )
+        self.service = core.Service(
+            f"{prefix}service",
+            metadata=meta.ObjectMetaArgs(
+                name=plan.name, namespace=args.namespace, labels=dict(args.labels)
+            ),
+            spec=core.ServiceSpecArgs(
+                type=plan.service_type,
+                selector=selector,
+                ports=[
+                    core.ServicePortArgs(
+                        name="http",
+                        port=plan.service_port,
+                        target_port="http",
+                        node_port=plan.node_port,
+                    )
+                ],
+            ),
+            opts=child(depends_on=[self.deployment]),
+        )
+        self.register_outputs({"service": self.service.metadata.name})
+
+
+def verify_command(
+    resource_name: str,
+    argv: pulumi.Input[Sequence[str]],
+    environment: Mapping[str, pulumi.Input[str]],
+    triggers: Sequence[pulumi.Input[object]],
+    project_dir: Path,
+    opts: pulumi.ResourceOptions,
+) -> command.local.Command:
+    """The verify step where `pulumi up` runs, again whenever a trigger changes."""
+    return command.local.Command(
+        resource_name,
+        create=pulumi.Output.from_input(argv).apply(lambda words: shlex.join(list(words))),
+        dir=str(project_dir),
+        environment=dict(environment),
+        triggers=list(triggers),
+        opts=opts,
+    )

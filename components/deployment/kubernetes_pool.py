@@ -1,0 +1,304 @@
+"""One model pool on a cluster: its model cache claim, its download Job, its replicas.
+
+The replicas are one StatefulSet (its pod names are stable, `<workload>-<i>`),
+each pod behind a Service of its own named as nginx.conf names the replica.
+The StatefulSet depends on the Job, which the provider counts as created only
+once it completed: a failed download stops the pool before any replica.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.plan.kubernetes import (
+    GPU_RESOURCE,
+    JOB_SCRIPT,
+    JOB_SCRIPT_DIR,
+    POD_NAME_LABEL,
+    TOKEN_DIR,
+    TOKEN_FILE,
+    KubePoolPlan,
+    ProbePlan,
+)
+from components.plan.model import COMPILE_CACHE_MOUNT, HF_CACHE_MOUNT
+
+TYPE_TOKEN = "vllm-nginx:index:KubernetesPool"
+WAIT_FOR = "pulumi.com/waitFor"
+"""pulumi-kubernetes' annotation: the conditions its await checks instead of its own."""
+
+core = k8s.core.v1
+meta = k8s.meta.v1
+
+
+def probe(plan: ProbePlan) -> core.ProbeArgs:
+    """An HTTP GET probe on the plan's path, a command, or a TCP one without a path."""
+    if plan.command is not None:
+        return core.ProbeArgs(
+            exec_=core.ExecActionArgs(command=list(plan.command)),
+            period_seconds=plan.period_seconds,
+            timeout_seconds=plan.timeout_seconds,
+            failure_threshold=plan.failure_threshold,
+        )
+    if plan.path is None:
+        return core.ProbeArgs(
+            tcp_socket=core.TCPSocketActionArgs(port=plan.port),
+            period_seconds=plan.period_seconds,
+            timeout_seconds=plan.timeout_seconds,
+            failure_threshold=plan.failure_threshold,
+        )
+    return core.ProbeArgs(
+        http_get=core.HTTPGetActionArgs(path=plan.path, port=plan.port),
+        period_seconds=plan.period_seconds,
+        timeout_seconds=plan.timeout_seconds,
+        failure_threshold=plan.failure_threshold,
+    )
+
+
+def env_vars(
+    env: Mapping[str, str], secret_env: Sequence[str], secret: pulumi.Input[str] | None
+) -> list[core.EnvVarArgs]:
+    """Plain variables as values; secret ones by reference to the stack's Secret."""
+    found = [core.EnvVarArgs(name=key, value=value) for key, value in env.items()]
+    for name in secret_env:
+        found.append(
+            core.EnvVarArgs(
+                name=name,
+                value_from=core.EnvVarSourceArgs(
+                    secret_key_ref=core.SecretKeySelectorArgs(name=secret, key=name)
+                ),
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class KubernetesPoolArgs:
+    plan: KubePoolPlan
+    namespace: pulumi.Input[str]
+    labels: Mapping[str, str]
+    provider: k8s.Provider
+    env_secret: pulumi.Input[str] | None
+    """The Secret (by name) the replicas' secret variables come from."""
+    token_secret: pulumi.Input[str] | None
+    """The Secret (by name) holding the Hugging Face token as `hf_token`."""
+
+
+class KubernetesPool(pulumi.ComponentResource):
+    """A pool's claim, download Job, StatefulSet and per-replica Services."""
+
+    claim: core.PersistentVolumeClaim
+    job: k8s.batch.v1.Job | None
+    workload: k8s.apps.v1.StatefulSet
+    services: dict[str, core.Service]
+
+    def __init__(
+        self, name: str, args: KubernetesPoolArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__(TYPE_TOKEN, name, None, opts)
+        plan = args.plan
+        prefix = f"{name}-"
+
+        def child(**more: object) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, provider=args.provider, **more)  # type: ignore[arg-type]
+
+        def metadata(resource: str, labels: Mapping[str, str] | None = None) -> meta.ObjectMetaArgs:
+            return meta.ObjectMetaArgs(
+                name=resource, namespace=args.namespace, labels={**args.labels, **(labels or {})}
+            )
+
+        self.claim = core.PersistentVolumeClaim(
+            f"{prefix}cache",
+            metadata=metadata(plan.claim.name),
+            spec=core.PersistentVolumeClaimSpecArgs(
+                access_modes=[plan.claim.access_mode],
+                storage_class_name=plan.claim.storage_class,
+                resources=core.VolumeResourceRequirementsArgs(
+                    requests={"storage": plan.claim.size}
+                ),
+            ),
+            opts=child(retain_on_delete=plan.claim.keep_on_destroy),
+        )
+        cache_volume = core.VolumeArgs(
+            name="hf-cache",
+            persistent_volume_claim=core.PersistentVolumeClaimVolumeSourceArgs(
+                claim_name=self.claim.metadata.name
+            ),
+        )
+        cache_mount = core.VolumeMountArgs(name="hf-cache", mount_path=HF_CACHE_MOUNT)
+        placement = plan.placement
+        tolerations = [core.TolerationArgs(**t) for t in placement.tolerations]  # type: ignore[arg-type]
+        self.job = None
+        after: list[pulumi.Resource] = []
+        if plan.download is not None:
+            job = plan.download
+            script = core.ConfigMap(
+                f"{prefix}download-script",
+                metadata=meta.ObjectMetaArgs(namespace=args.namespace, labels=dict(args.labels)),
+                data={JOB_SCRIPT: job.script},
+                opts=child(),
+            )
+            volumes = [
+                cache_volume,
+                core.VolumeArgs(
+                    name="script",
+                    config_map=core.ConfigMapVolumeSourceArgs(name=script.metadata.name),
+                ),
+            ]
+            mounts = [
+                cache_mount,
+                core.VolumeMountArgs(name="script", mount_path=JOB_SCRIPT_DIR, read_only=True),
+            ]
+            env = dict(job.env)
+            if job.token and args.token_secret is not None:
+                volumes.append(
+                    core.VolumeArgs(
+                        name="token",
+                        secret=core.SecretVolumeSourceArgs(
+                            secret_name=args.token_secret, default_mode=0o400
+                        ),
+                    )
+                )
+                mounts.append(
+                    core.VolumeMountArgs(name="token", mount_path=TOKEN_DIR, read_only=True)
+                )
+                env["HF_TOKEN_PATH"] = f"{TOKEN_DIR}/{TOKEN_FILE}"
+            timeout = f"{job.timeout_seconds}s"
+            self.job = k8s.batch.v1.Job(
+                f"{prefix}download",
+                metadata=metadata(job.name),
+                spec=k8s.batch.v1.JobSpecArgs(
+                    backoff_limit=0,
+                    active_deadline_seconds=job.timeout_seconds,
+                    template=core.PodTemplateSpecArgs(
+                        metadata=meta.ObjectMetaArgs(labels=dict(args.labels)),
+                        spec=core.PodSpecArgs(
+                            restart_policy="Never",
+                            node_selector=dict(placement.node_selector) or None,
+                            tolerations=tolerations or None,
+                            containers=[
+                                core.ContainerArgs(
+                                    name="download",
+                                    image=plan.image,
+                                    image_pull_policy="IfNotPresent",
+                                    command=["python3", f"{JOB_SCRIPT_DIR}/{JOB_SCRIPT}"],
+                                    args=list(job.args),
+                                    env=env_vars(env, (), None),
+                                    volume_mounts=mounts,
+                                )
+                            ],
+                            volumes=volumes,
+                        ),
+                    ),
+                ),
+                opts=child(
+                    depends_on=[self.claim],
+                    custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
+                ),
+            )
+            after.append(self.job)
+
+        selector = {**args.labels, "app.kubernetes.io/name": plan.workload}
+        mounts = [
+            cache_mount,
+            core.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
+        ]
+        volumes = [
+            cache_volume,
+            # vLLM's tensor-parallel workers share memory through /dev/shm; a pod cannot
+            # use the node's IPC namespace as `--ipc host` does without hostIPC.
+            core.VolumeArgs(name="dshm", empty_dir=core.EmptyDirVolumeSourceArgs(medium="Memory")),
+        ]
+        if plan.compile_cache:
+            mounts.append(
+                core.VolumeMountArgs(name="compile-cache", mount_path=COMPILE_CACHE_MOUNT)
+            )
+            volumes.append(
+                core.VolumeArgs(name="compile-cache", empty_dir=core.EmptyDirVolumeSourceArgs())
+            )
+        limits = {GPU_RESOURCE: str(plan.gpus)} if plan.gpus else None
+        # The headless Service a StatefulSet names; on a cluster with DNS it also
+        # gives each pod a name (nginx uses the per-replica Services below).
+        headless = core.Service(
+            f"{prefix}pods",
+            metadata=metadata(plan.workload),
+            spec=core.ServiceSpecArgs(
+                cluster_ip="None",
+                selector=selector,
+                ports=[core.ServicePortArgs(name="http", port=plan.port, target_port="http")],
+            ),
+            opts=child(),
+        )
+        self.workload = k8s.apps.v1.StatefulSet(
+            f"{prefix}replicas",
+            metadata=meta.ObjectMetaArgs(
+                name=plan.workload,
+                namespace=args.namespace,
+                labels=dict(args.labels),
+                annotations={WAIT_FOR: json.dumps(list(plan.wait_for))},
+            ),
+            spec=k8s.apps.v1.StatefulSetSpecArgs(
+                service_name=plan.workload,
+                replicas=len(plan.replicas),
+                # Every replica at once, as on Docker; updates still go one pod at a time.
+                pod_management_policy="Parallel",
+                selector=meta.LabelSelectorArgs(match_labels=selector),
+                template=core.PodTemplateSpecArgs(
+                    metadata=meta.ObjectMetaArgs(labels=selector),
+                    spec=core.PodSpecArgs(
+                        node_selector=dict(placement.node_selector) or None,
+                        tolerations=tolerations or None,
+                        termination_grace_period_seconds=plan.termination_grace_seconds,
+                        containers=[
+                            core.ContainerArgs(
+                                name="vllm",
+                                image=plan.image,
+                                image_pull_policy="IfNotPresent",
+                                command=list(plan.command),
+                                args=list(plan.args),
+                                env=env_vars(plan.env, plan.secret_env, args.env_secret),
+                                ports=[
+                                    core.ContainerPortArgs(name="http", container_port=plan.port)
+                                ],
+                                resources=core.ResourceRequirementsArgs(limits=limits),
+                                volume_mounts=mounts,
+                                startup_probe=probe(plan.startup),
+                                readiness_probe=probe(plan.readiness),
+                                liveness_probe=probe(plan.liveness),
+                                # Unready, and dropped by its Service while it waits here;
+                                # then SIGTERM, and vLLM drains (--shutdown-timeout).
+                                lifecycle=core.LifecycleArgs(
+                                    pre_stop=core.LifecycleHandlerArgs(
+                                        exec_=core.ExecActionArgs(command=list(plan.pre_stop))
+                                    )
+                                ),
+                            )
+                        ],
+                        volumes=volumes,
+                    ),
+                ),
+            ),
+            opts=child(
+                depends_on=[*after, headless],
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=f"{plan.create_timeout_seconds}s",
+                    update=f"{plan.update_timeout_seconds}s",
+                ),
+            ),
+        )
+        self.services = {}
+        for replica in plan.replicas:
+            self.services[replica.service] = core.Service(
+                f"{name}-{replica.service}",
+                metadata=metadata(replica.service),
+                spec=core.ServiceSpecArgs(
+                    selector={**selector, POD_NAME_LABEL: replica.pod},
+                    ports=[core.ServicePortArgs(name="http", port=plan.port, target_port="http")],
+                ),
+                opts=child(depends_on=[self.workload]),
+            )
+        self.register_outputs({"workload": self.workload.metadata.name})

@@ -1,0 +1,209 @@
+"""`engine: kubernetes` as the program declares it, under Pulumi's mocks: per pool a claim,
+a download Job before the StatefulSet, GPUs, probes, grace and a Service per replica;
+the balancer's ConfigMap (the rendered nginx.conf), Secret, Deployment and Service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from components.config.loading import parse_settings
+from components.plan.build import build_plan
+from components.plan.kubernetes import cluster_settings
+from tests.support.pulumi_capture import Declared, Run, run_program
+
+NS = "vllm-nginx"
+STS = "kubernetes:apps/v1:StatefulSet"
+JOB = "kubernetes:batch/v1:Job"
+SERVICE = "kubernetes:core/v1:Service"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+SECRET = "kubernetes:core/v1:Secret"
+PVC = "kubernetes:core/v1:PersistentVolumeClaim"
+API_KEY = "k8s-test-api-key-0123456789"
+TOKEN = "hf_k8stesttoken0123456789"
+CONFIG: dict[str, Any] = {
+    "engine": "kubernetes",
+    "models": [
+        {
+            "name": "chat",
+            "model": "org/chat",
+            "replicas": 2,
+            "tensorParallelSize": 2,
+            "adapters": [{"name": "sql", "model": "org/sql-lora"}],
+        },
+        {"name": "embed", "model": "org/embed", "extraArgs": ["--runner", "pooling"]},
+    ],
+    "shutdownTimeoutSeconds": 30,
+    "stopGraceSeconds": 45,
+    "readyTimeoutSeconds": 600,
+    "kubernetes": {
+        "namespace": "llm",
+        "cache": {"storageClass": "nfs", "size": "20Gi"},
+        "nodeSelector": {"gpu": "yes"},
+        "pools": [
+            {
+                "pool": "chat",
+                "nodeSelector": {"gpu-type": "a100"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            }
+        ],
+        "service": {"type": "NodePort", "nodePort": 30080},
+    },
+    "publicHost": "gpu-node.example",
+}
+
+
+def raw(config: dict[str, Any]) -> dict[str, str]:
+    return {
+        f"{NS}:{k}": json.dumps(v) if isinstance(v, dict | list) else str(v)
+        for k, v in config.items()
+    }
+
+
+def deploy(**overrides: Any) -> Run:
+    config = {**CONFIG, **overrides}
+    values = raw(config)
+    values[f"{NS}:apiKey"] = API_KEY
+    values[f"{NS}:hfToken"] = TOKEN
+    return run_program(values, secret_keys=[f"{NS}:apiKey", f"{NS}:hfToken"])
+
+
+def by_name(run: Run, type_: str, name: str) -> Declared:
+    (found,) = [d for d in run.of_type(type_) if d.inputs["metadata"].get("name") == name]
+    return found
+
+
+def deps(run: Run, declared: Declared) -> set[str]:
+    return {run.by_urn(urn).name for urn in declared.dependencies}
+
+
+def test_a_pool_is_a_claim_a_job_and_a_statefulset_after_it() -> None:
+    run = deploy()
+    claims = {d.inputs["metadata"]["name"]: d for d in run.of_type(PVC)}
+    assert set(claims) == {"vllm-hf-cache-chat", "vllm-hf-cache-embed"}
+    chat_claim = claims["vllm-hf-cache-chat"]
+    assert chat_claim.inputs["spec"]["storageClassName"] == "nfs"
+    assert chat_claim.inputs["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert chat_claim.retain_on_delete  # hfCache.keepOnDestroy
+    job = by_name(run, JOB, "vllm-chat-download")
+    container = job.inputs["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == [
+        "--model", "org/chat", "--model", "org/sql-lora", "--progress-seconds", "15"
+    ]  # fmt: skip
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HF_TOKEN_PATH"] == "/var/run/secrets/vllm-nginx/hf_token"
+    assert "HF_TOKEN" not in env
+    assert job.inputs["spec"]["backoffLimit"] == 0
+    assert job.custom_timeouts.get("create") == "600s"
+    sts = by_name(run, STS, "vllm-chat")
+    assert job.name in deps(run, sts)
+    assert "vllm-embed-download" not in {
+        d.inputs["metadata"].get("name") for d in (run.named(n) for n in deps(run, sts))
+    }
+
+
+def test_replicas_request_gpus_and_carry_probes_grace_and_placement() -> None:
+    run = deploy()
+    sts = by_name(run, STS, "vllm-chat")
+    spec = sts.inputs["spec"]
+    assert spec["replicas"] == 2 and spec["podManagementPolicy"] == "Parallel"
+    wait_for = json.loads(sts.inputs["metadata"]["annotations"]["pulumi.com/waitFor"])
+    assert "jsonpath={.status.updatedReplicas}=2" in wait_for
+    assert "jsonpath={.status.readyReplicas}=2" in wait_for
+    assert sts.custom_timeouts.get("update") == f"{2 * (600 + 17 + 45) + 60}s"
+    pod = spec["template"]["spec"]
+    (vllm,) = pod["containers"]
+    assert vllm["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert vllm["command"] == ["vllm", "serve"]
+    assert vllm["args"][:1] == ["org/chat"]
+    assert "--shutdown-timeout" in vllm["args"] and "--enable-lora" in vllm["args"]
+    startup = vllm["startupProbe"]
+    assert startup["httpGet"]["path"] == "/health"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert vllm["livenessProbe"]["httpGet"]["path"] == "/health"
+    # Readiness: /health, and false at once from the moment preStop marks the pod stopping
+    # (kube-proxy would keep a lone terminating pod that still passes it in its Service).
+    ready = vllm["readinessProbe"]
+    assert ready["failureThreshold"] == 1
+    check = ready["exec"]["command"][-1]
+    assert check.startswith("test ! -e /tmp/vllm-nginx-stopping && python3 -c ")
+    assert "/health" in check
+    stop = vllm["lifecycle"]["preStop"]["exec"]["command"]
+    # The default wait: one readiness period and timeout (10 + 5) and kube-proxy's sync.
+    assert stop == ["sh", "-c", "touch /tmp/vllm-nginx-stopping && sleep 17"]
+    # The hook, then vLLM's 30 s drain and its exit, within the grace.
+    assert pod["terminationGracePeriodSeconds"] == 17 + 45
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert pod["nodeSelector"] == {"gpu": "yes", "gpu-type": "a100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    api = next(e for e in vllm["env"] if e["name"] == "VLLM_API_KEY")
+    assert "secretKeyRef" in api["valueFrom"] and "value" not in api
+    embed = by_name(run, STS, "vllm-embed").inputs["spec"]["template"]["spec"]
+    assert embed["nodeSelector"] == {"gpu": "yes"}
+    assert "tolerations" not in embed
+
+
+def test_each_replica_has_a_service_named_as_nginx_conf_names_it() -> None:
+    run = deploy()
+    for service, pod in (("vllm-chat-0", "vllm-chat-0"), ("vllm-chat-1", "vllm-chat-1")):
+        found = by_name(run, SERVICE, service)
+        selector = found.inputs["spec"]["selector"]
+        assert selector["statefulset.kubernetes.io/pod-name"] == pod
+    plan = build_plan(cluster_settings(parse_settings(raw_plain())), project_dir=Path("."))
+    assert "server vllm-chat-0:8000" in plan.load_balancer.config
+    assert " resolve" not in plan.load_balancer.config
+    # A connection per request: a kept one would outlive its pod's removal from the Service.
+    assert "keepalive " not in plan.load_balancer.config
+
+
+def raw_plain() -> dict[str, str]:
+    plain = {k.split(":", 1)[1]: v for k, v in raw(CONFIG).items()}
+    return {**plain, "apiKey": API_KEY, "hfToken": TOKEN}
+
+
+def test_the_balancer_is_the_rendered_config_in_a_configmap_and_two_pods() -> None:
+    run = deploy()
+    settings = parse_settings(raw_plain())
+    plan = build_plan(cluster_settings(settings), project_dir=Path("."))
+    (config_map,) = [
+        c for c in run.of_type(CONFIG_MAP) if "etc_nginx_nginx.conf" in c.inputs.get("data", {})
+    ]
+    assert config_map.inputs["data"]["etc_nginx_nginx.conf"] == plan.load_balancer.config
+    deployment = by_name(run, DEPLOYMENT, "nginx-lb")
+    spec = deployment.inputs["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    pod = spec["template"]["spec"]
+    aliases = {a["hostnames"][0]: a["ip"] for a in pod["hostAliases"]}
+    assert set(aliases) == {"vllm-chat-0", "vllm-chat-1", "vllm-embed-0"}
+    assert aliases["vllm-chat-0"] == "@@vllm-chat-pool-vllm-chat-0.clusterIP@@"
+    stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert "nginx -s quit" in stop
+    assert {"vllm-chat-pool-replicas", "vllm-embed-pool-replicas"} <= deps(run, deployment)
+    service = by_name(run, SERVICE, "nginx-lb")
+    assert service.inputs["spec"]["type"] == "NodePort"
+    assert service.inputs["spec"]["ports"][0]["nodePort"] == 30080
+    assert run.outputs["lb_url"] == "http://gpu-node.example:30080"
+    verify = run.named("vllm-verify")
+    assert "--url http://gpu-node.example:30080" in verify.inputs["create"]
+
+
+def test_secrets_stay_secret_and_out_of_the_config() -> None:
+    run = deploy()
+    for declared in run.declared:
+        if declared.type == SECRET:
+            continue
+        plain = {k: v for k, v in declared.inputs.items() if k not in declared.secret_inputs}
+        text = json.dumps(plain, default=str)
+        assert API_KEY not in text and TOKEN not in text, declared.name
+    secrets = run.of_type(SECRET)
+    assert secrets and all(s.secret_inputs or s.additional_secret_outputs for s in secrets)
+
+
+def test_a_docker_stack_declares_no_kubernetes_resource() -> None:
+    values = raw({"model": "org/m"})
+    run = run_program(values)
+    assert not [d for d in run.declared if d.type.startswith("kubernetes:")]

@@ -1,0 +1,400 @@
+"""`engine: kubernetes` on a real cluster, through the real Pulumi CLI and pulumi-kubernetes.
+
+The test cluster (tests/support/k8s_cluster.py: kube-apiserver, scheduler,
+controllers, kubelet and kube-proxy v1.37.2, containerd, fake `nvidia.com/gpu`
+devices, no cluster DNS) runs this repository's program, `engine: kubernetes`,
+with the real pulumi-kubernetes provider 4.25.0: two pools of vLLM stand-ins
+(a chat pool of two with a LoRA adapter, a gated model whose token reaches the
+download Job as a file; an embedding pool of one), nginx (the offline base
+image's 1.22, as the Docker end-to-end tests run it) as a Deployment of two
+pods behind a NodePort Service. The model caches are claims bound to hostPath
+volumes of a StorageClass without a provisioner, made here.
+In the Docker group: it exports the images from the machine's Docker engine.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import openai
+import pytest
+
+from tests.support.docker_engine import BASE_IMAGE_TAG, base_image, standin_image
+from tests.support.k8s_cluster import (
+    NODE_ADDRESS,
+    STATE_DIR,
+    Cluster,
+    k8s_cluster,
+    leftovers,
+    require_cluster_support,
+    toolchain,
+)
+from tests.support.pulumi_engine import Stack
+from tests.support.streaming_load import Stream, _stream_forever, streaming_load
+
+pytestmark = pytest.mark.docker
+
+NAMESPACE = "vllm-nginx-e2e"
+STORAGE_CLASS = "vllm-nginx-test"
+NODE_PORT = 30080
+LB_URL = f"http://{NODE_ADDRESS}:{NODE_PORT}"
+API_KEY = "k8s-e2e-api-key-0123456789"
+HF_TOKEN = "hf_standin_valid_token"
+ADAPTER = "tiny-sql"
+CHAT_MODEL = "standin-org/gated-chat"
+TOKENS = 16
+
+
+def pools(revision: str, chat_replicas: int = 2) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "chat",
+            "model": CHAT_MODEL,
+            "servedModelName": "tiny-chat",
+            "replicas": chat_replicas,
+            "adapters": [{"name": ADAPTER, "model": "standin-org/tiny-lora"}],
+            "extraEnv": {"STANDIN_REVISION": revision},
+        },
+        {
+            "name": "embed",
+            "model": "standin-org/tiny-embed",
+            "servedModelName": "tiny-embed",
+            "extraArgs": ["--runner", "pooling"],
+            "policy": "round_robin",
+        },
+    ]
+
+
+def stack_config(cluster: Cluster, revision: str = "1", **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "engine": "kubernetes",
+        "image": {"prebuilt": "vllm-nginx/standin:test"},
+        "models": pools(revision),
+        "hfCache": {"volume": "e2e-cache", "keepOnDestroy": True},
+        "compileCache": {"enabled": False},
+        "readyTimeoutSeconds": 180,
+        "shutdownTimeoutSeconds": 10,
+        "stopGraceSeconds": 20,
+        "verifyTimeoutSeconds": 60,
+        "rollout": {"canarySeconds": 0},
+        "fitCheck": {"enabled": False},
+        "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 2, "retries": 3},
+        "extraEnv": {
+            "STANDIN_HUB_MODELS": f"{CHAT_MODEL},standin-org/tiny-embed,standin-org/tiny-lora",
+            "STANDIN_DOWNLOAD_SECONDS": "1",
+            "STANDIN_LOAD_SECONDS": "1",
+            "STANDIN_TTFT_MS": "30",
+            "STANDIN_TOKEN_MS": "40",
+        },
+        "loadBalancer": {"name": "e2e-lb", "image": BASE_IMAGE_TAG, "failWindowSeconds": 5},
+        "publicHost": NODE_ADDRESS,
+        "kubernetes": {
+            "kubeconfig": str(cluster.kubeconfig),
+            "namespace": NAMESPACE,
+            "cache": {"storageClass": STORAGE_CLASS, "size": "1Gi"},
+            "service": {"type": "NodePort", "nodePort": NODE_PORT},
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+def storage(cluster: Cluster, count: int) -> None:
+    """A StorageClass without a provisioner and `count` hostPath volumes of it."""
+    items: list[dict[str, Any]] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": STORAGE_CLASS},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+        }
+    ]
+    for i in range(count):
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"e2e-pv-{i}"},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteMany", "ReadWriteOnce"],
+                    "storageClassName": STORAGE_CLASS,
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {
+                        "path": str(STATE_DIR / "pv" / str(i)),
+                        "type": "DirectoryOrCreate",
+                    },
+                },
+            }
+        )
+    path = STATE_DIR / "e2e-storage.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    cluster.kubectl("apply", "-f", str(path))
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    require_cluster_support()
+    toolchain()
+    client: docker.DockerClient = request.getfixturevalue("client")
+    images = [standin_image(client), base_image(client)]
+    with k8s_cluster(images=images) as running:
+        print(f"\ncluster up in {running.timings['total']:.1f}s")
+        storage(running, 6)
+        yield running
+    assert leftovers() == [], "the cluster left things behind"
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    created = Stack(
+        tmp_path_factory.mktemp("k8s-engine"),
+        "k8s",
+        stack_config(cluster),
+        secrets={"apiKey": API_KEY, "hfToken": HF_TOKEN},
+    )
+    for folder in toolchain()["plugins"].iterdir():
+        target = created.home / "plugins" / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for binary in folder.iterdir():
+            (target / binary.name).symlink_to(binary)
+    yield created
+
+
+@pytest.fixture(scope="module")
+def first_up(stack: Stack) -> Any:
+    started = time.monotonic()
+    result = stack.up()
+    print(f"\nfirst pulumi up: {time.monotonic() - started:.1f}s")
+    return result
+
+
+def pods(cluster: Cluster, selector: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = cluster.get("pods", "-n", NAMESPACE, "-l", selector)["items"]
+    return [p for p in found if p["metadata"].get("deletionTimestamp") is None]
+
+
+def by_name(cluster: Cluster, selector: str) -> dict[str, str]:
+    """Pod name -> uid."""
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods(cluster, selector)}
+
+
+CHAT_PODS = "app.kubernetes.io/name=vllm-chat"
+EMBED_PODS = "app.kubernetes.io/name=vllm-embed"
+NGINX_PODS = "app.kubernetes.io/name=e2e-lb"
+
+
+def client() -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{LB_URL}/v1", api_key=API_KEY, max_retries=0, timeout=30)
+
+
+def test_up_answers_through_the_balancers_service_routed_by_model(
+    cluster: Cluster, stack: Stack, first_up: Any
+) -> None:
+    changed = first_up.changed()
+    assert "vllm-chat-pool-download" in changed and "vllm-embed-pool-download" in changed
+    # The download Job ran with the token as a file: the gated model came down.
+    job = cluster.get("job", "-n", NAMESPACE, "vllm-chat-download")
+    assert job["status"].get("succeeded") == 1, job["status"]
+    assert set(by_name(cluster, CHAT_PODS)) == {"vllm-chat-0", "vllm-chat-1"}
+    assert set(by_name(cluster, EMBED_PODS)) == {"vllm-embed-0"}
+    assert len(pods(cluster, NGINX_PODS)) == 2
+    devices = {
+        cluster.kubectl(
+            "exec", "-n", NAMESPACE, name, "--", "printenv", "NVIDIA_VISIBLE_DEVICES"
+        ).strip()
+        for name in ("vllm-chat-0", "vllm-chat-1", "vllm-embed-0")
+    }
+    assert len(devices) == 3, devices  # each replica its own (fake) GPU
+    answered = stack.outputs()["verified_models"]
+    for name in ("tiny-chat", ADAPTER, "tiny-embed"):
+        assert f'"{name}": "{name}"' in answered, answered
+
+    api = client()
+    assert {"tiny-chat", ADAPTER, "tiny-embed"} <= {m.id for m in api.models.list()}
+    seen = set()
+    for _ in range(6):
+        reply = api.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+        seen.add(reply.system_fingerprint)
+    assert seen == {"vllm-chat-0", "vllm-chat-1"}, seen
+    lora = api.completions.create(model=ADAPTER, prompt="select", max_tokens=2)
+    assert lora.model == ADAPTER and lora.system_fingerprint in {"vllm-chat-0", "vllm-chat-1"}
+    vectors = api.embeddings.create(model="tiny-embed", input=["a", "b"])
+    assert vectors.model == "tiny-embed" and len(vectors.data) == 2
+    with pytest.raises(openai.NotFoundError):
+        api.completions.create(model="no-such-model", prompt="x", max_tokens=1)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{LB_URL}/v1", api_key="wrong", max_retries=0).models.list()
+    # Secrets stay out of the state's plain text and of the rendered config.
+    state = stack.state()
+    assert API_KEY not in state and HF_TOKEN not in state
+
+
+def test_preview_and_refresh_find_no_changes(stack: Stack, first_up: Any) -> None:
+    stack.preview(expect_no_changes=True)
+    stack.refresh(expect_no_changes=True)
+    stack.preview(expect_no_changes=True)
+
+
+def _embed_forever(stop: threading.Event, results: list[str | None]) -> None:
+    api = client()
+    while not stop.is_set():
+        try:
+            got = api.embeddings.create(model="tiny-embed", input="load")
+            results.append(None if got.data else repr(got))
+        except Exception as err:  # every failure counts
+            results.append(f"{type(err).__name__}: {err}")
+        time.sleep(0.05)
+
+
+def test_update_of_one_pool_under_streaming_load_fails_nothing(
+    cluster: Cluster, stack: Stack, first_up: Any
+) -> None:
+    chat_before = by_name(cluster, CHAT_PODS)
+    embed_before = by_name(cluster, EMBED_PODS)
+    nginx_before = by_name(cluster, NGINX_PODS)
+    stack.write_config(stack_config(cluster, revision="2"))
+    embeds: list[str | None] = []
+    stop = threading.Event()
+    embedder = threading.Thread(target=_embed_forever, args=(stop, embeds))
+    embedder.start()
+    try:
+        with (
+            streaming_load(LB_URL, API_KEY, workers=2, tokens=TOKENS) as chats,
+            streaming_load(LB_URL, API_KEY, workers=1, tokens=TOKENS, model=ADAPTER) as loras,
+        ):
+            time.sleep(1.5)
+            started = time.monotonic()
+            update = stack.up()
+            took = time.monotonic() - started
+            time.sleep(1)
+    finally:
+        stop.set()
+        embedder.join(timeout=60)
+    streams: list[Stream] = [*chats, *loras]
+    broken = [s for s in streams if not s.whole]
+    failed = [e for e in embeds if e is not None]
+    during = [s for s in streams if s.finished >= started and s.started <= started + took]
+    print(
+        f"\nupdate of the chat pool: `pulumi up` {took:.1f} s; {len(streams)} streams "
+        f"({len(during)} overlapping), {len(broken)} failed or cut; {len(embeds)} embedding "
+        f"requests, {len(failed)} failed"
+    )
+    assert during, "no stream overlapped the update"
+    assert not broken, broken[:5]
+    assert embeds and not failed, failed[:5]
+    chat_after = by_name(cluster, CHAT_PODS)
+    assert set(chat_after) == set(chat_before)
+    assert all(chat_after[n] != chat_before[n] for n in chat_before), "chat pods not replaced"
+    assert by_name(cluster, EMBED_PODS) == embed_before
+    assert by_name(cluster, NGINX_PODS) == nginx_before
+    changed = update.changed()
+    assert "vllm-chat-pool-replicas" in changed, changed
+    assert not [n for n in changed if "embed" in n], changed
+    stack.preview(expect_no_changes=True)
+
+
+def test_scaling_a_pool_up_and_down(cluster: Cluster, stack: Stack, first_up: Any) -> None:
+    nginx_before = by_name(cluster, NGINX_PODS)
+    three = pools("2", chat_replicas=3)
+    stack.write_config(stack_config(cluster, revision="2", models=three))
+    # A new upstream is a new nginx.conf and /etc/hosts: nginx's pods roll under load.
+    chats: list[Stream] = []
+    stop, lock = threading.Event(), threading.Lock()
+    workers = [
+        threading.Thread(target=_stream_forever, args=(LB_URL, API_KEY, TOKENS, stop, chats, lock))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        stack.up()
+        took = time.monotonic() - started
+        time.sleep(1)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=90)
+    broken = [s for s in chats if not s.whole]
+    retried = [s for s in chats if s.retried]
+    print(
+        f"\nscale-up of the chat pool (nginx rolled): `pulumi up` {took:.1f} s; "
+        f"{len(chats)} streams, {len(broken)} failed or cut, {len(retried)} retried once "
+        "on a closed idle connection"
+    )
+    assert not broken, broken[:5]
+    # A stopping nginx closes its idle client connections (as a reload does on Docker):
+    # at most once per client and old pod, each sent again once as the client would.
+    assert len(retried) <= len(workers) * len(nginx_before), retried
+    assert not set(by_name(cluster, NGINX_PODS)) & set(nginx_before), "nginx pods not rolled"
+    assert set(by_name(cluster, CHAT_PODS)) == {"vllm-chat-0", "vllm-chat-1", "vllm-chat-2"}
+    seen = set()
+    api = client()
+    for _ in range(12):
+        reply = api.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1
+        )
+        seen.add(reply.system_fingerprint)
+    assert "vllm-chat-2" in seen, seen
+    stack.write_config(stack_config(cluster, revision="2"))
+    stack.up()
+    assert set(by_name(cluster, CHAT_PODS)) == {"vllm-chat-0", "vllm-chat-1"}
+    services = {s["metadata"]["name"] for s in cluster.get("services", "-n", NAMESPACE)["items"]}
+    assert "vllm-chat-2" not in services
+    reply = api.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1
+    )
+    assert reply.system_fingerprint in {"vllm-chat-0", "vllm-chat-1"}
+
+
+def test_a_failing_download_stops_its_pool_before_any_replica(
+    cluster: Cluster, stack: Stack, first_up: Any
+) -> None:
+    broken = {"name": "broken", "model": "standin-org/no-such-model", "servedModelName": "nope"}
+    stack.write_config(stack_config(cluster, revision="2", models=[*pools("2"), broken]))
+    failed = stack.up_failing()
+    print("\n" + "\n".join(failed.output.splitlines()[-25:]))
+    assert "vllm-broken-pool-download" in failed.output
+    job = cluster.get("job", "-n", NAMESPACE, "vllm-broken-download")
+    assert any(c["type"] == "Failed" for c in job["status"].get("conditions", [])), job["status"]
+    statefulsets = {
+        s["metadata"]["name"] for s in cluster.get("statefulsets", "-n", NAMESPACE)["items"]
+    }
+    assert "vllm-broken" not in statefulsets
+    assert pods(cluster, "app.kubernetes.io/name=vllm-broken") == []
+    # The other pools keep serving.
+    reply = client().chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1
+    )
+    assert reply.choices
+    stack.write_config(stack_config(cluster, revision="2"))
+    stack.up()
+    assert cluster.kubectl("get", "job", "-n", NAMESPACE, "vllm-broken-download", check=False) == ""
+
+
+def test_destroy_keeps_the_model_cache_only_when_asked(
+    cluster: Cluster, stack: Stack, first_up: Any
+) -> None:
+    stack.destroy()
+    claims = {c["metadata"]["name"] for c in cluster.get("pvc", "-n", NAMESPACE)["items"]}
+    assert claims == {"e2e-cache-chat", "e2e-cache-embed"}, claims
+    assert pods(cluster, "app.kubernetes.io/part-of=vllm-nginx") == []
+    assert cluster.get("services", "-n", NAMESPACE)["items"] == []
+    # Up again on the kept claims, then destroy without keeping: nothing is left.
+    stack.write_config(
+        stack_config(cluster, revision="2", hfCache={"volume": "e2e-cache", "keepOnDestroy": False})
+    )
+    stack.up()
+    stack.destroy()
+    assert stack.resources() == {}
+    assert cluster.kubectl("get", "namespace", NAMESPACE, check=False) == ""
