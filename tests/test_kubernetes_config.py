@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from components.config.kubernetes_sections import Engine
+from components.config.kubernetes_sections import EngineKind
 from components.config.loading import load_config
 from components.config.settings import Settings
 
@@ -39,7 +39,7 @@ def settings(raw: dict[str, str]) -> Settings:
 
 def test_docker_stays_the_default_and_kubernetes_keys_default_sensibly() -> None:
     docker = settings({"model": "org/model"})
-    assert docker.engine is Engine.DOCKER
+    assert docker.engine is EngineKind.DOCKER
     cluster = settings(k8s()).kubernetes
     assert cluster.namespace == "vllm-nginx"
     assert cluster.cache.access_mode == "ReadWriteMany"

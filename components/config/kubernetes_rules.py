@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from components.config.kubernetes_sections import Engine
+from components.config.kubernetes_sections import EngineKind
 from components.config.rule import Rule, rule
 from components.config.settings import Settings
 
@@ -240,7 +240,7 @@ def pre_stop_floor(settings: Settings) -> int:
 
 def kubernetes_rules(settings: Settings) -> list[Rule]:
     """Every broken rule of the engine choice, all at once."""
-    if settings.engine is Engine.KUBERNETES:
+    if settings.engine is EngineKind.KUBERNETES:
         return [*_refusals(settings), *_section_rules(settings)]
     if "kubernetes" in settings.model_fields_set:
         return [

@@ -48,7 +48,7 @@ Quantity = Annotated[
 ]
 
 
-class Engine(StrEnum):
+class EngineKind(StrEnum):
     DOCKER = "docker"
     KUBERNETES = "kubernetes"
 

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from components.config.api_keys import ApiKeys
-from components.config.kubernetes_sections import Engine, KubernetesSettings
+from components.config.kubernetes_sections import EngineKind, KubernetesSettings
 from components.config.pool_sections import AdapterSettings, PoolSettings
 from components.config.sections import (
     Backend,
@@ -196,8 +196,8 @@ class Settings(ConfigModel):
         ),
     )
     monitoring: MonitoringSettings = MonitoringSettings()
-    engine: Engine = Field(
-        Engine.DOCKER,
+    engine: EngineKind = Field(
+        EngineKind.DOCKER,
         description=(
             "`docker` (Docker engines, as described above) or `kubernetes` (a cluster: "
             "the `kubernetes` keys, see [kubernetes.md](kubernetes.md))"

@@ -16,7 +16,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components import PROJECT_DIR
-from components.config.kubernetes_sections import Engine
+from components.config.kubernetes_sections import EngineKind
 from components.config.loading import deployment_problems, settings_from_config, split_namespace
 from components.config.problems import NAMESPACE, ConfigError
 from components.config.settings import Settings
@@ -46,7 +46,7 @@ def load_settings(namespace: str = NAMESPACE) -> Settings:
 def deploy(name: str = "vllm") -> dict[str, pulumi.Output[Any]]:
     """Declare the deployment; returns what the stack exports."""
     settings = load_settings()
-    if settings.engine is Engine.KUBERNETES:
+    if settings.engine is EngineKind.KUBERNETES:
         return deploy_kubernetes(settings, name)
     docker_host = pulumi.Config("docker").get("host")
     problems = deployment_problems(settings, docker_host=docker_host, project_dir=PROJECT_DIR)
