@@ -11,6 +11,7 @@ from typing import Any
 from components.config.loading import parse_settings
 from components.plan.build import build_plan
 from components.plan.kubernetes import cluster_settings
+from components.plan.specs import SPEC_ENV, VerifySpec, decode
 from tests.support.pulumi_capture import Declared, Run, run_program
 
 NS = "vllm-nginx"
@@ -188,7 +189,9 @@ def test_the_balancer_is_the_rendered_config_in_a_configmap_and_two_pods() -> No
     assert service.inputs["spec"]["ports"][0]["nodePort"] == 30080
     assert run.outputs["lb_url"] == "http://gpu-node.example:30080"
     verify = run.named("vllm-verify")
-    assert "--url http://gpu-node.example:30080" in verify.inputs["create"]
+    assert verify.inputs["create"].endswith("-m components.steps.verify")
+    spec = decode(VerifySpec, verify.inputs["environment"][SPEC_ENV])
+    assert spec.url == "http://gpu-node.example:30080"
 
 
 def test_secrets_stay_secret_and_out_of_the_config() -> None:

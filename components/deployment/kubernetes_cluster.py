@@ -8,6 +8,7 @@ pool's replicas, and the verify step against the balancer's Service.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from components.deployment.kubernetes_balancer import (
 from components.deployment.kubernetes_pool import KubernetesPool, KubernetesPoolArgs
 from components.plan.kubernetes import TOKEN_FILE, KubernetesPlan, build_kubernetes_plan
 from components.plan.model import HF_TOKEN_ENV
+from components.plan.specs import SPEC_ENV, encode
 
 TYPE_TOKEN = "vllm-nginx:index:KubernetesCluster"
 
@@ -139,11 +141,11 @@ class KubernetesCluster(pulumi.ComponentResource):
         self.verified_models = pulumi.Output.from_input("")
         if plan.verify is not None:
             verify = plan.verify
-            argv = self.lb_url.apply(lambda url: [*verify.head, "--url", url, *verify.tail])
+            spec = self.lb_url.apply(lambda url: encode(dataclasses.replace(verify.spec, url=url)))
             check = verify_command(
                 f"{name}-verify",
-                argv,
-                {key: secrets[key] for key in verify.secret_env},
+                verify.argv,
+                {SPEC_ENV: spec, **{key: secrets[key] for key in verify.secret_env}},
                 [
                     self.balancer.config.metadata.name,
                     *(p.workload.metadata.generation for p in self.pools),

@@ -38,6 +38,7 @@ from components.plan.model import (
     ReplicaPlan,
     SecretUpload,
 )
+from components.plan.specs import VerifySpec
 
 GPU_RESOURCE = "nvidia.com/gpu"
 """NVIDIA's device plugin's resource: whole GPUs, under `limits` only."""
@@ -110,7 +111,7 @@ class Placement:
 class KubePoolPlan:
     """One pool as a StatefulSet of identical pods, each behind a Service of its own."""
 
-    pool: str | None
+    pool: str
     resource_prefix: str
     """Between the component's name and a resource's: '<pool>-', or ''."""
     workload: str
@@ -175,10 +176,9 @@ class KubeBalancerPlan:
 class KubeVerifyPlan:
     """The verify step (`components.steps.verify`), against the balancer's Service."""
 
-    head: tuple[str, ...]
-    """The argv before `--url URL`."""
-    tail: tuple[str, ...]
-    """The argv after it."""
+    argv: tuple[str, ...]
+    spec: VerifySpec
+    """Its `url` is filled in by the deployment (a LoadBalancer's address is known there)."""
     scheme: str
     host: str | None
     """`publicHost` for a NodePort; None: the LoadBalancer's address."""
@@ -219,7 +219,7 @@ def _tolerations(found: tuple[TolerationSettings, ...]) -> tuple[Mapping[str, st
     return tuple(t.model_dump(by_alias=True, exclude_none=True) for t in found)
 
 
-def _placement(k8s: KubernetesSettings, pool: str | None) -> Placement:
+def _placement(k8s: KubernetesSettings, pool: str) -> Placement:
     own = next((p for p in k8s.pools if p.pool == pool), None)
     selector = dict(k8s.node_selector)
     tolerations = k8s.tolerations
@@ -230,22 +230,23 @@ def _placement(k8s: KubernetesSettings, pool: str | None) -> Placement:
     return Placement(selector, _tolerations(tolerations))
 
 
-def _workload(settings: Settings, pool: str | None) -> str:
-    prefix = settings.name_prefix.rstrip("-")
-    return f"{prefix}-{pool}" if pool is not None else prefix
+def _workload(settings: Settings, pool: str, prefix: str) -> str:
+    """A single-model stack's pool (name prefix "") names its workload after the stack."""
+    stack = settings.name_prefix.rstrip("-")
+    return f"{stack}-{pool}" if prefix else stack
 
 
 def _download(
-    settings: Settings, base: Plan, pool: str | None, prefix: str, workload: str
+    settings: Settings, base: Plan, pool: str, prefix: str, workload: str
 ) -> DownloadJobPlan | None:
     """Every repository the pool's replicas load (its own claim holds them all)."""
     jobs = [d for d in base.hosts[0].downloads if pool in d.pools]
-    repos = tuple(dict.fromkeys(m for d in jobs for m in d.models))
+    repos = tuple(dict.fromkeys(m for d in jobs for m in d.spec.models))
     if not repos:
         return None
     env: dict[str, str] = {}
     for job in jobs:
-        env.update(job.env)
+        env.update(job.spec.env)
     return DownloadJobPlan(
         name=f"{workload}-download",
         repos=repos,
@@ -257,13 +258,13 @@ def _download(
     )
 
 
-def _pool(settings: Settings, base: Plan, pool: str | None, prefix: str) -> KubePoolPlan:
+def _pool(settings: Settings, base: Plan, pool: str, prefix: str) -> KubePoolPlan:
     mine = [r for r in base.replicas if r.pool == pool]
     first: ReplicaPlan = mine[0]
     for other in mine[1:]:
         # One pod template per pool: its replicas must not differ but in name.
         assert (other.command, other.env) == (first.command, first.env), other.name
-    workload = _workload(settings, pool)
+    workload = _workload(settings, pool, prefix)
     image = next(i.image for i in base.hosts[0].images if pool in i.pools)
     hc = first.health_check
     k8s = settings.kubernetes
@@ -295,7 +296,7 @@ def _pool(settings: Settings, base: Plan, pool: str | None, prefix: str) -> Kube
         secret_env=first.secret_env,
         gpus=tp if gpu else 0,
         claim=ClaimPlan(
-            name=f"{volume}-{pool}" if pool is not None else volume,
+            name=f"{volume}-{pool}" if prefix else volume,
             storage_class=k8s.cache.storage_class,
             access_mode=k8s.cache.access_mode,
             size=k8s.cache.size,
@@ -327,11 +328,10 @@ def _verify(settings: Settings, base: Plan) -> KubeVerifyPlan | None:
     service = settings.kubernetes.service
     if service.type == "ClusterIP":
         return None
-    argv = base.verify.argv
-    at = argv.index("--url")
+    assert isinstance(base.verify.spec, VerifySpec)
     return KubeVerifyPlan(
-        head=argv[:at],
-        tail=argv[at + 2 :],
+        argv=base.verify.argv,
+        spec=base.verify.spec,
         scheme="https" if settings.load_balancer.tls else "http",
         host=settings.public_host if service.type == "NodePort" else None,
         secret_env=base.verify.secret_env,
