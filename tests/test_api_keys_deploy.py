@@ -222,3 +222,27 @@ def test_the_check_prints_each_key_by_name_and_limits(
     assert "  apiKeys        team-a: models chat; 60/min; max_tokens <= 512\n" in out
     assert "                 team-b: every model\n" in out
     assert "AAABA" not in out
+
+
+def test_the_plan_and_the_printed_config_hold_names_and_limits_only() -> None:
+    """What `render_config` prints and Pulumi stores as plain data: no key, no digest."""
+    from components import PROJECT_DIR
+    from components.config.loading import parse_settings
+    from components.plan.build import build_plan
+
+    raw = {
+        "models": json.dumps(MODELS),
+        "apiKey": OPERATOR,
+        "apiKeys": json.dumps(KEYS),
+        "monitoring": json.dumps({"enabled": True}),
+        "grafanaPassword": "grafana-pw-0001",
+    }
+    plan = build_plan(parse_settings(raw), project_dir=PROJECT_DIR)
+    lb = plan.load_balancer
+    plain = lb.config + "".join(lb.files.values())
+    for key in (TEAM_A, TEAM_B, OPERATOR):
+        assert key not in plain and digest(key) not in plain
+    assert "limit_req_zone $lb_key_rpm_600 zone=lb_key_rpm_600:1m rate=600r/m;" in lb.config
+    assert "limit_conn lb_key_conn_4 4;" in lb.config
+    assert '"maxTokens": 512' in lb.files["/etc/nginx/lb/models.js"]
+    assert [u.path for u in lb.secret_uploads] == ["/etc/nginx/api-key.conf"]
