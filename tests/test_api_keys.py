@@ -189,6 +189,16 @@ def test_a_wrong_or_missing_key_is_refused_before_any_replica(lb, replicas):
     assert [m["id"] for m in response.json()["data"]] == [CHAT]
 
 
+def test_health_lists_no_model_names_when_keys_hide_them(lb):
+    """/health asks for no key: with named keys its 404 does not list the served names."""
+    response = httpx.get(lb.url + "/health/nope")
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert message == (
+        "No pool serves the model `nope`. GET /v1/models lists the models your API key may use."
+    )
+
+
 def test_a_capped_key_may_not_ask_for_more_tokens(lb, replicas):
     api = client(lb, KEYS["capped"])
     messages: Any = [{"role": "user", "content": "hi"}]
