@@ -135,8 +135,8 @@ def test_each_bad_entry_is_named_as_written_and_no_key_is_printed() -> None:
         "quotes, newlines, backslashes, ';', '{', '}', '$' or backticks",
         "config key 'vllm-nginx:apiKeys.team-b.requestsPerMinute': Input should be greater "
         "than or equal to 1",
-        "config key 'vllm-nginx:apiKeys.team-c.maxTokns': unknown key (a typo?); see the "
-        "config reference in docs/configuration.md",
+        "config key 'vllm-nginx:apiKeys.team-c.maxTokns': unknown key (a typo?): did you "
+        "mean 'apiKeys.team-c.maxTokens'?",
         "config key 'vllm-nginx:apiKeys.team-d.key': is required",
     ]
     assert not any("sk-good" in p or "sk bad" in p or "sk-c-" in p for p in found)
