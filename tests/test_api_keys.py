@@ -218,12 +218,16 @@ def test_a_capped_key_may_not_ask_for_more_tokens(lb, replicas):
         # vLLM's default for a completion is 16 tokens.
         lambda: api.completions.create(model=CHAT, prompt="hi"),
     ]
-    for call in refused:
+    fields = ["max_tokens", "max_tokens", "max_completion_tokens", "max_tokens"]
+    for call, field in zip(refused, fields, strict=True):
         with pytest.raises(openai.BadRequestError) as error:
             call()
         body = body_of(error.value)
         assert body["type"] == "BadRequestError" and body["code"] == 400
-        assert "at most 8 tokens" in body["message"], body
+        assert body["param"] == field
+        assert body["message"].startswith("This API key may ask for at most 8 tokens per request")
+        assert body["message"].endswith(f". Set {field} to 8 or less."), body
+    assert "it does not set max_tokens (vLLM's default: 16)" in body["message"]
     assert sum(r.count() for r in replicas.values()) == 0
     # Other keys are not capped.
     client(lb, KEYS["open"]).chat.completions.create(model=CHAT, messages=messages)
