@@ -189,6 +189,16 @@ def test_a_wrong_or_missing_key_is_refused_before_any_replica(lb, replicas):
     assert [m["id"] for m in response.json()["data"]] == [CHAT]
 
 
+def test_health_lists_no_model_names_when_keys_hide_them(lb):
+    """/health asks for no key: with named keys its 404 does not list the served names."""
+    response = httpx.get(lb.url + "/health/nope")
+    assert response.status_code == 404
+    message = response.json()["error"]["message"]
+    assert message == (
+        "No pool serves the model `nope`. GET /v1/models lists the models your API key may use."
+    )
+
+
 def test_a_capped_key_may_not_ask_for_more_tokens(lb, replicas):
     api = client(lb, KEYS["capped"])
     messages: Any = [{"role": "user", "content": "hi"}]
@@ -208,12 +218,16 @@ def test_a_capped_key_may_not_ask_for_more_tokens(lb, replicas):
         # vLLM's default for a completion is 16 tokens.
         lambda: api.completions.create(model=CHAT, prompt="hi"),
     ]
-    for call in refused:
+    fields = ["max_tokens", "max_tokens", "max_completion_tokens", "max_tokens"]
+    for call, field in zip(refused, fields, strict=True):
         with pytest.raises(openai.BadRequestError) as error:
             call()
         body = body_of(error.value)
         assert body["type"] == "BadRequestError" and body["code"] == 400
-        assert "at most 8 tokens" in body["message"], body
+        assert body["param"] == field
+        assert body["message"].startswith("This API key may ask for at most 8 tokens per request")
+        assert body["message"].endswith(f". Set {field} to 8 or less."), body
+    assert "it does not set max_tokens (vLLM's default: 16)" in body["message"]
     assert sum(r.count() for r in replicas.values()) == 0
     # Other keys are not capped.
     client(lb, KEYS["open"]).chat.completions.create(model=CHAT, messages=messages)

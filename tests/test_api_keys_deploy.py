@@ -135,8 +135,8 @@ def test_each_bad_entry_is_named_as_written_and_no_key_is_printed() -> None:
         "quotes, newlines, backslashes, ';', '{', '}', '$' or backticks",
         "config key 'vllm-nginx:apiKeys.team-b.requestsPerMinute': Input should be greater "
         "than or equal to 1",
-        "config key 'vllm-nginx:apiKeys.team-c.maxTokns': unknown key (a typo?); see the "
-        "config reference in docs/configuration.md",
+        "config key 'vllm-nginx:apiKeys.team-c.maxTokns': unknown key (a typo?): did you "
+        "mean 'apiKeys.team-c.maxTokens'?",
         "config key 'vllm-nginx:apiKeys.team-d.key': is required",
     ]
     assert not any("sk-good" in p or "sk bad" in p or "sk-c-" in p for p in found)
@@ -222,3 +222,27 @@ def test_the_check_prints_each_key_by_name_and_limits(
     assert "  apiKeys        team-a: models chat; 60/min; max_tokens <= 512\n" in out
     assert "                 team-b: every model\n" in out
     assert "AAABA" not in out
+
+
+def test_the_plan_and_the_printed_config_hold_names_and_limits_only() -> None:
+    """What `render_config` prints and Pulumi stores as plain data: no key, no digest."""
+    from components import PROJECT_DIR
+    from components.config.loading import parse_settings
+    from components.plan.build import build_plan
+
+    raw = {
+        "models": json.dumps(MODELS),
+        "apiKey": OPERATOR,
+        "apiKeys": json.dumps(KEYS),
+        "monitoring": json.dumps({"enabled": True}),
+        "grafanaPassword": "grafana-pw-0001",
+    }
+    plan = build_plan(parse_settings(raw), project_dir=PROJECT_DIR)
+    lb = plan.load_balancer
+    plain = lb.config + "".join(lb.files.values())
+    for key in (TEAM_A, TEAM_B, OPERATOR):
+        assert key not in plain and digest(key) not in plain
+    assert "limit_req_zone $lb_key_rpm_600 zone=lb_key_rpm_600:1m rate=600r/m;" in lb.config
+    assert "limit_conn lb_key_conn_4 4;" in lb.config
+    assert '"maxTokens": 512' in lb.files["/etc/nginx/lb/models.js"]
+    assert [u.path for u in lb.secret_uploads] == ["/etc/nginx/api-key.conf"]

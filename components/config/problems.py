@@ -94,7 +94,8 @@ RETIRED_KEYS = {
 
 
 def _known_keys(annotation: Any, prefix: str = "") -> Iterator[str]:
-    """Every key path a stack file may hold, a list's entries as `[]`: 'hosts[].dockerHost'.
+    """Every key path a stack file may hold, a list's entries as `[]`: 'hosts[].dockerHost',
+    a map's as `{}`: 'apiKeys{}.maxTokens'.
 
     Descends through whatever wraps a model (`| None`, `Annotated`, `tuple[...]`),
     so the hints reach the keys of a list entry as they reach an object's.
@@ -104,6 +105,9 @@ def _known_keys(annotation: Any, prefix: str = "") -> Iterator[str]:
             key = f"{prefix}.{info.alias or name}" if prefix else info.alias or name
             yield key
             yield from _known_keys(info.annotation, key)
+        return
+    if get_origin(annotation) is dict:
+        yield from _known_keys(get_args(annotation)[1], f"{prefix}{{}}")
         return
     entries = get_origin(annotation) in (tuple, list)
     for arg in get_args(annotation):
@@ -130,8 +134,16 @@ SUGGESTION_CUTOFF = 0.7
 at 0.7 the slips seen in practice (`replcas`, `prot`, `bindadress`) still are."""
 
 
+MAP_KEYS = frozenset(key.split("{}")[0] for key in KNOWN_KEYS if "{}" in key)
+"""Keys whose entries are named by the user ('apiKeys'): any name, then the entry's keys."""
+
+
 def _key_form(path: str) -> str:
-    """`hosts[1].dockerHost` -> `hosts[].dockerHost`, the form of `KNOWN_KEYS`."""
+    """`hosts[1].dockerHost` -> `hosts[].dockerHost`, `apiKeys.team-a` -> `apiKeys{}`:
+    the form of `KNOWN_KEYS` (an entry's name may hold dots, so the rest is its name)."""
+    for key in MAP_KEYS:
+        if path.startswith(key + "."):
+            return key + "{}"
     return re.sub(r"\[\d+\]", "[]", path)
 
 

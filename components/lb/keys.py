@@ -39,8 +39,9 @@ MODEL_VARIABLE = "$lb_model"
 PROMPT_TOKENS_VARIABLE = "$lb_prompt_tokens"
 COMPLETION_TOKENS_VARIABLE = "$lb_completion_tokens"
 ZONE_SIZE = "1m"
-"""Per zone; nginx documents about 16,000 states per megabyte for limit_req. The
-same size on every render, so a reload keeps the zones' counts."""
+"""Per zone: nginx documents 8,000 to 16,000 states per megabyte for limit_req
+(by key length), twice that for limit_conn. The same size on every render, so a
+reload keeps the zones' counts."""
 CONCURRENCY_RETRY_SECONDS = 1
 """When a slot frees is not known; a second is what a short request takes."""
 

@@ -260,11 +260,6 @@ class LbMetrics:
             ["key", "limit"],
         )
         self.families = (
-            self.key_requests,
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.unmetered,
-            self.rate_limited,
             self.requests,
             self.attempts,
             self.retries,
@@ -273,6 +268,11 @@ class LbMetrics:
             self.response,
             self.lines,
             self.unparsed,
+            self.key_requests,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.unmetered,
+            self.rate_limited,
         )
 
     def record_line(self, line: str) -> None:

@@ -71,7 +71,12 @@ function health(r) {
         HEALTH.pools.forEach(function (pool) {
             Array.prototype.push.apply(names, pool.models);
         });
-        const hint = names.length > 0 ? 'Served models: ' + names.join(', ') + '.' : 'This balancer has one pool: ask /health.';
+        // With named API keys the list is left out: a key sees only its own
+        // models (GET /v1/models), and /health asks for no key.
+        let hint = names.length > 0 ? 'Served models: ' + names.join(', ') + '.' : 'This balancer has one pool: ask /health.';
+        if (table.keys && names.length > 0) {
+            hint = 'GET /v1/models lists the models your API key may use.';
+        }
         sendJson(r, 404, error(404, 'NotFoundError', 'No pool serves the model `' + model + '`. ' + hint, 'model'));
         return;
     }

@@ -403,6 +403,8 @@ const GENERATIONS = {
     '/v1/responses': { fields: ['max_output_tokens'], missing: Infinity },
 };
 
+// [value, field, set]: the first of `fields` the body sets, else [missing, the
+// last, false].
 function askedTokens(request, fields, missing) {
     for (let i = 0; i < fields.length; i++) {
         let value;
@@ -412,10 +414,10 @@ function askedTokens(request, fields, missing) {
             value = scanModel(request.bytes, fields[i]);
         }
         if (value !== undefined && value !== null) {
-            return value;
+            return [value, fields[i], true];
         }
     }
-    return missing;
+    return [missing, fields[fields.length - 1], false];
 }
 
 function tokensAllowed(r, request, limit) {
@@ -423,12 +425,16 @@ function tokensAllowed(r, request, limit) {
     if (!generation) {
         return true;
     }
-    const asked = askedTokens(request, generation.fields, generation.missing);
+    const found = askedTokens(request, generation.fields, generation.missing);
+    const asked = found[0];
+    const field = found[1];
     if (typeof asked === 'number' && asked <= limit) {
         return true;
     }
-    const field = generation.fields[generation.fields.length - 1];
-    const said = asked === Infinity ? 'it does not set ' + field : field + ' is ' + JSON.stringify(asked);
+    let said = field + ' is ' + JSON.stringify(asked);
+    if (!found[2]) {
+        said = 'it does not set ' + field + (asked === Infinity ? '' : ' (vLLM\'s default: ' + asked + ')');
+    }
     sendJson(r, 400, {
         error: {
             message: 'This API key may ask for at most ' + limit + ' tokens per request, and ' + said +
