@@ -113,7 +113,9 @@ def test_replicas_request_gpus_and_carry_probes_grace_and_placement() -> None:
     wait_for = json.loads(sts.inputs["metadata"]["annotations"]["pulumi.com/waitFor"])
     assert "jsonpath={.status.updatedReplicas}=2" in wait_for
     assert "jsonpath={.status.readyReplicas}=2" in wait_for
-    assert sts.custom_timeouts.get("update") == f"{2 * (600 + 17 + 45) + 60}s"
+    # The next pod is replaced only once nginx tries the new one again (failWindowSeconds).
+    assert spec["minReadySeconds"] == 10 + 3
+    assert sts.custom_timeouts.get("update") == f"{2 * (600 + 17 + 45 + 10 + 3) + 60}s"
     pod = spec["template"]["spec"]
     (vllm,) = pod["containers"]
     assert vllm["resources"]["limits"] == {"nvidia.com/gpu": "2"}

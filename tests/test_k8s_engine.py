@@ -363,7 +363,8 @@ def test_a_failing_download_stops_its_pool_before_any_replica(
     broken = {"name": "broken", "model": "standin-org/no-such-model", "servedModelName": "nope"}
     stack.write_config(stack_config(cluster, revision="2", models=[*pools("2"), broken]))
     failed = stack.up_failing()
-    print("\n" + "\n".join(failed.output.splitlines()[-25:]))
+    said = [line.strip() for line in failed.output.splitlines() if "error" in line.lower()]
+    print("\nthe failing download, as `pulumi up` said it:\n" + "\n".join(said[:8]))
     assert "vllm-broken-pool-download" in failed.output
     job = cluster.get("job", "-n", NAMESPACE, "vllm-broken-download")
     assert any(c["type"] == "Failed" for c in job["status"].get("conditions", [])), job["status"]
@@ -387,7 +388,8 @@ def test_destroy_keeps_the_model_cache_only_when_asked(
 ) -> None:
     stack.destroy()
     claims = {c["metadata"]["name"] for c in cluster.get("pvc", "-n", NAMESPACE)["items"]}
-    assert claims == {"e2e-cache-chat", "e2e-cache-embed"}, claims
+    # Every pool's cache is kept (hfCache.keepOnDestroy), the removed broken pool's too.
+    assert claims == {"e2e-cache-chat", "e2e-cache-embed", "e2e-cache-broken"}, claims
     assert pods(cluster, "app.kubernetes.io/part-of=vllm-nginx") == []
     assert cluster.get("services", "-n", NAMESPACE)["items"] == []
     # Up again on the kept claims, then destroy without keeping: nothing is left.

@@ -246,6 +246,7 @@ class KubernetesPool(pulumi.ComponentResource):
                 replicas=len(plan.replicas),
                 # Every replica at once, as on Docker; updates still go one pod at a time.
                 pod_management_policy="Parallel",
+                min_ready_seconds=plan.min_ready_seconds,
                 selector=meta.LabelSelectorArgs(match_labels=selector),
                 template=core.PodTemplateSpecArgs(
                     metadata=meta.ObjectMetaArgs(labels=selector),

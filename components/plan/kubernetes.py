@@ -132,6 +132,9 @@ class KubePoolPlan:
     pre_stop: tuple[str, ...]
     """The replica's `preStop` command: unready, then wait for the Services to drop it."""
     termination_grace_seconds: int
+    min_ready_seconds: int
+    """How long a new pod must be ready before the next is replaced: until nginx, which
+    counted it failed while it was away, tries it again (`failWindowSeconds`)."""
     create_timeout_seconds: int
     """How long `pulumi up` waits for a new pool's pods to be ready (the load)."""
     update_timeout_seconds: int
@@ -316,9 +319,17 @@ def _pool(settings: Settings, base: Plan, pool: str, prefix: str) -> KubePoolPla
         pre_stop=("sh", "-c", f"touch {STOP_FILE} && sleep {pre_stop}"),
         # The hook, then vLLM's drain (shutdownTimeoutSeconds) within stopGraceSeconds.
         termination_grace_seconds=pre_stop + settings.stop_grace_seconds,
+        # nginx's fail_timeout after the pod's last refusal, plus kube-proxy's sync.
+        min_ready_seconds=settings.load_balancer.fail_window_seconds + 3,
         create_timeout_seconds=settings.ready_timeout_seconds + 60,
         update_timeout_seconds=len(mine)
-        * (settings.ready_timeout_seconds + pre_stop + settings.stop_grace_seconds)
+        * (
+            settings.ready_timeout_seconds
+            + pre_stop
+            + settings.stop_grace_seconds
+            + settings.load_balancer.fail_window_seconds
+            + 3
+        )
         + 60,
         compile_cache=base.compile_cache is not None,
     )
