@@ -60,6 +60,9 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "e2e-mon-key-123"
+# Named API keys (docs/api-keys.md): half the traffic comes with team-a's, and
+# team-b's limit of one request a minute gives the 429 panel its data.
+NAMED_KEYS = {"team-a": "e2e-mon-team-a-key-456", "team-b": "e2e-mon-team-b-key-789"}
 GRAFANA_PASSWORD = "e2e-mon-grafana-pw"
 LB = "http://127.0.0.1:18780"
 PROMETHEUS = "http://127.0.0.1:18790"
@@ -123,6 +126,11 @@ class Deployment(Deployed):
         return str(self.client.containers.get(name).id)
 
 
+def _set_named_keys(stack: Any) -> None:
+    for name, key in NAMED_KEYS.items():
+        stack.run("config", "set", "--secret", "--path", f"apiKeys.{name}.key", input=key)
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     client = docker_client()
@@ -134,16 +142,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         client,
         tmp_path_factory.mktemp("e2e-mon"),
         "ci",
-        monitoring_config(base, monitoring),
+        {**monitoring_config(base, monitoring), "apiKeys": {"team-b": {"requestsPerMinute": 1}}},
         clean=remove_deployment,
         secrets={"apiKey": API_KEY, "grafanaPassword": GRAFANA_PASSWORD},
         kind=Deployment,
+        before_up=_set_named_keys,
     ) as deployed:
         yield deployed
 
 
-def _load(stop_at: float, errors: list[str]) -> None:
-    client = openai.OpenAI(base_url=f"{LB}/v1", api_key=API_KEY, max_retries=0, timeout=30)
+def _load(stop_at: float, errors: list[str], key: str = API_KEY) -> None:
+    client = openai.OpenAI(base_url=f"{LB}/v1", api_key=key, max_retries=0, timeout=30)
     turn = 0
     while time.monotonic() < stop_at:
         turn += 1
@@ -166,13 +175,23 @@ def _load(stop_at: float, errors: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def traffic(deployment: Deployment) -> float:
-    """Eight seconds of streamed and whole chats from six clients, plus one 401."""
+    """Eight seconds of streamed and whole chats from six clients (three with the
+    operator's key, three with team-a's), plus one 401 and one 429 (team-b's)."""
     errors: list[str] = []
     stop_at = time.monotonic() + 8
-    workers = [threading.Thread(target=_load, args=(stop_at, errors)) for _ in range(6)]
+    keys = [API_KEY, NAMED_KEYS["team-a"]] * 3
+    workers = [threading.Thread(target=_load, args=(stop_at, errors, key)) for key in keys]
     for worker in workers:
         worker.start()
     assert httpx.get(f"{LB}/v1/models").status_code == 401
+    team_b = openai.OpenAI(
+        base_url=f"{LB}/v1", api_key=NAMED_KEYS["team-b"], max_retries=0, timeout=30
+    )
+    team_b.chat.completions.create(
+        model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    with pytest.raises(openai.RateLimitError):
+        team_b.models.list()
     for worker in workers:
         worker.join()
     assert not errors, errors
@@ -278,9 +297,9 @@ def test_grafana_gets_datasource_dashboard_and_password(deployment: Deployment) 
 def test_secrets_stay_secret(deployment: Deployment) -> None:
     stack = deployment.stack
     stack_file = stack.stack_file.read_text()
-    assert stack_file.count("secure:") == 2
+    assert stack_file.count("secure:") == 2 + len(NAMED_KEYS)
     events = "\n".join(p.read_text() for p in stack.logs.glob("*.events.jsonl"))
-    for secret in (GRAFANA_PASSWORD, API_KEY):
+    for secret in (GRAFANA_PASSWORD, API_KEY, *NAMED_KEYS.values()):
         assert secret not in stack_file
         assert secret not in stack.state()
         # What the CLI printed and its event logs (which carry every step's inputs).
@@ -304,6 +323,8 @@ def test_secrets_stay_secret(deployment: Deployment) -> None:
         env = " ".join(container.attrs["Config"]["Env"] or [])
         assert GRAFANA_PASSWORD not in env and API_KEY not in env
         assert GRAFANA_PASSWORD not in container.logs().decode()
+        for key in NAMED_KEYS.values():
+            assert key not in json.dumps(container.attrs) and key not in container.logs().decode()
 
 
 def test_a_second_preview_changes_nothing(deployment: Deployment) -> None:
