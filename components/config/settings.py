@@ -300,10 +300,13 @@ class Settings(ConfigModel):
 
     @property
     def load_balancer_host(self) -> HostSettings | None:
-        """The host nginx runs on: 'loadBalancer.host', else the first (None: one host)."""
+        """The host nginx runs on: 'loadBalancer.host', else the standby's first, else the
+        first host (None: one host)."""
         if self.hosts is None:
             return None
-        wanted = self.load_balancer.host or self.hosts[0].name
+        standby = self.load_balancer.standby
+        first = standby.hosts[0] if standby is not None and standby.hosts else None
+        wanted = self.load_balancer.host or first or self.hosts[0].name
         return next((h for h in self.hosts if h.name == wanted), self.hosts[0])
 
     def placements(self) -> tuple[Placement, ...]:

@@ -58,6 +58,7 @@ from components.plan.model import (
     host_tls_secret,
 )
 from components.plan.monitoring import build_monitoring_plan
+from components.plan.standby import build_standby_plan
 from components.steps.engine import DOCKER_TLS_SECRET_ENV
 
 
@@ -204,8 +205,9 @@ def _replica(settings: Settings, pool: Pool, index: int, at: Placement) -> Repli
     bind_address, public_host, route = settings.bind_address, settings.public_host, None
     if at.host is not None:
         bind_address, public_host = at.host.publish_address, at.host.address
-        if at.host is not settings.load_balancer_host:
+        if at.host is not settings.load_balancer_host or settings.load_balancer.standby:
             # Another engine: nginx reaches it where it is published, not by name.
+            # With a standby balancer every replica: both run the same config.
             route = Upstream(host=at.host.address, port=host_port)
     return ReplicaPlan(
         index=index,
@@ -660,11 +662,14 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     lb_host = settings.load_balancer_host
     public_host = lb_host.address if lb_host is not None else settings.public_host
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
+    if lb.standby is not None and settings.hosts is not None:
+        vip = lb.standby.virtual_address.split("/")[0]
+        lb_url = f"{scheme}://{vip}:{lb.port}"
     hosts = _hosts(settings, replicas, project_dir, python)
     rollouts = _rollouts(settings, replicas, lb.name, python)
     cache = settings.hf_cache
     compile_cache = settings.compile_cache
-    return Plan(
+    plan = Plan(
         network=settings.network_name,
         cache=CachePlan(
             volume=cache.volume,
@@ -724,3 +729,4 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         pools=pools,
         pool_keys=tuple((pool.name, pool.prefix) for pool in settings.pools()),
     )
+    return replace(plan, standby=build_standby_plan(settings, lb.name, scheme, plan.verify))

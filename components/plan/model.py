@@ -12,10 +12,13 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from components.config.sections import Upstream
 from components.plan.monitoring import MonitoringPlan
+
+if TYPE_CHECKING:
+    from components.plan.standby import StandbyPlan
 
 VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
@@ -479,3 +482,5 @@ class Plan:
     canaries: tuple[CanaryPlan, ...] = ()
     """One canary step per rollout with a second wave (each pool's own); none
     with `rollout.canarySeconds` 0."""
+    standby: StandbyPlan | None = None
+    """With 'loadBalancer.standby': the second balancer and both keepalived (plan/standby.py)."""
