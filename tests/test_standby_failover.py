@@ -25,14 +25,15 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
+import httpx
 import openai
 import pytest
+from docker.models.containers import Container
 
 from components.config.loading import parse_settings
 from components.plan.build import build_plan
@@ -40,7 +41,7 @@ from components.plan.model import Plan
 from tests.support.docker_engine import base_image, docker_client, keepalived_image, standin_image
 from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
 from tests.support.netns_lan import addresses_in, netns_lan
-from tests.support.streaming_load import streaming_load
+from tests.support.streaming_load import Stream, streaming_load
 
 pytestmark = pytest.mark.docker
 
@@ -79,10 +80,10 @@ def standby_config(one: NetnsHost, two: NetnsHost, base: str, standin: str) -> d
             },
         },
     }
-    return {k: json.dumps(v) if isinstance(v, dict) else v for k, v in config.items()}
+    return {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in config.items()}
 
 
-def _put(container: docker.models.containers.Container, path: str, text: str) -> None:
+def _put(container: Container, path: str, text: str) -> None:
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
         raw = text.encode()
@@ -143,7 +144,7 @@ def holder(one: NetnsHost, two: NetnsHost) -> str | None:
     return held[0] if held else None
 
 
-def wait_for(what: str, check, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -184,7 +185,7 @@ def prober(url: str) -> Iterator[list[Probe]]:
         thread.join(timeout=10)
 
 
-def figures(label: str, at: float, streams, probes: list[Probe]) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def figures(label: str, at: float, streams: list[Stream], probes: list[Probe]) -> dict[str, float]:
     in_flight = [s for s in streams if s.started < at < s.finished]
     cut = [s for s in in_flight if not s.whole]
     after = [s for s in streams if s.started >= at]
@@ -206,14 +207,43 @@ def figures(label: str, at: float, streams, probes: list[Probe]) -> dict[str, fl
     return result
 
 
-def test_standby_takes_over_when_the_active_engine_stops_and_gives_back_only_when_asked() -> None:
+def measure(
+    label: str, url: str, action: Callable[[], object], until: Callable[[], bool]
+) -> dict[str, float]:
+    """Under streaming load and the prober: `action`, then wait until `until` holds."""
+    with (
+        streaming_load(url, "none", workers=6, tokens=TOKENS) as streams,
+        prober(url) as probes,
+    ):
+        time.sleep(3)
+        at = time.monotonic()
+        action()
+        wait_for(label, until)
+        time.sleep(6)
+    result = figures(label, at, streams, probes)
+    assert result["probes_after"] > result["probes_failed"], "nothing served after it"
+    late = [s for s in streams if s.started >= at + 4]
+    assert late and all(s.whole for s in late), [s.error for s in late if not s.whole][:3]
+    return result
+
+
+def stays_on(name: str, one: NetnsHost, two: NetnsHost, seconds: float = 10) -> None:
+    """3 advertisement intervals and skew is when a BACKUP claims the address: 10 s is more."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert holder(one, two) == name, f"the address left {name}"
+        time.sleep(0.2)
+
+
+def test_standby_takes_over_and_gives_back_only_when_asked() -> None:
     machine = docker_client()
     base, standin, vrrp = base_image(machine), standin_image(machine), keepalived_image(machine)
     with netns_hosts(2) as (one, two), netns_lan((one, two)):
         for host in (one, two):
             load_images(host, base, standin, vrrp)
         plan = build_plan(parse_settings(standby_config(one, two, base, standin)), project_dir=ROOT)
-        assert plan.standby is not None
+        standby = plan.standby
+        assert standby is not None
         url = plan.load_balancer.url
         assert url == f"http://{VIP}:{LB_PORT}"
         for index, host in enumerate((one, two)):
@@ -221,84 +251,57 @@ def test_standby_takes_over_when_the_active_engine_stops_and_gives_back_only_whe
         # The first listed host wins the first election (priority 150 against 100).
         wait_for(f"{VIP} on {one.name}", lambda: holder(one, two) == one.name)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=10)
-        wait_for(
-            "a request through the floating address",
-            lambda: _ok(client),
-        )
+        wait_for("a request through the floating address", lambda: _ok(client))
+        on_one = lambda: holder(one, two) == one.name  # noqa: E731
+        on_two = lambda: holder(one, two) == two.name  # noqa: E731
+        lb, vrrp_name = plan.load_balancer.name, standby.balancers[0].keepalived_name
 
-        with (
-            streaming_load(url, "none", workers=6, tokens=TOKENS) as streams,
-            prober(url) as probes,
-        ):
-            time.sleep(4)
-            stopped_at = time.monotonic()
-            one.stop_engine()
-            wait_for(f"{VIP} on {two.name}", lambda: holder(one, two) == two.name)
-            time.sleep(8)
-        failover = figures("failover (host one's dockerd stopped)", stopped_at, streams, probes)
-        assert (
-            failover["seconds_until_new_requests_succeed"]
-            == failover["seconds_until_new_requests_succeed"]
-        ), "no request succeeded through the floating address after the failover"
-        assert failover["streams_started_after"] > 0
-        # Whatever was in flight on host one may be cut; what came after must not fail
-        # once the address moved (new streams during the move are counted, not judged).
-        late = [s for s in streams if s.started >= stopped_at + 3]
-        assert late and all(s.whole for s in late), [s.error for s in late if not s.whole][:3]
+        # Every replica down: /health answers 503 on both balancers, nginx still answers,
+        # so the address stays where it is (moving it would not help).
+        for index, host in enumerate((one, two)):
+            host.client().containers.get(plan.replicas[index].name).stop(timeout=0)
+        wait_for("/health 503", lambda: httpx.get(f"{url}/health", timeout=2).status_code == 503)
+        stays_on(one.name, one, two)
+        print("\npool down: /health 503 through the address, the address stayed on host one")
+        for index, host in enumerate((one, two)):
+            host.client().containers.get(plan.replicas[index].name).start()
+        wait_for("replicas back", lambda: _ok(client))
 
-        # Host one comes back: its containers restart, its keepalived sees host two as
-        # master and, with nopreempt, stays BACKUP although its priority is higher.
+        # nginx alone fails on host one: its keepalived's check fails, it gives the address up.
+        nginx_one = one.client().containers.get(lb)
+        measure("nginx stopped on host one", url, nginx_one.stop, on_two)
+        nginx_one.start()
+        stays_on(two.name, one, two)
+        print("no flap: nginx on host one back, the address stayed on host two")
+        # The operator asks for it back: restart the holder's keepalived, which sends
+        # priority 0 as it stops, and host one (BACKUP, priority 150) takes over.
+        keepalived_two = two.client().containers.get(vrrp_name)
+        measure("hand back (host two's keepalived restarted)", url, keepalived_two.restart, on_one)
+
+        # What issue 27 asks: host one's engine stops (its nginx, replica and keepalived).
+        measure("failover (host one's dockerd stopped)", url, one.stop_engine, on_two)
         one.start_engine()
-        with streaming_load(url, "none", workers=4, tokens=TOKENS) as streams2:
-            wait_for(
-                "host one's keepalived up again",
-                lambda: any(
-                    c.name == plan.standby.balancers[0].keepalived_name  # type: ignore[union-attr]
-                    and c.status == "running"
-                    for c in one.client().containers.list()
-                ),
-            )
-            # 3 advertisement intervals + skew is when a BACKUP would claim it: wait 10.
-            for _ in range(50):
-                assert holder(one, two) == two.name, "the address flapped back to host one"
-                time.sleep(0.2)
-        assert all(s.whole for s in streams2), [s.error for s in streams2 if not s.whole][:3]
-        print(f"\nno flap: {len(streams2)} streams while host one came back, 0 failed")
-
-        # The operator asks for it back: restart host two's keepalived, which on
-        # stopping sends priority 0 and lets host one (BACKUP, priority 150) take over.
-        with (
-            streaming_load(url, "none", workers=6, tokens=TOKENS) as streams3,
-            prober(url) as probes3,
-        ):
-            time.sleep(3)
-            asked_at = time.monotonic()
-            two.client().containers.get(plan.standby.balancers[1].keepalived_name).restart()
-            wait_for(f"{VIP} back on {one.name}", lambda: holder(one, two) == one.name)
-            time.sleep(6)
-        handback = figures(
-            "hand back (host two's keepalived restarted)", asked_at, streams3, probes3
+        wait_for(
+            "host one's keepalived running again",
+            lambda: one.client().containers.get(vrrp_name).status == "running",
         )
-        assert (
-            handback["seconds_until_new_requests_succeed"]
-            == handback["seconds_until_new_requests_succeed"]
-        )
-        assert holder(one, two) == one.name
+        stays_on(two.name, one, two)
+        print("no flap: host one's engine back, the address stayed on host two")
+        keepalived_two = two.client().containers.get(vrrp_name)
+        measure("hand back again", url, keepalived_two.restart, on_one)
 
         # The machine itself goes away (no goodbye): host one's links go down, so its
         # advertisements stop; host two claims the address after 3 intervals and skew.
-        with (
-            streaming_load(url, "none", workers=6, tokens=TOKENS) as streams4,
-            prober(url) as probes4,
-        ):
-            time.sleep(3)
-            lost_at = time.monotonic()
+        def lose_host_one() -> None:
             for link in (f"{one.name}-n", "lan0"):
                 _in(one, "ip", "link", "set", link, "down")
-            wait_for(f"{VIP} on {two.name}", lambda: f" {VIP}/" in addresses_in(two))
-            time.sleep(8)
-        figures("machine lost (host one's links down)", lost_at, streams4, probes4)
-        assert any(p.ok for p in probes4 if p.started > lost_at)
+
+        measure(
+            "machine lost (host one's links down)",
+            url,
+            lose_host_one,
+            lambda: f" {VIP}/" in addresses_in(two),
+        )
 
 
 def _in(host: NetnsHost, *argv: str) -> None:
