@@ -169,3 +169,14 @@ def test_program_declares_second_nginx_and_keepalived_on_their_hosts() -> None:
     assert "http://10.0.0.100:8000" in commands["vllm-verify"].inputs["create"]
     types = {d.type for d in run.declared}
     assert "vllm-nginx:index:Standby" in types
+
+
+def test_check_prints_both_balancers() -> None:
+    from components.cli.check import _standby_lines
+
+    plan = build_plan(parse_settings(raw(loadBalancer={"standby": STANDBY})), project_dir=ROOT)
+    (line,) = _standby_lines(plan)
+    assert (
+        "10.0.0.100/24 floats" in line and "gpu-a (http://10.0.0.11:8000, holds it first)" in line
+    )
+    assert _standby_lines(build_plan(parse_settings(raw()), project_dir=ROOT)) == []
