@@ -208,18 +208,26 @@ def figures(label: str, at: float, streams: list[Stream], probes: list[Probe]) -
 
 
 def measure(
-    label: str, url: str, action: Callable[[], object], until: Callable[[], bool]
+    label: str,
+    url: str,
+    action: Callable[[], object],
+    until: Callable[[], bool],
+    stream_timeout: float = 60,
 ) -> dict[str, float]:
-    """Under streaming load and the prober: `action`, then wait until `until` holds."""
+    """Under streaming load and the prober: `action`, then wait until `until` holds.
+
+    A machine that vanishes sends no reset: its streams hang until the client's
+    timeout (`stream_timeout`), and only then do those clients start new ones.
+    """
     with (
-        streaming_load(url, "none", workers=6, tokens=TOKENS) as streams,
+        streaming_load(url, "none", workers=6, tokens=TOKENS, timeout=stream_timeout) as streams,
         prober(url) as probes,
     ):
         time.sleep(3)
         at = time.monotonic()
         action()
         wait_for(label, until)
-        time.sleep(6)
+        time.sleep(6 + (stream_timeout if stream_timeout < 60 else 0))
     result = figures(label, at, streams, probes)
     assert result["probes_after"] > result["probes_failed"], "nothing served after it"
     late = [s for s in streams if s.started >= at + 4]
@@ -301,6 +309,7 @@ def test_standby_takes_over_and_gives_back_only_when_asked() -> None:
             url,
             lose_host_one,
             lambda: f" {VIP}/" in addresses_in(two),
+            stream_timeout=8,
         )
 
 
