@@ -186,23 +186,33 @@ def prober(url: str) -> Iterator[list[Probe]]:
 
 
 def figures(label: str, at: float, streams: list[Stream], probes: list[Probe]) -> dict[str, float]:
+    """What a step cost, from the moment `at` it was taken (printed; the docs quote it).
+
+    The outage is until the first probe that succeeded after the last one that
+    failed. New streams are told apart by what ended them: refused or timed out
+    before a token (the address had not moved yet), cut part way, or answered
+    `finish_reason: abort` by a replica that was stopping (not the balancer's doing).
+    """
     in_flight = [s for s in streams if s.started < at < s.finished]
-    cut = [s for s in in_flight if not s.whole]
     after = [s for s in streams if s.started >= at]
-    failed_after = [s for s in after if not s.whole]
-    back = next((p.started for p in probes if p.started >= at and p.ok), None)
-    failed_probes = [p for p in probes if p.started >= at and not p.ok]
+    later = [p for p in probes if p.started >= at]
+    failed = [i for i, p in enumerate(later) if not p.ok]
+    back = next((p.started for p in later[failed[-1] + 1 :] if p.ok), None) if failed else at
     result = {
-        "seconds_until_new_requests_succeed": round(back - at, 2) if back else float("nan"),
+        "outage_seconds": round(back - at, 2) if back is not None else float("nan"),
+        "probes": len(later),
+        "probes_failed": len(failed),
         "streams_in_flight": len(in_flight),
-        "streams_cut": len(cut),
-        "streams_started_after": len(after),
-        "streams_failed_after": len(failed_after),
-        "probes_failed": len(failed_probes),
-        "probes_after": len([p for p in probes if p.started >= at]),
+        "streams_in_flight_cut": len([s for s in in_flight if not s.whole]),
+        "new_streams": len(after),
+        "new_streams_no_token": len([s for s in after if s.error and not s.tokens]),
+        "new_streams_cut": len([s for s in after if s.error and s.tokens]),
+        "new_streams_aborted_by_replica": len(
+            [s for s in after if not s.error and s.finish_reason == "abort"]
+        ),
     }
     print(f"\n{label}: {json.dumps(result)}")
-    for s in cut[:3] + failed_after[:3]:
+    for s in [s for s in in_flight if not s.whole][:2] + [s for s in after if not s.whole][:3]:
         print(f"  {s.tokens}/{s.expected} tokens, finish {s.finish_reason!r}, error {s.error}")
     return result
 
@@ -229,7 +239,7 @@ def measure(
         wait_for(label, until)
         time.sleep(6 + (stream_timeout if stream_timeout < 60 else 0))
     result = figures(label, at, streams, probes)
-    assert result["probes_after"] > result["probes_failed"], "nothing served after it"
+    assert result["outage_seconds"] == result["outage_seconds"], "nothing served after it"
     late = [s for s in streams if s.started >= at + 4]
     assert late and all(s.whole for s in late), [s.error for s in late if not s.whole][:3]
     return result
