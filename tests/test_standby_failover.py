@@ -6,7 +6,7 @@ Two test hosts (`dockerd`s in network namespaces) on one Ethernet segment
 rendered nginx.conf, and keepalived (Debian's, `scripts/base-image.sh
 --keepalived`) with its rendered keepalived.conf: real VRRP between them.
 Clients stream through the floating address with the official `openai`
-client (no retries) while a prober sends short requests.
+client (no retries) while a prober asks nginx's /health there, one at a time.
 
 Host one's engine is stopped under that load. Printed (run with `-s`): the
 time until a new request succeeds through the address, requests failed,
@@ -160,21 +160,23 @@ class Probe:
 
 @contextmanager
 def prober(url: str) -> Iterator[list[Probe]]:
-    """Short requests back to back, one at a time, 1 s timeout: when the address serves."""
+    """nginx's /health at the address, one at a time, 1 s timeout: any answer (200, or 503
+    with a pool down) means a balancer holds the address and serves it. The streams say
+    what clients got end to end."""
     probes: list[Probe] = []
     stop = threading.Event()
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=1.0)
 
     def run() -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                client.completions.create(model="tiny-chat", prompt="hi", max_tokens=1)
-                ok = True
-            except Exception:
-                ok = False
-            probes.append(Probe(started, ok))
-            time.sleep(0.05)
+        with httpx.Client(timeout=1.0) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    client.get(f"{url}/health")
+                    ok = True
+                except httpx.HTTPError:
+                    ok = False
+                probes.append(Probe(started, ok))
+                time.sleep(0.05)
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -188,10 +190,11 @@ def prober(url: str) -> Iterator[list[Probe]]:
 def figures(label: str, at: float, streams: list[Stream], probes: list[Probe]) -> dict[str, float]:
     """What a step cost, from the moment `at` it was taken (printed; the docs quote it).
 
-    The outage is until the first probe that succeeded after the last one that
-    failed. New streams are told apart by what ended them: refused or timed out
-    before a token (the address had not moved yet), cut part way, or answered
-    `finish_reason: abort` by a replica that was stopping (not the balancer's doing).
+    The outage lasts until the first probe answered after the last one that was
+    not; then when the first new stream that came back whole began. New streams
+    are told apart by what ended them: refused or timed out before a token, cut
+    part way, or answered `finish_reason: abort` by a replica that was stopping
+    (not the balancer's doing).
     """
     in_flight = [s for s in streams if s.started < at < s.finished]
     after = [s for s in streams if s.started >= at]
@@ -200,6 +203,9 @@ def figures(label: str, at: float, streams: list[Stream], probes: list[Probe]) -
     back = next((p.started for p in later[failed[-1] + 1 :] if p.ok), None) if failed else at
     result = {
         "outage_seconds": round(back - at, 2) if back is not None else float("nan"),
+        "first_whole_new_stream_after_seconds": round(
+            min((s.started for s in after if s.whole), default=float("nan")) - at, 2
+        ),
         "probes": len(later),
         "probes_failed": len(failed),
         "streams_in_flight": len(in_flight),
