@@ -4,6 +4,7 @@
 #   scripts/base-image.sh                 # make the image unless `docker image inspect` finds it
 #   scripts/base-image.sh --force         # throw away the cached rootfs and the image, make both again
 #   scripts/base-image.sh --monitoring    # the monitoring image instead (see below); --force too
+#   scripts/base-image.sh --keepalived    # the standby balancers' VRRP image (see below); --force too
 #
 # Why: no container registry is reachable here, so `FROM nginx` / `FROM python`
 # cannot work. The images of this project (the nginx load balancer and the vLLM
@@ -27,12 +28,14 @@ log() { printf 'base-image: %s\n' "$*" >&2; }
 
 FORCE=0
 MONITORING=0
+KEEPALIVED=0
 for arg in "$@"; do
     case "$arg" in
     --force) FORCE=1 ;;
     --monitoring) MONITORING=1 ;;
+    --keepalived) KEEPALIVED=1 ;;
     *)
-        echo "usage: $0 [--force] [--monitoring]" >&2
+        echo "usage: $0 [--force] [--monitoring | --keepalived]" >&2
         exit 2
         ;;
     esac
@@ -42,9 +45,14 @@ done
 # prom/prometheus in the offline tests (no registry here to pull the official one).
 # A separate image and rootfs, so the base image's cache key and contents stay as
 # they are; its own key follows from its own package list.
+# The keepalived image: the same base plus Debian's keepalived (2.2.7), the VRRP daemon
+# of the standby balancers (docs/multi-host.md); curl, already in the base, is its check.
 if ((MONITORING)); then
     TAG="${MONITORING_IMAGE_TAG:-vllm-nginx/monitoring:bookworm}"
     PACKAGES="$PACKAGES,prometheus"
+elif ((KEEPALIVED)); then
+    TAG="${KEEPALIVED_IMAGE_TAG:-vllm-nginx/keepalived:bookworm}"
+    PACKAGES="$PACKAGES,keepalived"
 else
     TAG="${BASE_IMAGE_TAG:-vllm-nginx/base:bookworm}"
 fi
@@ -58,7 +66,7 @@ if [[ $EUID -ne 0 ]]; then
         exit 1
     fi
     log "not root: running again through sudo"
-    exec sudo --preserve-env=BASE_IMAGE_TAG,MONITORING_IMAGE_TAG,VLLM_NGINX_CACHE_DIR,DOCKER_HOST,http_proxy,https_proxy,no_proxy \
+    exec sudo --preserve-env=BASE_IMAGE_TAG,MONITORING_IMAGE_TAG,KEEPALIVED_IMAGE_TAG,VLLM_NGINX_CACHE_DIR,DOCKER_HOST,http_proxy,https_proxy,no_proxy \
         bash "$0" "$@"
 fi
 if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then

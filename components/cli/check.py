@@ -86,6 +86,17 @@ def _cache_line(plan: Plan) -> str:
     return f"{where}, {shared}, {kept} on `pulumi destroy`"
 
 
+def _standby_lines(plan: Plan) -> list[str]:
+    """The two balancers behind the floating address, when there is a standby."""
+    if plan.standby is None:
+        return []
+    first, second = plan.standby.balancers
+    return [
+        f"  standby        {plan.standby.virtual_address} floats (VRRP, keepalived) between "
+        f"nginx on {first.host} ({first.url}, holds it first) and {second.host} ({second.url})"
+    ]
+
+
 def _monitoring_lines(plan: Plan) -> list[str]:
     """Where the UIs will be, and what outlives `pulumi destroy`: what a user opens next."""
     monitoring = plan.monitoring
@@ -195,6 +206,7 @@ def describe(settings: Settings, plan: Plan, stack: StackFile) -> list[str]:
         f"  load balancer  {plan.load_balancer.url} ({plan.load_balancer.name}, "
         f"{'by model to its pool' if plan.pools else lb.policy.value}, "
         f"published on {lb.bind_address}:{lb.port})",
+        *_standby_lines(plan),
         *_monitoring_lines(plan),
     ]
     exposed = not lb.bind_address.startswith("127.")

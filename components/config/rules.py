@@ -19,6 +19,7 @@ from components.config.pool_rules import pool_rules
 from components.config.rule import Rule, rule
 from components.config.sections import Backend, is_remote_engine
 from components.config.settings import SHUTDOWN_MARGIN_SECONDS, Settings
+from components.config.standby_rules import standby_rules
 from components.config.values import (
     key_matches_certificate,
 )
@@ -203,6 +204,7 @@ def cross_key_rules(settings: Settings) -> list[Rule]:
     """Every rule that ties several keys together, all broken ones at once."""
     return [
         *host_rules(settings),
+        *standby_rules(settings),
         *pool_rules(settings),
         *_gpu_rules(settings),
         *_cpu_rules(settings),

@@ -30,7 +30,9 @@ from components.config.values import (
     HostPath,
     ImageRef,
     Int,
+    InterfaceName,
     IpAddress,
+    Ipv4Interface,
     LocalPath,
     PemCertificate,
     PemPrivateKey,
@@ -87,6 +89,48 @@ class Upstream(ConfigModel):
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+class StandbySettings(ConfigModel):
+    """Two balancers behind one floating address (VRRP, keepalived): docs/multi-host.md.
+
+    Both start as BACKUP with `nopreempt`, so a balancer that comes back never takes
+    the address from the one serving; the first host listed wins the first election.
+    """
+
+    hosts: tuple[DnsLabel, ...] = Field(
+        description=(
+            "the two hosts (their `name`) that each run nginx and keepalived; the first holds "
+            "the address after the first start"
+        )
+    )
+    virtual_address: Ipv4Interface = Field(
+        description=(
+            "the floating IPv4 address with its prefix (`10.0.0.100/24`), free on the hosts' "
+            "shared network; clients use it"
+        )
+    )
+    interface: InterfaceName = Field(
+        "eth0",
+        description="the balancer hosts' interface on that network (VRRP and the address)",
+    )
+    router_id: Annotated[Int, Field(ge=1, le=255)] = Field(
+        51,
+        description="VRRP `virtual_router_id`: unique among VRRP groups on that network",
+    )
+    advert_seconds: Annotated[Int, Field(ge=1, le=10)] = Field(
+        1,
+        description=(
+            "VRRP advertisement interval; a dead machine is noticed after about 3 of them"
+        ),
+    )
+    image: ImageRef = Field(
+        "vllm-nginx/keepalived:bookworm",
+        description=(
+            "image with Debian's keepalived and curl, present on both hosts "
+            "(`scripts/base-image.sh --keepalived`)"
+        ),
+    )
 
 
 class LoadBalancerSettings(ConfigModel):
@@ -190,6 +234,13 @@ class LoadBalancerSettings(ConfigModel):
         None, description=("with `hosts`: the host (its `name`) nginx runs on; default the first")
     )
     """With 'hosts': the host (by name) nginx runs on; the first host by default."""
+    standby: StandbySettings | None = Field(
+        None,
+        description=(
+            "with `hosts`: nginx on two hosts behind a floating address, the second taking "
+            "over when the first's machine, engine or nginx fails (docs/multi-host.md)"
+        ),
+    )
 
 
 class CpuSettings(ConfigModel):

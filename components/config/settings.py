@@ -331,11 +331,13 @@ class Settings(ConfigModel):
 
     @property
     def load_balancer_host(self) -> HostSettings | None:
-        """The 'hosts' entry nginx runs on: 'loadBalancer.host', else the first (None
-        without 'hosts'; see `engines`)."""
+        """The 'hosts' entry nginx runs on: 'loadBalancer.host', else the standby's first,
+        else the first (None without 'hosts'; see `engines`)."""
         if self.hosts is None:
             return None
-        wanted = self.load_balancer.host or self.hosts[0].name
+        standby = self.load_balancer.standby
+        first = standby.hosts[0] if standby is not None and standby.hosts else None
+        wanted = self.load_balancer.host or first or self.hosts[0].name
         return next((h for h in self.hosts if h.name == wanted), self.hosts[0])
 
     def engines(self) -> tuple[Engine, ...]:

@@ -144,6 +144,36 @@ def ip_address(value: str) -> str:
     return value
 
 
+def ipv4_interface(value: str) -> str:
+    """A floating address with its prefix, as keepalived's `virtual_ipaddress` and `ip addr`
+    take it: a host of its network, so neither the network's own address nor its broadcast."""
+    example = "such as 10.0.0.100/24"
+    if "/" not in value:
+        raise ValueError(f"must be an IPv4 address with its prefix length, {example}")
+    try:
+        iface = ipaddress.IPv4Interface(value)
+    except ValueError as err:
+        raise ValueError(f"must be an IPv4 address with its prefix length, {example}") from err
+    net = iface.network
+    if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
+        raise ValueError(f"is the network's own or broadcast address, not a host's: {example}")
+    if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
+        raise ValueError(f"must be an address other machines reach, {example}")
+    return value
+
+
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+
+
+def interface_name(value: str) -> str:
+    """A Linux network interface name: at most 15 characters (IFNAMSIZ), no '/' or space."""
+    if not _INTERFACE.fullmatch(value) or value in {".", ".."}:
+        raise ValueError(
+            "must be a network interface name such as eth0: up to 15 letters, digits, '_', '-', '.'"
+        )
+    return value
+
+
 def url_path(value: str) -> str:
     if not _URL_PATH.fullmatch(value) or "//" in value or ".." in value:
         raise ValueError("must be a URL path such as /metrics: '/', letters, digits, '.', '_', '-'")
@@ -371,6 +401,8 @@ HostName = Annotated[str, AfterValidator(host_name)]
 HostPath = Annotated[str, AfterValidator(host_path)]
 LocalPath = Annotated[str, AfterValidator(local_path)]
 IpAddress = Annotated[str, AfterValidator(ip_address)]
+Ipv4Interface = Annotated[str, AfterValidator(ipv4_interface)]
+InterfaceName = Annotated[str, AfterValidator(interface_name)]
 HeaderName = Annotated[str, AfterValidator(header_name)]
 EnvName = Annotated[str, AfterValidator(env_name)]
 BuildArgName = Annotated[str, AfterValidator(build_arg_name)]

@@ -22,6 +22,7 @@ from components.deployment.balancer import LoadBalancer, LoadBalancerArgs
 from components.deployment.engine import Engine, EngineArgs
 from components.deployment.monitoring import Monitoring, MonitoringArgs
 from components.deployment.pool import DownloadKey, EngineParts, Pool, PoolArgs
+from components.deployment.standby import Standby, standby_component
 from components.lb.keys import render_key_file
 from components.lb.nginx_conf import render_api_key_map
 from components.plan.build import build_plan
@@ -172,30 +173,31 @@ class VllmCluster(pulumi.ComponentResource):
             lb_after.append(self.monitoring.lb_exporter)
 
         lb = plan.load_balancer
-        self.balancer = LoadBalancer(
-            f"{name}-balancer",
-            LoadBalancerArgs(
-                plan=lb,
-                verify=plan.verify,
-                restart_policy=plan.restart_policy,
-                network=self.network,
-                provider=lb_host.provider,
-                engine_environment=lb_environment,
-                verify_environment={
-                    **{key: self._secrets[key] for key in plan.verify.secret_env},
-                    **self._default_environment(),
-                },
-                secrets=self._secrets,
-                starts_after=lb_after,
-                reloads_after=[*(r for p in self.pools for r in p.rotations), *checks],
-                replica_ids=[c.id for c in self.replicas],
-                exporter=self.monitoring.lb_exporter if self.monitoring is not None else None,
-                project_dir=self._args.project_dir,
-                moved_from=self,
-                names=name,
-            ),
-            opts=child,
+        lb_args = LoadBalancerArgs(
+            plan=lb,
+            # With a standby, each balancer is verified at its own address.
+            verify=plan.verify if plan.standby is None else plan.standby.balancers[0].verify,
+            restart_policy=plan.restart_policy,
+            network=self.network,
+            provider=lb_host.provider,
+            engine_environment=lb_environment,
+            verify_environment={
+                **{key: self._secrets[key] for key in plan.verify.secret_env},
+                **self._default_environment(),
+            },
+            secrets=self._secrets,
+            starts_after=lb_after,
+            reloads_after=[*(r for p in self.pools for r in p.rotations), *checks],
+            replica_ids=[c.id for c in self.replicas],
+            exporter=self.monitoring.lb_exporter if self.monitoring is not None else None,
+            project_dir=self._args.project_dir,
+            moved_from=self,
+            names=name,
         )
+        self.balancer = LoadBalancer(f"{name}-balancer", lb_args, opts=child)
+        self.standby: Standby | None = None
+        if plan.standby is not None:
+            self.standby = standby_component(name, plan, self.balancer, lb_args, engines, child)
         self.load_balancer = self.balancer.container
         self.lb_config = self.balancer.config
         self.verify = self.balancer.verify

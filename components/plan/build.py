@@ -69,6 +69,7 @@ from components.plan.specs import (
     VerifySpec,
     WatchedReplica,
 )
+from components.plan.standby import build_standby_plan
 from components.steps.engine import DOCKER_TLS_SECRET_ENV
 
 
@@ -216,7 +217,10 @@ def _replica(
     hc = settings.health_check
     bind_address, public_host = engine.publish_address, engine.address
     # Another engine than nginx's: nginx reaches it where it is published, not by name.
-    route = None if engine.runs_load_balancer else Upstream(host=public_host, port=host_port)
+    # With a standby balancer every replica: both balancers run the same config.
+    route = None
+    if not engine.runs_load_balancer or settings.load_balancer.standby is not None:
+        route = Upstream(host=public_host, port=host_port)
     return ReplicaPlan(
         index=index,
         name=at.name,
@@ -639,11 +643,14 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     scheme = "https" if lb.tls else "http"
     public_host = next(e.address for e in engines.values() if e.runs_load_balancer)
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
+    if lb.standby is not None and settings.hosts is not None:
+        vip = lb.standby.virtual_address.split("/")[0]
+        lb_url = f"{scheme}://{vip}:{lb.port}"
     hosts = _hosts(settings, replicas, project_dir, python)
     rollouts = _rollouts(settings, replicas, lb.name, python)
     cache = settings.hf_cache
     compile_cache = settings.compile_cache
-    return Plan(
+    plan = Plan(
         network=settings.network_name,
         cache=CachePlan(
             volume=cache.volume,
@@ -696,3 +703,4 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
         pools=pools,
         pool_keys=tuple((pool.name, pool.prefix) for pool in settings.pools()),
     )
+    return replace(plan, standby=build_standby_plan(settings, lb.name, scheme, plan.verify))

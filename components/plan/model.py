@@ -12,11 +12,15 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from components.config.sections import Upstream
 from components.config.settings import DEFAULT_POOL, LOCAL_ENGINE
 from components.plan.monitoring import MonitoringPlan
 from components.plan.specs import SPEC_ENV, DownloadSpec, FitSpec, encode
+
+if TYPE_CHECKING:
+    from components.plan.standby import StandbyPlan
 
 VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
@@ -406,3 +410,5 @@ class Plan:
     canaries: tuple[CanaryPlan, ...] = ()
     """One canary step per rollout with a second wave (each pool's own); none
     with `rollout.canarySeconds` 0."""
+    standby: StandbyPlan | None = None
+    """With 'loadBalancer.standby': the second balancer and both keepalived (plan/standby.py)."""

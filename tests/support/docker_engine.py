@@ -49,6 +49,9 @@ STANDIN_TAG = os.environ.get("VLLM_NGINX_STANDIN_TAG", "vllm-nginx/standin:test"
 MONITORING_IMAGE_TAG = os.environ.get(
     "VLLM_NGINX_MONITORING_IMAGE", "vllm-nginx/monitoring:bookworm"
 )
+KEEPALIVED_IMAGE_TAG = os.environ.get(
+    "VLLM_NGINX_KEEPALIVED_IMAGE", "vllm-nginx/keepalived:bookworm"
+)
 GRAFANA_STANDIN_TAG = "vllm-nginx/grafana-standin:test"
 #: Label on everything `Scratch` creates, so leftovers of a killed session can be found.
 TEST_LABEL = "vllm-nginx.test"
@@ -114,6 +117,11 @@ def base_image(client: docker.DockerClient) -> str:
 def monitoring_image(client: docker.DockerClient) -> str:
     """The offline base plus Debian's Prometheus; `base-image.sh --monitoring` if missing."""
     return _scripted_image(client, MONITORING_IMAGE_TAG, "MONITORING_IMAGE_TAG", "--monitoring")
+
+
+def keepalived_image(client: docker.DockerClient) -> str:
+    """The offline base plus Debian's keepalived; `base-image.sh --keepalived` if missing."""
+    return _scripted_image(client, KEEPALIVED_IMAGE_TAG, "KEEPALIVED_IMAGE_TAG", "--keepalived")
 
 
 def grafana_standin_image(client: docker.DockerClient) -> str:

@@ -48,8 +48,9 @@ def _stream_forever(
     streams: list[Stream],
     lock: threading.Lock,
     model: str = "tiny-chat",
+    timeout: float = 60,
 ) -> None:
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=timeout)
     while not stop.is_set():
         started = time.monotonic()
         retried = False
@@ -79,15 +80,22 @@ def _stream_forever(
 
 @contextmanager
 def streaming_load(
-    url: str, api_key: str, *, workers: int, tokens: int = 24, model: str = "tiny-chat"
+    url: str,
+    api_key: str,
+    *,
+    workers: int,
+    tokens: int = 24,
+    model: str = "tiny-chat",
+    timeout: float = 60,
 ) -> Iterator[list[Stream]]:
     """`workers` clients streaming back to back until the block ends; the list fills as
-    streams finish (complete once the block has exited). `model` is what they ask for."""
+    streams finish (complete once the block has exited). `model` is what they ask for;
+    `timeout` is the client's (a silent peer holds a stream that long)."""
     streams: list[Stream] = []
     lock, stop = threading.Lock(), threading.Event()
     threads = [
         threading.Thread(
-            target=_stream_forever, args=(url, api_key, tokens, stop, streams, lock, model)
+            target=_stream_forever, args=(url, api_key, tokens, stop, streams, lock, model, timeout)
         )
         for _ in range(workers)
     ]

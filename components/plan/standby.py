@@ -1,0 +1,153 @@
+"""The standby balancer as plain data: per balancer host its keepalived and its URLs.
+
+Both balancers run the one rendered nginx.conf; keepalived (VRRP) moves the
+floating address between them. Why each option is what it is, with the
+keepalived manual's words: docs/multi-host.md#a-standby-balancer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+
+from components.config.settings import Settings
+from components.plan.model import CheckPlan, ImagePlan
+from components.plan.specs import VerifySpec
+
+KEEPALIVED_CONFIG_PATH = "/etc/keepalived/keepalived.conf"
+KEEPALIVED_COMMAND = (
+    "keepalived",
+    "--dont-fork",
+    "--log-console",
+    "--vrrp",
+    "--use-file",
+    KEEPALIVED_CONFIG_PATH,
+)
+"""In the foreground with its log on the console (`docker logs`), VRRP only (no LVS)."""
+KEEPALIVED_CAPABILITIES = ("NET_ADMIN", "NET_BROADCAST", "NET_RAW")
+"""Add and remove the address, send gratuitous ARP, VRRP's raw IP protocol 112."""
+FIRST_PRIORITY, SECOND_PRIORITY = 150, 100
+
+
+@dataclass(frozen=True)
+class BalancerPlan:
+    """One of the two balancers: its host, its own URL and verify step, its keepalived."""
+
+    host: str
+    url: str
+    """nginx at its own host's address: what its verify step checks."""
+    verify: CheckPlan
+    keepalived_name: str
+    priority: int
+    keepalived_config: str
+
+
+@dataclass(frozen=True)
+class StandbyPlan:
+    virtual_address: str
+    """With its prefix, as keepalived adds it."""
+    url: str
+    """The load balancer's URL at the floating address: what clients use."""
+    image: ImagePlan
+    balancers: tuple[BalancerPlan, BalancerPlan]
+    capabilities: tuple[str, ...] = KEEPALIVED_CAPABILITIES
+    command: tuple[str, ...] = KEEPALIVED_COMMAND
+    config_path: str = KEEPALIVED_CONFIG_PATH
+
+
+def render_keepalived_conf(
+    *,
+    host: str,
+    priority: int,
+    interface: str,
+    router_id: int,
+    advert_seconds: int,
+    virtual_address: str,
+    check_url: str,
+) -> str:
+    """keepalived.conf for one balancer; the two differ only in `router_id` and priority.
+
+    The check asks nginx's /health and takes any HTTP answer as alive: 503 (a pool
+    down) is the same on both balancers, so moving the address would not help.
+    """
+    insecure = " --insecure" if check_url.startswith("https:") else ""
+    return f"""! Rendered by vllm-nginx (components/plan/standby.py) for host {host}.
+global_defs {{
+    router_id vllm-nginx-{host}
+    script_user root
+    enable_script_security
+}}
+
+vrrp_script nginx_answers {{
+    script "/usr/bin/curl --silent --output /dev/null --max-time 2{insecure} {check_url}"
+    interval 1
+    timeout 3
+    fall 2
+    rise 2
+}}
+
+vrrp_instance vllm_nginx {{
+    state BACKUP
+    nopreempt
+    interface {interface}
+    virtual_router_id {router_id}
+    priority {priority}
+    advert_int {advert_seconds}
+    virtual_ipaddress {{
+        {virtual_address} dev {interface}
+    }}
+    track_script {{
+        nginx_answers
+    }}
+}}
+"""
+
+
+def build_standby_plan(
+    settings: Settings, lb_name: str, scheme: str, verify: CheckPlan
+) -> StandbyPlan | None:
+    """Each listed host's balancer (the first the higher priority), from validated settings."""
+    standby = settings.load_balancer.standby
+    if standby is None or settings.hosts is None:
+        return None
+    lb = settings.load_balancer
+    vip = ipaddress.IPv4Interface(standby.virtual_address)
+    by_name = {h.name: h for h in settings.hosts}
+    balancers = []
+    for j, name in enumerate(standby.hosts):
+        url = f"{scheme}://{by_name[name].address}:{lb.port}"
+        balancers.append(
+            BalancerPlan(
+                host=name,
+                url=url,
+                verify=replace(
+                    verify,
+                    name=f"verify-{name}",
+                    spec=_with_url(verify.spec, url),
+                ),
+                keepalived_name=f"{lb_name}-vrrp",
+                priority=FIRST_PRIORITY if j == 0 else SECOND_PRIORITY,
+                keepalived_config=render_keepalived_conf(
+                    host=name,
+                    priority=FIRST_PRIORITY if j == 0 else SECOND_PRIORITY,
+                    interface=standby.interface,
+                    router_id=standby.router_id,
+                    advert_seconds=standby.advert_seconds,
+                    virtual_address=standby.virtual_address,
+                    check_url=f"{scheme}://127.0.0.1:{lb.port}/health",
+                ),
+            )
+        )
+    first, second = balancers
+    return StandbyPlan(
+        virtual_address=standby.virtual_address,
+        url=f"{scheme}://{vip.ip}:{lb.port}",
+        image=ImagePlan(name=standby.image, pull_timeout_minutes=5),
+        balancers=(first, second),
+    )
+
+
+def _with_url(spec: object, url: str) -> VerifySpec:
+    """The verify step's spec aimed at one balancer."""
+    assert isinstance(spec, VerifySpec)
+    return replace(spec, url=url)
