@@ -97,6 +97,7 @@ def test_a_pool_is_a_claim_a_job_and_a_statefulset_after_it() -> None:
     assert env["HF_TOKEN_PATH"] == "/var/run/secrets/vllm-nginx/hf_token"
     assert "HF_TOKEN" not in env
     assert job.inputs["spec"]["backoffLimit"] == 0
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert job.custom_timeouts.get("create") == "600s"
     sts = by_name(run, STS, "vllm-chat")
     assert job.name in deps(run, sts)

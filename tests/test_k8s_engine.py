@@ -366,6 +366,9 @@ def test_a_failing_download_stops_its_pool_before_any_replica(
     said = [line.strip() for line in failed.output.splitlines() if "error" in line.lower()]
     print("\nthe failing download, as `pulumi up` said it:\n" + "\n".join(said[:8]))
     assert "vllm-broken-pool-download" in failed.output
+    # The job's last lines reach the provider's error: the model and the cause.
+    assert "vllm-nginx-download: error:" in failed.output, failed.output[-3000:]
+    assert "standin-org/no-such-model" in failed.output
     job = cluster.get("job", "-n", NAMESPACE, "vllm-broken-download")
     assert any(c["type"] == "Failed" for c in job["status"].get("conditions", [])), job["status"]
     statefulsets = {

@@ -185,6 +185,9 @@ class KubernetesPool(pulumi.ComponentResource):
                                     name="download",
                                     image=plan.image,
                                     image_pull_policy="IfNotPresent",
+                                    # Its last lines (the cause) into the pod's status, which
+                                    # the provider's error shows: `pulumi up` names the cause.
+                                    termination_message_policy="FallbackToLogsOnError",
                                     command=["python3", f"{JOB_SCRIPT_DIR}/{JOB_SCRIPT}"],
                                     args=list(job.args),
                                     env=env_vars(env, (), None),
@@ -259,6 +262,7 @@ class KubernetesPool(pulumi.ComponentResource):
                                 name="vllm",
                                 image=plan.image,
                                 image_pull_policy="IfNotPresent",
+                                termination_message_policy="FallbackToLogsOnError",
                                 command=list(plan.command),
                                 args=list(plan.args),
                                 env=env_vars(plan.env, plan.secret_env, args.env_secret),
