@@ -60,7 +60,7 @@ def test_plan_two_balancers_same_nginx_config_and_vrrp() -> None:
         assert "state BACKUP" in conf and "nopreempt" in conf
         assert "10.0.0.100/24 dev ens3" in conf and "interface ens3" in conf
         assert f"priority {balancer.priority}" in conf
-        assert "http://127.0.0.1:8000/health" in conf and "--fail" not in conf
+        assert "http://127.0.0.1:8000/_vrrp/alive" in conf and "--fail" not in conf
         assert isinstance(balancer.verify.spec, VerifySpec)
         assert balancer.verify.spec.url == balancer.url != plan.load_balancer.url
     assert isinstance(plan.verify.spec, VerifySpec)

@@ -6,7 +6,7 @@ Two test hosts (`dockerd`s in network namespaces) on one Ethernet segment
 rendered nginx.conf, and keepalived (Debian's, `scripts/base-image.sh
 --keepalived`) with its rendered keepalived.conf: real VRRP between them.
 Clients stream through the floating address with the official `openai`
-client (no retries) while a prober asks nginx's /health there, one at a time.
+client (no retries) while a prober asks nginx there what keepalived's check asks.
 
 Host one's engine is stopped under that load. Printed (run with `-s`): the
 time until a new request succeeds through the address, requests failed,
@@ -38,6 +38,7 @@ from docker.models.containers import Container
 from components.config.loading import parse_settings
 from components.plan.build import build_plan
 from components.plan.model import Plan
+from components.plan.standby import ALIVE_PATH
 from tests.support.docker_engine import base_image, docker_client, keepalived_image, standin_image
 from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
 from tests.support.netns_lan import addresses_in, netns_lan
@@ -160,9 +161,9 @@ class Probe:
 
 @contextmanager
 def prober(url: str) -> Iterator[list[Probe]]:
-    """nginx's /health at the address, one at a time, 1 s timeout: any answer (200, or 503
-    with a pool down) means a balancer holds the address and serves it. The streams say
-    what clients got end to end."""
+    """What keepalived's check asks, at the address, one at a time, 1 s timeout: any answer
+    from nginx (it answers that path itself) means a balancer holds the address. The
+    streams say what clients got end to end."""
     probes: list[Probe] = []
     stop = threading.Event()
 
@@ -171,7 +172,7 @@ def prober(url: str) -> Iterator[list[Probe]]:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    client.get(f"{url}/health")
+                    client.get(f"{url}{ALIVE_PATH}")
                     ok = True
                 except httpx.HTTPError:
                     ok = False

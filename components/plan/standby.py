@@ -27,6 +27,8 @@ KEEPALIVED_COMMAND = (
 KEEPALIVED_CAPABILITIES = ("NET_ADMIN", "NET_BROADCAST", "NET_RAW")
 """Add and remove the address, send gratuitous ARP, VRRP's raw IP protocol 112."""
 FIRST_PRIORITY, SECOND_PRIORITY = 150, 100
+ALIVE_PATH = "/_vrrp/alive"
+"""A path nginx answers itself (its JSON 404 of an unknown path), touching no replica."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,9 @@ def render_keepalived_conf(
 ) -> str:
     """keepalived.conf for one balancer; the two differ only in `router_id` and priority.
 
-    The check asks nginx's /health and takes any HTTP answer as alive: 503 (a pool
-    down) is the same on both balancers, so moving the address would not help.
+    The check takes any HTTP answer from nginx as alive, on a path nginx answers
+    itself: not /health, whose 503 (a pool down) the standby would give too and which
+    probes the replicas (as slow as a connect timeout to a vanished one).
     """
     insecure = " --insecure" if check_url.startswith("https:") else ""
     return f"""! Rendered by vllm-nginx (components/plan/standby.py) for host {host}.
@@ -134,7 +137,7 @@ def build_standby_plan(
                     router_id=standby.router_id,
                     advert_seconds=standby.advert_seconds,
                     virtual_address=standby.virtual_address,
-                    check_url=f"{scheme}://127.0.0.1:{lb.port}/health",
+                    check_url=f"{scheme}://127.0.0.1:{lb.port}{ALIVE_PATH}",
                 ),
             )
         )
