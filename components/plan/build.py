@@ -643,7 +643,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     scheme = "https" if lb.tls else "http"
     public_host = next(e.address for e in engines.values() if e.runs_load_balancer)
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
-    if lb.standby is not None and settings.hosts is not None:
+    if lb.standby is not None:
         vip = lb.standby.virtual_address.split("/")[0]
         lb_url = f"{scheme}://{vip}:{lb.port}"
     hosts = _hosts(settings, replicas, project_dir, python)
