@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from components.config.sections import RoutingPolicy, Upstream
+from components.config.settings import Pool
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,18 @@ class ModelPool:
     """Its routing policy inside the pool."""
     adapters: tuple[str, ...] = ()
     """LoRA adapter names this pool serves; a request naming one goes to this pool."""
+
+
+def model_pool(pool: Pool, upstreams: tuple[Upstream, ...]) -> ModelPool:
+    """A pool of the settings as the balancer routes to it, over `upstreams`."""
+    return ModelPool(
+        name=pool.name,
+        served_name=pool.served_name,
+        model=pool.model,
+        upstreams=upstreams,
+        policy=pool.policy,
+        adapters=tuple(a.name for a in pool.adapters),
+    )
 
 
 # Names the rendered config and router.js share. Derived from the pool name,

@@ -23,7 +23,7 @@ from components.config.values import format_cpu_set
 from components.lb.keys import KeyPolicy
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
 from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
-from components.lb.pools import ModelPool
+from components.lb.pools import ModelPool, model_pool
 from components.plan.fit_check import fit_plan
 from components.plan.model import (
     API_KEY_ENV,
@@ -564,14 +564,7 @@ def _key_policies(settings: Settings) -> tuple[KeyPolicy, ...]:
 def _model_pools(settings: Settings, replicas: tuple[ReplicaPlan, ...]) -> list[ModelPool]:
     """The pools as nginx routes them; none for a single-model stack (today's config)."""
     return [
-        ModelPool(
-            name=pool.name,
-            served_name=pool.served_name,
-            model=pool.model,
-            upstreams=tuple(r.upstream for r in replicas if r.pool == pool.name),
-            policy=pool.policy,
-            adapters=tuple(a.name for a in pool.adapters),
-        )
+        model_pool(pool, tuple(r.upstream for r in replicas if r.pool == pool.name))
         for pool in settings.routed_pools()
     ]
 
