@@ -61,6 +61,7 @@ from components.plan.model import (
 )
 from components.plan.monitoring import build_monitoring_plan
 from components.plan.specs import (
+    DOCKER_TLS_SECRET_ENV,
     CanarySpec,
     DownloadSpec,
     ReadinessSpec,
@@ -70,7 +71,6 @@ from components.plan.specs import (
     WatchedReplica,
 )
 from components.plan.standby import build_standby_plan
-from components.steps.engine import DOCKER_TLS_SECRET_ENV
 
 
 def _proxy_vars(settings: Settings) -> dict[str, str]:
