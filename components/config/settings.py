@@ -55,22 +55,7 @@ from components.config.values import (
     ServedName,
     parse_cpu_set,
 )
-from components.config.vllm_args import (
-    MANAGED_ENV as MANAGED_ENV,
-)
-from components.config.vllm_args import (
-    MANAGED_FLAGS as MANAGED_FLAGS,
-)
-from components.config.vllm_args import (
-    SECRET_ENV_NAMES as SECRET_ENV_NAMES,
-)
-from components.config.vllm_args import (
-    extra_args_rule,
-    extra_env_rule,
-)
-from components.config.vllm_args import (
-    managed_flags_of as managed_flags_of,
-)
+from components.config.vllm_args import extra_args_rule, extra_env_rule
 from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
 DEFAULT_POOL = "default"
