@@ -196,7 +196,3 @@ def validation_problems(err: ValidationError, namespace: str = NAMESPACE) -> lis
         Problem(_key_path(namespace, e["loc"]), _rule(e, namespace))
         for e in err.errors(include_input=False, include_url=False)
     ]
-
-
-def format_validation_error(err: ValidationError, namespace: str = NAMESPACE) -> str:
-    return str(ConfigError(validation_problems(err, namespace)))

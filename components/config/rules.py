@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
-from components.config.api_keys import api_key_rules
+from components.config.api_key_rules import api_key_rules
 from components.config.engine_rules import Wording, one_engine_rules
 from components.config.host_rules import host_rules
 from components.config.kubernetes_rules import kubernetes_rules

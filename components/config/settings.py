@@ -55,27 +55,12 @@ from components.config.values import (
     ServedName,
     parse_cpu_set,
 )
-from components.config.vllm_args import (
-    MANAGED_ENV as MANAGED_ENV,
-)
-from components.config.vllm_args import (
-    MANAGED_FLAGS as MANAGED_FLAGS,
-)
-from components.config.vllm_args import (
-    SECRET_ENV_NAMES as SECRET_ENV_NAMES,
-)
-from components.config.vllm_args import (
-    extra_args_rule,
-    extra_env_rule,
-)
-from components.config.vllm_args import (
-    managed_flags_of as managed_flags_of,
-)
+from components.config.vllm_args import extra_args_rule, extra_env_rule
 from components.config.vllm_release import DEFAULT_CPU_IMAGE, DEFAULT_GPU_IMAGE
 
 DEFAULT_POOL = "default"
 """The one pool of a stack without 'models' (the balancer names it so too); its
-resources carry no pool prefix, so their names are what they always were."""
+resources carry no pool prefix."""
 LOCAL_ENGINE = "local"
 """The one engine of a stack without 'hosts': Pulumi's default provider
 (`docker:host`); its resources carry no engine prefix."""
@@ -283,8 +268,7 @@ class Settings(ConfigModel):
     def pools(self) -> tuple[Pool, ...]:
         """Every model pool with its replicas; a stack without 'models' is one pool.
 
-        That one pool is today's stack exactly (`default`, no prefix): replicas,
-        ports, commands and every resource name stay what they were.
+        That one pool (`default`, no prefix) keeps every resource name of such a stack.
         """
         if self.models is None:
             return (
@@ -326,7 +310,7 @@ class Settings(ConfigModel):
 
     def routed_pools(self) -> tuple[Pool, ...]:
         """The pools nginx routes to by the request's model: every pool with
-        'models'; none without (one upstream, the config as it always was)."""
+        'models'; none without (one upstream)."""
         return self.pools() if self.models is not None else ()
 
     @property
@@ -373,10 +357,9 @@ class Settings(ConfigModel):
     def placements(self) -> tuple[Placement, ...]:
         """Every replica with its host, name, port and devices, in a stable order.
 
-        Without 'hosts' this is today's single engine: `<prefix><i>` on
-        `basePort + i`. With 'hosts' a replica is named after its host
-        (`<prefix>-<host>-<i>`), so adding one to a host renames no other:
-        a name is also its upstream and its container, and a new name replaces.
+        Without 'hosts' a replica is `<prefix><i>` on `basePort + i`; with 'hosts'
+        `<prefix>-<host>-<i>`, so adding one to a host renames no other (a name is
+        also its upstream and its container, and a new name replaces).
         """
         if self.models is not None:
             return self._pool_placements(self.models)
@@ -547,7 +530,7 @@ class Placement:
 @dataclass(frozen=True)
 class Engine:
     """One Docker engine, normalised: a 'hosts' entry, or the `local` engine of a
-    stack without 'hosts' (Pulumi's default provider, resources named as before)."""
+    stack without 'hosts' (Pulumi's default provider, resources without a prefix)."""
 
     name: str
     prefix: str

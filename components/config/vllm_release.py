@@ -13,16 +13,15 @@ import re
 VLLM_RELEASE = "v0.33.0"
 
 DEFAULT_GPU_IMAGE = f"vllm/vllm-openai:{VLLM_RELEASE}"
-"""vLLM's CUDA image on Docker Hub (docs/getting_started/installation/gpu.cuda.inc.md:279-285
-at v0.33.0): `v<version>` is a multi-arch tag of x86_64 and aarch64."""
+"""vLLM's CUDA image on Docker Hub, a multi-arch tag (docs/vllm.md, "Images")."""
 
 DEFAULT_CPU_IMAGE = f"vllm/vllm-openai-cpu:{VLLM_RELEASE}-x86_64"
 """vLLM's CPU image on Docker Hub, in the per-arch tag form its CPU docs give: it names
 one build, the same on every host (docs/vllm.md, "Images"; arm64 hosts set `-arm64`)."""
 
 OLDEST_SUPPORTED = (0, 18, 0)
-"""The first release with `--shutdown-timeout`, which every replica is started
-with (`vllm/engine/arg_utils.py:1320-1325` at v0.18.0; absent at v0.17.1)."""
+"""The first release with `--shutdown-timeout`, which every replica is started with
+(docs/vllm.md)."""
 
 RELEASE_REPOSITORIES = (
     "vllm/vllm-openai",

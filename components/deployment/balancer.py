@@ -44,7 +44,7 @@ class LoadBalancerArgs:
     moved_from: pulumi.Resource
     """The cluster, these resources' parent before this component: their alias."""
     names: str
-    """What its resources' names start with (the cluster's name), as before."""
+    """What its resources' names start with (the cluster's name: running stacks keep them)."""
 
 
 class LoadBalancer(pulumi.ComponentResource):

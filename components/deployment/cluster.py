@@ -154,7 +154,7 @@ class VllmCluster(pulumi.ComponentResource):
                 downloads.setdefault(key, []).extend(jobs)
             self.pools.append(component)
         containers = {n: c for p in self.pools for n, c in p.containers.items()}
-        # In wave order, as before pools were components (the verify step's triggers).
+        # In wave order: the verify step's triggers keep their order.
         waves = sorted(steps, key=lambda step: step[1].wave)
         self.replicas = [containers[replica.name] for replica, _ in waves]
         checks = [check for p in self.pools for check in p.checks]

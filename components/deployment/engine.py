@@ -28,7 +28,7 @@ class EngineArgs:
     compile_cache: CompileCachePlan | None
     provider: docker.Provider | None
     names: str
-    """What its resources' names start with (`<cluster>-<host>-`), as before."""
+    """What its resources' names start with (`<cluster>-<host>-`: running stacks keep them)."""
     moved_from: pulumi.Resource
     """The cluster, these resources' parent before this component: their alias."""
 

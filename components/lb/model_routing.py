@@ -99,12 +99,9 @@ def router_locations(
 ) -> list[Directive]:
     """`/v1/` runs the router, `= /v1/models` lists the models; a named location per pool.
 
-    `/v1/`'s body buffer is 1 MB, not the largest body accepted, so a stalled
-    upload holds at most that; a request announcing 1,000,000 bytes or more goes,
-    in the rewrite phase, to a location that keeps the body's temp file, which
-    njs 0.7.9 can only read while it exists. The key guard runs before the
-    router reads a body (docs/load-balancer.md, "Costs and limits"). `limited`
-    and `accounting`: named API keys' 429 and usage filter (components/lb/keys.py).
+    A stalled upload holds at most `/v1/`'s 1 MB buffer; a larger body is routed
+    from its temp file, which njs can only read while it exists. The key guard runs
+    before the router reads a body (docs/load-balancer.md, "Costs and limits").
     """
     out = [
         d(

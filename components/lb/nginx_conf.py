@@ -1,11 +1,9 @@
 """The load balancer's complete nginx.conf, rendered from typed settings.
 
-The guide's config (nginx defaults plus `least_conn`, `max_fails=3
-fail_timeout=10000s`) holds back streamed tokens, cuts generations silent for
-60 s, keeps a failed replica out for hours and opens a connection per request;
-each directive here answers one of those, and only `/v1/`, `/health` and the
-exposed paths are served. Why each, the njs policies, TLS and the API key file:
-docs/load-balancer.md.
+The guide's config holds back streamed tokens, cuts silent generations, keeps a
+failed replica out for hours and opens a connection per request; each directive
+here answers one of those, and only `/v1/`, `/health` and the exposed paths are
+served. Why each: docs/load-balancer.md.
 """
 
 from __future__ import annotations
@@ -262,7 +260,7 @@ def render_nginx_config(
         d("client_body_buffer_size", BODY_BUFFER),
         *temp_paths(rt),
         *resolver,
-        *(affinity_map(lb) if not pools else affinity_map(lb, [p.policy for p in pools])),
+        *affinity_map(lb, pools),
         *(_prefix_http(lb, rt) if prefix else []),
         *(router_http(lb, rt.prefix_script) if pools else []),
         *health_http(rt.temp_dir, script_dir(rt.prefix_script)),
@@ -325,12 +323,9 @@ def render_extra_files(
 ) -> dict[str, str]:
     """Files the rendered config reads besides itself: {path in the container: text}.
 
-    All in the directory of `runtime.prefix_script`: health.js and models.js (its
-    pools and probes; with `pools` also the router's table) always; with `pools`
-    router.js and prefix.js, without, prefix_affinity's script. The deployment
-    uploads them next to nginx.conf (they hold no secret); the njs module
-    (`runtime.njs_module`) must already be in the image. With named `keys`,
-    keys.js, and models.js carries their model lists.
+    Beside `runtime.prefix_script`: health.js and models.js always; router.js and
+    prefix.js with `pools`, prefix.js alone for prefix_affinity; keys.js with named
+    `keys`. They hold no secret; the njs module itself must be in the image.
     """
     directory = script_dir(runtime.prefix_script)
     files = {

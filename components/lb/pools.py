@@ -7,11 +7,11 @@ across pools, or one name would have two homes (docs/model-pools.md).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from components.config.sections import RoutingPolicy, Upstream
+from components.config.settings import Pool
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,18 @@ class ModelPool:
     """Its routing policy inside the pool."""
     adapters: tuple[str, ...] = ()
     """LoRA adapter names this pool serves; a request naming one goes to this pool."""
+
+
+def model_pool(pool: Pool, upstreams: tuple[Upstream, ...]) -> ModelPool:
+    """A pool of the settings as the balancer routes to it, over `upstreams`."""
+    return ModelPool(
+        name=pool.name,
+        served_name=pool.served_name,
+        model=pool.model,
+        upstreams=upstreams,
+        policy=pool.policy,
+        adapters=tuple(a.name for a in pool.adapters),
+    )
 
 
 # Names the rendered config and router.js share. Derived from the pool name,
@@ -95,18 +107,3 @@ def routing_table(pools: Sequence[ModelPool]) -> dict[str, object]:
         "missing": MISSING_MODEL_MESSAGE,
         "cards": cards,
     }
-
-
-def routing_table_script(pools: Sequence[ModelPool]) -> str:
-    """models.js: the table as an ES module njs loads with the config.
-
-    JSON is valid JavaScript, and every name in it passed `safe_token`, so the
-    text cannot break out of its string literals. Same pools, same text: a
-    `pulumi up` shows a change only when the pools change.
-    """
-    body = json.dumps(routing_table(pools), indent=1)
-    return (
-        "// Generated from the model pools when nginx.conf is rendered "
-        "(components/lb/pools.py); do not edit.\n"
-        f"export default {body};\n"
-    )

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from components.config.sections import LoadBalancerSettings, RoutingPolicy, Upstream
 from components.lb.directives import d, host_port, is_name
 from components.lb.names import AFFINITY_KEY_VARIABLE, Directive
-from components.lb.njs import (
-    PREFIX_KEY_VARIABLE,
-)
+from components.lb.njs import PREFIX_KEY_VARIABLE
+from components.lb.pools import ModelPool
 
 
 def affinity_variable(header: str) -> str:
@@ -32,16 +31,14 @@ def pool_policy_directives(policy: RoutingPolicy) -> list[Directive]:
     if policy == RoutingPolicy.PREFIX_AFFINITY:
         return [d("hash", PREFIX_KEY_VARIABLE, "consistent")]
     # Hashing the bare header would send every request without it to one
-    # replica (they all hash the empty string); the map in `_affinity_map`
+    # replica (they all hash the empty string); the map in `affinity_map`
     # gives those a per-request key instead, so they spread.
     return [d("hash", AFFINITY_KEY_VARIABLE, "consistent")]
 
 
-def affinity_map(
-    lb: LoadBalancerSettings, policies: Sequence[RoutingPolicy] | None = None
-) -> list[Directive]:
-    """The key map, once, if `lb.policy` (or any of `policies`, the pools') needs it."""
-    wanted = [lb.policy] if policies is None else policies
+def affinity_map(lb: LoadBalancerSettings, pools: Sequence[ModelPool] = ()) -> list[Directive]:
+    """The key map, once, if `lb.policy` (with `pools`, any pool's policy) needs it."""
+    wanted = [pool.policy for pool in pools] or [lb.policy]
     if RoutingPolicy.SESSION_AFFINITY not in wanted:
         return []
     variable = affinity_variable(lb.affinity_header)

@@ -23,7 +23,7 @@ from components.config.values import format_cpu_set
 from components.lb.keys import KeyPolicy
 from components.lb.names import CONTAINER_API_KEY_MAP, CONTAINER_TLS_FILES
 from components.lb.nginx_conf import NginxRuntime, render_extra_files, render_nginx_config
-from components.lb.pools import ModelPool
+from components.lb.pools import ModelPool, model_pool
 from components.plan.fit_check import fit_plan
 from components.plan.model import (
     API_KEY_ENV,
@@ -61,6 +61,7 @@ from components.plan.model import (
 )
 from components.plan.monitoring import build_monitoring_plan
 from components.plan.specs import (
+    DOCKER_TLS_SECRET_ENV,
     CanarySpec,
     DownloadSpec,
     ReadinessSpec,
@@ -70,7 +71,6 @@ from components.plan.specs import (
     WatchedReplica,
 )
 from components.plan.standby import build_standby_plan
-from components.steps.engine import DOCKER_TLS_SECRET_ENV
 
 
 def _proxy_vars(settings: Settings) -> dict[str, str]:
@@ -135,12 +135,9 @@ def _omp_bind(cores: tuple[int, ...], ranks: int) -> str:
 
 
 def is_embedding(args: Sequence[str]) -> bool:
-    """Served by vLLM's pooling runner as an embedding model, as its extraArgs say.
-
-    `--runner pooling` or `--convert embed` (vllm/config/model.py:86-88,
-    vllm/config/scheduler.py:20 at v0.33.0); with `--runner auto` vLLM decides
-    from the model's architecture, which the plan cannot read before the
-    download: an embedding pool says so (docs/model-pools.md)."""
+    """Served by vLLM's pooling runner, as its extraArgs say (docs/vllm.md): with
+    `--runner auto` vLLM decides from the model's architecture, which the plan cannot
+    read before the download, so an embedding pool says so (docs/model-pools.md)."""
     words = [w for arg in args for w in arg.split("=", 1)]
     pairs = set(itertools.pairwise(words))
     return bool(pairs & {("--runner", "pooling"), ("--convert", "embed")})
@@ -183,26 +180,20 @@ def _replica(
         str(VLLM_PORT),
         "--tensor-parallel-size",
         str(pool.tensor_parallel_size),
-        # On SIGTERM vLLM (>= v0.18.0) finishes what it runs for up to this long
-        # while still serving HTTP; 0, its default, aborts at once (docs/vllm.md).
+        # 0, vLLM's default, aborts what it runs on SIGTERM (docs/vllm.md).
         "--shutdown-timeout",
         str(settings.shutdown_timeout_seconds),
         *_lora_args(pool),
         *pool.extra_args,
     )
     env = _proxy_env(settings)
-    # vLLM gives up when its engine is not ready within this (600 s by default,
-    # vllm/envs.py:813-815 at v0.33.0): a slow first load or compile must fail
-    # at the readiness step's timeout, with its log, not earlier inside vLLM.
+    # A slow first load must fail at the readiness step's timeout, with its log,
+    # not at vLLM's own (600 s; docs/vllm.md).
     env["VLLM_ENGINE_READY_TIMEOUT_S"] = str(settings.ready_timeout_seconds)
     cpu = settings.backend is Backend.CPU
     if cpu:
-        # "Legacy" from vLLM v0.18 (`--kv-cache-memory-bytes` is the new way) but
-        # still honoured (vllm/platforms/cpu.py:340-344 at v0.33.0); unset, there is
-        # no longer a 4 GiB default, so it is always set.
+        # Always set: it has no default (docs/vllm.md); `nobind` is no pinning.
         env["VLLM_CPU_KVCACHE_SPACE"] = str(settings.cpu.kvcache_space_gb)
-        # `nobind` (no pinning) is valid in every supported release (v0.18.0 on;
-        # vllm/utils/ompmultiprocessing.py:125 at v0.33.0); v0.11.0 failed on it.
         env["VLLM_CPU_OMP_THREADS_BIND"] = (
             _omp_bind(cores, pool.tensor_parallel_size) if cores else "nobind"
         )
@@ -261,11 +252,8 @@ def is_local_model(model: str) -> bool:
 
 
 def _downloads(settings: Settings, python: str) -> tuple[DownloadPlan, ...]:
-    """One job per pool with something new to fetch; a repository is fetched once.
-
-    Without 'models' this is today's one `<prefix>-download` of the model. A
-    pool whose model and adapters an earlier pool fetched has none of its own
-    and waits for that one."""
+    """One job per pool with something new to fetch; a repository is fetched once,
+    and a pool whose repositories an earlier pool fetches waits for that one."""
     jobs: list[tuple[Pool, list[str], list[str]]] = []
     owner: dict[str, int] = {}
     """Repository -> the job that fetches it."""
@@ -327,7 +315,7 @@ def _fits(
             settings,
             pool,
             tuple(r for r in replicas if r.pool == pool.name),
-            # A local model asks no hub: the proxies alone, as before pools.
+            # A local model asks no hub: the proxies alone.
             _job_env(settings, pool) if _repos(pool) else _proxy_env(settings),
             python,
         )
@@ -562,16 +550,9 @@ def _key_policies(settings: Settings) -> tuple[KeyPolicy, ...]:
 
 
 def _model_pools(settings: Settings, replicas: tuple[ReplicaPlan, ...]) -> list[ModelPool]:
-    """The pools as nginx routes them; none for a single-model stack (today's config)."""
+    """The pools as nginx routes them; none without 'models'."""
     return [
-        ModelPool(
-            name=pool.name,
-            served_name=pool.served_name,
-            model=pool.model,
-            upstreams=tuple(r.upstream for r in replicas if r.pool == pool.name),
-            policy=pool.policy,
-            adapters=tuple(a.name for a in pool.adapters),
-        )
+        model_pool(pool, tuple(r.upstream for r in replicas if r.pool == pool.name))
         for pool in settings.routed_pools()
     ]
 
@@ -643,7 +624,7 @@ def build_plan(settings: Settings, *, project_dir: Path, python: str = "python3"
     scheme = "https" if lb.tls else "http"
     public_host = next(e.address for e in engines.values() if e.runs_load_balancer)
     lb_url = f"{scheme}://{_url_host(public_host, lb.bind_address)}:{lb.port}"
-    if lb.standby is not None and settings.hosts is not None:
+    if lb.standby is not None:
         vip = lb.standby.virtual_address.split("/")[0]
         lb_url = f"{scheme}://{vip}:{lb.port}"
     hosts = _hosts(settings, replicas, project_dir, python)

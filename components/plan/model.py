@@ -303,8 +303,7 @@ class EngineImage:
 class HostPlan:
     """One Docker engine and what runs on it; the steps that talk to it get its env.
 
-    A stack without 'hosts' has one, `local`: the engine of the default
-    provider (`docker:host`), and resources named as they always were.
+    A stack without 'hosts' has one, `local`: the default provider's engine.
     """
 
     name: str

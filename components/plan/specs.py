@@ -16,6 +16,12 @@ from typing import TypeVar
 from pydantic import TypeAdapter
 
 SPEC_ENV = "VLLM_NGINX_STEP_SPEC"
+DOCKER_TLS_SECRET_ENV = {
+    "ca": "VLLM_NGINX_DOCKER_CA",
+    "cert": "VLLM_NGINX_DOCKER_CERT",
+    "key": "VLLM_NGINX_DOCKER_KEY",
+}
+"""Where a host's TLS material reaches a step, per part (secrets keep their own variables)."""
 
 Spec = TypeVar("Spec")
 

@@ -111,14 +111,14 @@ def build_standby_plan(
 ) -> StandbyPlan | None:
     """Each listed host's balancer (the first the higher priority), from validated settings."""
     standby = settings.load_balancer.standby
-    if standby is None or settings.hosts is None:
+    if standby is None:
         return None
     lb = settings.load_balancer
     vip = ipaddress.IPv4Interface(standby.virtual_address)
-    by_name = {h.name: h for h in settings.hosts}
+    address = {e.name: e.address for e in settings.engines()}
     balancers = []
     for j, name in enumerate(standby.hosts):
-        url = f"{scheme}://{by_name[name].address}:{lb.port}"
+        url = f"{scheme}://{address[name]}:{lb.port}"
         balancers.append(
             BalancerPlan(
                 host=name,

@@ -18,12 +18,7 @@ import docker
 from docker.errors import DockerException
 from docker.tls import TLSConfig
 
-DOCKER_TLS_SECRET_ENV = {
-    "ca": "VLLM_NGINX_DOCKER_CA",
-    "cert": "VLLM_NGINX_DOCKER_CERT",
-    "key": "VLLM_NGINX_DOCKER_KEY",
-}
-"""Where a host's TLS material reaches the step, per part."""
+from components.plan.specs import DOCKER_TLS_SECRET_ENV
 
 
 def _material_files(environ: Mapping[str, str]) -> dict[str, str] | None:

@@ -17,7 +17,7 @@ from typing import Any
 GIB = 1024**3
 MIB = 1024**2
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
-"""`CacheConfig.gpu_memory_utilization`'s default at v0.33.0 (0.9 until v0.2x)."""
+"""`CacheConfig.gpu_memory_utilization`'s default in the pinned release (docs/vllm.md)."""
 BLOCK_SIZE = 16
 """`CacheConfig.DEFAULT_BLOCK_SIZE`: the KV cache is allocated in blocks of 16 tokens."""
 DEFAULT_MAX_LEN = 2048

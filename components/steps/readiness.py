@@ -1,11 +1,9 @@
 """The readiness check: wait until replicas are healthy, or fail showing why.
 
-The load balancer is created only once every replica serves: its `/health`
-answers 200 at its published address (Docker's health status where that is
-unreachable), asked at once, not at Docker's next probe. An exit or a timeout
-names the replica with its log tail; a replica an earlier `up` left stopped is
-started once more. Progress is printed at a fixed interval (docs/design.md,
-docs/failed-up.md).
+nginx is created only once every replica's `/health` answers 200 at its published
+address (Docker's health status where that is unreachable), asked at once. An exit
+or a timeout names the replica with its log tail; a replica an earlier `up` left
+stopped is started once more (docs/design.md, docs/failed-up.md).
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ LOG_FORMAT = "{" + ",".join(f'"{key}":"{var}"' for key, var in LOG_FIELDS) + "}"
 # its router; empty when it answered 404 itself), which every per-request
 # series then carries as the label `pool`.
 POOL_LOG_FIELDS = (*LOG_FIELDS, ("pool", "$lb_pool"))
-POOL_LOG_FORMAT = "{" + ",".join(f'"{key}":"{var}"' for key, var in POOL_LOG_FIELDS) + "}"
 # With named API keys nginx also sends the key's name (never the key), the
 # model asked for (with model routing), the usage the replica reported and
 # which limit refused a 429: the per-key series (docs/api-keys.md).
