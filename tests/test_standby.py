@@ -29,7 +29,7 @@ from components.plan.specs import (
     WatchedReplica,
     decode,
 )
-from components.plan.standby import FIRST_PRIORITY, SECOND_PRIORITY
+from components.plan.standby import FIRST_PRIORITY, KEEPALIVED_STOP_SECONDS, SECOND_PRIORITY
 from components.steps import canary, nginx_edit, rollout
 from components.steps.canary_compare import Scrape, Thresholds
 from components.steps.engine import DOCKER_TLS_SECRET_ENV, other_engine_client, other_environ
@@ -177,8 +177,14 @@ def test_program_declares_second_nginx_and_keepalived_on_their_hosts() -> None:
         vrrp = containers[f"vllm-{host}-keepalived"]
         assert provider_of[f"vllm-{host}-keepalived"] == f"vllm-{host}-docker"
         assert vrrp.inputs["networkMode"] == "host"
-        assert set(vrrp.inputs["capabilities"]["adds"]) == {"NET_ADMIN", "NET_BROADCAST", "NET_RAW"}
+        assert set(vrrp.inputs["capabilities"]["adds"]) == {
+            "CAP_NET_ADMIN",
+            "CAP_NET_BROADCAST",
+            "CAP_NET_RAW",
+        }
         assert f"router_id vllm-nginx-{host}" in vrrp.inputs["uploads"][0]["content"]
+        # Stopped, not killed: it gives the address up (priority 0, address removed).
+        assert vrrp.inputs["destroyGraceSeconds"] == KEEPALIVED_STOP_SECONDS
     commands = {d.name: d for d in run.of_type("command:local:Command")}
     # Each nginx gets its own reload step (its engine) and verify (its address).
     assert commands["vllm-lb-config"].inputs["environment"]["DOCKER_HOST"] == "ssh://ops@gpu-a"

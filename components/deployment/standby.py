@@ -85,6 +85,7 @@ class Standby(pulumi.ComponentResource):
                         )
                     ],
                     restart=args.restart_policy,
+                    destroy_grace_seconds=plan.stop_grace_seconds,
                     # One name per engine: the old one goes before its replacement.
                     opts=pulumi.ResourceOptions.merge(
                         child, pulumi.ResourceOptions(depends_on=[lb], delete_before_replace=True)
