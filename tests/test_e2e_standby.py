@@ -40,7 +40,7 @@ from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
 from tests.support.netns_lan import netns_lan
 from tests.support.pulumi_engine import Stack
 from tests.support.streaming_load import streaming_load
-from tests.test_standby_failover import VIP, holder, measure, wait_for
+from tests.test_standby_failover import VIP, holder, measure, standby_state, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -138,8 +138,11 @@ def test_standby_balancer_by_the_real_cli(tmp_path: Path) -> None:
 
 def _run(stack: Stack, one: NetnsHost, two: NetnsHost, config: dict[str, Any]) -> None:
     began = time.monotonic()
-    stack.up()
+    first = stack.up()
     up_seconds = time.monotonic() - began
+    # Host two's keepalived only after the check through the address had passed.
+    assert first.index("vllm-verify", "outputs") < first.index(f"vllm-{two.name}-keepalived")
+    assert first.index(f"vllm-{one.name}-keepalived", "outputs") < first.index("vllm-verify")
     url = f"http://{VIP}:{LB_PORT}"
     assert stack.outputs()["lb_url"] == url
     resources = stack.resources()
@@ -160,8 +163,10 @@ def _run(stack: Stack, one: NetnsHost, two: NetnsHost, config: dict[str, Any]) -
     assert _config_of(one) == _config_of(two)
     for host in (one, two):
         assert f"{host.address}:{BASE_PORT}" in _config_of(one)
-    # The first listed host holds the address; the openai client is answered through it.
-    wait_for(f"{VIP} on {one.name}", lambda: holder(one, two) == one.name)
+    # The first listed host holds the address (host two's keepalived was made only once
+    # the check through the address had passed); the openai client is answered through it.
+    seen = lambda: standby_state((one, two), LB_NAME, f"{LB_NAME}-vrrp")  # noqa: E731
+    wait_for(f"{VIP} on {one.name}", lambda: holder(one, two) == one.name, explain=seen)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=10)
     reply = client.chat.completions.create(
         model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4
@@ -220,6 +225,7 @@ def _run(stack: Stack, one: NetnsHost, two: NetnsHost, config: dict[str, Any]) -
         url,
         one.stop_engine,
         lambda: holder(one, two) == two.name,
+        explain=seen,
     )
     assert result["outage_seconds"] <= OUTAGE_BOUND, result
     reply = client.chat.completions.create(

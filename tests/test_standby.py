@@ -197,6 +197,16 @@ def test_program_declares_second_nginx_and_keepalived_on_their_hosts() -> None:
         ("vllm-verify", "http://10.0.0.100:8000"),
     ):
         assert decode(VerifySpec, commands[step].inputs["environment"][SPEC_ENV]).url == url
+    # The first listed host's keepalived, the check through the address, then the
+    # second's: only the first can win the first election (nopreempt keeps it there).
+    after = {
+        name: {run.by_urn(urn).name for urn in run.named(name).dependencies}
+        for name in ("vllm-gpu-a-keepalived", "vllm-verify", "vllm-gpu-b-keepalived")
+    }
+    assert "vllm-gpu-a-keepalived" in after["vllm-verify"]
+    assert "vllm-gpu-b-keepalived" not in after["vllm-verify"]
+    assert {"vllm-verify", "vllm-gpu-b-lb"} <= after["vllm-gpu-b-keepalived"]
+    assert "vllm-verify" not in after["vllm-gpu-a-keepalived"]
     types = {d.type for d in run.declared}
     assert "vllm-nginx:index:Standby" in types
 
