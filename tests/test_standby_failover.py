@@ -25,7 +25,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,12 +145,48 @@ def holder(one: NetnsHost, two: NetnsHost) -> str | None:
     return held[0] if held else None
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float = 60,
+    explain: Callable[[], str] | None = None,
+) -> None:
+    """Until `check` holds; failing, with what `explain` then finds (for a CI log)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout} s for {what}")
+            seen = f"\n{explain()}" if explain is not None else ""
+            pytest.fail(f"waited {timeout} s for {what}{seen}")
         time.sleep(0.2)
+
+
+def standby_state(hosts: Sequence[NetnsHost], nginx: str, keepalived: str) -> str:
+    """What each balancer host shows: its addresses, when its nginx and keepalived started,
+    keepalived's last lines (its elections, FAULTs and check results, with times)."""
+    parts = []
+    for host in hosts:
+        addresses = subprocess.run(
+            ["ip", "netns", "exec", host.name, "ip", "addr"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        parts.append(f"--- {host.name}: ip addr\n{addresses.stdout}{addresses.stderr}")
+        for name in (nginx, keepalived):
+            try:
+                container = host.client().containers.get(name)
+                state = container.attrs["State"]
+                parts.append(
+                    f"--- {host.name}: {name} {container.status}, started {state['StartedAt']}"
+                    f", restarts {container.attrs['RestartCount']}"
+                )
+                if name == keepalived:
+                    log = container.logs(tail=60, timestamps=True)
+                    parts.append(log.decode(errors="replace"))
+            except Exception as error:  # an engine stopped on purpose, a container gone
+                parts.append(f"--- {host.name}: {name}: {type(error).__name__}: {error}")
+    return "\n".join(parts)
 
 
 @dataclass
@@ -230,6 +266,7 @@ def measure(
     action: Callable[[], object],
     until: Callable[[], bool],
     stream_timeout: float = 60,
+    explain: Callable[[], str] | None = None,
 ) -> dict[str, float]:
     """Under streaming load and the prober: `action`, then wait until `until` holds.
 
@@ -243,7 +280,7 @@ def measure(
         time.sleep(3)
         at = time.monotonic()
         action()
-        wait_for(label, until)
+        wait_for(label, until, explain=explain)
         time.sleep(6 + (stream_timeout if stream_timeout < 60 else 0))
     result = figures(label, at, streams, probes)
     assert result["outage_seconds"] == result["outage_seconds"], "nothing served after it"
@@ -271,15 +308,17 @@ def test_standby_takes_over_and_gives_back_only_when_asked() -> None:
         assert standby is not None
         url = plan.load_balancer.url
         assert url == f"http://{VIP}:{LB_PORT}"
-        for index, host in enumerate((one, two)):
-            _deploy(plan, host, index)
-        # The first listed host wins the first election (priority 150 against 100).
-        wait_for(f"{VIP} on {one.name}", lambda: holder(one, two) == one.name)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=10)
-        wait_for("a request through the floating address", lambda: _ok(client))
+        lb, vrrp_name = plan.load_balancer.name, standby.balancers[0].keepalived_name
+        seen = lambda: standby_state((one, two), lb, vrrp_name)  # noqa: E731
         on_one = lambda: holder(one, two) == one.name  # noqa: E731
         on_two = lambda: holder(one, two) == two.name  # noqa: E731
-        lb, vrrp_name = plan.load_balancer.name, standby.balancers[0].keepalived_name
+        # As `pulumi up` orders it: host two's keepalived once host one holds the address
+        # (both BACKUP with nopreempt: whichever claims it first keeps it).
+        _deploy(plan, one, 0)
+        wait_for(f"{VIP} on {one.name}", on_one, explain=seen)
+        _deploy(plan, two, 1)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=10)
+        wait_for("a request through the floating address", lambda: _ok(client), explain=seen)
 
         # Every replica down: /health answers 503 on both balancers, nginx still answers,
         # so the address stays where it is (moving it would not help).
@@ -294,17 +333,23 @@ def test_standby_takes_over_and_gives_back_only_when_asked() -> None:
 
         # nginx alone fails on host one: its keepalived's check fails, it gives the address up.
         nginx_one = one.client().containers.get(lb)
-        measure("nginx stopped on host one", url, nginx_one.stop, on_two)
+        measure("nginx stopped on host one", url, nginx_one.stop, on_two, explain=seen)
         nginx_one.start()
         stays_on(two.name, one, two)
         print("no flap: nginx on host one back, the address stayed on host two")
         # The operator asks for it back: restart the holder's keepalived, which sends
         # priority 0 as it stops, and host one (BACKUP, priority 150) takes over.
         keepalived_two = two.client().containers.get(vrrp_name)
-        measure("hand back (host two's keepalived restarted)", url, keepalived_two.restart, on_one)
+        measure(
+            "hand back (host two's keepalived restarted)",
+            url,
+            keepalived_two.restart,
+            on_one,
+            explain=seen,
+        )
 
         # What issue 27 asks: host one's engine stops (its nginx, replica and keepalived).
-        measure("failover (host one's dockerd stopped)", url, one.stop_engine, on_two)
+        measure("failover (host one's dockerd stopped)", url, one.stop_engine, on_two, explain=seen)
         one.start_engine()
         wait_for(
             "host one's keepalived running again",
@@ -313,7 +358,7 @@ def test_standby_takes_over_and_gives_back_only_when_asked() -> None:
         stays_on(two.name, one, two)
         print("no flap: host one's engine back, the address stayed on host two")
         keepalived_two = two.client().containers.get(vrrp_name)
-        measure("hand back again", url, keepalived_two.restart, on_one)
+        measure("hand back again", url, keepalived_two.restart, on_one, explain=seen)
 
         # The machine itself goes away (no goodbye): host one's links go down, so its
         # advertisements stop; host two claims the address after 3 intervals and skew.

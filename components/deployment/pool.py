@@ -309,6 +309,10 @@ class Pool(pulumi.ComponentResource):
             ),
         )
 
+    def _secret_variables(self, secrets: Mapping[str, str]) -> dict[str, pulumi.Output[str]]:
+        """Variable -> its secret's value (a standby's engine's TLS material)."""
+        return {variable: self._args.secrets[secret] for variable, secret in secrets.items()}
+
     def _rotation(self, rollout: RolloutPlan, replica: docker.Container) -> command.local.Command:
         """Drain (delete) before the replica stops, resume (create) once it is back.
 
@@ -322,7 +326,11 @@ class Pool(pulumi.ComponentResource):
             create=rollout.resume,
             delete=rollout.drain,
             dir=str(args.project_dir),
-            environment={**rollout.step.environment, **args.balancer_environment},
+            environment={
+                **rollout.step.environment,
+                **args.balancer_environment,
+                **self._secret_variables(rollout.balancer_secrets),
+            },
             triggers=[replica.id],
             opts=self._child(depends_on=[replica], delete_before_replace=True),
         )
@@ -346,6 +354,7 @@ class Pool(pulumi.ComponentResource):
             environment={
                 **canary.environment,
                 **args.balancer_environment,
+                **self._secret_variables(canary.balancer_secrets),
                 # Which containers it watched: a run that finds them done does not
                 # watch again (only a rollout.canary* setting changed).
                 CANARY_CONTAINERS_ENV: pulumi.Output.all(*[c.id for c in first]).apply(

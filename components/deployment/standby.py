@@ -2,9 +2,10 @@
 
 The second nginx is a `LoadBalancer` like the first (the same rendered config,
 reloaded by its own step on its own engine, verified at its own address); each
-keepalived runs on its host's network with the capabilities VRRP needs. A
-last check goes through the floating address once both are up. Why keepalived
-and which options: docs/multi-host.md#a-standby-balancer.
+keepalived runs on its host's network with the capabilities VRRP needs. The
+check through the floating address runs once the first host's keepalived is
+up and before the second's is made, so the first listed host holds the address
+first. Why keepalived and which options: docs/multi-host.md#a-standby-balancer.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from components.deployment.balancer import LoadBalancer, LoadBalancerArgs
 from components.deployment.parts import check_command, image_ref
 from components.deployment.pool import EngineParts
 from components.plan.model import CheckPlan, Plan
-from components.plan.standby import StandbyPlan
+from components.plan.standby import BalancerPlan, StandbyPlan
 
 TYPE_TOKEN = "vllm-nginx:index:Standby"
 
@@ -66,47 +67,60 @@ class Standby(pulumi.ComponentResource):
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.keepalived: list[docker.Container] = []
         nginx = (args.first.container, self.second.container)
-        for balancer, engine, lb in zip(plan.balancers, args.engines, nginx, strict=True):
-            child = pulumi.ResourceOptions(parent=self, provider=engine.provider)
-            image = image_ref(f"{args.names}-{balancer.host}-keepalived-image", plan.image, child)
-            self.keepalived.append(
-                docker.Container(
-                    f"{args.names}-{balancer.host}-keepalived",
-                    name=balancer.keepalived_name,
-                    image=image,
-                    command=list(plan.command),
-                    network_mode="host",
-                    capabilities=docker.ContainerCapabilitiesArgs(adds=list(plan.capabilities)),
-                    uploads=[
-                        docker.ContainerUploadArgs(
-                            file=plan.config_path, content=balancer.keepalived_config
-                        )
-                    ],
-                    restart=args.restart_policy,
-                    # One name per engine: the old one goes before its replacement.
-                    opts=pulumi.ResourceOptions.merge(
-                        child, pulumi.ResourceOptions(depends_on=[lb], delete_before_replace=True)
-                    ),
-                )
-            )
+        (first_engine, second_engine) = args.engines
+        one = self._keepalived(first, first_engine, [nginx[0]], args)
+        # The check through the address before the second keepalived exists: only the
+        # first can hold it then, and with nopreempt it keeps it (docs/multi-host.md).
         self.verify = check_command(
             f"{args.names}-{args.verify.name}",
             args.verify,
             args.verify_environment,
-            [c.id for c in (*nginx, *self.keepalived)],
+            [c.id for c in (*nginx, one)],
             args.second.project_dir,
             pulumi.ResourceOptions(
-                parent=self, depends_on=[*self.keepalived, args.first.verify, self.second.verify]
+                parent=self, depends_on=[one, args.first.verify, self.second.verify]
             ),
         )
+        two = self._keepalived(second, second_engine, [nginx[1], self.verify], args)
+        self.keepalived = [one, two]
         self.register_outputs(
             {
                 "keepalived_ids": [c.id for c in self.keepalived],
                 "url": plan.url,
                 "first": first.host,
             }
+        )
+
+    def _keepalived(
+        self,
+        balancer: BalancerPlan,
+        engine: BalancerEngine,
+        after: Sequence[pulumi.Resource],
+        args: StandbyArgs,
+    ) -> docker.Container:
+        """One host's keepalived on its host's network, created once `after` exist."""
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self, provider=engine.provider)
+        image = image_ref(f"{args.names}-{balancer.host}-keepalived-image", plan.image, child)
+        return docker.Container(
+            f"{args.names}-{balancer.host}-keepalived",
+            name=balancer.keepalived_name,
+            image=image,
+            command=list(plan.command),
+            network_mode="host",
+            capabilities=docker.ContainerCapabilitiesArgs(adds=list(plan.capabilities)),
+            uploads=[
+                docker.ContainerUploadArgs(
+                    file=plan.config_path, content=balancer.keepalived_config
+                )
+            ],
+            restart=args.restart_policy,
+            destroy_grace_seconds=plan.stop_grace_seconds,
+            # One name per engine: the old one goes before its replacement.
+            opts=pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(depends_on=list(after), delete_before_replace=True)
+            ),
         )
 
 

@@ -64,6 +64,7 @@ from components.plan.specs import (
     DOCKER_TLS_SECRET_ENV,
     CanarySpec,
     DownloadSpec,
+    OtherBalancer,
     ReadinessSpec,
     ReloadSpec,
     RolloutSpec,
@@ -71,6 +72,8 @@ from components.plan.specs import (
     WatchedReplica,
 )
 from components.plan.standby import build_standby_plan
+
+OtherBalancers = tuple[OtherBalancer, ...]
 
 
 def _proxy_vars(settings: Settings) -> dict[str, str]:
@@ -344,6 +347,24 @@ def _ready_check(
     )
 
 
+def _other_balancers(settings: Settings, lb_name: str) -> tuple[OtherBalancers, dict[str, str]]:
+    """The standby's nginx as the rotation and canary steps reach it (the first balancer
+    is on their own engine), and its engine's TLS material: variable -> secret."""
+    standby = settings.load_balancer.standby
+    if standby is None or settings.hosts is None:
+        return (), {}
+    engines = {e.name: e for e in settings.engines()}
+    others: list[OtherBalancer] = []
+    secrets: dict[str, str] = {}
+    for j, host in enumerate(standby.hosts[1:], start=1):
+        env, secret_env = engine_env(engines[host])
+        # Its own variables: the step's own engine's material keeps the usual ones.
+        held = {variable: f"{variable}_BALANCER{j}" for variable in secret_env}
+        secrets.update({held[variable]: secret for variable, secret in secret_env.items()})
+        others.append(OtherBalancer(lb_name, env, held))
+    return tuple(others), secrets
+
+
 def _rollouts(
     settings: Settings, replicas: Sequence[ReplicaPlan], lb_name: str, python: str
 ) -> tuple[RolloutPlan, ...]:
@@ -357,6 +378,7 @@ def _rollouts(
         for index, r in enumerate(mine)
     }
     engines = {e.name: e for e in settings.engines()}
+    others, secrets = _other_balancers(settings, lb_name)
 
     def elsewhere(replica: ReplicaPlan) -> str | None:
         """A replica on another engine than nginx's: the steps ask that engine."""
@@ -383,9 +405,11 @@ def _rollouts(
                     # the drain only takes the replica out of nginx.
                     vllm_drains=settings.shutdown_timeout_seconds > 0,
                     replica_engine=elsewhere(r),
+                    other_balancers=others,
                 ),
             ),
             pool=r.pool,
+            balancer_secrets=secrets,
         )
         for r in replicas
     )
@@ -399,6 +423,7 @@ def canary_plan(
     python: str,
     pool: str = DEFAULT_POOL,
     prefix: str = "",
+    others: tuple[OtherBalancers, dict[str, str]] = ((), {}),
 ) -> CanaryPlan | None:
     """The canary step of one rollout: its first wave against the rest.
 
@@ -432,7 +457,9 @@ def canary_plan(
             min_requests=rollout.canary_min_requests,
             without_traffic=rollout.canary_without_traffic,
             max_wait_seconds=rollout.canary_max_wait_seconds,
+            other_balancers=others[0],
         ),
+        balancer_secrets=others[1],
     )
 
 
@@ -446,11 +473,14 @@ def _canaries(
     """A canary per pool: a pool's first wave is compared with that pool's own
     old replicas (another pool serves another model, so its figures say nothing)."""
     plans = []
+    others = _other_balancers(settings, lb_name)
     for pool in settings.pools():
         mine = [(r, w) for r, w in zip(replicas, rollouts, strict=True) if r.pool == pool.name]
         first, waves = [r for r, _ in mine], [w for _, w in mine]
         plans.append(
-            canary_plan(settings.rollout, first, waves, lb_name, python, pool.name, pool.prefix)
+            canary_plan(
+                settings.rollout, first, waves, lb_name, python, pool.name, pool.prefix, others
+            )
         )
     return tuple(p for p in plans if p is not None)
 

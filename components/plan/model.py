@@ -345,6 +345,8 @@ class RolloutPlan:
     """`components.steps.rollout` with the replica's `RolloutSpec`."""
     pool: str = DEFAULT_POOL
     """Waves are counted per pool: a pool's update waits on none of another's."""
+    balancer_secrets: Mapping[str, str] = field(default_factory=dict)
+    """Variable -> secret: a standby's engine's TLS material (`RolloutSpec.other_balancers`)."""
 
     @property
     def drain(self) -> str:
@@ -384,6 +386,8 @@ class CanaryPlan(StepCall):
     baseline: tuple[str, ...]
     pool: str = DEFAULT_POOL
     """The pool whose rollout it watches."""
+    balancer_secrets: Mapping[str, str] = field(default_factory=dict)
+    """Variable -> secret: a standby's engine's TLS material (`CanarySpec.other_balancers`)."""
 
 
 @dataclass(frozen=True)

@@ -64,10 +64,22 @@ class VerifySpec:
 
 
 @dataclass(frozen=True)
+class OtherBalancer:
+    """Another nginx with the same config (a standby's), on an engine of its own."""
+
+    name: str
+    engine_env: Mapping[str, str]
+    """`DOCKER_HOST` and Docker's TLS variables of its engine, as its own steps get them."""
+    tls_env: Mapping[str, str] = field(default_factory=dict)
+    """TLS material's variable as the step's client reads it -> where this process has it."""
+
+
+@dataclass(frozen=True)
 class RolloutSpec:
     """One replica's way out of nginx (drain) and back in (resume)."""
 
     lb: str
+    """nginx on the engine of the step's own environment."""
     replica: str
     port: int
     upstream: str
@@ -82,6 +94,8 @@ class RolloutSpec:
     """vLLM finishes its requests on SIGTERM: the drain only takes it out."""
     replica_engine: str | None = None
     """Its engine when not nginx's and reachable without TLS material."""
+    other_balancers: tuple[OtherBalancer, ...] = ()
+    """The same edit in each of these too (a standby); a spec from before has none."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,7 @@ class CanarySpec:
     """The first wave against the replicas not yet replaced (`rollout.canary*`)."""
 
     lb: str
+    """nginx on the engine of the step's own environment."""
     canary: tuple[WatchedReplica, ...]
     baseline: tuple[WatchedReplica, ...]
     seconds: int
@@ -105,6 +120,8 @@ class CanarySpec:
     without_traffic: str
     max_wait_seconds: int
     progress_seconds: float = 5.0
+    other_balancers: tuple[OtherBalancer, ...] = ()
+    """A worse canary is taken out of these too (a standby)."""
 
 
 @dataclass(frozen=True)

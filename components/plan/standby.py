@@ -24,9 +24,14 @@ KEEPALIVED_COMMAND = (
     KEEPALIVED_CONFIG_PATH,
 )
 """In the foreground with its log on the console (`docker logs`), VRRP only (no LVS)."""
-KEEPALIVED_CAPABILITIES = ("NET_ADMIN", "NET_BROADCAST", "NET_RAW")
-"""Add and remove the address, send gratuitous ARP, VRRP's raw IP protocol 112."""
+KEEPALIVED_CAPABILITIES = ("CAP_NET_ADMIN", "CAP_NET_BROADCAST", "CAP_NET_RAW")
+"""Add and remove the address, send gratuitous ARP, VRRP's raw IP protocol 112; in the
+form Docker stores and the provider reads back, else every `up` replaces keepalived
+(docs/provider-inputs.md, `capabilities`)."""
 FIRST_PRIORITY, SECOND_PRIORITY = 150, 100
+KEEPALIVED_STOP_SECONDS = 10
+"""Its stop's grace: on SIGTERM keepalived sends priority 0 and removes the address;
+without a grace the provider's delete kills it at once, leaving the address on the host."""
 ALIVE_PATH = "/_vrrp/alive"
 """A path nginx answers itself (its JSON 404 of an unknown path), touching no replica."""
 
@@ -55,6 +60,7 @@ class StandbyPlan:
     capabilities: tuple[str, ...] = KEEPALIVED_CAPABILITIES
     command: tuple[str, ...] = KEEPALIVED_COMMAND
     config_path: str = KEEPALIVED_CONFIG_PATH
+    stop_grace_seconds: int = KEEPALIVED_STOP_SECONDS
 
 
 def render_keepalived_conf(

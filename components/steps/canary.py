@@ -3,8 +3,9 @@
 `/health` says nothing of how a replica serves, so before the second wave drains,
 this reads every replica's `/metrics` at the start and end of `rollout.canarySeconds`
 and compares the canary with the old replicas (`canary_compare`). A worse canary is
-taken out of nginx, the old replicas keep serving, and `pulumi up` fails with the
-figures; a revert and `up` watch again (docs/rolling-updates.md, "Canary").
+taken out of nginx (every balancer, with a standby), the old replicas keep serving,
+and `pulumi up` fails with the figures; a revert and `up` watch again
+(docs/rolling-updates.md, "Canary").
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from components.steps.canary_compare import (
     progress_line,
     window,
 )
-from components.steps.engine import engine_client
-from components.steps.nginx_edit import edit_upstream, get_running
+from components.steps.engine import engine_client, other_engine_client
+from components.steps.nginx_edit import edit_upstream, running_balancers
 from components.steps.readiness import DIRECT
 from components.steps.runner import Refused, run_step
 
@@ -139,13 +140,14 @@ def run(
     fetch: Scraper = scrape,
     containers: str = "",
     previous_output: str = "",
+    others: Sequence[tuple[docker.DockerClient, str]] = (),
 ) -> str:
     """The step: what to print on success; `CanaryFailed` when the update must stop.
 
     `containers` are the first wave's ids, `previous_output` what it printed when it
     last passed. A replaced first-wave replica replaces the step (no previous output);
     a changed `rollout.canary*` alone finds the same containers done and does not
-    watch again: nothing was updated.
+    watch again: nothing was updated. `others`: more balancers to edit (a standby).
     """
     done = f"{DONE}{containers}"
     names = ", ".join(r.name for r in canary)
@@ -154,13 +156,12 @@ def run(
             f"canary: {names} unchanged since the canary passed them: not watched again "
             f"(only the step's settings changed)\n{done}"
         )
-    message = _judge(client, lb_name, canary, baseline, how, fetch)
+    message = _judge([(client, lb_name), *others], canary, baseline, how, fetch)
     return f"{message}\n{done}" if containers else message
 
 
 def _judge(
-    client: docker.DockerClient,
-    lb_name: str,
+    balancers: Sequence[tuple[docker.DockerClient, str]],
     canary: Sequence[Replica],
     baseline: Sequence[Replica],
     how: Watch,
@@ -169,14 +170,15 @@ def _judge(
     seconds, without_traffic, max_wait = how.seconds, how.without_traffic, how.max_wait
     names = ", ".join(r.name for r in canary)
     old = ", ".join(r.name for r in baseline)
-    lb = get_running(client, lb_name)
-    if lb is None:
+    lbs = running_balancers(balancers)
+    if not lbs:
         return f"canary: no load balancer yet (first deploy): {names} not watched"
     if not baseline:
         return f"canary: no replica left on the old version to compare {names} with: not watched"
     for replica in canary:
         # A canary that failed before was taken out; watching it needs its traffic.
-        if edit_upstream(lb, replica.upstream, down=False):
+        put_back = [edit_upstream(lb, replica.upstream, down=False) for lb in lbs]
+        if any(put_back):
             print(f"canary: {replica.name} back in rotation to be watched again", flush=True)
     print(
         f"canary: watching {names} (the first wave, updated) against {old} (not yet "
@@ -199,12 +201,15 @@ def _judge(
         )
     if verdict.passed:
         return f"canary: {names} no worse than {old}, the update goes on:\n{figures}"
-    for replica in canary:
-        edit_upstream(lb, replica.upstream, down=True)
+    for lb in lbs:
+        for replica in canary:
+            edit_upstream(lb, replica.upstream, down=True)
+    where = f" in {len(lbs)} balancers" if len(lbs) > 1 else ""
     raise CanaryFailed(
         f"canary failed: {names} (the first wave, updated) is worse than {old} (not yet "
         f"replaced) over {seconds:.0f} s of live traffic:\n{figures}\n"
-        f"{names} taken out of rotation; {old} {'keeps' if len(baseline) == 1 else 'keep'} "
+        f"{names} taken out of rotation{where}; {old} "
+        f"{'keeps' if len(baseline) == 1 else 'keep'} "
         f"serving, not replaced.\n{WHAT_TO_DO}"
     )
 
@@ -230,6 +235,7 @@ def watched(spec: CanarySpec) -> str:
         how,
         containers=os.environ.get(CONTAINERS_ENV, ""),
         previous_output=os.environ.get(PREVIOUS_OUTPUT_ENV, ""),
+        others=[(other_engine_client(b), b.name) for b in spec.other_balancers],
     )
 
 

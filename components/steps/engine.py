@@ -18,7 +18,8 @@ import docker
 from docker.errors import DockerException
 from docker.tls import TLSConfig
 
-from components.plan.specs import DOCKER_TLS_SECRET_ENV
+from components.plan.specs import DOCKER_TLS_SECRET_ENV, OtherBalancer
+from components.steps.runner import StepError
 
 
 def _material_files(environ: Mapping[str, str]) -> dict[str, str] | None:
@@ -39,13 +40,35 @@ def _material_files(environ: Mapping[str, str]) -> dict[str, str] | None:
     return files
 
 
-def engine_client(timeout: int = 60) -> docker.DockerClient:
-    """A client for the engine this step's environment names."""
-    files = _material_files(os.environ)
+def engine_client(
+    timeout: int = 60, environ: Mapping[str, str] = os.environ
+) -> docker.DockerClient:
+    """A client for the engine this step's environment (or `environ`) names."""
+    files = _material_files(environ)
     if files is None:
-        return docker.from_env(timeout=timeout)
+        return docker.from_env(timeout=timeout, environment=environ)
     tls = TLSConfig(client_cert=(files["cert"], files["key"]), ca_cert=files["ca"], verify=True)
-    return docker.DockerClient(base_url=os.environ["DOCKER_HOST"], tls=tls, timeout=timeout)
+    return docker.DockerClient(base_url=environ["DOCKER_HOST"], tls=tls, timeout=timeout)
+
+
+def other_environ(other: OtherBalancer, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Another balancer's engine as `engine_client` reads one: its variables from the
+    spec, its TLS material from the variables of this process the spec names."""
+    found = dict(other.engine_env)
+    found.update({var: environ[held] for var, held in other.tls_env.items() if held in environ})
+    return found
+
+
+def other_engine_client(other: OtherBalancer, timeout: int = 60) -> docker.DockerClient:
+    """A client for another balancer's engine; a `StepError` naming it when it does not answer."""
+    try:
+        return engine_client(timeout, other_environ(other))
+    except (DockerException, OSError) as err:
+        where = other.engine_env.get("DOCKER_HOST", "?")
+        raise StepError(
+            f"cannot reach the engine of the balancer {other.name} at {where} ({err}); "
+            "start that engine again, then `pulumi up` again"
+        ) from None
 
 
 def reachable_engine(timeout: int = 60) -> docker.DockerClient | None:

@@ -3,14 +3,16 @@
 The one live edit of the balancer's config that a drain (rollout), a worse canary
 (canary) and a resume make: `sed` in the container under a lock, `nginx -t`,
 `nginx -s reload`, then wait until the old workers stop accepting connections.
+With a standby the same edit is made in each balancer, each through its own engine.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import APIError, DockerException, NotFound
 from docker.models.containers import Container
 
 from components.steps.runner import StepError
@@ -34,6 +36,25 @@ def get_running(client: docker.DockerClient, name: str) -> Container | None:
     except NotFound:
         return None
     return container if container.status == "running" else None
+
+
+def running_balancers(balancers: Sequence[tuple[docker.DockerClient, str]]) -> list[Container]:
+    """Each balancer's nginx that runs, from (its engine's client, its name): none on a
+    first deploy. An engine that does not answer stops the step, naming it: editing the
+    others alone would leave a balancer that may hold the address out of step."""
+    found = []
+    for client, name in balancers:
+        try:
+            lb = get_running(client, name)
+        except (DockerException, OSError) as err:  # requests' ConnectionError is an OSError
+            where = getattr(getattr(client, "api", None), "base_url", "its engine")
+            raise StepError(
+                f"cannot reach the engine of the balancer {name} at {where} ({err}); "
+                "start that engine again, then `pulumi up` again"
+            ) from None
+        if lb is not None:
+            found.append(lb)
+    return found
 
 
 def exec_text(container: Container, argv: list[str]) -> tuple[int, str]:

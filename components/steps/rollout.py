@@ -4,7 +4,8 @@ The drain edits the replica's `server` lines out of nginx.conf, reloads, and wai
 until the old workers let go; then the replica's own requests end inside vLLM
 (`--shutdown-timeout`) or, without it, this waits for `vllm:num_requests_running`
 to reach 0. `resume` puts the new replica back once healthy (at once on a first
-deploy). One `local.Command` per replica, triggered by its container id (docs/rolling-updates.md).
+deploy). With a standby, both in every balancer. One `local.Command` per replica,
+triggered by its container id (docs/rolling-updates.md).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from docker.errors import APIError
 from docker.models.containers import Container
 
 from components.plan.specs import RolloutSpec
-from components.steps.engine import engine_client
-from components.steps.nginx_edit import edit_upstream, exec_text, get_running
+from components.steps.engine import engine_client, other_engine_client
+from components.steps.nginx_edit import edit_upstream, exec_text, get_running, running_balancers
 from components.steps.readiness import NotReady, wait_healthy
 from components.steps.runner import StepError, finish, run_step
 
@@ -48,6 +49,15 @@ def requests_running(replica: Container, port: int) -> float | None:
     return sum(values) if values else None
 
 
+Balancer = tuple[docker.DockerClient, str]
+"""An nginx by its engine's client and its container's name."""
+
+
+def _in(balancers: Sequence[Container]) -> str:
+    """Where the edit was made, when more than one nginx runs (a standby)."""
+    return f" in {len(balancers)} balancers" if len(balancers) > 1 else ""
+
+
 def drain(
     client: docker.DockerClient,
     lb_name: str,
@@ -60,31 +70,36 @@ def drain(
     vllm_drains: bool = False,
     poll: float = 0.5,
     progress: float = 10.0,
+    others: Sequence[Balancer] = (),
 ) -> str:
-    lb = get_running(client, lb_name)
-    if lb is None:
+    """Out of `lb_name` on `client`'s engine and of each of `others` (a standby)."""
+    lbs = running_balancers([(client, lb_name), *others])
+    if not lbs:
         # No balancer (first deploy, destroy) routes to it.
         return f"{replica_name}: nothing to drain"
+    target = upstream or f"{replica_name}:{port}"
     if vllm_drains:
         # Its engine may be another; it need not be asked: vLLM finishes its
         # requests itself once Pulumi stops it.
         start = time.monotonic()
-        edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
+        for lb in lbs:
+            edit_upstream(lb, target, down=True)
         return (
-            f"{replica_name}: out of rotation after {time.monotonic() - start:.1f} s; vLLM "
-            "finishes its requests in flight when it is stopped (--shutdown-timeout)"
+            f"{replica_name}: out of rotation after {time.monotonic() - start:.1f} s{_in(lbs)}; "
+            "vLLM finishes its requests in flight when it is stopped (--shutdown-timeout)"
         )
     replica = get_running(replica_client or client, replica_name)
     if replica is None:
         return f"{replica_name}: nothing to drain"
-    edit_upstream(lb, upstream or f"{replica_name}:{port}", down=True)
+    for lb in lbs:
+        edit_upstream(lb, target, down=True)
     start = time.monotonic()
     last_report = start
     while True:
         running = requests_running(replica, port)
         if running is None or running <= 0:
             waited = time.monotonic() - start
-            return f"{replica_name}: out of rotation, drained after {waited:.1f} s"
+            return f"{replica_name}: out of rotation{_in(lbs)}, drained after {waited:.1f} s"
         now = time.monotonic()
         if now - start >= grace:
             return (
@@ -108,10 +123,12 @@ def resume(
     replica_client: docker.DockerClient | None = None,
     probe: str | None = None,
     progress: float = 15.0,
+    others: Sequence[Balancer] = (),
 ) -> str:
-    lb = get_running(client, lb_name)
+    """Back into `lb_name` on `client`'s engine and each of `others` once it serves."""
+    lbs = running_balancers([(client, lb_name), *others])
     engine = replica_client or client
-    if lb is None:
+    if not lbs:
         return f"{replica_name}: no load balancer yet (first deploy); the readiness check waits"
     # Ready as the readiness check sees it: its /health answering at `probe`,
     # not Docker's next probe, which would hold every wave up to its interval.
@@ -127,8 +144,9 @@ def resume(
         )[replica_name]
     except NotReady as err:
         raise StepError(str(err)) from None
-    edit_upstream(lb, upstream or f"{replica_name}:{port}", down=False)
-    return f"{replica_name}: healthy, back in rotation after {took:.1f} s"
+    for lb in lbs:
+        edit_upstream(lb, upstream or f"{replica_name}:{port}", down=False)
+    return f"{replica_name}: healthy, back in rotation after {took:.1f} s{_in(lbs)}"
 
 
 def act(action: str, spec: RolloutSpec) -> str:
@@ -138,6 +156,7 @@ def act(action: str, spec: RolloutSpec) -> str:
     needs_other = spec.replica_engine and not (action == "drain" and spec.vllm_drains)
     other = docker.DockerClient(base_url=spec.replica_engine, timeout=30) if needs_other else None
     upstream = spec.upstream
+    others = [(other_engine_client(b), b.name) for b in spec.other_balancers]
     if action == "drain":
         return drain(
             client,
@@ -148,6 +167,7 @@ def act(action: str, spec: RolloutSpec) -> str:
             upstream=upstream,
             replica_client=other,
             vllm_drains=spec.vllm_drains,
+            others=others,
         )
     return resume(
         client,
@@ -158,6 +178,7 @@ def act(action: str, spec: RolloutSpec) -> str:
         upstream=upstream,
         replica_client=other,
         probe=spec.probe or None,
+        others=others,
     )
 
 
