@@ -19,7 +19,7 @@ import pytest
 from components.config.loading import parse_settings, settings_from_config
 from components.config.problems import ConfigError
 from components.plan.build import build_plan
-from components.plan.model import host_tls_secret
+from components.plan.model import KEEPALIVED_STOP_SECONDS, host_tls_secret
 from components.plan.specs import (
     DOCKER_TLS_SECRET_ENV,
     SPEC_ENV,
@@ -30,7 +30,7 @@ from components.plan.specs import (
     WatchedReplica,
     decode,
 )
-from components.plan.standby import FIRST_PRIORITY, KEEPALIVED_STOP_SECONDS, SECOND_PRIORITY
+from components.plan.standby import FIRST_PRIORITY, SECOND_PRIORITY
 from components.steps import canary, nginx_edit, rollout
 from components.steps.canary_compare import Scrape, Thresholds
 from components.steps.engine import other_engine_client, other_environ

@@ -19,8 +19,7 @@ import pulumi_docker as docker
 from components.deployment.balancer import LoadBalancer, LoadBalancerArgs
 from components.deployment.parts import check_command, image_ref
 from components.deployment.pool import EngineParts
-from components.plan.model import CheckPlan, Plan
-from components.plan.standby import BalancerPlan, StandbyPlan
+from components.plan.model import BalancerPlan, CheckPlan, Plan, StandbyPlan
 
 TYPE_TOKEN = "vllm-nginx:index:Standby"
 

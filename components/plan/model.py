@@ -12,15 +12,11 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from components.config.sections import Upstream
 from components.config.settings import DEFAULT_POOL, LOCAL_ENGINE
 from components.plan.monitoring import MonitoringPlan
 from components.plan.specs import SPEC_ENV, DownloadSpec, FitSpec, encode
-
-if TYPE_CHECKING:
-    from components.plan.standby import StandbyPlan
 
 VLLM_PORT = 8000
 """Port vLLM listens on inside its container, as in the guide."""
@@ -388,6 +384,52 @@ class CanaryPlan(StepCall):
     """The pool whose rollout it watches."""
     balancer_secrets: Mapping[str, str] = field(default_factory=dict)
     """Variable -> secret: a standby's engine's TLS material (`CanarySpec.other_balancers`)."""
+
+
+KEEPALIVED_CONFIG_PATH = "/etc/keepalived/keepalived.conf"
+KEEPALIVED_COMMAND = (
+    "keepalived",
+    "--dont-fork",
+    "--log-console",
+    "--vrrp",
+    "--use-file",
+    KEEPALIVED_CONFIG_PATH,
+)
+"""In the foreground with its log on the console (`docker logs`), VRRP only (no LVS)."""
+KEEPALIVED_CAPABILITIES = ("CAP_NET_ADMIN", "CAP_NET_BROADCAST", "CAP_NET_RAW")
+"""Add and remove the address, send gratuitous ARP, VRRP's raw IP protocol 112; in the
+form Docker stores and the provider reads back, else every `up` replaces keepalived
+(docs/provider-inputs.md, `capabilities`)."""
+KEEPALIVED_STOP_SECONDS = 10
+"""Its stop's grace: on SIGTERM keepalived sends priority 0 and removes the address;
+without a grace the provider's delete kills it at once, leaving the address on the host."""
+
+
+@dataclass(frozen=True)
+class BalancerPlan:
+    """One of the two balancers: its host, its own URL and verify step, its keepalived."""
+
+    host: str
+    url: str
+    """nginx at its own host's address: what its verify step checks."""
+    verify: CheckPlan
+    keepalived_name: str
+    priority: int
+    keepalived_config: str
+
+
+@dataclass(frozen=True)
+class StandbyPlan:
+    virtual_address: str
+    """With its prefix, as keepalived adds it."""
+    url: str
+    """The load balancer's URL at the floating address: what clients use."""
+    image: ImagePlan
+    balancers: tuple[BalancerPlan, BalancerPlan]
+    capabilities: tuple[str, ...] = KEEPALIVED_CAPABILITIES
+    command: tuple[str, ...] = KEEPALIVED_COMMAND
+    config_path: str = KEEPALIVED_CONFIG_PATH
+    stop_grace_seconds: int = KEEPALIVED_STOP_SECONDS
 
 
 @dataclass(frozen=True)

@@ -8,59 +8,15 @@ keepalived manual's words: docs/multi-host.md#a-standby-balancer.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from components.config.settings import Settings
-from components.plan.model import CheckPlan, ImagePlan
+from components.plan.model import BalancerPlan, CheckPlan, ImagePlan, StandbyPlan
 from components.plan.specs import VerifySpec
 
-KEEPALIVED_CONFIG_PATH = "/etc/keepalived/keepalived.conf"
-KEEPALIVED_COMMAND = (
-    "keepalived",
-    "--dont-fork",
-    "--log-console",
-    "--vrrp",
-    "--use-file",
-    KEEPALIVED_CONFIG_PATH,
-)
-"""In the foreground with its log on the console (`docker logs`), VRRP only (no LVS)."""
-KEEPALIVED_CAPABILITIES = ("CAP_NET_ADMIN", "CAP_NET_BROADCAST", "CAP_NET_RAW")
-"""Add and remove the address, send gratuitous ARP, VRRP's raw IP protocol 112; in the
-form Docker stores and the provider reads back, else every `up` replaces keepalived
-(docs/provider-inputs.md, `capabilities`)."""
 FIRST_PRIORITY, SECOND_PRIORITY = 150, 100
-KEEPALIVED_STOP_SECONDS = 10
-"""Its stop's grace: on SIGTERM keepalived sends priority 0 and removes the address;
-without a grace the provider's delete kills it at once, leaving the address on the host."""
 ALIVE_PATH = "/_vrrp/alive"
 """A path nginx answers itself (its JSON 404 of an unknown path), touching no replica."""
-
-
-@dataclass(frozen=True)
-class BalancerPlan:
-    """One of the two balancers: its host, its own URL and verify step, its keepalived."""
-
-    host: str
-    url: str
-    """nginx at its own host's address: what its verify step checks."""
-    verify: CheckPlan
-    keepalived_name: str
-    priority: int
-    keepalived_config: str
-
-
-@dataclass(frozen=True)
-class StandbyPlan:
-    virtual_address: str
-    """With its prefix, as keepalived adds it."""
-    url: str
-    """The load balancer's URL at the floating address: what clients use."""
-    image: ImagePlan
-    balancers: tuple[BalancerPlan, BalancerPlan]
-    capabilities: tuple[str, ...] = KEEPALIVED_CAPABILITIES
-    command: tuple[str, ...] = KEEPALIVED_COMMAND
-    config_path: str = KEEPALIVED_CONFIG_PATH
-    stop_grace_seconds: int = KEEPALIVED_STOP_SECONDS
 
 
 def render_keepalived_conf(
