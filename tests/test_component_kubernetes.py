@@ -114,9 +114,10 @@ def test_replicas_request_gpus_and_carry_probes_grace_and_placement() -> None:
     wait_for = json.loads(sts.inputs["metadata"]["annotations"]["pulumi.com/waitFor"])
     assert "jsonpath={.status.updatedReplicas}=2" in wait_for
     assert "jsonpath={.status.readyReplicas}=2" in wait_for
-    # The next pod is replaced only once nginx tries the new one again (failWindowSeconds).
-    assert spec["minReadySeconds"] == 10 + 3
-    assert sts.custom_timeouts.get("update") == f"{2 * (600 + 17 + 45 + 10 + 3) + 60}s"
+    # The next pod is replaced once the new one has been ready as long as the old one's
+    # preStop waits for its Service to drop it: kube-proxy adds the new one first.
+    assert spec["minReadySeconds"] == 17
+    assert sts.custom_timeouts.get("update") == f"{2 * (600 + 17 + 45 + 17) + 60}s"
     pod = spec["template"]["spec"]
     (vllm,) = pod["containers"]
     assert vllm["resources"]["limits"] == {"nvidia.com/gpu": "2"}
@@ -176,6 +177,10 @@ def test_the_balancer_is_the_rendered_config_in_a_configmap_and_two_pods() -> No
         c for c in run.of_type(CONFIG_MAP) if "etc_nginx_nginx.conf" in c.inputs.get("data", {})
     ]
     assert config_map.inputs["data"]["etc_nginx_nginx.conf"] == plan.load_balancer.config
+    # No failure marks: a replica away is refused at once by its Service, and a mark
+    # would outlast its return (docs/kubernetes.md).
+    servers = [line for line in plan.load_balancer.config.splitlines() if "server vllm-" in line]
+    assert servers and all("max_fails=0" in line for line in servers), servers
     deployment = by_name(run, DEPLOYMENT, "nginx-lb")
     spec = deployment.inputs["spec"]
     assert spec["replicas"] == 2

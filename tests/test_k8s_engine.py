@@ -190,6 +190,23 @@ EMBED_PODS = "app.kubernetes.io/name=vllm-embed"
 NGINX_PODS = "app.kubernetes.io/name=e2e-lb"
 
 
+def explain(cluster: Cluster) -> str:
+    """For a failed assertion: the balancer pods' nginx warnings and errors (which upstreams
+    were refused or taken out, and when) and the replica Services' endpoints as they are now."""
+    lines = []
+    for pod in pods(cluster, NGINX_PODS):
+        name = pod["metadata"]["name"]
+        log = cluster.kubectl("logs", "-n", NAMESPACE, "--timestamps", name, check=False)
+        lines += [
+            f"{name}: {line}" for line in log.splitlines() if "[warn]" in line or "[error]" in line
+        ]
+    slices = cluster.get("endpointslices", "-n", NAMESPACE)["items"]
+    for item in slices:
+        ends = [(e.get("addresses"), e.get("conditions")) for e in item.get("endpoints") or []]
+        lines.append(f"endpoints {item['metadata']['name']}: {ends}")
+    return "\n".join(lines[-80:])
+
+
 def client() -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{LB_URL}/v1", api_key=API_KEY, max_retries=0, timeout=30)
 
@@ -289,8 +306,8 @@ def test_update_of_one_pool_under_streaming_load_fails_nothing(
         f"requests, {len(failed)} failed"
     )
     assert during, "no stream overlapped the update"
-    assert not broken, broken[:5]
-    assert embeds and not failed, failed[:5]
+    assert not broken, f"{broken[:5]}\n{explain(cluster)}"
+    assert embeds and not failed, f"{failed[:5]}\n{explain(cluster)}"
     chat_after = by_name(cluster, CHAT_PODS)
     assert set(chat_after) == set(chat_before)
     assert all(chat_after[n] != chat_before[n] for n in chat_before), "chat pods not replaced"
@@ -332,7 +349,7 @@ def test_scaling_a_pool_up_and_down(cluster: Cluster, stack: Stack, first_up: An
         f"{len(chats)} streams, {len(broken)} failed or cut, {len(retried)} retried once "
         "on a closed idle connection"
     )
-    assert not broken, broken[:5]
+    assert not broken, f"{broken[:5]}\n{explain(cluster)}"
     # A stopping nginx closes its idle client connections (as a reload does on Docker):
     # at most once per client and old pod, each sent again once as the client would.
     assert len(retried) <= len(workers) * len(nginx_before), retried

@@ -93,6 +93,7 @@ def test_a_whole_kubernetes_section_is_read() -> None:
             "loadBalancer.keepaliveConnections",
             "abort",
         ),
+        ({"loadBalancer": {"maxFails": 3}}, "loadBalancer.maxFails", "leave it out"),
         ({"rollout": {"canarySeconds": 30}}, "rollout.canarySeconds", "set it 0"),
         (
             {"monitoring": {"enabled": True}, "grafanaPassword": None},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import signal
 import ssl
 import threading
@@ -630,3 +631,43 @@ def test_the_key_is_in_no_log_and_not_in_the_main_config(logged_replica):
         assert secret not in main_config
         assert secret not in logs
     assert logs.count('"GET /v1/models HTTP/1.1" 200') == 1
+
+
+def test_without_failure_marks_a_returning_replica_gets_the_next_request():
+    """Kubernetes' setting (`max_fails=0`, components/plan/kubernetes.py): a replica that
+    refused 20 requests in a row (its Service empty) is not taken out, so it answers again
+    as soon as it is back, not a failure window later, and nothing failed meanwhile."""
+    from components.config.sections import LoadBalancerSettings, Upstream
+    from components.lb.nginx_conf import render_nginx_config
+    from tests.support.nginx import (
+        free_port,
+        loopback_runtime,
+        make_sandbox,
+        running_nginx,
+        write_extra_files,
+    )
+
+    lb = LoadBalancerSettings(dynamic_resolve=False, fail_window_seconds=15).model_copy(
+        update={"max_fails": 0, "keepalive_connections": 0}
+    )
+    sandbox, port = make_sandbox(), free_port()
+    cleanup = contextlib.ExitStack()
+    cleanup.callback(shutil.rmtree, sandbox, ignore_errors=True)
+    with cleanup, stub_backends(2, ttft_ms=5, token_ms=5, extra_args=QUIET) as stubs:
+        upstreams = [Upstream(host=LOOPBACK, port=p) for p in stubs.ports]
+        runtime = loopback_runtime(sandbox, port)
+        config = render_nginx_config(lb, upstreams, runtime)
+        write_extra_files(lb, runtime)
+        assert "max_fails=0" in config
+        with running_nginx(require_nginx(), config, sandbox, port) as nginx:
+            api = client(nginx)
+            victim = stubs[1]
+            victim.stop(signal.SIGKILL)
+            answered = Counter(complete(api, tokens=1) for _ in range(20))
+            assert answered == {stubs[0].replica_id: 20}
+            victim.start()
+            # Round robin: of the next two requests one goes to the victim, at once.
+            back = {complete(api, tokens=1) for _ in range(2)}
+            assert victim.replica_id in back, back
+            refused = (sandbox / "error.log").read_text().count("Connection refused")
+            assert refused >= 10, refused  # it was tried, refused, and never taken out

@@ -128,6 +128,14 @@ def _refusals(s: Settings) -> Iterator[Rule]:
             "requests with an abort; leave it out",
             "engine",
         )
+    if _written(s, "load_balancer", "max_fails"):
+        yield rule(
+            "loadBalancer.maxFails",
+            "does not carry over to 'engine' kubernetes: nginx takes no replica out there "
+            "(a replica away is refused at once by its empty Service, and a failure mark "
+            "would outlast its return); leave it out",
+            "engine",
+        )
     if _written(s, "cpu", "cores_per_replica") and s.cpu.cores_per_replica:
         yield rule(
             "cpu.coresPerReplica",

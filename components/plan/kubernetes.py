@@ -133,8 +133,8 @@ class KubePoolPlan:
     """The replica's `preStop` command: unready, then wait for the Services to drop it."""
     termination_grace_seconds: int
     min_ready_seconds: int
-    """How long a new pod must be ready before the next is replaced: until nginx, which
-    counted it failed while it was away, tries it again (`failWindowSeconds`)."""
+    """How long a new pod must be ready before the next is replaced: as long as the old
+    one takes to leave its Service, so kube-proxy adds the new one first."""
     create_timeout_seconds: int
     """How long `pulumi up` waits for a new pool's pods to be ready (the load)."""
     update_timeout_seconds: int
@@ -210,9 +210,11 @@ def cluster_settings(settings: Settings) -> Settings:
     """The settings `build_plan` runs on for a cluster: nginx resolves the replica names
     once from /etc/hosts (no `resolve`), opens a connection per request (a kept one
     would outlive its pod's removal from the Service and reach it draining, where
-    vLLM answers new requests with an abort), and no fit check (it needs Docker)."""
+    vLLM answers new requests with an abort), counts no failures (`max_fails=0`: a
+    replica away is refused at once by its empty Service, so a failure mark would only
+    outlive its return; docs/kubernetes.md), and no fit check (it needs Docker)."""
     lb = settings.load_balancer.model_copy(
-        update={"dynamic_resolve": False, "keepalive_connections": 0}
+        update={"dynamic_resolve": False, "keepalive_connections": 0, "max_fails": 0}
     )
     fit = settings.fit_check.model_copy(update={"enabled": False})
     return settings.model_copy(update={"load_balancer": lb, "fit_check": fit})
@@ -319,17 +321,11 @@ def _pool(settings: Settings, base: Plan, pool: str, prefix: str) -> KubePoolPla
         pre_stop=("sh", "-c", f"touch {STOP_FILE} && sleep {pre_stop}"),
         # The hook, then vLLM's drain (shutdownTimeoutSeconds) within stopGraceSeconds.
         termination_grace_seconds=pre_stop + settings.stop_grace_seconds,
-        # nginx's fail_timeout after the pod's last refusal, plus kube-proxy's sync.
-        min_ready_seconds=settings.load_balancer.fail_window_seconds + 3,
+        # Not nginx's failure window: it keeps no failure mark on Kubernetes (max_fails=0).
+        min_ready_seconds=pre_stop,
         create_timeout_seconds=settings.ready_timeout_seconds + 60,
         update_timeout_seconds=len(mine)
-        * (
-            settings.ready_timeout_seconds
-            + pre_stop
-            + settings.stop_grace_seconds
-            + settings.load_balancer.fail_window_seconds
-            + 3
-        )
+        * (settings.ready_timeout_seconds + pre_stop + settings.stop_grace_seconds + pre_stop)
         + 60,
         compile_cache=base.compile_cache is not None,
     )
