@@ -9,12 +9,15 @@ once it completed: a failed download stops the pool before any replica.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.deployment import kubernetes_parts as parts
+from components.deployment.kubernetes_parts import env_vars, probe
 from components.plan.kubernetes import (
     GPU_RESOURCE,
     JOB_SCRIPT,
@@ -23,7 +26,6 @@ from components.plan.kubernetes import (
     TOKEN_DIR,
     TOKEN_FILE,
     KubePoolPlan,
-    ProbePlan,
 )
 from components.plan.model import COMPILE_CACHE_MOUNT, HF_CACHE_MOUNT
 
@@ -33,47 +35,6 @@ WAIT_FOR = "pulumi.com/waitFor"
 
 core = k8s.core.v1
 meta = k8s.meta.v1
-
-
-def probe(plan: ProbePlan) -> core.ProbeArgs:
-    """An HTTP GET probe on the plan's path, a command, or a TCP one without a path."""
-    if plan.command is not None:
-        return core.ProbeArgs(
-            exec_=core.ExecActionArgs(command=list(plan.command)),
-            period_seconds=plan.period_seconds,
-            timeout_seconds=plan.timeout_seconds,
-            failure_threshold=plan.failure_threshold,
-        )
-    if plan.path is None:
-        return core.ProbeArgs(
-            tcp_socket=core.TCPSocketActionArgs(port=plan.port),
-            period_seconds=plan.period_seconds,
-            timeout_seconds=plan.timeout_seconds,
-            failure_threshold=plan.failure_threshold,
-        )
-    return core.ProbeArgs(
-        http_get=core.HTTPGetActionArgs(path=plan.path, port=plan.port),
-        period_seconds=plan.period_seconds,
-        timeout_seconds=plan.timeout_seconds,
-        failure_threshold=plan.failure_threshold,
-    )
-
-
-def env_vars(
-    env: Mapping[str, str], secret_env: Sequence[str], secret: pulumi.Input[str] | None
-) -> list[core.EnvVarArgs]:
-    """Plain variables as values; secret ones by reference to the stack's Secret."""
-    found = [core.EnvVarArgs(name=key, value=value) for key, value in env.items()]
-    for name in secret_env:
-        found.append(
-            core.EnvVarArgs(
-                name=name,
-                value_from=core.EnvVarSourceArgs(
-                    secret_key_ref=core.SecretKeySelectorArgs(name=secret, key=name)
-                ),
-            )
-        )
-    return found
 
 
 @dataclass(frozen=True)
@@ -103,8 +64,7 @@ class KubernetesPool(pulumi.ComponentResource):
         plan = args.plan
         prefix = f"{name}-"
 
-        def child(**more: object) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions(parent=self, provider=args.provider, **more)  # type: ignore[arg-type]
+        child = partial(parts.child, self, args.provider)
 
         def metadata(resource: str, labels: Mapping[str, str] | None = None) -> meta.ObjectMetaArgs:
             return meta.ObjectMetaArgs(
