@@ -33,10 +33,7 @@ meta = k8s.meta.v1
 @dataclass(frozen=True)
 class KubernetesBalancerArgs:
     plan: KubeBalancerPlan
-    namespace: pulumi.Input[str]
-    labels: Mapping[str, str]
-    provider: k8s.Provider
-    secrets: Mapping[str, pulumi.Output[str]]
+    scope: parts.Scope
     cluster_ips: Mapping[str, pulumi.Output[str]]
     """Each Service name nginx reaches (`plan.reaches`) -> its ClusterIP."""
     starts_after: Sequence[pulumi.Resource]
@@ -56,17 +53,17 @@ class KubernetesBalancer(pulumi.ComponentResource):
         plan = args.plan
         prefix = f"{name}-"
 
-        child = partial(parts.child, self, args.provider)
+        child = partial(parts.child, self, args.scope.provider)
         files = parts.mounted_files(
             name,
             {plan.config_path: plan.config, **plan.files},
-            [(f.path, args.secrets[f.secret]) for f in plan.secret_files],
-            meta.ObjectMetaArgs(namespace=args.namespace, labels=dict(args.labels)),
+            [(f.path, args.scope.secrets[f.secret]) for f in plan.secret_files],
+            args.scope.metadata(),
             child(),
         )
         assert files.config is not None
         self.config = files.config
-        selector = {**args.labels, "app.kubernetes.io/name": plan.name}
+        selector = {**args.scope.labels, "app.kubernetes.io/name": plan.name}
         # Out of the Service first, then nginx's graceful stop (SIGQUIT, as on Docker):
         # the kubelet's SIGTERM would be nginx's fast shutdown. The hook lasts until
         # nginx (PID 1) has finished its requests and exited.
@@ -76,9 +73,7 @@ class KubernetesBalancer(pulumi.ComponentResource):
         )
         self.deployment = k8s.apps.v1.Deployment(
             f"{prefix}nginx",
-            metadata=meta.ObjectMetaArgs(
-                name=plan.name, namespace=args.namespace, labels=dict(args.labels)
-            ),
+            metadata=args.scope.metadata(plan.name),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=plan.replicas,
                 selector=meta.LabelSelectorArgs(match_labels=selector),
@@ -121,9 +116,7 @@ class KubernetesBalancer(pulumi.ComponentResource):
         )
         self.service = core.Service(
             f"{prefix}service",
-            metadata=meta.ObjectMetaArgs(
-                name=plan.name, namespace=args.namespace, labels=dict(args.labels)
-            ),
+            metadata=args.scope.metadata(plan.name),
             spec=core.ServiceSpecArgs(
                 type=plan.service_type,
                 selector=selector,

@@ -83,10 +83,12 @@ class KubernetesCluster(pulumi.ComponentResource):
                 opts=child(retain_on_delete=plan.keeps_claims),
             ).metadata.name
 
+        scope = parts.Scope(self.provider, namespace, labels, secrets)
+
         def secret(resource: str, data: dict[str, pulumi.Output[str]]) -> pulumi.Output[str]:
             return k8s.core.v1.Secret(
                 f"{name}-{resource}",
-                metadata=k8s.meta.v1.ObjectMetaArgs(namespace=namespace, labels=labels),
+                metadata=scope.metadata(),
                 string_data=data,
                 opts=child(),
             ).metadata.name
@@ -107,9 +109,7 @@ class KubernetesCluster(pulumi.ComponentResource):
                     f"{name}-{pool.resource_prefix}pool",
                     KubernetesPoolArgs(
                         plan=pool,
-                        namespace=namespace,
-                        labels=labels,
-                        provider=self.provider,
+                        scope=scope,
                         env_secret=env_secret,
                         token_secret=token_secret,
                     ),
@@ -124,10 +124,7 @@ class KubernetesCluster(pulumi.ComponentResource):
                 f"{name}-monitoring",
                 KubernetesMonitoringArgs(
                     plan=plan.monitoring,
-                    namespace=namespace,
-                    labels=labels,
-                    provider=self.provider,
-                    secrets=secrets,
+                    scope=scope,
                     cluster_ips=cluster_ips,
                 ),
                 opts=pulumi.ResourceOptions(parent=self),
@@ -139,10 +136,7 @@ class KubernetesCluster(pulumi.ComponentResource):
             f"{name}-balancer",
             KubernetesBalancerArgs(
                 plan=plan.balancer,
-                namespace=namespace,
-                labels=labels,
-                provider=self.provider,
-                secrets=secrets,
+                scope=scope,
                 cluster_ips=cluster_ips,
                 starts_after=starts_after,
             ),

@@ -30,10 +30,7 @@ meta = k8s.meta.v1
 @dataclass(frozen=True)
 class KubernetesMonitoringArgs:
     plan: KubeMonitoringPlan
-    namespace: pulumi.Input[str]
-    labels: Mapping[str, str]
-    provider: k8s.Provider
-    secrets: Mapping[str, pulumi.Output[str]]
+    scope: parts.Scope
     cluster_ips: Mapping[str, pulumi.Output[str]]
     """Each replica's Service name -> its ClusterIP."""
 
@@ -53,7 +50,7 @@ class KubernetesMonitoring(pulumi.ComponentResource):
         super().__init__(TYPE_TOKEN, name, None, opts)
         self._name = name
         self._args = args
-        self._child = partial(parts.child, self, args.provider)
+        self._child = partial(parts.child, self, args.scope.provider)
         self.cluster_ips = {}
         deployments: dict[str, k8s.apps.v1.Deployment] = {}
         services: dict[str, core.Service] = {}
@@ -76,22 +73,20 @@ class KubernetesMonitoring(pulumi.ComponentResource):
     def _piece(self, piece: KubeMonitorPlan) -> tuple[k8s.apps.v1.Deployment, core.Service]:
         args = self._args
         resource = f"{self._name}-{piece.role}"
-        labels = dict(args.labels)
         spec = piece.container
         files = parts.mounted_files(
             resource,
             {f.path: f.content for f in spec.uploads},
-            [(f.path, args.secrets[f.secret]) for f in spec.secret_uploads],
-            meta.ObjectMetaArgs(namespace=args.namespace, labels=labels),
+            [(f.path, args.scope.secrets[f.secret]) for f in spec.secret_uploads],
+            args.scope.metadata(),
             self._child(),
+            secret_mode=0o400 if piece.fs_group is None else 0o440,
         )
         volumes, mounts = list(files.volumes), list(files.mounts)
         if piece.claim is not None:
             claim = core.PersistentVolumeClaim(
                 f"{resource}-data",
-                metadata=meta.ObjectMetaArgs(
-                    name=piece.claim.name, namespace=args.namespace, labels=labels
-                ),
+                metadata=args.scope.metadata(piece.claim.name),
                 spec=core.PersistentVolumeClaimSpecArgs(
                     access_modes=["ReadWriteOnce"],
                     storage_class_name=piece.claim.storage_class,
@@ -110,11 +105,11 @@ class KubernetesMonitoring(pulumi.ComponentResource):
                 )
             )
             mounts.append(core.VolumeMountArgs(name="data", mount_path=piece.claim.path))
-        selector = {**labels, "app.kubernetes.io/name": piece.name}
+        selector = {**args.scope.labels, "app.kubernetes.io/name": piece.name}
         env = dict(item.split("=", 1) for item in spec.env)
         deployment = k8s.apps.v1.Deployment(
             resource,
-            metadata=meta.ObjectMetaArgs(name=piece.name, namespace=args.namespace, labels=labels),
+            metadata=args.scope.metadata(piece.name),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=1,
                 selector=meta.LabelSelectorArgs(match_labels=selector),
@@ -161,7 +156,7 @@ class KubernetesMonitoring(pulumi.ComponentResource):
         )
         service = core.Service(
             f"{resource}-service",
-            metadata=meta.ObjectMetaArgs(name=piece.name, namespace=args.namespace, labels=labels),
+            metadata=args.scope.metadata(piece.name),
             spec=core.ServiceSpecArgs(
                 type=piece.service_type,
                 selector=selector,

@@ -20,6 +20,26 @@ core = k8s.core.v1
 meta = k8s.meta.v1
 
 
+@dataclass(frozen=True)
+class Scope:
+    """What every Kubernetes component of a stack shares: the cluster (its provider), the
+    namespace, the labels, and the stack's secrets by name (Pulumi secrets)."""
+
+    provider: k8s.Provider
+    namespace: pulumi.Input[str]
+    labels: Mapping[str, str]
+    secrets: Mapping[str, pulumi.Output[str]]
+
+    def metadata(self, name: str | None = None, **more: object) -> meta.ObjectMetaArgs:
+        """An object's metadata in the namespace, with the labels (no name: auto-named)."""
+        return meta.ObjectMetaArgs(
+            name=name,
+            namespace=self.namespace,
+            labels=dict(self.labels),
+            **more,  # type: ignore[arg-type]
+        )
+
+
 def child(
     parent: pulumi.Resource, provider: k8s.Provider, **more: object
 ) -> pulumi.ResourceOptions:
@@ -81,9 +101,11 @@ def mounted_files(
     secret_files: Iterable[tuple[str, pulumi.Input[str]]],
     metadata: meta.ObjectMetaArgs,
     opts: pulumi.ResourceOptions,
+    secret_mode: int = 0o400,
 ) -> MountedFiles:
     """`files` (path -> text) in a ConfigMap `<resource>-config`, `secret_files` (path ->
-    secret value) in a Secret `<resource>-files` (read-only, mode 0400)."""
+    secret value) in a Secret `<resource>-files`, read-only, `secret_mode` (0440 lets
+    the pod's `fsGroup` read them: an image that runs as a user of its own)."""
     found = MountedFiles()
     secrets = dict(secret_files)
     for volume, kind, content in (("config", "config", files), ("secret-files", "files", secrets)):
@@ -103,7 +125,7 @@ def mounted_files(
             )
             source = {
                 "secret": core.SecretVolumeSourceArgs(
-                    secret_name=secret.metadata.name, default_mode=0o400
+                    secret_name=secret.metadata.name, default_mode=secret_mode
                 )
             }
         found.volumes.append(core.VolumeArgs(name=volume, **source))  # type: ignore[arg-type]

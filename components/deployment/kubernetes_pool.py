@@ -9,7 +9,6 @@ once it completed: a failed download stops the pool before any replica.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -40,9 +39,7 @@ meta = k8s.meta.v1
 @dataclass(frozen=True)
 class KubernetesPoolArgs:
     plan: KubePoolPlan
-    namespace: pulumi.Input[str]
-    labels: Mapping[str, str]
-    provider: k8s.Provider
+    scope: parts.Scope
     env_secret: pulumi.Input[str] | None
     """The Secret (by name) the replicas' secret variables come from."""
     token_secret: pulumi.Input[str] | None
@@ -64,16 +61,11 @@ class KubernetesPool(pulumi.ComponentResource):
         plan = args.plan
         prefix = f"{name}-"
 
-        child = partial(parts.child, self, args.provider)
-
-        def metadata(resource: str, labels: Mapping[str, str] | None = None) -> meta.ObjectMetaArgs:
-            return meta.ObjectMetaArgs(
-                name=resource, namespace=args.namespace, labels={**args.labels, **(labels or {})}
-            )
+        child = partial(parts.child, self, args.scope.provider)
 
         self.claim = core.PersistentVolumeClaim(
             f"{prefix}cache",
-            metadata=metadata(plan.claim.name),
+            metadata=args.scope.metadata(plan.claim.name),
             spec=core.PersistentVolumeClaimSpecArgs(
                 access_modes=[plan.claim.access_mode],
                 storage_class_name=plan.claim.storage_class,
@@ -98,7 +90,7 @@ class KubernetesPool(pulumi.ComponentResource):
             job = plan.download
             script = core.ConfigMap(
                 f"{prefix}download-script",
-                metadata=meta.ObjectMetaArgs(namespace=args.namespace, labels=dict(args.labels)),
+                metadata=args.scope.metadata(),
                 data={JOB_SCRIPT: job.script},
                 opts=child(),
             )
@@ -130,12 +122,12 @@ class KubernetesPool(pulumi.ComponentResource):
             timeout = f"{job.timeout_seconds}s"
             self.job = k8s.batch.v1.Job(
                 f"{prefix}download",
-                metadata=metadata(job.name),
+                metadata=args.scope.metadata(job.name),
                 spec=k8s.batch.v1.JobSpecArgs(
                     backoff_limit=0,
                     active_deadline_seconds=job.timeout_seconds,
                     template=core.PodTemplateSpecArgs(
-                        metadata=meta.ObjectMetaArgs(labels=dict(args.labels)),
+                        metadata=meta.ObjectMetaArgs(labels=dict(args.scope.labels)),
                         spec=core.PodSpecArgs(
                             restart_policy="Never",
                             node_selector=dict(placement.node_selector) or None,
@@ -165,7 +157,7 @@ class KubernetesPool(pulumi.ComponentResource):
             )
             after.append(self.job)
 
-        selector = {**args.labels, "app.kubernetes.io/name": plan.workload}
+        selector = {**args.scope.labels, "app.kubernetes.io/name": plan.workload}
         mounts = [
             cache_mount,
             core.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
@@ -188,7 +180,7 @@ class KubernetesPool(pulumi.ComponentResource):
         # gives each pod a name (nginx uses the per-replica Services below).
         headless = core.Service(
             f"{prefix}pods",
-            metadata=metadata(plan.workload),
+            metadata=args.scope.metadata(plan.workload),
             spec=core.ServiceSpecArgs(
                 cluster_ip="None",
                 selector=selector,
@@ -198,11 +190,8 @@ class KubernetesPool(pulumi.ComponentResource):
         )
         self.workload = k8s.apps.v1.StatefulSet(
             f"{prefix}replicas",
-            metadata=meta.ObjectMetaArgs(
-                name=plan.workload,
-                namespace=args.namespace,
-                labels=dict(args.labels),
-                annotations={WAIT_FOR: json.dumps(list(plan.wait_for))},
+            metadata=args.scope.metadata(
+                plan.workload, annotations={WAIT_FOR: json.dumps(list(plan.wait_for))}
             ),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 service_name=plan.workload,
@@ -259,7 +248,7 @@ class KubernetesPool(pulumi.ComponentResource):
         for replica in plan.replicas:
             self.services[replica.service] = core.Service(
                 f"{name}-{replica.service}",
-                metadata=metadata(replica.service),
+                metadata=args.scope.metadata(replica.service),
                 spec=core.ServiceSpecArgs(
                     selector={**selector, POD_NAME_LABEL: replica.pod},
                     ports=[core.ServicePortArgs(name="http", port=plan.port, target_port="http")],
