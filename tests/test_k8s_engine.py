@@ -281,9 +281,11 @@ def prometheus(path: str, **params: str) -> Any:
 
 
 def series(query: str) -> dict[str, float]:
-    """The query's result: each series' replica label (or '') -> its value."""
+    """The query's result: each series' replica label (or '') -> its value; one series each."""
     result = prometheus("/api/v1/query", query=query)["result"]
-    return {r["metric"].get(REPLICA_LABEL, ""): float(r["value"][1]) for r in result}
+    found = {r["metric"].get(REPLICA_LABEL, ""): float(r["value"][1]) for r in result}
+    assert len(found) == len(result), result
+    return found
 
 
 def test_prometheus_finds_every_replica_and_the_balancers_exporter(
@@ -292,7 +294,7 @@ def test_prometheus_finds_every_replica_and_the_balancers_exporter(
     outputs = stack.outputs()
     assert (outputs["prometheus_url"], outputs["grafana_url"]) == (PROMETHEUS_URL, GRAFANA_URL)
     api = client()
-    before = sum(series("vllm_lb_requests_total").values())
+    before = sum(series("sum(vllm_lb_requests_total)").values())
     for _ in range(6):
         api.chat.completions.create(
             model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
@@ -303,24 +305,26 @@ def test_prometheus_finds_every_replica_and_the_balancers_exporter(
     while True:
         targets = prometheus("/api/v1/targets")["activeTargets"]
         health = {t["labels"].get(REPLICA_LABEL, t["labels"]["job"]): t["health"] for t in targets}
+        running = series("vllm:num_requests_running")
         served = series("sum by (replica) (vllm:request_success_total)")
-        through = sum(series("vllm_lb_requests_total").values()) - before
+        through = sum(series("sum(vllm_lb_requests_total)").values()) - before
         attempts = series("sum by (replica) (vllm_lb_upstream_attempts_total)")
         if (
             set(health.values()) == {"up"}
-            and set(served) == REPLICAS
+            and set(running) == REPLICAS
+            and all(served.get(n, 0) > 0 for n in ("vllm-chat-0", "vllm-chat-1"))
             and through >= sent
             and set(attempts) >= REPLICAS
         ):
             break
-        assert time.monotonic() < deadline, (health, served, through, attempts)
+        assert time.monotonic() < deadline, (health, running, served, through, attempts)
         time.sleep(1)
     print(
         f"\nPrometheus on the cluster: targets {sorted(health)}; requests per replica "
         f"{served}; the exporter counted {through:.0f} of the {sent} sent, attempts per "
         f"replica {attempts}"
     )
-    # Every replica and the balancer's exporter (both nginx pods send it their lines).
+    # Every replica, and the exporter of the balancer's request lines.
     assert set(health) == {*REPLICAS, "vllm-lb"}
     # The exporter names each replica (its ClusterIP in the exporter's /etc/hosts).
     assert set(attempts) == REPLICAS, attempts
