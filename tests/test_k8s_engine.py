@@ -294,7 +294,16 @@ def test_prometheus_finds_every_replica_and_the_balancers_exporter(
     outputs = stack.outputs()
     assert (outputs["prometheus_url"], outputs["grafana_url"]) == (PROMETHEUS_URL, GRAFANA_URL)
     api = client()
-    before = sum(series("sum(vllm_lb_requests_total)").values())
+
+    def counted() -> float:
+        return sum(series("sum(vllm_lb_requests_total)").values())
+
+    # What the exporter counted so far, once Prometheus has scraped all of it.
+    before, deadline = -1.0, time.monotonic() + 30
+    while (now := counted()) != before:
+        assert time.monotonic() < deadline, (before, now)
+        before = now
+        time.sleep(5)
     for _ in range(6):
         api.chat.completions.create(
             model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
@@ -307,13 +316,13 @@ def test_prometheus_finds_every_replica_and_the_balancers_exporter(
         health = {t["labels"].get(REPLICA_LABEL, t["labels"]["job"]): t["health"] for t in targets}
         running = series("vllm:num_requests_running")
         served = series("sum by (replica) (vllm:request_success_total)")
-        through = sum(series("sum(vllm_lb_requests_total)").values()) - before
+        through = counted() - before
         attempts = series("sum by (replica) (vllm_lb_upstream_attempts_total)")
         if (
             set(health.values()) == {"up"}
             and set(running) == REPLICAS
             and all(served.get(n, 0) > 0 for n in ("vllm-chat-0", "vllm-chat-1"))
-            and through >= sent
+            and through == sent
             and set(attempts) >= REPLICAS
         ):
             break
