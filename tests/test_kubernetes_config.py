@@ -173,6 +173,11 @@ def test_monitoring_is_accepted_and_its_node_ports_need_the_nodeport_type() -> N
     }
 
 
+def test_the_monitoring_section_needs_monitoring_on() -> None:
+    found = problems(k8s(kubernetes={"monitoring": {"size": "5Gi"}}))
+    assert "'monitoring.enabled' is false" in found["kubernetes.monitoring"]
+
+
 def test_refusals_off_by_default_are_refused_only_when_on() -> None:
     settings(k8s(rollout={"canarySeconds": 0}, cpu={"coresPerReplica": 0}))
 

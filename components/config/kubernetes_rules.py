@@ -28,8 +28,8 @@ BUILT = (
 )
 CPU_SETS = "CPU sets do not carry over to Kubernetes: the kubelet's CPU manager pins pods"
 ETC_HOSTS = (
-    "nginx finds each replica's Service by its ClusterIP, which the deployment writes into "
-    "nginx's /etc/hosts (fixed for the Service's life) on Kubernetes"
+    "on Kubernetes nginx finds each replica's Service by its ClusterIP, which the deployment "
+    "writes into nginx's /etc/hosts (fixed for the Service's life)"
 )
 MONITORING_PORTS = (
     "host ports do not carry over to Kubernetes: Prometheus and Grafana are reached "
@@ -204,6 +204,12 @@ def _section_rules(s: Settings) -> Iterator[Rule]:
             "healthCheck",
         )
     service, mon = k8s.service, k8s.monitoring
+    if "monitoring" in k8s.model_fields_set and not s.monitoring.enabled:
+        yield rule(
+            "kubernetes.monitoring",
+            "is set but 'monitoring.enabled' is false; enable monitoring or leave it out",
+            "monitoring",
+        )
     for key, port, kind, kind_key in (
         ("service.nodePort", service.node_port, service.type, "service.type"),
         ("monitoring.prometheusNodePort", mon.prometheus_node_port, mon.service_type,
