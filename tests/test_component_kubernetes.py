@@ -11,6 +11,7 @@ from typing import Any
 from components.config.loading import parse_settings
 from components.plan.build import build_plan
 from components.plan.kubernetes import cluster_settings
+from components.plan.monitoring import DASHBOARD_FILE, PROMETHEUS_CONFIG
 from components.plan.specs import SPEC_ENV, VerifySpec, decode
 from tests.support.pulumi_capture import Declared, Run, run_program
 
@@ -24,6 +25,8 @@ SECRET = "kubernetes:core/v1:Secret"
 PVC = "kubernetes:core/v1:PersistentVolumeClaim"
 API_KEY = "k8s-test-api-key-0123456789"
 TOKEN = "hf_k8stesttoken0123456789"
+GRAFANA_PASSWORD = "k8s-grafana-pw-0123456789"
+MONITORING = {"enabled": True}
 CONFIG: dict[str, Any] = {
     "engine": "kubernetes",
     "models": [
@@ -68,7 +71,11 @@ def deploy(**overrides: Any) -> Run:
     values = raw(config)
     values[f"{NS}:apiKey"] = API_KEY
     values[f"{NS}:hfToken"] = TOKEN
-    return run_program(values, secret_keys=[f"{NS}:apiKey", f"{NS}:hfToken"])
+    secret_keys = [f"{NS}:apiKey", f"{NS}:hfToken"]
+    if config.get("monitoring", {}).get("enabled"):
+        values[f"{NS}:grafanaPassword"] = GRAFANA_PASSWORD
+        secret_keys.append(f"{NS}:grafanaPassword")
+    return run_program(values, secret_keys=secret_keys)
 
 
 def by_name(run: Run, type_: str, name: str) -> Declared:
@@ -203,15 +210,105 @@ def test_the_balancer_is_the_rendered_config_in_a_configmap_and_two_pods() -> No
 
 
 def test_secrets_stay_secret_and_out_of_the_config() -> None:
-    run = deploy()
+    run = deploy(monitoring=MONITORING)
     for declared in run.declared:
         if declared.type == SECRET:
             continue
         plain = {k: v for k, v in declared.inputs.items() if k not in declared.secret_inputs}
         text = json.dumps(plain, default=str)
-        assert API_KEY not in text and TOKEN not in text, declared.name
+        for secret in (API_KEY, TOKEN, GRAFANA_PASSWORD):
+            assert secret not in text, declared.name
     secrets = run.of_type(SECRET)
-    assert secrets and all(s.secret_inputs or s.additional_secret_outputs for s in secrets)
+    assert len(secrets) == 5  # replica env, token, nginx's files, Prometheus', Grafana's
+    assert all(s.secret_inputs or s.additional_secret_outputs for s in secrets)
+
+
+def pod_of(run: Run, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = by_name(run, DEPLOYMENT, name).inputs["spec"]["template"]["spec"]
+    return spec
+
+
+def mounted(run: Run, resource: str, pod: dict[str, Any], path: str) -> str:
+    """The content of the file mounted at `path`, from the ConfigMap `<resource>-config`."""
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == path]
+    assert mount["name"] == "config" and mount["readOnly"]
+    text: str = run.named(f"{resource}-config").inputs["data"][mount["subPath"]]
+    return text
+
+
+def test_monitoring_is_the_docker_plans_pieces_each_a_pod_behind_a_service() -> None:
+    run = deploy(monitoring=MONITORING)
+    settings = parse_settings(
+        {**raw_plain(), "monitoring": json.dumps(MONITORING), "grafanaPassword": GRAFANA_PASSWORD}
+    )
+    base = build_plan(cluster_settings(settings), project_dir=Path("."))
+    assert base.monitoring is not None
+    replicas = {"vllm-chat-0", "vllm-chat-1", "vllm-embed-0"}
+    # One plan: Prometheus' config and the dashboard are the Docker plan's, as files.
+    prometheus = pod_of(run, "vllm-prometheus")
+    config = mounted(run, "vllm-monitoring-prometheus", prometheus, PROMETHEUS_CONFIG)
+    assert config == base.monitoring.prometheus.uploads[0].content
+    for target in ("vllm-chat-0:8000", "vllm-embed-0:8000", "vllm-lb-exporter:9113"):
+        assert target in config
+    aliases = {a["hostnames"][0]: a["ip"] for a in prometheus["hostAliases"]}
+    assert set(aliases) == {*replicas, "vllm-lb-exporter"}
+    assert aliases["vllm-lb-exporter"] == "@@vllm-monitoring-lb-exporter-service.clusterIP@@"
+    grafana = pod_of(run, "vllm-grafana")
+    dashboard = mounted(
+        run, "vllm-monitoring-grafana", grafana, "/etc/grafana/dashboards/vllm.json"
+    )
+    assert dashboard == DASHBOARD_FILE.read_text()
+    assert [a["hostnames"] for a in grafana["hostAliases"]] == [["vllm-prometheus"]]
+    env = {e["name"]: e.get("value") for e in grafana["containers"][0]["env"]}
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/etc/grafana/secrets/admin-password"
+    exporter = pod_of(run, "vllm-lb-exporter")
+    assert exporter["containers"][0]["args"][-3:] == [
+        "--replica=vllm-chat-0:8000", "--replica=vllm-chat-1:8000", "--replica=vllm-embed-0:8000"
+    ]  # fmt: skip
+    assert {a["hostnames"][0] for a in exporter["hostAliases"]} == replicas
+    ports = by_name(run, SERVICE, "vllm-lb-exporter").inputs["spec"]["ports"]
+    assert {(p["port"], p["protocol"]) for p in ports} == {(5514, "UDP"), (9113, "TCP")}
+    # nginx sends the exporter its lines by name: in its /etc/hosts, started after it.
+    assert "syslog:server=vllm-lb-exporter:5514" in base.load_balancer.config
+    nginx = by_name(run, DEPLOYMENT, "nginx-lb")
+    hosts = {a["hostnames"][0] for a in nginx.inputs["spec"]["template"]["spec"]["hostAliases"]}
+    assert hosts == {*replicas, "vllm-lb-exporter"}
+    assert "vllm-monitoring-lb-exporter" in deps(run, nginx)
+    for name in ("vllm-prometheus", "vllm-grafana", "vllm-lb-exporter"):
+        spec = by_name(run, DEPLOYMENT, name).inputs["spec"]
+        assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+        assert by_name(run, SERVICE, name).inputs["spec"]["type"] == "ClusterIP"
+    claims = {d.inputs["metadata"]["name"]: d for d in run.of_type(PVC)}
+    for claim in ("vllm-prometheus-data", "vllm-grafana-data"):
+        assert claims[claim].inputs["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claims[claim].inputs["spec"]["storageClassName"] == "nfs"  # the cache's
+        assert claims[claim].retain_on_delete  # monitoring.keepDataOnDestroy
+    assert prometheus["securityContext"] == {"fsGroup": 65534}
+    assert run.outputs["prometheus_url"] == "http://vllm-prometheus.llm.svc:9090"
+    assert run.outputs["grafana_url"] == "http://vllm-grafana.llm.svc:3000"
+
+
+def test_monitoring_node_ports_and_no_data_kept() -> None:
+    run = deploy(
+        monitoring={**MONITORING, "keepDataOnDestroy": False},
+        hfCache={"volume": "vllm-hf-cache", "keepOnDestroy": False},
+        kubernetes={
+            **CONFIG["kubernetes"],
+            "monitoring": {"serviceType": "NodePort", "prometheusNodePort": 30090},
+        },
+    )
+    (port,) = by_name(run, SERVICE, "vllm-prometheus").inputs["spec"]["ports"]
+    assert port["nodePort"] == 30090
+    assert run.outputs["prometheus_url"] == "http://gpu-node.example:30090"
+    assert not any(c.retain_on_delete for c in run.of_type(PVC))
+    (namespace,) = run.of_type("kubernetes:core/v1:Namespace")
+    assert not namespace.retain_on_delete
+
+
+def test_without_monitoring_nothing_of_it_is_declared() -> None:
+    run = deploy()
+    assert not [d for d in run.declared if "monitoring" in d.name.lower()]
+    assert "prometheus_url" not in run.outputs
 
 
 def test_a_docker_stack_declares_no_kubernetes_resource() -> None:

@@ -7,8 +7,10 @@ with the real pulumi-kubernetes provider 4.25.0: two pools of vLLM stand-ins
 (a chat pool of two with a LoRA adapter, a gated model whose token reaches the
 download Job as a file; an embedding pool of one), nginx (the offline base
 image's 1.22, as the Docker end-to-end tests run it) as a Deployment of two
-pods behind a NodePort Service. The model caches are claims bound to hostPath
-volumes of a StorageClass without a provisioner, made here.
+pods behind a NodePort Service. Monitoring is on from the first `up`: the exporter, Prometheus
+(Debian's, `scripts/base-image.sh --monitoring`) and Grafana's stand-in, each a
+pod behind a NodePort Service. The model caches and monitoring's data are
+claims bound to hostPath volumes of a StorageClass without a provisioner, made here.
 In the Docker group: it exports the images from the machine's Docker engine.
 """
 
@@ -21,10 +23,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import docker
+import httpx
 import openai
 import pytest
 
-from tests.support.docker_engine import BASE_IMAGE_TAG, base_image, standin_image
+from components.plan.monitoring import REPLICA_LABEL
+from tests.support.docker_engine import (
+    BASE_IMAGE_TAG,
+    GRAFANA_STANDIN_TAG,
+    MONITORING_IMAGE_TAG,
+    base_image,
+    grafana_standin_image,
+    monitoring_image,
+    standin_image,
+)
 from tests.support.k8s_cluster import (
     NODE_ADDRESS,
     STATE_DIR,
@@ -45,6 +57,10 @@ NODE_PORT = 30080
 LB_URL = f"http://{NODE_ADDRESS}:{NODE_PORT}"
 API_KEY = "k8s-e2e-api-key-0123456789"
 HF_TOKEN = "hf_standin_valid_token"
+GRAFANA_PASSWORD = "k8s-e2e-grafana-pw-0123"
+PROMETHEUS_URL = f"http://{NODE_ADDRESS}:30090"
+GRAFANA_URL = f"http://{NODE_ADDRESS}:30091"
+REPLICAS = {"vllm-chat-0", "vllm-chat-1", "vllm-embed-0"}
 ADAPTER = "tiny-sql"
 CHAT_MODEL = "standin-org/gated-chat"
 TOKENS = 16
@@ -93,11 +109,23 @@ def stack_config(cluster: Cluster, revision: str = "1", **overrides: Any) -> dic
         },
         "loadBalancer": {"name": "e2e-lb", "image": BASE_IMAGE_TAG, "failWindowSeconds": 5},
         "publicHost": NODE_ADDRESS,
+        "monitoring": {
+            "enabled": True,
+            "prometheus": {"image": MONITORING_IMAGE_TAG, "scrapeIntervalSeconds": 2},
+            "grafana": {"image": GRAFANA_STANDIN_TAG},
+            "lbExporter": {"image": BASE_IMAGE_TAG},
+        },
         "kubernetes": {
             "kubeconfig": str(cluster.kubeconfig),
             "namespace": NAMESPACE,
             "cache": {"storageClass": STORAGE_CLASS, "size": "1Gi"},
             "service": {"type": "NodePort", "nodePort": NODE_PORT},
+            "monitoring": {
+                "serviceType": "NodePort",
+                "prometheusNodePort": 30090,
+                "grafanaNodePort": 30091,
+                "size": "1Gi",
+            },
         },
     }
     config.update(overrides)
@@ -143,7 +171,12 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     require_cluster_support()
     toolchain()
     client: docker.DockerClient = request.getfixturevalue("client")
-    images = [standin_image(client), base_image(client)]
+    images = [
+        standin_image(client),
+        base_image(client),
+        monitoring_image(client),
+        grafana_standin_image(client),
+    ]
     with k8s_cluster(images=images) as running:
         print(f"\ncluster up in {running.timings['total']:.1f}s")
         storage(running, 6)
@@ -157,7 +190,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         tmp_path_factory.mktemp("k8s-engine"),
         "k8s",
         stack_config(cluster),
-        secrets={"apiKey": API_KEY, "hfToken": HF_TOKEN},
+        secrets={"apiKey": API_KEY, "hfToken": HF_TOKEN, "grafanaPassword": GRAFANA_PASSWORD},
     )
     for folder in toolchain()["plugins"].iterdir():
         target = created.home / "plugins" / folder.name
@@ -252,7 +285,82 @@ def test_up_answers_through_the_balancers_service_routed_by_model(
         openai.OpenAI(base_url=f"{LB_URL}/v1", api_key="wrong", max_retries=0).models.list()
     # Secrets stay out of the state's plain text and of the rendered config.
     state = stack.state()
-    assert API_KEY not in state and HF_TOKEN not in state
+    for secret in (API_KEY, HF_TOKEN, GRAFANA_PASSWORD):
+        assert secret not in state
+
+
+def prometheus(path: str, **params: str) -> Any:
+    response = httpx.get(f"{PROMETHEUS_URL}{path}", params=params, timeout=10)
+    response.raise_for_status()
+    body = response.json()
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def series(query: str) -> dict[str, float]:
+    """The query's result: each series' replica label (or '') -> its value; one series each."""
+    result = prometheus("/api/v1/query", query=query)["result"]
+    found = {r["metric"].get(REPLICA_LABEL, ""): float(r["value"][1]) for r in result}
+    assert len(found) == len(result), result
+    return found
+
+
+def test_prometheus_finds_every_replica_and_the_balancers_exporter(
+    cluster: Cluster, stack: Stack, first_up: Any
+) -> None:
+    outputs = stack.outputs()
+    assert (outputs["prometheus_url"], outputs["grafana_url"]) == (PROMETHEUS_URL, GRAFANA_URL)
+    api = client()
+
+    def counted() -> float:
+        return sum(series("sum(vllm_lb_requests_total)").values())
+
+    # What the exporter counted so far, once Prometheus has scraped all of it.
+    before, deadline = -1.0, time.monotonic() + 30
+    while (now := counted()) != before:
+        assert time.monotonic() < deadline, (before, now)
+        before = now
+        time.sleep(5)
+    for _ in range(6):
+        api.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    api.embeddings.create(model="tiny-embed", input=["a", "b"])
+    sent = 7
+    deadline = time.monotonic() + 60
+    while True:
+        targets = prometheus("/api/v1/targets")["activeTargets"]
+        health = {t["labels"].get(REPLICA_LABEL, t["labels"]["job"]): t["health"] for t in targets}
+        running = series("vllm:num_requests_running")
+        served = series("sum by (replica) (vllm:request_success_total)")
+        through = counted() - before
+        attempts = series("sum by (replica) (vllm_lb_upstream_attempts_total)")
+        if (
+            set(health.values()) == {"up"}
+            and set(running) == REPLICAS
+            and all(served.get(n, 0) > 0 for n in ("vllm-chat-0", "vllm-chat-1"))
+            and through == sent
+            and set(attempts) >= REPLICAS
+        ):
+            break
+        assert time.monotonic() < deadline, (health, running, served, through, attempts)
+        time.sleep(1)
+    print(
+        f"\nPrometheus on the cluster: targets {sorted(health)}; requests per replica "
+        f"{served}; the exporter counted {through:.0f} of the {sent} sent, attempts per "
+        f"replica {attempts}"
+    )
+    # Every replica, and the exporter of the balancer's request lines.
+    assert set(health) == {*REPLICAS, "vllm-lb"}
+    # The exporter names each replica (its ClusterIP in the exporter's /etc/hosts).
+    assert set(attempts) == REPLICAS, attempts
+    assert httpx.get(f"{GRAFANA_URL}/api/health", timeout=10).status_code == 200
+    assert httpx.get(f"{GRAFANA_URL}/api/search", auth=("admin", "wrong")).status_code == 401
+    auth = ("admin", GRAFANA_PASSWORD)
+    found = httpx.get(f"{GRAFANA_URL}/api/search", auth=auth, timeout=10).json()
+    assert [d["uid"] for d in found] == ["vllm-nginx"]  # the dashboard file's
+    sources = httpx.get(f"{GRAFANA_URL}/api/datasources", auth=auth, timeout=10).json()
+    assert sources == [{"uid": "vllm-prometheus", "url": "http://vllm-prometheus:9090"}]
 
 
 def test_preview_and_refresh_find_no_changes(stack: Stack, first_up: Any) -> None:
@@ -408,14 +516,20 @@ def test_destroy_keeps_the_model_cache_only_when_asked(
 ) -> None:
     stack.destroy()
     claims = {c["metadata"]["name"] for c in cluster.get("pvc", "-n", NAMESPACE)["items"]}
-    # Every pool's cache is kept (hfCache.keepOnDestroy), the removed broken pool's too.
-    assert claims == {"e2e-cache-chat", "e2e-cache-embed", "e2e-cache-broken"}, claims
+    # Every pool's cache is kept (hfCache.keepOnDestroy), the removed broken pool's too,
+    # and monitoring's data (monitoring.keepDataOnDestroy).
+    assert claims == {
+        "e2e-cache-chat", "e2e-cache-embed", "e2e-cache-broken",
+        "vllm-prometheus-data", "vllm-grafana-data",
+    }, claims  # fmt: skip
     assert pods(cluster, "app.kubernetes.io/part-of=vllm-nginx") == []
     assert cluster.get("services", "-n", NAMESPACE)["items"] == []
     # Up again on the kept claims, then destroy without keeping: nothing is left.
-    stack.write_config(
-        stack_config(cluster, revision="2", hfCache={"volume": "e2e-cache", "keepOnDestroy": False})
+    config = stack_config(
+        cluster, revision="2", hfCache={"volume": "e2e-cache", "keepOnDestroy": False}
     )
+    config["monitoring"]["keepDataOnDestroy"] = False
+    stack.write_config(config)
     stack.up()
     stack.destroy()
     assert stack.resources() == {}

@@ -96,9 +96,32 @@ def test_a_whole_kubernetes_section_is_read() -> None:
         ({"loadBalancer": {"maxFails": 3}}, "loadBalancer.maxFails", "leave it out"),
         ({"rollout": {"canarySeconds": 30}}, "rollout.canarySeconds", "set it 0"),
         (
-            {"monitoring": {"enabled": True}, "grafanaPassword": None},
-            "monitoring.enabled",
-            "set it false",
+            {"monitoring": {"bindAddress": "0.0.0.0"}},
+            "monitoring.bindAddress",
+            "kubernetes.monitoring.serviceType",
+        ),
+        (
+            {"monitoring": {"prometheus": {"port": 19090}}},
+            "monitoring.prometheus.port",
+            "kubernetes.monitoring.prometheusNodePort",
+        ),
+        (
+            {"image": {"build": {"context": "docker/standin"}}},
+            "image.build",
+            "'image.prebuilt'",
+        ),
+        (
+            {
+                "models": [{"name": "c", "model": "org/c", "image": {"build": {"context": "x"}}}],
+                "model": None,
+            },
+            "models[0].image.build",
+            "'models[0].image.prebuilt'",
+        ),
+        (
+            {"models": [{"name": "c", "model": "org/c", "cpuSets": ["0-3"]}], "model": None},
+            "models[0].cpuSets",
+            "leave it out",
         ),
         (
             {"models": [{"name": "chat", "model": "org/chat", "gpus": [[0]]}], "model": None},
@@ -133,6 +156,31 @@ def test_the_pre_stop_wait_must_cover_a_readiness_probe() -> None:
         "at least 'healthCheck.intervalSeconds' + 'healthCheck.timeoutSeconds' + 2 = 10"
         in (found["kubernetes.preStopSeconds"])
     )
+
+
+def test_monitoring_is_accepted_and_its_node_ports_need_the_nodeport_type() -> None:
+    raw = k8s(monitoring={"enabled": True}, grafanaPassword="pw-0123456789")
+    loaded = load_config(raw, {"grafanaPassword"})
+    assert loaded.problems == () and loaded.settings is not None
+    raw = k8s(
+        monitoring={"enabled": True},
+        grafanaPassword="pw-0123456789",
+        kubernetes={"monitoring": {"prometheusNodePort": 30090}},
+    )
+    found = {p.key.split(":", 1)[1]: p.rule for p in load_config(raw, {"grafanaPassword"}).problems}
+    assert found == {
+        "kubernetes.monitoring.prometheusNodePort": "is set but "
+        "'kubernetes.monitoring.serviceType' is ClusterIP; set the type NodePort"
+    }
+
+
+def test_the_monitoring_section_needs_monitoring_on() -> None:
+    found = problems(k8s(kubernetes={"monitoring": {"size": "5Gi"}}))
+    assert "'monitoring.enabled' is false" in found["kubernetes.monitoring"]
+
+
+def test_refusals_off_by_default_are_refused_only_when_on() -> None:
+    settings(k8s(rollout={"canarySeconds": 0}, cpu={"coresPerReplica": 0}))
 
 
 def test_docker_only_defaults_are_not_refused() -> None:

@@ -1,8 +1,8 @@
 """What `pulumi up` would declare on a cluster, for `components.cli.check` (`engine: kubernetes`).
 
 The same readable summary as for Docker, from the Kubernetes plan: the
-namespace, each pool as its StatefulSet, claim and download Job, and the
-balancer's Service.
+namespace, each pool as its StatefulSet, claim and download Job, the
+balancer's Service, and with monitoring Prometheus' and Grafana's.
 """
 
 from __future__ import annotations
@@ -49,6 +49,14 @@ def describe_kubernetes(settings: Settings, plan: KubernetesPlan, file_name: str
         f"  load balancer  {url} ({lb.name}: {lb.replicas} nginx pods behind a "
         f"{lb.service_type} Service)"
     )
+    if plan.monitoring is not None:
+        for piece in (plan.monitoring.prometheus, plan.monitoring.grafana):
+            port = piece.ports[0].port
+            where = piece.url or f"http://<the load balancer's address>:{port}"
+            if piece.url is None and piece.url_host is not None:
+                where = f"http://{piece.url_host}:<node port>"
+            claim = f", data on claim {piece.claim.name}" if piece.claim else ""
+            lines.append(f"  {piece.role:<14} {where} ({piece.name}{claim})")
     lines.append(
         "  apiKey         "
         + ("set: clients must send it" if settings.api_key is not None else "not set")

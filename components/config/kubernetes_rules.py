@@ -9,6 +9,7 @@ something the engine it runs on ignores.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from components.config.kubernetes_sections import EngineKind
@@ -19,186 +20,163 @@ HOST_PORTS = (
     "host ports do not carry over to Kubernetes: each replica is reached through a Service "
     "of its own on vLLM's port"
 )
-CARRIED_NOT = "does not carry over to Kubernetes"
+GPU_IDS = "GPU ids do not carry over to Kubernetes: the device plugin picks a replica's GPUs"
+PER_REPLICA_GPUS = "leave it out; each replica requests '{at}tensorParallelSize' `nvidia.com/gpu`"
+BUILT = (
+    "an image built on a Docker host does not carry over to Kubernetes: the cluster's nodes "
+    "pull theirs"
+)
+CPU_SETS = "CPU sets do not carry over to Kubernetes: the kubelet's CPU manager pins pods"
+ETC_HOSTS = (
+    "on Kubernetes nginx finds each replica's Service by its ClusterIP, which the deployment "
+    "writes into nginx's /etc/hosts (fixed for the Service's life)"
+)
+MONITORING_PORTS = (
+    "host ports do not carry over to Kubernetes: Prometheus and Grafana are reached "
+    "through Services on their own ports (9090, 3000)"
+)
 
-# (section attribute or None for the top level, field, key as written, why, instead)
-REFUSED: tuple[tuple[str | None, str, str, str], ...] = (
-    (
-        None,
-        "gpus",
-        "GPU ids do not carry over to Kubernetes: the device plugin picks a replica's GPUs",
-        "leave it out; each replica requests 'tensorParallelSize' `nvidia.com/gpu`",
-    ),
-    (
-        None,
+
+@dataclass(frozen=True)
+class Refusal:
+    """A key that only means something on Docker; `{at}` in `instead` is its owner's key."""
+
+    path: str
+    """Attributes from `Settings`, dotted; `models[].` for each pool's own."""
+    why: str
+    instead: str
+    only_when_on: bool = False
+    """Refused only when true (or not 0): its default is off and harmless."""
+
+
+REFUSED: tuple[Refusal, ...] = (
+    Refusal("gpus", GPU_IDS, PER_REPLICA_GPUS),
+    Refusal("models[].gpus", GPU_IDS, PER_REPLICA_GPUS),
+    Refusal(
         "hosts",
         "Docker engines do not carry over to Kubernetes: the scheduler places pods on nodes",
         "leave it out; place pools with 'kubernetes.nodeSelector' or 'kubernetes.pools'",
     ),
-    (None, "base_port", HOST_PORTS, "leave it out"),
-    (None, "bind_address", HOST_PORTS, "leave it out"),
-    (
-        None,
+    Refusal(
+        "models[].hosts",
+        "Docker engines do not carry over to Kubernetes",
+        "leave it out and set '{at}replicas' (and 'kubernetes.pools' to place the pool)",
+    ),
+    Refusal("base_port", HOST_PORTS, "leave it out"),
+    Refusal("bind_address", HOST_PORTS, "leave it out"),
+    Refusal(
         "network_name",
         "a Docker network does not carry over to Kubernetes: pods share the cluster's",
         "leave it out",
     ),
-    (
-        None,
+    Refusal(
         "restart_policy",
         "a Docker restart policy does not carry over to Kubernetes: the kubelet restarts "
         "a failed replica itself",
         "leave it out",
     ),
-    (
-        "hf_cache",
-        "host_path",
+    Refusal(
+        "hf_cache.host_path",
         "a host directory does not carry over to Kubernetes: each pool's model cache is a "
         "PersistentVolumeClaim",
         "use 'kubernetes.cache' (its storage class, access mode and size)",
     ),
-    (
-        "compile_cache",
-        "volume",
+    Refusal(
+        "compile_cache.volume",
         "a Docker volume does not carry over to Kubernetes: each replica compiles into a "
         "volume of its own pod",
         "leave it out",
     ),
-    ("load_balancer", "port", HOST_PORTS, "use 'kubernetes.service.port'"),
-    ("load_balancer", "bind_address", HOST_PORTS, "use 'kubernetes.service.type'"),
-    (
-        "load_balancer",
-        "host",
+    Refusal("load_balancer.port", HOST_PORTS, "use 'kubernetes.service.port'"),
+    Refusal("load_balancer.bind_address", HOST_PORTS, "use 'kubernetes.service.type'"),
+    Refusal(
+        "load_balancer.host",
         "Docker engines do not carry over to Kubernetes: the scheduler places nginx's pods",
         "leave it out",
     ),
-    (
-        "load_balancer",
-        "resolver",
-        "nginx finds each replica's Service by its ClusterIP, which the deployment writes "
-        "into nginx's /etc/hosts (fixed for the Service's life)",
+    Refusal("load_balancer.resolver", ETC_HOSTS, "leave it out"),
+    Refusal("load_balancer.dynamic_resolve", ETC_HOSTS, "leave it out", only_when_on=True),
+    Refusal(
+        "load_balancer.keepalive_connections",
+        "a kept connection to a replica's Service outlives the pod's removal from it on "
+        "Kubernetes and reaches vLLM draining, which answers new requests with an abort",
+        "leave it out (or 0)",
+        only_when_on=True,
+    ),
+    Refusal(
+        "load_balancer.max_fails",
+        "nginx takes no replica out on Kubernetes: a replica away is refused at once by its "
+        "empty Service, and a failure mark would outlast its return",
         "leave it out",
     ),
-    (
-        "cpu",
-        "cpu_sets",
-        "CPU sets do not carry over to Kubernetes: the kubelet's CPU manager pins pods",
+    Refusal("cpu.cpu_sets", CPU_SETS, "leave it out"),
+    Refusal("models[].cpu_sets", CPU_SETS, "leave it out"),
+    Refusal("cpu.cores_per_replica", CPU_SETS, "leave it out (or 0)", only_when_on=True),
+    Refusal(
+        "fit_check.enabled",
+        "the fit check runs containers on a Docker engine and is not built for Kubernetes "
+        "(it is skipped there)",
         "leave it out",
+        only_when_on=True,
     ),
+    Refusal(
+        "rollout.canary_seconds",
+        "the canary is not built for Kubernetes (a StatefulSet replaces pods one by one, "
+        "without a verdict between them)",
+        "set it 0 (docs/kubernetes.md says what stands in)",
+        only_when_on=True,
+    ),
+    Refusal(
+        "monitoring.bind_address",
+        MONITORING_PORTS,
+        "use 'kubernetes.monitoring.serviceType'",
+    ),
+    Refusal(
+        "monitoring.prometheus.port",
+        MONITORING_PORTS,
+        "use 'kubernetes.monitoring.prometheusNodePort'",
+    ),
+    Refusal(
+        "monitoring.grafana.port", MONITORING_PORTS, "use 'kubernetes.monitoring.grafanaNodePort'"
+    ),
+    Refusal("image.build", BUILT, "push it to a registry and set '{at}prebuilt'"),
+    Refusal("models[].image.build", BUILT, "push it to a registry and set '{at}prebuilt'"),
 )
-
-
-def _written(settings: Settings, section: str | None, field: str) -> bool:
-    owner: Any = settings if section is None else getattr(settings, section)
-    return field in owner.model_fields_set and (
-        section is None or section in settings.model_fields_set
-    )
 
 
 def _alias(model: Any, field: str) -> str:
     return type(model).model_fields[field].alias or field
 
 
-def _refusals(s: Settings) -> Iterator[Rule]:
-    for section, field, why, instead in REFUSED:
-        if not _written(s, section, field):
-            continue
-        value = getattr(s if section is None else getattr(s, section), field)
-        if value is None:
-            continue
-        owner = s if section is None else getattr(s, section)
-        key = _alias(owner, field)
-        if section is not None:
-            key = f"{_alias(s, section)}.{key}"
-        yield rule(key, f"{why}; {instead}", "engine")
-    lb = s.load_balancer
-    if _written(s, "load_balancer", "dynamic_resolve") and lb.dynamic_resolve:
-        yield rule(
-            "loadBalancer.dynamicResolve",
-            "must not be true with 'engine' kubernetes: nginx finds each replica's Service by "
-            "its ClusterIP, which the deployment writes into nginx's /etc/hosts (fixed for the "
-            "Service's life); leave it out",
-            "engine",
-        )
-    if _written(s, "load_balancer", "keepalive_connections") and lb.keepalive_connections:
-        yield rule(
-            "loadBalancer.keepaliveConnections",
-            "must be 0 with 'engine' kubernetes: a kept connection to a replica's Service "
-            "outlives the pod's removal from it and reaches vLLM draining, which answers new "
-            "requests with an abort; leave it out",
-            "engine",
-        )
-    if _written(s, "load_balancer", "max_fails"):
-        yield rule(
-            "loadBalancer.maxFails",
-            "does not carry over to 'engine' kubernetes: nginx takes no replica out there "
-            "(a replica away is refused at once by its empty Service, and a failure mark "
-            "would outlast its return); leave it out",
-            "engine",
-        )
-    if _written(s, "cpu", "cores_per_replica") and s.cpu.cores_per_replica:
-        yield rule(
-            "cpu.coresPerReplica",
-            "CPU pinning does not carry over to Kubernetes: the kubelet's CPU manager pins "
-            "pods; leave it out (or 0)",
-            "engine",
-        )
-    if _written(s, "fit_check", "enabled") and s.fit_check.enabled:
-        yield rule(
-            "fitCheck.enabled",
-            "the fit check runs containers on a Docker engine and is not built for "
-            "Kubernetes (it is skipped there); leave it out",
-            "engine",
-        )
-    if s.monitoring.enabled:
-        yield rule(
-            "monitoring.enabled",
-            "monitoring is not built for Kubernetes yet; set it false (or deploy Prometheus "
-            "with its own chart: replicas serve /metrics on port 8000)",
-            "engine",
-        )
-    if _written(s, "rollout", "canary_seconds") and s.rollout.canary_seconds:
-        yield rule(
-            "rollout.canarySeconds",
-            "the canary is not built for Kubernetes (a StatefulSet replaces pods one by one, "
-            "without a verdict between them); set it 0",
-            "engine",
-        )
-    for key, image in s.images():
-        if image.build is not None:
-            yield rule(
-                f"{key}.build",
-                "an image built on a Docker host does not carry over to Kubernetes: the "
-                f"cluster's nodes pull theirs; push it to a registry and set '{key}.prebuilt'",
-                "engine",
-                "models",
-            )
+def _written(owner: Any, path: str, key: str) -> Iterator[tuple[str, str, Any]]:
+    """(owner's key, key, value) of `path` under `owner` if every part of it is written."""
+    *sections, name = path.split(".")
+    for section in sections:
+        if owner is None or section not in owner.model_fields_set:
+            return
+        key = f"{key}{_alias(owner, section)}."
+        owner = getattr(owner, section)
+    if owner is not None and name in owner.model_fields_set:
+        yield key, f"{key}{_alias(owner, name)}", getattr(owner, name)
+
+
+def _owners(s: Settings, path: str) -> Iterator[tuple[Any, str, str]]:
+    """(model, path under it, its key) for the stack, or for each pool with `models[].`."""
+    if not path.startswith("models[]."):
+        yield s, path, ""
+        return
     for i, pool in enumerate(s.models or ()):
-        if pool.gpus is not None:
-            yield rule(
-                f"models[{i}].gpus",
-                "GPU ids do not carry over to Kubernetes: the device plugin picks a replica's "
-                f"GPUs; leave it out (each replica requests 'models[{i}].tensorParallelSize' "
-                "`nvidia.com/gpu`)",
-                "engine",
-                "models",
-            )
-        if pool.hosts is not None:
-            yield rule(
-                f"models[{i}].hosts",
-                "Docker engines do not carry over to Kubernetes; leave it out and set "
-                f"'models[{i}].replicas' (and 'kubernetes.pools' to place the pool)",
-                "engine",
-                "models",
-            )
-        if pool.cpu_sets is not None:
-            yield rule(
-                f"models[{i}].cpuSets",
-                "CPU sets do not carry over to Kubernetes: the kubelet's CPU manager pins "
-                "pods; leave it out",
-                "engine",
-                "models",
-            )
+        yield pool, path.removeprefix("models[]."), f"models[{i}]."
+
+
+def _refusals(s: Settings) -> Iterator[Rule]:
+    for refusal in REFUSED:
+        for owner, path, prefix in _owners(s, refusal.path):
+            for at, key, value in _written(owner, path, prefix):
+                if value is None or (refusal.only_when_on and not value):
+                    continue
+                others = ("engine", "models") if prefix else ("engine",)
+                yield rule(key, f"{refusal.why}; {refusal.instead.format(at=at)}", *others)
 
 
 def _section_rules(s: Settings) -> Iterator[Rule]:
@@ -231,12 +209,25 @@ def _section_rules(s: Settings) -> Iterator[Rule]:
             "with an abort)",
             "healthCheck",
         )
-    service = k8s.service
-    if service.node_port is not None and service.type != "NodePort":
+    service, mon = k8s.service, k8s.monitoring
+    if "monitoring" in k8s.model_fields_set and not s.monitoring.enabled:
         yield rule(
-            "kubernetes.service.nodePort",
-            f"is set but 'kubernetes.service.type' is {service.type}; set the type NodePort",
+            "kubernetes.monitoring",
+            "is set but 'monitoring.enabled' is false; enable monitoring or leave it out",
+            "monitoring",
         )
+    for key, port, kind, kind_key in (
+        ("service.nodePort", service.node_port, service.type, "service.type"),
+        ("monitoring.prometheusNodePort", mon.prometheus_node_port, mon.service_type,
+         "monitoring.serviceType"),
+        ("monitoring.grafanaNodePort", mon.grafana_node_port, mon.service_type,
+         "monitoring.serviceType"),
+    ):  # fmt: skip
+        if port is not None and kind != "NodePort":
+            yield rule(
+                f"kubernetes.{key}",
+                f"is set but 'kubernetes.{kind_key}' is {kind}; set the type NodePort",
+            )
 
 
 def pre_stop_floor(settings: Settings) -> int:

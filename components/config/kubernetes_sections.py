@@ -47,6 +47,9 @@ Quantity = Annotated[
     AfterValidator(matching(QUANTITY, "must be a size with a binary unit, e.g. `200Gi`")),
 ]
 
+ServiceType = Literal["LoadBalancer", "NodePort", "ClusterIP"]
+NodePort = Annotated[Int, Field(ge=30000, le=32767)]
+
 
 class EngineKind(StrEnum):
     DOCKER = "docker"
@@ -99,7 +102,7 @@ class ClaimSettings(ConfigModel):
 class BalancerServiceSettings(ConfigModel):
     """How clients reach nginx: its Service."""
 
-    type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = Field(
+    type: ServiceType = Field(
         "LoadBalancer",
         description=(
             "Service type of the balancer; the verify step reaches a `LoadBalancer` by its "
@@ -107,9 +110,35 @@ class BalancerServiceSettings(ConfigModel):
         ),
     )
     port: Port = Field(8000, description="the Service's port (`lb_url`)")
-    node_port: Annotated[Int, Field(ge=30000, le=32767)] | None = Field(
+    node_port: NodePort | None = Field(
         None, description="with `NodePort`: the node port (none: the cluster picks one)"
     )
+
+
+class MonitoringServicesSettings(ConfigModel):
+    """With `monitoring.enabled`: how Prometheus and Grafana are reached, where they keep data."""
+
+    service_type: ServiceType = Field(
+        "ClusterIP",
+        description=(
+            "Service type of Prometheus and Grafana (`ClusterIP`: inside the cluster only, as "
+            "Docker's default binds them to 127.0.0.1; `kubectl port-forward` reaches them)"
+        ),
+    )
+    prometheus_node_port: NodePort | None = Field(
+        None, description="with `NodePort`: Prometheus' node port (none: the cluster picks one)"
+    )
+    grafana_node_port: NodePort | None = Field(
+        None, description="with `NodePort`: Grafana's node port (none: the cluster picks one)"
+    )
+    storage_class: Subdomain | None = Field(
+        None,
+        description=(
+            "StorageClass of the claims named `monitoring.prometheus.volume` and "
+            "`monitoring.grafana.volume` (none: `cache.storageClass`)"
+        ),
+    )
+    size: Quantity = Field("10Gi", description="each of the two claims (`ReadWriteOnce`)")
 
 
 class KubernetesSettings(ConfigModel):
@@ -139,6 +168,7 @@ class KubernetesSettings(ConfigModel):
         (), description="per pool (by `models[i].name`): node selector and tolerations of its own"
     )
     service: BalancerServiceSettings = BalancerServiceSettings()
+    monitoring: MonitoringServicesSettings = MonitoringServicesSettings()
     balancer_replicas: Annotated[Int, Field(ge=2, le=64)] = Field(
         2, description="nginx pods behind the balancer's Service (at least 2: no single one)"
     )

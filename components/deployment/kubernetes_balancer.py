@@ -4,23 +4,24 @@ Secret, nginx as a Deployment of several pods behind one Service, and the verify
 The ConfigMap is auto-named, so a changed config is a new ConfigMap and a
 rolling update of the Deployment (one new pod ready before an old one stops),
 not an edit under running pods. Each pod's /etc/hosts maps every replica's
-Service name to its ClusterIP (`hostAliases`), which is how nginx.conf's
-upstream names resolve without cluster DNS (components/plan/kubernetes.py).
+(and the exporter's) Service name to its ClusterIP (`hostAliases`), which is
+how nginx.conf's names resolve without cluster DNS (components/plan/kubernetes.py).
 """
 
 from __future__ import annotations
 
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pulumi
 import pulumi_command as command
 import pulumi_kubernetes as k8s
 
-from components.deployment.kubernetes_pool import probe
+from components.deployment import kubernetes_parts as parts
+from components.deployment.kubernetes_parts import probe
 from components.plan.kubernetes import KubeBalancerPlan
 
 TYPE_TOKEN = "vllm-nginx:index:KubernetesBalancer"
@@ -29,20 +30,12 @@ core = k8s.core.v1
 meta = k8s.meta.v1
 
 
-def file_key(path: str) -> str:
-    """A ConfigMap or Secret key for a file's path (keys allow `[-._a-zA-Z0-9]`)."""
-    return re.sub(r"[^-._a-zA-Z0-9]", "_", path.strip("/"))
-
-
 @dataclass(frozen=True)
 class KubernetesBalancerArgs:
     plan: KubeBalancerPlan
-    namespace: pulumi.Input[str]
-    labels: Mapping[str, str]
-    provider: k8s.Provider
-    secrets: Mapping[str, pulumi.Output[str]]
+    scope: parts.Scope
     cluster_ips: Mapping[str, pulumi.Output[str]]
-    """Each replica's Service name -> its ClusterIP."""
+    """Each Service name nginx reaches (`plan.reaches`) -> its ClusterIP."""
     starts_after: Sequence[pulumi.Resource]
 
 
@@ -60,53 +53,17 @@ class KubernetesBalancer(pulumi.ComponentResource):
         plan = args.plan
         prefix = f"{name}-"
 
-        def child(**more: object) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions(parent=self, provider=args.provider, **more)  # type: ignore[arg-type]
-
-        files = {plan.config_path: plan.config, **plan.files}
-        self.config = core.ConfigMap(
-            f"{prefix}config",
-            metadata=meta.ObjectMetaArgs(namespace=args.namespace, labels=dict(args.labels)),
-            data={file_key(path): text for path, text in files.items()},
-            opts=child(),
+        child = partial(parts.child, self, args.scope.provider)
+        files = parts.mounted_files(
+            name,
+            {plan.config_path: plan.config, **plan.files},
+            [(f.path, args.scope.secrets[f.secret]) for f in plan.secret_files],
+            args.scope.metadata(),
+            child(),
         )
-        volumes = [
-            core.VolumeArgs(
-                name="config",
-                config_map=core.ConfigMapVolumeSourceArgs(name=self.config.metadata.name),
-            )
-        ]
-        mounts = [
-            core.VolumeMountArgs(
-                name="config", mount_path=path, sub_path=file_key(path), read_only=True
-            )
-            for path in files
-        ]
-        if plan.secret_files:
-            secret = core.Secret(
-                f"{prefix}files",
-                metadata=meta.ObjectMetaArgs(namespace=args.namespace, labels=dict(args.labels)),
-                string_data={file_key(f.path): args.secrets[f.secret] for f in plan.secret_files},
-                opts=child(),
-            )
-            volumes.append(
-                core.VolumeArgs(
-                    name="secret-files",
-                    secret=core.SecretVolumeSourceArgs(
-                        secret_name=secret.metadata.name, default_mode=0o400
-                    ),
-                )
-            )
-            mounts.extend(
-                core.VolumeMountArgs(
-                    name="secret-files",
-                    mount_path=f.path,
-                    sub_path=file_key(f.path),
-                    read_only=True,
-                )
-                for f in plan.secret_files
-            )
-        selector = {**args.labels, "app.kubernetes.io/name": plan.name}
+        assert files.config is not None
+        self.config = files.config
+        selector = {**args.scope.labels, "app.kubernetes.io/name": plan.name}
         # Out of the Service first, then nginx's graceful stop (SIGQUIT, as on Docker):
         # the kubelet's SIGTERM would be nginx's fast shutdown. The hook lasts until
         # nginx (PID 1) has finished its requests and exited.
@@ -116,9 +73,7 @@ class KubernetesBalancer(pulumi.ComponentResource):
         )
         self.deployment = k8s.apps.v1.Deployment(
             f"{prefix}nginx",
-            metadata=meta.ObjectMetaArgs(
-                name=plan.name, namespace=args.namespace, labels=dict(args.labels)
-            ),
+            metadata=args.scope.metadata(plan.name),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=plan.replicas,
                 selector=meta.LabelSelectorArgs(match_labels=selector),
@@ -131,10 +86,7 @@ class KubernetesBalancer(pulumi.ComponentResource):
                 template=core.PodTemplateSpecArgs(
                     metadata=meta.ObjectMetaArgs(labels=selector),
                     spec=core.PodSpecArgs(
-                        host_aliases=[
-                            core.HostAliasArgs(ip=args.cluster_ips[upstream], hostnames=[upstream])
-                            for upstream in plan.upstreams
-                        ],
+                        host_aliases=parts.host_aliases(plan.reaches, args.cluster_ips),
                         termination_grace_period_seconds=plan.termination_grace_seconds,
                         containers=[
                             core.ContainerArgs(
@@ -153,10 +105,10 @@ class KubernetesBalancer(pulumi.ComponentResource):
                                         exec_=core.ExecActionArgs(command=["/bin/sh", "-c", stop])
                                     )
                                 ),
-                                volume_mounts=mounts,
+                                volume_mounts=files.mounts,
                             )
                         ],
-                        volumes=volumes,
+                        volumes=files.volumes,
                     ),
                 ),
             ),
@@ -164,9 +116,7 @@ class KubernetesBalancer(pulumi.ComponentResource):
         )
         self.service = core.Service(
             f"{prefix}service",
-            metadata=meta.ObjectMetaArgs(
-                name=plan.name, namespace=args.namespace, labels=dict(args.labels)
-            ),
+            metadata=args.scope.metadata(plan.name),
             spec=core.ServiceSpecArgs(
                 type=plan.service_type,
                 selector=selector,

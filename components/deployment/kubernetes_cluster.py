@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,16 @@ import pulumi_kubernetes as k8s
 
 from components import PROJECT_DIR
 from components.config.settings import Settings
+from components.deployment import kubernetes_parts as parts
 from components.deployment.cluster import _secret_values
 from components.deployment.kubernetes_balancer import (
     KubernetesBalancer,
     KubernetesBalancerArgs,
     verify_command,
+)
+from components.deployment.kubernetes_monitoring import (
+    KubernetesMonitoring,
+    KubernetesMonitoringArgs,
 )
 from components.deployment.kubernetes_pool import KubernetesPool, KubernetesPoolArgs
 from components.plan.kubernetes import TOKEN_FILE, KubernetesPlan, build_kubernetes_plan
@@ -65,8 +71,7 @@ class KubernetesCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
-        def child(**more: object) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions(parent=self, provider=self.provider, **more)  # type: ignore[arg-type]
+        child = partial(parts.child, self, self.provider)
 
         labels = dict(plan.labels)
         namespace: pulumi.Input[str] = plan.namespace
@@ -75,13 +80,15 @@ class KubernetesCluster(pulumi.ComponentResource):
                 f"{name}-namespace",
                 metadata=k8s.meta.v1.ObjectMetaArgs(name=plan.namespace, labels=labels),
                 # Deleting a namespace deletes its claims: kept with the model cache.
-                opts=child(retain_on_delete=any(p.claim.keep_on_destroy for p in plan.pools)),
+                opts=child(retain_on_delete=plan.keeps_claims),
             ).metadata.name
+
+        scope = parts.Scope(self.provider, namespace, labels, secrets)
 
         def secret(resource: str, data: dict[str, pulumi.Output[str]]) -> pulumi.Output[str]:
             return k8s.core.v1.Secret(
                 f"{name}-{resource}",
-                metadata=k8s.meta.v1.ObjectMetaArgs(namespace=namespace, labels=labels),
+                metadata=scope.metadata(),
                 string_data=data,
                 opts=child(),
             ).metadata.name
@@ -102,42 +109,47 @@ class KubernetesCluster(pulumi.ComponentResource):
                     f"{name}-{pool.resource_prefix}pool",
                     KubernetesPoolArgs(
                         plan=pool,
-                        namespace=namespace,
-                        labels=labels,
-                        provider=self.provider,
+                        scope=scope,
                         env_secret=env_secret,
                         token_secret=token_secret,
                     ),
                     opts=pulumi.ResourceOptions(parent=self),
                 )
             )
-        services = {n: s for p in self.pools for n, s in p.services.items()}
+        cluster_ips = {n: s.spec.cluster_ip for p in self.pools for n, s in p.services.items()}
+        starts_after: list[pulumi.Resource] = [p.workload for p in self.pools]
+        self.monitoring: KubernetesMonitoring | None = None
+        if plan.monitoring is not None:
+            self.monitoring = KubernetesMonitoring(
+                f"{name}-monitoring",
+                KubernetesMonitoringArgs(
+                    plan=plan.monitoring,
+                    scope=scope,
+                    cluster_ips=cluster_ips,
+                ),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            cluster_ips = {**cluster_ips, **self.monitoring.cluster_ips}
+            # nginx resolves the exporter's name at start: it must exist and listen.
+            starts_after.append(self.monitoring.exporter)
         self.balancer = KubernetesBalancer(
             f"{name}-balancer",
             KubernetesBalancerArgs(
                 plan=plan.balancer,
-                namespace=namespace,
-                labels=labels,
-                provider=self.provider,
-                secrets=secrets,
-                cluster_ips={n: s.spec.cluster_ip for n, s in services.items()},
-                starts_after=[p.workload for p in self.pools],
+                scope=scope,
+                cluster_ips=cluster_ips,
+                starts_after=starts_after,
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        service = self.balancer.service
-        if plan.lb_url is not None:
-            self.lb_url = pulumi.Output.from_input(plan.lb_url)
-        elif plan.verify is not None and plan.verify.host is not None:
-            scheme, host = plan.verify.scheme, plan.verify.host
-            self.lb_url = service.spec.ports[0].node_port.apply(lambda p: f"{scheme}://{host}:{p}")
-        else:
-            port = plan.balancer.service_port
-            scheme = plan.verify.scheme if plan.verify is not None else "http"
-            ingress = service.status.load_balancer.ingress[0]
-            self.lb_url = pulumi.Output.all(ingress.ip, ingress.hostname).apply(
-                lambda found: f"{scheme}://{found[0] or found[1]}:{port}"
-            )
+        verify = plan.verify
+        self.lb_url = parts.service_url(
+            self.balancer.service,
+            plan.lb_url,
+            verify.scheme if verify is not None else "http",
+            verify.host if verify is not None else None,
+            plan.balancer.service_port,
+        )
         self.verified_models = pulumi.Output.from_input("")
         if plan.verify is not None:
             verify = plan.verify
@@ -151,7 +163,9 @@ class KubernetesCluster(pulumi.ComponentResource):
                     *(p.workload.metadata.generation for p in self.pools),
                 ],
                 args.project_dir,
-                pulumi.ResourceOptions(parent=self, depends_on=[self.balancer.deployment, service]),
+                pulumi.ResourceOptions(
+                    parent=self, depends_on=[self.balancer.deployment, self.balancer.service]
+                ),
             )
             self.verified_models = pulumi.Output.unsecret(check.stdout)
         self.register_outputs(self.outputs())
@@ -165,6 +179,9 @@ class KubernetesCluster(pulumi.ComponentResource):
             "served_model_name": base.served_model_name,
             "verified_models": self.verified_models,
         }
+        if self.monitoring is not None:
+            outputs["prometheus_url"] = self.monitoring.prometheus_url
+            outputs["grafana_url"] = self.monitoring.grafana_url
         if base.pools:
             outputs["pools"] = {
                 pool.name: {

@@ -9,12 +9,14 @@ once it completed: a failed download stops the pool before any replica.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.deployment import kubernetes_parts as parts
+from components.deployment.kubernetes_parts import env_vars, probe
 from components.plan.kubernetes import (
     GPU_RESOURCE,
     JOB_SCRIPT,
@@ -23,7 +25,6 @@ from components.plan.kubernetes import (
     TOKEN_DIR,
     TOKEN_FILE,
     KubePoolPlan,
-    ProbePlan,
 )
 from components.plan.model import COMPILE_CACHE_MOUNT, HF_CACHE_MOUNT
 
@@ -35,53 +36,10 @@ core = k8s.core.v1
 meta = k8s.meta.v1
 
 
-def probe(plan: ProbePlan) -> core.ProbeArgs:
-    """An HTTP GET probe on the plan's path, a command, or a TCP one without a path."""
-    if plan.command is not None:
-        return core.ProbeArgs(
-            exec_=core.ExecActionArgs(command=list(plan.command)),
-            period_seconds=plan.period_seconds,
-            timeout_seconds=plan.timeout_seconds,
-            failure_threshold=plan.failure_threshold,
-        )
-    if plan.path is None:
-        return core.ProbeArgs(
-            tcp_socket=core.TCPSocketActionArgs(port=plan.port),
-            period_seconds=plan.period_seconds,
-            timeout_seconds=plan.timeout_seconds,
-            failure_threshold=plan.failure_threshold,
-        )
-    return core.ProbeArgs(
-        http_get=core.HTTPGetActionArgs(path=plan.path, port=plan.port),
-        period_seconds=plan.period_seconds,
-        timeout_seconds=plan.timeout_seconds,
-        failure_threshold=plan.failure_threshold,
-    )
-
-
-def env_vars(
-    env: Mapping[str, str], secret_env: Sequence[str], secret: pulumi.Input[str] | None
-) -> list[core.EnvVarArgs]:
-    """Plain variables as values; secret ones by reference to the stack's Secret."""
-    found = [core.EnvVarArgs(name=key, value=value) for key, value in env.items()]
-    for name in secret_env:
-        found.append(
-            core.EnvVarArgs(
-                name=name,
-                value_from=core.EnvVarSourceArgs(
-                    secret_key_ref=core.SecretKeySelectorArgs(name=secret, key=name)
-                ),
-            )
-        )
-    return found
-
-
 @dataclass(frozen=True)
 class KubernetesPoolArgs:
     plan: KubePoolPlan
-    namespace: pulumi.Input[str]
-    labels: Mapping[str, str]
-    provider: k8s.Provider
+    scope: parts.Scope
     env_secret: pulumi.Input[str] | None
     """The Secret (by name) the replicas' secret variables come from."""
     token_secret: pulumi.Input[str] | None
@@ -103,17 +61,11 @@ class KubernetesPool(pulumi.ComponentResource):
         plan = args.plan
         prefix = f"{name}-"
 
-        def child(**more: object) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions(parent=self, provider=args.provider, **more)  # type: ignore[arg-type]
-
-        def metadata(resource: str, labels: Mapping[str, str] | None = None) -> meta.ObjectMetaArgs:
-            return meta.ObjectMetaArgs(
-                name=resource, namespace=args.namespace, labels={**args.labels, **(labels or {})}
-            )
+        child = partial(parts.child, self, args.scope.provider)
 
         self.claim = core.PersistentVolumeClaim(
             f"{prefix}cache",
-            metadata=metadata(plan.claim.name),
+            metadata=args.scope.metadata(plan.claim.name),
             spec=core.PersistentVolumeClaimSpecArgs(
                 access_modes=[plan.claim.access_mode],
                 storage_class_name=plan.claim.storage_class,
@@ -138,7 +90,7 @@ class KubernetesPool(pulumi.ComponentResource):
             job = plan.download
             script = core.ConfigMap(
                 f"{prefix}download-script",
-                metadata=meta.ObjectMetaArgs(namespace=args.namespace, labels=dict(args.labels)),
+                metadata=args.scope.metadata(),
                 data={JOB_SCRIPT: job.script},
                 opts=child(),
             )
@@ -170,12 +122,12 @@ class KubernetesPool(pulumi.ComponentResource):
             timeout = f"{job.timeout_seconds}s"
             self.job = k8s.batch.v1.Job(
                 f"{prefix}download",
-                metadata=metadata(job.name),
+                metadata=args.scope.metadata(job.name),
                 spec=k8s.batch.v1.JobSpecArgs(
                     backoff_limit=0,
                     active_deadline_seconds=job.timeout_seconds,
                     template=core.PodTemplateSpecArgs(
-                        metadata=meta.ObjectMetaArgs(labels=dict(args.labels)),
+                        metadata=meta.ObjectMetaArgs(labels=dict(args.scope.labels)),
                         spec=core.PodSpecArgs(
                             restart_policy="Never",
                             node_selector=dict(placement.node_selector) or None,
@@ -205,7 +157,7 @@ class KubernetesPool(pulumi.ComponentResource):
             )
             after.append(self.job)
 
-        selector = {**args.labels, "app.kubernetes.io/name": plan.workload}
+        selector = {**args.scope.labels, "app.kubernetes.io/name": plan.workload}
         mounts = [
             cache_mount,
             core.VolumeMountArgs(name="dshm", mount_path="/dev/shm"),
@@ -228,7 +180,7 @@ class KubernetesPool(pulumi.ComponentResource):
         # gives each pod a name (nginx uses the per-replica Services below).
         headless = core.Service(
             f"{prefix}pods",
-            metadata=metadata(plan.workload),
+            metadata=args.scope.metadata(plan.workload),
             spec=core.ServiceSpecArgs(
                 cluster_ip="None",
                 selector=selector,
@@ -238,11 +190,8 @@ class KubernetesPool(pulumi.ComponentResource):
         )
         self.workload = k8s.apps.v1.StatefulSet(
             f"{prefix}replicas",
-            metadata=meta.ObjectMetaArgs(
-                name=plan.workload,
-                namespace=args.namespace,
-                labels=dict(args.labels),
-                annotations={WAIT_FOR: json.dumps(list(plan.wait_for))},
+            metadata=args.scope.metadata(
+                plan.workload, annotations={WAIT_FOR: json.dumps(list(plan.wait_for))}
             ),
             spec=k8s.apps.v1.StatefulSetSpecArgs(
                 service_name=plan.workload,
@@ -299,7 +248,7 @@ class KubernetesPool(pulumi.ComponentResource):
         for replica in plan.replicas:
             self.services[replica.service] = core.Service(
                 f"{name}-{replica.service}",
-                metadata=metadata(replica.service),
+                metadata=args.scope.metadata(replica.service),
                 spec=core.ServiceSpecArgs(
                     selector={**selector, POD_NAME_LABEL: replica.pod},
                     ports=[core.ServicePortArgs(name="http", port=plan.port, target_port="http")],

@@ -4,7 +4,8 @@ Nothing is decided twice: the replicas' command lines and environment, the
 download jobs' repositories and the rendered nginx.conf come from `build_plan`
 (on the settings with the two Docker-only behaviours off: nginx's `resolve`
 and the fit check). What this adds is only what a cluster needs: a workload
-per pool, a Service per replica, a claim per pool, the probes and the grace.
+per pool, a Service per replica, a claim per pool, the probes and the grace;
+with monitoring, `components.plan.kubernetes_monitoring`.
 
 Upstreams: each replica keeps its plan name (`vllm-chat-0:8000`, as nginx.conf
 says on Docker) as the name of a Service of its own, selecting its one
@@ -28,6 +29,7 @@ from components.config.sections import Backend
 from components.config.settings import Settings
 from components.containers import CONTAINERS_DIR
 from components.plan.build import build_plan
+from components.plan.kubernetes_monitoring import KubeMonitoringPlan, build_kubernetes_monitoring
 from components.plan.model import (
     HEALTH_PROBE,
     HF_TOKEN_ENV,
@@ -171,8 +173,9 @@ class KubeBalancerPlan:
     pre_stop_seconds: int
     termination_grace_seconds: int
     readiness: ProbePlan
-    upstreams: tuple[str, ...]
-    """Every replica Service nginx.conf names: mapped to its ClusterIP in /etc/hosts."""
+    reaches: tuple[str, ...]
+    """Every Service nginx.conf names (the replicas; the exporter, with monitoring): each
+    mapped to its ClusterIP in /etc/hosts."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,17 @@ class KubernetesPlan:
     """None for a ClusterIP Service: nothing outside the cluster reaches it."""
     lb_url: str | None
     """Known before deploying for a NodePort with `nodePort`; else from the Service."""
+    monitoring: KubeMonitoringPlan | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def keeps_claims(self) -> bool:
+        """Some claim outlives `pulumi destroy`, so its namespace must too (deleting a
+        namespace deletes its claims)."""
+        kept = [p.claim.keep_on_destroy for p in self.pools]
+        if self.monitoring is not None:
+            kept += [m.claim.keep_on_destroy for m in self.monitoring.pieces if m.claim]
+        return any(kept)
 
 
 def cluster_settings(settings: Settings) -> Settings:
@@ -355,6 +368,12 @@ def build_kubernetes_plan(
     service = k8s.service
     pre_stop = k8s.pre_stop_seconds or pre_stop_floor(settings)
     verify = _verify(settings, base)
+    replicas = tuple(r.name for r in base.replicas)
+    monitoring = (
+        build_kubernetes_monitoring(settings, base.monitoring, replicas)
+        if base.monitoring is not None
+        else None
+    )
     lb_url = None
     if verify is not None and verify.host is not None and service.node_port is not None:
         lb_url = f"{verify.scheme}://{verify.host}:{service.node_port}"
@@ -383,9 +402,13 @@ def build_kubernetes_plan(
             pre_stop_seconds=pre_stop,
             termination_grace_seconds=pre_stop + lb.stop_grace_seconds,
             readiness=ProbePlan(lb.container_port, 2, 2, 3, path=None),
-            upstreams=tuple(r.name for r in base.replicas),
+            reaches=(
+                *replicas,
+                *([monitoring.exporter.name] if monitoring is not None else []),
+            ),
         ),
         verify=verify,
         lb_url=lb_url,
+        monitoring=monitoring,
         labels={"app.kubernetes.io/part-of": "vllm-nginx"},
     )
