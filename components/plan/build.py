@@ -351,7 +351,7 @@ def _other_balancers(settings: Settings, lb_name: str) -> tuple[OtherBalancers, 
     """The standby's nginx as the rotation and canary steps reach it (the first balancer
     is on their own engine), and its engine's TLS material: variable -> secret."""
     standby = settings.load_balancer.standby
-    if standby is None or settings.hosts is None:
+    if standby is None:
         return (), {}
     engines = {e.name: e for e in settings.engines()}
     others: list[OtherBalancer] = []

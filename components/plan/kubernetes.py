@@ -1,18 +1,11 @@
 """The same plan for a cluster: `build_plan`'s replicas, downloads and nginx.conf, as pods.
 
-Nothing is decided twice: the replicas' command lines and environment, the
-download jobs' repositories and the rendered nginx.conf come from `build_plan`
-(on the settings with the two Docker-only behaviours off: nginx's `resolve`
-and the fit check). What this adds is only what a cluster needs: a workload
-per pool, a Service per replica, a claim per pool, the probes and the grace;
-with monitoring, `components.plan.kubernetes_monitoring`.
-
-Upstreams: each replica keeps its plan name (`vllm-chat-0:8000`, as nginx.conf
-says on Docker) as the name of a Service of its own, selecting its one
-StatefulSet pod. nginx's pods get every such name with its ClusterIP in
-/etc/hosts (`hostAliases`): no cluster DNS needed (the test cluster has none),
-the same on a cluster with CoreDNS, and a ClusterIP is fixed for the Service's
-life while pod IPs change on every restart (docs/kubernetes.md).
+Nothing is decided twice: command lines, environment, downloads and nginx.conf
+come from `build_plan` (with nginx's `resolve` and the fit check off). This adds
+what a cluster needs: a StatefulSet, a claim and a download Job per pool, probes
+and grace, and a Service per replica named as nginx.conf names the replica; nginx
+finds each by its ClusterIP in /etc/hosts, so no cluster DNS is needed
+(docs/kubernetes.md).
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """Monitoring on a cluster: the Docker plan's three containers, each as a pod behind a Service.
 
-Nothing is decided twice: Prometheus' config (its targets are the replicas'
-Service names, as nginx.conf names them, and the exporter's), Grafana's
-provisioning and dashboard, the exporter's script and arguments come from
-`build_monitoring_plan` through `build_plan`. What this adds is what a cluster
-needs: a Service per piece named as the Docker plan names its container, the
-names each pod reaches mapped to ClusterIPs in its /etc/hosts (no cluster DNS
-needed, as for nginx), a claim for each data directory, probes and ports.
+Prometheus' config, Grafana's provisioning and dashboard and the exporter's
+script come from `build_monitoring_plan` through `build_plan`. This adds what a
+cluster needs: a Service per piece named as the Docker plan names its container,
+the names each pod reaches as ClusterIPs in its /etc/hosts (no cluster DNS, as
+for nginx), a claim per data directory, probes and ports.
 """
 
 from __future__ import annotations
