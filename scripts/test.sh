@@ -8,8 +8,8 @@
 # and debootstrap of the offline base image from that same mirror); Go 1.26 and the
 # Go module proxy (the Pulumi CLI is built from Go modules: about 11 minutes and
 # 1.6 GB the first time, cached in /var/cache/vllm-nginx/pulumi-toolchain; Kubernetes
-# and the pulumi-kubernetes provider too, for the test cluster: about 40 minutes on 2
-# busy cores and 2.4 GB, cached in /var/cache/vllm-nginx/k8s-toolchain); Python 3.11+
+# and the pulumi-kubernetes provider too, for the test cluster: about 16 minutes on 2
+# idle cores and 2.4 GB, cached in /var/cache/vllm-nginx/k8s-toolchain); Python 3.11+
 # with venv; root, or a user with sudo (the root-only steps, apt-get, dockerd and
 # debootstrap, go through sudo; that user also needs access to the Docker socket,
 # i.e. membership of the `docker` group). No container registry is used.
