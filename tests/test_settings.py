@@ -40,7 +40,7 @@ def test_defaults_reproduce_the_guide() -> None:
     settings = parse_settings(raw())
     assert settings.backend is Backend.GPU
     assert settings.replicas == 2
-    assert settings.gpu_groups() == ((0,), (1,))
+    assert tuple(p.gpus for p in settings.placements()) == ((0,), (1,))
     assert settings.base_port == 8081
     assert settings.bind_address == "127.0.0.1"
     assert settings.load_balancer.port == 8000
@@ -60,7 +60,7 @@ def test_model_ids_vllm_and_the_hub_accept(model: str) -> None:
 def test_scalars_arrive_as_strings_and_are_coerced() -> None:
     settings = parse_settings(raw(replicas="3", tensorParallelSize="2"))
     assert settings.replicas == 3
-    assert settings.gpu_groups() == ((0, 1), (2, 3), (4, 5))
+    assert tuple(p.gpus for p in settings.placements()) == ((0, 1), (2, 3), (4, 5))
 
 
 def test_stack_files_parse() -> None:
@@ -71,7 +71,7 @@ def test_stack_files_parse() -> None:
     cpu = settings_from_stack_file(ROOT / "Pulumi.cpu.yaml")
     assert cpu.backend is Backend.CPU
     assert cpu.vllm_image.prebuilt == "vllm/vllm-openai-cpu:v0.33.0-x86_64"
-    assert cpu.cpu_groups() == ((0, 1, 2, 3), (4, 5, 6, 7))
+    assert tuple(p.cores for p in cpu.placements()) == ((0, 1, 2, 3), (4, 5, 6, 7))
 
 
 BAD = [
@@ -240,12 +240,26 @@ def test_plain_text_token_is_refused() -> None:
 
 def test_explicit_gpu_groups_for_tensor_parallelism() -> None:
     settings = parse_settings(raw(replicas=2, tensorParallelSize=2, gpus=[[0, 2], [1, 3]]))
-    assert settings.gpu_groups() == ((0, 2), (1, 3))
+    assert tuple(p.gpus for p in settings.placements()) == ((0, 2), (1, 3))
+
+
+def test_fewer_gpu_groups_than_replicas_beside_monitoring_is_a_problem_not_a_crash() -> None:
+    # The monitoring rules place every replica; a short 'gpus' ended in IndexError.
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(raw(replicas=2, gpus=[[0]], monitoring={"enabled": True}))
+    assert [(p.key, p.rule) for p in caught.value.problems] == [
+        ("vllm-nginx:gpus", "lists 1 replicas but 'replicas' is 2"),
+        (
+            "vllm-nginx:grafanaPassword",
+            "is required with 'monitoring.enabled' true "
+            "(`pulumi config set --secret grafanaPassword`)",
+        ),
+    ]
 
 
 def test_cpu_backend_has_no_gpus() -> None:
     settings = parse_settings(raw(backend="cpu", image={"prebuilt": "vllm-cpu:local"}))
-    assert settings.gpu_groups() == ((), ())
+    assert tuple(p.gpus for p in settings.placements()) == ((), ())
     with pytest.raises(ConfigError, match="'vllm-nginx:gpus': must not be set with 'backend' cpu"):
         parse_settings(raw(backend="cpu", image={"prebuilt": "x:y"}, gpus=[[0], [1]]))
 

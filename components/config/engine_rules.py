@@ -5,7 +5,7 @@ differ."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,8 @@ from components.config.rule import Rule, rule
 
 if TYPE_CHECKING:
     from components.config.sections import LoadBalancerSettings
+
+TP = "tensorParallelSize"
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,26 @@ def one_engine_rules(
             "namePrefix",
             words.scope,
         )
+
+
+def device_rules(
+    found: Iterable[tuple[str, int, tuple[int, ...]]], noun: str, tp: int, on: str, *scope: str
+) -> Iterator[Rule]:
+    """Each replica's GPUs (`noun` 'GPU') or cores ('CPU') on one engine, as `(key it
+    is written on, replica, ids)`: a tensor-parallel share each, and none used twice."""
+    seen: set[int] = set()
+    for key, r, ids in found:
+        if noun == "GPU" and len(ids) != tp:
+            yield rule(key, f"has {len(ids)} GPUs but 'tensorParallelSize' is {tp}", *scope, TP)
+        if noun == "CPU" and ids and len(ids) % tp:
+            yield rule(
+                key,
+                f"gives replica {r}{on} {len(ids)} CPUs, not a multiple of "
+                f"'tensorParallelSize' {tp}",
+                *scope,
+                TP,
+            )
+        for device in ids:
+            if device in seen:
+                yield rule(key, f"uses {noun} {device}, which another replica{on} uses too", *scope)
+            seen.add(device)

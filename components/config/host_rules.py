@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
+from components.config.engine_rules import device_rules
 from components.config.rule import Rule, rule
 from components.config.sections import Backend, HostSettings, is_remote_engine
 from components.config.settings import Settings
@@ -71,45 +72,15 @@ def _host_device_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule
     key = f"hosts[{i}]"
     if s.models is not None:
         return  # per pool: `pool_rules`
-    _gpus, cores = s._host_groups(host)
-    seen_gpus: set[int] = set()
-    for r, ids in enumerate(host.gpus or ()):
-        if len(ids) != s.tensor_parallel_size:
-            yield rule(
-                f"{key}.gpus[{r}]",
-                f"has {len(ids)} GPUs but 'tensorParallelSize' is {s.tensor_parallel_size}",
-                "hosts",
-                "tensorParallelSize",
-            )
-        for gpu in ids:
-            if gpu in seen_gpus:
-                yield rule(
-                    f"{key}.gpus[{r}]",
-                    f"uses GPU {gpu}, which another replica on host {host.name} uses too",
-                    "hosts",
-                )
-            seen_gpus.add(gpu)
-    seen_cores: set[int] = set()
-    for r, group in enumerate(cores):
-        where = f"{key}.cpuSets[{r}]" if host.cpu_sets is not None else "cpu.coresPerReplica"
-        if group and len(group) % s.tensor_parallel_size:
-            yield rule(
-                where,
-                f"gives replica {r} on host {host.name} {len(group)} CPUs, not a multiple of "
-                f"'tensorParallelSize' {s.tensor_parallel_size}",
-                "hosts",
-                "tensorParallelSize",
-                "cpu",
-            )
-        for core in group:
-            if core in seen_cores:
-                yield rule(
-                    where,
-                    f"uses CPU {core}, which another replica on host {host.name} uses too",
-                    "hosts",
-                    "cpu",
-                )
-            seen_cores.add(core)
+    on = f" on host {host.name}"
+    gpus = [(f"{key}.gpus[{r}]", r, ids) for r, ids in enumerate(host.gpus or ())]
+    yield from device_rules(gpus, "GPU", s.tensor_parallel_size, on, "hosts")
+    sets = host.cpu_sets is not None
+    cores = [
+        (f"{key}.cpuSets[{r}]" if sets else "cpu.coresPerReplica", r, at.cores)
+        for r, at in enumerate(p for p in s.placements() if p.host is host)
+    ]
+    yield from device_rules(cores, "CPU", s.tensor_parallel_size, on, "hosts", "cpu")
 
 
 def _overlap(a: str, b: str) -> bool:

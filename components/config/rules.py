@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from components.config.api_key_rules import api_key_rules
-from components.config.engine_rules import Wording, one_engine_rules
+from components.config.engine_rules import Wording, device_rules, one_engine_rules
 from components.config.host_rules import host_rules
 from components.config.kubernetes_rules import kubernetes_rules
 from components.config.pool_rules import pool_rules
@@ -35,18 +35,8 @@ def _gpu_rules(s: Settings) -> Iterator[Rule]:
         yield rule(
             "gpus", f"lists {len(s.gpus)} replicas but 'replicas' is {s.replicas}", "replicas"
         )
-    seen: set[int] = set()
-    for index, ids in enumerate(s.gpus):
-        if len(ids) != s.tensor_parallel_size:
-            yield rule(
-                f"gpus[{index}]",
-                f"has {len(ids)} GPUs but 'tensorParallelSize' is {s.tensor_parallel_size}",
-                "tensorParallelSize",
-            )
-        for gpu in ids:
-            if gpu in seen:
-                yield rule(f"gpus[{index}]", f"uses GPU {gpu}, which another replica uses too")
-            seen.add(gpu)
+    found = [(f"gpus[{r}]", r, ids) for r, ids in enumerate(s.gpus)]
+    yield from device_rules(found, "GPU", s.tensor_parallel_size, "")
 
 
 def _cpu_rules(s: Settings) -> Iterator[Rule]:
@@ -60,21 +50,11 @@ def _cpu_rules(s: Settings) -> Iterator[Rule]:
             "replicas",
             "backend",
         )
-    seen: set[int] = set()
-    for index, cores in enumerate(s.cpu_groups()):
-        key = f"cpu.cpuSets[{index}]" if sets is not None else "cpu.coresPerReplica"
-        if cores and len(cores) % s.tensor_parallel_size:
-            yield rule(
-                key,
-                f"gives replica {index} {len(cores)} CPUs, not a multiple of "
-                f"'tensorParallelSize' {s.tensor_parallel_size}",
-                "tensorParallelSize",
-                "backend",
-            )
-        for core in cores:
-            if core in seen:
-                yield rule(key, f"uses CPU {core}, which another replica uses too", "backend")
-            seen.add(core)
+    found = [
+        (f"cpu.cpuSets[{r}]" if sets is not None else "cpu.coresPerReplica", r, at.cores)
+        for r, at in enumerate(s.placements())
+    ]
+    yield from device_rules(found, "CPU", s.tensor_parallel_size, "", "backend")
 
 
 SINGLE_MODEL = Wording(

@@ -8,7 +8,7 @@ once (pydantic runs a model's own validators only when all its fields are valid)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -67,6 +67,10 @@ LOCAL_ENGINE = "local"
 SHUTDOWN_MARGIN_SECONDS = 10
 """What a replica may take to exit after its drain (docs/vllm.md, shutdown): the
 stop grace must cover `shutdownTimeoutSeconds` plus this."""
+
+Gpus = tuple[tuple[int, ...], ...] | None
+Group = tuple[int, Gpus, int]
+ReplicaGroup = tuple[PoolSettings | None, HostSettings | None, int, Gpus, int]
 
 
 def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -261,9 +265,7 @@ class Settings(ConfigModel):
         return (("image", self.vllm_image), *own)
 
     def replica_names(self) -> tuple[str, ...]:
-        if self.hosts is not None or self.models is not None:
-            return tuple(p.name for p in self.placements())
-        return tuple(f"{self.name_prefix}{i}" for i in range(self.replicas))
+        return tuple(p.name for p in self.placements())
 
     def pools(self) -> tuple[Pool, ...]:
         """Every model pool with its replicas; a stack without 'models' is one pool.
@@ -355,101 +357,63 @@ class Settings(ConfigModel):
         )
 
     def placements(self) -> tuple[Placement, ...]:
-        """Every replica with its host, name, port and devices, in a stable order.
+        """Every replica with its engine, name, port and devices, in a stable order.
 
-        Without 'hosts' a replica is `<prefix><i>` on `basePort + i`; with 'hosts'
-        `<prefix>-<host>-<i>`, so adding one to a host renames no other (a name is
-        also its upstream and its container, and a new name replaces).
-        """
-        if self.models is not None:
-            return self._pool_placements(self.models)
-        if self.hosts is None:
-            gpus, cores = self.gpu_groups(), self.cpu_groups()
-            return tuple(
-                Placement(None, i, f"{self.name_prefix}{i}", self.base_port + i, gpus[i], cores[i])
-                for i in range(self.replicas)
-            )
-        found: list[Placement] = []
-        for host in self.hosts:
-            base = host.base_port if host.base_port is not None else self.base_port
-            gpus, cores = self._host_groups(host)
-            found.extend(
-                Placement(
-                    host,
-                    i,
-                    self.host_replica_name(host, i),
-                    base + i,
-                    gpus[i],
-                    cores[i],
-                    engine=host.name,
-                )
-                for i in range(host.replica_count)
-            )
-        return tuple(found)
-
-    def _pool_placements(self, models: tuple[PoolSettings, ...]) -> tuple[Placement, ...]:
-        """Pool after pool, ports and default devices counted on from the previous pool.
-
-        Without 'hosts' a replica is `<prefix>-<pool>-<i>` on the next port from
-        'basePort'; with 'hosts', `<prefix>-<pool>-<host>-<i>` on the next port
-        from its host's 'basePort'. A GPU group or CPU set not listed is the
-        next block after those of the pools before it (on its host).
+        Without 'hosts' and 'models' a replica is `<prefix><i>`, else
+        `<prefix>-<pool>-<host>-<i>` (each part only if the stack has it), so adding one
+        renames no other: a name is its container and upstream, and a new one replaces.
+        Per engine, ports and unlisted GPU or CPU blocks count on, pool after pool.
         """
         found: list[Placement] = []
         cpu = self.backend is Backend.CPU
-        k = self.cpu.cores_per_replica
-        hosts = {h.name: h for h in self.hosts or ()}
-        # Per engine (None: the one engine): next port, next GPU, next core.
-        ports: dict[str | None, int] = {}
-        next_gpu: dict[str | None, int] = {}
-        next_core: dict[str | None, int] = {}
-
-        def place(
-            pool: PoolSettings,
-            host: HostSettings | None,
-            count: int,
-            gpus: tuple[tuple[int, ...], ...] | None,
-            cpu_sets: tuple[str, ...] | None,
-        ) -> None:
-            where = host.name if host is not None else None
+        ports: dict[str, int] = {}
+        next_device: dict[str, int] = {}
+        for pool, host, count, listed, size in self._replica_groups():
+            engine = host.name if host is not None else LOCAL_ENGINE
             first = self.base_port
             if host is not None and host.base_port is not None:
                 first = host.base_port
+            parts = [p.name for p in (pool, host) if p is not None]
             for i in range(count):
-                port = ports.setdefault(where, first)
-                ports[where] = port + 1
-                ids: tuple[int, ...] = ()
-                cores: tuple[int, ...] = ()
-                if not cpu and gpus is not None:
-                    ids = gpus[i] if i < len(gpus) else ()
-                    next_gpu[where] = max([next_gpu.get(where, 0), *(g + 1 for g in ids)])
-                elif not cpu:
-                    start = next_gpu.get(where, 0)
-                    ids = tuple(range(start, start + pool.tensor_parallel_size))
-                    next_gpu[where] = start + pool.tensor_parallel_size
-                elif cpu_sets is not None:
-                    cores = parse_cpu_set(cpu_sets[i]) if i < len(cpu_sets) else ()
-                    next_core[where] = max([next_core.get(where, 0), *(c + 1 for c in cores)])
-                elif k:
-                    start = next_core.get(where, 0)
-                    cores = tuple(range(start, start + k))
-                    next_core[where] = start + k
-                name = (
-                    f"{self.name_prefix}-{pool.name}-{host.name}-{i}"
-                    if host is not None
-                    else f"{self.name_prefix}-{pool.name}-{i}"
-                )
-                engine = host.name if host is not None else LOCAL_ENGINE
-                found.append(Placement(host, i, name, port, ids, cores, pool.name, engine))
-
-        for pool in models:
-            if self.hosts is None:
-                place(pool, None, pool.replica_count, pool.gpus, pool.cpu_sets)
-                continue
-            for entry in pool.hosts or ():
-                if entry.host in hosts:
-                    place(pool, hosts[entry.host], entry.replica_count, entry.gpus, entry.cpu_sets)
+                port = ports.setdefault(engine, first)
+                ports[engine] = port + 1
+                start = next_device.get(engine, 0)
+                if listed is None:
+                    ids = tuple(range(start, start + size))
+                else:
+                    ids = listed[i] if i < len(listed) else ()
+                next_device[engine] = max([start, *(d + 1 for d in ids)])
+                name = "-".join([self.name_prefix, *parts, str(i)])
+                name = name if parts else f"{self.name_prefix}{i}"
+                gpus, cores = ((), ids) if cpu else (ids, ())
+                pool_name = pool.name if pool is not None else None
+                found.append(Placement(host, i, name, port, gpus, cores, pool_name, engine))
         return tuple(found)
+
+    def _replica_groups(self) -> Iterator[ReplicaGroup]:
+        """Each pool's (or the stack's) replicas per engine: the pool, the host, the
+        count, the devices listed per replica (None: the next blocks) and a block's size."""
+        cpu = self.backend is Backend.CPU
+
+        def group(count: int, gpus: Gpus, cpu_sets: tuple[str, ...] | None, tp: int) -> Group:
+            if not cpu:
+                return count, gpus, tp
+            sets = None if cpu_sets is None else tuple(parse_cpu_set(t) for t in cpu_sets)
+            return count, sets, self.cpu.cores_per_replica
+
+        tp = self.tensor_parallel_size
+        if self.models is None and self.hosts is None:
+            yield None, None, *group(self.replicas, self.gpus, self.cpu.cpu_sets, tp)
+        for host in self.hosts or () if self.models is None else ():
+            yield None, host, *group(host.replica_count, host.gpus, host.cpu_sets, tp)
+        hosts = {h.name: h for h in self.hosts or ()}
+        for pool in self.models or ():
+            tp = pool.tensor_parallel_size
+            if self.hosts is None:
+                yield pool, None, *group(pool.replica_count, pool.gpus, pool.cpu_sets, tp)
+            for on in pool.hosts or () if self.hosts is not None else ():
+                if on.host in hosts:
+                    yield pool, hosts[on.host], *group(on.replica_count, on.gpus, on.cpu_sets, tp)
 
     def gpus_key(self, pool: Pool, host: str) -> str:
         """The key that gives one engine's replicas of `pool` their GPUs, as written:
@@ -464,50 +428,7 @@ class Settings(ConfigModel):
         return f"{pool.key}.hosts[{places.index(host)}].gpus"
 
     def replica_count_on(self, host: HostSettings) -> int:
-        """How many replicas run on a host: its own count, or its pools' replicas there."""
-        if self.models is None:
-            return host.replica_count
         return sum(1 for p in self.placements() if p.host is host)
-
-    def host_replica_name(self, host: HostSettings, index: int) -> str:
-        return f"{self.name_prefix}-{host.name}-{index}"
-
-    def _host_groups(
-        self, host: HostSettings
-    ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
-        """GPU ids and CPU cores of each replica on one host, counted from 0 there."""
-        count = host.replica_count
-        none: tuple[tuple[int, ...], ...] = tuple(() for _ in range(count))
-        if self.backend is Backend.CPU:
-            if host.cpu_sets is not None:
-                sets = tuple(parse_cpu_set(text) for text in host.cpu_sets)
-                return none, tuple(sets[i] if i < len(sets) else () for i in range(count))
-            k = self.cpu.cores_per_replica
-            return none, tuple(tuple(range(r * k, (r + 1) * k)) for r in range(count))
-        if host.gpus is not None:
-            gpus = tuple(host.gpus[i] if i < len(host.gpus) else () for i in range(count))
-            return gpus, none
-        tp = self.tensor_parallel_size
-        return tuple(tuple(range(r * tp, (r + 1) * tp)) for r in range(count)), none
-
-    def cpu_groups(self) -> tuple[tuple[int, ...], ...]:
-        """Each CPU replica's cores: `cpu.cpuSets`, else consecutive blocks, else none."""
-        if self.backend is not Backend.CPU:
-            return tuple(() for _ in range(self.replicas))
-        if self.cpu.cpu_sets is not None:
-            sets = tuple(parse_cpu_set(text) for text in self.cpu.cpu_sets)
-            return tuple(sets[i] if i < len(sets) else () for i in range(self.replicas))
-        k = self.cpu.cores_per_replica
-        return tuple(tuple(range(r * k, (r + 1) * k)) for r in range(self.replicas))
-
-    def gpu_groups(self) -> tuple[tuple[int, ...], ...]:
-        """Each replica's GPU ids; consecutive ids unless 'gpus' says otherwise."""
-        if self.backend is Backend.CPU:
-            return tuple(() for _ in range(self.replicas))
-        if self.gpus is not None:
-            return self.gpus
-        tp = self.tensor_parallel_size
-        return tuple(tuple(range(r * tp, (r + 1) * tp)) for r in range(self.replicas))
 
 
 @dataclass(frozen=True)
