@@ -1,7 +1,7 @@
 """The rules of one engine's replicas beside its load balancer: name length, the
-port range, and the balancer's port and name, the same for a stack of one model
-and a stack of pools; only the words that say how the names and ports were made
-differ."""
+port range, the balancer's port and name, and the devices each replica gets, the
+same for the one engine and for each host, for one model and for pools; only the
+words that say how the names, ports and devices were given differ."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from components.config.sections import LoadBalancerSettings
 
 TP = "tensorParallelSize"
+Groups = Sequence[object] | None
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,32 @@ def one_engine_rules(
             "namePrefix",
             words.scope,
         )
+
+
+def listed_rules(
+    where: str,
+    gpus: Groups,
+    cpu_sets: Groups,
+    replicas: int | None,
+    cpu: bool,
+    whose: str,
+    *scope: str,
+) -> Iterator[Rule]:
+    """A host's or pool's (`whose` 'hosts', 'pools') own 'gpus' or 'cpuSets': the
+    backend's kind, one per replica."""
+    if gpus is not None and cpu:
+        yield rule(f"{where}.gpus", "must not be set with 'backend' cpu", *scope, "backend")
+    if cpu_sets is not None and not cpu:
+        yield rule(
+            f"{where}.cpuSets", f"is for 'backend' cpu; GPU {whose} list 'gpus'", *scope, "backend"
+        )
+    for field, groups in (("gpus", gpus), ("cpuSets", cpu_sets)):
+        if groups is not None and replicas is not None and len(groups) != replicas:
+            yield rule(
+                f"{where}.{field}",
+                f"lists {len(groups)} replicas but '{where}.replicas' is {replicas}",
+                *scope,
+            )
 
 
 def device_rules(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from components.config.engine_rules import device_rules
-from components.config.rule import Rule, rule
+from components.config.engine_rules import device_rules, listed_rules
+from components.config.rule import Rule, replaced_keys, rule
 from components.config.sections import Backend, HostSettings, is_remote_engine
 from components.config.settings import Settings
 
@@ -15,6 +15,7 @@ SINGLE_HOST_KEYS = {
     "gpus": ("gpus", "gpus"),
     "bind_address": ("bindAddress", "bindAddress"),
     "public_host": ("publicHost", "address"),
+    "cpu.cpu_sets": ("cpu.cpuSets", "cpuSets"),
 }
 """Top-level fields that 'hosts' replaces: the key, and the per-host key that says it instead."""
 
@@ -45,12 +46,6 @@ def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]
                 "models",
             )
         return
-    if host.gpus is not None and cpu:
-        yield rule(f"{key}.gpus", "must not be set with 'backend' cpu", "hosts", "backend")
-    if host.cpu_sets is not None and not cpu:
-        yield rule(
-            f"{key}.cpuSets", "is for 'backend' cpu; GPU hosts list 'gpus'", "hosts", "backend"
-        )
     if host.replica_count == 0:
         yield rule(
             f"{key}.replicas",
@@ -58,13 +53,7 @@ def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]
             "per replica in 'gpus' / 'cpuSets')",
             "hosts",
         )
-    for field, groups in (("gpus", host.gpus), ("cpuSets", host.cpu_sets)):
-        if groups is not None and host.replicas is not None and len(groups) != host.replicas:
-            yield rule(
-                f"{key}.{field}",
-                f"lists {len(groups)} replicas but '{key}.replicas' is {host.replicas}",
-                "hosts",
-            )
+    yield from listed_rules(key, host.gpus, host.cpu_sets, host.replicas, cpu, "hosts", "hosts")
 
 
 def _host_device_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
@@ -150,19 +139,7 @@ def host_rules(s: Settings) -> Iterator[Rule]:
         if lb.host is not None:
             yield rule("loadBalancer.host", "is set but 'hosts' is not", "hosts")
         return
-    for field, (key, per_host) in SINGLE_HOST_KEYS.items():
-        if field in s.model_fields_set:
-            yield rule(
-                key,
-                f"must not be set with 'hosts': each host says its own ('hosts[i].{per_host}')",
-                "hosts",
-            )
-    if "cpu_sets" in s.cpu.model_fields_set:
-        yield rule(
-            "cpu.cpuSets",
-            "must not be set with 'hosts': each host says its own ('hosts[i].cpuSets')",
-            "hosts",
-        )
+    yield from replaced_keys(s.keys_set(), SINGLE_HOST_KEYS, "hosts", "each host")
     names: dict[str, int] = {}
     engines: dict[str, int] = {}
     for i, host in enumerate(s.hosts):

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from components.config.engine_rules import Wording, one_engine_rules
+from components.config.engine_rules import listed_rules
 from components.config.pool_sections import PoolHostSettings, PoolSettings
-from components.config.rule import Rule, rule
+from components.config.rule import Rule, replaced_keys, rule
 from components.config.sections import Backend
 from components.config.settings import Placement, Settings
 from components.config.vllm_args import LORA_FLAGS, managed_flag_problem
@@ -22,27 +22,9 @@ POOL_KEYS = {
 POOL_PLACEMENT_KEYS = {
     "replicas": ("replicas", "replicas"),
     "gpus": ("gpus", "gpus"),
+    "cpu.cpu_sets": ("cpu.cpuSets", "cpuSets"),
 }
 """Placement keys a pool says for itself; with 'hosts' the hosts rules report them."""
-
-
-def _replaced_keys(s: Settings) -> Iterator[Rule]:
-    keys = dict(POOL_KEYS)
-    if s.hosts is None:
-        keys.update(POOL_PLACEMENT_KEYS)
-    for field, (key, own) in keys.items():
-        if field in s.model_fields_set:
-            yield rule(
-                key,
-                f"must not be set with 'models': each pool says its own ('models[i].{own}')",
-                "models",
-            )
-    if s.hosts is None and "cpu_sets" in s.cpu.model_fields_set:
-        yield rule(
-            "cpu.cpuSets",
-            "must not be set with 'models': each pool says its own ('models[i].cpuSets')",
-            "models",
-        )
 
 
 def _name_rules(models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
@@ -123,18 +105,8 @@ def _device_keys(s: Settings, i: int, pool: PoolSettings) -> Iterator[Rule]:
             seen.add(on_host.host)
             entries.append((where, on_host, on_host.replicas))
     for where, entry, replicas in entries:
-        gpus, cpu_sets = entry.gpus, entry.cpu_sets
-        if gpus is not None and cpu:
-            yield rule(f"{where}.gpus", "must not be set with 'backend' cpu", "backend")
-        if cpu_sets is not None and not cpu:
-            yield rule(f"{where}.cpuSets", "is for 'backend' cpu; GPU pools list 'gpus'", "backend")
-        for field, groups in (("gpus", gpus), ("cpuSets", cpu_sets)):
-            if groups is not None and replicas is not None and len(groups) != replicas:
-                yield rule(
-                    f"{where}.{field}",
-                    f"lists {len(groups)} replicas but '{where}.replicas' is {replicas}",
-                )
-        for r, ids in enumerate(gpus or ()):
+        yield from listed_rules(where, entry.gpus, entry.cpu_sets, replicas, cpu, "pools")
+        for r, ids in enumerate(entry.gpus or ()):
             if len(ids) != pool.tensor_parallel_size:
                 yield rule(
                     f"{where}.gpus[{r}]",
@@ -234,38 +206,17 @@ def _joined_name_rules(s: Settings, models: tuple[PoolSettings, ...]) -> Iterato
             return
 
 
-POOLS = Wording(
-    names=" ('<prefix>-<pool>-<i>')",
-    count="replicas of all pools",
-    ports="'basePort' + the replicas of all pools",
-    name="'namePrefix'-pool-number",
-    scope="models",
-)
-
-
-def _port_and_name_rules(s: Settings) -> Iterator[Rule]:
-    """Without 'hosts' (the hosts rules check each host): the one engine's ports and names."""
-    if s.hosts is not None:
-        return
-    placements = s.placements()
-    if not placements:
-        return
-    names = [p.name for p in placements]
-    last = max(p.port for p in placements)
-    yield from one_engine_rules(names, s.base_port, last, s.load_balancer, POOLS)
-
-
 def pool_rules(s: Settings) -> Iterator[Rule]:
     models = s.models
     if models is None:
         if s.model is None:
             yield rule("model", "is required (or list model pools in 'models')", "models")
         return
-    yield from _replaced_keys(s)
+    keys = {**POOL_KEYS, **(POOL_PLACEMENT_KEYS if s.hosts is None else {})}
+    yield from replaced_keys(s.keys_set(), keys, "models", "each pool")
     yield from _name_rules(models)
     yield from _arg_rules(s, models)
     for i, pool in enumerate(models):
         yield from _device_keys(s, i, pool)
     yield from _shared_devices(s, models)
     yield from _joined_name_rules(s, models)
-    yield from _port_and_name_rules(s)

@@ -1,7 +1,9 @@
-"""One broken rule of the stack config: the key it is reported on and the rule."""
+"""One broken rule of the stack config: the key it is reported on and the rule; and
+the top-level keys that 'hosts' or 'models' replace, which both report alike."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 
 
@@ -26,3 +28,15 @@ class Rule:
 
 def rule(key: str, rule: str, *others: str, secret_check: str = "") -> Rule:
     return Rule(key, rule, frozenset({key.split(".")[0], *others}), secret_check)
+
+
+def replaced_keys(
+    said: Set[str], keys: Mapping[str, tuple[str, str]], by: str, each: str
+) -> Iterator[Rule]:
+    """Keys of `keys` (field: key, the key of `by` entries that says it) that are `said`
+    although `by` ('hosts', 'models') replaces them."""
+    for field, (key, own) in keys.items():
+        if field in said:
+            yield rule(
+                key, f"must not be set with '{by}': {each} says its own ('{by}[i].{own}')", by
+            )

@@ -64,13 +64,23 @@ SINGLE_MODEL = Wording(
     name="'namePrefix' + number",
     scope="replicas",
 )
+POOLS = Wording(
+    names=" ('<prefix>-<pool>-<i>')",
+    count="replicas of all pools",
+    ports="'basePort' + the replicas of all pools",
+    name="'namePrefix'-pool-number",
+    scope="models",
+)
 
 
 def _name_and_port_rules(s: Settings) -> Iterator[Rule]:
-    if s.hosts is not None or s.models is not None:
-        return  # per host: `_host_rules`; per pool: `pool_rules`
-    last = s.base_port + s.replicas - 1
-    yield from one_engine_rules(s.replica_names(), s.base_port, last, s.load_balancer, SINGLE_MODEL)
+    """The one engine's replica names and ports; with 'hosts' the hosts rules check each."""
+    placed = s.placements()
+    if s.hosts is not None or not placed:
+        return
+    words = SINGLE_MODEL if s.models is None else POOLS
+    last = max(p.port for p in placed)
+    yield from one_engine_rules([p.name for p in placed], s.base_port, last, s.load_balancer, words)
 
 
 def _tls_rules(s: Settings) -> Iterator[Rule]:

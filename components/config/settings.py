@@ -264,6 +264,10 @@ class Settings(ConfigModel):
         )
         return (("image", self.vllm_image), *own)
 
+    def keys_set(self) -> set[str]:
+        """The fields the stack file sets, `cpu`'s as 'cpu.<field>'."""
+        return {*self.model_fields_set, *(f"cpu.{f}" for f in self.cpu.model_fields_set)}
+
     def replica_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.placements())
 
