@@ -68,26 +68,19 @@ def _default(field: FieldInfo, parent: BaseModel | None, name: str) -> str:
     return _format(field.default)
 
 
-def _list_item_model(annotation: Any) -> type[BaseModel] | None:
-    """The model of a list-of-objects key (through `| None` and `Annotated`), else None."""
-    origin = get_origin(annotation)
-    if origin in (tuple, list):
+ENTRIES = (("list", (tuple, list), 0, "[i]."), ("map", (dict,), 1, ".<name>."))
+"""Keys of objects with entries: 'hosts' (`hosts[i].name`), 'apiKeys' (`apiKeys.<name>.key`),
+with the origins of their annotation and where its entry's type stands in it."""
+
+
+def _entry_model(annotation: Any, kinds: tuple[type, ...], at: int) -> type[BaseModel] | None:
+    """The model of an entry of `annotation` (through `| None` and `Annotated`), else None."""
+    if get_origin(annotation) in kinds:
         args = get_args(annotation)
-        first = args[0] if args else None
-        return first if isinstance(first, type) and issubclass(first, BaseModel) else None
+        item = args[at] if len(args) > at else None
+        return item if isinstance(item, type) and issubclass(item, BaseModel) else None
     for arg in get_args(annotation):
-        if arg is not type(None) and (found := _list_item_model(arg)) is not None:
-            return found
-    return None
-
-
-def _map_item_model(annotation: Any) -> type[BaseModel] | None:
-    """The model of a map-of-objects key ('apiKeys', through `| None`), else None."""
-    if get_origin(annotation) is dict:
-        value = get_args(annotation)[1]
-        return value if isinstance(value, type) and issubclass(value, BaseModel) else None
-    for arg in get_args(annotation):
-        if arg is not type(None) and (found := _map_item_model(arg)) is not None:
+        if arg is not type(None) and (found := _entry_model(arg, kinds, at)) is not None:
             return found
     return None
 
@@ -103,19 +96,14 @@ def config_rows(
         annotation = field.annotation
         nested = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type)]
         sub = next((a for a in nested if issubclass(a, BaseModel)), None)
-        item = _list_item_model(annotation)
-        if item is not None:
-            # A list of objects ('hosts'): one row per key of an item, `key[i].field`.
-            kind = f"list of objects ({item.__name__.removesuffix('Settings')})"
+        entries = ((s, _entry_model(annotation, k, at), t) for s, k, at, t in ENTRIES)
+        found = next(((s, e, t) for s, e, t in entries if e is not None), None)
+        if found is not None:
+            # One row for the key, then one per key of an entry: `hosts[i].name`.
+            shape, entry, tail = found
+            kind = f"{shape} of objects ({entry.__name__.removesuffix('Settings')})"
             rows.append((key, kind, "-", field.description or ""))
-            rows.extend(config_rows(item, key + "[i]."))
-            continue
-        entry = _map_item_model(annotation)
-        if entry is not None:
-            # A map of objects ('apiKeys'): one row per key of an entry, `key.<name>.field`.
-            kind = f"map of objects ({entry.__name__.removesuffix('Settings')})"
-            rows.append((key, kind, "-", field.description or ""))
-            rows.extend(config_rows(entry, key + ".<name>."))
+            rows.extend(config_rows(entry, key + tail))
             continue
         if sub is not None:
             default = getattr(parent, name) if parent is not None else field.default

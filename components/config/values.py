@@ -215,6 +215,13 @@ MODEL_RULE = (
 )
 
 
+def _not_an_option(value: str, command: str, more: str = "") -> None:
+    """A safe token that `command` does not read as one of its options."""
+    safe_token(value)
+    if value.startswith("-"):
+        raise ValueError(f"must not start with '-': `{command}` would read it as an option{more}")
+
+
 def model_id(value: str) -> str:
     """What `vllm serve` takes as its model: a Hub repo id, or a path in its container.
 
@@ -223,11 +230,7 @@ def model_id(value: str) -> str:
     to `snapshot_download`, which refuses what the Hub's grammar refuses, only
     after the image pull. Both are caught here instead.
     """
-    safe_token(value)
-    if value.startswith("-"):
-        raise ValueError(
-            "must not start with '-': `vllm serve` would read it as an option; " + MODEL_RULE
-        )
+    _not_an_option(value, "vllm serve", "; " + MODEL_RULE)
     if value.startswith("/"):
         return value
     if (
@@ -242,11 +245,7 @@ def model_id(value: str) -> str:
 
 def served_name(value: str) -> str:
     """A name clients send as `model`; `vllm serve --served-model-name` reads it."""
-    safe_token(value)
-    if value.startswith("-"):
-        raise ValueError(
-            "must not start with '-': `vllm serve --served-model-name` would read it as an option"
-        )
+    _not_an_option(value, "vllm serve --served-model-name")
     return value
 
 
@@ -258,11 +257,7 @@ _LORA_ENTRY = (
 
 def lora_name(value: str) -> str:
     """An adapter's name, written as `name=path` into `--lora-modules` (docs/vllm.md)."""
-    safe_token(value)
-    if value.startswith("-"):
-        raise ValueError(
-            "must not start with '-': `vllm serve --lora-modules` would read it as an option"
-        )
+    _not_an_option(value, "vllm serve --lora-modules")
     if "=" in value:
         raise ValueError(
             "must not contain '=': `vllm serve --lora-modules name=path` splits at the "
