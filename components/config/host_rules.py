@@ -64,11 +64,8 @@ def _host_device_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule
     on = f" on host {host.name}"
     gpus = [(f"{key}.gpus[{r}]", r, ids) for r, ids in enumerate(host.gpus or ())]
     yield from device_rules(gpus, "GPU", s.tensor_parallel_size, on, "hosts")
-    sets = host.cpu_sets is not None
-    cores = [
-        (f"{key}.cpuSets[{r}]" if sets else "cpu.coresPerReplica", r, at.cores)
-        for r, at in enumerate(p for p in s.placements() if p.host is host)
-    ]
+    placed = [p for p in s.placements() if p.host is host]
+    cores = [(at.devices_key("cpuSets"), at.index, at.cores) for at in placed]
     yield from device_rules(cores, "CPU", s.tensor_parallel_size, on, "hosts", "cpu")
 
 

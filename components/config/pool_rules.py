@@ -10,7 +10,7 @@ from components.config.engine_rules import listed_rules
 from components.config.pool_sections import PoolHostSettings, PoolSettings
 from components.config.rule import Rule, replaced_keys, rule
 from components.config.sections import Backend
-from components.config.settings import Placement, Settings
+from components.config.settings import Settings
 from components.config.vllm_args import LORA_FLAGS, managed_flag_problem
 
 POOL_KEYS = {
@@ -115,21 +115,6 @@ def _device_keys(s: Settings, i: int, pool: PoolSettings) -> Iterator[Rule]:
                 )
 
 
-def _device_key(s: Settings, i: int, pool: PoolSettings, at: Placement, kind: str) -> str:
-    """Where a replica's GPUs or cores are written, or would be."""
-    key = f"models[{i}]"
-    if at.host is not None:
-        h = next(h for h, e in enumerate(pool.hosts or ()) if e.host == at.host.name)
-        key = f"{key}.hosts[{h}]"
-        listed = getattr((pool.hosts or ())[h], kind)
-    else:
-        listed = getattr(pool, kind)
-    field = "gpus" if kind == "gpus" else "cpuSets"
-    if listed is not None:
-        return f"{key}.{field}[{at.index}]"
-    return f"{key}.{field}" if kind == "gpus" else "cpu.coresPerReplica"
-
-
 def _shared_devices(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[Rule]:
     """A GPU or core belongs to one replica of one pool on its engine."""
     index = {pool.name: i for i, pool in enumerate(models)}
@@ -143,11 +128,11 @@ def _shared_devices(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[R
         pool = models[i]
         engine = at.host.name if at.host is not None else None
         on = f" on host {engine}" if engine is not None else ""
-        for kind, ids, taken, noun in (
+        for field, ids, taken, noun in (
             ("gpus", at.gpus, gpus, "GPU"),
-            ("cpu_sets", at.cores, cores, "CPU"),
+            ("cpuSets", at.cores, cores, "CPU"),
         ):
-            key = _device_key(s, i, pool, at, kind)
+            key = at.devices_key(field)
             for device in ids:
                 owner = taken.get((engine, device))
                 if owner is not None and key not in reported:
@@ -161,7 +146,7 @@ def _shared_devices(s: Settings, models: tuple[PoolSettings, ...]) -> Iterator[R
                 taken.setdefault((engine, device), f"replica {at.name}")
         if at.cores and len(at.cores) % pool.tensor_parallel_size:
             yield rule(
-                _device_key(s, i, pool, at, "cpu_sets"),
+                at.devices_key("cpuSets"),
                 f"gives replica {at.name} {len(at.cores)} CPUs, not a multiple of "
                 f"'models[{i}].tensorParallelSize' {pool.tensor_parallel_size}",
                 "models",

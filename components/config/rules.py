@@ -50,10 +50,7 @@ def _cpu_rules(s: Settings) -> Iterator[Rule]:
             "replicas",
             "backend",
         )
-    found = [
-        (f"cpu.cpuSets[{r}]" if sets is not None else "cpu.coresPerReplica", r, at.cores)
-        for r, at in enumerate(s.placements())
-    ]
+    found = [(at.devices_key("cpuSets"), at.index, at.cores) for at in s.placements()]
     yield from device_rules(found, "CPU", s.tensor_parallel_size, "", "backend")
 
 

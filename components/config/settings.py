@@ -70,7 +70,7 @@ stop grace must cover `shutdownTimeoutSeconds` plus this."""
 
 Gpus = tuple[tuple[int, ...], ...] | None
 Group = tuple[int, Gpus, int]
-ReplicaGroup = tuple[PoolSettings | None, HostSettings | None, int, Gpus, int]
+ReplicaGroup = tuple[PoolSettings | None, HostSettings | None, str, Group]
 
 
 def _some_hosts(hosts: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -372,7 +372,7 @@ class Settings(ConfigModel):
         cpu = self.backend is Backend.CPU
         ports: dict[str, int] = {}
         next_device: dict[str, int] = {}
-        for pool, host, count, listed, size in self._replica_groups():
+        for pool, host, key, (count, listed, size) in self._replica_groups():
             engine = host.name if host is not None else LOCAL_ENGINE
             first = self.base_port
             if host is not None and host.base_port is not None:
@@ -391,12 +391,17 @@ class Settings(ConfigModel):
                 name = name if parts else f"{self.name_prefix}{i}"
                 gpus, cores = ((), ids) if cpu else (ids, ())
                 pool_name = pool.name if pool is not None else None
-                found.append(Placement(host, i, name, port, gpus, cores, pool_name, engine))
+                found.append(
+                    Placement(
+                        host, i, name, port, gpus, cores, pool_name, engine, key, listed is not None
+                    )
+                )
         return tuple(found)
 
     def _replica_groups(self) -> Iterator[ReplicaGroup]:
-        """Each pool's (or the stack's) replicas per engine: the pool, the host, the
-        count, the devices listed per replica (None: the next blocks) and a block's size."""
+        """Each pool's (or the stack's) replicas per engine: the pool, the host, the key
+        that says them, and the count, the devices listed per replica (None: the next
+        blocks) and a block's size."""
         cpu = self.backend is Backend.CPU
 
         def group(count: int, gpus: Gpus, cpu_sets: tuple[str, ...] | None, tp: int) -> Group:
@@ -407,29 +412,19 @@ class Settings(ConfigModel):
 
         tp = self.tensor_parallel_size
         if self.models is None and self.hosts is None:
-            yield None, None, *group(self.replicas, self.gpus, self.cpu.cpu_sets, tp)
-        for host in self.hosts or () if self.models is None else ():
-            yield None, host, *group(host.replica_count, host.gpus, host.cpu_sets, tp)
+            yield None, None, "", group(self.replicas, self.gpus, self.cpu.cpu_sets, tp)
+        for i, host in enumerate(self.hosts or () if self.models is None else ()):
+            devices = group(host.replica_count, host.gpus, host.cpu_sets, tp)
+            yield None, host, f"hosts[{i}]", devices
         hosts = {h.name: h for h in self.hosts or ()}
-        for pool in self.models or ():
-            tp = pool.tensor_parallel_size
+        for i, pool in enumerate(self.models or ()):
+            tp, key = pool.tensor_parallel_size, f"models[{i}]"
             if self.hosts is None:
-                yield pool, None, *group(pool.replica_count, pool.gpus, pool.cpu_sets, tp)
-            for on in pool.hosts or () if self.hosts is not None else ():
+                yield pool, None, key, group(pool.replica_count, pool.gpus, pool.cpu_sets, tp)
+            for j, on in enumerate(pool.hosts or () if self.hosts is not None else ()):
                 if on.host in hosts:
-                    yield pool, hosts[on.host], *group(on.replica_count, on.gpus, on.cpu_sets, tp)
-
-    def gpus_key(self, pool: Pool, host: str) -> str:
-        """The key that gives one engine's replicas of `pool` their GPUs, as written:
-        'gpus', 'hosts[1].gpus', 'models[0].gpus' or 'models[0].hosts[1].gpus'."""
-        if self.hosts is None:
-            return f"{pool.key}.gpus".lstrip(".")
-        if self.models is None:
-            names = [h.name for h in self.hosts or ()]
-            return f"hosts[{names.index(host)}].gpus"
-        (entry,) = [p for p in self.models if p.name == pool.name]
-        places = [h.host for h in entry.hosts or ()]
-        return f"{pool.key}.hosts[{places.index(host)}].gpus"
+                    devices = group(on.replica_count, on.gpus, on.cpu_sets, tp)
+                    yield pool, hosts[on.host], f"{key}.hosts[{j}]", devices
 
     def replica_count_on(self, host: HostSettings) -> int:
         return sum(1 for p in self.placements() if p.host is host)
@@ -450,6 +445,19 @@ class Placement:
     """The 'models' entry (by name) it serves; None without 'models'."""
     engine: str = LOCAL_ENGINE
     """The engine it runs on: its host's name, or `local` without 'hosts'."""
+    key: str = ""
+    """Where its count and devices are written: '' (the top-level keys), 'hosts[1]',
+    'models[0]' or 'models[0].hosts[1]'."""
+    listed: bool = False
+    """Its devices are listed there ('gpus' or 'cpuSets', by backend), not the next free."""
+
+    def devices_key(self, field: str) -> str:
+        """Where its GPUs or cores (`field` 'gpus', 'cpuSets') are written, or would be:
+        the top-level CPU sets are 'cpu.cpuSets', unlisted cores 'cpu.coresPerReplica'."""
+        if not self.listed:
+            return f"{self.key}.gpus".lstrip(".") if field == "gpus" else "cpu.coresPerReplica"
+        where = self.key or ("cpu" if field == "cpuSets" else "")
+        return f"{where}.{field}[{self.index}]".lstrip(".")
 
 
 @dataclass(frozen=True)

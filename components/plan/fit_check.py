@@ -32,7 +32,8 @@ def fit_plan(
     if not settings.fit_check.enabled or not replicas:
         return None
     gpu = settings.backend is Backend.GPU
-    gpus_key = settings.gpus_key(pool, replicas[0].host) if gpu else ""
+    at = next(p for p in pool.placements if p.engine == replicas[0].host)
+    gpus_key = f"{at.key}.gpus".lstrip(".") if gpu else ""
     gpus_key = "" if gpus_key == f"{pool.key}.gpus".lstrip(".") else gpus_key
     return FitPlan(
         argv=step_argv(python, "fit"),
