@@ -24,21 +24,22 @@ class Wording:
 
     names: str
     """After 'makes replica names': '' or " ('<prefix>-<pool>-<i>')"."""
-    count: str
-    """After the count in the port message: 'replicas' or 'replicas of all pools'."""
-    ports: str
-    """What the port range comes from: "'basePort' + 'replicas'"."""
     name: str
     """How a replica name is made: "'namePrefix' + number"."""
     scope: str
-    """The key beside the reported one that made them: 'replicas' or 'models'."""
+    """The key beside the reported one that made them: 'replicas', 'models' or 'hosts'."""
+    count: str = ""
+    """After the count in the port message: 'replicas' or 'replicas of all pools'."""
+    ports: str = ""
+    """What the port range comes from: "'basePort' + 'replicas'"."""
 
 
 def one_engine_rules(
-    names: Sequence[str], first: int, last: int, lb: LoadBalancerSettings, words: Wording
+    names: Sequence[str], ports: tuple[int, int] | None, lb: LoadBalancerSettings, words: Wording
 ) -> Iterator[Rule]:
-    """`names` of the engine's replicas, on ports `first` to `last`."""
-    longest = max(names, key=len)
+    """`names` of the engine's replicas, on ports `first` to `last` (None: with 'hosts',
+    where each host's ports are checked apart, and its names with all the others)."""
+    longest = max(names, key=len, default="")
     if len(longest) > 63:
         yield rule(
             "namePrefix",
@@ -46,6 +47,7 @@ def one_engine_rules(
             "container names double as DNS names, at most 63",
             words.scope,
         )
+    first, last = ports or (0, -1)  # None: an empty range
     if last > 65535:
         yield rule(
             "basePort", f"{first} + {len(names)} {words.count} passes port 65535", words.scope

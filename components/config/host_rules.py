@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from components.config.engine_rules import device_rules, listed_rules
+from components.config.engine_rules import Wording, device_rules, listed_rules, one_engine_rules
 from components.config.rule import Rule, replaced_keys, rule
 from components.config.sections import Backend, HostSettings, is_remote_engine
 from components.config.settings import Settings
@@ -18,6 +18,14 @@ SINGLE_HOST_KEYS = {
     "cpu.cpu_sets": ("cpu.cpuSets", "cpuSets"),
 }
 """Top-level fields that 'hosts' replaces: the key, and the per-host key that says it instead."""
+
+
+HOSTS = Wording(names=" ('<prefix>-<host>-<i>')", name="'namePrefix'-host-number", scope="hosts")
+
+
+def no_such_host(key: str, names: Iterable[str]) -> Rule:
+    """`key` names a host that 'hosts' does not list."""
+    return rule(key, f"names no host in 'hosts' (they are: {', '.join(names)})", "hosts")
 
 
 def _host_count_rules(s: Settings, i: int, host: HostSettings) -> Iterator[Rule]:
@@ -171,11 +179,7 @@ def host_rules(s: Settings) -> Iterator[Rule]:
         yield from _host_count_rules(s, i, host)
         yield from _host_device_rules(s, i, host)
     if lb.host is not None and lb.host not in names:
-        yield rule(
-            "loadBalancer.host",
-            f"names no host in 'hosts' (they are: {', '.join(names)})",
-            "hosts",
-        )
+        yield no_such_host("loadBalancer.host", names)
     lb_host = s.load_balancer_host if lb.host is None or lb.host in names else None
     yield from _host_port_rules(s, lb_host)
     if (
@@ -189,19 +193,4 @@ def host_rules(s: Settings) -> Iterator[Rule]:
             "it (the verify step included) can reach the load balancer",
             "hosts",
         )
-    placements = s.placements()
-    longest = max((p.name for p in placements), key=len, default="")
-    if len(longest) > 63:
-        yield rule(
-            "namePrefix",
-            f"makes replica names ('<prefix>-<host>-<i>') of up to {len(longest)} characters; "
-            "container names double as DNS names, at most 63",
-            "hosts",
-        )
-    if lb.name in {p.name for p in placements}:
-        yield rule(
-            "loadBalancer.name",
-            f"{lb.name} collides with a replica name ('namePrefix'-host-number)",
-            "hosts",
-            "namePrefix",
-        )
+    yield from one_engine_rules([p.name for p in s.placements()], None, lb, HOSTS)

@@ -22,6 +22,7 @@ from components.config.problems import (
     SECRET_KEYS,
     ConfigError,
     Problem,
+    in_plain_text,
     validation_problems,
 )
 from components.config.rule import Rule
@@ -136,11 +137,7 @@ def _plain_secrets(raw: Mapping[str, Any], secret: Set[str], namespace: str) -> 
     """A token typed in plain text would sit unencrypted in the stack file."""
     how = {"apiKeys": "--path 'apiKeys.<name>.key' <key>"}
     return [
-        Problem(
-            f"{namespace}:{key}",
-            f"must be set with `pulumi config set --secret {how.get(key, key + ' ...')}` "
-            "(it is stored in plain text)",
-        )
+        in_plain_text(f"{namespace}:{key}", how.get(key, key + " ..."))
         for key in SECRET_KEYS
         if key in raw and key not in secret
     ]
@@ -156,17 +153,14 @@ def _plain_host_keys(raw: Mapping[str, Any], secret: Set[str], namespace: str) -
         return []
     if not isinstance(hosts, list):
         return []
-    return [
-        Problem(
-            f"{namespace}:hosts[{i}].tls.keyMaterial",
-            "must be set with `pulumi config set --secret --path "
-            f"'hosts[{i}].tls.keyMaterial' ...` (it is stored in plain text)",
-        )
+    keys = [
+        f"hosts[{i}].tls.keyMaterial"
         for i, host in enumerate(hosts)
         if isinstance(host, dict)
         and isinstance(host.get("tls"), dict)
         and host["tls"].get("keyMaterial") is not None
     ]
+    return [in_plain_text(f"{namespace}:{k}", f"--path '{k}' ...") for k in keys]
 
 
 def load_config(

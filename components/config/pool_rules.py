@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from components.config.engine_rules import listed_rules
+from components.config.host_rules import no_such_host
 from components.config.pool_sections import PoolHostSettings, PoolSettings
 from components.config.rule import Rule, replaced_keys, rule
 from components.config.sections import Backend
@@ -95,11 +96,7 @@ def _device_keys(s: Settings, i: int, pool: PoolSettings) -> Iterator[Rule]:
         for h, on_host in enumerate(pool.hosts or ()):
             where = f"{key}.hosts[{h}]"
             if on_host.host not in names:
-                yield rule(
-                    f"{where}.host",
-                    f"names no host in 'hosts' (they are: {', '.join(names)})",
-                    "hosts",
-                )
+                yield no_such_host(f"{where}.host", names)
             if on_host.host in seen:
                 yield rule(f"{where}.host", f"{on_host.host} is listed twice in '{key}.hosts'")
             seen.add(on_host.host)

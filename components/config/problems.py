@@ -21,7 +21,6 @@ NAMESPACE = "vllm-nginx"
 SECRET_KEYS = ("hfToken", "apiKey", "apiKeys", "tlsKey", "grafanaPassword")
 # Namespaces whose keys a stack of this project may legitimately hold besides its own.
 OTHER_NAMESPACES = frozenset({"docker", "command", "pulumi"})
-# What the check uses for an encrypted value it cannot decrypt: passes the value
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,13 @@ class Problem:
 
     def __str__(self) -> str:
         return f"config key '{self.key}': {self.rule}" if self.key else self.rule
+
+
+def in_plain_text(key: str, how: str) -> Problem:
+    """A secret typed in plain text, which would sit unencrypted in the stack file."""
+    return Problem(
+        key, f"must be set with `pulumi config set --secret {how}` (it is stored in plain text)"
+    )
 
 
 class ConfigError(ValueError):

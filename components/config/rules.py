@@ -76,8 +76,8 @@ def _name_and_port_rules(s: Settings) -> Iterator[Rule]:
     if s.hosts is not None or not placed:
         return
     words = SINGLE_MODEL if s.models is None else POOLS
-    last = max(p.port for p in placed)
-    yield from one_engine_rules([p.name for p in placed], s.base_port, last, s.load_balancer, words)
+    ports = (s.base_port, max(p.port for p in placed))
+    yield from one_engine_rules([p.name for p in placed], ports, s.load_balancer, words)
 
 
 def _tls_rules(s: Settings) -> Iterator[Rule]:

@@ -25,9 +25,11 @@ from components.config.problems import (
     SECRET_KEYS,
     ConfigError,
     Problem,
+    in_plain_text,
 )
 from components.config.settings import Settings
 
+# What the check uses for an encrypted value it cannot decrypt: passes the value
 # rules (safe alphabet), so only the secret's *value* goes unchecked.
 SECRET_PLACEHOLDER = "encrypted-value-not-checked"
 # Top-level keys of a stack file (workspace.ProjectStack in Pulumi's source).
@@ -409,14 +411,7 @@ def _plain_named_keys(raw: Mapping[str, Any], stack: StackFile, namespace: str) 
         where = f"{namespace}:apiKeys.{name}"
         leaf = where if not isinstance(entry, dict) else f"{where}.key"
         if leaf not in stack.secure_leaves and (not isinstance(entry, dict) or "key" in entry):
-            written = leaf.split(":", 1)[1]
-            problems.append(
-                Problem(
-                    leaf,
-                    f"must be set with `pulumi config set --secret --path '{written}' <key>` "
-                    "(it is stored in plain text)",
-                )
-            )
+            problems.append(in_plain_text(leaf, f"--path '{leaf.split(':', 1)[1]}' <key>"))
     return problems
 
 

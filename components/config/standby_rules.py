@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
+from components.config.host_rules import no_such_host
 from components.config.rule import Rule, rule
 from components.config.settings import Settings
 
@@ -33,11 +34,7 @@ def standby_rules(s: Settings) -> Iterator[Rule]:
         )
     for j, name in enumerate(standby.hosts):
         if name not in names:
-            yield rule(
-                f"{KEY}.hosts[{j}]",
-                f"names no host in 'hosts' (they are: {', '.join(names)})",
-                "hosts",
-            )
+            yield no_such_host(f"{KEY}.hosts[{j}]", names)
         elif name in standby.hosts[:j]:
             yield rule(
                 f"{KEY}.hosts[{j}]",
