@@ -156,6 +156,7 @@ def stack_config(host: NetnsHost, model: str, standin: str, base: str) -> dict[s
     }
 
 
+@pytest.mark.netns
 def test_too_big_stops_before_any_replica_and_a_fit_deploys(tmp_path: Path) -> None:
     machine = docker_client()
     standin, base = standin_image(machine), base_image(machine)

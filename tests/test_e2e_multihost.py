@@ -56,7 +56,7 @@ from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
 from tests.support.pulumi_engine import Result, Stack
 from tests.support.streaming_load import streaming_load
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.netns]
 
 API_KEY = "e2e-mh-key-123"
 LB_PORT = 18800

@@ -219,6 +219,7 @@ def gpu_config(
     }
 
 
+@pytest.mark.netns
 def test_a_gpu_request_without_the_runtime_then_with_it(
     client: docker.DockerClient, tmp_path: Path
 ) -> None:

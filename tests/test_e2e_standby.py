@@ -42,7 +42,7 @@ from tests.support.pulumi_engine import Stack
 from tests.support.streaming_load import streaming_load
 from tests.test_standby_failover import VIP, holder, measure, standby_state, wait_for
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.netns]
 
 LB_PORT = 18950
 BASE_PORT = 18961

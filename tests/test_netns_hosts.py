@@ -15,7 +15,7 @@ import pytest
 from tests.support.docker_engine import base_image, docker_client
 from tests.support.netns_hosts import load_images, netns_hosts
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.netns]
 
 
 def test_two_hosts_reach_each_other_and_go_down_alone() -> None:

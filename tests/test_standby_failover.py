@@ -44,7 +44,7 @@ from tests.support.netns_hosts import NetnsHost, load_images, netns_hosts
 from tests.support.netns_lan import addresses_in, netns_lan
 from tests.support.streaming_load import Stream, streaming_load
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.netns]
 
 ROOT = Path(__file__).resolve().parents[1]
 VIP = "198.19.0.100"

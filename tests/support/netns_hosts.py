@@ -210,7 +210,7 @@ def _forward_chain() -> str:
 def _allow_forwarding_between_hosts() -> str:
     chain = _forward_chain()
     if _run("iptables", "-C", chain, *_FORWARD_RULE, check=False).returncode != 0:
-        _run("iptables", "-I", chain, *_FORWARD_RULE)
+        _run("iptables", "-w", "-I", chain, *_FORWARD_RULE)
     return chain
 
 
@@ -237,4 +237,4 @@ def netns_hosts(
             host.stop_engine()
             _remove_namespace(host.name)
             _remove_state(host.directory)
-        _run("iptables", "-D", chain, *_FORWARD_RULE, check=False)
+        _run("iptables", "-w", "-D", chain, *_FORWARD_RULE, check=False)
