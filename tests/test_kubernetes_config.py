@@ -94,7 +94,6 @@ def test_a_whole_kubernetes_section_is_read() -> None:
             "abort",
         ),
         ({"loadBalancer": {"maxFails": 3}}, "loadBalancer.maxFails", "leave it out"),
-        ({"rollout": {"canarySeconds": 30}}, "rollout.canarySeconds", "set it 0"),
         (
             {"monitoring": {"bindAddress": "0.0.0.0"}},
             "monitoring.bindAddress",
@@ -185,6 +184,10 @@ def test_refusals_off_by_default_are_refused_only_when_on() -> None:
 
 def test_docker_only_defaults_are_not_refused() -> None:
     settings(k8s(replicas=3, shutdownTimeoutSeconds=30))
+
+
+def test_the_canary_is_accepted() -> None:
+    settings(k8s(rollout={"canarySeconds": 30, "canaryMinRequests": 5}))
 
 
 def test_kubernetes_keys_on_a_docker_stack_are_refused() -> None:

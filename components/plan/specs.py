@@ -125,6 +125,28 @@ class CanarySpec:
 
 
 @dataclass(frozen=True)
+class KubeCanarySpec:
+    """A pool's first wave (a StatefulSet of its own) against its other StatefulSet's
+    replicas, through the cluster's API server (`rollout.canary*`)."""
+
+    kubeconfig: str | None
+    context: str | None
+    namespace: str
+    canary_workload: str
+    rest_workload: str
+    canary: tuple[WatchedReplica, ...]
+    """`metrics_url`: the API server's proxy path to the replica's Service; `upstream`: its pod."""
+    baseline: tuple[WatchedReplica, ...]
+    seconds: int
+    max_ttft_ratio: float
+    max_error_rate_increase: float
+    min_requests: int
+    without_traffic: str
+    max_wait_seconds: int
+    progress_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
 class ReloadSpec:
     """The nginx container to put new files into (they come in their own variable)."""
 
