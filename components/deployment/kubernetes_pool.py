@@ -23,17 +23,15 @@ from components.deployment import kubernetes_parts as parts
 from components.deployment.kubernetes_parts import env_vars, probe
 from components.plan.kubernetes import (
     GPU_RESOURCE,
-    IN_ROTATION,
     JOB_SCRIPT,
     JOB_SCRIPT_DIR,
     POD_NAME_LABEL,
-    ROTATION_LABEL,
     TOKEN_DIR,
     TOKEN_FILE,
     KubePoolPlan,
 )
 from components.plan.model import COMPILE_CACHE_MOUNT, HF_CACHE_MOUNT
-from components.plan.specs import SPEC_ENV, encode
+from components.plan.specs import IN_ROTATION, ROTATION_LABEL, SPEC_ENV, encode
 
 TYPE_TOKEN = "vllm-nginx:index:KubernetesPool"
 WAIT_FOR = "pulumi.com/waitFor"

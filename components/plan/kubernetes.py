@@ -35,7 +35,12 @@ from components.plan.model import (
     SecretUpload,
     step_argv,
 )
-from components.plan.specs import CanarySpec, KubeCanarySpec, VerifySpec, WatchedReplica
+from components.plan.specs import (
+    CanarySpec,
+    KubeCanarySpec,
+    VerifySpec,
+    WatchedReplica,
+)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 """NVIDIA's device plugin's resource: whole GPUs, under `limits` only."""
@@ -47,10 +52,6 @@ POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 """The label the StatefulSet controller puts on each pod: a replica's Service selects it."""
 
 
-ROTATION_LABEL = "vllm-nginx/rotation"
-"""On a canary's pods (`in`) and in their Services' selectors: the canary step sets a worse
-canary's `out`, and its Service selects no pod (docs/kubernetes.md, "The canary")."""
-IN_ROTATION, OUT_OF_ROTATION = "in", "out"
 CANARY_SUFFIX = "-canary"
 """The first wave's StatefulSet: the pool's workload name and this."""
 

@@ -23,6 +23,11 @@ DOCKER_TLS_SECRET_ENV = {
 }
 """Where a host's TLS material reaches a step, per part (secrets keep their own variables)."""
 
+ROTATION_LABEL = "vllm-nginx/rotation"
+"""On a canary's pods (`in`) and in their Services' selectors: the canary step sets a worse
+canary's `out`, and its Service selects no pod (docs/kubernetes.md, "The canary")."""
+IN_ROTATION, OUT_OF_ROTATION = "in", "out"
+
 Spec = TypeVar("Spec")
 
 

@@ -20,8 +20,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from components.plan.kubernetes import IN_ROTATION, OUT_OF_ROTATION, ROTATION_LABEL
-from components.plan.specs import KubeCanarySpec
+from components.plan.specs import IN_ROTATION, OUT_OF_ROTATION, ROTATION_LABEL, KubeCanarySpec
 from components.plan.specs import WatchedReplica as Replica
 from components.steps.canary import Scraper, how_of, judge
 from components.steps.canary_compare import parse
