@@ -45,9 +45,7 @@ class Services:
 
     @property
     def where(self) -> str:
-        return (
-            f" (its pods labelled {ROTATION_LABEL}={OUT_OF_ROTATION}: their Services select none)"
-        )
+        return f" (labelled {ROTATION_LABEL}={OUT_OF_ROTATION}: its Service selects no pod)"
 
     def _label(self, replica: Replica, value: str) -> None:
         body = {"metadata": {"labels": {ROTATION_LABEL: value}}}
