@@ -645,9 +645,11 @@ def test_an_equal_canary_lets_the_update_complete(
     ), output[-3000:]
     after = {**by_name(cluster, CANARY_PODS), **by_name(cluster, CHAT_PODS)}
     assert set(after) == set(before) and all(after[n] != before[n] for n in before)
-    # The second wave after the verdict.
-    verdict = max(
-        i for i, s in enumerate(result.steps) if s.name == CANARY_STEP and s.kind == "outputs"
+    # The second wave after the verdict (the replaced step's own end comes last).
+    verdict = next(
+        i
+        for i, s in enumerate(result.steps)
+        if s.name == CANARY_STEP and s.kind == "outputs" and s.op != "delete-replaced"
     )
     assert result.index("vllm-chat-pool-replicas", "pre", "update") > verdict
     assert rotation(cluster, "vllm-chat-canary-0") == "in"
