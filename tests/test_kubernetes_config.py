@@ -222,3 +222,17 @@ def test_pool_placement_must_name_a_pool() -> None:
 def test_bad_section_values_name_their_key(section: dict[str, Any], key: str) -> None:
     found = problems(k8s(kubernetes=section))
     assert any(k.startswith(key) for k in found), found
+
+
+def test_the_check_names_the_canarys_statefulset() -> None:
+    from pathlib import Path
+
+    from components.cli.check_kubernetes import describe_kubernetes, kubernetes_plan
+
+    found = settings(k8s(replicas=3, rollout={"canarySeconds": 30}))
+    lines = describe_kubernetes(found, kubernetes_plan(found, Path(".")), "Pulumi.k8s.yaml")
+    assert "  pool default   StatefulSet vllm: vllm-1, vllm-2; 1 nvidia.com/gpu each" in lines, lines
+    assert (
+        "    canary       StatefulSet vllm-canary: vllm-canary-0; watched 30 s before vllm is "
+        "updated" in lines
+    ), lines
