@@ -231,7 +231,8 @@ def test_the_check_names_the_canarys_statefulset() -> None:
 
     found = settings(k8s(replicas=3, rollout={"canarySeconds": 30}))
     lines = describe_kubernetes(found, kubernetes_plan(found, Path(".")), "Pulumi.k8s.yaml")
-    assert "  pool default   StatefulSet vllm: vllm-1, vllm-2; 1 nvidia.com/gpu each" in lines, lines
+    pool = "  pool default   StatefulSet vllm: vllm-1, vllm-2; 1 nvidia.com/gpu each"
+    assert pool in lines, lines
     assert (
         "    canary       StatefulSet vllm-canary: vllm-canary-0; watched 30 s before vllm is "
         "updated" in lines
