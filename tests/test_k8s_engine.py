@@ -11,6 +11,8 @@ pods behind a NodePort Service. Monitoring is on from the first `up`: the export
 (Debian's, `scripts/base-image.sh --monitoring`) and Grafana's stand-in, each a
 pod behind a NodePort Service. The model caches and monitoring's data are
 claims bound to hostPath volumes of a StorageClass without a provisioner, made here.
+Late in the module the canary is turned on (`rollout.canarySeconds`), then a slower
+first wave stops an update and an equal one lets it complete (docs/kubernetes.md).
 In the Docker group: it exports the images from the machine's Docker engine.
 """
 

@@ -3,7 +3,8 @@
 The replicas are one StatefulSet (its pod names are stable, `<workload>-<i>`),
 each pod behind a Service of its own named as nginx.conf names the replica.
 The StatefulSet depends on the Job, which the provider counts as created only
-once it completed: a failed download stops the pool before any replica.
+once it completed: a failed download stops the pool before any replica. With the
+canary, the first wave is a StatefulSet of its own, and the pool's waits for its step.
 """
 
 from __future__ import annotations
