@@ -12,7 +12,7 @@ from components.config.loading import parse_settings
 from components.plan.build import build_plan
 from components.plan.kubernetes import cluster_settings
 from components.plan.monitoring import DASHBOARD_FILE, PROMETHEUS_CONFIG
-from components.plan.specs import SPEC_ENV, VerifySpec, decode
+from components.plan.specs import SPEC_ENV, KubeCanarySpec, VerifySpec, WatchedReplica, decode
 from tests.support.pulumi_capture import Declared, Run, run_program
 
 NS = "vllm-nginx"
@@ -315,3 +315,94 @@ def test_a_docker_stack_declares_no_kubernetes_resource() -> None:
     values = raw({"model": "org/m"})
     run = run_program(values)
     assert not [d for d in run.declared if d.type.startswith("kubernetes:")]
+
+
+COMMAND = "command:local:Command"
+
+
+def test_the_canary_gives_a_pools_first_wave_a_statefulset_judged_before_the_rest() -> None:
+    run = deploy(rollout={"canarySeconds": 30, "canaryMinRequests": 5})
+    canary = by_name(run, STS, "vllm-chat-canary")
+    rest = by_name(run, STS, "vllm-chat")
+    # The first wave (replica 0) in the canary's StatefulSet, numbered from 0; the rest
+    # in the pool's, numbered from 1, so its pods keep their names.
+    assert canary.inputs["spec"]["replicas"] == 1 and "ordinals" not in canary.inputs["spec"]
+    assert rest.inputs["spec"]["replicas"] == 1
+    assert rest.inputs["spec"]["ordinals"] == {"start": 1}
+    labels = canary.inputs["spec"]["template"]["metadata"]["labels"]
+    assert labels["vllm-nginx/rotation"] == "in"
+    assert labels["app.kubernetes.io/name"] == "vllm-chat-canary"
+    assert "vllm-nginx/rotation" not in canary.inputs["spec"]["selector"]["matchLabels"]
+    assert rest.inputs["spec"]["template"]["metadata"]["labels"] == {
+        "app.kubernetes.io/part-of": "vllm-nginx",
+        "app.kubernetes.io/name": "vllm-chat",
+    }
+    # The same pods but for their labels.
+    assert canary.inputs["spec"]["template"]["spec"] == rest.inputs["spec"]["template"]["spec"]
+    wait_for = json.loads(canary.inputs["metadata"]["annotations"]["pulumi.com/waitFor"])
+    assert "jsonpath={.status.updatedReplicas}=1" in wait_for
+    # The step after the canary's StatefulSet, the rest's after the step.
+    step = run.named("vllm-chat-pool-canary")
+    assert step.type == COMMAND
+    assert deps(run, step) == {"vllm-chat-pool-canary-replicas"}
+    assert "vllm-chat-pool-canary" in deps(run, rest)
+    assert step.inputs["create"].endswith("-m components.steps.kube_canary")
+    spec = decode(KubeCanarySpec, step.inputs["environment"][SPEC_ENV])
+    assert (spec.canary_workload, spec.rest_workload, spec.namespace) == (
+        "vllm-chat-canary", "vllm-chat", "llm"
+    )  # fmt: skip
+    assert spec.canary == (
+        WatchedReplica(
+            "vllm-chat-0",
+            "/api/v1/namespaces/llm/services/vllm-chat-0:8000/proxy/metrics",
+            "vllm-chat-canary-0",
+        ),
+    )
+    assert [(r.name, r.upstream) for r in spec.baseline] == [("vllm-chat-1", "vllm-chat-1")]
+    assert (spec.seconds, spec.min_requests) == (30, 5)
+    # Replica 0's Service follows the canary's pod, and only while it is in rotation.
+    selector = by_name(run, SERVICE, "vllm-chat-0").inputs["spec"]["selector"]
+    assert selector == {
+        "app.kubernetes.io/part-of": "vllm-nginx",
+        "app.kubernetes.io/name": "vllm-chat-canary",
+        "vllm-nginx/rotation": "in",
+        "statefulset.kubernetes.io/pod-name": "vllm-chat-canary-0",
+    }
+    assert "vllm-chat-pool-canary-replicas" in deps(run, by_name(run, SERVICE, "vllm-chat-0"))
+    assert "vllm-chat-pool-replicas" not in deps(run, by_name(run, SERVICE, "vllm-chat-0"))
+    selector = by_name(run, SERVICE, "vllm-chat-1").inputs["spec"]["selector"]
+    assert selector["statefulset.kubernetes.io/pod-name"] == "vllm-chat-1"
+    # A pool of one has no second wave: no canary, as on Docker.
+    assert [s.inputs["metadata"]["name"] for s in run.of_type(STS)].count("vllm-embed") == 1
+    assert "vllm-embed-canary" not in [s.inputs["metadata"]["name"] for s in run.of_type(STS)]
+    assert [c.name for c in run.of_type(COMMAND) if "canary" in c.name] == [step.name]
+
+
+def test_a_canary_of_four_replicas_is_its_first_two() -> None:
+    pools = [{**CONFIG["models"][0], "replicas": 4, "tensorParallelSize": 1}, CONFIG["models"][1]]
+    run = deploy(models=pools, rollout={"canarySeconds": 30})
+    assert by_name(run, STS, "vllm-chat-canary").inputs["spec"]["replicas"] == 2
+    rest = by_name(run, STS, "vllm-chat").inputs["spec"]
+    assert (rest["replicas"], rest["ordinals"]) == (2, {"start": 2})
+    pods = {
+        s.inputs["metadata"]["name"]: s.inputs["spec"]["selector"][
+            "statefulset.kubernetes.io/pod-name"
+        ]
+        for s in run.of_type(SERVICE)
+        if s.inputs["metadata"]["name"].startswith("vllm-chat-")
+    }
+    assert pods == {
+        "vllm-chat-0": "vllm-chat-canary-0",
+        "vllm-chat-1": "vllm-chat-canary-1",
+        "vllm-chat-2": "vllm-chat-2",
+        "vllm-chat-3": "vllm-chat-3",
+    }
+
+
+def test_without_canary_seconds_written_a_cluster_has_no_canary() -> None:
+    # Its default (60) would restructure every pool of a stack deployed before.
+    run = deploy()
+    assert sorted(s.inputs["metadata"]["name"] for s in run.of_type(STS)) == [
+        "vllm-chat", "vllm-embed"
+    ]  # fmt: skip
+    assert not [c for c in run.of_type(COMMAND) if "canary" in c.name]

@@ -11,6 +11,8 @@ pods behind a NodePort Service. Monitoring is on from the first `up`: the export
 (Debian's, `scripts/base-image.sh --monitoring`) and Grafana's stand-in, each a
 pod behind a NodePort Service. The model caches and monitoring's data are
 claims bound to hostPath volumes of a StorageClass without a provisioner, made here.
+Late in the module the canary is turned on (`rollout.canarySeconds`), then a slower
+first wave stops an update and an equal one lets it complete (docs/kubernetes.md).
 In the Docker group: it exports the images from the machine's Docker engine.
 """
 
@@ -66,7 +68,13 @@ CHAT_MODEL = "standin-org/gated-chat"
 TOKENS = 16
 
 
-def pools(revision: str, chat_replicas: int = 2) -> list[dict[str, Any]]:
+def pools(
+    revision: str, chat_replicas: int = 2, ttft_ms: int | None = None
+) -> list[dict[str, Any]]:
+    """`ttft_ms`: the chat pool's time to first token, when not the stack's (30 ms)."""
+    env = {"STANDIN_REVISION": revision}
+    if ttft_ms is not None:
+        env["STANDIN_TTFT_MS"] = str(ttft_ms)
     return [
         {
             "name": "chat",
@@ -74,7 +82,7 @@ def pools(revision: str, chat_replicas: int = 2) -> list[dict[str, Any]]:
             "servedModelName": "tiny-chat",
             "replicas": chat_replicas,
             "adapters": [{"name": ADAPTER, "model": "standin-org/tiny-lora"}],
-            "extraEnv": {"STANDIN_REVISION": revision},
+            "extraEnv": env,
         },
         {
             "name": "embed",
@@ -509,6 +517,146 @@ def test_a_failing_download_stops_its_pool_before_any_replica(
     stack.write_config(stack_config(cluster, revision="2"))
     stack.up()
     assert cluster.kubectl("get", "job", "-n", NAMESPACE, "vllm-broken-download", check=False) == ""
+
+
+CANARY = {"canarySeconds": 5, "canaryMinRequests": 8}
+CANARY_STEP = "vllm-chat-pool-canary"
+CANARY_PODS = "app.kubernetes.io/name=vllm-chat-canary"
+CANARY_WORKERS = 6
+
+
+def canary_update(
+    cluster: Cluster, stack: Stack, models: list[dict[str, Any]], *, failing: bool
+) -> tuple[str, list[Stream], Any, float]:
+    """`pulumi up` to `models` with the canary on, under streams: its output, the streams,
+    the result and how long it took."""
+    stack.write_config(stack_config(cluster, revision="2", models=models, rollout=CANARY))
+    with streaming_load(LB_URL, API_KEY, workers=CANARY_WORKERS, tokens=8) as streams:
+        time.sleep(1)
+        started = time.monotonic()
+        if failing:
+            failed = stack.up_failing()
+            output, result = failed.output, failed.result
+        else:
+            result = stack.up()
+            output = "\n".join(text for _name, text in result.messages)
+        took = time.monotonic() - started
+        time.sleep(1)
+    return output, streams, result, took
+
+
+def rotation(cluster: Cluster, pod: str) -> str:
+    found = cluster.get("pod", "-n", NAMESPACE, pod)["metadata"]["labels"]
+    return str(found.get("vllm-nginx/rotation"))
+
+
+def endpoints(cluster: Cluster, service: str) -> list[Any]:
+    found = cluster.get(
+        "endpointslices", "-n", NAMESPACE, "-l", f"kubernetes.io/service-name={service}"
+    )["items"]
+    return [e for item in found for e in item.get("endpoints") or []]
+
+
+def test_the_canary_turned_on_gives_the_first_wave_a_statefulset_of_its_own(
+    cluster: Cluster, stack: Stack, first_up: Any
+) -> None:
+    rest_before = by_name(cluster, CHAT_PODS)["vllm-chat-1"]
+    embed_before = by_name(cluster, EMBED_PODS)
+    output, streams, result, took = canary_update(cluster, stack, pools("2"), failing=False)
+    broken = [s for s in streams if not s.whole]
+    said = result.logged(CANARY_STEP)
+    print(
+        f"\nthe canary turned on: `pulumi up` {took:.1f} s; {len(streams)} streams, "
+        f"{len(broken)} failed or cut; the step said {said}"
+    )
+    assert not broken, f"{broken[:5]}\n{explain(cluster)}"
+    # Nothing new to judge: the canary runs what the others run.
+    assert said == [
+        "canary: vllm-chat-0 run what vllm-chat-1 run (nothing to compare): not watched"
+    ], output[-3000:]
+    assert set(by_name(cluster, CANARY_PODS)) == {"vllm-chat-canary-0"}
+    # The rest keep their pod (numbered from 1 now), the other pool is untouched.
+    assert by_name(cluster, CHAT_PODS) == {"vllm-chat-1": rest_before}
+    assert by_name(cluster, EMBED_PODS) == embed_before
+    assert [e["targetRef"]["name"] for e in endpoints(cluster, "vllm-chat-0")] == [
+        "vllm-chat-canary-0"
+    ]
+
+
+def test_a_slower_canary_stops_the_update_after_the_first_wave(
+    cluster: Cluster, stack: Stack, first_up: Any
+) -> None:
+    before = {**by_name(cluster, CANARY_PODS), **by_name(cluster, CHAT_PODS)}
+    slow = pools("2", ttft_ms=400)
+    output, streams, result, took = canary_update(cluster, stack, slow, failing=True)
+    broken = [s for s in streams if not s.whole]
+    lines = [line.strip() for line in output.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("canary failed:"))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("What to do:"))
+    message = "\n".join(lines[start : end + 1])
+    print(
+        f"\na slower canary: `pulumi up` {took:.1f} s, failed with:\n{message}\n"
+        f"{len(streams)} streams during it, {len(broken)} failed or cut"
+    )
+    assert message.startswith(
+        "canary failed: vllm-chat-0 (the first wave, updated) is worse than vllm-chat-1"
+    ), message
+    assert "(rollout.canaryMaxTtftRatio 1.5) WORSE" in message, message
+    assert message.endswith(
+        "What to do: revert the change (or raise rollout.canaryMaxTtftRatio if this is "
+        "expected), then `pulumi up` again."
+    )
+    # The first wave only: the canary's pod replaced, the other untouched and not updated.
+    after = {**by_name(cluster, CANARY_PODS), **by_name(cluster, CHAT_PODS)}
+    assert after["vllm-chat-canary-0"] != before["vllm-chat-canary-0"]
+    assert after["vllm-chat-1"] == before["vllm-chat-1"]
+    assert result.ops("vllm-chat-pool-replicas") == [], result.changed()
+    # The canary out of rotation: its Service selects no pod; the other serves them all.
+    assert rotation(cluster, "vllm-chat-canary-0") == "out"
+    deadline = time.monotonic() + 30
+    while endpoints(cluster, "vllm-chat-0"):
+        assert time.monotonic() < deadline, endpoints(cluster, "vllm-chat-0")
+        time.sleep(1)
+    time.sleep(3)  # kube-proxy's sync
+    api = client()
+    answered = {
+        api.chat.completions.create(
+            model="tiny-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1
+        ).system_fingerprint
+        for _ in range(6)
+    }
+    assert answered == {"vllm-chat-1"}, answered
+    assert streams, "no stream ran"
+    assert not broken, f"{broken[:5]}\n{explain(cluster)}"
+
+
+def test_an_equal_canary_lets_the_update_complete(
+    cluster: Cluster, stack: Stack, first_up: Any
+) -> None:
+    before = {**by_name(cluster, CANARY_PODS), **by_name(cluster, CHAT_PODS)}
+    output, streams, result, took = canary_update(cluster, stack, pools("3"), failing=False)
+    broken = [s for s in streams if not s.whole]
+    said = result.logged(CANARY_STEP)
+    print(
+        f"\nan equal canary: `pulumi up` {took:.1f} s; {len(streams)} streams, "
+        f"{len(broken)} failed or cut; the step said:\n" + "\n".join(said)
+    )
+    assert any(
+        line.startswith("canary: vllm-chat-0 no worse than vllm-chat-1, the update goes on")
+        for line in said
+    ), output[-3000:]
+    after = {**by_name(cluster, CANARY_PODS), **by_name(cluster, CHAT_PODS)}
+    assert set(after) == set(before) and all(after[n] != before[n] for n in before)
+    # The second wave after the verdict (the replaced step's own end comes last).
+    verdict = next(
+        i
+        for i, s in enumerate(result.steps)
+        if s.name == CANARY_STEP and s.kind == "outputs" and s.op != "delete-replaced"
+    )
+    assert result.index("vllm-chat-pool-replicas", "pre", "update") > verdict
+    assert rotation(cluster, "vllm-chat-canary-0") == "in"
+    assert not broken, f"{broken[:5]}\n{explain(cluster)}"
+    stack.preview(expect_no_changes=True)
 
 
 def test_destroy_keeps_the_model_cache_only_when_asked(

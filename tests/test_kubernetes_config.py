@@ -94,7 +94,6 @@ def test_a_whole_kubernetes_section_is_read() -> None:
             "abort",
         ),
         ({"loadBalancer": {"maxFails": 3}}, "loadBalancer.maxFails", "leave it out"),
-        ({"rollout": {"canarySeconds": 30}}, "rollout.canarySeconds", "set it 0"),
         (
             {"monitoring": {"bindAddress": "0.0.0.0"}},
             "monitoring.bindAddress",
@@ -187,6 +186,10 @@ def test_docker_only_defaults_are_not_refused() -> None:
     settings(k8s(replicas=3, shutdownTimeoutSeconds=30))
 
 
+def test_the_canary_is_accepted() -> None:
+    settings(k8s(rollout={"canarySeconds": 30, "canaryMinRequests": 5}))
+
+
 def test_kubernetes_keys_on_a_docker_stack_are_refused() -> None:
     found = problems({"model": "org/model", "kubernetes": json.dumps({"namespace": "x"})})
     assert "engine: kubernetes" in found["kubernetes"]
@@ -219,3 +222,18 @@ def test_pool_placement_must_name_a_pool() -> None:
 def test_bad_section_values_name_their_key(section: dict[str, Any], key: str) -> None:
     found = problems(k8s(kubernetes=section))
     assert any(k.startswith(key) for k in found), found
+
+
+def test_the_check_names_the_canarys_statefulset() -> None:
+    from pathlib import Path
+
+    from components.cli.check_kubernetes import describe_kubernetes, kubernetes_plan
+
+    found = settings(k8s(replicas=3, rollout={"canarySeconds": 30}))
+    lines = describe_kubernetes(found, kubernetes_plan(found, Path(".")), "Pulumi.k8s.yaml")
+    pool = "  pool default   StatefulSet vllm: vllm-1, vllm-2; 1 nvidia.com/gpu each"
+    assert pool in lines, lines
+    assert (
+        "    canary       StatefulSet vllm-canary: vllm-canary-0; watched 30 s before vllm is "
+        "updated" in lines
+    ), lines

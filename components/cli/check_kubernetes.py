@@ -1,7 +1,7 @@
 """What `pulumi up` would declare on a cluster, for `components.cli.check` (`engine: kubernetes`).
 
 The same readable summary as for Docker, from the Kubernetes plan: the
-namespace, each pool as its StatefulSet, claim and download Job, the
+namespace, each pool as its StatefulSet (and its canary's), claim and download Job, the
 balancer's Service, and with monitoring Prometheus' and Grafana's.
 """
 
@@ -27,10 +27,16 @@ def describe_kubernetes(settings: Settings, plan: KubernetesPlan, file_name: str
     ]
     for pool in plan.pools:
         gpus = f"{pool.gpus} nvidia.com/gpu each" if pool.gpus else "no GPU"
-        names = ", ".join(r.pod for r in pool.replicas)
+        names = ", ".join(r.pod for r in pool.replicas[pool.first_ordinal :])
         lines.append(
             f"  pool {pool.pool or '(model)':<9} StatefulSet {pool.workload}: {names}; {gpus}"
         )
+        if pool.canary is not None:
+            first = ", ".join(r.pod for r in pool.replicas[: pool.first_ordinal])
+            lines.append(
+                f"    canary       StatefulSet {pool.canary.workload}: {first}; watched "
+                f"{pool.canary.spec.seconds} s before {pool.workload} is updated"
+            )
         lines.append(
             f"    cache        claim {pool.claim.name}, {pool.claim.access_mode}, {pool.claim.size}"
             + (f", class {pool.claim.storage_class}" if pool.claim.storage_class else "")

@@ -120,13 +120,6 @@ REFUSED: tuple[Refusal, ...] = (
         only_when_on=True,
     ),
     Refusal(
-        "rollout.canary_seconds",
-        "the canary is not built for Kubernetes (a StatefulSet replaces pods one by one, "
-        "without a verdict between them)",
-        "set it 0 (docs/kubernetes.md says what stands in)",
-        only_when_on=True,
-    ),
-    Refusal(
         "monitoring.bind_address",
         MONITORING_PORTS,
         "use 'kubernetes.monitoring.serviceType'",

@@ -24,6 +24,7 @@ from components.config.vllm_release import old_release_warning
 from components.deployment.cluster import VllmCluster, VllmClusterArgs
 from components.deployment.kubernetes_cluster import KubernetesCluster, KubernetesClusterArgs
 from components.deployment.serving import deployment_running
+from components.plan.kubernetes import canary_written
 
 
 def stack_config() -> dict[str, Any]:
@@ -101,11 +102,11 @@ def deploy_kubernetes(settings: Settings, name: str) -> dict[str, Any]:
             "the fit check is skipped on Kubernetes (it runs containers on a Docker engine): "
             "a model that does not fit its GPUs fails at its replicas' startup probe instead"
         )
-    if settings.rollout.canary_seconds:
+    if not canary_written(settings):
         pulumi.log.warn(
-            "no canary on Kubernetes: an update replaces a pool's pods one by one, each "
-            "ready before the next stops, without a verdict between them (set "
-            "`rollout.canarySeconds` 0 to silence this)"
+            "no canary on Kubernetes unless `rollout.canarySeconds` is set: an update replaces "
+            "a pool's pods one by one, each ready before the next stops, without a verdict "
+            "between them (set it, e.g. 60, for a canary; or 0 to silence this)"
         )
     service = settings.kubernetes.service
     if settings.api_key is None and service.type != "ClusterIP":

@@ -29,11 +29,18 @@ from components.plan.model import (
     NGINX_COMMAND,
     VLLM_ENTRYPOINT,
     VLLM_PORT,
+    CanaryPlan,
     Plan,
     ReplicaPlan,
     SecretUpload,
+    step_argv,
 )
-from components.plan.specs import VerifySpec
+from components.plan.specs import (
+    CanarySpec,
+    KubeCanarySpec,
+    VerifySpec,
+    WatchedReplica,
+)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 """NVIDIA's device plugin's resource: whole GPUs, under `limits` only."""
@@ -43,6 +50,18 @@ TOKEN_DIR = "/var/run/secrets/vllm-nginx"
 TOKEN_FILE = "hf_token"
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 """The label the StatefulSet controller puts on each pod: a replica's Service selects it."""
+
+
+CANARY_SUFFIX = "-canary"
+"""The first wave's StatefulSet: the pool's workload name and this."""
+
+
+def wait_for(replicas: int) -> tuple[str, ...]:
+    """When `pulumi up` counts a StatefulSet rolled out (`pulumi.com/waitFor`): every pod
+    ready and of the new revision. The provider checks `observedGeneration` first; its
+    own StatefulSet await (4.25.0) returned on an update before any pod was replaced."""
+    fields = ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas")
+    return tuple(f"jsonpath={{.status.{field}}}={replicas}" for field in fields)
 
 
 STOP_FILE = "/tmp/vllm-nginx-stopping"
@@ -103,6 +122,22 @@ class Placement:
 
 
 @dataclass(frozen=True)
+class KubeCanaryPlan:
+    """A pool's first wave as a StatefulSet of its own, judged by a step (`kube_canary`)
+    before the pool's StatefulSet of the other replicas is updated."""
+
+    workload: str
+    replicas: int
+    argv: tuple[str, ...]
+    spec: KubeCanarySpec
+    update_timeout_seconds: int
+
+    @property
+    def wait_for(self) -> tuple[str, ...]:
+        return wait_for(self.replicas)
+
+
+@dataclass(frozen=True)
 class KubePoolPlan:
     """One pool as a StatefulSet of identical pods, each behind a Service of its own."""
 
@@ -136,15 +171,17 @@ class KubePoolPlan:
     """... and for an update, pod after pod: each stops (grace) and loads again."""
     compile_cache: bool
     port: int = VLLM_PORT
+    canary: KubeCanaryPlan | None = None
+    """With `rollout.canarySeconds`: the first `canary.replicas` replicas are the canary's
+    StatefulSet; `workload` holds the others, numbered from there (`ordinals.start`)."""
+
+    @property
+    def first_ordinal(self) -> int:
+        return self.canary.replicas if self.canary is not None else 0
 
     @property
     def wait_for(self) -> tuple[str, ...]:
-        """When `pulumi up` counts the StatefulSet rolled out (`pulumi.com/waitFor`): every
-        pod ready and of the new revision. The provider checks `observedGeneration` first;
-        its own StatefulSet await (4.25.0) returned on an update before any pod was replaced."""
-        n = len(self.replicas)
-        fields = ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas")
-        return tuple(f"jsonpath={{.status.{field}}}={n}" for field in fields)
+        return wait_for(len(self.replicas) - self.first_ordinal)
 
 
 @dataclass(frozen=True)
@@ -218,12 +255,26 @@ def cluster_settings(settings: Settings) -> Settings:
     would outlive its pod's removal from the Service and reach it draining, where
     vLLM answers new requests with an abort), counts no failures (`max_fails=0`: a
     replica away is refused at once by its empty Service, so a failure mark would only
-    outlive its return; docs/kubernetes.md), and no fit check (it needs Docker)."""
+    outlive its return; docs/kubernetes.md), no fit check (it needs Docker), and a
+    canary only when `rollout.canarySeconds` is written (`canary_written`)."""
     lb = settings.load_balancer.model_copy(
         update={"dynamic_resolve": False, "keepalive_connections": 0, "max_fails": 0}
     )
     fit = settings.fit_check.model_copy(update={"enabled": False})
-    return settings.model_copy(update={"load_balancer": lb, "fit_check": fit})
+    rollout = settings.rollout
+    if not canary_written(settings):
+        rollout = rollout.model_copy(update={"canary_seconds": 0})
+    return settings.model_copy(update={"load_balancer": lb, "fit_check": fit, "rollout": rollout})
+
+
+def canary_written(settings: Settings) -> bool:
+    """Whether the stack file sets `rollout.canarySeconds`: on a cluster its default (60)
+    does not turn the canary on, which gives a pool's first wave a StatefulSet of its own
+    (new pod names, once), so a stack deployed without it is not restructured."""
+    return (
+        "rollout" in settings.model_fields_set
+        and "canary_seconds" in settings.rollout.model_fields_set
+    )
 
 
 def _tolerations(found: tuple[TolerationSettings, ...]) -> tuple[Mapping[str, str], ...]:
@@ -269,7 +320,50 @@ def _download(
     )
 
 
-def _pool(settings: Settings, base: Plan, pool: str, prefix: str) -> KubePoolPlan:
+def _canary(
+    settings: Settings, found: CanaryPlan, workload: str, per_pod_seconds: int, python: str
+) -> KubeCanaryPlan:
+    """The base plan's canary of a pool (its first wave, by replica name) on the cluster:
+    its metrics through the API server's proxy to each replica's Service."""
+    k8s = settings.kubernetes
+    judge = found.spec
+    assert isinstance(judge, CanarySpec)
+
+    def watched(service: str, pod: str) -> WatchedReplica:
+        path = f"/api/v1/namespaces/{k8s.namespace}/services/{service}:{VLLM_PORT}/proxy/metrics"
+        return WatchedReplica(service, path, pod)
+
+    canary = f"{workload}{CANARY_SUFFIX}"
+    first = len(found.canary)
+    return KubeCanaryPlan(
+        workload=canary,
+        replicas=first,
+        argv=step_argv(python, "kube_canary"),
+        spec=KubeCanarySpec(
+            kubeconfig=k8s.kubeconfig,
+            context=k8s.context,
+            namespace=k8s.namespace,
+            canary_workload=canary,
+            rest_workload=workload,
+            canary=tuple(watched(n, f"{canary}-{i}") for i, n in enumerate(found.canary)),
+            baseline=tuple(
+                watched(n, f"{workload}-{first + i}") for i, n in enumerate(found.baseline)
+            ),
+            seconds=judge.seconds,
+            max_ttft_ratio=judge.max_ttft_ratio,
+            max_error_rate_increase=judge.max_error_rate_increase,
+            min_requests=judge.min_requests,
+            without_traffic=judge.without_traffic,
+            max_wait_seconds=judge.max_wait_seconds,
+            progress_seconds=judge.progress_seconds,
+        ),
+        update_timeout_seconds=first * per_pod_seconds + 60,
+    )
+
+
+def _pool(
+    settings: Settings, base: Plan, pool: str, prefix: str, python: str = "python3"
+) -> KubePoolPlan:
     mine = [r for r in base.replicas if r.pool == pool]
     first: ReplicaPlan = mine[0]
     for other in mine[1:]:
@@ -295,12 +389,24 @@ def _pool(settings: Settings, base: Plan, pool: str, prefix: str) -> KubePoolPla
         1,
         command=("sh", "-c", f"test ! -e {STOP_FILE} && {health}"),
     )
+    # Each pod's turn in an update: it stops (preStop, drain) and loads again.
+    per_pod = settings.ready_timeout_seconds + pre_stop + settings.stop_grace_seconds + pre_stop
+    found = next((c for c in base.canaries if c.pool == pool), None)
+    canary = _canary(settings, found, workload, per_pod, python) if found else None
+    # The base plan's first wave is the pool's first replicas, as the pods are numbered.
+    assert found is None or found.canary == tuple(r.name for r in mine[: len(found.canary)])
+
+    def pod(replica: ReplicaPlan) -> str:
+        if canary is not None and replica.index < canary.replicas:
+            return f"{canary.workload}-{replica.index}"
+        return f"{workload}-{replica.index}"
+
     return KubePoolPlan(
         pool=pool,
         resource_prefix=prefix,
         workload=workload,
         image=image.name,
-        replicas=tuple(KubeReplicaPlan(r.name, f"{workload}-{r.index}") for r in mine),
+        replicas=tuple(KubeReplicaPlan(r.name, pod(r)) for r in mine),
         command=VLLM_ENTRYPOINT,
         args=first.command,
         env=dict(first.env),
@@ -330,10 +436,9 @@ def _pool(settings: Settings, base: Plan, pool: str, prefix: str) -> KubePoolPla
         # Not nginx's failure window: it keeps no failure mark on Kubernetes (max_fails=0).
         min_ready_seconds=pre_stop,
         create_timeout_seconds=settings.ready_timeout_seconds + 60,
-        update_timeout_seconds=len(mine)
-        * (settings.ready_timeout_seconds + pre_stop + settings.stop_grace_seconds + pre_stop)
-        + 60,
+        update_timeout_seconds=len(mine) * per_pod + 60,
         compile_cache=base.compile_cache is not None,
+        canary=canary,
     )
 
 
@@ -378,7 +483,7 @@ def build_kubernetes_plan(
         context=k8s.context,
         namespace=k8s.namespace,
         create_namespace=k8s.create_namespace,
-        pools=tuple(_pool(settings, base, pool, prefix) for pool, prefix in base.pool_keys),
+        pools=tuple(_pool(settings, base, pool, prefix, python) for pool, prefix in base.pool_keys),
         balancer=KubeBalancerPlan(
             name=lb.name,
             image=lb.image.name,

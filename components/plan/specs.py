@@ -23,6 +23,11 @@ DOCKER_TLS_SECRET_ENV = {
 }
 """Where a host's TLS material reaches a step, per part (secrets keep their own variables)."""
 
+ROTATION_LABEL = "vllm-nginx/rotation"
+"""On a canary's pods (`in`) and in their Services' selectors: the canary step sets a worse
+canary's `out`, and its Service selects no pod (docs/kubernetes.md, "The canary")."""
+IN_ROTATION, OUT_OF_ROTATION = "in", "out"
+
 Spec = TypeVar("Spec")
 
 
@@ -122,6 +127,28 @@ class CanarySpec:
     progress_seconds: float = 5.0
     other_balancers: tuple[OtherBalancer, ...] = ()
     """A worse canary is taken out of these too (a standby)."""
+
+
+@dataclass(frozen=True)
+class KubeCanarySpec:
+    """A pool's first wave (a StatefulSet of its own) against its other StatefulSet's
+    replicas, through the cluster's API server (`rollout.canary*`)."""
+
+    kubeconfig: str | None
+    context: str | None
+    namespace: str
+    canary_workload: str
+    rest_workload: str
+    canary: tuple[WatchedReplica, ...]
+    """`metrics_url`: the API server's proxy path to the replica's Service; `upstream`: its pod."""
+    baseline: tuple[WatchedReplica, ...]
+    seconds: int
+    max_ttft_ratio: float
+    max_error_rate_increase: float
+    min_requests: int
+    without_traffic: str
+    max_wait_seconds: int
+    progress_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

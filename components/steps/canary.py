@@ -16,10 +16,11 @@ import time
 import urllib.error
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import docker
 
-from components.plan.specs import CanarySpec
+from components.plan.specs import CanarySpec, KubeCanarySpec
 from components.plan.specs import WatchedReplica as Replica
 from components.steps.canary_compare import (
     Scrape,
@@ -160,6 +161,40 @@ def run(
     return f"{message}\n{done}" if containers else message
 
 
+class Rotation(Protocol):
+    """How the canary's replicas get traffic: nginx's upstreams on Docker, each replica's
+    Service on Kubernetes (`kube_canary`)."""
+
+    @property
+    def where(self) -> str:
+        """Said after 'taken out of rotation' (' in 2 balancers'), or ''."""
+        ...
+
+    def put_back(self, replica: Replica) -> bool:
+        """In rotation again; True if it was out."""
+        ...
+
+    def take_out(self, replica: Replica) -> None: ...
+
+
+@dataclass(frozen=True)
+class Balancers:
+    """nginx (and a standby's) running: a replica is in or out by its upstream's line."""
+
+    running: Sequence[Any]
+
+    @property
+    def where(self) -> str:
+        return f" in {len(self.running)} balancers" if len(self.running) > 1 else ""
+
+    def put_back(self, replica: Replica) -> bool:
+        return any([edit_upstream(lb, replica.upstream, down=False) for lb in self.running])
+
+    def take_out(self, replica: Replica) -> None:
+        for lb in self.running:
+            edit_upstream(lb, replica.upstream, down=True)
+
+
 def _judge(
     balancers: Sequence[tuple[docker.DockerClient, str]],
     canary: Sequence[Replica],
@@ -167,18 +202,30 @@ def _judge(
     how: Watch,
     fetch: Scraper,
 ) -> str:
-    seconds, without_traffic, max_wait = how.seconds, how.without_traffic, how.max_wait
     names = ", ".join(r.name for r in canary)
-    old = ", ".join(r.name for r in baseline)
     lbs = running_balancers(balancers)
     if not lbs:
         return f"canary: no load balancer yet (first deploy): {names} not watched"
+    return judge(Balancers(lbs), canary, baseline, how, fetch)
+
+
+def judge(
+    rotation: Rotation,
+    canary: Sequence[Replica],
+    baseline: Sequence[Replica],
+    how: Watch,
+    fetch: Scraper,
+) -> str:
+    """Put the canary in rotation, watch it against the baseline, and take it out again
+    (raising `CanaryFailed`) when it is worse: what both engines' steps do."""
+    seconds, without_traffic, max_wait = how.seconds, how.without_traffic, how.max_wait
+    names = ", ".join(r.name for r in canary)
+    old = ", ".join(r.name for r in baseline)
     if not baseline:
         return f"canary: no replica left on the old version to compare {names} with: not watched"
     for replica in canary:
         # A canary that failed before was taken out; watching it needs its traffic.
-        put_back = [edit_upstream(lb, replica.upstream, down=False) for lb in lbs]
-        if any(put_back):
+        if rotation.put_back(replica):
             print(f"canary: {replica.name} back in rotation to be watched again", flush=True)
     print(
         f"canary: watching {names} (the first wave, updated) against {old} (not yet "
@@ -201,22 +248,20 @@ def _judge(
         )
     if verdict.passed:
         return f"canary: {names} no worse than {old}, the update goes on:\n{figures}"
-    for lb in lbs:
-        for replica in canary:
-            edit_upstream(lb, replica.upstream, down=True)
-    where = f" in {len(lbs)} balancers" if len(lbs) > 1 else ""
+    for replica in canary:
+        rotation.take_out(replica)
     raise CanaryFailed(
         f"canary failed: {names} (the first wave, updated) is worse than {old} (not yet "
         f"replaced) over {seconds:.0f} s of live traffic:\n{figures}\n"
-        f"{names} taken out of rotation{where}; {old} "
+        f"{names} taken out of rotation{rotation.where}; {old} "
         f"{'keeps' if len(baseline) == 1 else 'keep'} "
         f"serving, not replaced.\n{WHAT_TO_DO}"
     )
 
 
-def watched(spec: CanarySpec) -> str:
-    """The step as `pulumi up` runs it: the spec's replicas, the ids it is given."""
-    how = Watch(
+def how_of(spec: CanarySpec | KubeCanarySpec) -> Watch:
+    """The spec's `rollout.canary*` settings as a `Watch`."""
+    return Watch(
         seconds=spec.seconds,
         limits=Thresholds(
             max_ttft_ratio=spec.max_ttft_ratio,
@@ -227,6 +272,11 @@ def watched(spec: CanarySpec) -> str:
         max_wait=spec.max_wait_seconds,
         progress=spec.progress_seconds,
     )
+
+
+def watched(spec: CanarySpec) -> str:
+    """The step as `pulumi up` runs it: the spec's replicas, the ids it is given."""
+    how = how_of(spec)
     return run(
         engine_client(),
         spec.lb,
