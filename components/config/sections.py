@@ -401,7 +401,8 @@ class RolloutSettings(ConfigModel):
             "an update watches its first wave (the canary) this long under live traffic against "
             "the replicas not yet replaced before it goes on; with `models`, each pool's first "
             "wave against that pool's (the same settings for every pool); 0 = no canary "
-            "(docs/rolling-updates.md)"
+            "(docs/rolling-updates.md); with `engine: kubernetes` only when written, since it "
+            "gives each pool's first wave a StatefulSet of its own (docs/kubernetes.md)"
         ),
     )
     canary_max_ttft_ratio: Annotated[float, Field(ge=1.0, le=1000.0)] = Field(
