@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import docker
 import pytest
 
-from tests.support.docker_engine import base_image, docker_client, standin_image
+from tests.support.docker_engine import (
+    base_image,
+    docker_client,
+    grafana_standin_image,
+    monitoring_image,
+    standin_image,
+)
+from tests.support.k8s_cluster import (
+    Cluster,
+    k8s_cluster,
+    leftovers,
+    require_cluster_support,
+    toolchain,
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
@@ -31,3 +46,23 @@ def client() -> docker.DockerClient:
     base_image(engine)
     standin_image(engine)
     return engine
+
+
+@pytest.fixture(scope="session")
+def k8s(client: docker.DockerClient) -> Iterator[Cluster]:
+    """The test cluster, started once for both Kubernetes files with every image they run.
+
+    They are the last files of the Docker group, so it stops right after them.
+    """
+    require_cluster_support()  # fails in CI, skips elsewhere
+    toolchain()
+    images = [
+        standin_image(client),
+        base_image(client),
+        monitoring_image(client),
+        grafana_standin_image(client),
+    ]
+    with k8s_cluster(images=images) as running:
+        print(f"\ncluster up in {running.timings['total']:.1f}s: {running.timings}")
+        yield running
+    assert leftovers() == [], "the cluster left things behind"

@@ -13,21 +13,15 @@ reason; `pulumi destroy` leaves nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import openai
 import pytest
 
-from tests.support.docker_engine import standin_image
 from tests.support.k8s_cluster import (
     NODE_ADDRESS,
     Cluster,
-    k8s_cluster,
-    leftovers,
-    require_cluster_support,
     toolchain,
 )
 from tests.support.pulumi_engine import PulumiFailed, Stack
@@ -41,16 +35,8 @@ MODEL = "facebook/opt-125m"
 
 
 @pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    # What the cluster needs first (fails in CI, skips elsewhere), then the images.
-    require_cluster_support()
-    toolchain()
-    client: docker.DockerClient = request.getfixturevalue("client")
-    tag = standin_image(client)
-    with k8s_cluster(images=[tag]) as running:
-        print(f"cluster up in {running.timings['total']:.1f}s: {running.timings}")
-        yield running
-    assert leftovers() == [], "the cluster left things behind"
+def cluster(k8s: Cluster) -> Cluster:
+    return k8s
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import docker
 import httpx
 import openai
 import pytest
@@ -34,18 +33,11 @@ from tests.support.docker_engine import (
     BASE_IMAGE_TAG,
     GRAFANA_STANDIN_TAG,
     MONITORING_IMAGE_TAG,
-    base_image,
-    grafana_standin_image,
-    monitoring_image,
-    standin_image,
 )
 from tests.support.k8s_cluster import (
     NODE_ADDRESS,
     STATE_DIR,
     Cluster,
-    k8s_cluster,
-    leftovers,
-    require_cluster_support,
     toolchain,
 )
 from tests.support.pulumi_engine import Stack
@@ -175,21 +167,9 @@ def storage(cluster: Cluster, count: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    require_cluster_support()
-    toolchain()
-    client: docker.DockerClient = request.getfixturevalue("client")
-    images = [
-        standin_image(client),
-        base_image(client),
-        monitoring_image(client),
-        grafana_standin_image(client),
-    ]
-    with k8s_cluster(images=images) as running:
-        print(f"\ncluster up in {running.timings['total']:.1f}s")
-        storage(running, 6)
-        yield running
-    assert leftovers() == [], "the cluster left things behind"
+def cluster(k8s: Cluster) -> Cluster:
+    storage(k8s, 6)
+    return k8s
 
 
 @pytest.fixture(scope="module")
