@@ -652,9 +652,13 @@ def test_destroy_keeps_the_model_cache_only_when_asked(
     }, claims  # fmt: skip
     assert pods(cluster, "app.kubernetes.io/part-of=vllm-nginx") == []
     assert cluster.get("services", "-n", NAMESPACE)["items"] == []
-    # Up again on the kept claims, then destroy without keeping: nothing is left.
+    # Up again on a kept claim (the chat pool, one replica: the rest adds only time),
+    # then destroy without keeping: nothing is left, the other kept claims included.
     config = stack_config(
-        cluster, revision="2", hfCache={"volume": "e2e-cache", "keepOnDestroy": False}
+        cluster,
+        revision="2",
+        models=pools("2", chat_replicas=1)[:1],
+        hfCache={"volume": "e2e-cache", "keepOnDestroy": False},
     )
     config["monitoring"]["keepDataOnDestroy"] = False
     stack.write_config(config)
